@@ -1,0 +1,1 @@
+"""Gradio demo on sampling's pipeline (not built yet)."""

@@ -1,0 +1,39 @@
+"""The ``hart`` command: a thin router. Each subcommand is the ``main(argv)`` of the module
+that owns it, imported only when that subcommand runs, so ``hart --help`` starts fast.
+
+    hart train-tokenizer --preset fm-32 --data fashion-mnist --out runs/tok
+    hart eval-tokenizer --model runs/tok --data fashion-mnist --split test
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train-tokenizer": ("tokenizer.train", "train the hybrid tokenizer"),
+    "eval-tokenizer": ("tokenizer.evaluate", "PSNR and codebook usage of a tokenizer on a dataset split"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: hart <command> [options]", "", "commands:"]
+    lines += [f"  {name:<18} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "hart <command> --help shows the options of a command."]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    module = importlib.import_module(COMMANDS[name][0])
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Dataset specs shared by every command.
+
+    fashion-mnist     IDX files of Debian's dataset-fashion-mnist (or under --data-dir)
+    folder:PATH       one subfolder per class, any image Pillow reads
+    synthetic         procedural coloured shapes with class labels (tests)
+
+Every dataset yields ``(image, label)`` with image a float tensor (3, R, R) in [-1, 1]
+and has ``.classes`` (class names). Plumbing leaf: imports nothing else of the project
+except :mod:`hart.errors`.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from hart.errors import UserError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+SPLITS = ("train", "test")
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB -> (3, H, W) float in [-1, 1]."""
+    a = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8).copy())
+    return a.permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def fit(img: Image.Image, resolution: int) -> Image.Image:
+    """Resize the shorter side to ``resolution`` (bicubic) and centre-crop a square."""
+    w, h = img.size
+    s = resolution / min(w, h)
+    if (w, h) != (resolution, resolution):
+        img = img.resize((max(resolution, round(w * s)), max(resolution, round(h * s))), Image.BICUBIC)
+        w, h = img.size
+        left, top = (w - resolution) // 2, (h - resolution) // 2
+        img = img.crop((left, top, left + resolution, top + resolution))
+    return img
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    magic, = struct.unpack(">I", data[:4])
+    ndim = magic & 0xFF
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (stem + ".gz", stem):
+        if (root / name).is_file():
+            return root / name
+    raise UserError(
+        f"Fashion-MNIST file {stem}[.gz] not found in {root}; install Debian's "
+        f"dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or pass --data-dir"
+    )
+
+
+class FashionMNIST(torch.utils.data.Dataset):
+    """28x28 grey images, padded (resolution >= 28, <= 36) or resized, as RGB."""
+
+    classes = FASHION_MNIST_CLASSES
+
+    def __init__(self, split: str = "train", resolution: int = 32, root=None):
+        root = Path(root) if root else FASHION_MNIST_DIR
+        if not root.is_dir():
+            raise UserError(
+                f"Fashion-MNIST folder {root} does not exist; install Debian's "
+                f"dataset-fashion-mnist or pass --data-dir"
+            )
+        prefix = "train" if split == "train" else "t10k"
+        images = _read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
+        self.labels = torch.from_numpy(_read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64))
+        x = torch.from_numpy(images.copy())[:, None].float()  # (N, 1, 28, 28) in [0, 255]
+        if 28 <= resolution <= 36:
+            p = resolution - 28
+            x = torch.nn.functional.pad(x, (p // 2, p - p // 2, p // 2, p - p // 2))
+        elif resolution != 28:
+            x = torch.nn.functional.interpolate(x, size=(resolution, resolution), mode="bicubic",
+                                                antialias=resolution < 28).clamp(0, 255)
+        self.images = x.round().to(torch.uint8)  # (N, 1, R, R)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        x = self.images[i].float().div(127.5).sub(1.0).expand(3, -1, -1)
+        return x, int(self.labels[i])
+
+
+# ----------------------------------------------------------------------------- image folders
+
+class ImageFolder(torch.utils.data.Dataset):
+    """One subfolder per class. Unreadable files are skipped and counted in one warning."""
+
+    def __init__(self, root, resolution: int):
+        root = Path(root)
+        if not root.is_dir():
+            raise UserError(f"data folder {root} does not exist")
+        self.resolution = resolution
+        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not self.classes:
+            raise UserError(f"data folder {root} has no class subfolders (expected {root}/<class>/<image>)")
+        self.items, bad = [], 0
+        for label, name in enumerate(self.classes):
+            for dirpath, _, files in os.walk(root / name):
+                for fn in sorted(files):
+                    path = Path(dirpath) / fn
+                    if fn.startswith("."):
+                        continue
+                    try:
+                        with Image.open(path) as im:
+                            im.verify()
+                        self.items.append((path, label))
+                    except Exception:
+                        bad += 1
+        self.skipped = bad
+        if bad:
+            warnings.warn(f"{root}: skipped {bad} unreadable image file(s)", stacklevel=2)
+        if not self.items:
+            raise UserError(f"data folder {root} has no readable images")
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        # a file can pass verify() and still fail to decode: fall through to the next one
+        for j in range(len(self.items)):
+            path, label = self.items[(i + j) % len(self.items)]
+            try:
+                with Image.open(path) as im:
+                    return to_tensor(fit(im.convert("RGB"), self.resolution)), label
+            except Exception:
+                self.skipped += 1
+        raise UserError("no image in the folder could be decoded")
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+SYNTHETIC_CLASSES = ("circle", "square", "triangle", "cross", "ring", "bars")
+
+
+class Synthetic(torch.utils.data.Dataset):
+    """Procedural coloured shapes; class = shape. Deterministic per (split, index)."""
+
+    classes = SYNTHETIC_CLASSES
+
+    def __init__(self, split: str = "train", resolution: int = 32, size: int = 2048):
+        self.resolution, self.size = resolution, size
+        self.offset = 0 if split == "train" else 10_000_000
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, i):
+        rng = np.random.default_rng(self.offset + i)
+        label = int(i % len(self.classes))
+        R = self.resolution
+        bg = tuple(int(c) for c in rng.integers(0, 80, 3))
+        fg = tuple(int(c) for c in rng.integers(120, 256, 3))
+        img = Image.new("RGB", (R, R), bg)
+        d = ImageDraw.Draw(img)
+        r = rng.uniform(0.25, 0.4) * R
+        cx, cy = rng.uniform(r, R - r, 2)
+        box = (cx - r, cy - r, cx + r, cy + r)
+        w = max(2, int(r / 3))
+        if label == 0:
+            d.ellipse(box, fill=fg)
+        elif label == 1:
+            d.rectangle(box, fill=fg)
+        elif label == 2:
+            d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fg)
+        elif label == 3:
+            d.rectangle((cx - w, cy - r, cx + w, cy + r), fill=fg)
+            d.rectangle((cx - r, cy - w, cx + r, cy + w), fill=fg)
+        elif label == 4:
+            d.ellipse(box, outline=fg, width=w)
+        else:
+            for x0 in np.arange(cx - r, cx + r, 2 * w):
+                d.rectangle((x0, cy - r, x0 + w // 2, cy + r), fill=fg)
+        return to_tensor(img), label
+
+
+# ----------------------------------------------------------------------------- specs
+
+SPEC_HELP = "dataset: fashion-mnist, folder:PATH (one subfolder per class) or synthetic"
+
+
+def make_dataset(spec: str, split: str = "train", resolution: int = 32, data_dir=None):
+    """Build the dataset named by ``spec``. ``split`` is train or test."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    if spec == "fashion-mnist":
+        return FashionMNIST(split, resolution, data_dir)
+    if spec.startswith("folder:"):
+        path = spec[len("folder:"):]
+        if not path:
+            raise UserError("folder: needs a path, e.g. folder:/data/my_images")
+        return ImageFolder(path, resolution)
+    if spec == "synthetic":
+        return Synthetic(split, resolution)
+    raise UserError(f"unknown dataset {spec!r}; {SPEC_HELP}")
+
+
+def infinite_batches(dataset, batch_size: int, generator: torch.Generator, start_step: int = 0,
+                     rank: int = 0, world_size: int = 1):
+    """Yield (images, labels) batches forever, reshuffled each epoch by ``generator``.
+
+    Resumable: the order depends only on the generator's seed state and ``start_step``
+    (the batches before ``start_step`` are skipped without loading). With ``world_size``
+    > 1 each rank reads its own shard of every epoch's permutation.
+    """
+    n = len(dataset)
+    per_epoch = max(1, n // (batch_size * world_size))
+    epoch, i = divmod(start_step, per_epoch)
+    while True:
+        g = torch.Generator().manual_seed(int(generator.initial_seed()) + epoch)
+        perm = torch.randperm(n, generator=g)
+        while i < per_epoch:
+            idx = perm[(i * world_size + rank) * batch_size:(i * world_size + rank + 1) * batch_size]
+            items = [dataset[int(j)] for j in idx]
+            yield torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+            i += 1
+        epoch, i = epoch + 1, 0

@@ -1,0 +1,237 @@
+"""Checkpoint folders and training state: config travels with the weights.
+
+A model folder holds ``config.json`` + ``model.safetensors``. Every file is written to a
+temp name and renamed into place, so a kill mid-write leaves the previous file intact.
+Whole folders (training state) go through :func:`atomic_dir`: written to a sibling temp
+folder, then swapped in with two renames; a kill between them leaves ``<dir>.old``, which
+:func:`resolve_dir` picks up. Never a half-written checkpoint.
+
+Training state that safetensors cannot hold (optimizer state, RNG states) is written with
+``torch.save`` and always read back with ``weights_only=True``, so loading a checkpoint
+can never run code.
+
+Plumbing leaf: imports nothing else of the project except :mod:`hart.errors`.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import typing
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hart.errors import UserError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+# ----------------------------------------------------------------------------- configs
+
+class ConfigBase:
+    """Mixin for dataclass configs: presets, JSON round trip, validation hook.
+
+    Subclasses define ``PRESETS: dict[str, dict]`` (class attribute) of field overrides.
+    """
+
+    PRESETS: typing.ClassVar[dict] = {}
+    KIND: typing.ClassVar[str] = "model"
+
+    @classmethod
+    def from_name(cls, name: str, **overrides):
+        if name not in cls.PRESETS:
+            raise UserError(
+                f"unknown {cls.KIND} preset {name!r}; choose one of: {', '.join(cls.PRESETS)}"
+            )
+        return cls(**{**cls.PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise UserError(f"{cls.KIND} config has unknown fields {unknown}: written by another version?")
+        kw = {}
+        hints = typing.get_type_hints(cls)
+        for k, v in d.items():
+            origin = typing.get_origin(hints.get(k))
+            kw[k] = tuple(v) if origin is tuple and isinstance(v, list) else v
+        return cls(**kw)
+
+    def replace(self, **kw):
+        return dataclasses.replace(self, **kw)
+
+
+# ----------------------------------------------------------------------------- atomic folders
+
+def resolve_dir(path) -> Path:
+    """The folder to read: ``path``, or ``path.old`` left by a swap that was interrupted."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    old = path.with_name(path.name + ".old")
+    if old.is_dir():
+        return old
+    raise UserError(f"no such folder: {path}")
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yield a temp folder; on success it replaces ``path`` atomically (see module doc)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        old = path.with_name(path.name + ".old")
+        if old.exists() and path.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path):
+    """Yield a temp path beside ``path``; on success it replaces ``path`` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path, obj) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"missing {Path(path).name} in {Path(path).parent}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from None
+
+
+# ----------------------------------------------------------------------------- weights
+
+def _contiguous_state(state: dict) -> dict:
+    # safetensors refuses shared or non-contiguous storage
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+
+
+def check_state_matches(expected: dict, found: dict, where: str) -> None:
+    """Raise one :class:`UserError` naming the keys that are missing, unexpected or reshaped."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    reshaped = sorted(
+        f"{k} {tuple(found[k].shape)} vs config {tuple(expected[k].shape)}"
+        for k in set(expected) & set(found)
+        if tuple(expected[k].shape) != tuple(found[k].shape)
+    )
+    if not (missing or unexpected or reshaped):
+        return
+
+    def fmt(label, items):
+        more = f" (+{len(items) - 6} more)" if len(items) > 6 else ""
+        return f"{label}: {', '.join(items[:6])}{more}"
+
+    parts = [fmt(n, i) for n, i in (("missing", missing), ("unexpected", unexpected), ("shape differs", reshaped)) if i]
+    raise UserError(f"weights in {where} do not match its config; " + "; ".join(parts))
+
+
+def save_weights(module: torch.nn.Module, path) -> None:
+    with atomic_file(path) as tmp:
+        save_file(_contiguous_state(module.state_dict()), str(tmp))
+
+
+def load_weights(module: torch.nn.Module, path) -> None:
+    """Load safetensors into ``module`` strictly, with one-line errors on any mismatch."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing weights file {path}")
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types
+        raise UserError(f"cannot read {path}: {e}") from None
+    check_state_matches(module.state_dict(), state, str(path.parent))
+    module.load_state_dict(state, strict=True)
+
+
+class PretrainedMixin:
+    """``save_pretrained`` / ``from_pretrained`` for modules whose ``__init__`` takes a config.
+
+    Subclasses set ``config_class``.
+    """
+
+    config_class: typing.ClassVar[type]
+
+    def save_pretrained(self, path) -> None:
+        """Write ``config.json`` + ``model.safetensors`` into ``path``, each file atomically.
+
+        Weights go first: re-saving a model of the same config (every training checkpoint)
+        leaves a loadable pair at every instant.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_weights(self, path / WEIGHTS_NAME)
+        write_json(path / CONFIG_NAME, {"_class": type(self).__name__, **self.config.to_dict()})
+
+    @classmethod
+    def load_config(cls, path):
+        d = read_json(resolve_dir(path) / CONFIG_NAME)
+        saved_class = d.pop("_class", cls.__name__)
+        if saved_class != cls.__name__:
+            raise UserError(f"{path} holds a {saved_class}, not a {cls.__name__}")
+        return cls.config_class.from_dict(d)
+
+    @classmethod
+    def from_pretrained(cls, path, device="cpu"):
+        folder = resolve_dir(path)
+        model = cls(cls.load_config(folder))
+        load_weights(model, folder / WEIGHTS_NAME)
+        return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------- training state
+
+def save_state(obj: dict, path) -> None:
+    """torch.save a dict of tensors / numbers / strings (optimizer state, RNG states)."""
+    with atomic_file(path) as tmp:
+        torch.save(obj, str(tmp))
+
+
+def load_state(path) -> dict:
+    """Read what :func:`save_state` wrote. ``weights_only=True``: a file that needs more is refused."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"missing training state {path}") from None
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"refusing to load {path}: it is not a plain-tensor checkpoint ({first})") from None

@@ -1,0 +1,1 @@
+"""Inference: static KV cache, sampler, fused kernels, pipeline, FID (not built yet)."""

@@ -1,0 +1,20 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    from tokenizer import HybridTokenizer, TokenizerConfig
+
+    torch.manual_seed(0)
+    return HybridTokenizer(TokenizerConfig.from_name("tiny")).eval()

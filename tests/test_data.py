@@ -1,0 +1,84 @@
+import warnings
+
+import pytest
+import torch
+from PIL import Image
+
+from hart.data import FASHION_MNIST_DIR, infinite_batches, make_dataset
+from hart.errors import UserError
+
+
+def test_synthetic_shapes_and_range():
+    ds = make_dataset("synthetic", "train", 24)
+    x, y = ds[7]
+    assert x.shape == (3, 24, 24) and x.min() >= -1 and x.max() <= 1
+    assert 0 <= y < len(ds.classes)
+    assert torch.equal(ds[7][0], x)  # deterministic per index
+    assert not torch.equal(make_dataset("synthetic", "test", 24)[7][0], x)
+
+
+def test_folder_skips_corrupt_files(tmp_path):
+    for cls in ("cats", "dogs"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.new("RGB", (40, 30), (i * 50, 10, 200)).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "cats" / "broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "dogs" / "notes.txt").write_text("hello")
+    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
+        ds = make_dataset(f"folder:{tmp_path}", "train", 16)
+    assert ds.classes == ["cats", "dogs"] and len(ds) == 6
+    xs = [ds[i][0] for i in range(len(ds))]
+    assert all(x.shape == (3, 16, 16) and x.min() >= -1 and x.max() <= 1 for x in xs)
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        make_dataset(f"folder:{tmp_path / 'nope'}")
+    with pytest.raises(UserError, match="no class subfolders"):
+        make_dataset(f"folder:{tmp_path}")
+    with pytest.raises(UserError, match="unknown dataset"):
+        make_dataset("imagenet")
+
+
+def test_fashion_mnist_from_data_dir(tmp_path):
+    # write a tiny IDX pair so the reader is tested without the Debian package
+    import gzip
+    import struct
+
+    import numpy as np
+
+    imgs = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">IIII", 0x803, 5, 28, 28) + imgs.tobytes())
+    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">II", 0x801, 5) + bytes([0, 1, 2, 3, 9]))
+    ds = make_dataset("fashion-mnist", "test", 32, data_dir=tmp_path)
+    x, y = ds[4]
+    assert x.shape == (3, 32, 32) and y == 9
+    # padded by 2 pixels of black (-1), the original pixels in the middle
+    assert torch.all(x[:, :2] == -1)
+    assert torch.allclose(x[0, 2:30, 2:30], torch.from_numpy(imgs[4]).float() / 127.5 - 1)
+    with pytest.raises(UserError, match="not found"):
+        make_dataset("fashion-mnist", "train", 32, data_dir=tmp_path)
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Debian dataset-fashion-mnist not installed")
+def test_fashion_mnist_debian_package():
+    ds = make_dataset("fashion-mnist", "test", 32)
+    assert len(ds) == 10_000 and ds[0][0].shape == (3, 32, 32)
+    assert len(make_dataset("fashion-mnist", "train", 32)) == 60_000
+
+
+def test_infinite_batches_resume_and_shards():
+    ds = make_dataset("synthetic", "train", 8)
+    ds.size = 40
+    g = torch.Generator().manual_seed(3)
+    full = infinite_batches(ds, 4, g)
+    seq = [next(full)[1] for _ in range(25)]  # crosses epoch boundaries (10 batches per epoch)
+    resumed = infinite_batches(ds, 4, torch.Generator().manual_seed(3), start_step=13)
+    assert all(torch.equal(next(resumed)[1], seq[i]) for i in range(13, 25))
+    r0 = infinite_batches(ds, 4, torch.Generator().manual_seed(3), rank=0, world_size=2)
+    r1 = infinite_batches(ds, 4, torch.Generator().manual_seed(3), rank=1, world_size=2)
+    a, b = next(r0)[0], next(r1)[0]
+    whole = next(infinite_batches(ds, 8, torch.Generator().manual_seed(3)))[0]
+    assert torch.equal(torch.cat([a, b]), whole)  # two disjoint halves of the same shuffled batch

@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from hart.errors import UserError
+from hart.io import (atomic_dir, atomic_file, load_state, read_json, resolve_dir, save_state,
+                     write_json)
+from tokenizer import HybridTokenizer, TokenizerConfig
+
+
+def test_atomic_file_keeps_previous_on_failure(tmp_path):
+    p = tmp_path / "a.json"
+    write_json(p, {"v": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_file(p) as tmp:
+            tmp.write_text('{"v": 2, "half')
+            raise RuntimeError("killed mid-write")
+    assert read_json(p) == {"v": 1}
+    assert [f.name for f in tmp_path.iterdir()] == ["a.json"]  # no temp file left behind
+
+
+def test_atomic_dir_swap_and_recovery(tmp_path):
+    d = tmp_path / "state"
+    with atomic_dir(d) as tmp:
+        (tmp / "x").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(d) as tmp:
+            (tmp / "x").write_text("2")
+            raise RuntimeError("killed")
+    assert (d / "x").read_text() == "1"
+    # a kill between the two renames leaves only <dir>.old: readers fall back to it
+    d.rename(tmp_path / "state.old")
+    assert resolve_dir(d).name == "state.old"
+    with atomic_dir(d) as tmp:
+        (tmp / "x").write_text("3")
+    assert (resolve_dir(d) / "x").read_text() == "3"
+
+
+def test_save_load_round_trip_same_outputs(tmp_path, tiny_tokenizer):
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    loaded = HybridTokenizer.from_pretrained(tmp_path / "tok")
+    assert loaded.config == tiny_tokenizer.config
+    a, b = tiny_tokenizer.encode(x), loaded.encode(x)
+    assert all(torch.equal(i, j) for i, j in zip(a.ids, b.ids))
+    assert torch.equal(tiny_tokenizer.decode(a), loaded.decode(b))
+
+
+def test_weights_not_matching_config_are_refused(tmp_path, tiny_tokenizer):
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    cfg = read_json(tmp_path / "tok" / "config.json")
+    cfg["z_channels"] = 4
+    write_json(tmp_path / "tok" / "config.json", cfg)
+    with pytest.raises(UserError, match="do not match its config.*shape differs.*quant_conv"):
+        HybridTokenizer.from_pretrained(tmp_path / "tok")
+
+
+def test_missing_and_unknown_keys_are_named(tmp_path, tiny_tokenizer):
+    from safetensors.torch import load_file, save_file
+
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    w = tmp_path / "tok" / "model.safetensors"
+    state = load_file(str(w))
+    state.pop("post_quant_conv.bias")
+    state["extra.weight"] = torch.zeros(1)
+    save_file(state, str(w))
+    with pytest.raises(UserError, match=r"missing: post_quant_conv.bias; unexpected: extra.weight"):
+        HybridTokenizer.from_pretrained(tmp_path / "tok")
+
+
+def test_load_state_never_runs_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    p = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, str(p))
+    with pytest.raises(UserError, match="refusing to load"):
+        load_state(p)
+    save_state({"t": torch.arange(3), "step": 5}, tmp_path / "ok.pt")
+    assert load_state(tmp_path / "ok.pt")["step"] == 5
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(UserError, match="fm-32.*tiny"):
+        TokenizerConfig.from_name("nope")
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(resolution=30), "not divisible"),
+    (dict(patch_nums=(1, 2, 3)), "last patch_num"),
+    (dict(patch_nums=(2, 4)), "start at 1"),
+])
+def test_bad_config_one_line(kw, msg):
+    with pytest.raises(UserError, match=msg):
+        TokenizerConfig.from_name("tiny", **kw)

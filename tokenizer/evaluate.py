@@ -1,0 +1,83 @@
+"""Measure a tokenizer on a dataset split: PSNR discrete-only vs hybrid, codebook usage.
+
+Examples:
+    hart eval-tokenizer --model runs/tok --data fashion-mnist --split test
+    hart eval-tokenizer --model runs/tok --data folder:/data/imgs --num 500 --out tok.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from tqdm import tqdm
+
+from hart.data import SPEC_HELP, make_dataset
+from hart.errors import UserError, cli_entry
+from hart.io import write_json
+from tokenizer.losses import psnr
+from tokenizer.model import HybridTokenizer
+
+
+@torch.no_grad()
+def evaluate(model: HybridTokenizer, dataset, num: int | None = None, batch_size: int = 100,
+             device="cpu", progress: bool = True) -> dict:
+    """Mean PSNR (dB) of discrete-only and hybrid reconstructions, and codebook usage
+    (fraction of the codebook hit, overall and per scale) over the first ``num`` images."""
+    cfg = model.config
+    n = len(dataset) if num is None else min(num, len(dataset))
+    if n < 1:
+        raise UserError("nothing to evaluate: the dataset is empty")
+    sums = {"discrete": 0.0, "hybrid": 0.0}
+    hits = torch.zeros(len(cfg.patch_nums), cfg.codebook_size, dtype=torch.long)
+    for start in tqdm(range(0, n, batch_size), desc="eval", disable=not progress):
+        x = torch.stack([dataset[i][0] for i in range(start, min(n, start + batch_size))]).to(device)
+        code = model.encode(x)
+        sums["discrete"] += psnr(model.decode(code, use_residual=False), x).sum().item()
+        sums["hybrid"] += psnr(model.decode(code, use_residual=True), x).sum().item()
+        for k, ids in enumerate(code.ids):
+            hits[k] += torch.bincount(ids.flatten().cpu(), minlength=cfg.codebook_size)
+    return {
+        "num_images": n,
+        "psnr_discrete": sums["discrete"] / n,
+        "psnr_hybrid": sums["hybrid"] / n,
+        "codebook_usage": (hits.sum(0) > 0).float().mean().item(),
+        "codebook_usage_per_scale": {f"{pn}x{pn}": (h > 0).float().mean().item()
+                                     for pn, h in zip(cfg.patch_nums, hits)},
+        "codebook_size": cfg.codebook_size,
+    }
+
+
+@cli_entry
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="hart eval-tokenizer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="tokenizer folder (from hart train-tokenizer)")
+    p.add_argument("--data", required=True, help=SPEC_HELP)
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--num", type=int, default=None, help="evaluate the first N images (default: all)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--out", default=None, help="also write the result as JSON here")
+    args = p.parse_args(argv)
+    if args.num is not None and args.num < 1:
+        raise UserError("--num must be positive")
+    model = HybridTokenizer.from_pretrained(args.model)
+    dataset = make_dataset(args.data, args.split, model.config.resolution, args.data_dir)
+    t0 = time.time()
+    result = evaluate(model, dataset, args.num, args.batch_size)
+    result.update(model=str(args.model), data=args.data, split=args.split, seconds=round(time.time() - t0, 1))
+    print(f"PSNR discrete-only {result['psnr_discrete']:.2f} dB | hybrid {result['psnr_hybrid']:.2f} dB | "
+          f"codebook usage {result['codebook_usage']:.1%} of {result['codebook_size']} "
+          f"({result['num_images']} {args.split} images)")
+    print("usage per scale: " + ", ".join(f"{k} {v:.1%}" for k, v in result["codebook_usage_per_scale"].items()))
+    if args.out:
+        write_json(args.out, result)
+    else:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Tokenizer training losses: reconstruction, PatchGAN hinge, optional LPIPS.
+
+LPIPS needs VGG16 + LPIPS' linear-layer weights, which cannot be downloaded here. It runs
+only when the user gives a weights file (``--lpips-weights``): one ``.safetensors`` or
+``.pth`` holding torchvision's ``vgg16().features`` keys (``features.{N}.weight/bias``) and
+the lpips package's ``lin{0..4}.model.1.weight``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hart.errors import UserError
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [-1, 1] (peak-to-peak 2). (B, ...) -> (B,)."""
+    mse = (x.float().clamp(-1, 1) - y.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
+
+
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 + L2."""
+    return F.l1_loss(recon, target) + F.mse_loss(recon, target)
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (pix2pix NLayerDiscriminator): ndf 64, n_layers 3 as in HART's tokenizer."""
+
+    def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3):
+        super().__init__()
+        layers = [nn.Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2 ** n, 8)
+            stride = 2 if n < n_layers else 1
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=False),
+                       nn.BatchNorm2d(ndf * mult), nn.LeakyReLU(0.2, True)]
+        layers += [nn.Conv2d(ndf * mult, 1, 4, 1, 1)]
+        self.main = nn.Sequential(*layers)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):  # (B, 3, R, R) -> (B, 1, r, r) patch logits
+        return self.main(x)
+
+
+def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean())
+
+
+def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    return -fake_logits.mean()
+
+
+# ----------------------------------------------------------------------------- LPIPS
+
+_VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+_LPIPS_TAPS = (3, 8, 15, 22, 29)  # features index of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+
+
+class LPIPS(nn.Module):
+    """LPIPS (Zhang et al. 2018) with VGG16 features, frozen. Input in [-1, 1]."""
+
+    def __init__(self):
+        super().__init__()
+        layers, c = [], 3
+        for v in _VGG16_CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(c, v, 3, 1, 1), nn.ReLU(inplace=False)]
+                c = v
+        self.features = nn.Sequential(*layers)
+        self.lins = nn.ModuleList(nn.Conv2d(ch, 1, 1, bias=False) for ch in (64, 128, 256, 512, 512))
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False).eval()
+
+    @classmethod
+    def from_file(cls, path) -> "LPIPS":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"LPIPS weights file {path} not found")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            from hart.io import load_state
+
+            state = load_state(path)
+        model = cls()
+        remap = {}
+        for k, v in state.items():
+            if k.startswith("lin") and k.endswith(".model.1.weight"):
+                remap[f"lins.{int(k[3])}.weight"] = v
+            elif k.startswith("features."):
+                remap[k] = v
+        from hart.io import check_state_matches
+
+        check_state_matches(model.state_dict(), remap, str(path))
+        model.load_state_dict(remap)
+        return model
+
+    def _taps(self, x):
+        h, out = (x - self.shift) / self.scale, []
+        for i, layer in enumerate(self.features):
+            h = layer(h)
+            if i in _LPIPS_TAPS:
+                out.append(h)
+            if i >= _LPIPS_TAPS[-1]:
+                break
+        return out
+
+    def forward(self, x, y):  # (B, 3, H, W) x2 -> (B,)
+        d = 0
+        for lin, fx, fy in zip(self.lins, self._taps(x), self._taps(y)):
+            fx = fx / (fx.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            fy = fy / (fy.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            d = d + lin((fx - fy) ** 2).mean((2, 3))
+        return d.flatten()

@@ -1,0 +1,232 @@
+"""Train the hybrid tokenizer.
+
+Examples:
+    hart train-tokenizer --preset fm-32 --data fashion-mnist --out runs/tok --steps 3000
+    hart train-tokenizer --preset fm-32 --data fashion-mnist --out runs/tok --steps 6000 --resume
+    python -m tokenizer.train --preset tiny --data synthetic --out /tmp/tok --steps 20
+
+DIR is a tokenizer folder (``config.json`` + ``model.safetensors``, the EMA weights) that
+every later command reads; ``DIR/train_state/`` holds what ``--resume`` needs (raw and EMA
+weights, discriminator, optimizers, step, RNG); ``DIR/recon.png`` shows input | discrete-only
+| hybrid rows for a fixed batch of held-out images.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from hart.data import SPEC_HELP, infinite_batches, make_dataset
+from hart.ema import EMA
+from hart.errors import UserError, cli_entry
+from hart.images import save_grid
+from hart.io import (atomic_dir, load_state, load_weights, read_json, resolve_dir, save_state,
+                     save_weights, write_json)
+from tokenizer.config import TokenizerConfig
+from tokenizer.losses import LPIPS, PatchDiscriminator, hinge_d_loss, hinge_g_loss, psnr, reconstruction_loss
+from tokenizer.model import HybridTokenizer
+
+STATE = "train_state"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hart train-tokenizer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default=None, help=f"tokenizer preset: {', '.join(TokenizerConfig.PRESETS)} "
+                   "(default fm-32; on --resume, the saved one)")
+    p.add_argument("--data", required=True, help=SPEC_HELP)
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's)")
+    p.add_argument("--out", required=True, help="output tokenizer folder")
+    p.add_argument("--steps", type=int, default=3000, help="total optimizer steps (default 3000)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
+    p.add_argument("--disc-start", type=int, default=None,
+                   help="step at which the PatchGAN loss starts (default: half of --steps)")
+    p.add_argument("--disc-weight", type=float, default=0.1, help="weight of the generator's GAN loss")
+    p.add_argument("--lpips-weights", default=None, help="VGG16+LPIPS weights file; LPIPS is off without it")
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default 500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    return p
+
+
+class Trainer:
+    """Everything a tokenizer run holds; ``save`` / ``load`` make resume exact."""
+
+    def __init__(self, config: TokenizerConfig, args, device):
+        self.config, self.args, self.device = config, args, device
+        self.model = HybridTokenizer(config).to(device).train()
+        self.ema = EMA(self.model, decay=0.999)
+        nl = 3 if config.resolution >= 64 else 2
+        self.disc = PatchDiscriminator(config.in_channels, ndf=64, n_layers=nl).to(device).train()
+        self.opt_g = torch.optim.AdamW(self.model.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0)
+        self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0)
+        self.lpips = LPIPS.from_file(args.lpips_weights).to(device) if args.lpips_weights else None
+        self.gen = torch.Generator().manual_seed(args.seed)  # hybrid coin flips
+        self.step = 0
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up over 2% of the run, then cosine to 10% of the peak."""
+        total, warm = self.args.steps, max(1, self.args.steps // 50)
+        if step < warm:
+            return self.args.lr * (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return self.args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+    def train_step(self, x: torch.Tensor) -> dict:
+        args, step = self.args, self.step
+        for opt in (self.opt_g, self.opt_d):
+            for g in opt.param_groups:
+                g["lr"] = self.lr_at(step)
+        # HART's hybrid training: half the batches decode the discrete-only latent
+        discrete = bool(torch.rand((), generator=self.gen) < 0.5)
+        mask = torch.full((x.shape[0],), discrete, device=x.device)
+        out = self.model(x, mask)
+        loss_rec = reconstruction_loss(out.recon, x)
+        loss = loss_rec + out.vq_loss
+        use_gan = step >= args.disc_start
+        if self.lpips is not None:
+            loss = loss + self.lpips(out.recon, x).mean()
+        if use_gan:
+            self.disc.requires_grad_(False)
+            loss = loss + args.disc_weight * hinge_g_loss(self.disc(out.recon))
+            self.disc.requires_grad_(True)
+        if not torch.isfinite(loss):
+            raise UserError(
+                f"loss became {loss.item()} at step {step}; stopping. The last good checkpoint is "
+                f"in {args.out} (step {self.saved_step}). Try a lower --lr, then --resume."
+            )
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt_g.step()
+        d_loss = torch.zeros(())
+        if use_gan:
+            d_loss = hinge_d_loss(self.disc(x), self.disc(out.recon.detach()))
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+        self.ema.update(self.model, self.ema.warmup_decay(step))
+        self.step += 1
+        return dict(loss=loss.item(), rec=loss_rec.item(), vq=out.vq_loss.item(), d=d_loss.item(),
+                    psnr=psnr(out.recon, x).mean().item(), discrete=discrete,
+                    ids=torch.cat([i.flatten() for i in out.ids]))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    saved_step = 0
+
+    def save(self, out: Path, preview: torch.Tensor) -> None:
+        with atomic_dir(out / STATE) as tmp:
+            save_weights(self.model, tmp / "model.safetensors")
+            save_weights(self.ema.shadow, tmp / "ema.safetensors")
+            save_weights(self.disc, tmp / "disc.safetensors")
+            save_state({"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                        "torch_rng": torch.get_rng_state(), "gen": self.gen.get_state()},
+                       tmp / "optim.pt")
+            write_json(tmp / "meta.json", {"step": self.step, "config": self.config.to_dict(),
+                                           "seed": self.args.seed, "steps": self.args.steps})
+        self.ema.shadow.save_pretrained(out)  # the EMA weights are the model later commands read
+        self.saved_step = self.step
+        write_recon_grid(self.ema.shadow, preview, out / "recon.png")
+
+    def load(self, out: Path) -> None:
+        state_dir = resolve_dir(out / STATE)
+        load_weights(self.model, state_dir / "model.safetensors")
+        load_weights(self.ema.shadow, state_dir / "ema.safetensors")
+        load_weights(self.disc, state_dir / "disc.safetensors")
+        st = load_state(state_dir / "optim.pt")
+        self.opt_g.load_state_dict(st["opt_g"])
+        self.opt_d.load_state_dict(st["opt_d"])
+        torch.set_rng_state(st["torch_rng"])
+        self.gen.set_state(st["gen"])
+        self.step = self.saved_step = int(read_json(state_dir / "meta.json")["step"])
+
+
+@torch.no_grad()
+def write_recon_grid(model: HybridTokenizer, images: torch.Tensor, path) -> None:
+    """PNG with rows: input | discrete-only | hybrid (discrete + residual)."""
+    was_training = model.training
+    model.eval()
+    code = model.encode(images)
+    rows = [images, model.decode(code, use_residual=False), model.decode(code, use_residual=True)]
+    save_grid([r.cpu() for r in rows], path, row_labels=["input", "discrete", "hybrid"], scale=2)
+    model.train(was_training)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+def resolve_config(args, out: Path) -> TokenizerConfig:
+    """New run: the preset. Resume: the saved config, and a --preset that differs is refused."""
+    if not args.resume:
+        if (out / STATE).exists() or (out / "model.safetensors").exists():
+            raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        return TokenizerConfig.from_name(args.preset or "fm-32")
+    if not (out / STATE).exists() and not (out / f"{STATE}.old").exists():
+        raise UserError(f"--resume: no run to resume in {out} (missing {out / STATE})")
+    saved = TokenizerConfig.from_dict(read_json(resolve_dir(out / STATE) / "meta.json")["config"])
+    if args.preset and TokenizerConfig.from_name(args.preset) != saved:
+        raise UserError(f"--preset {args.preset} differs from the checkpoint in {out}; "
+                        "drop --preset to resume it, or choose another --out")
+    return saved
+
+
+@cli_entry
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.steps < 1 or args.batch_size < 1 or args.save_every < 1:
+        raise UserError("--steps, --batch-size and --save-every must be positive")
+    out = Path(args.out)
+    config = resolve_config(args, out)
+    if args.disc_start is None:
+        args.disc_start = args.steps // 2
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)
+    train_set = make_dataset(args.data, "train", config.resolution, args.data_dir)
+    try:
+        held_out = make_dataset(args.data, "test", config.resolution, args.data_dir)
+    except UserError:
+        held_out = train_set
+    if len(train_set) < args.batch_size:
+        raise UserError(f"the dataset has {len(train_set)} images, fewer than --batch-size {args.batch_size}")
+    n_prev = min(8, len(held_out))
+    preview = torch.stack([held_out[i * (len(held_out) // n_prev)][0] for i in range(n_prev)]).to(device)
+
+    trainer = Trainer(config, args, device)
+    if args.resume:
+        trainer.load(out)
+        if trainer.step >= args.steps:
+            print(f"{out} is already at step {trainer.step} >= --steps {args.steps}; nothing to do")
+            return 0
+    batches = infinite_batches(train_set, args.batch_size, torch.Generator().manual_seed(args.seed),
+                               start_step=trainer.step)
+    usage = torch.zeros(config.codebook_size, dtype=torch.long)
+    bar = tqdm(total=args.steps, initial=trainer.step, desc="tokenizer", dynamic_ncols=True)
+    while trainer.step < args.steps:
+        x, _ = next(batches)
+        m = trainer.train_step(x.to(device))
+        usage += torch.bincount(m["ids"].cpu(), minlength=config.codebook_size)
+        if trainer.step % 50 == 0:
+            frac = (usage > 0).float().mean().item()
+            usage.zero_()
+            bar.set_postfix(loss=f"{m['loss']:.3f}", psnr=f"{m['psnr']:.1f}", usage=f"{frac:.0%}", refresh=False)
+        bar.update(1)
+        if trainer.step % args.save_every == 0 or trainer.step == args.steps:
+            trainer.save(out, preview)
+    bar.close()
+    print(f"saved tokenizer to {out} (step {trainer.step}); reconstructions in {out / 'recon.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    main()
