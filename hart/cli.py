@@ -12,6 +12,9 @@ import sys
 COMMANDS = {
     "train-tokenizer": ("tokenizer.train", "train the hybrid tokenizer"),
     "eval-tokenizer": ("tokenizer.evaluate", "PSNR and codebook usage of a tokenizer on a dataset split"),
+    "extract-tokens": ("hart.tokens", "pre-encode a dataset once into a token cache for generator training"),
+    "train": ("hart.train", "train the generator (single process or torchrun)"),
+    "generate": ("sampling.generate", "generate a PNG grid of images from a model folder"),
 }
 
 

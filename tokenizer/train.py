@@ -211,19 +211,18 @@ def main(argv=None):
     batches = infinite_batches(train_set, args.batch_size, torch.Generator().manual_seed(args.seed),
                                start_step=trainer.step)
     usage = torch.zeros(config.codebook_size, dtype=torch.long)
-    bar = tqdm(total=args.steps, initial=trainer.step, desc="tokenizer", dynamic_ncols=True)
-    while trainer.step < args.steps:
-        x, _ = next(batches)
-        m = trainer.train_step(x.to(device))
-        usage += torch.bincount(m["ids"].cpu(), minlength=config.codebook_size)
-        if trainer.step % 50 == 0:
-            frac = (usage > 0).float().mean().item()
-            usage.zero_()
-            bar.set_postfix(loss=f"{m['loss']:.3f}", psnr=f"{m['psnr']:.1f}", usage=f"{frac:.0%}", refresh=False)
-        bar.update(1)
-        if trainer.step % args.save_every == 0 or trainer.step == args.steps:
-            trainer.save(out, preview)
-    bar.close()
+    with tqdm(total=args.steps, initial=trainer.step, desc="tokenizer", dynamic_ncols=True) as bar:
+        while trainer.step < args.steps:
+            x, _ = next(batches)
+            m = trainer.train_step(x.to(device))
+            usage += torch.bincount(m["ids"].cpu(), minlength=config.codebook_size)
+            if trainer.step % 50 == 0:
+                frac = (usage > 0).float().mean().item()
+                usage.zero_()
+                bar.set_postfix(loss=f"{m['loss']:.3f}", psnr=f"{m['psnr']:.1f}", usage=f"{frac:.0%}", refresh=False)
+            bar.update(1)
+            if trainer.step % args.save_every == 0 or trainer.step == args.steps:
+                trainer.save(out, preview)
     print(f"saved tokenizer to {out} (step {trainer.step}); reconstructions in {out / 'recon.png'}")
     return 0
 

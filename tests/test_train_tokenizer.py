@@ -1,0 +1,120 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from hart.cli import main as hart_main
+from tokenizer import HybridTokenizer
+from tokenizer import train as tok_train
+
+ARGS = ["--preset", "tiny", "--data", "synthetic", "--batch-size", "4", "--disc-start", "2"]
+
+
+def error_lines(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("error:")]  # bar closed first
+
+
+def run(out, *extra):
+    return tok_train.main(ARGS + ["--out", str(out), *extra])
+
+
+def test_train_writes_model_recon_and_state(tmp_path):
+    out = tmp_path / "tok"
+    assert run(out, "--steps", "3", "--save-every", "2") == 0
+    m = HybridTokenizer.from_pretrained(out)
+    assert m.config.resolution == 16
+    im = Image.open(out / "recon.png")
+    assert im.size[0] > 8 * 16 and im.size[1] >= 3 * 2 * 16  # 8 columns, 3 rows at 2x
+    meta = json.loads((out / "train_state" / "meta.json").read_text())
+    assert meta["step"] == 3
+
+
+def test_resume_is_exact(tmp_path):
+    torch.manual_seed(123)
+    run(tmp_path / "a", "--steps", "4", "--save-every", "4")
+    torch.manual_seed(123)
+    run(tmp_path / "b", "--steps", "2", "--save-every", "2")
+    torch.manual_seed(999)  # resume must restore the RNG itself
+    run(tmp_path / "b", "--steps", "4", "--save-every", "4", "--resume")
+    for name in ("model.safetensors", "ema.safetensors", "disc.safetensors"):
+        a = load_file(str(tmp_path / "a" / "train_state" / name))
+        b = load_file(str(tmp_path / "b" / "train_state" / name))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+
+
+def test_nan_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "tok"
+    run(out, "--steps", "2", "--save-every", "2")
+    good = load_file(str(out / "model.safetensors"))
+    real = tok_train.reconstruction_loss
+    monkeypatch.setattr(tok_train, "reconstruction_loss", lambda a, b: real(a, b) * float("nan"))
+    with pytest.raises(SystemExit) as e:
+        run(out, "--steps", "4", "--save-every", "1", "--resume")
+    assert e.value.code == 2
+    err = error_lines(capsys)
+    assert len(err) == 1 and "loss became nan at step 2" in err[0] and "(step 2)" in err[0]
+    after = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(good[k], after[k]) for k in good)
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--preset", "nope", "--data", "synthetic"], "unknown tokenizer preset 'nope'; choose one of: var-256"),
+    (["--data", "folder:/no/such/dir"], "data folder /no/such/dir does not exist"),
+    (["--data", "synthetic", "--resume"], "no run to resume"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, argv, msg):
+    with pytest.raises(SystemExit) as e:
+        hart_main(["train-tokenizer", *argv, "--out", str(tmp_path / "o"), "--steps", "1"])
+    assert e.value.code == 2
+    err = error_lines(capsys)
+    assert len(err) == 1 and msg in err[0]
+
+
+def test_resume_with_other_shape_refused(tmp_path, capsys):
+    out = tmp_path / "tok"
+    run(out, "--steps", "1")
+    with pytest.raises(SystemExit):
+        tok_train.main(["--preset", "fm-32-s", "--data", "synthetic", "--out", str(out), "--steps", "2", "--resume"])
+    assert "differs from the checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(out, "--steps", "2")  # no --resume: never overwrites a run
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_eval_tokenizer_cli(tmp_path, capsys):
+    out = tmp_path / "tok"
+    run(out, "--steps", "2")
+    capsys.readouterr()
+    hart_main(["eval-tokenizer", "--model", str(out), "--data", "synthetic", "--num", "16",
+               "--out", str(tmp_path / "r.json")])
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["num_images"] == 16 and 0 < r["codebook_usage"] <= 1
+    assert set(r["codebook_usage_per_scale"]) == {"1x1", "2x2", "3x3", "4x4"}
+    assert "PSNR discrete-only" in capsys.readouterr().out
+
+
+def test_lpips_from_weights_file(tmp_path):
+    from safetensors.torch import save_file
+
+    from tokenizer.losses import LPIPS
+
+    torch.manual_seed(0)
+    ref = LPIPS()
+    state = {k: torch.randn_like(v) * 0.1 for k, v in ref.state_dict().items() if k.startswith("features.")}
+    state.update({f"lin{i}.model.1.weight": torch.rand_like(ref.lins[i].weight) for i in range(5)})
+    save_file(state, str(tmp_path / "lpips.safetensors"))
+    lp = LPIPS.from_file(tmp_path / "lpips.safetensors")
+    x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.allclose(lp(x, x), torch.zeros(2), atol=1e-6)
+    assert (lp(x, y) > 0).all()
+    save_file({"features.0.weight": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
+    from hart.errors import UserError
+
+    with pytest.raises(UserError, match="missing"):
+        LPIPS.from_file(tmp_path / "bad.safetensors")
