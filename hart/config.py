@@ -54,6 +54,9 @@ class GeneratorConfig(ConfigBase):
     residual_scale: float = 0.6  # head target = residual / residual_scale
     diff_train_steps: int = 1000
     diff_sample_steps: int = 8
+    diff_keep_frac: float = 0.2  # HART trains the head on a random ~20% of last-scale tokens
+    residual_from_sampled: bool = True  # head target vs. the model's own sampled last-scale ids (HART)
+    class_names: tuple[str, ...] = ()  # shown by the CLI and the demo; set by `hart train`
 
     def __post_init__(self):
         self.patch_nums = tuple(int(p) for p in self.patch_nums)
@@ -71,6 +74,11 @@ class GeneratorConfig(ConfigBase):
             raise UserError(f"generator config: patch_nums must be strictly increasing, got {self.patch_nums}")
         if self.mlp_ratio <= 0:
             raise UserError(f"generator config: mlp_ratio must be positive, got {self.mlp_ratio}")
+        self.class_names = tuple(self.class_names)
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise UserError(f"generator config: {len(self.class_names)} class names for {self.num_classes} classes")
+        if not 0.0 < self.diff_keep_frac <= 1.0:
+            raise UserError(f"generator config: diff_keep_frac must be in (0, 1], got {self.diff_keep_frac}")
         for name in ("dropout", "drop_path", "cond_drop"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
@@ -123,7 +131,7 @@ GeneratorConfig.PRESETS.update({
     # CPU model for 32x32 Fashion-MNIST (8x8 latent)
     "fm-s": dict(
         depth=6, width=256, heads=4, num_classes=10, patch_nums=FM_PATCH_NUMS, codebook_size=512,
-        z_channels=16, attn_l2_norm=True, diff_head=True, diff_width=256, diff_depth=3,
+        z_channels=16, attn_l2_norm=True, diff_head=True, diff_width=256, diff_depth=3, diff_keep_frac=0.5,
     ),
     "fm-s-nohead": dict(
         depth=6, width=256, heads=4, num_classes=10, patch_nums=FM_PATCH_NUMS, codebook_size=512,

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from torch.utils.data import default_collate
 
 from hart.errors import UserError
 
@@ -216,7 +217,7 @@ def make_dataset(spec: str, split: str = "train", resolution: int = 32, data_dir
 
 def infinite_batches(dataset, batch_size: int, generator: torch.Generator, start_step: int = 0,
                      rank: int = 0, world_size: int = 1):
-    """Yield (images, labels) batches forever, reshuffled each epoch by ``generator``.
+    """Yield collated batches (e.g. [images, labels]) forever, reshuffled each epoch by ``generator``.
 
     Resumable: the order depends only on the generator's seed state and ``start_step``
     (the batches before ``start_step`` are skipped without loading). With ``world_size``
@@ -230,7 +231,6 @@ def infinite_batches(dataset, batch_size: int, generator: torch.Generator, start
         perm = torch.randperm(n, generator=g)
         while i < per_epoch:
             idx = perm[(i * world_size + rank) * batch_size:(i * world_size + rank + 1) * batch_size]
-            items = [dataset[int(j)] for j in idx]
-            yield torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+            yield default_collate([dataset[int(j)] for j in idx])
             i += 1
         epoch, i = epoch + 1, 0

@@ -1,0 +1,324 @@
+"""Train the generator: next-scale cross-entropy + the residual diffusion loss.
+
+Examples:
+    hart train --tokenizer runs/tok --preset fm-s --data fashion-mnist --out runs/gen --steps 4000
+    hart extract-tokens --tokenizer runs/tok --data fashion-mnist --out runs/fm-tokens
+    hart train --tokenizer runs/tok --preset fm-s --tokens runs/fm-tokens --out runs/gen --steps 8000 --resume
+    torchrun --nproc_per_node 2 -m hart.train --tokenizer runs/tok --preset fm-s --data fashion-mnist --out runs/gen
+
+DIR (``--out``) becomes a complete model folder: ``DIR/tokenizer/`` (a copy of the
+tokenizer), ``DIR/generator/`` (the EMA weights), and ``DIR/train_state/`` for ``--resume``
+(raw and EMA weights, optimizer, step, RNG). ``--batch-size`` is the global batch: under
+torchrun each of N processes takes ``batch/N`` from its own shard of the data; only rank 0
+writes.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from hart.config import GeneratorConfig
+from hart.data import SPEC_HELP, infinite_batches, make_dataset
+from hart.diffusion import diffusion_loss, make_train_scheduler
+from hart.dist import DistInfo, init_distributed
+from hart.ema import EMA
+from hart.errors import UserError, cli_entry
+from hart.io import (CONFIG_NAME, WEIGHTS_NAME, atomic_dir, load_state, load_weights, read_json,
+                     resolve_dir, save_state, save_weights, write_json)
+from hart.model import HARTGenerator
+from hart.tokens import TokenCache, split_scales, tokenizer_fingerprint
+from tokenizer import HybridTokenizer
+
+STATE = "train_state"
+
+
+class TrainingObjective(nn.Module):
+    """The whole loss as one module, so DDP sees every parameter used in one forward.
+
+    The tokenizer is frozen and held outside the module tree (DDP does not sync it).
+    """
+
+    def __init__(self, model: HARTGenerator, tokenizer: HybridTokenizer, label_smoothing: float = 0.0):
+        super().__init__()
+        self.model = model
+        self._tokenizer = (tokenizer,)
+        self.label_smoothing = label_smoothing
+        c = model.config
+        self.train_scheduler = make_train_scheduler(c.diff_train_steps) if c.diff_head else None
+
+    @property
+    def tokenizer(self) -> HybridTokenizer:
+        return self._tokenizer[0]
+
+    def forward(self, ids: list, residual: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
+        """ids: K x (B, pn^2); residual (B, z, n, n); labels (B,). Returns (loss, metrics)."""
+        c, tok = self.model.config, self.tokenizer
+        with torch.no_grad():
+            teacher = tok.teacher_inputs(ids)  # (B, L-1, z)
+        # condition dropout for CFG: uniform draw (HART's code draws from a normal by mistake)
+        drop = torch.rand(labels.shape, generator=generator).to(labels.device) < c.cond_drop
+        out = self.model(labels, teacher, drop)
+        target = torch.cat(ids, 1)  # (B, L)
+        logits = out.logits.float()
+        ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), label_smoothing=self.label_smoothing)
+        metrics = {"ce": ce.detach(), "acc": (logits.argmax(-1) == target).float().mean()}
+        loss = ce
+        if c.diff_head:
+            loss = loss + self.residual_loss(ids, residual, out, generator, metrics)
+        return loss, metrics
+
+    def residual_loss(self, ids, residual, out, generator, metrics):
+        """Diffusion loss on the last-scale residual (HART), on a random subset of its tokens."""
+        c, tok = self.model.config, self.tokenizer
+        K, n = len(ids), tok.config.latent_size
+        N = n * n
+        last_logits = out.logits[:, -N:].detach().float()  # (B, N, V)
+        gt = ids[-1]
+        if c.residual_from_sampled:
+            # HART: the head corrects the transformer's own choice at the last scale, so the
+            # target is latent - (discrete prefix + contribution of the *sampled* ids)
+            probs = last_logits.softmax(-1).flatten(0, 1)
+            chosen = torch.multinomial(probs.cpu(), 1, generator=generator).view_as(gt).to(gt.device)
+            with torch.no_grad():
+                residual = residual + tok.quantize.contribution(gt, K - 1, n) - tok.quantize.contribution(chosen, K - 1, n)
+        else:
+            chosen = gt
+        target = residual.flatten(2).transpose(1, 2) / c.residual_scale  # (B, N, z)
+        cond = self.model.diffusion_cond(out.hidden[:, -N:], tok.code_vectors(chosen))  # (B, N, C)
+        keep = torch.rand(target.shape[:2], generator=generator).to(target.device) < c.diff_keep_frac
+        keep[:, 0] = True  # never an empty subset
+        dl = diffusion_loss(self.model.diffusion, target[keep], cond[keep], c.diff_batch_mul,
+                            self.train_scheduler, generator)
+        metrics["diff"] = dl.detach()
+        return dl
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hart train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder (from hart train-tokenizer)")
+    p.add_argument("--preset", default=None, help=f"generator preset: {', '.join(GeneratorConfig.PRESETS)} "
+                   "(default fm-s; on --resume, the saved one)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help=SPEC_HELP + " (encoded on the fly)")
+    src.add_argument("--tokens", help="token cache folder from hart extract-tokens (faster)")
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+    p.add_argument("--out", required=True, help="output model folder")
+    p.add_argument("--steps", type=int, default=4000, help="total optimizer steps (default 4000)")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch size (default 64)")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="autocast dtype (auto: bf16 on a GPU, fp32 on the CPU)")
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    return p
+
+
+class GeneratorTrainer:
+    """Model, EMA, optimizer, RNG and step; ``save`` / ``load`` make --resume exact."""
+
+    def __init__(self, config: GeneratorConfig, tokenizer: HybridTokenizer, args, dist: DistInfo):
+        self.config, self.args, self.dist = config, args, dist
+        dev = dist.device
+        self.model = HARTGenerator(config).to(dev).train()
+        self.objective = TrainingObjective(self.model, tokenizer, args.label_smoothing)
+        self.ddp = self.objective
+        if dist.enabled:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.objective, device_ids=[dev.index] if dev.type == "cuda" else None)
+        self.ema = EMA(self.model, args.ema)
+        decay = [p for p in self.model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}],
+                                     lr=args.lr, betas=(0.9, 0.95), fused=dev.type == "cuda")
+        self.gen = torch.Generator().manual_seed(args.seed * 1000 + dist.rank)
+        self.amp_dtype = resolve_dtype(args.dtype, dev)
+        self.step = self.saved_step = 0
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up (5% of the run), then cosine decay to 10% of the peak."""
+        total = self.args.steps
+        warm = max(1, total // 20)
+        if step < warm:
+            return self.args.lr * (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return self.args.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * t)))
+
+    def train_step(self, ids: list, residual: torch.Tensor, labels: torch.Tensor) -> dict:
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_at(self.step)
+        dev = self.dist.device
+        amp = (torch.autocast(dev.type, dtype=self.amp_dtype) if self.amp_dtype != torch.float32
+               else contextlib.nullcontext())
+        with amp:
+            loss, metrics = self.ddp(ids, residual, labels, self.gen)
+        bad = torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=dev)
+        if self.dist.all_reduce_mean(bad).item() > 0:
+            raise UserError(
+                f"loss became {loss.item()} at step {self.step}; stopping. The last good checkpoint is "
+                f"in {self.args.out} (step {self.saved_step}). Try a lower --lr, then --resume."
+            )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 2.0)
+        self.opt.step()
+        self.ema.update(self.model, self.ema.warmup_decay(self.step))
+        self.step += 1
+        return {k: v.item() for k, v in metrics.items()}
+
+    def save(self, out: Path) -> None:
+        if self.dist.is_main:
+            with atomic_dir(out / STATE) as tmp:
+                save_weights(self.model, tmp / "model.safetensors")
+                save_weights(self.ema.shadow, tmp / "ema.safetensors")
+                save_state({"opt": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                            "gen": self.gen.get_state()}, tmp / "optim.pt")
+                write_json(tmp / "meta.json", {"step": self.step, "config": self.config.to_dict(),
+                                               "seed": self.args.seed, "world_size": self.dist.world_size})
+            self.ema.shadow.save_pretrained(out / "generator")
+        self.saved_step = self.step
+        self.dist.barrier()
+
+    def load(self, out: Path) -> None:
+        state_dir = resolve_dir(out / STATE)
+        load_weights(self.model, state_dir / "model.safetensors")
+        load_weights(self.ema.shadow, state_dir / "ema.safetensors")
+        st = load_state(state_dir / "optim.pt")
+        self.opt.load_state_dict(st["opt"])
+        torch.set_rng_state(st["torch_rng"])
+        meta = read_json(state_dir / "meta.json")
+        if self.dist.world_size == 1 and meta.get("world_size", 1) == 1:
+            self.gen.set_state(st["gen"])  # exact continuation of the single-process stream
+        else:  # each rank reseeds deterministically from the step
+            self.gen.manual_seed(self.args.seed * 1000 + self.dist.rank + 7919 * int(meta["step"]))
+        self.step = self.saved_step = int(meta["step"])
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+
+
+def resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> GeneratorConfig:
+    """New run: the preset, fitted to the tokenizer and the data. Resume: the saved config."""
+    tc = tokenizer.config
+    if args.resume:
+        if not (out / STATE).exists() and not (out / f"{STATE}.old").exists():
+            raise UserError(f"--resume: no run to resume in {out} (missing {out / STATE})")
+        saved = GeneratorConfig.from_dict(read_json(resolve_dir(out / STATE) / "meta.json")["config"])
+        if args.preset and fit_preset(args.preset, tc, classes) != saved:
+            raise UserError(f"--preset {args.preset} differs from the checkpoint in {out}; "
+                            "drop --preset to resume it, or choose another --out")
+        return saved
+    if (out / STATE).exists() or (out / "generator").exists():
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    return fit_preset(args.preset or "fm-s", tc, classes)
+
+
+def fit_preset(name: str, tc, classes) -> GeneratorConfig:
+    """The preset's transformer shape, with the token layout of the tokenizer and the data's classes."""
+    return GeneratorConfig.from_name(name, patch_nums=tc.patch_nums, codebook_size=tc.codebook_size,
+                                     z_channels=tc.z_channels, num_classes=len(classes),
+                                     class_names=tuple(classes))
+
+
+def copy_tokenizer(src, out: Path, resume: bool) -> None:
+    dst = out / "tokenizer"
+    if dst.exists():
+        if tokenizer_fingerprint(dst) != tokenizer_fingerprint(src):
+            raise UserError(f"{dst} holds another tokenizer than {src}; a run keeps the tokenizer it started with")
+        return
+    with atomic_dir(dst) as tmp:
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            shutil.copy2(resolve_dir(src) / name, tmp / name)
+
+
+def batch_source(args, tokenizer, dist: DistInfo, per_rank: int, start_step: int):
+    """Yield (ids list, residual, labels) on the device, from a token cache or encoded on the fly."""
+    dev = dist.device
+    g = torch.Generator().manual_seed(args.seed)
+    pns = tokenizer.config.patch_nums
+    if args.tokens:
+        cache = TokenCache(args.tokens)
+        cache.check_tokenizer(args.tokenizer)
+        for ids, res, y in infinite_batches(cache, per_rank, g, start_step, dist.rank, dist.world_size):
+            yield [i.to(dev) for i in split_scales(ids, pns)], res.to(dev), y.to(dev)
+    else:
+        data = make_dataset(args.data, "train", tokenizer.config.resolution, args.data_dir)
+        for x, y in infinite_batches(data, per_rank, g, start_step, dist.rank, dist.world_size):
+            with torch.no_grad():
+                code = tokenizer.encode(x.to(dev))
+            yield code.ids, code.residual, y.to(dev)
+
+
+def dataset_classes(args, tokenizer) -> tuple:
+    if args.tokens:
+        classes = TokenCache(args.tokens).classes
+    else:
+        classes = make_dataset(args.data, "train", tokenizer.config.resolution, args.data_dir).classes
+    if not classes:
+        raise UserError("the data has no class names; a class-conditional model needs them")
+    return tuple(classes)
+
+
+@cli_entry
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.steps < 1 or args.batch_size < 1 or args.save_every < 1:
+        raise UserError("--steps, --batch-size and --save-every must be positive")
+    dist = init_distributed(args.device)
+    try:
+        return run(args, dist)
+    finally:
+        dist.close()
+
+
+def run(args, dist: DistInfo) -> int:
+    if args.batch_size % dist.world_size:
+        raise UserError(f"--batch-size {args.batch_size} must be divisible by the {dist.world_size} processes")
+    out = Path(args.out)
+    torch.manual_seed(args.seed)
+    tokenizer = HybridTokenizer.from_pretrained(args.tokenizer, device=dist.device).requires_grad_(False)
+    config = resolve_config(args, out, tokenizer, dataset_classes(args, tokenizer))
+    if dist.is_main:
+        copy_tokenizer(args.tokenizer, out, args.resume)
+    trainer = GeneratorTrainer(config, tokenizer, args, dist)
+    if args.resume:
+        trainer.load(out)
+        if trainer.step >= args.steps:
+            print(f"{out} is already at step {trainer.step} >= --steps {args.steps}; nothing to do")
+            return 0
+    batches = batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, trainer.step)
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    desc = f"generator {n_params / 1e6:.1f}M"
+    with tqdm(total=args.steps, initial=trainer.step, desc=desc, dynamic_ncols=True, disable=not dist.is_main) as bar:
+        while trainer.step < args.steps:
+            ids, residual, labels = next(batches)
+            m = trainer.train_step(ids, residual, labels)
+            if trainer.step % 10 == 0 or trainer.step == args.steps:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in m.items()}, refresh=False)
+            bar.update(1)
+            if trainer.step % args.save_every == 0 or trainer.step == args.steps:
+                trainer.save(out)
+    if dist.is_main:
+        print(f"saved model folder {out} (step {trainer.step}): {out / 'tokenizer'} + {out / 'generator'}")
+    return 0
+
+
+if __name__ == "__main__":
+    main()

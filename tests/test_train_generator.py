@@ -1,0 +1,179 @@
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hart.model import drop_labels
+from hart.train import main as train_main
+from tests.gen_common import batch_for, make_trainer
+from tokenizer import HybridTokenizer, TokenizerConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tokdir(tmp_path_factory):
+    """A tiny tokenizer whose codebook has seen data (k-means init + EMA)."""
+    from hart.data import make_dataset
+
+    torch.manual_seed(0)
+    tok = HybridTokenizer(TokenizerConfig.from_name("tiny")).train()
+    ds = make_dataset("synthetic", "train", 16)
+    for s in range(4):
+        tok(torch.stack([ds[s * 32 + i][0] for i in range(32)]))
+    d = tmp_path_factory.mktemp("tok")
+    tok.eval().save_pretrained(d)
+    return d
+
+
+def train_cli(tokdir, out, *extra):
+    return train_main(["--tokenizer", str(tokdir), "--preset", "tiny", "--data", "synthetic",
+                       "--out", str(out), "--batch-size", "8", *extra])
+
+
+@pytest.mark.parametrize("diff_head", [False, True])
+def test_loss_falls_on_synthetic(tokdir, diff_head):
+    trainer = make_trainer(tokdir, diff_head=diff_head)
+    trainer.args.lr, trainer.args.steps = 2e-3, 40
+    ids, residual, labels = batch_for(trainer, 16)
+    ces = [trainer.train_step(ids, residual, labels)["ce"] for _ in range(40)]
+    assert sum(ces[-5:]) / 5 < 0.8 * sum(ces[:5]) / 5
+
+
+def test_condition_dropout_rate():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.zeros(20000, dtype=torch.long)
+    dropped = (drop_labels(labels, 0.1, 10, g) == 10).float().mean().item()
+    assert abs(dropped - 0.1) < 0.01
+
+
+def test_training_objective_drops_conditions_uniformly(tokdir):
+    trainer = make_trainer(tokdir, cond_drop=0.1)
+    g = torch.Generator().manual_seed(1)
+    seen = []
+    real = trainer.model.forward
+
+    def spy(labels, teacher, drop):
+        seen.append(drop)
+        return real(labels, teacher, drop)
+
+    trainer.model.forward = spy
+    ids, residual, labels = batch_for(trainer, 8)
+    big = [i.repeat(250, 1) for i in ids], residual.repeat(250, 1, 1, 1), labels.repeat(250)
+    with torch.no_grad():
+        trainer.objective(*big, g)
+    assert abs(seen[0].float().mean().item() - 0.1) < 0.02
+
+
+def test_cli_writes_model_folder_and_resumes_exactly(tokdir, tmp_path):
+    train_cli(tokdir, tmp_path / "a", "--steps", "4", "--save-every", "4")
+    train_cli(tokdir, tmp_path / "b", "--steps", "2", "--save-every", "2")
+    torch.manual_seed(1234)  # the run must restore its own RNG
+    train_cli(tokdir, tmp_path / "b", "--steps", "4", "--save-every", "4", "--resume")
+    for name in ("model.safetensors", "ema.safetensors"):
+        a = load_file(str(tmp_path / "a" / "train_state" / name))
+        b = load_file(str(tmp_path / "b" / "train_state" / name))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    from hart.model import HARTGenerator
+
+    gen = HARTGenerator.from_pretrained(tmp_path / "a" / "generator")
+    assert gen.config.class_names[0] == "circle"
+    tok = HybridTokenizer.from_pretrained(tmp_path / "a" / "tokenizer")
+    assert gen.config.patch_nums == tok.config.patch_nums
+
+
+def test_token_cache_matches_on_the_fly(tokdir, tmp_path):
+    from hart.tokens import TokenCache, main as extract_main, split_scales
+
+    extract_main(["--tokenizer", str(tokdir), "--data", "synthetic", "--out", str(tmp_path / "tc")])
+    cache = TokenCache(tmp_path / "tc")
+    tok = HybridTokenizer.from_pretrained(tokdir)
+    from hart.data import make_dataset
+
+    ds = make_dataset("synthetic", "train", 16)
+    x = torch.stack([ds[i][0] for i in range(4)])
+    code = tok.encode(x)
+    ids = split_scales(torch.stack([cache[i][0] for i in range(4)]), tok.config.patch_nums)
+    assert all(torch.equal(a, b) for a, b in zip(ids, code.ids))
+    res = torch.stack([cache[i][1] for i in range(4)])
+    assert torch.allclose(res, code.residual, atol=2e-3)  # stored as float16
+    train_main(["--tokenizer", str(tokdir), "--tokens", str(tmp_path / "tc"), "--preset", "tiny",
+                "--out", str(tmp_path / "g"), "--steps", "2", "--batch-size", "8"])
+    assert (tmp_path / "g" / "generator" / "model.safetensors").is_file()
+
+
+def test_cache_from_another_tokenizer_is_refused(tokdir, tmp_path, capsys):
+    from hart.tokens import main as extract_main
+
+    extract_main(["--tokenizer", str(tokdir), "--data", "synthetic", "--out", str(tmp_path / "tc")])
+    other = tmp_path / "other"
+    torch.manual_seed(5)
+    HybridTokenizer(TokenizerConfig.from_name("tiny")).save_pretrained(other)
+    with pytest.raises(SystemExit):
+        train_main(["--tokenizer", str(other), "--tokens", str(tmp_path / "tc"), "--out", str(tmp_path / "g"),
+                    "--preset", "tiny", "--steps", "1"])
+    assert "made with another tokenizer" in capsys.readouterr().err
+
+
+def test_nan_stops_cleanly(tokdir, tmp_path, monkeypatch, capsys):
+    import hart.train as ht
+
+    train_cli(tokdir, tmp_path / "g", "--steps", "2", "--save-every", "2")
+    monkeypatch.setattr(ht.F, "cross_entropy", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(SystemExit):
+        train_cli(tokdir, tmp_path / "g", "--steps", "4", "--resume")
+    err = capsys.readouterr().err
+    assert "loss became nan at step 2" in err and "Traceback" not in err
+    assert (tmp_path / "g" / "generator" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--preset", "nope", "--data", "synthetic"], "unknown generator preset 'nope'"),
+    (["--data", "folder:/no/such"], "does not exist"),
+    (["--data", "synthetic", "--batch-size", "0"], "must be positive"),
+])
+def test_bad_input(tokdir, tmp_path, capsys, argv, msg):
+    with pytest.raises(SystemExit) as e:
+        train_main(["--tokenizer", str(tokdir), "--out", str(tmp_path / "o"), *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_gradient_equals_single_process(tokdir, tmp_path):
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path), str(tokdir)],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    for p in procs:
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode == 0, out.decode()[-2000:]
+    # the same model, one process, the concatenated batch
+    trainer = make_trainer(tokdir)
+    ids, residual, labels = batch_for(trainer, 8)
+    loss, _ = trainer.objective(ids, residual, labels, trainer.gen)
+    loss.backward()
+    g0 = load_file(str(tmp_path / "grads0.safetensors"))
+    g1 = load_file(str(tmp_path / "grads1.safetensors"))
+    for n, p in trainer.model.named_parameters():
+        if p.grad is None:
+            continue
+        assert torch.allclose(g0[n], p.grad, atol=1e-6, rtol=1e-4), n
+        assert torch.equal(g0[n], g1[n]), n
+    p0 = load_file(str(tmp_path / "params0.safetensors"))
+    p1 = load_file(str(tmp_path / "params1.safetensors"))
+    assert all(torch.equal(p0[k], p1[k]) for k in p0)
