@@ -1,1 +1,8 @@
-"""Inference: static KV cache, sampler, fused kernels, pipeline, FID (not built yet)."""
+"""Inference: static KV cache sampler, fused kernels, one pipeline (condition -> image).
+
+``from sampling import HARTPipeline`` is the entry point for the CLI, the demo and FID.
+"""
+from sampling.engine import SampleOutput, SamplingEngine, SamplingOptions
+from sampling.pipeline import HARTPipeline
+
+__all__ = ["HARTPipeline", "SamplingEngine", "SamplingOptions", "SampleOutput"]

@@ -124,12 +124,13 @@ class SamplingEngine:
         dtype: ``"fp32"`` or ``"bf16"`` (CPU/GPU autocast; the cache is bf16 too).
         kernels: backend for the fused kernels, ``"auto"`` / ``"torch"`` / ``"triton"``
             (see :func:`sampling.kernels.select_backend`).
-        compile: wrap the per-scale transformer step in ``torch.compile`` (one graph per
-            scale; the fused ops are then left to the compiler's own fusion).
+        compile: wrap the per-scale transformer step in ``torch.compile`` (one full graph
+            per scale; the fused ops are then left to the compiler's own fusion). ``True``
+            uses the default backend (inductor); a string names another backend.
     """
 
     def __init__(self, generator: HARTGenerator, tokenizer: HybridTokenizer, dtype: str = "fp32",
-                 kernels: str = "auto", compile: bool = False):
+                 kernels: str = "auto", compile: bool | str = False):
         check_compatible(tokenizer, generator)
         if dtype not in DTYPES:
             raise UserError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -146,7 +147,8 @@ class SamplingEngine:
             # one specialised graph per scale (static shapes), more than the default limit
             limit = 2 * self.config.num_scales + 4
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
-            self._step = torch.compile(self._scale_step, dynamic=False)
+            backend = compile if isinstance(compile, str) else "inductor"
+            self._step = torch.compile(self._scale_step, backend=backend, dynamic=False, fullgraph=True)
 
     # ------------------------------------------------------------------ cache
 
@@ -197,11 +199,12 @@ class SamplingEngine:
             k = F.normalize(k, dim=-1)
         end = start + T
         ck, cv = cache
+        q = q.to(ck.dtype)  # the learned scale is fp32; keep attention in the cache's dtype
         ck[:, :, start:end] = k  # in place: the cache never grows or moves
         cv[:, :, start:end] = v
         # block-causal: queries of this scale see exactly the keys [0, end), so no mask
         out = F.scaled_dot_product_attention(
-            q, ck[:, :, :end].to(q.dtype), cv[:, :, :end].to(q.dtype), scale=attn.scale
+            q, ck[:, :, :end], cv[:, :, :end], scale=attn.scale
         )  # (B, H, T, hd)
         return attn.proj(out.transpose(1, 2).reshape(B, T, C))
 
@@ -321,14 +324,15 @@ class SamplingEngine:
                     f_hat, nxt = tok.next_scale_input(k, f_hat, ids_k)
                 ids.append(ids_k)
                 if previews and k + 1 < K:
-                    preview_imgs.append(tok.decode_latent(f_hat).float())
+                    with torch.autocast(self.device.type, enabled=False):
+                        preview_imgs.append(tok.decode_latent(f_hat.float()).float())
                 if nxt is not None:
                     e = gen.embed_inputs(nxt, end)  # (B, T', C)
                     x = torch.cat([e, e]) if use_cfg else e  # both halves see the same ids
             residual = self._residual(hidden, ids[-1], B, generators, opt, use_cfg)
-            images = None
-            if decode or previews:
-                images = tok.decode(TokenizerCode(ids=ids, residual=residual, f_hat=f_hat)).float()
+        images = None
+        if decode or previews:  # in fp32: the decoder is not part of the autocast step
+            images = tok.decode(TokenizerCode(ids=ids, residual=residual, f_hat=f_hat.float())).float()
         if previews:
             preview_imgs.append(images)
         return SampleOutput(

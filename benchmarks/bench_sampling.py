@@ -1,0 +1,151 @@
+"""Sampling speed against the dense compute floor (issue 4, section 6).
+
+Fixed config: a VAR-shaped generator of depth 8 (width 512, 8 heads, 10 scales, codebook
+4096, z 32; preset ``var-d8``) and the VAR tokenizer shape, random weights, CFG on (VAR's
+FID settings: cfg 1.5, top-k 900, top-p 0.96). For each batch and dtype it prints one line
+
+    batch=B dtype=DT ms_per_image=X floor_ms=Y ratio=Z naive_ratio=W decode_ms=V
+
+* ms_per_image: the engine (static KV cache, one forward per scale), final decode left out;
+* floor_ms: one teacher-forced forward over the whole sequence at the same doubled batch
+  and dtype, per image (the dense compute floor);
+* ratio = ms_per_image / floor_ms; naive_ratio: the same for a sampler without a cache
+  that recomputes the whole prefix at every scale;
+* decode_ms: the tokenizer decode of the final latent, per image (fp32).
+
+Times are medians over ``--repeats`` runs after one warm-up run.
+
+    python benchmarks/bench_sampling.py
+    python benchmarks/bench_sampling.py --batches 1 --dtypes fp32 --repeats 5
+    python benchmarks/bench_sampling.py --device cuda --batches 1 64 --compile
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import torch
+
+from hart.config import GeneratorConfig
+from hart.model import HARTGenerator
+from sampling import kernels
+from sampling.engine import DTYPES, SamplingEngine, SamplingOptions, cfg_ratio, make_generators
+from tokenizer import HybridTokenizer, TokenizerCode, TokenizerConfig
+
+OPTIONS = SamplingOptions(cfg=1.5, top_k=900, top_p=0.96)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, device, repeats: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs, after one warm-up."""
+    fn()
+    out = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def _autocast(device, dtype: str):
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[dtype])
+
+
+@torch.no_grad()
+def naive_sample(gen: HARTGenerator, tok: HybridTokenizer, labels, gens, opt: SamplingOptions, dtype: str):
+    """Baseline without a cache: every scale reruns the blocks over the whole prefix."""
+    c = gen.config
+    B, K, V = labels.numel(), c.num_scales, c.codebook_size
+    rows = torch.cat([labels, torch.full_like(labels, c.null_class)])
+    f_hat, ids = None, []
+    with _autocast(labels.device, dtype):
+        cond = gen.condition(rows)
+        xs = [gen.embed_start(cond)]
+        for k, (start, end) in enumerate(c.scale_ranges):
+            h = gen.forward_tokens(torch.cat(xs, 1), cond, 0, None)  # (2B, end, C)
+            logits, _ = gen.head_logits(h[:, start:end], cond)
+            T = end - start
+            u = torch.stack([torch.rand(T, generator=g) for g in gens]).to(labels.device).reshape(-1)
+            ids_k = kernels.cfg_sample(
+                logits[:B].reshape(B * T, V), logits[B:].reshape(B * T, V), u, cfg_ratio(opt.cfg, k, K),
+                opt.temperature, opt.top_k, opt.top_p,
+            ).view(B, T)
+            f_hat, nxt = tok.next_scale_input(k, f_hat, ids_k)
+            ids.append(ids_k)
+            if nxt is not None:
+                e = gen.embed_inputs(nxt, end)
+                xs.append(torch.cat([e, e]))
+    return ids, f_hat
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batches", type=int, nargs="+", default=[8, 1], help="batch sizes (default 8 1)")
+    p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"], help="compute dtypes")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median; default 3)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the engine's per-scale step")
+    p.add_argument("--skip-naive", action="store_true", help="leave out the naive sampler (prints naive_ratio=nan)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    torch.manual_seed(0)
+    gen = HARTGenerator(GeneratorConfig.from_name("var-d8")).to(device).eval()
+    tok = HybridTokenizer(TokenizerConfig.from_name("var-256")).to(device).eval()
+    c = gen.config
+    print(f"# var-d8: depth {c.depth} width {c.width} heads {c.heads} scales {c.num_scales} "
+          f"V {c.codebook_size} z {c.z_channels} L {c.seq_len}; cfg {OPTIONS.cfg} top-k {OPTIONS.top_k} "
+          f"top-p {OPTIONS.top_p}; device {device} threads {torch.get_num_threads()} compile {args.compile}",
+          flush=True)
+
+    for dtype in args.dtypes:
+        engine = SamplingEngine(gen, tok, dtype=dtype, compile=args.compile)
+        for B in args.batches:
+            labels = torch.arange(B, device=device) % c.num_classes
+            seeds = list(range(B))
+
+            def run_engine():
+                return engine.sample(labels, make_generators(seeds), OPTIONS, decode=False)
+
+            t_sample = _time(run_engine, device, args.repeats)
+
+            rows = torch.cat([labels, torch.full_like(labels, c.null_class)])
+            teacher = torch.randn(2 * B, c.seq_len - 1, c.z_channels, device=device)
+
+            def run_floor():
+                with torch.no_grad(), _autocast(device, dtype):
+                    return gen(rows, teacher).logits
+
+            t_floor = _time(run_floor, device, args.repeats)
+
+            if args.skip_naive:
+                t_naive = float("nan")
+            else:
+                t_naive = _time(lambda: naive_sample(gen, tok, labels, make_generators(seeds), OPTIONS, dtype),
+                                device, max(1, args.repeats - 1))
+
+            out = run_engine()
+            code = TokenizerCode(ids=out.ids, residual=out.residual, f_hat=out.f_hat)
+            with torch.no_grad():
+                t_decode = _time(lambda: tok.decode(code), device, max(1, args.repeats - 1))
+
+            ms, floor = 1e3 * t_sample / B, 1e3 * t_floor / B
+            print(f"batch={B} dtype={dtype} ms_per_image={ms:.1f} floor_ms={floor:.1f} ratio={t_sample / t_floor:.3f} "
+                  f"naive_ratio={t_naive / t_floor:.3f} decode_ms={1e3 * t_decode / B:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

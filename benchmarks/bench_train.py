@@ -1,0 +1,103 @@
+"""Training throughput of the generator on this machine: tokens/s and MFU.
+
+    python benchmarks/bench_train.py                      # fm-s (32x32 CPU preset) and var-d8, fp32 and bf16
+    python benchmarks/bench_train.py --configs var-d8 --dtypes bf16 --steps 5
+
+For each config and dtype it prints
+    config=NAME dtype=DT tokens_per_s=X mfu=Y
+where MFU = model FLOPs per second / the fp32 matmul peak this script measures on the same
+threads (a large square matmul). Model FLOPs = 3 x forward (matmuls of every token, the
+attention over the full L x L score matrix, the head), the usual accounting.
+
+The step timed is the real one from ``hart.train``: teacher inputs from random ids through a
+random tokenizer, forward, cross-entropy (+ the diffusion loss where the preset has the
+head), backward, gradient clipping, AdamW, EMA.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from hart.config import GeneratorConfig
+from hart.dist import DistInfo
+from hart.train import GeneratorTrainer, build_parser
+from tokenizer import HybridTokenizer, TokenizerConfig
+
+BENCH = {
+    # name: (generator preset, tokenizer preset, batch)
+    "fm-s": ("fm-s", "fm-32", 64),
+    "var-d8": ("var-d8", "var-256", 8),
+}
+
+
+def matmul_peak(dtype=torch.float32, n=2048, reps=10) -> float:
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+
+
+def forward_flops_per_sample(c: GeneratorConfig) -> float:
+    C, L, V = c.width, c.seq_len, c.codebook_size
+    hidden = int(C * c.mlp_ratio)
+    per_token_block = 2 * (3 * C * C + C * C + 2 * C * hidden)  # qkv, proj, fc1, fc2
+    attn = 2 * 2 * L * C  # q k^T and p v over the full L x L matrix
+    per_token = c.depth * (per_token_block + attn) + 2 * C * V + 2 * c.z_channels * C
+    flops = L * per_token
+    if c.diff_head:  # head MLP on the kept last-scale tokens, batch_mul draws
+        n_last = c.patch_nums[-1] ** 2
+        w = c.diff_width
+        head = 2 * (c.z_channels * w + C * w + c.diff_depth * (2 * w * w + 3 * w * w) + 2 * w * w + w * c.z_channels)
+        flops += n_last * c.diff_keep_frac * c.diff_batch_mul * head
+    return flops
+
+
+def bench(name: str, dtype: str, steps: int, warmup: int, peak: float) -> str:
+    gen_preset, tok_preset, batch = BENCH[name]
+    torch.manual_seed(0)
+    tok = HybridTokenizer(TokenizerConfig.from_name(tok_preset)).eval().requires_grad_(False)
+    tc = tok.config
+    config = GeneratorConfig.from_name(gen_preset, patch_nums=tc.patch_nums, codebook_size=tc.codebook_size,
+                                       z_channels=tc.z_channels)
+    args = build_parser().parse_args(["--tokenizer", "x", "--data", "synthetic", "--out", "x",
+                                      "--dtype", dtype, "--steps", str(steps + warmup)])
+    trainer = GeneratorTrainer(config, tok, args, DistInfo())
+    n = tc.latent_size
+    labels = torch.randint(0, config.num_classes, (batch,))
+    ids = [torch.randint(0, tc.codebook_size, (batch, p * p)) for p in tc.patch_nums]
+    residual = torch.randn(batch, tc.z_channels, n, n) * 0.1
+    for _ in range(warmup):
+        trainer.train_step(ids, residual, labels)
+    t = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step(ids, residual, labels)
+    dt = (time.perf_counter() - t) / steps
+    tokens_per_s = batch * config.seq_len / dt
+    mfu = 3 * forward_flops_per_sample(config) * batch / dt / peak
+    return f"config={name} dtype={dtype} tokens_per_s={tokens_per_s:.0f} mfu={mfu:.2f}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", nargs="+", default=list(BENCH), choices=list(BENCH))
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    args = p.parse_args(argv)
+    peak = matmul_peak()
+    bf16_peak = matmul_peak(torch.bfloat16)
+    print(f"threads={torch.get_num_threads()} fp32_matmul_gflops={peak / 1e9:.0f} "
+          f"bf16_matmul_gflops={bf16_peak / 1e9:.0f} bf16_speedup={bf16_peak / peak:.2f}")
+    for name in args.configs:
+        for dtype in args.dtypes:
+            print(bench(name, dtype, args.steps, args.warmup, peak), flush=True)
+
+
+if __name__ == "__main__":
+    main()

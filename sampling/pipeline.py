@@ -1,0 +1,109 @@
+"""One pipeline for every caller (CLI, demo, FID): class ids + seed -> PIL images.
+
+    from sampling import HARTPipeline
+    pipe = HARTPipeline.from_pretrained("runs/fm")          # DIR/tokenizer + DIR/generator
+    images = pipe(class_ids=[3, 3, 5], seed=0, cfg=1.5, top_k=900, top_p=0.96)
+
+Image i of a call gets the seed ``seed + i`` (or ``seed[i]`` when a list is given) and its
+own ``torch.Generator``, so it is the same image whether generated alone or in a batch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from hart.errors import UserError
+from hart.images import to_pil
+from hart.io import resolve_dir
+from hart.model import HARTGenerator
+from sampling.engine import SampleOutput, SamplingEngine, SamplingOptions, make_generators
+from tokenizer.model import HybridTokenizer
+
+# where the bundled default model will live once one is trained and shipped
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+
+
+def default_model_dir() -> Path:
+    """The bundled default model folder, or a :class:`UserError` when none is bundled."""
+    d = DEFAULT_MODEL_DIR
+    if (d / "tokenizer").is_dir() and (d / "generator").is_dir():
+        return d
+    raise UserError("no default model is bundled yet; pass --model DIR (a folder made by `hart train`)")
+
+
+def _seeds(seed, n: int) -> list[int]:
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != n:
+            raise UserError(f"got {len(seed)} seeds for {n} class ids")
+        return [int(s) for s in seed]
+    return [int(seed) + i for i in range(n)]
+
+
+class HARTPipeline:
+    """Tokenizer + generator + sampling engine.
+
+    Args:
+        tokenizer, generator: the two models (moved to ``device`` and put in eval mode).
+        device: where to run (default: the generator's device).
+        dtype: ``"fp32"`` or ``"bf16"`` autocast for the transformer step.
+        kernels: fused-kernel backend, ``"auto"`` / ``"torch"`` / ``"triton"``.
+        compile: ``torch.compile`` the per-scale step (a string names the backend).
+    """
+
+    def __init__(self, tokenizer: HybridTokenizer, generator: HARTGenerator, device=None,
+                 dtype: str = "fp32", kernels: str = "auto", compile: bool | str = False):
+        device = torch.device(device) if device is not None else generator.word_embed.weight.device
+        self.tokenizer = tokenizer.to(device).eval()
+        self.generator = generator.to(device).eval()
+        self.device = device
+        self.engine = SamplingEngine(self.generator, self.tokenizer, dtype=dtype, kernels=kernels, compile=compile)
+
+    @classmethod
+    def from_pretrained(cls, model_dir=None, device="cpu", **kw) -> "HARTPipeline":
+        """Load ``model_dir/tokenizer`` and ``model_dir/generator`` (None: the bundled default)."""
+        folder = default_model_dir() if model_dir is None else resolve_dir(model_dir)
+        for sub in ("tokenizer", "generator"):
+            if not (folder / sub).is_dir():
+                raise UserError(
+                    f"{folder} is not a model folder: it has no {sub}/ (expected tokenizer/ and generator/, "
+                    "as written by `hart train`)"
+                )
+        tokenizer = HybridTokenizer.from_pretrained(folder / "tokenizer", device=device)
+        generator = HARTGenerator.from_pretrained(folder / "generator", device=device)
+        return cls(tokenizer, generator, device=device, **kw)
+
+    @property
+    def num_classes(self) -> int:
+        return self.generator.config.num_classes
+
+    def check_class_ids(self, class_ids) -> list[int]:
+        ids = [int(c) for c in class_ids]
+        bad = [c for c in ids if not 0 <= c < self.num_classes]
+        if bad:
+            raise UserError(f"class id {bad[0]} is out of range: this model has classes 0..{self.num_classes - 1}")
+        return ids
+
+    def sample(self, class_ids, seed=0, *, previews: bool = False, decode: bool = True,
+               return_logits: bool = False, **options) -> SampleOutput:
+        """Tensors out: ids, residual, images (B, 3, R, R) in [-1, 1], optional previews.
+
+        ``options`` are :class:`SamplingOptions` fields (cfg, top_k, top_p, temperature,
+        smooth, diff_steps, diff_temperature).
+        """
+        ids = self.check_class_ids(class_ids)
+        opts = SamplingOptions(**options).validate()
+        gens = make_generators(_seeds(seed, len(ids)))
+        return self.engine.sample(ids, gens, opts, decode=decode, previews=previews, return_logits=return_logits)
+
+    def __call__(self, class_ids, seed=0, **options) -> list:
+        """Class ids -> list of PIL images (one per id). See :meth:`sample` for options."""
+        if len(list(class_ids)) == 0:
+            return []
+        return to_pil(self.sample(class_ids, seed, **options).images)
+
+    def previews(self, class_ids, seed=0, **options) -> list[list]:
+        """Per image, the K PIL images after each scale (the last is the final image)."""
+        out = self.sample(class_ids, seed, previews=True, **options)
+        per_scale = [to_pil(p) for p in out.previews]  # K lists of B
+        return [list(col) for col in zip(*per_scale)]

@@ -1,0 +1,250 @@
+"""Sampling engine, pipeline and ``hart generate``: cache parity, seeds, batch independence,
+options, CLI errors. Tiny CPU models with random weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hart.config import GeneratorConfig
+from hart.errors import UserError
+from hart.model import HARTGenerator
+from sampling import HARTPipeline, SamplingEngine, SamplingOptions
+from sampling.engine import cfg_ratio, make_generators
+from tokenizer import HybridTokenizer, TokenizerConfig
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _models(seed=0, **gen_kw):
+    torch.manual_seed(seed)
+    tok = HybridTokenizer(TokenizerConfig.from_name("tiny")).eval()
+    gen = HARTGenerator(GeneratorConfig.from_name("tiny", **gen_kw)).eval()
+    with torch.no_grad():
+        # VAR's init nearly closes the gates (1e-5) and zeroes the diffusion output: open
+        # both so that the blocks, the cache and the residual matter in these tests
+        for blk in gen.blocks:
+            blk.ada_lin[-1].bias[: 2 * gen.config.width].fill_(1.0)
+        if gen.diffusion is not None:
+            torch.nn.init.normal_(gen.diffusion.final_layer.linear.weight, std=0.1)
+    return tok, gen
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    tok, gen = _models()
+    return HARTPipeline(tok, gen)
+
+
+# ----------------------------------------------------------------------------- engine invariants
+
+@pytest.mark.parametrize("l2", [True, False])
+@pytest.mark.parametrize("cfg", [0.0, 2.5])
+def test_cache_parity_with_teacher_forcing(l2, cfg):
+    tok, gen = _models(attn_l2_norm=l2)
+    engine = SamplingEngine(gen, tok)
+    labels = torch.tensor([1, 4, 7])
+    out = engine.sample(labels, make_generators([0, 1, 2]), SamplingOptions(cfg=cfg, top_k=0, top_p=1.0),
+                        decode=False, return_logits=True)
+    cached = torch.cat(out.logits, dim=1)  # (2B or B, L, V)
+    with torch.no_grad():
+        teacher = tok.teacher_inputs(out.ids)
+        dense_c = gen(labels, teacher).logits
+        torch.testing.assert_close(cached[:3], dense_c, atol=1e-4, rtol=0)
+        if cfg > 0:
+            dense_u = gen(torch.full_like(labels, gen.config.null_class), teacher).logits
+            torch.testing.assert_close(cached[3:], dense_u, atol=1e-4, rtol=0)
+        else:
+            assert cached.shape[0] == 3  # no doubled batch without guidance
+
+
+def test_outputs_shapes_and_ranges(pipe):
+    c = pipe.generator.config
+    n = pipe.tokenizer.config.latent_size
+    out = pipe.sample([0, 9], seed=3, cfg=1.5, top_k=20, top_p=0.9)
+    assert [tuple(i.shape) for i in out.ids] == [(2, p * p) for p in c.patch_nums]
+    assert all(((i >= 0) & (i < c.codebook_size)).all() for i in out.ids)
+    assert out.residual.shape == (2, c.z_channels, n, n) and torch.isfinite(out.residual).all()
+    assert out.residual.abs().sum() > 0
+    torch.testing.assert_close(out.f_hat, pipe.tokenizer.ids_to_fhat(out.ids))
+    R = pipe.tokenizer.config.resolution
+    assert out.images.shape == (2, 3, R, R) and out.images.abs().max() <= 1
+    assert out.previews is None
+
+
+def test_top_k_one_is_greedy(pipe):
+    """top-k 1 takes the argmax of the guided logits at every scale, whatever the seed."""
+    a = pipe.sample([2], seed=0, cfg=1.0, top_k=1, return_logits=True, decode=False)
+    b = pipe.sample([2], seed=99, cfg=1.0, top_k=1, decode=False)
+    K = len(a.ids)
+    for k, (ia, ib, lg) in enumerate(zip(a.ids, b.ids, a.logits)):
+        t = cfg_ratio(1.0, k, K)
+        guided = (1 + t) * lg[:1] - t * lg[1:]
+        assert torch.equal(ia, ib) and torch.equal(ia, guided.argmax(-1))
+
+
+def test_cfg_ratio_schedule():
+    assert [cfg_ratio(3.0, k, 4) for k in range(4)] == [0.0, 1.0, 2.0, 3.0]
+    assert cfg_ratio(2.0, 0, 1) == 2.0
+
+
+def test_same_seed_same_images_other_seed_different(pipe):
+    a = pipe.sample([3, 3], seed=5).images
+    b = pipe.sample([3, 3], seed=5).images
+    c = pipe.sample([3, 3], seed=6).images
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    assert not torch.allclose(a[0], a[1])  # seeds 5 and 6 inside one batch differ too
+    torch.testing.assert_close(a[1], c[0])  # image with seed 6 is the same in either call
+
+
+@pytest.mark.parametrize("smooth", [False, True])
+def test_batch_independence(pipe, smooth):
+    labels, seeds = [1, 5, 8, 2], [10, 11, 12, 13]
+    batch = pipe.sample(labels, seed=seeds, smooth=smooth)
+    for i in (0, 2, 3):
+        alone = pipe.sample([labels[i]], seed=[seeds[i]], smooth=smooth)
+        assert all(torch.equal(x[i], y[0]) for x, y in zip(batch.ids, alone.ids))
+        torch.testing.assert_close(batch.images[i], alone.images[0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(batch.residual[i], alone.residual[0], atol=1e-4, rtol=0)
+
+
+def test_previews_one_per_scale(pipe):
+    out = pipe.sample([4], seed=0, previews=True)
+    K = pipe.generator.config.num_scales
+    assert len(out.previews) == K
+    assert all(p.shape == out.images.shape for p in out.previews)
+    assert torch.equal(out.previews[-1], out.images)
+    pil = pipe.previews([4, 5], seed=0)
+    assert len(pil) == 2 and len(pil[0]) == K
+
+
+def test_smoothing_changes_latent_not_validity(pipe):
+    out = pipe.sample([6], seed=1, smooth=True)
+    assert torch.isfinite(out.images).all()
+    assert not torch.allclose(out.f_hat, pipe.tokenizer.ids_to_fhat(out.ids))
+
+
+def test_diffusion_steps_and_no_head():
+    tok, gen = _models()
+    p = HARTPipeline(tok, gen)
+    a = p.sample([1], seed=0, diff_steps=2).residual
+    b = p.sample([1], seed=0, diff_steps=8).residual
+    assert not torch.allclose(a, b)
+    tok, gen = _models(diff_head=False)
+    out = HARTPipeline(tok, gen).sample([1], seed=0)
+    assert out.residual is None and torch.isfinite(out.images).all()
+
+
+def test_bf16_autocast_runs(pipe):
+    tok, gen = pipe.tokenizer, pipe.generator
+    out = HARTPipeline(tok, gen, dtype="bf16").sample([1, 2], seed=0)
+    assert torch.isfinite(out.images).all()
+    assert all(((i >= 0) & (i < gen.config.codebook_size)).all() for i in out.ids)
+
+
+def test_compiled_step_matches_eager(pipe):
+    """fullgraph capture of the per-scale step (the 'eager' backend keeps the test fast)."""
+    tok, gen = pipe.tokenizer, pipe.generator
+    compiled = HARTPipeline(tok, gen, compile="eager").sample([1, 2], seed=0)
+    eager = pipe.sample([1, 2], seed=0)
+    assert all(torch.equal(x, y) for x, y in zip(compiled.ids, eager.ids))
+    torch.testing.assert_close(compiled.images, eager.images)
+
+
+def test_pil_output(pipe):
+    imgs = pipe([0, 1, 2], seed=0)
+    R = pipe.tokenizer.config.resolution
+    assert len(imgs) == 3 and imgs[0].size == (R, R) and imgs[0].mode == "RGB"
+
+
+@pytest.mark.parametrize("bad", [
+    dict(cfg=-0.1), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1), dict(temperature=0.0), dict(diff_steps=0),
+])
+def test_bad_options(pipe, bad):
+    with pytest.raises(UserError):
+        pipe.sample([1], seed=0, **bad)
+
+
+def test_bad_class_ids(pipe):
+    with pytest.raises(UserError, match="out of range"):
+        pipe.sample([10], seed=0)
+    with pytest.raises(UserError, match="out of range"):
+        pipe.sample([-1], seed=0)
+
+
+# ----------------------------------------------------------------------------- loading and CLI
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, pipe):
+    d = tmp_path_factory.mktemp("model")
+    pipe.tokenizer.save_pretrained(d / "tokenizer")
+    pipe.generator.save_pretrained(d / "generator")
+    return d
+
+
+def test_from_pretrained_round_trip(model_dir, pipe):
+    loaded = HARTPipeline.from_pretrained(model_dir)
+    torch.testing.assert_close(loaded.sample([3], seed=2).images, pipe.sample([3], seed=2).images)
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(UserError, match="no such folder"):
+        HARTPipeline.from_pretrained(tmp_path / "missing")
+    with pytest.raises(UserError, match="not a model folder"):
+        HARTPipeline.from_pretrained(tmp_path)
+
+
+def test_cli_writes_grid_and_images(model_dir, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from sampling.generate import main
+
+    out = tmp_path / "grid.png"
+    each = tmp_path / "each"
+    main(["--model", str(model_dir), "--class", "3", "--class", "5", "--num", "3", "--cfg", "2",
+          "--top-k", "10", "--top-p", "0.9", "--seed", "4", "--batch-size", "2",
+          "--out", str(out), "--save-each", str(each)])
+    assert Image.open(out).size[1] > 2 * 16
+    files = sorted(each.iterdir())
+    assert len(files) == 6
+    # image j has seed 4 + j whatever the batch size
+    pipe = HARTPipeline.from_pretrained(model_dir)
+    ref = pipe([5], seed=4 + 4, cfg=2.0, top_k=10, top_p=0.9)[0]
+    assert np.array_equal(np.asarray(Image.open(each / "c5_0004.png")), np.asarray(ref))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--class", "10"], "out of range"),
+    (["--class", "-2"], "out of range"),
+    (["--class", "1", "--num", "-1"], "--num"),
+    (["--class", "1", "--cfg", "-1"], "--cfg"),
+    (["--class", "1", "--top-p", "0"], "--top-p"),
+    (["--class", "1", "--top-p", "1.01"], "--top-p"),
+])
+def test_cli_bad_input_is_one_line(model_dir, tmp_path, capsys, argv, message):
+    from sampling.generate import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(model_dir), "--out", str(tmp_path / "g.png")] + argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def test_cli_without_model_says_pass_model(capsys, tmp_path):
+    from sampling import pipeline
+    from sampling.generate import main
+
+    if (pipeline.DEFAULT_MODEL_DIR / "generator").is_dir():
+        pytest.skip("a default model is bundled")
+    with pytest.raises(SystemExit):
+        main(["--class", "1", "--out", str(tmp_path / "g.png")])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--model" in err and "default model" in err
