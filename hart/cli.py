@@ -3,6 +3,8 @@ that owns it, imported only when that subcommand runs, so ``hart --help`` starts
 
     hart train-tokenizer --preset fm-32 --data fashion-mnist --out runs/tok
     hart eval-tokenizer --model runs/tok --data fashion-mnist --split test
+    hart train --tokenizer runs/tok --preset fm-s --data fashion-mnist --out runs/gen
+    hart generate --model runs/gen --class 3 --num 8 --out grid.png
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ COMMANDS = {
     "extract-tokens": ("hart.tokens", "pre-encode a dataset once into a token cache for generator training"),
     "train": ("hart.train", "train the generator (single process or torchrun)"),
     "generate": ("sampling.generate", "generate a PNG grid of images from a model folder"),
+    "fid": ("sampling.fid", "Frechet distance (FID / FD-EffNet) of a model or an image folder"),
+    "demo": ("demo.app", "Gradio demo on a model folder"),
 }
 
 

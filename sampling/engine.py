@@ -176,26 +176,29 @@ class SamplingEngine:
     # ------------------------------------------------------------------ the transformer step
 
     def _modulations(self, cond: torch.Tensor) -> tuple[list, tuple]:
-        """AdaLN vectors of every block and of the head, computed once per batch.
+        """Per-batch constants of every block and of the head, computed once per sample call.
 
-        Returns ([(gamma1, gamma2, scale1, scale2, shift1, shift2) per block, each (2B, 1, C)],
-        (head scale, head shift)).
+        Returns ([(gamma1, gamma2, scale1, scale2, shift1, shift2 (each (2B, 1, C)),
+        qkv bias (3C,), q scale (1, H, 1, 1) or None) per block], (head scale, head shift)).
         """
         C = self.config.width
-        blocks = [blk.ada_lin(cond).view(-1, 1, 6, C).unbind(2) for blk in self.generator.blocks]
+        blocks = []
+        for blk in self.generator.blocks:
+            attn = blk.attn
+            qkv_bias = torch.cat([attn.q_bias, attn.zero_k_bias, attn.v_bias])
+            q_scale = attn.scale_mul_1H11.clamp(max=MAX_ATTN_SCALE_LOG).exp() if attn.l2_norm else None
+            blocks.append((*blk.ada_lin(cond).view(-1, 1, 6, C).unbind(2), qkv_bias, q_scale))
         head = self.generator.head_nm.ada_lin(cond).view(-1, 1, 2, C).unbind(2)
         return blocks, head
 
-    def _attention(self, blk, xn: torch.Tensor, cache, start: int) -> torch.Tensor:
+    def _attention(self, attn, xn: torch.Tensor, qkv_bias, q_scale, cache, start: int) -> torch.Tensor:
         """Cached block-causal attention of tokens [start, start + T). (B, T, C) -> (B, T, C)."""
-        attn = blk.attn
         B, T, C = xn.shape
         H, hd = attn.heads, attn.head_dim
-        bias = torch.cat([attn.q_bias, attn.zero_k_bias, attn.v_bias])
-        qkv = F.linear(xn, attn.mat_qkv.weight, bias).view(B, T, 3, H, hd)
+        qkv = F.linear(xn, attn.mat_qkv.weight, qkv_bias).view(B, T, 3, H, hd)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, hd)
-        if attn.l2_norm:
-            q = F.normalize(q, dim=-1) * attn.scale_mul_1H11.clamp(max=MAX_ATTN_SCALE_LOG).exp()
+        if q_scale is not None:  # cosine attention (VAR): unit q, k; q scaled by the learned exp(s)
+            q = F.normalize(q, dim=-1) * q_scale
             k = F.normalize(k, dim=-1)
         end = start + T
         ck, cv = cache
@@ -217,11 +220,12 @@ class SamplingEngine:
             (logits (2B, T, V), hidden (2B, T, C) after the head norm).
         """
         eps = self.config.norm_eps
-        for blk, (g1, g2, s1, s2, b1, b2), cache in zip(self.generator.blocks, block_mods, self.caches):
-            h = self._attention(blk, kernels.adaln_layernorm(x, s1, b1, eps, self.kernels), cache, start)
-            x = x + h * g1
+        for blk, mods, cache in zip(self.generator.blocks, block_mods, self.caches):
+            g1, g2, s1, s2, b1, b2, qkv_bias, q_scale = mods
+            xn = kernels.adaln_layernorm(x, s1, b1, eps, self.kernels)
+            x = torch.addcmul(x, self._attention(blk.attn, xn, qkv_bias, q_scale, cache, start), g1)  # x + attn * gamma1
             h = blk.ffn(kernels.adaln_layernorm(x, s2, b2, eps, self.kernels))
-            x = x + h * g2
+            x = torch.addcmul(x, h, g2)
         hs, hb = head_mods
         hidden = kernels.adaln_layernorm(x, hs, hb, eps, self.kernels)
         return self.generator.head(hidden), hidden

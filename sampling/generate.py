@@ -76,6 +76,8 @@ def main(argv=None):
     from hart.images import save_grid, to_pil
     from sampling.pipeline import HARTPipeline
 
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
     pipe = HARTPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
     pipe.check_class_ids(args.classes)
     labels = [c for c in args.classes for _ in range(args.num)]

@@ -18,8 +18,9 @@ Semantics shared by reference and kernel (tested for parity under ``TRITON_INTER
   position i is kept when the mass strictly before it is < top_p (so the tail whose
   cumulative probability is at most 1 - top_p is dropped, as in VAR); the first is
   always kept. Every logit at or above the smallest kept value survives.
-* the draw: ``id = #{j : cdf_j <= u}`` over the filtered softmax in index order, i.e.
-  P(id = j) = p_j for u ~ U[0, 1); clamped to the last index with non-zero mass.
+* the draw: ``id = #{j : cdf_j <= u * cdf_V}``, cdf = cumsum(exp(filtered logits - max))
+  in index order, i.e. P(id = j) = p_j for u ~ U[0, 1); clamped to the last index with
+  non-zero mass.
 
 Dispatch (:func:`select_backend`, the one place that decides): Triton when it is
 importable and the tensors are on a GPU, or when ``TRITON_INTERPRET=1`` and the caller
@@ -113,7 +114,7 @@ def _kernels(interpret: bool):
         c = tl.load(COND + row * stride_c + cols, mask=mask, other=0.0).to(tl.float32)
         if HAS_UNCOND:
             uc = tl.load(UNCOND + row * stride_u + cols, mask=mask, other=0.0).to(tl.float32)
-            c = (1.0 + t) * c - t * uc  # VAR's guidance with the scale-dependent ratio t
+            c = c + t * (c - uc)  # VAR's (1 + t) cond - t uncond, t growing with the scale
         logit = tl.where(mask, c * inv_temp, neg_inf)
         if DO_TOPK:
             s = tl.sort(logit, descending=True)
@@ -128,11 +129,11 @@ def _kernels(interpret: bool):
             thr = tl.min(tl.where(keep, s, float("inf")), axis=0)
             logit = tl.where(logit >= thr, logit, neg_inf)
         e = tl.exp(logit - tl.max(logit, axis=0))
-        p = e / tl.sum(e, axis=0)
-        cdf = tl.cumsum(p, axis=0)
+        cdf = tl.cumsum(e, axis=0)
+        total = tl.sum(tl.where(cols == BLOCK_V - 1, cdf, 0.0), axis=0)  # the cumsum's last entry
         u = tl.load(U + row).to(tl.float32)
-        idx = tl.sum((cdf <= u).to(tl.int32), axis=0)
-        last = tl.max(tl.where(p > 0, cols, -1), axis=0)
+        idx = tl.sum((cdf <= u * total).to(tl.int32), axis=0)
+        last = tl.max(tl.where(e > 0, cols, -1), axis=0)
         idx = tl.minimum(idx, last)
         tl.store(OUT + row, idx.to(tl.int64))
 
@@ -188,42 +189,77 @@ def adaln_layernorm(x, scale, shift, eps: float, backend: str | None = "auto") -
 # ----------------------------------------------------------------------------- CFG + filter + sample
 
 def guided_logits(cond: torch.Tensor, uncond: torch.Tensor | None, t: float, temperature: float) -> torch.Tensor:
-    """((1 + t) cond - t uncond) / temperature in fp32. (N, V) -> (N, V)."""
-    logits = cond.float()
-    if uncond is not None:
-        logits = (1.0 + t) * logits - t * uncond.float()
-    return logits / temperature
+    """((1 + t) cond - t uncond) / temperature as cond + t (cond - uncond), in a new fp32 buffer.
+
+    (N, V) -> (N, V).
+    """
+    c = cond.float()
+    if uncond is None:
+        logits = c.clone()
+    else:
+        logits = torch.sub(c, uncond.float())
+        torch.add(c, logits, alpha=t, out=logits)
+    if temperature != 1.0:
+        logits.mul_(1.0 / temperature)
+    return logits
+
+
+def keep_threshold(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor | None:
+    """Per row, the smallest logit that top-k then top-p keep (module doc). (N, V) -> (N, 1).
+
+    Works on the top-k values only: ties at the k-th share its fate, and they enter the
+    top-p normaliser through their count. None when neither filter is on.
+    """
+    V = logits.shape[-1]
+    do_topk = 0 < top_k < V
+    if not do_topk and top_p >= 1.0:
+        return None
+    if do_topk:
+        s = torch.topk(logits, top_k, dim=-1).values  # (N, k), descending
+        thr = s[:, -1:]
+    else:
+        s = torch.sort(logits, dim=-1, descending=True).values
+        thr = s[:, -1:]
+    if top_p < 1.0:
+        lse = torch.logsumexp(s, dim=-1, keepdim=True)
+        if do_topk:
+            ties = (logits >= thr).sum(-1, keepdim=True) - top_k  # equal to the k-th, beyond it
+            lse = torch.logaddexp(lse, thr + ties.float().log())
+        p = torch.exp(s - lse)
+        before = torch.cumsum(p, dim=-1) - p  # mass strictly before each sorted position
+        keep = (before < top_p) & (s > float("-inf"))
+        keep[:, 0] = True
+        thr = torch.where(keep, s, torch.full_like(s, float("inf"))).amin(-1, keepdim=True)
+    return thr
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Top-k then top-p filtering (module doc); dropped entries become -inf. (N, V) fp32."""
+    thr = keep_threshold(logits, top_k, top_p)
+    return logits if thr is None else logits.masked_fill(logits < thr, float("-inf"))
+
+
+def _draw_(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """:func:`sample_from_logits` that overwrites ``logits`` (it becomes exp(logits - max))."""
     V = logits.shape[-1]
-    neg_inf = float("-inf")
-    do_topk = 0 < top_k < V
-    if do_topk:
-        top = torch.topk(logits, top_k, dim=-1).values  # (N, k), descending
-        logits = logits.masked_fill(logits < top[:, -1:], neg_inf)
-    if top_p < 1.0:
-        # only the top-k sorted values can be kept, and ties at the k-th share its fate,
-        # so the top-k list (with the whole row's normaliser) decides the threshold
-        s = top if do_topk else torch.sort(logits, dim=-1, descending=True).values
-        p = torch.exp(s - torch.logsumexp(logits, dim=-1, keepdim=True))
-        before = torch.cumsum(p, dim=-1) - p
-        keep = (before < top_p) & (s > float("-inf"))
-        keep[:, 0] = True
-        thr = torch.where(keep, s, torch.full_like(s, float("inf"))).amin(-1, keepdim=True)
-        logits = logits.masked_fill(logits < thr, neg_inf)
-    return logits
+    e = logits.sub_(logits.amax(-1, keepdim=True)).exp_()
+    cdf = torch.cumsum(e, dim=-1)
+    target = u.float().view(-1, 1) * cdf[:, -1:]
+    idx = torch.searchsorted(cdf, target, right=True).view(-1).clamp_(max=V - 1)  # #{j: cdf_j <= target}
+    dead = e.gather(-1, idx.view(-1, 1)).view(-1) == 0
+    if bool(dead.any()):  # u * total rounded past the last non-zero entry
+        cols = torch.arange(V, device=e.device)
+        idx[dead] = torch.minimum(idx[dead], torch.where(e[dead] > 0, cols, -1).amax(-1))
+    return idx
 
 
 def sample_from_logits(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF draw over softmax(logits) in index order. (N, V), (N,) -> (N,) int64."""
-    p = torch.softmax(logits, dim=-1)
-    cdf = torch.cumsum(p, dim=-1)
-    idx = (cdf <= u.float().unsqueeze(-1)).sum(-1)
-    cols = torch.arange(p.shape[-1], device=p.device)
-    last = torch.where(p > 0, cols, -1).amax(-1)
-    return torch.minimum(idx, last)
+    """Inverse-CDF draw over softmax(logits) in index order. (N, V), (N,) -> (N,) int64.
+
+    id = #{j : cdf_j <= u * cdf_V} with cdf = cumsum(exp(logits - max)), clamped to the
+    last entry with non-zero mass.
+    """
+    return _draw_(logits.float().clone(), u)
 
 
 def cfg_sample_ref(
@@ -239,8 +275,11 @@ def cfg_sample_ref(
     Returns:
         (N,) int64 ids.
     """
-    logits = filter_logits(guided_logits(cond, uncond, t, temperature), top_k, top_p)
-    return sample_from_logits(logits, u)
+    logits = guided_logits(cond, uncond, t, temperature)  # owned buffer: filtered and drawn in place
+    thr = keep_threshold(logits, top_k, top_p)
+    if thr is not None:
+        logits.masked_fill_(logits < thr, float("-inf"))
+    return _draw_(logits, u)
 
 
 def cfg_sample_triton(cond, uncond, u, t=0.0, temperature=1.0, top_k=0, top_p=1.0) -> torch.Tensor:
