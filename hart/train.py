@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import shutil
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from hart.errors import UserError, cli_entry
 from hart.io import (CONFIG_NAME, WEIGHTS_NAME, atomic_dir, load_state, load_weights, read_json,
                      resolve_dir, save_state, save_weights, write_json)
 from hart.model import HARTGenerator
+from hart.training import nonfinite_loss, set_lr, warmup_cosine
 from hart.tokens import TokenCache, split_scales, tokenizer_fingerprint
 from tokenizer import HybridTokenizer
 
@@ -149,18 +149,10 @@ class GeneratorTrainer:
         self.amp_dtype = resolve_dtype(args.dtype, dev)
         self.step = self.saved_step = 0
 
-    def lr_at(self, step: int) -> float:
-        """Linear warm-up (5% of the run), then cosine decay to 10% of the peak."""
-        total = self.args.steps
-        warm = max(1, total // 20)
-        if step < warm:
-            return self.args.lr * (step + 1) / warm
-        t = min(1.0, (step - warm) / max(1, total - warm))
-        return self.args.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * t)))
-
     def train_step(self, ids: list, residual: torch.Tensor, labels: torch.Tensor) -> dict:
-        for g in self.opt.param_groups:
-            g["lr"] = self.lr_at(self.step)
+        # linear warm-up over 5% of the run, then cosine decay to 10% of the peak
+        a = self.args
+        set_lr([self.opt], warmup_cosine(self.step, a.steps, a.lr, max(1, a.steps // 20)))
         dev = self.dist.device
         amp = (torch.autocast(dev.type, dtype=self.amp_dtype) if self.amp_dtype != torch.float32
                else contextlib.nullcontext())
@@ -168,10 +160,7 @@ class GeneratorTrainer:
             loss, metrics = self.ddp(ids, residual, labels, self.gen)
         bad = torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=dev)
         if self.dist.all_reduce_mean(bad).item() > 0:
-            raise UserError(
-                f"loss became {loss.item()} at step {self.step}; stopping. The last good checkpoint is "
-                f"in {self.args.out} (step {self.saved_step}). Try a lower --lr, then --resume."
-            )
+            raise nonfinite_loss(loss.item(), self.step, self.args.out, self.saved_step)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 2.0)

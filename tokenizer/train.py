@@ -13,7 +13,6 @@ weights, discriminator, optimizers, step, RNG); ``DIR/recon.png`` shows input | 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from hart.data import SPEC_HELP, infinite_batches, make_dataset
 from hart.ema import EMA
 from hart.errors import UserError, cli_entry
 from hart.images import save_grid
+from hart.training import nonfinite_loss, pick_device, set_lr, warmup_cosine
 from hart.io import (atomic_dir, load_state, load_weights, read_json, resolve_dir, save_state,
                      save_weights, write_json)
 from tokenizer.config import TokenizerConfig
@@ -69,19 +69,10 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(args.seed)  # hybrid coin flips
         self.step = 0
 
-    def lr_at(self, step: int) -> float:
-        """Linear warm-up over 2% of the run, then cosine to 10% of the peak."""
-        total, warm = self.args.steps, max(1, self.args.steps // 50)
-        if step < warm:
-            return self.args.lr * (step + 1) / warm
-        t = (step - warm) / max(1, total - warm)
-        return self.args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
-
     def train_step(self, x: torch.Tensor) -> dict:
         args, step = self.args, self.step
-        for opt in (self.opt_g, self.opt_d):
-            for g in opt.param_groups:
-                g["lr"] = self.lr_at(step)
+        # linear warm-up over 2% of the run, then cosine to 10% of the peak
+        set_lr((self.opt_g, self.opt_d), warmup_cosine(step, args.steps, args.lr, max(1, args.steps // 50)))
         # HART's hybrid training: half the batches decode the discrete-only latent
         discrete = bool(torch.rand((), generator=self.gen) < 0.5)
         mask = torch.full((x.shape[0],), discrete, device=x.device)
@@ -96,10 +87,7 @@ class Trainer:
             loss = loss + args.disc_weight * hinge_g_loss(self.disc(out.recon))
             self.disc.requires_grad_(True)
         if not torch.isfinite(loss):
-            raise UserError(
-                f"loss became {loss.item()} at step {step}; stopping. The last good checkpoint is "
-                f"in {args.out} (step {self.saved_step}). Try a lower --lr, then --resume."
-            )
+            raise nonfinite_loss(loss.item(), step, args.out, self.saved_step)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -156,14 +144,6 @@ def write_recon_grid(model: HybridTokenizer, images: torch.Tensor, path) -> None
     rows = [images, model.decode(code, use_residual=False), model.decode(code, use_residual=True)]
     save_grid([r.cpu() for r in rows], path, row_labels=["input", "discrete", "hybrid"], scale=2)
     model.train(was_training)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no GPU is visible; use --device cpu")
-    return torch.device(name)
 
 
 def resolve_config(args, out: Path) -> TokenizerConfig:

@@ -1,0 +1,39 @@
+"""Small pieces both trainers share: LR schedule, device choice, the NaN stop. Plumbing leaf."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from hart.errors import UserError
+
+
+def warmup_cosine(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay from ``peak`` to ``floor * peak``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def set_lr(optimizers, lr: float) -> None:
+    for opt in optimizers:
+        for g in opt.param_groups:
+            g["lr"] = lr
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> cuda when visible, else cpu; a cuda request without a GPU is one clear line."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+def nonfinite_loss(value: float, step: int, out, saved_step: int) -> UserError:
+    """The one-line stop for a NaN/inf loss; the last good checkpoint is untouched."""
+    return UserError(
+        f"loss became {value} at step {step}; stopping. The last good checkpoint is in {out} "
+        f"(step {saved_step}). Try a lower --lr, then --resume."
+    )
