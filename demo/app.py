@@ -1,0 +1,357 @@
+"""Gradio demo: class-conditional generation with the per-scale view of next-scale prediction.
+
+    hart demo --model runs/fm                       # http://127.0.0.1:7860
+    python -m demo --model runs/fm --port 8080
+    hart demo --model runs/fm --host 0.0.0.0        # reachable from other machines
+    hart demo --model runs/fm --share               # public gradio.live link (asked for only)
+
+The page has the class (by name), CFG, top-k, top-p, temperature, seed (with a randomise
+button) and the number of images; it shows the images, a strip of the image after every
+scale (1x1 .. full, the last scale with and without the continuous residual) and the time.
+
+Safety: analytics off, 127.0.0.1 unless ``--host``, no share link unless ``--share``, no
+file inputs (nothing reads or writes a path the visitor chooses), one request at a time
+behind a bounded queue, and a time limit per request (``--time-limit``).
+
+``demo.build_demo(pipeline)`` returns the ``gr.Blocks`` without launching it.
+"""
+from __future__ import annotations
+
+import os
+
+# must precede the gradio import: gradio reads it at import time
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import math  # noqa: E402
+import random  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+
+from hart.errors import UserError, cli_entry  # noqa: E402
+from hart.images import to_pil  # noqa: E402
+from sampling import HARTPipeline  # noqa: E402
+from tokenizer.model import TokenizerCode  # noqa: E402
+
+MAX_SEED = 2**31 - 1
+CFG_MAX = 20.0
+TEMPERATURE_MAX = 5.0
+STRIP_MAX_ROWS = 8  # the per-scale strip shows at most this many of the images
+CELL_MIN = 96  # strip cells are upscaled (nearest) to at least this many pixels
+
+# passed to launch() (gradio 6 takes theme and css there, not in Blocks()); system fonts so
+# the page asks no font server
+THEME_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
+CSS = ".pixelated img { image-rendering: pixelated; }"
+
+
+class RequestTimeout(Exception):
+    """Raised inside the sampler when a request passes its deadline."""
+
+
+class Deadline:
+    """A per-thread time limit checked at module boundaries of the pipeline.
+
+    Forward pre-hooks on the tokenizer's decoder (called after every scale when previews are
+    on) and on the diffusion head (every denoising step) raise :class:`RequestTimeout` once
+    the calling thread's deadline has passed, so a long request stops between scales instead
+    of running to the end. Threads without a deadline (other users of the same pipeline)
+    are not affected. Nothing inside the (possibly compiled) transformer step is hooked.
+    """
+
+    def __init__(self, pipeline: HARTPipeline):
+        self._local = threading.local()
+        modules = [pipeline.tokenizer.decoder]
+        if getattr(pipeline.generator, "diffusion", None) is not None:
+            modules.append(pipeline.generator.diffusion)
+        self._handles = [m.register_forward_pre_hook(self._hook) for m in modules]
+
+    def check(self) -> None:
+        deadline = getattr(self._local, "deadline", None)
+        if deadline is not None and time.monotonic() > deadline:
+            raise RequestTimeout
+
+    def _hook(self, module, args):
+        self.check()
+
+    @contextlib.contextmanager
+    def limit(self, seconds: float | None):
+        self._local.deadline = None if not seconds else time.monotonic() + seconds
+        try:
+            yield
+        finally:
+            self._local.deadline = None
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+@dataclass
+class Result:
+    images: list  # PIL images, resolution x resolution
+    captions: list  # one per image: class name and seed
+    strip: Image.Image  # per-scale strip (upscaled)
+    timing: str
+
+
+def class_names(pipeline: HARTPipeline) -> list[str]:
+    """Names from the generator config, or ``class 0`` .. when the config has none."""
+    cfg = pipeline.generator.config
+    names = list(getattr(cfg, "class_names", ()) or ())
+    if len(names) != cfg.num_classes:
+        names = [f"class {i}" for i in range(cfg.num_classes)]
+    return names
+
+
+def _number(name: str, value, *, integer: bool = False, lo=None, hi=None, lo_open: bool = False) -> float:
+    """A finite number in range, or a :class:`UserError` naming the control."""
+    if value is None or isinstance(value, bool) or isinstance(value, str) and not value.strip():
+        raise UserError(f"{name} is missing")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise UserError(f"{name} must be a finite number, got {value!r}")
+    if integer:
+        if x != int(x):
+            raise UserError(f"{name} must be a whole number, got {value!r}")
+        x = int(x)
+    if lo is not None and (x <= lo if lo_open else x < lo):
+        raise UserError(f"{name} must be {'>' if lo_open else '>='} {lo:g}, got {value!r}")
+    if hi is not None and x > hi:
+        raise UserError(f"{name} must be <= {hi:g}, got {value!r}")
+    return x
+
+
+def _font(size: int = 12):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType sizes
+        return ImageFont.load_default()
+
+
+def per_scale_strip(rows: list[list[Image.Image]], labels: list[str], cell: int) -> Image.Image:
+    """Tile ``rows`` (one list of same-size images per row) under a header of ``labels``."""
+    pad, head = 4, 18
+    ncol = len(labels)
+    canvas = Image.new("RGB", (pad + ncol * (cell + pad), head + pad + len(rows) * (cell + pad)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(12)
+    for c, text in enumerate(labels):
+        x = pad + c * (cell + pad)
+        w = draw.textlength(text, font=font)
+        draw.text((x + max(0, (cell - w) / 2), 2), text, fill=(0, 0, 0), font=font)
+    for r, row in enumerate(rows):
+        y = head + pad + r * (cell + pad)
+        for c, im in enumerate(row):
+            canvas.paste(im.resize((cell, cell), Image.NEAREST), (pad + c * (cell + pad), y))
+    return canvas
+
+
+class DemoModel:
+    """What the page calls: validation, sampling under a time limit, the strip. No gradio here.
+
+    Args:
+        pipeline: the shared :class:`HARTPipeline`.
+        max_images: most images one request may ask for.
+        time_limit: seconds a request may run before it is stopped (None/0: no limit).
+    """
+
+    def __init__(self, pipeline: HARTPipeline, max_images: int = 16, time_limit: float | None = 60.0):
+        self.pipeline = pipeline
+        self.names = class_names(pipeline)
+        self.max_images = int(max_images)
+        self.time_limit = time_limit
+        self.deadline = Deadline(pipeline)
+        self.lock = threading.Lock()  # the engine's KV cache is shared: one request at a time
+        tcfg, gcfg = pipeline.tokenizer.config, pipeline.generator.config
+        self.resolution = tcfg.resolution
+        self.patch_nums = tuple(gcfg.patch_nums)
+        self.codebook_size = gcfg.codebook_size
+        self.has_residual = getattr(pipeline.generator, "diffusion", None) is not None
+
+    # ------------------------------------------------------------------ inputs
+
+    def parse(self, class_name, cfg, top_k, top_p, temperature, seed, num_images) -> tuple:
+        """Raw control values -> (class id, options dict, seed, n); :class:`UserError` if bad."""
+        if class_name not in self.names:
+            shown = ", ".join(self.names[:10]) + (" ..." if len(self.names) > 10 else "")
+            raise UserError(f"unknown class {class_name!r}; choose one of: {shown}")
+        options = dict(
+            cfg=_number("CFG", cfg, lo=0, hi=CFG_MAX),
+            top_k=int(_number("top-k", top_k, integer=True, lo=0, hi=self.codebook_size)),
+            top_p=_number("top-p", top_p, lo=0, lo_open=True, hi=1),
+            temperature=_number("temperature", temperature, lo=0, lo_open=True, hi=TEMPERATURE_MAX),
+        )
+        seed = int(_number("seed", seed, integer=True, lo=0, hi=MAX_SEED))
+        n = int(_number("number of images", num_images, integer=True, lo=1, hi=self.max_images))
+        return self.names.index(class_name), options, seed, n
+
+    # ------------------------------------------------------------------ sampling
+
+    def strip_labels(self) -> list[str]:
+        labels = [f"{p}x{p}" for p in self.patch_nums]
+        if self.has_residual:
+            labels[-1] += " ids"
+            labels.append(f"{self.patch_nums[-1]}x{self.patch_nums[-1]} +res")
+        return labels
+
+    def generate(self, class_name, cfg, top_k, top_p, temperature, seed, num_images) -> Result:
+        label, options, seed, n = self.parse(class_name, cfg, top_k, top_p, temperature, seed, num_images)
+        pipe = self.pipeline
+        with self.lock:
+            t0 = time.perf_counter()
+            try:
+                with self.deadline.limit(self.time_limit), torch.inference_mode():
+                    self.deadline.check()
+                    out = pipe.sample([label] * n, seed, previews=True, **options)
+                    # previews: K-1 discrete decodes, then the final image (with the residual);
+                    # the last scale without the residual is decoded here from the public pieces
+                    if self.has_residual:
+                        discrete = pipe.tokenizer.decode(
+                            TokenizerCode(ids=out.ids, residual=out.residual, f_hat=out.f_hat), use_residual=False
+                        ).float()
+                        columns = [*out.previews[:-1], discrete, out.images]
+                    else:
+                        columns = list(out.previews)
+            except RequestTimeout:
+                raise UserError(
+                    f"stopped: this request ran longer than the {self.time_limit:g} s limit; "
+                    "ask for fewer images"
+                ) from None
+            seconds = time.perf_counter() - t0
+        images = to_pil(out.images)
+        m = min(n, STRIP_MAX_ROWS)
+        per_col = [to_pil(c[:m]) for c in columns]  # columns x rows
+        rows = [list(r) for r in zip(*per_col)]
+        cell = self.resolution * max(1, math.ceil(CELL_MIN / self.resolution))
+        strip = per_scale_strip(rows, self.strip_labels(), cell)
+        name = self.names[label]
+        captions = [f"{name}, seed {seed + i}" for i in range(n)]
+        timing = (f"{n} image{'s' if n > 1 else ''} of {self.resolution}x{self.resolution} in {seconds:.2f} s "
+                  f"({len(self.patch_nums)} scales, per-scale previews included)")
+        return Result(images, captions, strip, timing)
+
+
+def build_demo(pipeline: HARTPipeline, *, max_images: int = 16, time_limit: float | None = 60.0,
+               queue_size: int = 16, title: str = "HART: next-scale prediction") -> gr.Blocks:
+    """The Gradio app on ``pipeline``, not launched. One request runs at a time (the engine's
+    cache is shared); at most ``queue_size`` wait; each may run ``time_limit`` seconds."""
+    model = DemoModel(pipeline, max_images=max_images, time_limit=time_limit)
+    names = model.names
+    pn = model.patch_nums
+    R = model.resolution
+
+    def generate(class_name, cfg, top_k, top_p, temperature, seed, num_images):
+        try:
+            r = model.generate(class_name, cfg, top_k, top_p, temperature, seed, num_images)
+        except UserError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        return list(zip(r.images, r.captions)), r.strip, r.timing
+
+    with gr.Blocks(title=title, analytics_enabled=False) as blocks:
+        gr.Markdown(
+            f"# {title}\n"
+            f"A class-conditional HART model: {len(names)} classes, {R}x{R} images, {len(pn)} scales "
+            f"({pn[0]}x{pn[0]} .. {pn[-1]}x{pn[-1]} tokens). Each scale predicts a finer token map "
+            "from all the coarser ones"
+            + ("; a small diffusion head then adds the continuous residual." if model.has_residual else ".")
+        )
+        with gr.Row():
+            with gr.Column(scale=1, min_width=280):
+                class_in = gr.Dropdown(names, value=names[0], label="Class", elem_id="class")
+                cfg_in = gr.Slider(0, 10, value=1.5, step=0.1, label="CFG (guidance at the last scale)",
+                                   elem_id="cfg")
+                topk_in = gr.Slider(0, model.codebook_size, value=min(900, model.codebook_size), step=1,
+                                    label="Top-k (0: off)", elem_id="top_k")
+                topp_in = gr.Slider(0.01, 1.0, value=0.96, step=0.01, label="Top-p", elem_id="top_p")
+                temp_in = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature", elem_id="temperature")
+                with gr.Row():
+                    seed_in = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
+                                        elem_id="seed", scale=3)
+                    dice = gr.Button("Randomise", elem_id="randomise", scale=1, min_width=60)
+                num_in = gr.Slider(1, model.max_images, value=min(8, model.max_images), step=1,
+                                   label="Number of images", elem_id="num_images")
+                run = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=2):
+                gallery = gr.Gallery(label="Images", columns=4, height="auto", format="png",
+                                     elem_id="gallery", elem_classes=["pixelated"])
+                strip = gr.Image(label="After every scale (last scale: without and with the residual)",
+                                 type="pil", format="png", elem_id="strip", interactive=False)
+                timing = gr.Textbox(label="Generation time", elem_id="timing", interactive=False)
+        dice.click(lambda: random.randint(0, MAX_SEED), None, seed_in, queue=False, api_visibility="private")
+        inputs = [class_in, cfg_in, topk_in, topp_in, temp_in, seed_in, num_in]
+        # preprocess=False: the raw values reach DemoModel.parse, which checks every one with
+        # its own readable message (gradio's checks would also log a traceback per bad value)
+        run.click(generate, inputs, [gallery, strip, timing], api_name="generate", concurrency_limit=1,
+                  preprocess=False)
+    blocks.queue(max_size=queue_size, default_concurrency_limit=1)
+    blocks.demo_model = model  # for tests and callers that want the plain-Python path
+    return blocks
+
+
+def launch_options() -> dict:
+    """Keyword arguments for ``Blocks.launch`` shared by ``main`` and the screenshot tool."""
+    return dict(theme=gr.themes.Default(font=THEME_FONTS, font_mono=["ui-monospace", "monospace"]), css=CSS,
+                ssr_mode=False, mcp_server=False, pwa=False, enable_monitoring=False,
+                footer_links=[], show_error=False)
+
+
+def load_pipeline(model_dir, device: str = "cpu") -> HARTPipeline:
+    """``HARTPipeline.from_pretrained`` with every failure turned into one :class:`UserError` line."""
+    try:
+        return HARTPipeline.from_pretrained(model_dir, device=device)
+    except UserError:
+        raise
+    except Exception as e:  # a broken config.json or weights file: one line, not a traceback
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"could not load the model from {model_dir}: {type(e).__name__}"
+                        + (f": {msg}" if msg else "")) from None
+
+
+@cli_entry
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="hart demo", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="model folder with tokenizer/ and generator/ (default: the bundled model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="also make a public gradio.live link")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--time-limit", type=float, default=60.0, metavar="S",
+                   help="seconds one request may run before it is stopped (default 60; 0: no limit)")
+    p.add_argument("--max-images", type=int, default=16, metavar="N", help="most images per request (default 16)")
+    p.add_argument("--queue-size", type=int, default=16, metavar="N",
+                   help="requests that may wait in the queue (default 16)")
+    args = p.parse_args(argv)
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be in 1..65535, got {args.port}")
+    if args.time_limit < 0 or not math.isfinite(args.time_limit):
+        raise UserError(f"--time-limit must be >= 0, got {args.time_limit}")
+    if args.max_images < 1 or args.queue_size < 1:
+        raise UserError("--max-images and --queue-size must be >= 1")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UserError(f"unknown --device {args.device!r}") from None
+    pipeline = load_pipeline(args.model, device=str(device))
+    blocks = build_demo(pipeline, max_images=args.max_images, time_limit=args.time_limit or None,
+                        queue_size=args.queue_size)
+    try:
+        blocks.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
+    except OSError as e:
+        raise UserError(f"cannot serve on {args.host}:{args.port}: {e}") from None
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
