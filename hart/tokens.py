@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file

@@ -1,4 +1,3 @@
-import os
 import sys
 from pathlib import Path
 
@@ -9,7 +8,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# tiny configs: one thread is fastest, and two OpenMP threads on a busy 2-core machine
+# can be 100x slower than one
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -1,5 +1,4 @@
 """Shared setup for the generator-training tests (and the DDP worker)."""
-import argparse
 
 import torch
 

@@ -12,13 +12,6 @@ from hart.errors import UserError
 from hart.model import HARTGenerator, drop_labels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny ops: two OpenMP threads on a busy 2-core box are ~100x slower than one
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _tiny(**kw) -> GeneratorConfig:

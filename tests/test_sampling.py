@@ -13,12 +13,6 @@ from sampling.engine import cfg_ratio, make_generators
 from tokenizer import HybridTokenizer, TokenizerConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _models(seed=0, **gen_kw):

@@ -101,7 +101,6 @@ def test_phi_schedule_matches_var():
 
 
 def test_last_scale_phi_flag():
-    x = torch.rand(1, 3, 16, 16) * 2 - 1
     for phi_last in (False, True):
         m = make(phi_last)
         ids = torch.zeros(1, 16, dtype=torch.long)

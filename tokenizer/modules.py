@@ -8,7 +8,6 @@ and runs first, ``up.0`` runs last with no upsample).
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
