@@ -42,7 +42,7 @@ from tokenizer.model import TokenizerCode  # noqa: E402
 MAX_SEED = 2**31 - 1
 CFG_MAX = 20.0
 TEMPERATURE_MAX = 5.0
-STRIP_MAX_ROWS = 8  # the per-scale strip shows at most this many of the images
+STRIP_MAX_ROWS = 4  # the per-scale strip shows at most this many of the images
 CELL_MIN = 96  # strip cells are upscaled (nearest) to at least this many pixels
 
 # passed to launch() (gradio 6 takes theme and css there, not in Blocks()); system fonts so
@@ -67,6 +67,7 @@ class Deadline:
 
     def __init__(self, pipeline: HARTPipeline):
         self._local = threading.local()
+        self.clock = time.monotonic
         modules = [pipeline.tokenizer.decoder]
         if getattr(pipeline.generator, "diffusion", None) is not None:
             modules.append(pipeline.generator.diffusion)
@@ -74,7 +75,7 @@ class Deadline:
 
     def check(self) -> None:
         deadline = getattr(self._local, "deadline", None)
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and self.clock() > deadline:
             raise RequestTimeout
 
     def _hook(self, module, args):
@@ -82,7 +83,7 @@ class Deadline:
 
     @contextlib.contextmanager
     def limit(self, seconds: float | None):
-        self._local.deadline = None if not seconds else time.monotonic() + seconds
+        self._local.deadline = None if not seconds else self.clock() + seconds
         try:
             yield
         finally:
@@ -283,9 +284,12 @@ def build_demo(pipeline: HARTPipeline, *, max_images: int = 16, time_limit: floa
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 gallery = gr.Gallery(label="Images", columns=4, height="auto", format="png",
-                                     elem_id="gallery", elem_classes=["pixelated"])
-                strip = gr.Image(label="After every scale (last scale: without and with the residual)",
-                                 type="pil", format="png", elem_id="strip", interactive=False)
+                                     elem_id="gallery", elem_classes=["pixelated"], buttons=["download", "fullscreen"])
+                gr.Markdown("**After every scale**: the decoded token maps from 1x1 up to full size"
+                            + (", the last one without and then with the residual" if model.has_residual else "")
+                            + f" (first {STRIP_MAX_ROWS} images).")
+                strip = gr.Image(label="After every scale", show_label=False, type="pil", format="png",
+                                 elem_id="strip", interactive=False, buttons=[])
                 timing = gr.Textbox(label="Generation time", elem_id="timing", interactive=False)
         dice.click(lambda: random.randint(0, MAX_SEED), None, seed_in, queue=False, api_visibility="private")
         inputs = [class_in, cfg_in, topk_in, topp_in, temp_in, seed_in, num_in]
@@ -319,7 +323,8 @@ def load_pipeline(model_dir, device: str = "cpu") -> HARTPipeline:
 
 @cli_entry
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="hart demo", description=__doc__.split("\n\n")[0],
+    intro, examples = __doc__.split("\n\n")[:2]
+    p = argparse.ArgumentParser(prog="hart demo", description=intro, epilog="examples:\n" + examples,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, metavar="DIR",
                    help="model folder with tokenizer/ and generator/ (default: the bundled model)")

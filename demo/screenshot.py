@@ -151,7 +151,9 @@ class Chromium:
     def evaluate(self, expression: str):
         r = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
         if "exceptionDetails" in r:
-            raise CDPError(f"javascript error: {r['exceptionDetails'].get('text')}")
+            d = r["exceptionDetails"]
+            raise CDPError(f"javascript error: {d.get('exception', {}).get('description') or d.get('text')}"
+                           f" in: {expression[:200]}")
         return r["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float = 30.0, what: str = "the page"):
@@ -193,9 +195,13 @@ class Chromium:
         return path
 
 
-IMAGES_SHOWN = "document.querySelectorAll('#gallery img').length"
-TIMING_TEXT = "(() => { const t = document.querySelector('#timing textarea, #timing input'); return t ? t.value : ''; })()"
-STRIP_SHOWN = "!!document.querySelector('#strip img')"
+# number of gallery images loaded and decoded (0 until all of them are)
+IMAGES_SHOWN = ("(() => { const ims = [...document.querySelectorAll('#gallery img')];"
+                " return ims.every(i => i.complete && i.naturalWidth > 0) ? ims.length : 0; })()")
+TIMING_TEXT = ("(() => { const t = document.querySelector('#timing textarea, #timing input');"
+               " return t ? t.value : ''; })()")
+STRIP_SHOWN = ("(() => { const i = document.querySelector('#strip img');"
+               " return !!i && i.complete && i.naturalWidth > 0; })()")
 
 
 def capture(url: str, out, *, class_name: str | None = None, seed: int | None = None,
@@ -222,7 +228,7 @@ def _set_inputs(browser: Chromium, class_name, seed, timeout) -> None:
     """Type a seed and pick a class the way a visitor would."""
     if seed is not None:
         browser.click("#seed input")
-        browser.evaluate("document.querySelector('#seed input').select()")
+        browser.evaluate("document.querySelector('#seed input').select()")  # click() waited for it
         browser.call("Input.insertText", {"text": str(seed)})
     if class_name is not None:
         browser.click("#class input")
@@ -231,8 +237,12 @@ def _set_inputs(browser: Chromium, class_name, seed, timeout) -> None:
         option = (f"[...document.querySelectorAll('#class li, ul[role=listbox] li')]"
                   f".find(li => li.innerText.trim() === {json.dumps(class_name)})")
         browser.wait_for(f"!!{option}", timeout=timeout, what=f"the class option {class_name!r}")
-        browser.evaluate(f"{option}.dispatchEvent(new MouseEvent('mousedown', {{bubbles: true}}))")
-        browser.evaluate(f"{option}.click()")
+        # gradio picks an option on mousedown (and closes the list), so press it once
+        picked = (f"(() => {{ const o = {option}; if (!o) return false;"
+                  " o.dispatchEvent(new MouseEvent('mousedown', {bubbles: true})); return true; })()")
+        browser.wait_for(picked, timeout=timeout, what=f"picking {class_name!r}")
+        browser.wait_for(f"document.querySelector('#class input').value === {json.dumps(class_name)}",
+                         timeout=timeout, what=f"the class to read {class_name!r}")
     browser.evaluate("document.activeElement && document.activeElement.blur()")
 
 
