@@ -1,4 +1,11 @@
+import os
 import sys
+
+# Triton decides interpreter mode when it is first imported (its language functions are
+# built then), so the CPU kernel-parity tests need this before any test module imports
+# torch, diffusers or gradio, which may import triton. On a GPU box, run with
+# TRITON_INTERPRET=0 to compile the kernels for real.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 from pathlib import Path
 
 import pytest
