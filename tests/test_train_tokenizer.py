@@ -92,7 +92,9 @@ def test_eval_tokenizer_cli(tmp_path, capsys):
     run(out, "--steps", "2")
     capsys.readouterr()
     hart_main(["eval-tokenizer", "--model", str(out), "--data", "synthetic", "--num", "16",
-               "--out", str(tmp_path / "r.json")])
+               "--out", str(tmp_path / "r.json"), "--save-recon", str(tmp_path / "rec")])
+    assert len(list((tmp_path / "rec" / "hybrid").glob("*.png"))) == 16
+    assert Image.open(tmp_path / "rec" / "discrete" / "000015.png").size == (16, 16)
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["num_images"] == 16 and 0 < r["codebook_usage"] <= 1
     assert set(r["codebook_usage_per_scale"]) == {"1x1", "2x2", "3x3", "4x4"}

@@ -3,18 +3,22 @@
 Examples:
     hart eval-tokenizer --model runs/tok --data fashion-mnist --split test
     hart eval-tokenizer --model runs/tok --data folder:/data/imgs --num 500 --out tok.json
+    hart eval-tokenizer --model runs/tok --data fashion-mnist --save-recon runs/recon
+    hart fid --images runs/recon/hybrid --ref fashion-mnist:train --features effnet-lite0 --resolution 32
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from hart.data import SPEC_HELP, make_dataset
 from hart.errors import UserError, cli_entry
+from hart.images import to_pil
 from hart.io import write_json
 from tokenizer.losses import psnr
 from tokenizer.model import HybridTokenizer
@@ -22,9 +26,10 @@ from tokenizer.model import HybridTokenizer
 
 @torch.no_grad()
 def evaluate(model: HybridTokenizer, dataset, num: int | None = None, batch_size: int = 100,
-             device="cpu", progress: bool = True) -> dict:
+             device="cpu", progress: bool = True, save_recon=None) -> dict:
     """Mean PSNR (dB) of discrete-only and hybrid reconstructions, and codebook usage
-    (fraction of the codebook hit, overall and per scale) over the first ``num`` images."""
+    (fraction of the codebook hit, overall and per scale) over the first ``num`` images.
+    ``save_recon``: a folder that gets ``discrete/`` and ``hybrid/`` PNGs (for ``hart fid``)."""
     cfg = model.config
     n = len(dataset) if num is None else min(num, len(dataset))
     if n < 1:
@@ -34,8 +39,13 @@ def evaluate(model: HybridTokenizer, dataset, num: int | None = None, batch_size
     for start in tqdm(range(0, n, batch_size), desc="eval", disable=not progress):
         x = torch.stack([dataset[i][0] for i in range(start, min(n, start + batch_size))]).to(device)
         code = model.encode(x)
-        sums["discrete"] += psnr(model.decode(code, use_residual=False), x).sum().item()
-        sums["hybrid"] += psnr(model.decode(code, use_residual=True), x).sum().item()
+        for kind, use_res in (("discrete", False), ("hybrid", True)):
+            rec = model.decode(code, use_residual=use_res)
+            sums[kind] += psnr(rec, x).sum().item()
+            if save_recon is not None:
+                (Path(save_recon) / kind).mkdir(parents=True, exist_ok=True)
+                for j, im in enumerate(to_pil(rec)):
+                    im.save(Path(save_recon) / kind / f"{start + j:06d}.png")
         for k, ids in enumerate(code.ids):
             hits[k] += torch.bincount(ids.flatten().cpu(), minlength=cfg.codebook_size)
     return {
@@ -60,13 +70,15 @@ def main(argv=None):
     p.add_argument("--num", type=int, default=None, help="evaluate the first N images (default: all)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--out", default=None, help="also write the result as JSON here")
+    p.add_argument("--save-recon", default=None, metavar="DIR",
+                   help="write the reconstructions as DIR/discrete/*.png and DIR/hybrid/*.png (e.g. for hart fid)")
     args = p.parse_args(argv)
     if args.num is not None and args.num < 1:
         raise UserError("--num must be positive")
     model = HybridTokenizer.from_pretrained(args.model)
     dataset = make_dataset(args.data, args.split, model.config.resolution, args.data_dir)
     t0 = time.time()
-    result = evaluate(model, dataset, args.num, args.batch_size)
+    result = evaluate(model, dataset, args.num, args.batch_size, save_recon=args.save_recon)
     result.update(model=str(args.model), data=args.data, split=args.split, seconds=round(time.time() - t0, 1))
     print(f"PSNR discrete-only {result['psnr_discrete']:.2f} dB | hybrid {result['psnr_hybrid']:.2f} dB | "
           f"codebook usage {result['codebook_usage']:.1%} of {result['codebook_size']} "
