@@ -199,6 +199,14 @@ class Synthetic(torch.utils.data.Dataset):
 SPEC_HELP = "dataset: fashion-mnist, folder:PATH (one subfolder per class) or synthetic"
 
 
+def add_data_arguments(parser, split_default: str | None = None) -> None:
+    """``--data`` / ``--data-dir`` (and ``--split`` when ``split_default`` is given) for a CLI."""
+    parser.add_argument("--data", required=True, help=SPEC_HELP)
+    parser.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's)")
+    if split_default is not None:
+        parser.add_argument("--split", default=split_default, choices=list(SPLITS))
+
+
 def make_dataset(spec: str, split: str = "train", resolution: int = 32, data_dir=None):
     """Build the dataset named by ``spec``. ``split`` is train or test."""
     if split not in SPLITS:

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from hart.data import SPEC_HELP, make_dataset
+from hart.data import add_data_arguments, make_dataset
 from hart.errors import UserError, cli_entry
 from hart.io import WEIGHTS_NAME, atomic_dir, read_json, resolve_dir, write_json
 from tokenizer import HybridTokenizer
@@ -89,9 +89,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="hart extract-tokens", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", required=True, help="tokenizer folder (from hart train-tokenizer)")
-    p.add_argument("--data", required=True, help=SPEC_HELP)
-    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
-    p.add_argument("--split", default="train", choices=["train", "test"])
+    add_data_arguments(p, split_default="train")
     p.add_argument("--out", required=True, help="cache folder to write")
     p.add_argument("--batch-size", type=int, default=256)
     args = p.parse_args(argv)

@@ -33,7 +33,7 @@ from hart.errors import UserError, cli_entry
 from hart.io import (CONFIG_NAME, WEIGHTS_NAME, atomic_dir, load_state, load_weights, read_json,
                      resolve_dir, save_state, save_weights, write_json)
 from hart.model import HARTGenerator
-from hart.training import nonfinite_loss, set_lr, warmup_cosine
+from hart.training import check_positive, nonfinite_loss, set_lr, warmup_cosine
 from hart.tokens import TokenCache, split_scales, tokenizer_fingerprint
 from tokenizer import HybridTokenizer
 
@@ -268,8 +268,7 @@ def dataset_classes(args, tokenizer) -> tuple:
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.steps < 1 or args.batch_size < 1 or args.save_every < 1:
-        raise UserError("--steps, --batch-size and --save-every must be positive")
+    check_positive(args, "steps", "batch_size", "save_every")
     dist = init_distributed(args.device)
     try:
         return run(args, dist)

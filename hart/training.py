@@ -31,6 +31,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_positive(args, *names: str) -> None:
+    """One line for the first of ``args.<name>`` that is not a positive number."""
+    for name in names:
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+
+
 def nonfinite_loss(value: float, step: int, out, saved_step: int) -> UserError:
     """The one-line stop for a NaN/inf loss; the last good checkpoint is untouched."""
     return UserError(

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from hart.data import SPEC_HELP, make_dataset
+from hart.data import add_data_arguments, make_dataset
 from hart.errors import UserError, cli_entry
 from hart.images import to_pil
 from hart.io import write_json
@@ -64,9 +64,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="hart eval-tokenizer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="tokenizer folder (from hart train-tokenizer)")
-    p.add_argument("--data", required=True, help=SPEC_HELP)
-    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
-    p.add_argument("--split", default="test", choices=["train", "test"])
+    add_data_arguments(p, split_default="test")
     p.add_argument("--num", type=int, default=None, help="evaluate the first N images (default: all)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--out", default=None, help="also write the result as JSON here")

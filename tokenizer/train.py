@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from hart.data import SPEC_HELP, infinite_batches, make_dataset
+from hart.data import add_data_arguments, infinite_batches, make_dataset
 from hart.ema import EMA
 from hart.errors import UserError, cli_entry
 from hart.images import save_grid
-from hart.training import nonfinite_loss, pick_device, set_lr, warmup_cosine
+from hart.training import check_positive, nonfinite_loss, pick_device, set_lr, warmup_cosine
 from hart.io import (atomic_dir, load_state, load_weights, read_json, resolve_dir, save_state,
                      save_weights, write_json)
 from tokenizer.config import TokenizerConfig
@@ -37,8 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=None, help=f"tokenizer preset: {', '.join(TokenizerConfig.PRESETS)} "
                    "(default fm-32; on --resume, the saved one)")
-    p.add_argument("--data", required=True, help=SPEC_HELP)
-    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's)")
+    add_data_arguments(p)
     p.add_argument("--out", required=True, help="output tokenizer folder")
     p.add_argument("--steps", type=int, default=3000, help="total optimizer steps (default 3000)")
     p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
@@ -164,8 +163,7 @@ def resolve_config(args, out: Path) -> TokenizerConfig:
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.steps < 1 or args.batch_size < 1 or args.save_every < 1:
-        raise UserError("--steps, --batch-size and --save-every must be positive")
+    check_positive(args, "steps", "batch_size", "save_every")
     out = Path(args.out)
     config = resolve_config(args, out)
     if args.disc_start is None:
