@@ -3,6 +3,8 @@
 Examples::
 
     hart generate --model runs/fm --class 3 --num 8 --out grid.png
+    hart generate --model runs/fm --all-classes --num 8 --out all.png
+    hart generate --model runs/fm --class Dress --class Sneaker --num 8 --out two.png
     hart generate --model runs/fm --class 3 --class 5 --num 4 --cfg 2 --top-k 200 --top-p 0.9 \\
         --seed 7 --out grid.png --save-each samples/
     hart generate --model runs/fm --class 0 --num 64 --batch-size 32 --dtype bf16 --compile --out big.png
@@ -25,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default=None, help="model folder made by `hart train` (tokenizer/ + generator/); "
                    "default: the bundled model")
-    p.add_argument("--class", dest="classes", type=int, action="append", required=True,
-                   help="class id; repeat for several rows")
+    p.add_argument("--class", dest="classes", action="append", default=[],
+                   help="class id or name (e.g. 3 or Dress); repeat for several rows")
+    p.add_argument("--all-classes", action="store_true", help="one row per class of the model")
     p.add_argument("--num", type=int, default=8, help="images per class (default 8)")
     p.add_argument("--cfg", type=float, default=1.5, help="guidance at the last scale, >= 0 (default 1.5)")
     p.add_argument("--top-k", type=int, default=900, help="keep the k most likely tokens, 0 = off (default 900)")
@@ -60,9 +63,32 @@ def _check_args(args) -> None:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     if args.scale < 1:
         raise UserError(f"--scale must be positive, got {args.scale}")
-    neg = [c for c in args.classes if c < 0]
+    if not args.classes and not args.all_classes:
+        raise UserError("name the classes to draw: --class ID_OR_NAME (repeatable) or --all-classes")
+    neg = [c for c in args.classes if c.lstrip("-").isdigit() and int(c) < 0]
     if neg:
         raise UserError(f"class id {neg[0]} is out of range: class ids are >= 0")
+
+
+def resolve_classes(args, config) -> list[int]:
+    """--class values (ids or names, case-insensitive) and --all-classes -> class ids."""
+    if args.all_classes:
+        return list(range(config.num_classes))
+    names = {n.lower(): i for i, n in enumerate(config.class_names)}
+    out = []
+    for c in args.classes:
+        if c.lstrip("-").isdigit():
+            out.append(int(c))
+        elif c.lower() in names:
+            out.append(names[c.lower()])
+        else:
+            known = ", ".join(config.class_names) or "this model has no class names; use ids"
+            raise UserError(f"unknown class {c!r}; choose an id or one of: {known}")
+    return out
+
+
+def class_label(config, c: int) -> str:
+    return config.class_names[c] if c < len(config.class_names) else f"class {c}"
 
 
 @cli_entry
@@ -79,6 +105,7 @@ def main(argv=None):
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
     pipe = HARTPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+    args.classes = resolve_classes(args, pipe.generator.config)
     pipe.check_class_ids(args.classes)
     labels = [c for c in args.classes for _ in range(args.num)]
     seeds = [args.seed + j for j in range(len(labels))]
@@ -90,7 +117,7 @@ def main(argv=None):
         images.append(pipe.sample(labels[s:e], seed=seeds[s:e], **opts).images.cpu())
     images = torch.cat(images)  # (len(labels), 3, R, R)
     rows = list(images.split(args.num))
-    out = save_grid(rows, args.out, row_labels=[f"class {c}" for c in args.classes], scale=args.scale)
+    out = save_grid(rows, args.out, row_labels=[class_label(pipe.generator.config, c) for c in args.classes], scale=args.scale)
     if args.save_each:
         d = Path(args.save_each)
         d.mkdir(parents=True, exist_ok=True)

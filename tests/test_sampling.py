@@ -214,7 +214,30 @@ def test_cli_writes_grid_and_images(model_dir, tmp_path, capsys):
     assert np.array_equal(np.asarray(Image.open(each / "c5_0004.png")), np.asarray(ref))
 
 
+def test_cli_class_names_and_all_classes(model_dir, tmp_path):
+    from PIL import Image
+
+    import argparse
+    import shutil
+
+    from hart.io import read_json, write_json
+    from sampling.generate import main, resolve_classes
+
+    named = tmp_path / "named"
+    shutil.copytree(model_dir, named)
+    cfg_json = read_json(named / "generator" / "config.json")
+    cfg_json["class_names"] = [f"kind{i}" for i in range(cfg_json["num_classes"])]
+    write_json(named / "generator" / "config.json", cfg_json)
+    cfg = HARTPipeline.from_pretrained(named).generator.config
+    args = argparse.Namespace(all_classes=False, classes=["2", "KIND4"])
+    assert resolve_classes(args, cfg) == [2, 4]
+    main(["--model", str(named), "--all-classes", "--num", "1", "--out", str(tmp_path / "all.png")])
+    assert Image.open(tmp_path / "all.png").size[1] >= cfg.num_classes * 16
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--class", "Unicorn"], "unknown class 'Unicorn'"),
+    ([], "--all-classes"),
     (["--class", "10"], "out of range"),
     (["--class", "-2"], "out of range"),
     (["--class", "1", "--num", "-1"], "--num"),
