@@ -226,7 +226,8 @@ def fit_preset(name: str, tc, classes) -> GeneratorConfig:
                                      class_names=tuple(classes))
 
 
-def copy_tokenizer(src, out: Path, resume: bool) -> None:
+def copy_tokenizer(src, out: Path) -> None:
+    """Copy the tokenizer into ``out/tokenizer`` once; a run never switches tokenizers."""
     dst = out / "tokenizer"
     if dst.exists():
         if tokenizer_fingerprint(dst) != tokenizer_fingerprint(src):
@@ -284,7 +285,7 @@ def run(args, dist: DistInfo) -> int:
     tokenizer = HybridTokenizer.from_pretrained(args.tokenizer, device=dist.device).requires_grad_(False)
     config = resolve_config(args, out, tokenizer, dataset_classes(args, tokenizer))
     if dist.is_main:
-        copy_tokenizer(args.tokenizer, out, args.resume)
+        copy_tokenizer(args.tokenizer, out)
     trainer = GeneratorTrainer(config, tokenizer, args, dist)
     if args.resume:
         trainer.load(out)

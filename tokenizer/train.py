@@ -66,7 +66,7 @@ class Trainer:
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0)
         self.lpips = LPIPS.from_file(args.lpips_weights).to(device) if args.lpips_weights else None
         self.gen = torch.Generator().manual_seed(args.seed)  # hybrid coin flips
-        self.step = 0
+        self.step = self.saved_step = 0
 
     def train_step(self, x: torch.Tensor) -> dict:
         args, step = self.args, self.step
@@ -104,8 +104,6 @@ class Trainer:
                     ids=torch.cat([i.flatten() for i in out.ids]))
 
     # ------------------------------------------------------------------ checkpoints
-
-    saved_step = 0
 
     def save(self, out: Path, preview: torch.Tensor) -> None:
         with atomic_dir(out / STATE) as tmp:
