@@ -5,6 +5,7 @@ that owns it, imported only when that subcommand runs, so ``hart --help`` starts
     hart eval-tokenizer --model runs/tok --data fashion-mnist --split test
     hart train --tokenizer runs/tok --preset fm-s --data fashion-mnist --out runs/gen
     hart generate --model runs/gen --class 3 --num 8 --out grid.png
+    hart convert var --vae vae_ch160v4096z32.pth --var var_d16.pth --out models/var-d16
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ COMMANDS = {
     "generate": ("sampling.generate", "generate a PNG grid of images from a model folder"),
     "fid": ("sampling.fid", "Frechet distance (FID / FD-EffNet) of a model or an image folder"),
     "demo": ("demo.app", "Gradio demo on a model folder"),
+    "convert": ("hart.convert", "convert official VAR / HART checkpoints into model folders"),
 }
 
 

@@ -36,12 +36,13 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from hart.errors import UserError, cli_entry
+from sampling.options import add_sampling_arguments, sampling_options
 
 IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}
 KID_MAX = 5000  # features kept per set for KID (a uniform reservoir sample)
@@ -542,10 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     g = p.add_argument_group("sampling (--model)")
     g.add_argument("--seed", type=int, default=0, help="seed of sample 0 (default 0)")
-    g.add_argument("--cfg", type=float, default=1.5, help="guidance scale (default 1.5)")
-    g.add_argument("--top-k", type=int, default=900, help="top-k, 0 = off (default 900)")
-    g.add_argument("--top-p", type=float, default=0.96, help="nucleus mass (default 0.96)")
-    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1)")
+    add_sampling_arguments(g)
     g.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="transformer compute dtype")
     return p
 
@@ -597,8 +595,8 @@ def main(argv=None):
             resolution = pipe.tokenizer.config.resolution
             if args.resolution and args.resolution != resolution:
                 raise UserError(f"--resolution {args.resolution} differs from the model's {resolution} px")
-            settings.update(model=args.model, num=num, seed=args.seed, cfg=args.cfg, top_k=args.top_k,
-                            top_p=args.top_p, temperature=args.temperature, dtype=args.dtype)
+            options = asdict(sampling_options(args))
+            settings.update(model=args.model, num=num, seed=args.seed, dtype=args.dtype, **options)
         else:
             resolution = args.resolution
             for src in (img_source, ref_source):
@@ -617,7 +615,6 @@ def main(argv=None):
         check_compatible(FeatureStats(extractor.dim), ref, ref_source.label, extractor.name, resolution)
 
         if pipe is not None:
-            options = dict(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
             stats = stats_from_generator(pipe, num, extractor, pipe.generator.config.num_classes, args.batch_size,
                                          args.seed, dist, options)
             skipped = 0

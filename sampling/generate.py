@@ -7,6 +7,7 @@ Examples::
     hart generate --model runs/fm --class Dress --class Sneaker --num 8 --out two.png
     hart generate --model runs/fm --class 3 --class 5 --num 4 --cfg 2 --top-k 200 --top-p 0.9 \\
         --seed 7 --out grid.png --save-each samples/
+    hart generate --model models/var-d16 --class 207 --num 4 --sampling var-demo --out dogs.png
     hart generate --model runs/fm --class 0 --num 64 --batch-size 32 --dtype bf16 --compile --out big.png
 
 Image j of the run (classes in the order given, ``--num`` each) uses seed ``--seed + j``
@@ -15,9 +16,11 @@ with its own generator, so it does not depend on ``--batch-size``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from hart.errors import UserError, cli_entry
+from sampling.options import add_sampling_arguments, sampling_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,11 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class id or name (e.g. 3 or Dress); repeat for several rows")
     p.add_argument("--all-classes", action="store_true", help="one row per class of the model")
     p.add_argument("--num", type=int, default=8, help="images per class (default 8)")
-    p.add_argument("--cfg", type=float, default=1.5, help="guidance at the last scale, >= 0 (default 1.5)")
-    p.add_argument("--top-k", type=int, default=900, help="keep the k most likely tokens, 0 = off (default 900)")
-    p.add_argument("--top-p", type=float, default=0.96, help="nucleus mass in (0, 1] (default 0.96)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1)")
-    p.add_argument("--smooth", action="store_true", help="VAR's Gumbel smoothing of the latent updates")
+    add_sampling_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the first image (default 0)")
     p.add_argument("--out", default="grid.png", help="output PNG grid (default grid.png)")
     p.add_argument("--save-each", default=None, metavar="DIR", help="also write every image as DIR/cCLASS_NNNN.png")
@@ -51,14 +50,6 @@ def _check_args(args) -> None:
     """One clear line per bad value, before anything is loaded."""
     if args.num < 1:
         raise UserError(f"--num must be a positive count, got {args.num}")
-    if args.cfg < 0:
-        raise UserError(f"--cfg must be >= 0, got {args.cfg}")
-    if not 0.0 < args.top_p <= 1.0:
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.top_k < 0:
-        raise UserError(f"--top-k must be >= 0 (0 turns it off), got {args.top_k}")
-    if not args.temperature > 0:
-        raise UserError(f"--temperature must be > 0, got {args.temperature}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     if args.scale < 1:
@@ -95,6 +86,7 @@ def class_label(config, c: int) -> str:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     _check_args(args)
+    opts = dataclasses.asdict(sampling_options(args))
 
     import torch
     from tqdm import tqdm
@@ -109,7 +101,6 @@ def main(argv=None):
     pipe.check_class_ids(args.classes)
     labels = [c for c in args.classes for _ in range(args.num)]
     seeds = [args.seed + j for j in range(len(labels))]
-    opts = dict(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, smooth=args.smooth)
     images = []
     starts = range(0, len(labels), args.batch_size)
     for s in tqdm(starts, desc="batches", unit="batch"):

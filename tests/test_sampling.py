@@ -82,6 +82,22 @@ def test_top_k_one_is_greedy(pipe):
         assert torch.equal(ia, ib) and torch.equal(ia, guided.argmax(-1))
 
 
+def test_top_k_schedule_switches_from_a_scale_on(pipe):
+    """A schedule (HART's top-k drop) applies its top-k from its first scale on: top-k 1 from
+    scale 2 makes those scales greedy whatever the seed; earlier scales stay random."""
+    sched = dict(cfg=1.0, top_k=0, top_p=1.0, top_k_schedule=((2, 1),))
+    runs = [pipe.sample([2] * 8, seed=s, return_logits=True, decode=False, **sched) for s in (0, 50)]
+    K = len(runs[0].ids)
+    for k in range(2, K):
+        t = cfg_ratio(1.0, k, K)
+        lg = runs[0].logits[k]
+        assert torch.equal(runs[0].ids[k], ((1 + t) * lg[:8] - t * lg[8:]).argmax(-1))
+    assert not torch.equal(runs[0].ids[1], runs[1].ids[1])  # 8 images x 4 tokens drawn freely
+    hart = SamplingOptions.preset("hart")
+    assert [hart.top_k_at(k) for k in (0, 6, 7, 13)] == [600, 600, 300, 300] and hart.smooth and hart.cfg == 4.5
+    assert SamplingOptions.preset("var-demo", cfg=2.0).cfg == 2.0
+
+
 def test_cfg_ratio_schedule():
     assert [cfg_ratio(3.0, k, 4) for k in range(4)] == [0.0, 1.0, 2.0, 3.0]
     assert cfg_ratio(2.0, 0, 1) == 2.0

@@ -98,6 +98,13 @@ def test_phi_schedule_matches_var():
     phi = m.quantize.quant_resi
     # VAR's 10 scales map to the 4 shared convs by nearest tick in linspace(1/12, 11/12, 4)
     assert [phi.index(k, 10) for k in range(10)] == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
+    # HART's 1024px schedule has 14 scales
+    assert [phi.index(k, 14) for k in range(14)] == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3]
+    # other counts of shared convs use VAR's linspace(1/(2n), 1 - 1/(2n), n) ticks
+    from tokenizer.quant import SharedPhi
+
+    two = SharedPhi(4, 0.5, 2)
+    assert list(two.ticks) == [0.25, 0.75] and [two.index(k, 5) for k in range(5)] == [0, 0, 0, 1, 1]
 
 
 def test_last_scale_phi_flag():

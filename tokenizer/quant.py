@@ -39,8 +39,10 @@ class SharedPhi(nn.Module):
     def __init__(self, z: int, ratio: float, num: int):
         super().__init__()
         self.qresi_ls = nn.ModuleList([Phi(z, ratio) for _ in range(num)])
-        # numpy's linspace and argmin, so ties break exactly as in VAR's checkpoints
-        self.ticks = np.linspace(1 / 3 / num, 1 - 1 / 3 / num, num)
+        # VAR's ticks (models/quant.py PhiPartiallyShared), with numpy's linspace and argmin so
+        # ties break exactly as in its checkpoints (10 scales: scale 2 ties, and takes conv 1)
+        edge = 1 / 3 / num if num == 4 else 1 / 2 / num
+        self.ticks = np.linspace(edge, 1 - edge, num)
 
     def index(self, k: int, K: int) -> int:
         r = k / (K - 1) if K > 1 else 1.0

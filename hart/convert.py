@@ -1,0 +1,383 @@
+"""``hart convert``: official VAR / HART checkpoints -> this project's model folders.
+
+Examples::
+
+    hart convert var --vae vae_ch160v4096z32.pth --var var_d16.pth --out models/var-d16
+    hart convert var --vae vae_ch160v4096z32.pth --out models/var-vae
+    hart convert hart-tokenizer --ckpt hart-0.7b-1024px/tokenizer/pytorch_model.bin --out models/hart-tok
+
+``convert var`` with ``--var`` writes a complete model folder (``OUT/tokenizer/`` +
+``OUT/generator/``) that ``hart generate --model OUT`` runs; with ``--vae`` alone, and for
+``convert hart-tokenizer``, ``OUT`` is a tokenizer folder (``hart eval-tokenizer --model OUT``).
+
+Rules:
+
+* ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` are read with ``torch.load(weights_only=True)``,
+  so a file that would need to run code to unpickle is refused; ``.safetensors`` as is.
+* Strict: every tensor of the file is consumed (HART's training-only tensors, the ``disc.*``
+  discriminator and a ``decoder2`` if present, are recognised and deliberately left out), every shape is checked, and a wrong or partial file
+  gets one message listing the missing and unexpected keys in the file's own names.
+* Sizes (channels, levels, depth, width, heads, vocabulary) are read off the tensors. The
+  scale schedule follows the generator's position table when there is one, otherwise
+  ``--resolution`` (VAR's published schedules) or ``--patch-nums``.
+
+Only the codebook is stored differently: the official ``quantize.embedding.weight`` (V, z)
+becomes vector-quantize-pytorch's ``quantize.codebook.embed`` (1, V, z) with its EMA
+statistics set so that further training starts from the same codebook. VAR's usage counter
+``quantize.ema_vocab_hit_SV`` (K, V) is checked against the scale count and dropped.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import torch
+
+from hart.errors import UserError, cli_entry
+
+# VAR's published scale schedules (10 scales at 256 and 512; HART's 1024px schedule)
+PATCH_NUMS = {
+    256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+    512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),
+    1024: (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64),
+}
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+CODEBOOK = "quantize.embedding.weight"
+USAGE_BUFFER = "quantize.ema_vocab_hit_SV"
+GENERATOR_BUFFERS = ("lvl_1L", "attn_bias_for_masking")  # recomputed from the config
+
+
+# ----------------------------------------------------------------------------- reading
+
+def read_checkpoint(path) -> dict:
+    """A checkpoint file -> flat {name: tensor}, without ever running pickled code.
+
+    A training checkpoint that nests the weights under one of ``state_dict`` / ``model`` /
+    ``module`` is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no such checkpoint file: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as e:
+            raise UserError(f"cannot read {path} as safetensors: {_first_line(e)}") from None
+    elif path.suffix in PICKLE_SUFFIXES:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UserError(
+                f"refusing to load {path}: it is not a plain-tensor checkpoint and unpickling it could run "
+                f"code ({_first_line(e)}); re-save its state_dict or convert it to .safetensors"
+            ) from None
+    else:
+        raise UserError(f"{path}: unknown checkpoint type {path.suffix!r}; expected .pth, .pt, .bin, .ckpt or .safetensors")
+    while isinstance(state, dict) and not any(torch.is_tensor(v) for v in state.values()):
+        inner = [k for k in ("state_dict", "model", "module") if isinstance(state.get(k), dict)]
+        if not inner:
+            break
+        state = state[inner[0]]
+    if not isinstance(state, dict) or not state:
+        raise UserError(f"{path} holds no state dict (found {type(state).__name__})")
+    bad = sorted(k for k, v in state.items() if not torch.is_tensor(v))
+    if bad:
+        raise UserError(f"{path}: entries that are not tensors: {', '.join(map(str, bad[:6]))}")
+    return dict(state)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _need(state: dict, key: str, what: str, path) -> torch.Tensor:
+    if key not in state:
+        head = ", ".join(sorted(state)[:4])
+        raise UserError(f"{path} is not {what}: it has no {key} (its keys start with: {head})")
+    return state[key]
+
+
+def _indices(state: dict, pattern: str) -> list[int]:
+    """Sorted distinct integers captured by ``pattern`` (a regex with one group) over the keys."""
+    rx = re.compile(pattern)
+    return sorted({int(m.group(1)) for k in state if (m := rx.match(k))})
+
+
+def _check_keys(expected: dict, found: dict, optional: set, path, what: str) -> None:
+    """One error naming missing / unexpected / reshaped keys (all in the file's names)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected) - optional)
+    reshaped = sorted(
+        f"{k} {tuple(found[k].shape)} (expected {tuple(expected[k])})"
+        for k in set(expected) & set(found) if tuple(found[k].shape) != tuple(expected[k])
+    )
+    if not (missing or unexpected or reshaped):
+        return
+
+    def fmt(label, items):
+        more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
+        return f"{label}: {', '.join(items[:8])}{more}"
+
+    parts = [fmt(n, i) for n, i in (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped)) if i]
+    raise UserError(f"{path} is not a complete {what} checkpoint; " + "; ".join(parts))
+
+
+def parse_patch_nums(text: str) -> tuple:
+    try:
+        pns = tuple(int(p) for p in text.replace(" ", "").split(",") if p)
+    except ValueError:
+        raise UserError(f"--patch-nums must be comma-separated integers like 1,2,3,4, got {text!r}") from None
+    if not pns:
+        raise UserError("--patch-nums is empty")
+    return pns
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def tokenizer_config_from_state(state: dict, patch_nums, phi_last: bool, path):
+    """Read the tokenizer's sizes off an official (VAR layout) state dict."""
+    from tokenizer.config import TokenizerConfig
+
+    what = "a VAR/HART tokenizer"
+    conv_in = _need(state, "encoder.conv_in.weight", what, path)
+    emb = _need(state, CODEBOOK, what, path)
+    quant = _need(state, "quant_conv.weight", what, path)
+    ch, in_ch = conv_in.shape[:2]
+    levels = _indices(state, r"encoder\.down\.(\d+)\.")
+    blocks = _indices(state, r"encoder\.down\.0\.block\.(\d+)\.")
+    if not levels or not blocks:
+        raise UserError(f"{path} is not {what}: no encoder.down.*.block.* tensors")
+    mult = []
+    for i in levels:
+        w = _need(state, f"encoder.down.{i}.block.0.conv2.weight", what, path)
+        if w.shape[0] % ch:
+            raise UserError(f"{path}: encoder level {i} has {w.shape[0]} channels, not a multiple of ch {ch}")
+        mult.append(w.shape[0] // ch)
+    num_phi = len(_indices(state, r"quantize\.quant_resi\.qresi_ls\.(\d+)\.weight"))
+    if num_phi == 0:
+        raise UserError(
+            f"{path}: no quantize.quant_resi.qresi_ls.* (shared Phi) tensors; only VAR's released layout "
+            "(share_quant_resi=4) is supported"
+        )
+    last = levels[-1]
+    using_sa = any(k.startswith(f"encoder.down.{last}.attn.") for k in state)
+    using_mid_sa = any(k.startswith("encoder.mid.attn_1.") for k in state)
+    usage = state.get(USAGE_BUFFER)
+    if usage is not None and usage.ndim == 2 and usage.shape[0] != len(patch_nums):
+        raise UserError(
+            f"{path} was trained with {usage.shape[0]} scales but the schedule {','.join(map(str, patch_nums))} "
+            f"has {len(patch_nums)}; pass --patch-nums or --resolution to match"
+        )
+    down = 2 ** (len(mult) - 1)
+    return TokenizerConfig(
+        resolution=patch_nums[-1] * down, in_channels=int(in_ch), ch=int(ch), ch_mult=tuple(mult),
+        num_res_blocks=len(blocks), z_channels=int(quant.shape[0]), codebook_size=int(emb.shape[0]),
+        patch_nums=tuple(patch_nums), num_phi=num_phi, phi_last=phi_last, using_sa=using_sa,
+        using_mid_sa=using_mid_sa,
+    )
+
+
+def official_tokenizer_shapes(model) -> dict:
+    """Our tokenizer's state-dict shapes under the official key names."""
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("quantize.codebook.")}
+    V, z = model.config.codebook_size, model.config.z_channels
+    return {**ours, CODEBOOK: (V, z)}
+
+
+def tokenizer_from_state(state: dict, patch_nums, phi_last: bool, path):
+    """Official tokenizer state dict (no prefix) -> :class:`HybridTokenizer` with its weights."""
+    from tokenizer.model import HybridTokenizer
+
+    config = tokenizer_config_from_state(state, patch_nums, phi_last, path)
+    model = HybridTokenizer(config)
+    _check_keys(official_tokenizer_shapes(model), state, {USAGE_BUFFER}, path, "VAR/HART tokenizer")
+    weights = {k: v.float() for k, v in state.items() if k not in (CODEBOOK, USAGE_BUFFER)}
+    emb = state[CODEBOOK].float()
+    V = emb.shape[0]
+    # vector-quantize-pytorch's EMA codebook: embed = embed_avg / cluster_size, already trained
+    weights.update({
+        "quantize.codebook.embed": emb[None].clone(),
+        "quantize.codebook.embed_avg": emb[None].clone(),
+        "quantize.codebook.cluster_size": torch.ones(1, V),
+        "quantize.codebook.initted": torch.tensor(True),
+    })
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
+
+
+# training-only parts of HART's checkpoint: the GAN discriminator and, when HART trained
+# with double_decoder=True, a second decoder that inference never runs
+HART_TRAINING_ONLY = ("disc.", "vae.decoder2.", "vae.post_quant_conv2.")
+
+
+def split_hart_tokenizer(state: dict, path) -> tuple[dict, int]:
+    """HART's tokenizer checkpoint: ``vae.*`` (the autoencoder) and ``disc.*`` (its GAN
+    discriminator, not needed to run the model). Returns (autoencoder state, dropped count)."""
+    dropped = [k for k in state if k.startswith(HART_TRAINING_ONLY)]
+    vae = {k[4:]: v for k, v in state.items() if k.startswith("vae.") and not k.startswith(HART_TRAINING_ONLY)}
+    other = sorted(k for k in state if not k.startswith(("vae.", "disc.")))
+    if not vae:
+        head = ", ".join(sorted(state)[:4])
+        raise UserError(f"{path} is not a HART tokenizer checkpoint: no vae.* keys (its keys start with: {head})")
+    if other:
+        more = f" (+{len(other) - 8} more)" if len(other) > 8 else ""
+        raise UserError(f"{path} is not a complete HART tokenizer checkpoint; unexpected: {', '.join(other[:8])}{more}")
+    return vae, len(dropped)
+
+
+# ----------------------------------------------------------------------------- generator
+
+def generator_config_from_state(state: dict, path, patch_nums=None):
+    """Read the VAR transformer's sizes off its state dict; the schedule comes from pos_1LC."""
+    from hart.config import GeneratorConfig
+
+    what = "a VAR transformer"
+    if any(k.startswith("shared_ada_lin.") for k in state):
+        raise UserError(f"{path}: shared AdaLN (shared_aln=True) VAR models are not supported; the released ones do not use it")
+    cls_emb = _need(state, "class_emb.weight", what, path)
+    pos = _need(state, "pos_1LC", what, path)
+    word = _need(state, "word_embed.weight", what, path)
+    head = _need(state, "head.weight", what, path)
+    depth = len(_indices(state, r"blocks\.(\d+)\."))
+    if depth == 0:
+        raise UserError(f"{path} is not {what}: no blocks.* tensors")
+    C = int(cls_emb.shape[1])
+    scale_mul = state.get("blocks.0.attn.scale_mul_1H11")
+    l2 = scale_mul is not None
+    heads = int(scale_mul.shape[1]) if l2 else max(C // 64, 1)
+    fc1 = _need(state, "blocks.0.ffn.fc1.weight", what, path)
+    L = int(pos.shape[1])
+    if patch_nums is None or sum(p * p for p in patch_nums) != L:
+        known = [p for p in PATCH_NUMS.values() if sum(q * q for q in p) == L]
+        if not known:
+            raise UserError(
+                f"{path}: pos_1LC has {L} positions, which matches no published schedule; pass --patch-nums"
+            )
+        patch_nums = known[0]
+    return GeneratorConfig(
+        depth=depth, width=C, heads=heads, mlp_ratio=fc1.shape[0] / C, num_classes=int(cls_emb.shape[0]) - 1,
+        patch_nums=tuple(patch_nums), codebook_size=int(head.shape[0]), z_channels=int(word.shape[1]),
+        attn_l2_norm=l2, drop_path=0.1 * depth / 24, diff_head=False,
+    )
+
+
+def generator_from_state(state: dict, path, patch_nums=None):
+    """VAR transformer state dict -> :class:`HARTGenerator` (VAR's key names are ours)."""
+    from hart.model import HARTGenerator
+
+    model = HARTGenerator(generator_config_from_state(state, path, patch_nums))
+    ours = model.state_dict()
+    recomputed = [k for k in ours if k in GENERATOR_BUFFERS or k.endswith(".attn.zero_k_bias")]
+    expected = {k: tuple(v.shape) for k, v in ours.items() if k not in recomputed}
+    _check_keys(expected, state, set(recomputed), path, "VAR transformer")
+    for k in recomputed:  # derived buffers: accept them only when they say what ours say
+        if k in state:
+            found = state[k]
+            if tuple(found.shape) != tuple(ours[k].shape) or not torch.equal(found.to(ours[k].dtype), ours[k]):
+                raise UserError(f"{path}: buffer {k} differs from the one the inferred schedule gives; pass --patch-nums")
+    model.load_state_dict({**{k: v.float() for k, v in state.items() if k in expected},
+                           **{k: ours[k] for k in recomputed}}, strict=True)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _prepare_out(out, overwrite: bool) -> Path:
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UserError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
+    return out
+
+
+def _write(out: Path, models: dict) -> None:
+    """``models``: {subfolder ('' = out itself): module}; written whole, then swapped in."""
+    from hart.io import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        for sub, model in models.items():
+            model.save_pretrained(tmp / sub if sub else tmp)
+
+
+def convert_var(vae, out, var=None, resolution: int = 256, patch_nums=None, overwrite: bool = False) -> Path:
+    """VAR's tokenizer (+ optional transformer) -> a tokenizer folder, or a full model folder."""
+    out = _prepare_out(out, overwrite)
+    var_state = read_checkpoint(var) if var is not None else None
+    if patch_nums is None and var_state is not None and "pos_1LC" in var_state:
+        patch_nums = generator_config_from_state(var_state, var).patch_nums
+    pns = tuple(patch_nums) if patch_nums else _schedule(resolution)
+    tokenizer = tokenizer_from_state(read_checkpoint(vae), pns, phi_last=True, path=vae)
+    if var_state is None:
+        _write(out, {"": tokenizer})
+        return out
+    generator = generator_from_state(var_state, var, pns)
+    tc, gc = tokenizer.config, generator.config
+    for name in ("codebook_size", "z_channels", "patch_nums"):
+        if getattr(tc, name) != getattr(gc, name):
+            raise UserError(f"{vae} and {var} do not belong together: {name} {getattr(tc, name)} vs {getattr(gc, name)}")
+    _write(out, {"tokenizer": tokenizer, "generator": generator})
+    return out
+
+
+def convert_hart_tokenizer(ckpt, out, resolution: int = 1024, patch_nums=None, overwrite: bool = False) -> tuple[Path, int]:
+    """HART's hybrid tokenizer (``vae.*`` + ``disc.*``) -> a tokenizer folder (no Phi at the last scale)."""
+    out = _prepare_out(out, overwrite)
+    vae, dropped = split_hart_tokenizer(read_checkpoint(ckpt), ckpt)
+    pns = tuple(patch_nums) if patch_nums else _schedule(resolution)
+    _write(out, {"": tokenizer_from_state(vae, pns, phi_last=False, path=ckpt)})
+    return out, dropped
+
+
+def _schedule(resolution: int) -> tuple:
+    if resolution not in PATCH_NUMS:
+        raise UserError(
+            f"no published scale schedule for --resolution {resolution}; use one of "
+            f"{', '.join(map(str, PATCH_NUMS))} or pass --patch-nums"
+        )
+    return PATCH_NUMS[resolution]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hart convert", description="Convert official VAR / HART checkpoints into model folders.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1],
+    )
+    sub = p.add_subparsers(dest="what", required=True, metavar="{var,hart-tokenizer}")
+    v = sub.add_parser("var", help="VAR tokenizer (vae_ch160v4096z32.pth) [+ transformer var_dN.pth]")
+    v.add_argument("--vae", required=True, help="VAR tokenizer checkpoint")
+    v.add_argument("--var", default=None, help="VAR transformer checkpoint (omit to write the tokenizer alone)")
+    v.add_argument("--resolution", type=int, default=256,
+                   help="image size whose published schedule to use when --var does not fix it (default 256)")
+    h = sub.add_parser("hart-tokenizer", help="HART hybrid tokenizer checkpoint (vae.* + disc.* keys)")
+    h.add_argument("--ckpt", required=True, help="HART tokenizer checkpoint")
+    h.add_argument("--resolution", type=int, default=1024, help="image size of the scale schedule (default 1024)")
+    for s in (v, h):
+        s.add_argument("--patch-nums", default=None, help="explicit scale schedule, e.g. 1,2,3,4,5,6,8,10,13,16")
+        s.add_argument("--out", required=True, help="output folder")
+        s.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    return p
+
+
+@cli_entry
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    pns = parse_patch_nums(args.patch_nums) if args.patch_nums else None
+    if args.what == "var":
+        out = convert_var(args.vae, args.out, var=args.var, resolution=args.resolution, patch_nums=pns,
+                          overwrite=args.overwrite)
+        kind = "model folder (tokenizer/ + generator/)" if args.var else "tokenizer folder"
+        print(f"wrote {kind} {out}")
+    else:
+        out, dropped = convert_hart_tokenizer(args.ckpt, args.out, resolution=args.resolution, patch_nums=pns,
+                                              overwrite=args.overwrite)
+        print(f"wrote tokenizer folder {out} (left out {dropped} training-only tensors: disc.*, decoder2)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
