@@ -21,6 +21,7 @@ COMMANDS = {
     "fid": ("sampling.fid", "Frechet distance (FID / FD-EffNet) of a model or an image folder"),
     "demo": ("demo.app", "Gradio demo on a model folder"),
     "convert": ("hart.convert", "convert official VAR / HART checkpoints into model folders"),
+    "export": ("hart.export", "copy a model folder with smaller (fp16 / int8) weight files"),
 }
 
 

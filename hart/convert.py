@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from hart.errors import UserError, cli_entry
+from hart.io import prepare_out_dir, write_models
 
 # VAR's published scale schedules (10 scales at 256 and 512; HART's 1024px schedule)
 PATCH_NUMS = {
@@ -286,48 +287,32 @@ def generator_from_state(state: dict, path, patch_nums=None):
 
 # ----------------------------------------------------------------------------- writing
 
-def _prepare_out(out, overwrite: bool) -> Path:
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
-    return out
-
-
-def _write(out: Path, models: dict) -> None:
-    """``models``: {subfolder ('' = out itself): module}; written whole, then swapped in."""
-    from hart.io import atomic_dir
-
-    with atomic_dir(out) as tmp:
-        for sub, model in models.items():
-            model.save_pretrained(tmp / sub if sub else tmp)
-
-
 def convert_var(vae, out, var=None, resolution: int = 256, patch_nums=None, overwrite: bool = False) -> Path:
     """VAR's tokenizer (+ optional transformer) -> a tokenizer folder, or a full model folder."""
-    out = _prepare_out(out, overwrite)
+    out = prepare_out_dir(out, overwrite)
     var_state = read_checkpoint(var) if var is not None else None
     if patch_nums is None and var_state is not None and "pos_1LC" in var_state:
         patch_nums = generator_config_from_state(var_state, var).patch_nums
     pns = tuple(patch_nums) if patch_nums else _schedule(resolution)
     tokenizer = tokenizer_from_state(read_checkpoint(vae), pns, phi_last=True, path=vae)
     if var_state is None:
-        _write(out, {"": tokenizer})
+        write_models(out, {"": tokenizer})
         return out
     generator = generator_from_state(var_state, var, pns)
     tc, gc = tokenizer.config, generator.config
     for name in ("codebook_size", "z_channels", "patch_nums"):
         if getattr(tc, name) != getattr(gc, name):
             raise UserError(f"{vae} and {var} do not belong together: {name} {getattr(tc, name)} vs {getattr(gc, name)}")
-    _write(out, {"tokenizer": tokenizer, "generator": generator})
+    write_models(out, {"tokenizer": tokenizer, "generator": generator})
     return out
 
 
 def convert_hart_tokenizer(ckpt, out, resolution: int = 1024, patch_nums=None, overwrite: bool = False) -> tuple[Path, int]:
     """HART's hybrid tokenizer (``vae.*`` + ``disc.*``) -> a tokenizer folder (no Phi at the last scale)."""
-    out = _prepare_out(out, overwrite)
+    out = prepare_out_dir(out, overwrite)
     vae, dropped = split_hart_tokenizer(read_checkpoint(ckpt), ckpt)
     pns = tuple(patch_nums) if patch_nums else _schedule(resolution)
-    _write(out, {"": tokenizer_from_state(vae, pns, phi_last=False, path=ckpt)})
+    write_models(out, {"": tokenizer_from_state(vae, pns, phi_last=False, path=ckpt)})
     return out, dropped
 
 

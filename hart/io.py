@@ -165,9 +165,56 @@ def check_state_matches(expected: dict, found: dict, where: str) -> None:
     raise UserError(f"weights in {where} do not match its config; " + "; ".join(parts))
 
 
-def save_weights(module: torch.nn.Module, path) -> None:
+# ----------------------------------------------------------------------------- storage precision
+#
+# Weights are stored in fp32 unless a smaller file is wanted (a model shipped inside the
+# package): "fp16" halves every floating tensor; "int8" stores each large weight matrix or
+# conv kernel as int8 with one fp32 scale per output row (symmetric, absmax / 127) and the
+# rest in fp16. Loading restores fp32 tensors; the storage is named in the file's metadata.
+
+STORAGES = ("fp32", "fp16", "int8")
+_SCALE = ".int8_scale"
+_INT8_MIN_NUMEL = 4096  # smaller tensors (norms, biases, embeddings of a few rows) stay fp16
+
+
+def pack_state(state: dict, storage: str = "fp32") -> dict:
+    """{name: tensor} -> the tensors to write for ``storage`` (see above)."""
+    if storage not in STORAGES:
+        raise UserError(f"unknown weight storage {storage!r}; choose one of: {', '.join(STORAGES)}")
+    out = {}
+    for k, v in _contiguous_state(state).items():
+        if storage == "fp32" or not v.is_floating_point():
+            out[k] = v
+        elif (storage == "int8" and k.endswith(".weight") and v.ndim >= 2 and v.numel() >= _INT8_MIN_NUMEL
+              and bool(torch.isfinite(v).all())):
+            rows = v.float().reshape(v.shape[0], -1)
+            scale = rows.abs().amax(1).clamp_min(1e-12) / 127.0  # (rows,)
+            out[k] = (rows / scale[:, None]).round().clamp(-127, 127).to(torch.int8).view(v.shape).contiguous()
+            out[k + _SCALE] = scale.contiguous()
+        else:
+            out[k] = v.half()
+    return out
+
+
+def unpack_state(tensors: dict) -> dict:
+    """Inverse of :func:`pack_state`: fp32 tensors under the module's names."""
+    out = {}
+    for k, v in tensors.items():
+        if k.endswith(_SCALE):
+            continue
+        if k + _SCALE in tensors:
+            scale = tensors[k + _SCALE].float()
+            v = v.float() * scale.view(-1, *([1] * (v.ndim - 1)))
+        elif v.dtype in (torch.float16, torch.bfloat16):
+            v = v.float()
+        out[k] = v
+    return out
+
+
+def save_weights(module: torch.nn.Module, path, storage: str = "fp32") -> None:
+    tensors = pack_state(module.state_dict(), storage)
     with atomic_file(path) as tmp:
-        save_file(_contiguous_state(module.state_dict()), str(tmp))
+        save_file(tensors, str(tmp), metadata={"storage": storage})
 
 
 def load_weights(module: torch.nn.Module, path) -> None:
@@ -176,7 +223,7 @@ def load_weights(module: torch.nn.Module, path) -> None:
     if not path.is_file():
         raise UserError(f"missing weights file {path}")
     try:
-        state = load_file(str(path))
+        state = unpack_state(load_file(str(path)))
     except Exception as e:  # safetensors raises its own error types
         raise UserError(f"cannot read {path}: {e}") from None
     check_state_matches(module.state_dict(), state, str(path.parent))
@@ -191,15 +238,15 @@ class PretrainedMixin:
 
     config_class: typing.ClassVar[type]
 
-    def save_pretrained(self, path) -> None:
+    def save_pretrained(self, path, storage: str = "fp32") -> None:
         """Write ``config.json`` + ``model.safetensors`` into ``path``, each file atomically.
 
         Weights go first: re-saving a model of the same config (every training checkpoint)
-        leaves a loadable pair at every instant.
+        leaves a loadable pair at every instant. ``storage``: see :func:`pack_state`.
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_weights(self, path / WEIGHTS_NAME)
+        save_weights(self, path / WEIGHTS_NAME, storage)
         write_json(path / CONFIG_NAME, {"_class": type(self).__name__, **self.config.to_dict()})
 
     @classmethod
@@ -235,3 +282,21 @@ def load_state(path) -> dict:
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"refusing to load {path}: it is not a plain-tensor checkpoint ({first})") from None
+
+
+# ----------------------------------------------------------------------------- model folders
+
+def prepare_out_dir(out, overwrite: bool) -> Path:
+    """``out`` for a new model folder: refused if it holds anything, unless ``overwrite``."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UserError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
+    return out
+
+
+def write_models(out, models: dict, storage: str = "fp32") -> None:
+    """``models``: {subfolder ('' = out itself): PretrainedMixin module}; the whole folder is
+    written aside, then swapped in (:func:`atomic_dir`)."""
+    with atomic_dir(out) as tmp:
+        for sub, model in models.items():
+            model.save_pretrained(tmp / sub if sub else tmp, storage=storage)

@@ -93,3 +93,70 @@ def test_unknown_preset_lists_presets():
 def test_bad_config_one_line(kw, msg):
     with pytest.raises(UserError, match=msg):
         TokenizerConfig.from_name("tiny", **kw)
+
+
+# ----------------------------------------------------------------------------- storage precision
+
+def test_pack_unpack_fp16_and_int8():
+    from hart.io import pack_state, unpack_state
+
+    g = torch.Generator().manual_seed(0)
+    state = {
+        "big.weight": torch.randn(96, 64, generator=g),  # int8 with per-row scales
+        "conv.weight": torch.randn(16, 8, 3, 3, generator=g) * 0.1,  # 1152 elements < 4096: fp16
+        "small.bias": torch.randn(96, generator=g),
+        "mask": torch.tensor([0.0, float("-inf")]),
+        "ids": torch.arange(5),
+        "flag": torch.tensor(True),
+    }
+    for storage in ("fp32", "fp16", "int8"):
+        packed = pack_state(state, storage)
+        back = unpack_state(packed)
+        assert set(back) == set(state)
+        for k, v in state.items():
+            assert back[k].shape == v.shape and back[k].dtype == v.dtype
+            if not v.is_floating_point():
+                assert torch.equal(back[k], v)
+        assert torch.equal(back["mask"], state["mask"])  # -inf survives every storage
+        err = (back["big.weight"] - state["big.weight"]).abs()
+        if storage == "fp32":
+            assert torch.equal(back["big.weight"], state["big.weight"])
+        elif storage == "fp16":
+            assert packed["big.weight"].dtype == torch.float16 and err.max() < 2e-3
+        else:
+            assert packed["big.weight"].dtype == torch.int8 and packed["small.bias"].dtype == torch.float16
+            half_step = state["big.weight"].abs().amax(1, keepdim=True) / 127 / 2
+            assert (err <= half_step + 1e-6).all() and err.max() > 0
+    with pytest.raises(UserError, match="unknown weight storage"):
+        pack_state(state, "int4")
+
+
+def test_export_int8_folder_is_smaller_and_loads(tmp_path, capsys):
+    from hart.config import GeneratorConfig
+    from hart.export import main as export_main
+    from hart.model import HARTGenerator
+
+    torch.manual_seed(0)
+    src = tmp_path / "model"
+    HybridTokenizer(TokenizerConfig.from_name("tiny")).save_pretrained(src / "tokenizer")
+    gen = HARTGenerator(GeneratorConfig.from_name("tiny")).eval()
+    gen.save_pretrained(src / "generator")
+    (src / "train_state").mkdir()  # left behind by the export
+    assert export_main(["--model", str(src), "--out", str(tmp_path / "small")]) == 0
+    assert "int8" in capsys.readouterr().out
+    small = tmp_path / "small"
+    assert sorted(p.name for p in small.iterdir()) == ["generator", "tokenizer"]
+    size = lambda d: (d / "model.safetensors").stat().st_size  # noqa: E731
+    assert size(small / "generator") < 0.4 * size(src / "generator")
+    loaded = HARTGenerator.from_pretrained(small / "generator")
+    x = torch.randn(2, loaded.config.seq_len - 1, loaded.config.z_channels)
+    labels = torch.tensor([1, 2])
+    with torch.no_grad():
+        a, b = gen(labels, x).logits, loaded(labels, x).logits
+    assert (a - b).abs().max() < 0.05 * a.abs().max()
+    # a single tokenizer folder, and an existing output that must be kept
+    assert export_main(["--model", str(src / "tokenizer"), "--out", str(tmp_path / "tok16"), "--storage", "fp16"]) == 0
+    HybridTokenizer.from_pretrained(tmp_path / "tok16")
+    with pytest.raises(SystemExit):
+        export_main(["--model", str(src), "--out", str(small)])
+    assert "already exists" in capsys.readouterr().err
