@@ -20,16 +20,17 @@ from hart.model import HARTGenerator
 from sampling.engine import SampleOutput, SamplingEngine, SamplingOptions, make_generators
 from tokenizer.model import HybridTokenizer
 
-# where the bundled default model will live once one is trained and shipped
+# the bundled default model (package data): fm-32 tokenizer + fm-s generator on Fashion-MNIST
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
 
 def default_model_dir() -> Path:
-    """The bundled default model folder, or a :class:`UserError` when none is bundled."""
+    """The bundled default model folder, or a :class:`UserError` when it is missing."""
     d = DEFAULT_MODEL_DIR
     if (d / "tokenizer").is_dir() and (d / "generator").is_dir():
         return d
-    raise UserError("no default model is bundled yet; pass --model DIR (a folder made by `hart train`)")
+    raise UserError(f"the bundled default model is missing from {d} (a broken install?); "
+                    "reinstall the package or pass --model DIR (a folder made by `hart train`)")
 
 
 def _seeds(seed, n: int) -> list[int]:
@@ -61,8 +62,9 @@ class HARTPipeline:
 
     @classmethod
     def from_pretrained(cls, model_dir=None, device="cpu", **kw) -> "HARTPipeline":
-        """Load ``model_dir/tokenizer`` and ``model_dir/generator`` (None: the bundled default)."""
-        folder = default_model_dir() if model_dir is None else resolve_dir(model_dir)
+        """Load ``model_dir/tokenizer`` and ``model_dir/generator`` (None or ``"default"``: the
+        bundled default model)."""
+        folder = default_model_dir() if model_dir in (None, "default") else resolve_dir(model_dir)
         for sub in ("tokenizer", "generator"):
             if not (folder / sub).is_dir():
                 raise UserError(

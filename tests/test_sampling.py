@@ -271,12 +271,11 @@ def test_cli_bad_input_is_one_line(model_dir, tmp_path, capsys, argv, message):
     assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
 
 
-def test_cli_without_model_says_pass_model(capsys, tmp_path):
+def test_cli_without_model_and_no_bundled_model_says_pass_model(capsys, tmp_path, monkeypatch):
     from sampling import pipeline
     from sampling.generate import main
 
-    if (pipeline.DEFAULT_MODEL_DIR / "generator").is_dir():
-        pytest.skip("a default model is bundled")
+    monkeypatch.setattr(pipeline, "DEFAULT_MODEL_DIR", tmp_path / "missing")
     with pytest.raises(SystemExit):
         main(["--class", "1", "--out", str(tmp_path / "g.png")])
     err = capsys.readouterr().err.strip()
