@@ -60,10 +60,9 @@ def test_generate_without_model_flag_uses_it(tmp_path):
 
 def test_wheel_ships_the_default_model(tmp_path):
     """A non-editable install gets the model: it is package data in the wheel."""
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                        "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
-    if r.returncode != 0 and "No module named" in r.stderr:
-        pytest.skip(f"cannot build a wheel here: {r.stderr.strip().splitlines()[-1]}")
+    # build isolation fetches setuptools from PyPI, as `pip install` itself does
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     wheel = next(tmp_path.glob("*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
