@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from hart.errors import UserError, cli_entry
-from hart.io import prepare_out_dir, write_models
+from hart.io import key_mismatch, prepare_out_dir, write_models
 
 # VAR's published scale schedules (10 scales at 256 and 512; HART's 1024px schedule)
 PATCH_NUMS = {
@@ -110,21 +110,9 @@ def _indices(state: dict, pattern: str) -> list[int]:
 
 def _check_keys(expected: dict, found: dict, optional: set, path, what: str) -> None:
     """One error naming missing / unexpected / reshaped keys (all in the file's names)."""
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected) - optional)
-    reshaped = sorted(
-        f"{k} {tuple(found[k].shape)} (expected {tuple(expected[k])})"
-        for k in set(expected) & set(found) if tuple(found[k].shape) != tuple(expected[k])
-    )
-    if not (missing or unexpected or reshaped):
-        return
-
-    def fmt(label, items):
-        more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
-        return f"{label}: {', '.join(items[:8])}{more}"
-
-    parts = [fmt(n, i) for n, i in (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped)) if i]
-    raise UserError(f"{path} is not a complete {what} checkpoint; " + "; ".join(parts))
+    parts = key_mismatch(expected, found, optional, shape_label="wrong shape", limit=8)
+    if parts:
+        raise UserError(f"{path} is not a complete {what} checkpoint; " + "; ".join(parts))
 
 
 def parse_patch_nums(text: str) -> tuple:
@@ -220,13 +208,11 @@ def split_hart_tokenizer(state: dict, path) -> tuple[dict, int]:
     discriminator, not needed to run the model). Returns (autoencoder state, dropped count)."""
     dropped = [k for k in state if k.startswith(HART_TRAINING_ONLY)]
     vae = {k[4:]: v for k, v in state.items() if k.startswith("vae.") and not k.startswith(HART_TRAINING_ONLY)}
-    other = sorted(k for k in state if not k.startswith(("vae.", "disc.")))
     if not vae:
         head = ", ".join(sorted(state)[:4])
         raise UserError(f"{path} is not a HART tokenizer checkpoint: no vae.* keys (its keys start with: {head})")
-    if other:
-        more = f" (+{len(other) - 8} more)" if len(other) > 8 else ""
-        raise UserError(f"{path} is not a complete HART tokenizer checkpoint; unexpected: {', '.join(other[:8])}{more}")
+    other = {k: v for k, v in state.items() if not k.startswith(("vae.", "disc."))}
+    _check_keys({}, other, set(), path, "HART tokenizer")
     return vae, len(dropped)
 
 

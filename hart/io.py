@@ -145,24 +145,33 @@ def _contiguous_state(state: dict) -> dict:
     return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 
-def check_state_matches(expected: dict, found: dict, where: str) -> None:
-    """Raise one :class:`UserError` naming the keys that are missing, unexpected or reshaped."""
+def _shape(v) -> tuple:
+    return tuple(v.shape) if hasattr(v, "shape") else tuple(v)
+
+
+def key_mismatch(expected: dict, found: dict, optional=(), shape_label: str = "shape differs",
+                 limit: int = 6) -> list[str]:
+    """Message parts naming the keys missing from ``found``, unexpected in it (``optional``
+    ones aside) and of another shape; empty when all match. Values are tensors or shapes."""
     missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
+    unexpected = sorted(set(found) - set(expected) - set(optional))
     reshaped = sorted(
-        f"{k} {tuple(found[k].shape)} vs config {tuple(expected[k].shape)}"
-        for k in set(expected) & set(found)
-        if tuple(expected[k].shape) != tuple(found[k].shape)
+        f"{k} {_shape(found[k])} (expected {_shape(expected[k])})"
+        for k in set(expected) & set(found) if _shape(found[k]) != _shape(expected[k])
     )
-    if not (missing or unexpected or reshaped):
-        return
 
     def fmt(label, items):
-        more = f" (+{len(items) - 6} more)" if len(items) > 6 else ""
-        return f"{label}: {', '.join(items[:6])}{more}"
+        more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+        return f"{label}: {', '.join(items[:limit])}{more}"
 
-    parts = [fmt(n, i) for n, i in (("missing", missing), ("unexpected", unexpected), ("shape differs", reshaped)) if i]
-    raise UserError(f"weights in {where} do not match its config; " + "; ".join(parts))
+    return [fmt(n, i) for n, i in (("missing", missing), ("unexpected", unexpected), (shape_label, reshaped)) if i]
+
+
+def check_state_matches(expected: dict, found: dict, where: str) -> None:
+    """Raise one :class:`UserError` naming the keys that are missing, unexpected or reshaped."""
+    parts = key_mismatch(expected, found)
+    if parts:
+        raise UserError(f"weights in {where} do not match its config; " + "; ".join(parts))
 
 
 # ----------------------------------------------------------------------------- storage precision

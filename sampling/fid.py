@@ -570,6 +570,7 @@ def _print_result(result: dict) -> None:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     _check_args(args)
+    options = asdict(sampling_options(args))  # validated before anything is loaded
     ref_source = parse_source(args.ref, allow_stats=True)
     img_source = parse_source(args.images, allow_stats=False) if args.images else None
 
@@ -595,7 +596,6 @@ def main(argv=None):
             resolution = pipe.tokenizer.config.resolution
             if args.resolution and args.resolution != resolution:
                 raise UserError(f"--resolution {args.resolution} differs from the model's {resolution} px")
-            options = asdict(sampling_options(args))
             settings.update(model=args.model, num=num, seed=args.seed, dtype=args.dtype, **options)
         else:
             resolution = args.resolution
