@@ -17,6 +17,7 @@ COMMANDS = {
     "eval-tokenizer": ("tokenizer.evaluate", "PSNR and codebook usage of a tokenizer on a dataset split"),
     "extract-tokens": ("hart.tokens", "pre-encode a dataset once into a token cache for generator training"),
     "train": ("hart.train", "train the generator (single process or torchrun)"),
+    "eval-residual": ("sampling.eval_residual", "how much of the tokenizer's residual the diffusion head recovers"),
     "generate": ("sampling.generate", "generate a PNG grid of images from a model folder"),
     "fid": ("sampling.fid", "Frechet distance (FID / FD-EffNet) of a model or an image folder"),
     "demo": ("demo.app", "Gradio demo on a model folder"),

@@ -51,7 +51,10 @@ class GeneratorConfig(ConfigBase):
     diff_width: int = 1024
     diff_depth: int = 6
     diff_batch_mul: int = 4  # noise draws per token in the diffusion loss
-    residual_scale: float = 0.6  # head target = residual / residual_scale
+    # head target = residual / residual_scale. None: measured on the training data when a run
+    # starts (the residual's RMS, so the target has about unit variance; HART's constant 0.6
+    # fits VAR's latents only) and saved here, so it travels with the weights
+    residual_scale: float | None = None
     diff_train_steps: int = 1000
     diff_sample_steps: int = 8
     diff_keep_frac: float = 0.2  # HART trains the head on a random ~20% of last-scale tokens
@@ -87,7 +90,7 @@ class GeneratorConfig(ConfigBase):
             for name in ("diff_width", "diff_depth", "diff_batch_mul", "diff_train_steps", "diff_sample_steps"):
                 if int(getattr(self, name)) <= 0:
                     raise UserError(f"generator config: {name} must be positive, got {getattr(self, name)}")
-            if self.residual_scale <= 0:
+            if self.residual_scale is not None and not self.residual_scale > 0:
                 raise UserError(f"generator config: residual_scale must be positive, got {self.residual_scale}")
             if self.diff_sample_steps > self.diff_train_steps:
                 raise UserError("generator config: diff_sample_steps cannot exceed diff_train_steps")
@@ -97,6 +100,11 @@ class GeneratorConfig(ConfigBase):
     @property
     def head_dim(self) -> int:
         return self.width // self.heads
+
+    @property
+    def target_scale(self) -> float:
+        """The head's target unit: ``residual_scale``, or 1 for a head not trained yet."""
+        return self.residual_scale if self.residual_scale is not None else 1.0
 
     @property
     def num_scales(self) -> int:

@@ -194,46 +194,61 @@ def diffusion_loss(
 
 # ----------------------------------------------------------------------------- sampler
 
+def guide(eps_c: torch.Tensor, eps_u: torch.Tensor, cfg: float) -> torch.Tensor:
+    """Guidance, with the meaning ``cfg`` has for the logits: (1 + cfg) eps_c - cfg eps_u.
+
+    cfg = 0 is the conditional prediction alone; HART's head uses this form; MAR's
+    ``u + s (c - u)`` is s = 1 + cfg.
+    """
+    return eps_c + cfg * (eps_c - eps_u)
+
+
 @torch.no_grad()
 def sample_residual(
     head: DiffusionHead,
     cond: torch.Tensor,
     cond_uncond: torch.Tensor | None = None,
-    cfg: float = 1.0,
+    cfg: float = 0.0,
     steps: int = 8,
     generator: torch.Generator | None = None,
     temperature: float = 1.0,
     eta: float = 0.0,
     scheduler=None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Draw one token per condition row with DDIM; CFG on the noise prediction.
+    """Draw one token per condition row with DDIM; guidance on the noise prediction.
 
     Args:
         cond: (N, C) conditions.
-        cond_uncond: (N, C) unconditional conditions; with ``cfg != 1`` the prediction is
-            eps_u + cfg * (eps_c - eps_u) (batched as one (2N) forward).
+        cond_uncond: (N, C) unconditional conditions; with ``cfg > 0`` the prediction is
+            :func:`guide` (batched as one (2N) forward).
+        cfg: guidance, same meaning as for the logits (0: none).
         steps: DDIM steps (HART: 8).
-        temperature: scales the initial noise (and the per-step noise when ``eta > 0``).
+        generator: source of the start noise (unless ``noise`` is given) and of the per-step
+            noise when ``eta > 0``.
+        temperature: scales the start noise (and the per-step noise when ``eta > 0``).
         eta: DDIM eta (0: deterministic ODE given the start noise; 1: ancestral, as MAR).
         scheduler: a DDIMScheduler (default: :func:`make_sample_scheduler`); its
             ``set_timesteps`` is called here.
+        noise: (N, z) start noise, for callers that draw it per image from their own RNGs.
     Returns:
         (N, z) samples in target units (multiply by ``residual_scale`` for the residual).
     """
     if scheduler is None:
         scheduler = make_sample_scheduler()
     scheduler.set_timesteps(steps)
-    use_cfg = cond_uncond is not None and cfg != 1.0
+    use_cfg = cond_uncond is not None and cfg != 0.0
     n = cond.shape[0]
-    x = _randn((n, head.channels), cond, generator) * temperature  # (N, z)
+    if noise is None:
+        noise = _randn((n, head.channels), cond, generator)
+    x = noise.to(cond.device, torch.float32) * temperature  # (N, z)
     c = torch.cat([cond, cond_uncond], 0) if use_cfg else cond  # (2N or N, C)
     for t in scheduler.timesteps:
         xin = torch.cat([x, x], 0) if use_cfg else x
         tt = torch.full((xin.shape[0],), int(t), device=cond.device, dtype=torch.long)
-        eps = head(xin, tt, c)
+        eps = head(xin.to(c.dtype), tt, c).float()
         if use_cfg:
-            eps_c, eps_u = eps.chunk(2, 0)
-            eps = eps_u + cfg * (eps_c - eps_u)
-        noise = _randn(x.shape, x, generator) * temperature if eta > 0 else None
-        x = scheduler.step(eps, t, x, eta=eta, variance_noise=noise).prev_sample
+            eps = guide(*eps.chunk(2, 0), cfg)
+        step_noise = _randn(x.shape, x, generator) * temperature if eta > 0 else None
+        x = scheduler.step(eps, t, x, eta=eta, variance_noise=step_noise).prev_sample
     return x

@@ -4,6 +4,7 @@ Examples::
 
     hart export --model runs/gen --out models/fm-small --storage int8
     hart export --model runs/tok --out models/tok16 --storage fp16
+    hart export --model runs/gen --tokenizer runs/tok-stage2 --out models/fm --storage int8
 
 ``--model`` is a full model folder (``tokenizer/`` + ``generator/``, as ``hart train``
 writes) or a single model folder (a tokenizer or a generator). Only the weights are
@@ -11,6 +12,11 @@ written (``config.json`` + ``model.safetensors`` per model), not the training st
 ``--storage int8`` keeps each large weight matrix / conv kernel as int8 with one scale per
 output row and the rest in fp16 (about a quarter of fp32); ``fp16`` halves everything.
 Loading restores fp32 weights, so every command reads the result like any model folder.
+
+``--tokenizer DIR`` swaps in another tokenizer that makes the same tokens: one fine-tuned
+from the model's own with ``hart train-tokenizer --init ... --freeze-codebook`` (a sharper
+decoder on the same encoder and codebook). Anything else is refused, since the generator
+was trained on the tokens of its own tokenizer.
 """
 from __future__ import annotations
 
@@ -38,7 +44,21 @@ def load_folder(folder: Path):
     return classes[name].from_pretrained(folder)
 
 
-def export(model, out, storage: str = "int8", overwrite: bool = False) -> Path:
+TOKEN_PARTS = ("encoder.", "quant_conv.", "quantize.")  # what makes the ids and the residual
+
+
+def check_same_tokens(a, b, where: str) -> None:
+    """One line unless tokenizers ``a`` and ``b`` have identical token-making weights."""
+    sa, sb = a.state_dict(), b.state_dict()
+    keys = sorted(k for k in sa if k.startswith(TOKEN_PARTS))
+    differ = [k for k in keys if k not in sb or sa[k].shape != sb[k].shape or not bool((sa[k] == sb[k]).all())]
+    if a.config != b.config or differ:
+        what = "its config" if a.config != b.config else ", ".join(differ[:3])
+        raise UserError(f"{where} does not make the same tokens as the model's tokenizer ({what} differ); "
+                        "only a tokenizer fine-tuned with --freeze-codebook from it can replace it")
+
+
+def export(model, out, storage: str = "int8", overwrite: bool = False, tokenizer=None) -> Path:
     from hart.io import prepare_out_dir, resolve_dir, write_models
 
     src = resolve_dir(model)
@@ -52,6 +72,12 @@ def export(model, out, storage: str = "int8", overwrite: bool = False) -> Path:
         models = {"": load_folder(src)}
     else:
         raise UserError(f"{src} is not a model folder: no config.json and no tokenizer/ or generator/")
+    if tokenizer is not None:
+        if "tokenizer" not in models:
+            raise UserError("--tokenizer replaces the tokenizer of a model folder (tokenizer/ + generator/)")
+        new = load_folder(resolve_dir(tokenizer))
+        check_same_tokens(models["tokenizer"], new, tokenizer)
+        models["tokenizer"] = new
     write_models(out, models, storage)
     return out
 
@@ -68,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder (tokenizer/ + generator/) or a single model folder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--storage", choices=("fp32", "fp16", "int8"), default="int8", help="weight storage (default int8)")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="ship this tokenizer instead (one fine-tuned from the model's with --freeze-codebook)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     return p
 
@@ -75,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    out = export(args.model, args.out, args.storage, args.overwrite)
+    out = export(args.model, args.out, args.storage, args.overwrite, args.tokenizer)
     print(f"wrote {out}: {folder_bytes(out) / 1e6:.1f} MB ({args.storage} weights)")
     return 0
 

@@ -226,15 +226,21 @@ def save_weights(module: torch.nn.Module, path, storage: str = "fp32") -> None:
         save_file(tensors, str(tmp), metadata={"storage": storage})
 
 
-def load_weights(module: torch.nn.Module, path) -> None:
-    """Load safetensors into ``module`` strictly, with one-line errors on any mismatch."""
+def read_weights(path) -> dict:
+    """The fp32 tensors of a weights file (any storage), with one-line errors."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"missing weights file {path}")
     try:
-        state = unpack_state(load_file(str(path)))
+        return unpack_state(load_file(str(path)))
     except Exception as e:  # safetensors raises its own error types
         raise UserError(f"cannot read {path}: {e}") from None
+
+
+def load_weights(module: torch.nn.Module, path) -> None:
+    """Load safetensors into ``module`` strictly, with one-line errors on any mismatch."""
+    path = Path(path)
+    state = read_weights(path)
     check_state_matches(module.state_dict(), state, str(path.parent))
     module.load_state_dict(state, strict=True)
 

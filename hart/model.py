@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from hart.config import GeneratorConfig
 from hart.diffusion import DiffusionHead
+from hart.errors import UserError
 from hart.io import PretrainedMixin
 
 MAX_ATTN_SCALE_LOG = math.log(100.0)  # VAR caps the learned cosine-attention scale at 100
@@ -80,7 +81,7 @@ class KVCache:
 @dataclasses.dataclass
 class GeneratorOutput:
     logits: torch.Tensor  # (B, L, V)
-    hidden: torch.Tensor  # (B, L, C): after the AdaLN head norm, i.e. the input of ``head``
+    hidden: torch.Tensor  # (B, L, C): the last block's output, before the AdaLN head norm
 
 
 class DropPath(nn.Module):
@@ -226,6 +227,9 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         self.diffusion = (
             DiffusionHead(config.z_channels, C, config.diff_width, config.diff_depth) if config.diff_head else None
         )
+        # HART's decoder_norm: a learnable norm *after* hidden + word_embed(code), so the head sees
+        # the drawn code (without it the code term is ~1% of the sum's RMS and is drowned out)
+        self.decoder_norm = nn.LayerNorm(C, eps=config.norm_eps) if config.diff_head else None
 
     def _init_var_weights(self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02):
         std = math.sqrt(1 / self.config.width / 3)
@@ -249,6 +253,22 @@ class HARTGenerator(nn.Module, PretrainedMixin):
                 w = blk.ada_lin[-1].weight  # rows: gamma1, gamma2 | scale1, scale2, shift1, shift2
                 w[2 * C:].mul_(init_adaln)
                 w[:2 * C].mul_(init_adaln_gamma)  # gates start almost closed
+
+    @classmethod
+    def from_pretrained(cls, path, device="cpu"):
+        from safetensors import safe_open
+
+        from hart.io import WEIGHTS_NAME, resolve_dir
+
+        folder = resolve_dir(path)
+        if cls.load_config(folder).diff_head and (folder / WEIGHTS_NAME).is_file():
+            with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:
+                if not any(k.startswith("decoder_norm.") for k in f.keys()):
+                    raise UserError(
+                        f"the residual head in {folder} predates decoder_norm (the norm in the head's condition) "
+                        "and cannot be used; retrain the head on its transformer: hart train --init DIR "
+                        "--freeze-transformer --tokenizer DIR/tokenizer --tokens ... --out NEW")
+        return super().from_pretrained(path, device)
 
     # ------------------------------------------------------------------ pieces for the sampler
 
@@ -309,15 +329,17 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         ]
 
     def diffusion_cond(self, hidden_last: torch.Tensor, code_vectors: torch.Tensor) -> torch.Tensor:
-        """Per-token condition of the diffusion head (HART): hidden + word_embed(codebook vector).
+        """Per-token condition of the diffusion head (HART):
+        decoder_norm(hidden + word_embed(codebook vector of the drawn id)).
 
         Args:
-            hidden_last: (B, N, C) :attr:`GeneratorOutput.hidden` of last-scale tokens.
+            hidden_last: (B, N, C) :attr:`GeneratorOutput.hidden` (last block output) of last-scale tokens.
             code_vectors: (B, N, z) codebook vectors of the chosen last-scale ids.
         Returns:
             (B, N, C)
         """
-        return hidden_last + self.word_embed(code_vectors.to(self.word_embed.weight.dtype))
+        h = hidden_last + self.word_embed(code_vectors.to(self.word_embed.weight.dtype))
+        return self.decoder_norm(h)
 
     # ------------------------------------------------------------------ teacher forcing
 
@@ -339,5 +361,5 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         cond = self.condition(class_ids)  # (B, C)
         x = torch.cat([self.embed_start(cond), self.embed_inputs(teacher_inputs, 1)], dim=1)  # (B, L, C)
         h = self.forward_tokens(x, cond, 0)
-        logits, hidden = self.head_logits(h, cond)
-        return GeneratorOutput(logits=logits, hidden=hidden)
+        logits, _ = self.head_logits(h, cond)
+        return GeneratorOutput(logits=logits, hidden=h)

@@ -5,6 +5,14 @@ Examples:
     hart extract-tokens --tokenizer runs/tok --data fashion-mnist --out runs/fm-tokens
     hart train --tokenizer runs/tok --preset fm-s --tokens runs/fm-tokens --out runs/gen --steps 8000 --resume
     torchrun --nproc_per_node 2 -m hart.train --tokenizer runs/tok --preset fm-s --data fashion-mnist --out runs/gen
+    hart train --init runs/gen --freeze-transformer --tokenizer runs/tok --tokens runs/fm-tokens --out runs/gen-head
+
+``--init DIR`` starts from the weights of a model folder's generator (fine-tuning); with
+``--preset`` the preset's shape is used and the parameters DIR lacks (a residual head added to
+a plain VAR model, say) start fresh. ``--freeze-transformer`` trains only the residual head
+(the diffusion MLP and its ``decoder_norm``) on top of a trained transformer.
+The head's target scale (``residual_scale``) is measured on the training data when a run
+starts, unless ``--init`` brings a trained head, whose scale is kept.
 
 DIR (``--out``) becomes a complete model folder: ``DIR/tokenizer/`` (a copy of the
 tokenizer), ``DIR/generator/`` (the EMA weights), and ``DIR/train_state/`` for ``--resume``
@@ -30,7 +38,7 @@ from hart.diffusion import diffusion_loss, make_train_scheduler
 from hart.dist import DistInfo, init_distributed
 from hart.ema import EMA
 from hart.errors import UserError, cli_entry
-from hart.io import (CONFIG_NAME, WEIGHTS_NAME, atomic_dir, load_state, load_weights, read_json,
+from hart.io import (CONFIG_NAME, WEIGHTS_NAME, atomic_dir, load_state, load_weights, read_json, read_weights,
                      resolve_dir, save_state, save_weights, write_json)
 from hart.model import HARTGenerator
 from hart.training import check_positive, nonfinite_loss, set_lr, warmup_cosine
@@ -46,9 +54,11 @@ class TrainingObjective(nn.Module):
     The tokenizer is frozen and held outside the module tree (DDP does not sync it).
     """
 
-    def __init__(self, model: HARTGenerator, tokenizer: HybridTokenizer, label_smoothing: float = 0.0):
+    def __init__(self, model: HARTGenerator, tokenizer: HybridTokenizer, label_smoothing: float = 0.0,
+                 freeze_transformer: bool = False):
         super().__init__()
         self.model = model
+        self.freeze_transformer = freeze_transformer
         self._tokenizer = (tokenizer,)
         self.label_smoothing = label_smoothing
         c = model.config
@@ -65,12 +75,13 @@ class TrainingObjective(nn.Module):
             teacher = tok.teacher_inputs(ids)  # (B, L-1, z)
         # condition dropout for CFG: uniform draw (HART's code draws from a normal by mistake)
         drop = torch.rand(labels.shape, generator=generator).to(labels.device) < c.cond_drop
-        out = self.model(labels, teacher, drop)
+        with torch.no_grad() if self.freeze_transformer else contextlib.nullcontext():
+            out = self.model(labels, teacher, drop)
         target = torch.cat(ids, 1)  # (B, L)
         logits = out.logits.float()
         ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), label_smoothing=self.label_smoothing)
         metrics = {"ce": ce.detach(), "acc": (logits.argmax(-1) == target).float().mean()}
-        loss = ce
+        loss = ce if not self.freeze_transformer else 0.0
         if c.diff_head:
             loss = loss + self.residual_loss(ids, residual, out, generator, metrics)
         return loss, metrics
@@ -91,7 +102,7 @@ class TrainingObjective(nn.Module):
                 residual = residual + tok.quantize.contribution(gt, K - 1, n) - tok.quantize.contribution(chosen, K - 1, n)
         else:
             chosen = gt
-        target = residual.flatten(2).transpose(1, 2) / c.residual_scale  # (B, N, z)
+        target = residual.flatten(2).transpose(1, 2) / c.target_scale  # (B, N, z)
         cond = self.model.diffusion_cond(out.hidden[:, -N:], tok.code_vectors(chosen))  # (B, N, C)
         keep = torch.rand(target.shape[:2], generator=generator).to(target.device) < c.diff_keep_frac
         keep[:, 0] = True  # never an empty subset
@@ -118,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights")
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="start from the generator weights of this model folder (fine-tuning)")
+    p.add_argument("--freeze-transformer", action="store_true",
+                   help="train only the residual head on top of the --init transformer")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
                    help="autocast dtype (auto: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--save-every", type=int, default=500)
@@ -134,20 +149,29 @@ class GeneratorTrainer:
         self.config, self.args, self.dist = config, args, dist
         dev = dist.device
         self.model = HARTGenerator(config).to(dev).train()
-        self.objective = TrainingObjective(self.model, tokenizer, args.label_smoothing)
+        self.fresh = init_weights(self.model, args.init, dist.is_main) if args.init and not args.resume else []
+        if args.freeze_transformer:
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name.startswith(HEAD_PREFIXES))
+        self.objective = TrainingObjective(self.model, tokenizer, args.label_smoothing, args.freeze_transformer)
         self.ddp = self.objective
         if dist.enabled:
             self.ddp = nn.parallel.DistributedDataParallel(
                 self.objective, device_ids=[dev.index] if dev.type == "cuda" else None)
         self.ema = EMA(self.model, args.ema)
-        decay = [p for p in self.model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in trainable if p.ndim >= 2]
+        no_decay = [p for p in trainable if p.ndim < 2]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}],
                                      lr=args.lr, betas=(0.9, 0.95), fused=dev.type == "cuda")
         self.gen = torch.Generator().manual_seed(args.seed * 1000 + dist.rank)
         self.amp_dtype = resolve_dtype(args.dtype, dev)
         self.step = self.saved_step = 0
+
+    def set_config(self, config: GeneratorConfig) -> None:
+        """A config that differs only in constants (the measured residual scale), not in shapes."""
+        self.config = self.model.config = self.ema.shadow.config = config
 
     def train_step(self, ids: list, residual: torch.Tensor, labels: torch.Tensor) -> dict:
         # linear warm-up over 5% of the run, then cosine decay to 10% of the peak
@@ -163,7 +187,7 @@ class GeneratorTrainer:
             raise nonfinite_loss(loss.item(), self.step, self.args.out, self.saved_step)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 2.0)
+        torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 2.0)
         self.opt.step()
         self.ema.update(self.model, self.ema.warmup_decay(self.step))
         self.step += 1
@@ -177,7 +201,8 @@ class GeneratorTrainer:
                 save_state({"opt": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
                             "gen": self.gen.get_state()}, tmp / "optim.pt")
                 write_json(tmp / "meta.json", {"step": self.step, "config": self.config.to_dict(),
-                                               "seed": self.args.seed, "world_size": self.dist.world_size})
+                                               "seed": self.args.seed, "world_size": self.dist.world_size,
+                                               "freeze_transformer": bool(self.args.freeze_transformer)})
             self.ema.shadow.save_pretrained(out / "generator")
         self.saved_step = self.step
         self.dist.barrier()
@@ -197,6 +222,48 @@ class GeneratorTrainer:
         self.step = self.saved_step = int(meta["step"])
 
 
+HEAD_PREFIXES = ("diffusion.", "decoder_norm.")  # what --freeze-transformer trains
+
+
+def generator_dir(folder) -> Path:
+    """A generator folder: ``folder/generator`` of a model folder, or ``folder`` itself."""
+    folder = resolve_dir(folder)
+    return resolve_dir(folder / "generator") if (folder / "generator").exists() else folder
+
+
+def init_weights(model: HARTGenerator, folder, verbose: bool = True) -> list[str]:
+    """Load the tensors of ``folder``'s generator whose names exist in ``model``; the rest start fresh.
+
+    A tensor of another shape is refused with one line. Returns the names that start fresh.
+    """
+    src = read_weights(generator_dir(folder) / WEIGHTS_NAME)
+    own = model.state_dict()
+    bad = [f"{k} {tuple(v.shape)} (here {tuple(own[k].shape)})" for k, v in src.items()
+           if k in own and v.shape != own[k].shape]
+    if bad:
+        raise UserError(f"--init {folder}: shapes differ from the chosen preset: {', '.join(bad[:4])}"
+                        + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else ""))
+    model.load_state_dict({k: v for k, v in src.items() if k in own}, strict=False)
+    fresh = sorted(k for k in own if k not in src)
+    if verbose:
+        heads = sorted({k.split(".")[0] for k in fresh})
+        print(f"--init {folder}: loaded {len(own) - len(fresh)} tensors"
+              + (f"; starting fresh: {', '.join(heads)} ({len(fresh)} tensors)" if fresh else ""))
+    return fresh
+
+
+@torch.no_grad()
+def measure_residual_scale(batches, max_images: int = 2048) -> float:
+    """RMS of the residual over the first ``max_images`` training images (the head's target scale)."""
+    total, count = 0.0, 0
+    for _, residual, _ in batches:
+        total += residual.double().pow(2).sum().item()
+        count += residual.numel()
+        if count >= max_images * residual[0].numel():
+            break
+    return float((total / max(count, 1)) ** 0.5)
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -204,18 +271,29 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> GeneratorConfig:
-    """New run: the preset, fitted to the tokenizer and the data. Resume: the saved config."""
+    """New run: the preset (or --init's config), fitted to the tokenizer and the data.
+    Resume: the saved config."""
     tc = tokenizer.config
+    if args.freeze_transformer and not (args.init or args.resume):
+        raise UserError("--freeze-transformer needs --init DIR: the trained transformer to put a head on")
     if args.resume:
+        if args.init:
+            raise UserError("--resume continues from the run's own checkpoint; drop --init")
         if not (out / STATE).exists() and not (out / f"{STATE}.old").exists():
             raise UserError(f"--resume: no run to resume in {out} (missing {out / STATE})")
-        saved = GeneratorConfig.from_dict(read_json(resolve_dir(out / STATE) / "meta.json")["config"])
-        if args.preset and fit_preset(args.preset, tc, classes) != saved:
+        meta = read_json(resolve_dir(out / STATE) / "meta.json")
+        saved = GeneratorConfig.from_dict(meta["config"])
+        if bool(meta.get("freeze_transformer", False)) != args.freeze_transformer:
+            flag = "with" if meta.get("freeze_transformer") else "without"
+            raise UserError(f"the run in {out} was started {flag} --freeze-transformer; resume it the same way")
+        if args.preset and fit_preset(args.preset, tc, classes).replace(residual_scale=saved.residual_scale) != saved:
             raise UserError(f"--preset {args.preset} differs from the checkpoint in {out}; "
                             "drop --preset to resume it, or choose another --out")
         return saved
     if (out / STATE).exists() or (out / "generator").exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if args.init and not args.preset:
+        return HARTGenerator.load_config(generator_dir(args.init))
     return fit_preset(args.preset or "fm-s", tc, classes)
 
 
@@ -287,6 +365,14 @@ def run(args, dist: DistInfo) -> int:
     if dist.is_main:
         copy_tokenizer(args.tokenizer, out)
     trainer = GeneratorTrainer(config, tokenizer, args, dist)
+    fresh_head = any(k.startswith(HEAD_PREFIXES) for k in trainer.fresh)
+    if config.diff_head and not args.resume and (config.residual_scale is None or fresh_head):
+        # the head's target scale is a fact about this tokenizer's latents: measure it
+        scale = measure_residual_scale(batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, 0))
+        scale = dist.all_reduce_mean(torch.tensor(scale, device=dist.device)).item()
+        trainer.set_config(config.replace(residual_scale=scale))
+        if dist.is_main:
+            print(f"residual scale (RMS of the residual on the training data): {scale:.4f}")
     if args.resume:
         trainer.load(out)
         if trainer.step >= args.steps:

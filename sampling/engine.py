@@ -14,8 +14,9 @@ null class) when guidance is on, through the generator's own weights:
 
 CFG ratio t_k = cfg * k / (K - 1) (VAR): logits = (1 + t_k) cond - t_k uncond.
 Last scale: ids, then the continuous residual from the diffusion head (HART), per token
-conditioned on hidden + word_embed(codebook[id]); its guidance acts on the noise
-prediction with the weight of the last scale's logits, eps_u + (1 + cfg)(eps_c - eps_u).
+conditioned on decoder_norm(last block output + word_embed(codebook[id])); its guidance acts
+on the noise prediction with the last scale's ratio, as for the logits:
+(1 + t) eps_c - t eps_u (:func:`hart.diffusion.guide`).
 
 Randomness comes only from explicit ``torch.Generator`` objects, one per image, drawn in
 a fixed order (per scale: one uniform per token, then the smoothing noise if on; then the
@@ -34,7 +35,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from hart.diffusion import make_sample_scheduler
+from hart.diffusion import make_sample_scheduler, sample_residual
 from hart.errors import UserError
 from hart.model import MAX_ATTN_SCALE_LOG, HARTGenerator
 from sampling import kernels
@@ -246,7 +247,7 @@ class SamplingEngine:
         Args:
             x: (2B, T, C) embedded tokens at positions [start, start + T).
         Returns:
-            (logits (2B, T, V), hidden (2B, T, C) after the head norm).
+            (logits (2B, T, V), hidden (2B, T, C): the last block's output).
         """
         eps = self.config.norm_eps
         for blk, mods, cache in zip(self.generator.blocks, block_mods, self.caches):
@@ -256,8 +257,7 @@ class SamplingEngine:
             h = blk.ffn(kernels.adaln_layernorm(x, s2, b2, eps, self.kernels))
             x = torch.addcmul(x, h, g2)
         hs, hb = head_mods
-        hidden = kernels.adaln_layernorm(x, hs, hb, eps, self.kernels)
-        return self.generator.head(hidden), hidden
+        return self.generator.head(kernels.adaln_layernorm(x, hs, hb, eps, self.kernels)), x
 
     # ------------------------------------------------------------------ sampling
 
@@ -385,23 +385,14 @@ class SamplingEngine:
         N = ids_last.shape[1]
         vec = self.tokenizer.code_vectors(ids_last)  # (B, N, z)
         conds = gen.diffusion_cond(hidden[:B], vec).reshape(B * N, -1)
-        if use_cfg:
-            conds = torch.cat([conds, gen.diffusion_cond(hidden[B:], vec).reshape(B * N, -1)])
+        unconds = gen.diffusion_cond(hidden[B:], vec).reshape(B * N, -1) if use_cfg else None
         # start noise per image from its own generator (batch independence)
-        x = torch.stack([
-            torch.randn(N, head.channels, generator=g, device=g.device) for g in generators
-        ]).to(self.device).reshape(B * N, -1) * opt.diff_temperature
-        w = 1.0 + opt.cfg  # the last scale's logit weight (1 + t_{K-1})
-        scheduler = make_sample_scheduler(c.diff_train_steps)
-        scheduler.set_timesteps(opt.diff_steps or c.diff_sample_steps)
-        for t in scheduler.timesteps:
-            xin = torch.cat([x, x]) if use_cfg else x
-            tt = torch.full((xin.shape[0],), int(t), device=self.device, dtype=torch.long)
-            eps = head(xin, tt, conds).float()
-            if use_cfg:
-                eps_c, eps_u = eps.chunk(2)
-                eps = eps_u + w * (eps_c - eps_u)
-            x = scheduler.step(eps, t, x).prev_sample  # DDIM, eta 0: deterministic given the start noise
+        noise = torch.stack([torch.randn(N, head.channels, generator=g, device=g.device) for g in generators])
+        x = sample_residual(
+            head, conds, unconds, cfg=cfg_ratio(opt.cfg, c.num_scales - 1, c.num_scales),
+            steps=opt.diff_steps or c.diff_sample_steps, temperature=opt.diff_temperature,
+            scheduler=make_sample_scheduler(c.diff_train_steps), noise=noise.reshape(B * N, -1),
+        )  # (B*N, z), DDIM with eta 0: deterministic given the start noise
         n = self.tokenizer.config.latent_size
-        res = (x.float() * c.residual_scale).view(B, N, -1)  # target units -> latent units
+        res = (x.float() * c.target_scale).view(B, N, -1)  # target units -> latent units
         return res.transpose(1, 2).reshape(B, -1, n, n)

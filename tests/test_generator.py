@@ -44,7 +44,8 @@ def test_shapes(l2):
     assert out.logits.shape == (3, cfg.seq_len, cfg.codebook_size)
     assert out.hidden.shape == (3, cfg.seq_len, cfg.width)
     assert torch.isfinite(out.logits).all()
-    assert torch.allclose(m.head(out.hidden), out.logits)
+    labels_cond = m.condition(labels)
+    assert torch.allclose(m.head_logits(out.hidden, labels_cond)[0], out.logits)  # hidden: the blocks' output
 
 
 def test_mask_is_block_causal():

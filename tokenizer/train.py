@@ -3,7 +3,14 @@
 Examples:
     hart train-tokenizer --preset fm-32 --data fashion-mnist --out runs/tok --steps 3000
     hart train-tokenizer --preset fm-32 --data fashion-mnist --out runs/tok --steps 6000 --resume
+    hart train-tokenizer --init runs/tok --freeze-codebook --data fashion-mnist --out runs/tok2 --steps 2000
     python -m tokenizer.train --preset tiny --data synthetic --out /tmp/tok --steps 20
+
+Two stages (HART): the first trains everything; the second (``--init DIR --freeze-codebook``,
+HART's ``freeze_codebook_for_hybrid``) starts from a trained tokenizer, freezes the encoder,
+``quant_conv`` and the quantizer (so token ids and residuals stay exactly those of DIR, and a
+generator trained on DIR's tokens stays valid), and fine-tunes only ``post_quant_conv`` and the
+decoder, on the same 50/50 alternation of discrete-only and exact latents.
 
 DIR is a tokenizer folder (``config.json`` + ``model.safetensors``, the EMA weights) that
 every later command reads; ``DIR/train_state/`` holds what ``--resume`` needs (raw and EMA
@@ -23,7 +30,7 @@ from hart.ema import EMA
 from hart.errors import UserError, cli_entry
 from hart.images import save_grid
 from hart.training import check_positive, nonfinite_loss, pick_device, set_lr, warmup_cosine
-from hart.io import (atomic_dir, load_state, load_weights, read_json, resolve_dir, save_state,
+from hart.io import (WEIGHTS_NAME, atomic_dir, load_state, load_weights, read_json, resolve_dir, save_state,
                      save_weights, write_json)
 from tokenizer.config import TokenizerConfig
 from tokenizer.losses import LPIPS, PatchDiscriminator, hinge_d_loss, hinge_g_loss, psnr, reconstruction_loss
@@ -46,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="step at which the PatchGAN loss starts (default: half of --steps)")
     p.add_argument("--disc-weight", type=float, default=0.1, help="weight of the generator's GAN loss")
     p.add_argument("--lpips-weights", default=None, help="VGG16+LPIPS weights file; LPIPS is off without it")
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="start from the weights (and config) of this tokenizer folder")
+    p.add_argument("--freeze-codebook", action="store_true",
+                   help="second stage (HART): freeze encoder, quant_conv and quantizer; train the decoder only")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default 500)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
@@ -58,15 +69,28 @@ class Trainer:
 
     def __init__(self, config: TokenizerConfig, args, device):
         self.config, self.args, self.device = config, args, device
-        self.model = HybridTokenizer(config).to(device).train()
+        self.model = HybridTokenizer(config).to(device)
+        if args.init:
+            load_weights(self.model, resolve_dir(args.init) / WEIGHTS_NAME)
+        self.frozen = tuple(frozen_parts(self.model) if args.freeze_codebook else ())
+        for m in self.frozen:
+            m.requires_grad_(False)
+        self.set_train()
         self.ema = EMA(self.model, decay=0.999)
         nl = 3 if config.resolution >= 64 else 2
         self.disc = PatchDiscriminator(config.in_channels, ndf=64, n_layers=nl).to(device).train()
-        self.opt_g = torch.optim.AdamW(self.model.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt_g = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0)
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0)
         self.lpips = LPIPS.from_file(args.lpips_weights).to(device) if args.lpips_weights else None
         self.gen = torch.Generator().manual_seed(args.seed)  # hybrid coin flips
         self.step = self.saved_step = 0
+
+    def set_train(self) -> None:
+        """Train mode, except frozen parts: an eval-mode quantizer makes no codebook updates."""
+        self.model.train()
+        for m in self.frozen:
+            m.eval()
 
     def train_step(self, x: torch.Tensor) -> dict:
         args, step = self.args, self.step
@@ -77,7 +101,7 @@ class Trainer:
         mask = torch.full((x.shape[0],), discrete, device=x.device)
         out = self.model(x, mask)
         loss_rec = reconstruction_loss(out.recon, x)
-        loss = loss_rec + out.vq_loss
+        loss = loss_rec + (out.vq_loss if not self.frozen else 0.0)  # frozen: vq_loss has no gradient
         use_gan = step >= args.disc_start
         if self.lpips is not None:
             loss = loss + self.lpips(out.recon, x).mean()
@@ -89,7 +113,7 @@ class Trainer:
             raise nonfinite_loss(loss.item(), step, args.out, self.saved_step)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(self.opt_g.param_groups[0]["params"], 1.0)
         self.opt_g.step()
         d_loss = torch.zeros(())
         if use_gan:
@@ -114,7 +138,8 @@ class Trainer:
                         "torch_rng": torch.get_rng_state(), "gen": self.gen.get_state()},
                        tmp / "optim.pt")
             write_json(tmp / "meta.json", {"step": self.step, "config": self.config.to_dict(),
-                                           "seed": self.args.seed, "steps": self.args.steps})
+                                           "seed": self.args.seed, "steps": self.args.steps,
+                                           "freeze_codebook": bool(self.frozen)})
         self.ema.shadow.save_pretrained(out)  # the EMA weights are the model later commands read
         self.saved_step = self.step
         write_recon_grid(self.ema.shadow, preview, out / "recon.png")
@@ -132,6 +157,11 @@ class Trainer:
         self.step = self.saved_step = int(read_json(state_dir / "meta.json")["step"])
 
 
+def frozen_parts(model: HybridTokenizer) -> list:
+    """What HART's ``freeze_codebook_for_hybrid`` freezes: everything that makes ids and residual."""
+    return [model.encoder, model.quant_conv, model.quantize]
+
+
 @torch.no_grad()
 def write_recon_grid(model: HybridTokenizer, images: torch.Tensor, path) -> None:
     """PNG with rows: input | discrete-only | hybrid (discrete + residual)."""
@@ -144,14 +174,27 @@ def write_recon_grid(model: HybridTokenizer, images: torch.Tensor, path) -> None
 
 
 def resolve_config(args, out: Path) -> TokenizerConfig:
-    """New run: the preset. Resume: the saved config, and a --preset that differs is refused."""
+    """New run: the preset, or the config of ``--init``. Resume: the saved config, and a
+    --preset that differs is refused, as is a --freeze-codebook that differs from the run's."""
+    if args.freeze_codebook and not args.init and not args.resume:
+        raise UserError("--freeze-codebook needs --init DIR: the trained tokenizer whose encoder and codebook to keep")
     if not args.resume:
         if (out / STATE).exists() or (out / "model.safetensors").exists():
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        if args.init:
+            if args.preset:
+                raise UserError("--init takes the config of the tokenizer it starts from; drop --preset")
+            return HybridTokenizer.load_config(args.init)
         return TokenizerConfig.from_name(args.preset or "fm-32")
     if not (out / STATE).exists() and not (out / f"{STATE}.old").exists():
         raise UserError(f"--resume: no run to resume in {out} (missing {out / STATE})")
-    saved = TokenizerConfig.from_dict(read_json(resolve_dir(out / STATE) / "meta.json")["config"])
+    meta = read_json(resolve_dir(out / STATE) / "meta.json")
+    saved = TokenizerConfig.from_dict(meta["config"])
+    if args.init:
+        raise UserError("--resume continues from the run's own checkpoint; drop --init")
+    args.freeze_codebook = args.freeze_codebook or bool(meta.get("freeze_codebook", False))
+    if bool(meta.get("freeze_codebook", False)) != args.freeze_codebook:
+        raise UserError(f"the run in {out} was started without --freeze-codebook; resume it without the flag")
     if args.preset and TokenizerConfig.from_name(args.preset) != saved:
         raise UserError(f"--preset {args.preset} differs from the checkpoint in {out}; "
                         "drop --preset to resume it, or choose another --out")

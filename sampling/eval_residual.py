@@ -1,0 +1,220 @@
+"""``hart eval-residual``: how much of the tokenizer's residual does the diffusion head recover?
+
+Examples::
+
+    hart eval-residual --data fashion-mnist --split test --num 256 --out runs/resid     # bundled model
+    hart eval-residual --model runs/gen --data fashion-mnist --num 2000 --out runs/resid --fd
+
+For N images of a split, the tokenizer gives the true ids, the discrete latent f_hat and the
+true residual r = latent - f_hat. The generator runs teacher-forced on the true ids with the
+true labels, and the head draws the residual of every last-scale token given those hidden
+states and the true last-scale ids (conditional, no guidance, the model's DDIM steps).
+Compared decodes:
+
+- ``discrete``: f_hat alone;  ``hybrid``: f_hat + r, the ceiling;
+- ``head``: f_hat + one head sample;  ``head_mean``: f_hat + the mean of 8 head samples.
+
+``r2_mean`` = 1 - |r - mean8|^2 / |r - rbar|^2 (rbar: the residual's per-channel mean over the
+set): the share of the residual's variance that the head's conditional mean explains.
+The same is measured again with the last-scale ids the model draws itself from its
+teacher-forced logits (``own``: what the head sees when sampling), against the residual
+that those ids leave (latent - f_hat with the drawn ids).
+
+With ``--fd``, FD-EffNet of the discrete, hybrid and head decodes against the same number of
+images of the other split, and ``fd_recovered = (fd_discrete - fd_head) / (fd_discrete -
+fd_hybrid)``: the share of the tokenizer's hybrid gain the head's samples recover as a
+distribution (HART's claim: plausible detail, not the true detail).
+
+Writes ``OUT/residual.png`` (rows: input | discrete | hybrid | discrete + head) and
+``OUT/residual.json``, and ends with one line of ``key=value`` pairs.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from hart.data import SPLITS, make_dataset
+from hart.diffusion import make_sample_scheduler, sample_residual
+from hart.errors import UserError, cli_entry
+from hart.images import save_grid, to_uint8
+from hart.io import write_json
+from hart.training import check_positive
+from tokenizer.losses import psnr
+
+DECODES = ("discrete", "hybrid", "head", "head_mean", "own_discrete", "own_head")
+FD_DECODES = ("discrete", "hybrid", "head")
+NUM_MEAN = 8  # head samples averaged for r2_mean and head_mean
+
+
+class _R2:
+    """Running |r - pred|^2 and the residual's variance about its per-channel mean."""
+
+    def __init__(self):
+        self.sse = 0.0
+        self.n = 0
+        self.sum = None
+        self.sumsq = None
+
+    def add(self, r: torch.Tensor, pred: torch.Tensor) -> None:  # (B, z, n, n) each
+        r, pred = r.double(), pred.double()
+        self.sse += (r - pred).pow(2).sum().item()
+        per_c = r.transpose(0, 1).flatten(1)  # (z, B*n*n)
+        s, ss = per_c.sum(1), per_c.pow(2).sum(1)
+        self.sum = s if self.sum is None else self.sum + s
+        self.sumsq = ss if self.sumsq is None else self.sumsq + ss
+        self.n += per_c.shape[1]
+
+    def value(self) -> float:
+        sst = (self.sumsq - self.sum.pow(2) / self.n).sum().item()
+        return 1.0 - self.sse / max(sst, 1e-30)
+
+
+def _head_draws(gen, head_cond: torch.Tensor, draws: int, g: torch.Generator) -> torch.Tensor:
+    """``draws`` head samples per token. head_cond (B, N, C) -> (draws, B, z, n, n) in latent units."""
+    c = gen.config
+    B, N, _ = head_cond.shape
+    n = int(round(N ** 0.5))
+    cond = head_cond.reshape(B * N, -1).repeat(draws, 1)
+    x = sample_residual(gen.diffusion, cond, steps=c.diff_sample_steps, generator=g,
+                        scheduler=make_sample_scheduler(c.diff_train_steps))  # (draws*B*N, z)
+    x = x.float().view(draws, B, N, -1) * c.target_scale
+    return x.permute(0, 1, 3, 2).reshape(draws, B, -1, n, n)
+
+
+@torch.no_grad()
+def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, fd_extractor=None,
+             preview: int = 8, progress: bool = True) -> dict:
+    """Run the probe on the first ``num`` images; see the module doc. Returns the summary dict
+    (plus ``"_preview"``: the image rows of the first ``preview`` inputs, and ``"_stats"``:
+    FeatureStats per FD decode when ``fd_extractor`` is given)."""
+    from tqdm import tqdm
+
+    K = len(tok.config.patch_nums)
+    n_lat = tok.config.latent_size
+    g = torch.Generator().manual_seed(seed)
+    sums = dict.fromkeys(DECODES, 0.0)
+    r2_mean, r2_one, r2_own = _R2(), _R2(), _R2()
+    stats = None
+    if fd_extractor is not None:
+        from sampling.fid import FeatureStats
+
+        stats = {k: FeatureStats(fd_extractor.dim) for k in FD_DECODES}
+    rows = None
+    for start in tqdm(range(0, num, batch_size), desc="eval-residual", disable=not progress):
+        idx = range(start, min(num, start + batch_size))
+        x = torch.stack([dataset[i][0] for i in idx])
+        labels = torch.tensor([int(dataset[i][1]) for i in idx])
+        code = tok.encode(x)
+        f_hat, r = code.f_hat, code.residual  # (B, z, n, n)
+        out = gen(labels, tok.teacher_inputs(code.ids))
+        N = n_lat * n_lat
+        hidden = out.hidden[:, -N:]  # (B, N, C)
+        draws = _head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(code.ids[-1])), NUM_MEAN, g)
+        one, mean = draws[0], draws.mean(0)
+        r2_mean.add(r, mean)
+        r2_one.add(r, one)
+        # the model's own last-scale ids, as HART trains the head and as sampling feeds it
+        probs = out.logits[:, -N:].float().softmax(-1)
+        own = torch.multinomial(probs.flatten(0, 1), 1, generator=g).view(-1, N)
+        f_own = f_hat - tok.quantize.contribution(code.ids[-1], K - 1, n_lat) + tok.quantize.contribution(own, K - 1, n_lat)
+        own_draws = _head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(own)), NUM_MEAN, g)
+        r2_own.add(f_hat + r - f_own, own_draws.mean(0))
+        dec = {
+            "discrete": tok.decode_latent(f_hat), "hybrid": tok.decode_latent(f_hat + r),
+            "head": tok.decode_latent(f_hat + one), "head_mean": tok.decode_latent(f_hat + mean),
+            "own_discrete": tok.decode_latent(f_own), "own_head": tok.decode_latent(f_own + own_draws[0]),
+        }
+        for k, img in dec.items():
+            sums[k] += psnr(img, x).sum().item()
+        if stats is not None:
+            from sampling.features import clean_batch
+
+            for k in FD_DECODES:
+                stats[k].add(fd_extractor(clean_batch(list(to_uint8(dec[k])), fd_extractor.input_size)))
+        if rows is None:
+            rows = [t[:preview] for t in (x, dec["discrete"], dec["hybrid"], dec["head"])]
+    result = {f"psnr_{k}": sums[k] / num for k in DECODES}
+    result.update(r2_mean=r2_mean.value(), r2_one=r2_one.value(), r2_own_mean=r2_own.value(), num_images=num,
+                  residual_scale=gen.config.residual_scale, _preview=rows, _stats=stats)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hart eval-residual", description=__doc__.split("Examples::")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Examples::" + __doc__.split("Examples::", 1)[1].split("\n\n")[0])
+    p.add_argument("--model", default=None, help="model folder (tokenizer/ + generator/); default: the bundled model")
+    p.add_argument("--data", required=True, help="dataset spec (as for hart train), with class labels")
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+    p.add_argument("--split", default="test", help="split to probe: train or test (default test)")
+    p.add_argument("--num", type=int, default=256, help="images to probe (default 256)")
+    p.add_argument("--out", required=True, help="folder for residual.png and residual.json")
+    p.add_argument("--fd", action="store_true", help="also FD-EffNet of the decodes against the other split")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0, help="seed of the head's draws and of the own-id draws")
+    return p
+
+
+def load_models(model_dir):
+    """(tokenizer, generator) of a model folder, with one-line errors for what cannot be probed."""
+    from hart.io import resolve_dir
+    from hart.model import HARTGenerator
+    from sampling.pipeline import default_model_dir
+    from tokenizer.model import HybridTokenizer
+
+    folder = default_model_dir() if model_dir in (None, "default") else resolve_dir(model_dir)
+    if not (folder / "generator").is_dir():
+        what = "a tokenizer folder" if (folder / "config.json").is_file() else "not a model folder"
+        raise UserError(f"{folder} is {what}: hart eval-residual needs a model folder with tokenizer/ and "
+                        "generator/ (as written by hart train)")
+    gen = HARTGenerator.from_pretrained(folder / "generator")
+    if gen.diffusion is None:
+        raise UserError(f"the generator in {folder} has no residual head (diff_head is off): there is nothing to "
+                        "probe; train one with hart train --init ... --freeze-transformer and a preset with a head")
+    return HybridTokenizer.from_pretrained(folder / "tokenizer"), gen, folder
+
+
+@cli_entry
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    check_positive(args, "num", "batch_size")
+    if args.split not in SPLITS:
+        raise UserError(f"unknown split {args.split!r}; choose one of: {', '.join(SPLITS)}")
+    tok, gen, folder = load_models(args.model)
+    dataset = make_dataset(args.data, args.split, tok.config.resolution, args.data_dir)
+    num = min(args.num, len(dataset))
+    extractor = ref = None
+    if args.fd:
+        from sampling.features import load_extractor
+        from sampling.fid import parse_source, reference_stats
+
+        extractor = load_extractor("effnet-lite0")
+        other = [s for s in SPLITS if s != args.split][0]
+        ref, _ = reference_stats(parse_source(f"{args.data}:{other}", allow_stats=False), extractor,
+                                 tok.config.resolution, num, batch_size=100, data_dir=args.data_dir)
+    res = evaluate(tok, gen, dataset, num, args.batch_size, args.seed, extractor)
+    rows, stats = res.pop("_preview"), res.pop("_stats")
+    if stats is not None:
+        from sampling.fid import frechet_distance
+
+        for k in FD_DECODES:
+            res[f"fd_{k}"] = frechet_distance(stats[k].mu, stats[k].sigma, ref.mu, ref.sigma)
+        gain = res["fd_discrete"] - res["fd_hybrid"]
+        res["fd_recovered"] = (res["fd_discrete"] - res["fd_head"]) / gain if gain > 0 else float("nan")
+    out = Path(args.out)
+    save_grid(rows, out / "residual.png", row_labels=["input", "discrete", "hybrid", "+ head"], scale=2)
+    write_json(out / "residual.json", {**res, "model": str(folder), "data": args.data, "split": args.split})
+    keys = ["psnr_discrete", "psnr_hybrid", "psnr_head", "psnr_head_mean", "r2_mean"]
+    if stats is not None:
+        keys += ["fd_discrete", "fd_hybrid", "fd_head", "fd_recovered"]
+    print(f"own ids: psnr_own_discrete={res['psnr_own_discrete']:.2f} psnr_own_head={res['psnr_own_head']:.2f} "
+          f"r2_own_mean={res['r2_own_mean']:.3f}; one sample r2={res['r2_one']:.3f}; "
+          f"residual_scale={gen.config.residual_scale}")
+    print(" ".join(f"{k}={res[k]:.4g}" if "psnr" not in k else f"{k}={res[k]:.2f}" for k in keys))
+    return 0
+
+
+if __name__ == "__main__":
+    main()

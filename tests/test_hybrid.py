@@ -1,0 +1,228 @@
+"""The hybrid half: the head's target scale, its view of the drawn code, the second tokenizer
+stage, head-only training on a trained transformer, hart eval-residual and hart export --tokenizer."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hart.data import make_dataset
+from hart.model import HARTGenerator
+from hart.train import main as train_main
+from tokenizer import HybridTokenizer, TokenizerConfig
+
+
+@pytest.fixture(scope="module")
+def tokdir(tmp_path_factory):
+    """A tiny tokenizer whose codebook has seen data (k-means init + EMA)."""
+    torch.manual_seed(0)
+    tok = HybridTokenizer(TokenizerConfig.from_name("tiny")).train()
+    ds = make_dataset("synthetic", "train", 16)
+    for s in range(4):
+        tok(torch.stack([ds[s * 32 + i][0] for i in range(32)]))
+    d = tmp_path_factory.mktemp("tok")
+    tok.eval().save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def gendir(tokdir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "g"
+    train_main(["--tokenizer", str(tokdir), "--preset", "tiny", "--data", "synthetic", "--out", str(out),
+                "--batch-size", "8", "--steps", "3"])
+    return out
+
+
+def _residual_rms(tokdir, n=2048):
+    tok = HybridTokenizer.from_pretrained(tokdir)
+    ds = make_dataset("synthetic", "train", 16)
+    x = torch.stack([ds[i][0] for i in range(min(n, len(ds)))])
+    with torch.no_grad():
+        r = tok.encode(x).residual
+    return r.double().pow(2).mean().sqrt().item()
+
+
+def test_residual_scale_is_measured_saved_and_loaded(tokdir, gendir):
+    gen = HARTGenerator.from_pretrained(gendir / "generator")
+    assert gen.config.residual_scale is not None
+    # the first 2048 images the run drew are a shuffle of the same data: same RMS within sampling noise
+    assert gen.config.residual_scale == pytest.approx(_residual_rms(tokdir), rel=0.1)
+    saved = json.loads((gendir / "generator" / "config.json").read_text())
+    assert saved["residual_scale"] == gen.config.residual_scale
+    state = json.loads((gendir / "train_state" / "meta.json").read_text())
+    assert state["config"]["residual_scale"] == gen.config.residual_scale
+
+
+def test_head_condition_depends_on_the_drawn_code(gendir):
+    torch.manual_seed(0)
+    gen = HARTGenerator.from_pretrained(gendir / "generator")
+    c = gen.config
+    with torch.no_grad():  # a head whose output layer is not zero, as after training
+        gen.diffusion.final_layer.linear.weight.normal_(std=0.2)
+    hidden = torch.randn(2, 5, c.width) * 3.0  # a hidden state much larger than the code term
+    code_a, code_b = torch.randn(2, 5, c.z_channels), torch.randn(2, 5, c.z_channels)
+    x = torch.randn(10, c.z_channels)
+    t = torch.full((10,), 500)
+    with torch.no_grad():
+        ca, cb = gen.diffusion_cond(hidden, code_a), gen.diffusion_cond(hidden, code_b)
+        ea = gen.diffusion(x, t, ca.flatten(0, 1))
+        eb = gen.diffusion(x, t, cb.flatten(0, 1))
+        ea2 = gen.diffusion(x, t, gen.diffusion_cond(hidden, code_a).flatten(0, 1))
+    assert torch.equal(ea, ea2)
+    assert not torch.allclose(ea, eb, atol=1e-6)
+    # the condition is normalised after the sum (HART's decoder_norm): unit RMS per token
+    rms = ca.pow(2).mean(-1).sqrt()
+    assert torch.allclose(rms, torch.ones_like(rms), atol=0.05)
+
+
+def test_second_tokenizer_stage_keeps_frozen_parts_bit_identical(tokdir, tmp_path):
+    from tokenizer.train import main as tok_main
+
+    out = tmp_path / "tok2"
+    tok_main(["--init", str(tokdir), "--freeze-codebook", "--data", "synthetic", "--out", str(out),
+              "--steps", "4", "--batch-size", "8", "--disc-start", "2", "--save-every", "4"])
+    before = load_file(str(tokdir / "model.safetensors"))
+    after = load_file(str(out / "model.safetensors"))
+    raw = load_file(str(out / "train_state" / "model.safetensors"))
+    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv.", "quantize."))]
+    assert frozen and any(k.startswith("quantize.codebook") for k in frozen)
+    for state in (after, raw):
+        assert all(torch.equal(before[k], state[k]) for k in frozen)
+    trained = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert any(not torch.equal(before[k], raw[k]) for k in trained)
+    # so the ids and the residual are exactly those of the first stage
+    a, b = HybridTokenizer.from_pretrained(tokdir), HybridTokenizer.from_pretrained(out)
+    x = torch.stack([make_dataset("synthetic", "test", 16)[i][0] for i in range(4)])
+    ca, cb = a.encode(x), b.encode(x)
+    assert all(torch.equal(i, j) for i, j in zip(ca.ids, cb.ids)) and torch.equal(ca.residual, cb.residual)
+
+
+def test_second_stage_needs_init(tmp_path, capsys):
+    from tokenizer.train import main as tok_main
+
+    with pytest.raises(SystemExit):
+        tok_main(["--freeze-codebook", "--data", "synthetic", "--out", str(tmp_path / "t"), "--steps", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--init" in err[0]
+
+
+def test_head_only_training_keeps_the_transformer(tokdir, gendir, tmp_path):
+    out = tmp_path / "head"
+    train_main(["--init", str(gendir), "--freeze-transformer", "--tokenizer", str(tokdir), "--data", "synthetic",
+                "--out", str(out), "--batch-size", "8", "--steps", "3"])
+    a = load_file(str(gendir / "generator" / "model.safetensors"))
+    b = load_file(str(out / "train_state" / "model.safetensors"))
+    head = ("diffusion.", "decoder_norm.")
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith(head))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith(head))
+    # a head kept from --init keeps its scale
+    assert (HARTGenerator.from_pretrained(out / "generator").config.residual_scale
+            == HARTGenerator.from_pretrained(gendir / "generator").config.residual_scale)
+
+
+def test_init_adds_a_head_to_a_model_without_one(tokdir, tmp_path, capsys):
+    plain = tmp_path / "plain"
+    train_main(["--tokenizer", str(tokdir), "--preset", "tiny", "--data", "synthetic", "--out", str(plain),
+                "--batch-size", "8", "--steps", "2"])
+    cfg = json.loads((plain / "generator" / "config.json").read_text())
+    cfg["diff_head"] = False  # pretend it was trained without a head
+    (plain / "generator" / "config.json").write_text(json.dumps(cfg))
+    state = {k: v for k, v in load_file(str(plain / "generator" / "model.safetensors")).items()
+             if not k.startswith(("diffusion.", "decoder_norm."))}
+    from safetensors.torch import save_file
+
+    save_file(state, str(plain / "generator" / "model.safetensors"))
+    capsys.readouterr()
+    train_main(["--init", str(plain), "--preset", "tiny", "--freeze-transformer", "--tokenizer", str(tokdir),
+                "--data", "synthetic", "--out", str(tmp_path / "h"), "--batch-size", "8", "--steps", "2"])
+    out = capsys.readouterr().out
+    assert "starting fresh: decoder_norm, diffusion" in out and "residual scale" in out
+    assert HARTGenerator.from_pretrained(tmp_path / "h" / "generator").diffusion is not None
+
+
+def test_eval_residual_runs_and_reports(tokdir, gendir, tmp_path, capsys):
+    from sampling.eval_residual import main as eval_main
+
+    assert eval_main(["--model", str(gendir), "--data", "synthetic", "--num", "12", "--batch-size", "8",
+                      "--out", str(tmp_path / "r")]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    keys = [kv.split("=")[0] for kv in last.split()]
+    assert keys == ["psnr_discrete", "psnr_hybrid", "psnr_head", "psnr_head_mean", "r2_mean"]
+    res = json.loads((tmp_path / "r" / "residual.json").read_text())
+    assert res["num_images"] == 12
+    # the hybrid row is the decode of the exact latent, the discrete row that of the ids alone
+    from tokenizer.losses import psnr
+
+    tok = HybridTokenizer.from_pretrained(gendir / "tokenizer")
+    x = torch.stack([make_dataset("synthetic", "test", 16)[i][0] for i in range(12)])
+    with torch.no_grad():
+        exact = psnr(tok.decode_latent(tok.latent(x)), x).mean().item()
+        discrete = psnr(tok.decode_ids(tok.encode(x).ids), x).mean().item()
+    assert res["psnr_hybrid"] == pytest.approx(exact, abs=1e-3)
+    assert res["psnr_discrete"] == pytest.approx(discrete, abs=1e-3)
+    assert (tmp_path / "r" / "residual.png").is_file()
+
+
+@pytest.mark.parametrize("case", ["no-head", "tokenizer-only", "split"])
+def test_eval_residual_one_line_errors(tokdir, gendir, tmp_path, capsys, case):
+    from sampling.eval_residual import main as eval_main
+
+    if case == "no-head":
+        model = tmp_path / "nohead"
+        train_main(["--tokenizer", str(tokdir), "--preset", "tiny", "--data", "synthetic", "--out", str(model),
+                    "--batch-size", "8", "--steps", "1", "--save-every", "1"])
+        cfg = json.loads((model / "generator" / "config.json").read_text())
+        cfg["diff_head"] = False
+        (model / "generator" / "config.json").write_text(json.dumps(cfg))
+        st = {k: v for k, v in load_file(str(model / "generator" / "model.safetensors")).items()
+              if not k.startswith(("diffusion.", "decoder_norm."))}
+        from safetensors.torch import save_file
+
+        save_file(st, str(model / "generator" / "model.safetensors"))
+        argv, word = ["--model", str(model)], "no residual head"
+    elif case == "tokenizer-only":
+        argv, word = ["--model", str(tokdir)], "tokenizer folder"
+    else:
+        argv, word = ["--model", str(gendir), "--split", "validation"], "unknown split"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        eval_main(argv + ["--data", "synthetic", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and word in err[0], err
+
+
+def test_export_swaps_in_a_second_stage_tokenizer_only(tokdir, gendir, tmp_path, capsys):
+    from hart.export import main as export_main
+    from tokenizer.train import main as tok_main
+
+    tok2 = tmp_path / "tok2"
+    tok_main(["--init", str(gendir / "tokenizer"), "--freeze-codebook", "--data", "synthetic", "--out", str(tok2),
+              "--steps", "2", "--batch-size", "8"])
+    export_main(["--model", str(gendir), "--tokenizer", str(tok2), "--out", str(tmp_path / "m"), "--storage", "fp32"])
+    a = load_file(str(tok2 / "model.safetensors"))
+    b = load_file(str(tmp_path / "m" / "tokenizer" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = tmp_path / "other"
+    torch.manual_seed(5)
+    HybridTokenizer(TokenizerConfig.from_name("tiny")).save_pretrained(other)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        export_main(["--model", str(gendir), "--tokenizer", str(other), "--out", str(tmp_path / "m2")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "same tokens" in err[0]
+
+
+def test_old_head_without_decoder_norm_is_refused_with_a_hint(gendir, tmp_path, capsys):
+    import shutil
+
+    from hart.errors import UserError
+
+    g = tmp_path / "g"
+    shutil.copytree(gendir / "generator", g)
+    st = {k: v for k, v in load_file(str(g / "model.safetensors")).items() if not k.startswith("decoder_norm.")}
+    from safetensors.torch import save_file
+
+    save_file(st, str(g / "model.safetensors"))
+    with pytest.raises(UserError, match="--freeze-transformer"):
+        HARTGenerator.from_pretrained(g)
