@@ -31,7 +31,8 @@ import torch
 from hart.config import GeneratorConfig
 from hart.model import HARTGenerator
 from sampling import kernels
-from sampling.engine import DTYPES, SamplingEngine, SamplingOptions, cfg_ratio, make_generators
+from sampling.engine import DTYPES, SamplingEngine, cfg_ratio, make_generators
+from sampling.options import SamplingOptions
 from tokenizer import HybridTokenizer, TokenizerCode, TokenizerConfig
 
 OPTIONS = SamplingOptions(cfg=1.5, top_k=900, top_p=0.96)

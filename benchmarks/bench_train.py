@@ -21,7 +21,7 @@ import time
 import torch
 
 from hart.config import GeneratorConfig
-from hart.dist import DistInfo
+from hart.common.dist import DistInfo
 from hart.train import GeneratorTrainer, build_parser
 from tokenizer import HybridTokenizer, TokenizerConfig
 

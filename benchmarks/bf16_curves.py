@@ -15,7 +15,7 @@ import time
 import torch
 from PIL import Image, ImageDraw
 
-from hart.dist import DistInfo
+from hart.common.dist import DistInfo
 from hart.train import GeneratorTrainer, batch_source, build_parser, fit_preset
 from hart.tokens import TokenCache
 from tokenizer import HybridTokenizer

@@ -34,9 +34,10 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from hart.errors import UserError, cli_entry  # noqa: E402
-from hart.images import to_pil  # noqa: E402
+from hart.common.errors import UserError, cli_entry  # noqa: E402
+from hart.common.images import to_pil  # noqa: E402
 from sampling import HARTPipeline  # noqa: E402
+from sampling.options import DEFAULT_PRESET, SamplingOptions  # noqa: E402
 from tokenizer.model import TokenizerCode  # noqa: E402
 
 MAX_SEED = 2**31 - 1
@@ -258,6 +259,7 @@ def build_demo(pipeline: HARTPipeline, *, max_images: int = 16, time_limit: floa
             raise gr.Error(str(e), print_exception=False) from None
         return list(zip(r.images, r.captions)), r.strip, r.timing
 
+    defaults = SamplingOptions.preset(DEFAULT_PRESET)  # the sliders start at the CLI's defaults
     with gr.Blocks(title=title, analytics_enabled=False) as blocks:
         gr.Markdown(
             f"# {title}\n"
@@ -269,12 +271,12 @@ def build_demo(pipeline: HARTPipeline, *, max_images: int = 16, time_limit: floa
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
                 class_in = gr.Dropdown(names, value=names[0], label="Class", elem_id="class")
-                cfg_in = gr.Slider(0, 10, value=1.5, step=0.1, label="CFG (guidance at the last scale)",
+                cfg_in = gr.Slider(0, 10, value=defaults.cfg, step=0.1, label="CFG (guidance at the last scale)",
                                    elem_id="cfg")
-                topk_in = gr.Slider(0, model.codebook_size, value=min(900, model.codebook_size), step=1,
+                topk_in = gr.Slider(0, model.codebook_size, value=min(defaults.top_k, model.codebook_size), step=1,
                                     label="Top-k (0: off)", elem_id="top_k")
-                topp_in = gr.Slider(0.01, 1.0, value=0.96, step=0.01, label="Top-p", elem_id="top_p")
-                temp_in = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature", elem_id="temperature")
+                topp_in = gr.Slider(0.01, 1.0, value=defaults.top_p, step=0.01, label="Top-p", elem_id="top_p")
+                temp_in = gr.Slider(0.05, 2.0, value=defaults.temperature, step=0.05, label="Temperature", elem_id="temperature")
                 with gr.Row():
                     seed_in = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
                                         elem_id="seed", scale=3)

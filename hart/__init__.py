@@ -1,8 +1,8 @@
-"""HART generator, plus the project's plumbing leaves (io, data, dist, ema, errors, images,
-training) and the ``hart`` CLI.
+"""HART generator (model, config, residual diffusion head, training, converters) and the
+``hart`` CLI; the plumbing leaves live in :mod:`hart.common`.
 
-``from hart import HARTGenerator`` is resolved lazily so that the plumbing leaves can be
-imported by the tokenizer without pulling in the generator.
+``from hart import HARTGenerator`` is resolved lazily, so ``import hart.common.io`` (which
+runs this file first) stays cheap and never imports the generator or the tokenizer.
 """
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from hart.errors import UserError
-from hart.io import ConfigBase
+from hart.common.errors import UserError
+from hart.common.io import ConfigBase
 
 VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 FM_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8)

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from hart.errors import UserError, cli_entry
-from hart.io import key_mismatch, prepare_out_dir, write_models
+from hart.common.errors import UserError, cli_entry
+from hart.common.io import key_mismatch, prepare_out_dir, write_models
 
 # VAR's published scale schedules (10 scales at 256 and 512; HART's 1024px schedule)
 PATCH_NUMS = {

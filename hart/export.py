@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hart.errors import UserError, cli_entry
+from hart.common.errors import UserError, cli_entry
 
 
 def model_classes() -> dict:
@@ -35,7 +35,7 @@ def model_classes() -> dict:
 
 def load_folder(folder: Path):
     """A single model folder -> its module, whichever class its config.json names."""
-    from hart.io import CONFIG_NAME, read_json
+    from hart.common.io import CONFIG_NAME, read_json
 
     name = read_json(folder / CONFIG_NAME).get("_class")
     classes = model_classes()
@@ -59,7 +59,7 @@ def check_same_tokens(a, b, where: str) -> None:
 
 
 def export(model, out, storage: str = "int8", overwrite: bool = False, tokenizer=None) -> Path:
-    from hart.io import prepare_out_dir, resolve_dir, write_models
+    from hart.common.io import prepare_out_dir, resolve_dir, write_models
 
     src = resolve_dir(model)
     out = prepare_out_dir(out, overwrite)

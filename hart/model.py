@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from hart.config import GeneratorConfig
 from hart.diffusion import DiffusionHead
-from hart.errors import UserError
-from hart.io import PretrainedMixin
+from hart.common.errors import UserError
+from hart.common.io import PretrainedMixin
 
 MAX_ATTN_SCALE_LOG = math.log(100.0)  # VAR caps the learned cosine-attention scale at 100
 
@@ -258,7 +258,7 @@ class HARTGenerator(nn.Module, PretrainedMixin):
     def from_pretrained(cls, path, device="cpu"):
         from safetensors import safe_open
 
-        from hart.io import WEIGHTS_NAME, resolve_dir
+        from hart.common.io import WEIGHTS_NAME, resolve_dir
 
         folder = resolve_dir(path)
         if cls.load_config(folder).diff_head and (folder / WEIGHTS_NAME).is_file():

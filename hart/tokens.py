@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from hart.data import add_data_arguments, make_dataset
-from hart.errors import UserError, cli_entry
-from hart.io import WEIGHTS_NAME, atomic_dir, read_json, resolve_dir, write_json
+from hart.common.data import add_data_arguments, make_dataset
+from hart.common.errors import UserError, cli_entry
+from hart.common.io import WEIGHTS_NAME, atomic_dir, read_json, resolve_dir, write_json
 from tokenizer import HybridTokenizer
 
 TOKENS_NAME = "tokens.safetensors"

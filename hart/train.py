@@ -33,15 +33,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hart.config import GeneratorConfig
-from hart.data import SPEC_HELP, infinite_batches, make_dataset
+from hart.common.data import SPEC_HELP, infinite_batches, make_dataset
 from hart.diffusion import diffusion_loss, make_train_scheduler
-from hart.dist import DistInfo, init_distributed
-from hart.ema import EMA
-from hart.errors import UserError, cli_entry
-from hart.io import (CONFIG_NAME, WEIGHTS_NAME, atomic_dir, load_state, load_weights, read_json, read_weights,
+from hart.common.dist import DistInfo, init_distributed
+from hart.common.ema import EMA
+from hart.common.errors import UserError, cli_entry
+from hart.common.io import (CONFIG_NAME, WEIGHTS_NAME, atomic_dir, load_state, load_weights, read_json, read_weights,
                      resolve_dir, save_state, save_weights, write_json)
 from hart.model import HARTGenerator
-from hart.training import check_positive, nonfinite_loss, set_lr, warmup_cosine
+from hart.common.loop import check_positive, nonfinite_loss, set_lr, warmup_cosine
 from hart.tokens import TokenCache, split_scales, tokenizer_fingerprint
 from tokenizer import HybridTokenizer
 

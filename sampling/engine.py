@@ -36,72 +36,13 @@ import torch
 import torch.nn.functional as F
 
 from hart.diffusion import make_sample_scheduler, sample_residual
-from hart.errors import UserError
+from hart.common.errors import UserError
 from hart.model import MAX_ATTN_SCALE_LOG, HARTGenerator
 from sampling import kernels
+from sampling.options import SamplingOptions
 from tokenizer.model import HybridTokenizer, TokenizerCode
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-@dataclasses.dataclass
-class SamplingOptions:
-    """What a caller may tune; :meth:`validate` gives one-line errors for bad values.
-
-    Defaults are VAR's FID settings (cfg 1.5, top-k 900, top-p 0.96).
-    """
-
-    cfg: float = 1.5  # guidance at the last scale; 0 turns CFG off (no doubled batch)
-    top_k: int = 900  # 0: off; values >= V are no-ops
-    top_k_schedule: tuple = ()  # ((first_scale, top_k), ...): a different top-k from a scale on (HART)
-    top_p: float = 0.96  # 1: off
-    temperature: float = 1.0
-    smooth: bool = False  # VAR's Gumbel smoothing of the f_hat update (ids stay hard)
-    diff_steps: int | None = None  # diffusion-head DDIM steps (None: config.diff_sample_steps)
-    diff_temperature: float = 1.0  # scales the diffusion start noise
-
-    def top_k_at(self, k: int) -> int:
-        """The top-k of scale k: ``top_k``, or the last schedule entry whose first scale is <= k."""
-        top_k = self.top_k
-        for first, value in sorted(self.top_k_schedule):
-            if k >= first:
-                top_k = value
-        return top_k
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "SamplingOptions":
-        """Options of a published setting (:data:`SAMPLING_PRESETS`), fields overridable."""
-        if name not in SAMPLING_PRESETS:
-            raise UserError(f"unknown sampling preset {name!r}; choose one of: {', '.join(SAMPLING_PRESETS)}")
-        return cls(**{**SAMPLING_PRESETS[name], **overrides})
-
-    def validate(self) -> "SamplingOptions":
-        if not math.isfinite(self.cfg) or self.cfg < 0:
-            raise UserError(f"cfg must be >= 0, got {self.cfg}")
-        self.top_k_schedule = tuple(tuple(int(v) for v in pair) for pair in self.top_k_schedule)
-        for value in [self.top_k] + [v for _, v in self.top_k_schedule]:
-            if value < 0:
-                raise UserError(f"top-k must be >= 0 (0 turns it off), got {value}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise UserError(f"top-p must be in (0, 1], got {self.top_p}")
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise UserError(f"temperature must be > 0, got {self.temperature}")
-        if self.diff_steps is not None and self.diff_steps < 1:
-            raise UserError(f"diffusion steps must be >= 1, got {self.diff_steps}")
-        if not self.diff_temperature > 0:
-            raise UserError(f"diffusion temperature must be > 0, got {self.diff_temperature}")
-        return self
-
-
-# Published sampler settings. VAR (FoundationVision/VAR README): the FID runs use cfg 1.5,
-# top-k 900, top-p 0.96 and no smoothing; the demo notebook cfg 4, top-k 900, top-p 0.95.
-# HART (mit-han-lab/hart sample.py and its sampler): cfg 4.5 with smoothing, no top-p, and a
-# top-k fixed in the sampler at 600 for the first 7 scales and 300 from the 8th on.
-SAMPLING_PRESETS = {
-    "var-fid": dict(cfg=1.5, top_k=900, top_p=0.96, smooth=False),
-    "var-demo": dict(cfg=4.0, top_k=900, top_p=0.95, smooth=False),
-    "hart": dict(cfg=4.5, top_k=600, top_k_schedule=((7, 300),), top_p=1.0, smooth=True),
-}
 
 
 @dataclasses.dataclass

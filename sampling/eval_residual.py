@@ -35,12 +35,12 @@ from pathlib import Path
 
 import torch
 
-from hart.data import SPLITS, make_dataset
+from hart.common.data import SPLITS, make_dataset
 from hart.diffusion import make_sample_scheduler, sample_residual
-from hart.errors import UserError, cli_entry
-from hart.images import save_grid, to_uint8
-from hart.io import write_json
-from hart.training import check_positive
+from hart.common.errors import UserError, cli_entry
+from hart.common.images import save_grid, to_uint8
+from hart.common.io import write_json
+from hart.common.loop import check_positive
 from tokenizer.losses import psnr
 
 DECODES = ("discrete", "hybrid", "head", "head_mean", "own_discrete", "own_head")
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_models(model_dir):
     """(tokenizer, generator) of a model folder, with one-line errors for what cannot be probed."""
-    from hart.io import resolve_dir
+    from hart.common.io import resolve_dir
     from hart.model import HARTGenerator
     from sampling.pipeline import default_model_dir
     from tokenizer.model import HybridTokenizer

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from hart.errors import UserError
+from hart.common.errors import UserError
 
 FEATURES = ("inception", "effnet-lite0")
 INCEPTION_FILE = "inception-2015-12-05.pt"

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hart.errors import UserError, cli_entry
+from hart.common.errors import UserError, cli_entry
 from sampling.options import add_sampling_arguments, sampling_options
 
 IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}
@@ -148,7 +148,7 @@ class FeatureStats:
 
     def save(self, path) -> Path:
         """Write ``mu``, ``sigma``, ``n``, ``kid_features`` and ``meta`` (JSON) atomically."""
-        from hart.io import atomic_file
+        from hart.common.io import atomic_file
 
         path = Path(path)
         with atomic_file(path) as tmp, open(tmp, "wb") as fh:  # a file object: np.savez would append .npz
@@ -278,7 +278,7 @@ class Source:
 
 def parse_source(text: str, allow_stats: bool) -> Source:
     """``DATASET[:split]``, ``folder:PATH``, a folder, or (if allowed) a ``.npz``."""
-    from hart.data import SPLITS
+    from hart.common.data import SPLITS
 
     if text.startswith("folder:"):
         text = text[len("folder:"):]
@@ -376,7 +376,7 @@ def image_set(source: Source, resolution, num, size: int, data_dir=None) -> Clea
     if source.kind == "folder":
         files = source.files[:num] if num else source.files
         return CleanImages(_ReadFile(files), len(files), size)
-    from hart.data import make_dataset
+    from hart.common.data import make_dataset
 
     ds = make_dataset(source.spec, source.split, int(resolution), data_dir)
     n = min(num, len(ds)) if num else len(ds)
@@ -574,8 +574,8 @@ def main(argv=None):
     ref_source = parse_source(args.ref, allow_stats=True)
     img_source = parse_source(args.images, allow_stats=False) if args.images else None
 
-    from hart.dist import init_distributed
-    from hart.io import write_json
+    from hart.common.dist import init_distributed
+    from hart.common.io import write_json
     from sampling.features import load_extractor
 
     dist = init_distributed(args.device)

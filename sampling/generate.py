@@ -19,7 +19,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from hart.errors import UserError, cli_entry
+from hart.common.errors import UserError, cli_entry
 from sampling.options import add_sampling_arguments, sampling_options
 
 
@@ -91,7 +91,7 @@ def main(argv=None):
     import torch
     from tqdm import tqdm
 
-    from hart.images import save_grid, to_pil
+    from hart.common.images import save_grid, to_pil
     from sampling.pipeline import HARTPipeline
 
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():

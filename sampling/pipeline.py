@@ -13,11 +13,12 @@ from pathlib import Path
 
 import torch
 
-from hart.errors import UserError
-from hart.images import to_pil
-from hart.io import resolve_dir
+from hart.common.errors import UserError
+from hart.common.images import to_pil
+from hart.common.io import resolve_dir
 from hart.model import HARTGenerator
-from sampling.engine import SampleOutput, SamplingEngine, SamplingOptions, make_generators
+from sampling.engine import SampleOutput, SamplingEngine, make_generators
+from sampling.options import SamplingOptions
 from tokenizer.model import HybridTokenizer
 
 # the bundled default model (package data): fm-32 tokenizer + fm-s generator on Fashion-MNIST

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hart.dist import init_distributed  # noqa: E402
+from hart.common.dist import init_distributed  # noqa: E402
 from tests.gen_common import batch_for, make_trainer  # noqa: E402
 
 

@@ -3,7 +3,7 @@
 import torch
 
 from hart.config import GeneratorConfig
-from hart.dist import DistInfo
+from hart.common.dist import DistInfo
 from hart.train import GeneratorTrainer, build_parser
 from tokenizer import HybridTokenizer
 
@@ -28,7 +28,7 @@ def make_trainer(tokdir, dist=None, diff_head=False, cond_drop=0.0, **cfg):
 
 def batch_for(trainer, n, seed=0):
     """A fixed batch of synthetic images, encoded by the trainer's tokenizer."""
-    from hart.data import make_dataset
+    from hart.common.data import make_dataset
 
     ds = make_dataset("synthetic", "train", trainer.objective.tokenizer.config.resolution)
     x = torch.stack([ds[seed + i][0] for i in range(n)])

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from hart.convert import PATCH_NUMS, convert_hart_tokenizer, convert_var, main, read_checkpoint
-from hart.errors import UserError
+from hart.common.errors import UserError
 from hart.model import HARTGenerator
 from tests.official_layout import discriminator_state, var_transformer_state, var_vae_state
 from tokenizer.model import HybridTokenizer

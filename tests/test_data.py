@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hart.data import FASHION_MNIST_DIR, infinite_batches, make_dataset
-from hart.errors import UserError
+from hart.common.data import FASHION_MNIST_DIR, infinite_batches, make_dataset
+from hart.common.errors import UserError
 
 
 def test_synthetic_shapes_and_range():

@@ -18,7 +18,7 @@ gradio_client = pytest.importorskip("gradio_client")
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from demo.screenshot import capture, find_chromium, free_port  # noqa: E402
+from tools.screenshot import capture, find_chromium, free_port  # noqa: E402
 from hart.config import GeneratorConfig  # noqa: E402
 from hart.model import HARTGenerator  # noqa: E402
 from tokenizer import HybridTokenizer, TokenizerConfig  # noqa: E402
@@ -175,7 +175,7 @@ def test_build_demo_returns_unlaunched_blocks_with_a_queue(pipeline):
 
 def test_strip_columns_and_time_limit(pipeline):
     from demo.app import DemoModel
-    from hart.errors import UserError
+    from hart.common.errors import UserError
 
     model = DemoModel(pipeline, time_limit=60)
     assert model.strip_labels() == ["1x1", "2x2", "3x3", "4x4 ids", "4x4 +res"]

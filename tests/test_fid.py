@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from hart.data import make_dataset
-from hart.images import to_pil
+from hart.common.data import make_dataset
+from hart.common.images import to_pil
 from sampling import features as F
 from sampling.fid import (KID_MAX, FeatureStats, check_compatible, folder_source, frechet_distance,
                           image_set, kernel_distance, main, parse_source, score, stats_from_generator,
                           stats_from_images)
-from hart.errors import UserError
+from hart.common.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 

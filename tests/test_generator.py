@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from hart.config import GeneratorConfig
 from hart.diffusion import DiffusionHead, diffusion_loss, make_train_scheduler, sample_residual
-from hart.errors import UserError
+from hart.common.errors import UserError
 from hart.model import HARTGenerator, drop_labels
 
 

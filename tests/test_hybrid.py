@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hart.data import make_dataset
+from hart.common.data import make_dataset
 from hart.model import HARTGenerator
 from hart.train import main as train_main
 from tokenizer import HybridTokenizer, TokenizerConfig
@@ -216,7 +216,7 @@ def test_export_swaps_in_a_second_stage_tokenizer_only(tokdir, gendir, tmp_path,
 def test_old_head_without_decoder_norm_is_refused_with_a_hint(gendir, tmp_path, capsys):
     import shutil
 
-    from hart.errors import UserError
+    from hart.common.errors import UserError
 
     g = tmp_path / "g"
     shutil.copytree(gendir / "generator", g)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from hart.errors import UserError
-from hart.io import (atomic_dir, atomic_file, load_state, read_json, resolve_dir, save_state,
+from hart.common.errors import UserError
+from hart.common.io import (atomic_dir, atomic_file, load_state, read_json, resolve_dir, save_state,
                      write_json)
 from tokenizer import HybridTokenizer, TokenizerConfig
 
@@ -98,7 +98,7 @@ def test_bad_config_one_line(kw, msg):
 # ----------------------------------------------------------------------------- storage precision
 
 def test_pack_unpack_fp16_and_int8():
-    from hart.io import pack_state, unpack_state
+    from hart.common.io import pack_state, unpack_state
 
     g = torch.Generator().manual_seed(0)
     state = {

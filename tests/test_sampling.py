@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hart.config import GeneratorConfig
-from hart.errors import UserError
+from hart.common.errors import UserError
 from hart.model import HARTGenerator
 from sampling import HARTPipeline, SamplingEngine, SamplingOptions
 from sampling.engine import cfg_ratio, make_generators
@@ -236,7 +236,7 @@ def test_cli_class_names_and_all_classes(model_dir, tmp_path):
     import argparse
     import shutil
 
-    from hart.io import read_json, write_json
+    from hart.common.io import read_json, write_json
     from sampling.generate import main, resolve_classes
 
     named = tmp_path / "named"

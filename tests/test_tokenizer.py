@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hart.errors import UserError
+from hart.common.errors import UserError
 from tokenizer import HybridTokenizer, TokenizerConfig
 
 

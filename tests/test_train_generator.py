@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tokdir(tmp_path_factory):
     """A tiny tokenizer whose codebook has seen data (k-means init + EMA)."""
-    from hart.data import make_dataset
+    from hart.common.data import make_dataset
 
     torch.manual_seed(0)
     tok = HybridTokenizer(TokenizerConfig.from_name("tiny")).train()
@@ -93,7 +93,7 @@ def test_token_cache_matches_on_the_fly(tokdir, tmp_path):
     extract_main(["--tokenizer", str(tokdir), "--data", "synthetic", "--out", str(tmp_path / "tc")])
     cache = TokenCache(tmp_path / "tc")
     tok = HybridTokenizer.from_pretrained(tokdir)
-    from hart.data import make_dataset
+    from hart.common.data import make_dataset
 
     ds = make_dataset("synthetic", "train", 16)
     x = torch.stack([ds[i][0] for i in range(4)])

@@ -116,7 +116,7 @@ def test_lpips_from_weights_file(tmp_path):
     assert torch.allclose(lp(x, x), torch.zeros(2), atol=1e-6)
     assert (lp(x, y) > 0).all()
     save_file({"features.0.weight": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
-    from hart.errors import UserError
+    from hart.common.errors import UserError
 
     with pytest.raises(UserError, match="missing"):
         LPIPS.from_file(tmp_path / "bad.safetensors")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hart.errors import UserError
-from hart.io import ConfigBase
+from hart.common.errors import UserError
+from hart.common.io import ConfigBase
 
 VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from hart.data import add_data_arguments, make_dataset
-from hart.errors import UserError, cli_entry
-from hart.images import to_pil
-from hart.io import write_json
+from hart.common.data import add_data_arguments, make_dataset
+from hart.common.errors import UserError, cli_entry
+from hart.common.images import to_pil
+from hart.common.io import write_json
 from tokenizer.losses import psnr
 from tokenizer.model import HybridTokenizer
 

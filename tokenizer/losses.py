@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hart.errors import UserError
+from hart.common.errors import UserError
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -94,7 +94,7 @@ class LPIPS(nn.Module):
 
             state = load_file(str(path))
         else:
-            from hart.io import load_state
+            from hart.common.io import load_state
 
             state = load_state(path)
         model = cls()
@@ -104,7 +104,7 @@ class LPIPS(nn.Module):
                 remap[f"lins.{int(k[3])}.weight"] = v
             elif k.startswith("features."):
                 remap[k] = v
-        from hart.io import check_state_matches
+        from hart.common.io import check_state_matches
 
         check_state_matches(model.state_dict(), remap, str(path))
         model.load_state_dict(remap)

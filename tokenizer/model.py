@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hart.io import PretrainedMixin
+from hart.common.io import PretrainedMixin
 from tokenizer.config import TokenizerConfig
 from tokenizer.modules import Decoder, Encoder
 from tokenizer.quant import MultiScaleQuantizer

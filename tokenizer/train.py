@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from hart.data import add_data_arguments, infinite_batches, make_dataset
-from hart.ema import EMA
-from hart.errors import UserError, cli_entry
-from hart.images import save_grid
-from hart.training import check_positive, nonfinite_loss, pick_device, set_lr, warmup_cosine
-from hart.io import (WEIGHTS_NAME, atomic_dir, load_state, load_weights, read_json, resolve_dir, save_state,
+from hart.common.data import add_data_arguments, infinite_batches, make_dataset
+from hart.common.ema import EMA
+from hart.common.errors import UserError, cli_entry
+from hart.common.images import save_grid
+from hart.common.loop import check_positive, nonfinite_loss, pick_device, set_lr, warmup_cosine
+from hart.common.io import (WEIGHTS_NAME, atomic_dir, load_state, load_weights, read_json, resolve_dir, save_state,
                      save_weights, write_json)
 from tokenizer.config import TokenizerConfig
 from tokenizer.losses import LPIPS, PatchDiscriminator, hinge_d_loss, hinge_g_loss, psnr, reconstruction_loss

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from hart.errors import UserError
+from hart.common.errors import UserError
 
 
 def warmup_cosine(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:

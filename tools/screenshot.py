@@ -1,7 +1,7 @@
 """Drive the demo page in headless Chromium: click Generate, wait for the images, save a PNG.
 
-    python -m demo.screenshot --model runs/fm --out docs/demo.png
-    python -m demo.screenshot --url http://127.0.0.1:7860 --out shot.png   # a running demo
+    python tools/screenshot.py --model runs/fm --out docs/demo.png
+    python tools/screenshot.py --url http://127.0.0.1:7860 --out shot.png   # a running demo
 
 Chromium (Debian's ``chromium``) is spoken to over the DevTools protocol on a pipe
 (``--remote-debugging-pipe``: JSON messages separated by NUL bytes on file descriptors 3
@@ -253,11 +253,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def main(argv=None):
-    from hart.errors import UserError, cli_entry
+    from hart.common.errors import UserError, cli_entry
 
     @cli_entry
     def run(argv):
-        p = argparse.ArgumentParser(prog="python -m demo.screenshot", description=__doc__.split("\n\n")[0])
+        p = argparse.ArgumentParser(prog="python tools/screenshot.py", description=__doc__.split("\n\n")[0])
         src = p.add_mutually_exclusive_group(required=True)
         src.add_argument("--model", metavar="DIR", help="start the demo on this model folder (in this process)")
         src.add_argument("--url", help="an already running demo")

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from hart.io import atomic_file
+from hart.common.io import atomic_file
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

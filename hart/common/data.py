@@ -6,7 +6,7 @@
 
 Every dataset yields ``(image, label)`` with image a float tensor (3, R, R) in [-1, 1]
 and has ``.classes`` (class names). Plumbing leaf: imports nothing else of the project
-except :mod:`hart.errors`.
+except :mod:`hart.common.errors`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import default_collate
 
-from hart.errors import UserError
+from hart.common.errors import UserError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

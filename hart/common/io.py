@@ -10,7 +10,7 @@ Training state that safetensors cannot hold (optimizer state, RNG states) is wri
 ``torch.save`` and always read back with ``weights_only=True``, so loading a checkpoint
 can never run code.
 
-Plumbing leaf: imports nothing else of the project except :mod:`hart.errors`.
+Plumbing leaf: imports nothing else of the project except :mod:`hart.common.errors`.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from hart.errors import UserError
+from hart.common.errors import UserError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
