@@ -30,7 +30,7 @@ import torch
 
 from hart.config import GeneratorConfig
 from hart.model import HARTGenerator
-from sampling import kernels
+from hart import kernels
 from sampling.engine import DTYPES, SamplingEngine, cfg_ratio, make_generators
 from sampling.options import SamplingOptions
 from tokenizer import HybridTokenizer, TokenizerCode, TokenizerConfig
@@ -73,7 +73,7 @@ def naive_sample(gen: HARTGenerator, tok: HybridTokenizer, labels, gens, opt: Sa
         cond = gen.condition(rows)
         xs = [gen.embed_start(cond)]
         for k, (start, end) in enumerate(c.scale_ranges):
-            h = gen.forward_tokens(torch.cat(xs, 1), cond, 0, None)  # (2B, end, C)
+            h = gen.forward_tokens(torch.cat(xs, 1), cond, 0)  # (2B, end, C), no cache
             logits, _ = gen.head_logits(h[:, start:end], cond)
             T = end - start
             u = torch.stack([torch.rand(T, generator=g) for g in gens]).to(labels.device).reshape(-1)

@@ -19,7 +19,7 @@ COMMANDS = {
     "train": ("hart.train", "train the generator (single process or torchrun)"),
     "eval-residual": ("sampling.eval_residual", "how much of the tokenizer's residual the diffusion head recovers"),
     "generate": ("sampling.generate", "generate a PNG grid of images from a model folder"),
-    "fid": ("sampling.fid", "Frechet distance (FID / FD-EffNet) of a model or an image folder"),
+    "fid": ("sampling.fid.cli", "Frechet distance (FID / FD-EffNet) of a model or an image folder"),
     "demo": ("demo.app", "Gradio demo on a model folder"),
     "convert": ("hart.convert", "convert official VAR / HART checkpoints into model folders"),
     "export": ("hart.export", "copy a model folder with smaller (fp16 / int8) weight files"),

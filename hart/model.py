@@ -15,8 +15,14 @@ Sequence layout (L = sum pn^2 tokens, scale k owns ``config.scale_ranges[k]``)::
 A token attends to every token of its own and earlier scales. Each block is AdaLN-modulated
 by cond = class_emb(label) (VAR eq. for AdaLNSelfAttn).
 
-The model holds no sampling loop: the sampler drives :meth:`HARTGenerator.forward_tokens`
-scale by scale with preallocated :class:`KVCache` objects.
+One forward serves training and sampling (gpt-fast's layout): without caches,
+:meth:`HARTGenerator.forward_tokens` runs the whole sequence under the block-causal mask;
+after :meth:`HARTGenerator.setup_caches` it runs one scale's tokens at their positions,
+writing their keys and values in place into a static cache of the whole sequence's length
+and attending to every position written so far. :meth:`HARTGenerator.step` is that
+per-scale forward plus the head (what the sampler calls and ``--compile`` compiles). The
+fused AdaLN-LayerNorm kernel is dispatched from inside the blocks (:mod:`hart.kernels`,
+PyTorch reference when Triton or a GPU is missing). The model holds no sampling loop.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hart import kernels
 from hart.config import GeneratorConfig
 from hart.diffusion import DiffusionHead
 from hart.common.errors import UserError
@@ -58,24 +65,6 @@ def block_causal_bias(patch_nums) -> tuple[torch.Tensor, torch.Tensor]:
     allowed = lvl_1L.view(-1, 1) >= lvl_1L.view(1, -1)  # query scale >= key scale
     bias = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
     return lvl_1L, bias.view(1, 1, *allowed.shape)
-
-
-@dataclasses.dataclass
-class KVCache:
-    """Static per-block key/value buffers, each (B, H, S, head_dim).
-
-    :meth:`SelfAttention.forward` writes the new keys/values at ``start`` and attends to the
-    whole buffer; positions not yet written are excluded by the block-causal mask (their
-    scale is later than the query's), so S never changes and nothing is concatenated.
-    """
-
-    k: torch.Tensor
-    v: torch.Tensor
-
-    @classmethod
-    def empty(cls, batch: int, heads: int, length: int, head_dim: int, device=None, dtype=None) -> "KVCache":
-        shape = (batch, heads, length, head_dim)
-        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
 
 @dataclasses.dataclass
@@ -122,12 +111,16 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(C, C)
         self.proj_drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor, cache: KVCache | None = None, start: int = 0):
+        self.cache: tuple[torch.Tensor, torch.Tensor] | None = None  # static (B, H, L, hd) k and v
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None, start: int = 0):
         """
         Args:
             x: (B, T, C) tokens at sequence positions [start, start + T).
-            attn_bias: (1, 1, T, S) additive mask; S = T without a cache, the cache length with one.
-            cache: if given, k/v are written at [start, start + T) and the whole cache is attended.
+            attn_bias: (1, 1, T, T) additive block-causal mask (the whole-sequence path), or
+                None for the cached path: x is then whole scales ending where the next scale
+                starts, so attending to the cached positions [0, start + T) is exactly
+                block-causal and needs no mask.
         Returns:
             (B, T, C)
         """
@@ -138,12 +131,19 @@ class SelfAttention(nn.Module):
         if self.l2_norm:
             q = F.normalize(q, dim=-1) * self.scale_mul_1H11.clamp(max=MAX_ATTN_SCALE_LOG).exp()
             k = F.normalize(k, dim=-1)
-        if cache is not None:
-            cache.k[:, :, start:start + T] = k
-            cache.v[:, :, start:start + T] = v
-            k, v = cache.k, cache.v  # (B, H, S, hd)
+        if attn_bias is None:
+            if self.cache is None:
+                raise RuntimeError("the cached path needs setup_caches() first")
+            ck, cv = self.cache
+            end = start + T
+            ck[:, :, start:end] = k  # in place: the cache never grows or moves
+            cv[:, :, start:end] = v
+            k, v = ck[:, :, :end], cv[:, :, :end]
+        # one cast rule for both paths: attention runs in the values' dtype (the cache's when
+        # cached; the autocast dtype otherwise), so the fp32 learned scale never promotes it
+        q, k = q.to(v.dtype), k.to(v.dtype)
         out = F.scaled_dot_product_attention(
-            q, k.to(q.dtype), v.to(q.dtype), attn_mask=attn_bias.to(q.dtype),
+            q, k, v, attn_mask=None if attn_bias is None else attn_bias.to(v.dtype),
             dropout_p=self.dropout if self.training else 0.0, scale=self.scale,
         )  # (B, H, T, hd)
         out = out.transpose(1, 2).reshape(B, T, C)
@@ -170,18 +170,19 @@ class AdaLNBlock(nn.Module):
         super().__init__()
         C = config.width
         self.C = C
-        self.ln = nn.LayerNorm(C, eps=config.norm_eps, elementwise_affine=False)
         self.attn = SelfAttention(config)
         self.ffn = FFN(config)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
         self.drop_path = DropPath(drop_path)
+        self.eps = config.norm_eps
 
-    def forward(self, x, cond, attn_bias, cache: KVCache | None = None, start: int = 0):
-        """x (B, T, C), cond (B, C) -> (B, T, C)."""
+    def forward(self, x, cond, attn_bias, start: int = 0, backend: str = "torch"):
+        """x (B, T, C), cond (B, C) -> (B, T, C). ``backend``: of the fused AdaLN-LN (hart.kernels)."""
         gamma1, gamma2, scale1, scale2, shift1, shift2 = self.ada_lin(cond).view(-1, 1, 6, self.C).unbind(2)
-        h = self.attn(self.ln(x) * (1 + scale1) + shift1, attn_bias, cache, start)
+        # LN(x) (no affine) * (1 + scale) + shift, fused where a kernel can run
+        h = self.attn(kernels.adaln_layernorm(x, scale1, shift1, self.eps, backend), attn_bias, start)
         x = x + self.drop_path(h * gamma1)
-        h = self.ffn(self.ln(x) * (1 + scale2) + shift2)
+        h = self.ffn(kernels.adaln_layernorm(x, scale2, shift2, self.eps, backend))
         return x + self.drop_path(h * gamma2)
 
 
@@ -190,12 +191,12 @@ class AdaLNBeforeHead(nn.Module):
         super().__init__()
         C = config.width
         self.C = C
-        self.ln = nn.LayerNorm(C, eps=config.norm_eps, elementwise_affine=False)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))
+        self.eps = config.norm_eps
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, backend: str = "torch") -> torch.Tensor:
         scale, shift = self.ada_lin(cond).view(-1, 1, 2, self.C).unbind(2)
-        return self.ln(x) * (1 + scale) + shift
+        return kernels.adaln_layernorm(x, scale, shift, self.eps, backend)
 
 
 # ----------------------------------------------------------------------------- model
@@ -230,6 +231,7 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         # HART's decoder_norm: a learnable norm *after* hidden + word_embed(code), so the head sees
         # the drawn code (without it the code term is ~1% of the sum's RMS and is drowned out)
         self.decoder_norm = nn.LayerNorm(C, eps=config.norm_eps) if config.diff_head else None
+        self.kernel_backend = "auto"  # fused kernels of the cached (sampling) path; see setup_caches
 
     def _init_var_weights(self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02):
         std = math.sqrt(1 / self.config.width / 3)
@@ -291,42 +293,68 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         x = self.word_embed(inputs.to(self.word_embed.weight.dtype))  # (B, T, C)
         return x + self.lvl_embed(self.lvl_1L[:, start:start + T]) + self.pos_1LC[:, start:start + T]
 
-    def forward_tokens(
-        self, x: torch.Tensor, cond: torch.Tensor, start: int = 0, caches: list[KVCache] | None = None
-    ) -> torch.Tensor:
-        """Run the blocks on tokens at sequence positions [start, start + T).
+    def setup_caches(self, batch: int, dtype=None, device=None, kernels: str = "auto") -> None:
+        """Preallocate the static K/V cache of every block, (batch, H, L, hd), for :meth:`step`.
+
+        Reused while batch, dtype and device match. ``kernels`` picks the fused-kernel backend
+        of the cached path (``"auto"``, ``"torch"``, ``"triton"``; see :mod:`hart.kernels`).
+        """
+        w = self.word_embed.weight
+        dtype, device = dtype or w.dtype, torch.device(device) if device is not None else w.device
+        c = self.config
+        shape = (batch, c.heads, c.seq_len, c.head_dim)
+        self.kernel_backend = kernels
+        first = self.blocks[0].attn.cache
+        if first is not None and tuple(first[0].shape) == shape and first[0].dtype == dtype and first[0].device == device:
+            return
+        for blk in self.blocks:
+            blk.attn.cache = (torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+    def clear_caches(self) -> None:
+        """Free the caches."""
+        for blk in self.blocks:
+            blk.attn.cache = None
+
+    @property
+    def has_caches(self) -> bool:
+        return self.blocks[0].attn.cache is not None
+
+    def forward_tokens(self, x: torch.Tensor, cond: torch.Tensor, start: int = 0, cached: bool = False) -> torch.Tensor:
+        """The transformer blocks on tokens at sequence positions [start, start + T): the one
+        forward of both training and sampling.
+
+        ``cached=False``: the whole prefix (start = 0) under the block-causal mask (training,
+        teacher forcing). ``cached=True`` (after :meth:`setup_caches`): whole scales, written
+        into the static cache, attending to every position written so far (sampling).
 
         Args:
             x: (B, T, C) embedded tokens (from :meth:`embed_start` / :meth:`embed_inputs`).
             cond: (B, C) AdaLN condition.
-            caches: one :class:`KVCache` per block (length S <= L, positions < start already
-                written); without caches the tokens attend only among themselves, so pass the
-                whole prefix (start = 0).
         Returns:
-            (B, T, C) block output (before the head norm; see :meth:`head_logits`).
+            (B, T, C) the last block's output (before the head norm; see :meth:`head_logits`).
         """
         T = x.shape[1]
-        if caches is None:
-            bias = self.attn_bias_for_masking[:, :, start:start + T, start:start + T]
+        backend = "torch"  # the training path needs autograd: the PyTorch reference
+        if cached:
+            bias, backend = None, self.kernel_backend
         else:
-            bias = self.attn_bias_for_masking[:, :, start:start + T, :caches[0].k.shape[2]]
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, cond, bias, None if caches is None else caches[i], start)
+            if start:
+                raise ValueError("forward_tokens without the cache runs the whole prefix: start must be 0")
+            bias = self.attn_bias_for_masking[:, :, :T, :T]
+        for blk in self.blocks:
+            x = blk(x, cond, bias, start, backend)
         return x
 
-    def head_logits(self, h: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def head_logits(self, h: torch.Tensor, cond: torch.Tensor, backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, C) block output, (B, C) cond -> (logits (B, T, V), normed hidden (B, T, C))."""
-        hidden = self.head_nm(h, cond)
+        hidden = self.head_nm(h, cond, backend)
         return self.head(hidden), hidden
 
-    def make_kv_caches(self, batch: int, length: int | None = None, device=None, dtype=None) -> list[KVCache]:
-        """Zeroed caches for every block, (batch, H, length or L, head_dim); defaults follow the weights."""
-        w = self.word_embed.weight
-        c = self.config
-        return [
-            KVCache.empty(batch, c.heads, length or c.seq_len, c.head_dim, device or w.device, dtype or w.dtype)
-            for _ in self.blocks
-        ]
+    def step(self, x: torch.Tensor, cond: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sampler's per-scale forward: (B, T, C) tokens of one scale -> (logits (B, T, V),
+        the last block's output (B, T, C)). Needs :meth:`setup_caches`."""
+        h = self.forward_tokens(x, cond, start, cached=True)
+        return self.head_logits(h, cond, self.kernel_backend)[0], h
 
     def diffusion_cond(self, hidden_last: torch.Tensor, code_vectors: torch.Tensor) -> torch.Tensor:
         """Per-token condition of the diffusion head (HART):

@@ -98,7 +98,7 @@ def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, f
     r2_mean, r2_one, r2_own = _R2(), _R2(), _R2()
     stats = None
     if fd_extractor is not None:
-        from sampling.fid import FeatureStats
+        from sampling.fid.stats import FeatureStats
 
         stats = {k: FeatureStats(fd_extractor.dim) for k in FD_DECODES}
     rows = None
@@ -188,7 +188,8 @@ def main(argv=None):
     extractor = ref = None
     if args.fd:
         from sampling.features import load_extractor
-        from sampling.fid import parse_source, reference_stats
+        from sampling.fid.embed import reference_stats
+        from sampling.fid.sources import parse_source
 
         extractor = load_extractor("effnet-lite0")
         other = [s for s in SPLITS if s != args.split][0]
@@ -197,7 +198,7 @@ def main(argv=None):
     res = evaluate(tok, gen, dataset, num, args.batch_size, args.seed, extractor)
     rows, stats = res.pop("_preview"), res.pop("_stats")
     if stats is not None:
-        from sampling.fid import frechet_distance
+        from sampling.fid.stats import frechet_distance
 
         for k in FD_DECODES:
             res[f"fd_{k}"] = frechet_distance(stats[k].mu, stats[k].sigma, ref.mu, ref.sigma)

@@ -156,7 +156,9 @@ def test_converted_model_runs_through_the_pipeline_at_256(converted, tmp_path):
     assert out.images.shape == (2, 3, 256, 256) and torch.isfinite(out.images).all()
     assert [i.shape[1] for i in out.ids] == [p * p for p in PN]
     again = pipe.sample([7], seed=0, cfg=4.0, top_k=900, top_p=0.95)
-    assert torch.equal(again.images[0], out.images[0])
+    # the same ids alone or in a batch; the decoder's batched convolutions may round differently
+    assert all(torch.equal(a[:1], b) for a, b in zip(out.ids, again.ids))
+    torch.testing.assert_close(again.images[0], out.images[0], atol=1e-4, rtol=0)
     grid = tmp_path / "g.png"
     assert generate_main(["--model", str(converted), "--class", "5", "--num", "1", "--sampling", "var-demo",
                           "--out", str(grid)]) == 0

@@ -14,9 +14,10 @@ from PIL import Image
 from hart.common.data import make_dataset
 from hart.common.images import to_pil
 from sampling import features as F
-from sampling.fid import (KID_MAX, FeatureStats, check_compatible, folder_source, frechet_distance,
-                          image_set, kernel_distance, main, parse_source, score, stats_from_generator,
-                          stats_from_images)
+from sampling.fid.cli import main
+from sampling.fid.embed import stats_from_generator, stats_from_images
+from sampling.fid.sources import folder_source, image_set, parse_source
+from sampling.fid.stats import KID_MAX, FeatureStats, check_compatible, frechet_distance, kernel_distance, score
 from hart.common.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,7 +285,10 @@ def test_parse_source(tmp_path):
     assert (s.kind, s.spec, s.split) == ("dataset", "fashion-mnist", "test")
     write_images(tmp_path / "imgs" / "sub", n=2)
     assert len(parse_source(str(tmp_path / "imgs"), False).files) == 2  # recursive
-    assert parse_source(f"folder:{tmp_path / 'imgs'}", False).kind == "folder"
+    assert parse_source(f"images:{tmp_path / 'imgs'}", False).kind == "folder"
+    # folder: means one subfolder per class, as for --data: a dataset of resized images
+    assert parse_source(f"folder:{tmp_path / 'imgs'}", False).kind == "dataset"
+    assert len(image_set(parse_source(f"folder:{tmp_path / 'imgs'}", False), 16, None, 8)) == 2
     for bad, msg in [("nope", "unknown reference"), (str(tmp_path / "x.npz"), "no such statistics file"),
                      (str(tmp_path / "missing/"), "neither a folder")]:
         with pytest.raises(UserError, match=msg):
@@ -446,7 +450,7 @@ sys.path.insert(0, sys.argv[1])
 from tests.test_fid import FakeExtractor
 import sampling.features
 sampling.features.load_extractor = lambda name, weights=None, device="cpu": FakeExtractor(name)
-from sampling.fid import main
+from sampling.fid.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 

@@ -1,6 +1,6 @@
 """Fused kernels: reference semantics, and Triton parity on the CPU with TRITON_INTERPRET=1.
 
-The interpreter must be on before the kernels are defined; ``sampling.kernels`` builds them
+The interpreter must be on before the kernels are defined; ``hart.kernels`` builds them
 lazily on first Triton use (and per interpret mode), so setting the variable here, before
 any kernel runs, is enough even when another test module imported the package first.
 """
@@ -13,7 +13,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from sampling import kernels  # noqa: E402
+from hart import kernels  # noqa: E402
 
 needs_triton = pytest.mark.skipif(not kernels.triton_available(), reason="triton is not importable")
 needs_interpreter = pytest.mark.skipif(

@@ -87,14 +87,20 @@ class HybridTokenizer(nn.Module, PretrainedMixin):
         """Codebook vectors of ids. (B, N) -> (B, N, z)."""
         return self.codebook[ids]
 
-    def next_scale_input(self, k: int, f_hat: Optional[torch.Tensor], ids_k: torch.Tensor):
+    def next_scale_input(self, k: int, f_hat: Optional[torch.Tensor], ids_k: Optional[torch.Tensor],
+                         vectors: Optional[torch.Tensor] = None):
         """Add scale k's ids to f_hat; return (f_hat, the next scale's input).
 
         ids_k (B, pn_k^2); f_hat (B, z, n, n) or None at k = 0. The next input is
         area_down(f_hat) at pn_{k+1} as (B, pn_{k+1}^2, z), or None after the last scale.
+        ``vectors`` (B, pn_k^2, z), when given, replace the ids' codebook vectors (VAR's
+        smoothing adds soft mixtures of codes).
         """
         n = self.config.latent_size
-        h = self.quantize.contribution(ids_k, k, n)
+        if vectors is not None:
+            h = self.quantize.vector_contribution(vectors, k, n)
+        else:
+            h = self.quantize.contribution(ids_k, k, n)
         f_hat = h if f_hat is None else f_hat + h
         pns = self.config.patch_nums
         if k + 1 >= len(pns):

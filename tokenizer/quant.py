@@ -88,8 +88,13 @@ class MultiScaleQuantizer(nn.Module):
 
     def contribution(self, ids: torch.Tensor, k: int, n: int) -> torch.Tensor:
         """h_k = Phi_k(up(e[ids_k])). ids (B, pn*pn) -> (B, z, n, n)."""
-        B, pn = ids.shape[0], self.patch_nums[k]
-        h = self.embedding[ids].to(torch.float32).view(B, pn, pn, -1).permute(0, 3, 1, 2)
+        return self.vector_contribution(self.embedding[ids], k, n)
+
+    def vector_contribution(self, vectors: torch.Tensor, k: int, n: int) -> torch.Tensor:
+        """Phi_k(up(vectors)) for any vectors in code space, e.g. VAR's soft (smoothed) codes.
+        (B, pn*pn, z) -> (B, z, n, n)."""
+        B, pn = vectors.shape[0], self.patch_nums[k]
+        h = vectors.to(torch.float32).view(B, pn, pn, -1).permute(0, 3, 1, 2)
         if pn != n:
             h = F.interpolate(h, size=(n, n), mode="bicubic")
         K = len(self.patch_nums)

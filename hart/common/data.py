@@ -1,8 +1,10 @@
-"""Dataset specs shared by every command.
+"""Dataset specs shared by every command (``--data`` of the trainers and evaluators,
+``--images`` / ``--ref`` of ``hart fid``): one grammar, one meaning everywhere.
 
-    fashion-mnist     IDX files of Debian's dataset-fashion-mnist (or under --data-dir)
-    folder:PATH       one subfolder per class, any image Pillow reads
-    synthetic         procedural coloured shapes with class labels (tests)
+    fashion-mnist[:split]  IDX files of Debian's dataset-fashion-mnist (or under --data-dir)
+    synthetic[:split]      procedural coloured shapes with class labels (tests)
+    folder:PATH            one subfolder per class, any image Pillow reads
+    images:PATH            every image file under PATH (recursively), no classes
 
 Every dataset yields ``(image, label)`` with image a float tensor (3, R, R) in [-1, 1]
 and has ``.classes`` (class names). Plumbing leaf: imports nothing else of the project
@@ -14,6 +16,7 @@ import gzip
 import os
 import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,7 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 SPLITS = ("train", "test")
+IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
@@ -148,6 +152,34 @@ class ImageFolder(torch.utils.data.Dataset):
         raise UserError("no image in the folder could be decoded")
 
 
+def list_images(root) -> list[Path]:
+    """Image files under ``root``, recursively, sorted; hidden files and folders left out."""
+    root = Path(root)
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Every image under a folder (``images:PATH``), resized and centre-cropped; no classes (label 0)."""
+
+    classes = ()
+
+    def __init__(self, root, resolution: int):
+        root = Path(root)
+        if not root.is_dir():
+            raise UserError(f"image folder {root} does not exist")
+        self.files, self.resolution = list_images(root), resolution
+        if not self.files:
+            raise UserError(f"{root} has no images (looked for {' '.join(sorted(IMAGE_SUFFIXES))}, recursively)")
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        with Image.open(self.files[i]) as im:
+            return to_tensor(fit(im.convert("RGB"), self.resolution)), 0
+
+
 # ----------------------------------------------------------------------------- synthetic
 
 SYNTHETIC_CLASSES = ("circle", "square", "triangle", "cross", "ring", "bars")
@@ -196,7 +228,43 @@ class Synthetic(torch.utils.data.Dataset):
 
 # ----------------------------------------------------------------------------- specs
 
-SPEC_HELP = "dataset: fashion-mnist, folder:PATH (one subfolder per class) or synthetic"
+DATASETS = {"fashion-mnist": FashionMNIST, "synthetic": Synthetic}  # named sets with train/test splits
+SPEC_HELP = ("dataset: fashion-mnist or synthetic (NAME:test for the test split), folder:PATH (one "
+             "subfolder per class) or images:PATH (all images under PATH, no classes)")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A parsed spec: ``kind`` is ``dataset`` (a named set), ``folder`` or ``images``; ``name``
+    is the dataset name or the path; ``split`` is the one named in the spec, or None."""
+
+    kind: str
+    name: str
+    split: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.kind == "dataset":
+            return f"{self.name}:{self.split or 'train'}"
+        return f"{self.kind}:{self.name}"
+
+
+def parse_spec(text: str) -> DataSpec:
+    """The one grammar of data specs (module doc); a bad spec is one clear line."""
+    for kind in ("folder", "images"):
+        if text.startswith(kind + ":"):
+            path = text[len(kind) + 1:]
+            if not path:
+                raise UserError(f"{kind}: needs a path, e.g. {kind}:/data/my_images")
+            return DataSpec(kind, path)
+    name, split = text, None
+    if ":" in text:
+        name, split = text.rsplit(":", 1)
+        if split not in SPLITS:
+            raise UserError(f"unknown split {split!r} in {text!r}; choose one of: {', '.join(SPLITS)}")
+    if name in DATASETS:
+        return DataSpec("dataset", name, split)
+    raise UserError(f"unknown dataset {text!r}; {SPEC_HELP}")
 
 
 def add_data_arguments(parser, split_default: str | None = None) -> None:
@@ -208,19 +276,19 @@ def add_data_arguments(parser, split_default: str | None = None) -> None:
 
 
 def make_dataset(spec: str, split: str = "train", resolution: int = 32, data_dir=None):
-    """Build the dataset named by ``spec``. ``split`` is train or test."""
+    """Build the dataset named by ``spec`` (see :func:`parse_spec`). ``split`` (train or test)
+    applies to named datasets, unless the spec names its own."""
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-    if spec == "fashion-mnist":
+    d = parse_spec(spec)
+    if d.kind == "folder":
+        return ImageFolder(d.name, resolution)
+    if d.kind == "images":
+        return ImageFiles(d.name, resolution)
+    split = d.split or split
+    if d.name == "fashion-mnist":
         return FashionMNIST(split, resolution, data_dir)
-    if spec.startswith("folder:"):
-        path = spec[len("folder:"):]
-        if not path:
-            raise UserError("folder: needs a path, e.g. folder:/data/my_images")
-        return ImageFolder(path, resolution)
-    if spec == "synthetic":
-        return Synthetic(split, resolution)
-    raise UserError(f"unknown dataset {spec!r}; {SPEC_HELP}")
+    return DATASETS[d.name](split, resolution)
 
 
 def infinite_batches(dataset, batch_size: int, generator: torch.Generator, start_step: int = 0,

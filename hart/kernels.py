@@ -1,4 +1,4 @@
-"""Fused kernels of the sampling step: Triton versions, PyTorch references, one dispatch point.
+"""Fused kernels of the transformer step and the sampler: Triton versions, PyTorch references, one dispatch point.
 
 Two hot spots of a next-scale step get a kernel each:
 

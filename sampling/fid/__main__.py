@@ -1,0 +1,3 @@
+from sampling.fid.cli import main
+
+raise SystemExit(main())
