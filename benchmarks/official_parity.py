@@ -38,11 +38,12 @@ from models.vqvae import VQVAE  # noqa: E402
 from models.var import VAR  # noqa: E402
 
 from hart.convert import convert_var, convert_hart_tokenizer  # noqa: E402
+from tokenizer.config import PATCH_NUMS  # noqa: E402
 from tokenizer.model import HybridTokenizer  # noqa: E402
 from hart.model import HARTGenerator  # noqa: E402
 from sampling.pipeline import HARTPipeline  # noqa: E402
 
-PNS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+PNS = PATCH_NUMS[256]
 res = {}
 
 

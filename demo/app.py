@@ -34,6 +34,7 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
+from hart.common.dist import resolve_device  # noqa: E402
 from hart.common.errors import UserError, cli_entry  # noqa: E402
 from hart.common.images import to_pil  # noqa: E402
 from sampling import HARTPipeline  # noqa: E402
@@ -346,11 +347,7 @@ def main(argv=None):
         raise UserError(f"--time-limit must be >= 0, got {args.time_limit}")
     if args.max_images < 1 or args.queue_size < 1:
         raise UserError("--max-images and --queue-size must be >= 1")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise UserError(f"unknown --device {args.device!r}") from None
-    pipeline = load_pipeline(args.model, device=str(device))
+    pipeline = load_pipeline(args.model, device=str(resolve_device(args.device)))
     blocks = build_demo(pipeline, max_images=args.max_images, time_limit=args.time_limit or None,
                         queue_size=args.queue_size)
     try:

@@ -12,8 +12,8 @@ from typing import ClassVar
 
 from hart.common.errors import UserError
 from hart.common.io import ConfigBase
+from tokenizer.config import VAR_PATCH_NUMS  # one schedule table, the tokenizer's
 
-VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 FM_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8)
 
 
@@ -127,6 +127,14 @@ class GeneratorConfig(ConfigBase):
     @property
     def null_class(self) -> int:
         return self.num_classes
+
+    def check_class_ids(self, class_ids) -> list[int]:
+        """The class ids as ints, or one line naming the first that is out of range."""
+        ids = [int(c) for c in class_ids]
+        bad = [c for c in ids if not 0 <= c < self.num_classes]
+        if bad:
+            raise UserError(f"class id {bad[0]} is out of range: this model has classes 0..{self.num_classes - 1}")
+        return ids
 
 
 GeneratorConfig.PRESETS.update({

@@ -36,13 +36,8 @@ import torch
 
 from hart.common.errors import UserError, cli_entry
 from hart.common.io import key_mismatch, prepare_out_dir, write_models
+from tokenizer.config import PATCH_NUMS
 
-# VAR's published scale schedules (10 scales at 256 and 512; HART's 1024px schedule)
-PATCH_NUMS = {
-    256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
-    512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),
-    1024: (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64),
-}
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 CODEBOOK = "quantize.embedding.weight"
 USAGE_BUFFER = "quantize.ema_vocab_hit_SV"

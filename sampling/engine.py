@@ -160,8 +160,7 @@ class SamplingEngine:
         B = labels.numel()
         if len(generators) != B:
             raise ValueError(f"need one generator per image: {B} ids, {len(generators)} generators")
-        if B and (labels.min() < 0 or labels.max() >= c.num_classes):
-            raise UserError(f"class ids must be in [0, {c.num_classes - 1}], got {labels.tolist()}")
+        c.check_class_ids(labels.tolist())
         use_cfg = opt.cfg > 0
         K, V = c.num_scales, c.codebook_size
         ranges = c.scale_ranges

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from hart.common.errors import UserError
+from hart.common.images import to_uint8
 
 FEATURES = ("inception", "effnet-lite0")
 INCEPTION_FILE = "inception-2015-12-05.pt"
@@ -45,8 +46,7 @@ def to_uint8_hwc(img) -> np.ndarray:
     if isinstance(img, Image.Image):
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
     if isinstance(img, torch.Tensor):
-        x = img.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-        return x.permute(1, 2, 0).cpu().numpy()
+        return to_uint8(img[None])[0]
     a = np.asarray(img)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
         raise TypeError(f"expected an (H, W, 3) uint8 array, got {a.dtype} {a.shape}")

@@ -56,9 +56,6 @@ def _check_args(args) -> None:
         raise UserError(f"--scale must be positive, got {args.scale}")
     if not args.classes and not args.all_classes:
         raise UserError("name the classes to draw: --class ID_OR_NAME (repeatable) or --all-classes")
-    neg = [c for c in args.classes if c.lstrip("-").isdigit() and int(c) < 0]
-    if neg:
-        raise UserError(f"class id {neg[0]} is out of range: class ids are >= 0")
 
 
 def resolve_classes(args, config) -> list[int]:
@@ -94,9 +91,9 @@ def main(argv=None):
     from hart.common.images import save_grid, to_pil
     from sampling.pipeline import HARTPipeline
 
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
-    pipe = HARTPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+    from hart.common.dist import resolve_device
+
+    pipe = HARTPipeline.from_pretrained(args.model, device=resolve_device(args.device), dtype=args.dtype, compile=args.compile)
     args.classes = resolve_classes(args, pipe.generator.config)
     pipe.check_class_ids(args.classes)
     labels = [c for c in args.classes for _ in range(args.num)]

@@ -81,11 +81,7 @@ class HARTPipeline:
         return self.generator.config.num_classes
 
     def check_class_ids(self, class_ids) -> list[int]:
-        ids = [int(c) for c in class_ids]
-        bad = [c for c in ids if not 0 <= c < self.num_classes]
-        if bad:
-            raise UserError(f"class id {bad[0]} is out of range: this model has classes 0..{self.num_classes - 1}")
-        return ids
+        return self.generator.config.check_class_ids(class_ids)
 
     def sample(self, class_ids, seed=0, *, previews: bool = False, decode: bool = True,
                return_logits: bool = False, **options) -> SampleOutput:

@@ -6,7 +6,13 @@ from dataclasses import dataclass
 from hart.common.errors import UserError
 from hart.common.io import ConfigBase
 
-VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+# VAR's published scale schedules by resolution (10 scales at 256 and 512; HART's 1024px one)
+PATCH_NUMS = {
+    256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+    512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),
+    1024: (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64),
+}
+VAR_PATCH_NUMS = PATCH_NUMS[256]
 
 
 @dataclass

@@ -29,7 +29,8 @@ from hart.common.data import add_data_arguments, infinite_batches, make_dataset
 from hart.common.ema import EMA
 from hart.common.errors import UserError, cli_entry
 from hart.common.images import save_grid
-from hart.common.loop import check_positive, nonfinite_loss, pick_device, set_lr, warmup_cosine
+from hart.common.dist import resolve_device
+from hart.common.loop import check_positive, nonfinite_loss, set_lr, warmup_cosine
 from hart.common.io import (WEIGHTS_NAME, atomic_dir, load_state, load_weights, read_json, resolve_dir, save_state,
                      save_weights, write_json)
 from tokenizer.config import TokenizerConfig
@@ -209,7 +210,7 @@ def main(argv=None):
     config = resolve_config(args, out)
     if args.disc_start is None:
         args.disc_start = args.steps // 2
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     train_set = make_dataset(args.data, "train", config.resolution, args.data_dir)
     try:

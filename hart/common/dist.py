@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from hart.common.errors import UserError
+
 
 @dataclass
 class DistInfo:
@@ -43,12 +45,27 @@ class DistInfo:
             dist.destroy_process_group()
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """The one device rule of every command: ``auto`` -> cuda when a GPU is visible, else cpu;
+    cuda without a GPU, or a name torch does not know, is one clear line."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown --device {name!r}; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible here; use --device cpu")
+    return dev
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Read RANK / WORLD_SIZE / LOCAL_RANK (set by torchrun) and join the process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    use_cuda = resolve_device(device).type == "cuda"
     dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)

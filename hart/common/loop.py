@@ -22,15 +22,6 @@ def set_lr(optimizers, lr: float) -> None:
             g["lr"] = lr
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> cuda when visible, else cpu; a cuda request without a GPU is one clear line."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no GPU is visible; use --device cpu")
-    return torch.device(name)
-
-
 def check_positive(args, *names: str) -> None:
     """One line for the first of ``args.<name>`` that is not a positive number."""
     for name in names:
