@@ -15,7 +15,14 @@ FID settings: cfg 1.5, top-k 900, top-p 0.96). For each batch and dtype it print
 
 Times are medians over ``--repeats`` runs after one warm-up run.
 
+With ``--var-src PATH`` (a checkout of FoundationVision/VAR) the generator and tokenizer are
+VAR's own, built with its constructors and converted with ``hart convert``, and VAR's sampler
+(``autoregressive_infer_cfg``, its decode left out) runs on the same weights in the same
+process, adding ``var_ms_per_image=X speedup_vs_var=Y`` (fp32 lines; the official sampler has
+no bf16 path on the CPU).
+
     python benchmarks/bench_sampling.py
+    python benchmarks/bench_sampling.py --var-src /path/to/VAR --dtypes fp32 --batches 8 1
     python benchmarks/bench_sampling.py --batches 1 --dtypes fp32 --repeats 5
     python benchmarks/bench_sampling.py --device cuda --batches 1 64 --compile
 """
@@ -98,14 +105,25 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--compile", action="store_true", help="torch.compile the engine's per-scale step")
     p.add_argument("--skip-naive", action="store_true", help="leave out the naive sampler (prints naive_ratio=nan)")
+    p.add_argument("--var-src", default=None, metavar="PATH",
+                   help="a FoundationVision/VAR checkout: time its sampler on the same (converted) weights")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
     torch.manual_seed(0)
-    gen = HARTGenerator(GeneratorConfig.from_name("var-d8")).to(device).eval()
-    tok = HybridTokenizer(TokenizerConfig.from_name("var-256")).to(device).eval()
+    var_sample = None
+    if args.var_src:
+        from var_official import build, sampler_without_decode
+
+        c8 = GeneratorConfig.from_name("var-d8")
+        _, var, tok, gen = build(args.var_src, c8.depth, c8.width, c8.heads)
+        var, tok, gen = var.to(device), tok.to(device), gen.to(device)
+        var_sample = sampler_without_decode(var)
+    else:
+        gen = HARTGenerator(GeneratorConfig.from_name("var-d8")).to(device).eval()
+        tok = HybridTokenizer(TokenizerConfig.from_name("var-256")).to(device).eval()
     c = gen.config
     print(f"# var-d8: depth {c.depth} width {c.width} heads {c.heads} scales {c.num_scales} "
           f"V {c.codebook_size} z {c.z_channels} L {c.seq_len}; cfg {OPTIONS.cfg} top-k {OPTIONS.top_k} "
@@ -144,8 +162,19 @@ def main(argv=None) -> None:
                 t_decode = _time(lambda: tok.decode(code), device, max(1, args.repeats - 1))
 
             ms, floor = 1e3 * t_sample / B, 1e3 * t_floor / B
-            print(f"batch={B} dtype={dtype} ms_per_image={ms:.1f} floor_ms={floor:.1f} ratio={t_sample / t_floor:.3f} "
-                  f"naive_ratio={t_naive / t_floor:.3f} decode_ms={1e3 * t_decode / B:.1f}", flush=True)
+            line = (f"batch={B} dtype={dtype} ms_per_image={ms:.1f} floor_ms={floor:.1f} ratio={t_sample / t_floor:.3f} "
+                    f"naive_ratio={t_naive / t_floor:.3f} decode_ms={1e3 * t_decode / B:.1f}")
+            if var_sample is not None and dtype == "fp32":
+                var_labels = labels.clone()
+
+                def run_var():
+                    with torch.no_grad():
+                        return var_sample(B=B, label_B=var_labels, g_seed=0, cfg=OPTIONS.cfg, top_k=OPTIONS.top_k,
+                                          top_p=OPTIONS.top_p, more_smooth=False)
+
+                t_var = _time(run_var, device, args.repeats)
+                line += f" var_ms_per_image={1e3 * t_var / B:.1f} speedup_vs_var={t_var / t_sample:.3f}"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

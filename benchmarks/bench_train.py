@@ -12,10 +12,19 @@ attention over the full L x L score matrix, the head), the usual accounting.
 The step timed is the real one from ``hart.train``: teacher inputs from random ids through a
 random tokenizer, forward, cross-entropy (+ the diffusion loss where the preset has the
 head), backward, gradient clipping, AdamW, EMA.
+
+With ``--var-src PATH`` (a checkout of FoundationVision/VAR), ``var-d8`` is built with VAR's
+own constructors and converted with ``hart convert``, and VAR's training step (teacher
+inputs from the ids, forward, cross-entropy, backward, clipping, AdamW: its trainer.py
+without image encoding or logging) is timed on the same weights and ids in the same process,
+alternating with ours, adding ``var_tokens_per_s=X speedup_vs_var=Y``:
+
+    python benchmarks/bench_train.py --var-src /path/to/VAR --configs var-d8 --dtypes fp32
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -58,29 +67,62 @@ def forward_flops_per_sample(c: GeneratorConfig) -> float:
     return flops
 
 
-def bench(name: str, dtype: str, steps: int, warmup: int, peak: float) -> str:
+def bench(name: str, dtype: str, steps: int, warmup: int, peak: float, var_src: str | None = None) -> str:
     gen_preset, tok_preset, batch = BENCH[name]
     torch.manual_seed(0)
-    tok = HybridTokenizer(TokenizerConfig.from_name(tok_preset)).eval().requires_grad_(False)
+    official = None
+    if var_src and name == "var-d8":
+        from var_official import build
+
+        c8 = GeneratorConfig.from_name("var-d8")
+        vae, var, tok, gen = build(var_src, c8.depth, c8.width, c8.heads)
+        official = (vae, var.train())
+        tok.requires_grad_(False)
+        config = gen.config
+    else:
+        tok = HybridTokenizer(TokenizerConfig.from_name(tok_preset)).eval().requires_grad_(False)
     tc = tok.config
-    config = GeneratorConfig.from_name(gen_preset, patch_nums=tc.patch_nums, codebook_size=tc.codebook_size,
-                                       z_channels=tc.z_channels)
+    if official is None:
+        config = GeneratorConfig.from_name(gen_preset, patch_nums=tc.patch_nums, codebook_size=tc.codebook_size,
+                                           z_channels=tc.z_channels)
     args = build_parser().parse_args(["--tokenizer", "x", "--data", "synthetic", "--out", "x",
                                       "--dtype", dtype, "--steps", str(steps + warmup)])
     trainer = GeneratorTrainer(config, tok, args, DistInfo())
+    if official is not None:
+        trainer.model.load_state_dict(gen.state_dict())  # the converted official weights
     n = tc.latent_size
     labels = torch.randint(0, config.num_classes, (batch,))
     ids = [torch.randint(0, tc.codebook_size, (batch, p * p)) for p in tc.patch_nums]
     residual = torch.randn(batch, tc.z_channels, n, n) * 0.1
+    ours = lambda: trainer.train_step(ids, residual, labels)  # noqa: E731
+    theirs = None
+    if official is not None:
+        from var_official import official_train_step
+
+        vae, var = official
+        var_opt = torch.optim.AdamW(var.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+        theirs = lambda: official_train_step(vae, var, var_opt, labels, ids)  # noqa: E731
     for _ in range(warmup):
-        trainer.train_step(ids, residual, labels)
-    t = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step(ids, residual, labels)
-    dt = (time.perf_counter() - t) / steps
+        ours()
+        if theirs:
+            theirs()
+    t_ours, t_var = [], []
+    for _ in range(steps):  # alternate, so that drift of a noisy machine hits both alike
+        t = time.perf_counter()
+        ours()
+        t_ours.append(time.perf_counter() - t)
+        if theirs:
+            t = time.perf_counter()
+            theirs()
+            t_var.append(time.perf_counter() - t)
+    dt = statistics.median(t_ours)
     tokens_per_s = batch * config.seq_len / dt
     mfu = 3 * forward_flops_per_sample(config) * batch / dt / peak
-    return f"config={name} dtype={dtype} tokens_per_s={tokens_per_s:.0f} mfu={mfu:.2f}"
+    line = f"config={name} dtype={dtype} tokens_per_s={tokens_per_s:.0f} mfu={mfu:.2f}"
+    if t_var:
+        dv = statistics.median(t_var)
+        line += f" var_tokens_per_s={batch * config.seq_len / dv:.0f} speedup_vs_var={dv / dt:.3f}"
+    return line
 
 
 def main(argv=None):
@@ -89,6 +131,8 @@ def main(argv=None):
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--var-src", default=None, metavar="PATH",
+                   help="a FoundationVision/VAR checkout: time its training step beside ours (var-d8, fp32)")
     args = p.parse_args(argv)
     peak = matmul_peak()
     bf16_peak = matmul_peak(torch.bfloat16)
@@ -96,7 +140,8 @@ def main(argv=None):
           f"bf16_matmul_gflops={bf16_peak / 1e9:.0f} bf16_speedup={bf16_peak / peak:.2f}")
     for name in args.configs:
         for dtype in args.dtypes:
-            print(bench(name, dtype, args.steps, args.warmup, peak), flush=True)
+            src = args.var_src if dtype == "fp32" else None  # VAR's step is timed in fp32 only
+            print(bench(name, dtype, args.steps, args.warmup, peak, src), flush=True)
 
 
 if __name__ == "__main__":
