@@ -231,7 +231,8 @@ class SamplingEngine:
         # start noise per image from its own generator (batch independence)
         noise = torch.stack([torch.randn(N, head.channels, generator=g, device=g.device) for g in generators])
         x = sample_residual(
-            head, conds, unconds, cfg=cfg_ratio(opt.cfg, c.num_scales - 1, c.num_scales),
+            head, conds, unconds,
+            cfg=cfg_ratio(opt.cfg, c.num_scales - 1, c.num_scales) if opt.head_cfg is None else opt.head_cfg,
             steps=opt.diff_steps or c.diff_sample_steps, temperature=opt.diff_temperature,
             scheduler=make_sample_scheduler(c.diff_train_steps), noise=noise.reshape(B * N, -1),
         )  # (B*N, z), DDIM with eta 0: deterministic given the start noise

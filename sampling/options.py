@@ -29,6 +29,8 @@ class SamplingOptions:
     smooth: bool = False  # VAR's Gumbel smoothing of the f_hat update (ids stay hard)
     diff_steps: int | None = None  # diffusion-head DDIM steps (None: config.diff_sample_steps)
     diff_temperature: float = 1.0  # scales the diffusion start noise
+    # guidance of the residual head, (1 + t) eps_c - t eps_u; None: the last scale's ratio (cfg)
+    head_cfg: float | None = None
 
     def top_k_at(self, k: int) -> int:
         """The top-k of scale k: ``top_k``, or the last schedule entry whose first scale is <= k."""
@@ -58,6 +60,8 @@ class SamplingOptions:
             raise UserError(f"temperature must be > 0, got {self.temperature}")
         if self.diff_steps is not None and self.diff_steps < 1:
             raise UserError(f"diffusion steps must be >= 1, got {self.diff_steps}")
+        if self.head_cfg is not None and not (math.isfinite(self.head_cfg) and self.head_cfg >= 0):
+            raise UserError(f"head cfg must be >= 0, got {self.head_cfg}")
         if not self.diff_temperature > 0:
             raise UserError(f"diffusion temperature must be > 0, got {self.diff_temperature}")
         return self
@@ -85,6 +89,8 @@ def add_sampling_arguments(p) -> None:
     p.add_argument("--top-p", type=float, default=None, help="nucleus mass in (0, 1] (overrides)")
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature (default 1)")
     p.add_argument("--smooth", action="store_true", default=None, help="VAR's Gumbel smoothing of the latent updates")
+    p.add_argument("--head-cfg", type=float, default=None,
+                   help="guidance of the residual head (default: the last scale's, i.e. --cfg)")
 
 
 def _describe(d: dict) -> str:
@@ -93,7 +99,7 @@ def _describe(d: dict) -> str:
 
 def sampling_options(args) -> SamplingOptions:
     """The preset named by ``args.sampling`` with the flags that were given; validated."""
-    given = {k: getattr(args, k) for k in ("cfg", "top_k", "top_p", "temperature", "smooth")}
+    given = {k: getattr(args, k) for k in ("cfg", "top_k", "top_p", "temperature", "smooth", "head_cfg")}
     opts = SamplingOptions.preset(args.sampling, **{k: v for k, v in given.items() if v is not None})
     try:
         return opts.validate()

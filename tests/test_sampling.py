@@ -280,3 +280,19 @@ def test_cli_without_model_and_no_bundled_model_says_pass_model(capsys, tmp_path
         main(["--class", "1", "--out", str(tmp_path / "g.png")])
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--model" in err and "default model" in err
+
+
+def test_head_cfg_guides_only_the_residual():
+    """--head-cfg changes the head's guidance, never the ids; None follows the last scale's ratio."""
+    tok, gen = _models()
+    with torch.no_grad():  # a head whose prediction depends on its condition
+        for blk in gen.diffusion.res_blocks:
+            torch.nn.init.normal_(blk.adaLN_modulation[-1].weight, std=0.1)
+    pipe = HARTPipeline(tok, gen)
+    base = pipe.sample([1, 2], seed=5, cfg=2.0, top_k=20)
+    same = pipe.sample([1, 2], seed=5, cfg=2.0, top_k=20, head_cfg=2.0)  # the last scale's ratio is cfg
+    off = pipe.sample([1, 2], seed=5, cfg=2.0, top_k=20, head_cfg=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(base.ids, off.ids))
+    assert torch.equal(base.residual, same.residual) and not torch.allclose(base.residual, off.residual)
+    with pytest.raises(UserError, match="head cfg"):
+        SamplingOptions(head_cfg=-1.0).validate()
