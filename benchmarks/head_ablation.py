@@ -38,6 +38,7 @@ def main(argv=None):
     p.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     p.add_argument("--num", type=int, default=2000, help="images per seed set (default 2000)")
     p.add_argument("--sets", type=int, default=3, help="seed sets (default 3)")
+    p.add_argument("--first-set", type=int, default=0, help="index of the first seed set (to split sets over processes)")
     p.add_argument("--ref", default="fashion-mnist:test", help="reference (default fashion-mnist:test)")
     p.add_argument("--ref-num", type=int, default=10000)
     p.add_argument("--sampling", default="var-fid", help="sampling preset (default var-fid)")
@@ -56,7 +57,7 @@ def main(argv=None):
                              cache_dir=default_cache_dir())
     K = pipe.generator.config.num_classes
     rows = []
-    for s in range(args.sets):
+    for s in range(args.first_set, args.first_set + args.sets):
         t0 = time.time()
         st = {"head": FeatureStats(ext.dim), "nohead": FeatureStats(ext.dim)}
         for b in range(0, args.num, args.batch_size):

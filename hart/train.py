@@ -38,14 +38,13 @@ from hart.diffusion import diffusion_loss, make_train_scheduler
 from hart.common.dist import DistInfo, init_distributed
 from hart.common.ema import EMA
 from hart.common.errors import UserError, cli_entry
-from hart.common.io import (CONFIG_NAME, WEIGHTS_NAME, atomic_dir, load_state, load_weights, read_json, read_weights,
-                     resolve_dir, save_state, save_weights, write_json)
+from hart.common.io import CONFIG_NAME, WEIGHTS_NAME, atomic_dir, read_weights, resolve_dir
 from hart.model import HARTGenerator
-from hart.common.loop import check_positive, nonfinite_loss, set_lr, warmup_cosine
+from hart.common.loop import (check_positive, check_preset, load_run, nonfinite_loss, run_meta, save_run, set_lr,
+                              warmup_cosine)
 from hart.tokens import TokenCache, split_scales, tokenizer_fingerprint
 from tokenizer import HybridTokenizer
 
-STATE = "train_state"
 
 
 class TrainingObjective(nn.Module):
@@ -195,26 +194,18 @@ class GeneratorTrainer:
 
     def save(self, out: Path) -> None:
         if self.dist.is_main:
-            with atomic_dir(out / STATE) as tmp:
-                save_weights(self.model, tmp / "model.safetensors")
-                save_weights(self.ema.shadow, tmp / "ema.safetensors")
-                save_state({"opt": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
-                            "gen": self.gen.get_state()}, tmp / "optim.pt")
-                write_json(tmp / "meta.json", {"step": self.step, "config": self.config.to_dict(),
-                                               "seed": self.args.seed, "world_size": self.dist.world_size,
-                                               "freeze_transformer": bool(self.args.freeze_transformer)})
+            save_run(out, {"model": self.model, "ema": self.ema.shadow},
+                     {"opt": self.opt.state_dict(), "torch_rng": torch.get_rng_state(), "gen": self.gen.get_state()},
+                     {"step": self.step, "config": self.config.to_dict(), "seed": self.args.seed,
+                      "world_size": self.dist.world_size, "freeze_transformer": bool(self.args.freeze_transformer)})
             self.ema.shadow.save_pretrained(out / "generator")
         self.saved_step = self.step
         self.dist.barrier()
 
     def load(self, out: Path) -> None:
-        state_dir = resolve_dir(out / STATE)
-        load_weights(self.model, state_dir / "model.safetensors")
-        load_weights(self.ema.shadow, state_dir / "ema.safetensors")
-        st = load_state(state_dir / "optim.pt")
+        st, meta = load_run(out, {"model": self.model, "ema": self.ema.shadow})
         self.opt.load_state_dict(st["opt"])
         torch.set_rng_state(st["torch_rng"])
-        meta = read_json(state_dir / "meta.json")
         if self.dist.world_size == 1 and meta.get("world_size", 1) == 1:
             self.gen.set_state(st["gen"])  # exact continuation of the single-process stream
         else:  # each rank reseeds deterministically from the step
@@ -276,22 +267,17 @@ def resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gene
     tc = tokenizer.config
     if args.freeze_transformer and not (args.init or args.resume):
         raise UserError("--freeze-transformer needs --init DIR: the trained transformer to put a head on")
-    if args.resume:
+    meta = run_meta(out, args.resume, "generator")
+    if meta is not None:
         if args.init:
             raise UserError("--resume continues from the run's own checkpoint; drop --init")
-        if not (out / STATE).exists() and not (out / f"{STATE}.old").exists():
-            raise UserError(f"--resume: no run to resume in {out} (missing {out / STATE})")
-        meta = read_json(resolve_dir(out / STATE) / "meta.json")
         saved = GeneratorConfig.from_dict(meta["config"])
         if bool(meta.get("freeze_transformer", False)) != args.freeze_transformer:
             flag = "with" if meta.get("freeze_transformer") else "without"
             raise UserError(f"the run in {out} was started {flag} --freeze-transformer; resume it the same way")
-        if args.preset and fit_preset(args.preset, tc, classes).replace(residual_scale=saved.residual_scale) != saved:
-            raise UserError(f"--preset {args.preset} differs from the checkpoint in {out}; "
-                            "drop --preset to resume it, or choose another --out")
+        fitted = args.preset and fit_preset(args.preset, tc, classes).replace(residual_scale=saved.residual_scale)
+        check_preset(args.preset, fitted, saved, out)
         return saved
-    if (out / STATE).exists() or (out / "generator").exists():
-        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if args.init and not args.preset:
         return HARTGenerator.load_config(generator_dir(args.init))
     return fit_preset(args.preset or "fm-s", tc, classes)

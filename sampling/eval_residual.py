@@ -20,8 +20,8 @@ The same is measured again with the last-scale ids the model draws itself from i
 teacher-forced logits (``own``: what the head sees when sampling), against the residual
 that those ids leave (latent - f_hat with the drawn ids).
 
-With ``--fd``, FD-EffNet of the discrete, hybrid and head decodes against the same number of
-images of the other split, and ``fd_recovered = (fd_discrete - fd_head) / (fd_discrete -
+With ``--fd``, FD-EffNet of the discrete, hybrid and head decodes against ``--ref-num`` images
+of the other split (its statistics cached as ``hart fid`` caches them), and ``fd_recovered = (fd_discrete - fd_head) / (fd_discrete -
 fd_hybrid)``: the share of the tokenizer's hybrid gain the head's samples recover as a
 distribution (HART's claim: plausible detail, not the true detail).
 
@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=256, help="images to probe (default 256)")
     p.add_argument("--out", required=True, help="folder for residual.png and residual.json")
     p.add_argument("--fd", action="store_true", help="also FD-EffNet of the decodes against the other split")
+    p.add_argument("--ref-num", type=int, default=10000,
+                   help="images of the other split for the FD reference (default 10000; cached as hart fid caches)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="seed of the head's draws and of the own-id draws")
     return p
@@ -179,7 +181,7 @@ def load_models(model_dir):
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    check_positive(args, "num", "batch_size")
+    check_positive(args, "num", "batch_size", "ref_num")
     if args.split not in SPLITS:
         raise UserError(f"unknown split {args.split!r}; choose one of: {', '.join(SPLITS)}")
     tok, gen, folder = load_models(args.model)
@@ -188,13 +190,14 @@ def main(argv=None):
     extractor = ref = None
     if args.fd:
         from sampling.features import load_extractor
-        from sampling.fid.embed import reference_stats
+        from sampling.fid.embed import default_cache_dir, reference_stats
         from sampling.fid.sources import parse_source
 
         extractor = load_extractor("effnet-lite0")
         other = [s for s in SPLITS if s != args.split][0]
         ref, _ = reference_stats(parse_source(f"{args.data}:{other}", allow_stats=False), extractor,
-                                 tok.config.resolution, num, batch_size=100, data_dir=args.data_dir)
+                                 tok.config.resolution, args.ref_num, batch_size=100, data_dir=args.data_dir,
+                                 cache_dir=default_cache_dir())
     res = evaluate(tok, gen, dataset, num, args.batch_size, args.seed, extractor)
     rows, stats = res.pop("_preview"), res.pop("_stats")
     if stats is not None:

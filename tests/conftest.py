@@ -26,3 +26,19 @@ def tiny_tokenizer():
 
     torch.manual_seed(0)
     return HybridTokenizer(TokenizerConfig.from_name("tiny")).eval()
+
+
+@pytest.fixture(scope="module")
+def tokdir(tmp_path_factory):
+    """A tiny tokenizer folder whose codebook has seen data (k-means init + EMA)."""
+    from hart.common.data import make_dataset
+    from tokenizer import HybridTokenizer, TokenizerConfig
+
+    torch.manual_seed(0)
+    tok = HybridTokenizer(TokenizerConfig.from_name("tiny")).train()
+    ds = make_dataset("synthetic", "train", 16)
+    for s in range(4):
+        tok(torch.stack([ds[s * 32 + i][0] for i in range(32)]))
+    d = tmp_path_factory.mktemp("tok")
+    tok.eval().save_pretrained(d)
+    return d

@@ -30,6 +30,9 @@ def test_default_model_loads_as_shipped(pipe):
     assert sorted(f.suffix for f in files) == [".json", ".json", ".safetensors", ".safetensors"]
     assert sum(f.stat().st_size for f in files) < 25e6
     assert HARTPipeline.from_pretrained(None).generator.config == gc
+    # the head's target scale was measured on the training data, and its condition is normed
+    assert gc.residual_scale is not None and 0.01 < gc.residual_scale < 1.0
+    assert pipe.generator.decoder_norm is not None
 
 
 def test_every_class_has_the_right_shape(pipe):
@@ -69,3 +72,5 @@ def test_wheel_ships_the_default_model(tmp_path):
     for sub in ("tokenizer", "generator"):
         for f in ("config.json", "model.safetensors"):
             assert f"sampling/default_model/{sub}/{f}" in names
+    assert "sampling/fid/cli.py" in names and "hart/common/io.py" in names
+    assert not any("screenshot" in n for n in names)  # a dev tool (tools/), not installed

@@ -14,19 +14,6 @@ from tokenizer import HybridTokenizer, TokenizerConfig
 
 
 @pytest.fixture(scope="module")
-def tokdir(tmp_path_factory):
-    """A tiny tokenizer whose codebook has seen data (k-means init + EMA)."""
-    torch.manual_seed(0)
-    tok = HybridTokenizer(TokenizerConfig.from_name("tiny")).train()
-    ds = make_dataset("synthetic", "train", 16)
-    for s in range(4):
-        tok(torch.stack([ds[s * 32 + i][0] for i in range(32)]))
-    d = tmp_path_factory.mktemp("tok")
-    tok.eval().save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def gendir(tokdir, tmp_path_factory):
     out = tmp_path_factory.mktemp("gen") / "g"
     train_main(["--tokenizer", str(tokdir), "--preset", "tiny", "--data", "synthetic", "--out", str(out),

@@ -16,21 +16,6 @@ from tokenizer import HybridTokenizer, TokenizerConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tokdir(tmp_path_factory):
-    """A tiny tokenizer whose codebook has seen data (k-means init + EMA)."""
-    from hart.common.data import make_dataset
-
-    torch.manual_seed(0)
-    tok = HybridTokenizer(TokenizerConfig.from_name("tiny")).train()
-    ds = make_dataset("synthetic", "train", 16)
-    for s in range(4):
-        tok(torch.stack([ds[s * 32 + i][0] for i in range(32)]))
-    d = tmp_path_factory.mktemp("tok")
-    tok.eval().save_pretrained(d)
-    return d
-
-
 def train_cli(tokdir, out, *extra):
     return train_main(["--tokenizer", str(tokdir), "--preset", "tiny", "--data", "synthetic",
                        "--out", str(out), "--batch-size", "8", *extra])

@@ -30,14 +30,13 @@ from hart.common.ema import EMA
 from hart.common.errors import UserError, cli_entry
 from hart.common.images import save_grid
 from hart.common.dist import resolve_device
-from hart.common.loop import check_positive, nonfinite_loss, set_lr, warmup_cosine
-from hart.common.io import (WEIGHTS_NAME, atomic_dir, load_state, load_weights, read_json, resolve_dir, save_state,
-                     save_weights, write_json)
+from hart.common.io import WEIGHTS_NAME, load_weights, resolve_dir
+from hart.common.loop import (check_positive, check_preset, load_run, nonfinite_loss, run_meta, save_run, set_lr,
+                              warmup_cosine)
 from tokenizer.config import TokenizerConfig
 from tokenizer.losses import LPIPS, PatchDiscriminator, hinge_d_loss, hinge_g_loss, psnr, reconstruction_loss
 from tokenizer.model import HybridTokenizer
 
-STATE = "train_state"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,32 +129,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
+    def modules(self) -> dict:
+        return {"model": self.model, "ema": self.ema.shadow, "disc": self.disc}
+
     def save(self, out: Path, preview: torch.Tensor) -> None:
-        with atomic_dir(out / STATE) as tmp:
-            save_weights(self.model, tmp / "model.safetensors")
-            save_weights(self.ema.shadow, tmp / "ema.safetensors")
-            save_weights(self.disc, tmp / "disc.safetensors")
-            save_state({"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                        "torch_rng": torch.get_rng_state(), "gen": self.gen.get_state()},
-                       tmp / "optim.pt")
-            write_json(tmp / "meta.json", {"step": self.step, "config": self.config.to_dict(),
-                                           "seed": self.args.seed, "steps": self.args.steps,
-                                           "freeze_codebook": bool(self.frozen)})
+        save_run(out, self.modules(),
+                 {"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                  "torch_rng": torch.get_rng_state(), "gen": self.gen.get_state()},
+                 {"step": self.step, "config": self.config.to_dict(), "seed": self.args.seed,
+                  "steps": self.args.steps, "freeze_codebook": bool(self.frozen)})
         self.ema.shadow.save_pretrained(out)  # the EMA weights are the model later commands read
         self.saved_step = self.step
         write_recon_grid(self.ema.shadow, preview, out / "recon.png")
 
     def load(self, out: Path) -> None:
-        state_dir = resolve_dir(out / STATE)
-        load_weights(self.model, state_dir / "model.safetensors")
-        load_weights(self.ema.shadow, state_dir / "ema.safetensors")
-        load_weights(self.disc, state_dir / "disc.safetensors")
-        st = load_state(state_dir / "optim.pt")
+        st, meta = load_run(out, self.modules())
         self.opt_g.load_state_dict(st["opt_g"])
         self.opt_d.load_state_dict(st["opt_d"])
         torch.set_rng_state(st["torch_rng"])
         self.gen.set_state(st["gen"])
-        self.step = self.saved_step = int(read_json(state_dir / "meta.json")["step"])
+        self.step = self.saved_step = int(meta["step"])
 
 
 def frozen_parts(model: HybridTokenizer) -> list:
@@ -179,26 +172,20 @@ def resolve_config(args, out: Path) -> TokenizerConfig:
     --preset that differs is refused, as is a --freeze-codebook that differs from the run's."""
     if args.freeze_codebook and not args.init and not args.resume:
         raise UserError("--freeze-codebook needs --init DIR: the trained tokenizer whose encoder and codebook to keep")
-    if not args.resume:
-        if (out / STATE).exists() or (out / "model.safetensors").exists():
-            raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    meta = run_meta(out, args.resume, WEIGHTS_NAME)
+    if meta is None:
         if args.init:
             if args.preset:
                 raise UserError("--init takes the config of the tokenizer it starts from; drop --preset")
             return HybridTokenizer.load_config(args.init)
         return TokenizerConfig.from_name(args.preset or "fm-32")
-    if not (out / STATE).exists() and not (out / f"{STATE}.old").exists():
-        raise UserError(f"--resume: no run to resume in {out} (missing {out / STATE})")
-    meta = read_json(resolve_dir(out / STATE) / "meta.json")
     saved = TokenizerConfig.from_dict(meta["config"])
     if args.init:
         raise UserError("--resume continues from the run's own checkpoint; drop --init")
     args.freeze_codebook = args.freeze_codebook or bool(meta.get("freeze_codebook", False))
     if bool(meta.get("freeze_codebook", False)) != args.freeze_codebook:
         raise UserError(f"the run in {out} was started without --freeze-codebook; resume it without the flag")
-    if args.preset and TokenizerConfig.from_name(args.preset) != saved:
-        raise UserError(f"--preset {args.preset} differs from the checkpoint in {out}; "
-                        "drop --preset to resume it, or choose another --out")
+    check_preset(args.preset, args.preset and TokenizerConfig.from_name(args.preset), saved, out)
     return saved
 
 

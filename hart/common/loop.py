@@ -1,7 +1,9 @@
-"""Small pieces both trainers share: LR schedule, device choice, the NaN stop. Plumbing leaf."""
+"""Small pieces both trainers share: LR schedule, positive-count checks, the NaN stop, and the
+run folder's training state (``--resume``). Plumbing leaf."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -35,3 +37,52 @@ def nonfinite_loss(value: float, step: int, out, saved_step: int) -> UserError:
         f"loss became {value} at step {step}; stopping. The last good checkpoint is in {out} "
         f"(step {saved_step}). Try a lower --lr, then --resume."
     )
+
+
+# ----------------------------------------------------------------------------- the run's state
+
+STATE = "train_state"  # OUT/train_state: weights, optimizer and RNG states, meta.json
+
+
+def run_meta(out, resume: bool, finished_marker: str) -> dict | None:
+    """``--resume``: the run's saved meta.json (one line when ``out`` holds no run). A new run:
+    None, after refusing an ``out`` that holds one (its state, or ``finished_marker``)."""
+    from hart.common.io import read_json, resolve_dir
+
+    out = Path(out)
+    if resume:
+        if not (out / STATE).exists() and not (out / f"{STATE}.old").exists():
+            raise UserError(f"--resume: no run to resume in {out} (missing {out / STATE})")
+        return read_json(resolve_dir(out / STATE) / "meta.json")
+    if (out / STATE).exists() or (out / finished_marker).exists():
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    return None
+
+
+def check_preset(name: str | None, preset_config, saved_config, out) -> None:
+    """On --resume, a --preset must describe the saved run."""
+    if name and preset_config != saved_config:
+        raise UserError(f"--preset {name} differs from the checkpoint in {out}; "
+                        "drop --preset to resume it, or choose another --out")
+
+
+def save_run(out, modules: dict, state: dict, meta: dict) -> None:
+    """Write OUT/train_state atomically: ``modules`` {name: module} as NAME.safetensors, ``state``
+    (optimizer and RNG states) as optim.pt, ``meta`` as meta.json."""
+    from hart.common.io import atomic_dir, save_state, save_weights, write_json
+
+    with atomic_dir(Path(out) / STATE) as tmp:
+        for name, module in modules.items():
+            save_weights(module, tmp / f"{name}.safetensors")
+        save_state(state, tmp / "optim.pt")
+        write_json(tmp / "meta.json", meta)
+
+
+def load_run(out, modules: dict) -> tuple[dict, dict]:
+    """Inverse of :func:`save_run`: loads the modules in place; returns (state, meta)."""
+    from hart.common.io import load_state, load_weights, read_json, resolve_dir
+
+    d = resolve_dir(Path(out) / STATE)
+    for name, module in modules.items():
+        load_weights(module, d / f"{name}.safetensors")
+    return load_state(d / "optim.pt"), read_json(d / "meta.json")
