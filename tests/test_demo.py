@@ -18,7 +18,7 @@ gradio_client = pytest.importorskip("gradio_client")
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tools.screenshot import capture, find_chromium, free_port  # noqa: E402
+from tools.screenshot import available, capture, free_port  # noqa: E402
 from hart.config import GeneratorConfig  # noqa: E402
 from hart.model import HARTGenerator  # noqa: E402
 from tokenizer import HybridTokenizer, TokenizerConfig  # noqa: E402
@@ -230,7 +230,7 @@ def test_model_folder_that_fails_to_load_is_one_line(model_dir, tmp_path, capsys
 
 # ----------------------------------------------------------------------------- headless Chromium
 
-@pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed (Debian: apt-get install chromium)")
+@pytest.mark.skipif(available() is not None, reason=str(available()))
 def test_chromium_clicks_generate_and_saves_a_screenshot(server, tmp_path):
     out = tmp_path / "demo.png"
     info = capture(server, out, timeout=60)
