@@ -45,6 +45,8 @@ def main(argv=None):
     p.add_argument("--head-cfg", type=float, default=None, help="guidance of the head (default: the last scale's)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--out", default=None, help="also write the numbers as JSON here")
+    p.add_argument("--save-stats", default=None, metavar="DIR",
+                   help="keep each set's statistics (DIR/set{S}_{head,nohead}.npz), to merge sets run apart")
     args = p.parse_args(argv)
 
     pipe = HARTPipeline.from_pretrained(args.model)
@@ -68,11 +70,17 @@ def main(argv=None):
             for name, img in (("head", out.images), ("nohead", plain)):
                 st[name].add(ext(clean_batch(list(to_uint8(img)), ext.input_size)))
         fd = {k: frechet_distance(v.mu, v.sigma, ref.mu, ref.sigma) for k, v in st.items()}
+        if args.save_stats:
+            Path(args.save_stats).mkdir(parents=True, exist_ok=True)
+            for k, v in st.items():
+                v.save(Path(args.save_stats) / f"set{s}_{k}.npz")
         rows.append(dict(set=s, seeds=f"{s * args.num}..{(s + 1) * args.num - 1}", fd_head=fd["head"],
                          fd_nohead=fd["nohead"], delta=fd["nohead"] - fd["head"], seconds=round(time.time() - t0)))
         r = rows[-1]
         print(f"set={s} seeds={r['seeds']} fd_head={r['fd_head']:.3f} fd_nohead={r['fd_nohead']:.3f} "
               f"delta={r['delta']:.3f} ({r['seconds']} s)", flush=True)
+    if len(rows) < 2:
+        return
     d = [r["delta"] for r in rows]
     summary = dict(fd_head=statistics.mean(r["fd_head"] for r in rows),
                    fd_nohead=statistics.mean(r["fd_nohead"] for r in rows),

@@ -20,10 +20,11 @@ The same is measured again with the last-scale ids the model draws itself from i
 teacher-forced logits (``own``: what the head sees when sampling), against the residual
 that those ids leave (latent - f_hat with the drawn ids).
 
-With ``--fd``, FD-EffNet of the discrete, hybrid and head decodes against ``--ref-num`` images
-of the other split (its statistics cached as ``hart fid`` caches them), and ``fd_recovered = (fd_discrete - fd_head) / (fd_discrete -
-fd_hybrid)``: the share of the tokenizer's hybrid gain the head's samples recover as a
-distribution (HART's claim: plausible detail, not the true detail).
+With ``--fd``, FD-EffNet of the discrete, hybrid and head decodes against ``--ref-num``
+images of the other split (statistics cached as ``hart fid`` caches them), and
+``fd_recovered = (fd_discrete - fd_head) / (fd_discrete - fd_hybrid)``: the share of the
+tokenizer's hybrid gain the head's samples recover as a distribution (HART's claim:
+plausible detail, not the true detail); n/a when there is no such gain.
 
 Writes ``OUT/residual.png`` (rows: input | discrete | hybrid | discrete + head) and
 ``OUT/residual.json``, and ends with one line of ``key=value`` pairs.
@@ -206,7 +207,8 @@ def main(argv=None):
         for k in FD_DECODES:
             res[f"fd_{k}"] = frechet_distance(stats[k].mu, stats[k].sigma, ref.mu, ref.sigma)
         gain = res["fd_discrete"] - res["fd_hybrid"]
-        res["fd_recovered"] = (res["fd_discrete"] - res["fd_head"]) / gain if gain > 0 else float("nan")
+        # undefined (None, printed n/a) when the exact latent is no closer to the data than f_hat alone
+        res["fd_recovered"] = (res["fd_discrete"] - res["fd_head"]) / gain if gain > 0 else None
     out = Path(args.out)
     save_grid(rows, out / "residual.png", row_labels=["input", "discrete", "hybrid", "+ head"], scale=2)
     write_json(out / "residual.json", {**res, "model": str(folder), "data": args.data, "split": args.split})
@@ -216,7 +218,11 @@ def main(argv=None):
     print(f"own ids: psnr_own_discrete={res['psnr_own_discrete']:.2f} psnr_own_head={res['psnr_own_head']:.2f} "
           f"r2_own_mean={res['r2_own_mean']:.3f}; one sample r2={res['r2_one']:.3f}; "
           f"residual_scale={gen.config.residual_scale}")
-    print(" ".join(f"{k}={res[k]:.4g}" if "psnr" not in k else f"{k}={res[k]:.2f}" for k in keys))
+    def fmt(k):
+        v = res[k]
+        return f"{k}=n/a" if v is None else f"{k}={v:.2f}" if "psnr" in k else f"{k}={v:.4g}"
+
+    print(" ".join(fmt(k) for k in keys))
     return 0
 
 
