@@ -43,6 +43,7 @@ def main(argv=None):
     p.add_argument("--ref-num", type=int, default=10000)
     p.add_argument("--sampling", default="var-fid", help="sampling preset (default var-fid)")
     p.add_argument("--head-cfg", type=float, default=None, help="guidance of the head (default: the last scale's)")
+    p.add_argument("--diff-temperature", type=float, default=1.0, help="scale of the head's start noise (default 1)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--out", default=None, help="also write the numbers as JSON here")
     p.add_argument("--save-stats", default=None, metavar="DIR",
@@ -52,7 +53,7 @@ def main(argv=None):
     pipe = HARTPipeline.from_pretrained(args.model)
     if pipe.generator.diffusion is None:
         raise SystemExit("this model has no residual head")
-    opts = vars(SamplingOptions.preset(args.sampling, head_cfg=args.head_cfg))
+    opts = vars(SamplingOptions.preset(args.sampling, head_cfg=args.head_cfg, diff_temperature=args.diff_temperature))
     ext = load_extractor("effnet-lite0")
     res = pipe.tokenizer.config.resolution
     ref, _ = reference_stats(parse_source(args.ref, allow_stats=True), ext, res, args.ref_num, 100,

@@ -29,8 +29,10 @@ class SamplingOptions:
     smooth: bool = False  # VAR's Gumbel smoothing of the f_hat update (ids stay hard)
     diff_steps: int | None = None  # diffusion-head DDIM steps (None: config.diff_sample_steps)
     diff_temperature: float = 1.0  # scales the diffusion start noise
-    # guidance of the residual head, (1 + t) eps_c - t eps_u; None: the last scale's ratio (cfg)
-    head_cfg: float | None = None
+    # guidance t of the residual head, (1 + t) eps_c - t eps_u (the logits' formula); None: the
+    # last scale's ratio (= cfg, HART's choice). Default 0: measured best on the default model
+    # (FD-EffNet of 1,000 samples, same ids: 41.18 at 0 vs 42.24 at the ratio 1.5; README)
+    head_cfg: float | None = 0.0
 
     def top_k_at(self, k: int) -> int:
         """The top-k of scale k: ``top_k``, or the last schedule entry whose first scale is <= k."""
@@ -74,7 +76,7 @@ class SamplingOptions:
 SAMPLING_PRESETS = {
     "var-fid": dict(cfg=1.5, top_k=900, top_p=0.96, smooth=False),
     "var-demo": dict(cfg=4.0, top_k=900, top_p=0.95, smooth=False),
-    "hart": dict(cfg=4.5, top_k=600, top_k_schedule=((7, 300),), top_p=1.0, smooth=True),
+    "hart": dict(cfg=4.5, top_k=600, top_k_schedule=((7, 300),), top_p=1.0, smooth=True, head_cfg=None),
 }
 
 
@@ -90,7 +92,7 @@ def add_sampling_arguments(p) -> None:
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature (default 1)")
     p.add_argument("--smooth", action="store_true", default=None, help="VAR's Gumbel smoothing of the latent updates")
     p.add_argument("--head-cfg", type=float, default=None,
-                   help="guidance of the residual head (default: the last scale's, i.e. --cfg)")
+                   help="guidance of the residual head (default 0, measured best; the hart preset: --cfg)")
 
 
 def _describe(d: dict) -> str:

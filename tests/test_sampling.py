@@ -289,9 +289,9 @@ def test_head_cfg_guides_only_the_residual():
         for blk in gen.diffusion.res_blocks:
             torch.nn.init.normal_(blk.adaLN_modulation[-1].weight, std=0.1)
     pipe = HARTPipeline(tok, gen)
-    base = pipe.sample([1, 2], seed=5, cfg=2.0, top_k=20)
-    same = pipe.sample([1, 2], seed=5, cfg=2.0, top_k=20, head_cfg=2.0)  # the last scale's ratio is cfg
-    off = pipe.sample([1, 2], seed=5, cfg=2.0, top_k=20, head_cfg=0.0)
+    base = pipe.sample([1, 2], seed=5, cfg=2.0, top_k=20, head_cfg=None)  # the last scale's ratio: cfg
+    same = pipe.sample([1, 2], seed=5, cfg=2.0, top_k=20, head_cfg=2.0)
+    off = pipe.sample([1, 2], seed=5, cfg=2.0, top_k=20)  # default: no guidance on the head
     assert all(torch.equal(a, b) for a, b in zip(base.ids, off.ids))
     assert torch.equal(base.residual, same.residual) and not torch.allclose(base.residual, off.residual)
     with pytest.raises(UserError, match="head cfg"):
