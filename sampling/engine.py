@@ -14,9 +14,9 @@ kernels dispatched inside its blocks); this module only orchestrates:
 CFG ratio t_k = cfg * k / (K - 1) (VAR): logits = (1 + t_k) cond - t_k uncond.
 Last scale: ids, then the continuous residual from the diffusion head (HART), per token
 conditioned on decoder_norm(last block output + word_embed(codebook[id])); its guidance acts
-on the noise prediction with the last scale's ratio, as for the logits:
-(1 + t) eps_c - t eps_u (:func:`hart.diffusion.guide`), through the one
-:func:`hart.diffusion.sample_residual`.
+on the noise prediction with the logits' formula (1 + t) eps_c - t eps_u
+(:func:`hart.diffusion.guide`), t = ``options.head_cfg`` (None: the last scale's ratio),
+through the one :func:`hart.diffusion.sample_residual`.
 
 Randomness comes only from explicit ``torch.Generator`` objects, one per image, drawn in
 a fixed order (per scale: one uniform per token, then the smoothing noise if on; then the
