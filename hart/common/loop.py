@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 
 from hart.common.errors import UserError
+from hart.common.io import (atomic_dir, load_state, load_weights, read_json, resolve_dir, save_state, save_weights,
+                            write_json)
 
 
 def warmup_cosine(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:
@@ -47,8 +49,6 @@ STATE = "train_state"  # OUT/train_state: weights, optimizer and RNG states, met
 def run_meta(out, resume: bool, finished_marker: str) -> dict | None:
     """``--resume``: the run's saved meta.json (one line when ``out`` holds no run). A new run:
     None, after refusing an ``out`` that holds one (its state, or ``finished_marker``)."""
-    from hart.common.io import read_json, resolve_dir
-
     out = Path(out)
     if resume:
         if not (out / STATE).exists() and not (out / f"{STATE}.old").exists():
@@ -69,8 +69,6 @@ def check_preset(name: str | None, preset_config, saved_config, out) -> None:
 def save_run(out, modules: dict, state: dict, meta: dict) -> None:
     """Write OUT/train_state atomically: ``modules`` {name: module} as NAME.safetensors, ``state``
     (optimizer and RNG states) as optim.pt, ``meta`` as meta.json."""
-    from hart.common.io import atomic_dir, save_state, save_weights, write_json
-
     with atomic_dir(Path(out) / STATE) as tmp:
         for name, module in modules.items():
             save_weights(module, tmp / f"{name}.safetensors")
@@ -80,8 +78,6 @@ def save_run(out, modules: dict, state: dict, meta: dict) -> None:
 
 def load_run(out, modules: dict) -> tuple[dict, dict]:
     """Inverse of :func:`save_run`: loads the modules in place; returns (state, meta)."""
-    from hart.common.io import load_state, load_weights, read_json, resolve_dir
-
     d = resolve_dir(Path(out) / STATE)
     for name, module in modules.items():
         load_weights(module, d / f"{name}.safetensors")
