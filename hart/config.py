@@ -4,6 +4,14 @@
 loads into :class:`hart.model.HARTGenerator` strictly, key for key). ``fm-s`` is the CPU
 model for 32x32 Fashion-MNIST (tokenizer downsampling 4 -> an 8x8 latent), ``tiny`` is
 for tests.
+
+Two families, picked by ``cond``: ``"class"`` (VAR's layout: a class embedding is the 1x1
+scale's token and the AdaLN condition; LayerNorm, GELU MLP, absolute positions) and
+``"text"`` (HART's text-to-image layout: ``context_tokens`` encoder tokens go through an
+RMSNorm and ``Linear(context_dim, C)`` and form a prefix at level 0 that sees itself; the
+1x1 scale's logits are read at the last prefix position; the AdaLN condition is the pooled
+prefix; RMSNorm, SwiGLU, RoPE). ``shapes-t2i`` is the CPU text model, ``t2i-tiny`` for tests.
+The layout fields (``norm``, ``mlp``, ``pos``) are independent of ``cond``.
 """
 from __future__ import annotations
 
@@ -60,6 +68,20 @@ class GeneratorConfig(ConfigBase):
     diff_keep_frac: float = 0.2  # HART trains the head on a random ~20% of last-scale tokens
     residual_from_sampled: bool = True  # head target vs. the model's own sampled last-scale ids (HART)
     class_names: tuple[str, ...] = ()  # shown by the CLI and the demo; set by `hart train`
+    # conditioning: "class" (class_emb) or "text" (a prefix of encoder tokens, HART)
+    cond: str = "class"
+    text_encoder: str = ""  # hart.text encoder name ("minilm", "qwen2") of a text model
+    context_tokens: int = 0  # T: padded prompt length (the prefix), text models
+    context_dim: int = 0  # D: the encoder's width
+    context_norm: bool = True  # RMSNorm on the encoder tokens before context_embed (HART)
+    context_pool: str = "max"  # AdaLN condition = pool of the embedded prefix: "max" (HART) or "mean"
+    mask_pads: bool = True  # pads are neither attended to nor pooled; False = HART's released behaviour
+    # block layout: VAR ("layer", "gelu", "absolute") or HART's ("rms", "swiglu", "rope")
+    norm: str = "layer"
+    mlp: str = "gelu"
+    pos: str = "absolute"
+    rope_2d: str = "axial"  # "axial" (a true 2D rotation) or "hart" (the released code's pairing)
+    rope_theta: float = 10000.0
 
     def __post_init__(self):
         self.patch_nums = tuple(int(p) for p in self.patch_nums)
@@ -86,6 +108,19 @@ class GeneratorConfig(ConfigBase):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 raise UserError(f"generator config: {name} must be in [0, 1), got {v}")
+        choices = {"cond": ("class", "text"), "context_pool": ("max", "mean"), "norm": ("layer", "rms"),
+                   "mlp": ("gelu", "swiglu"), "pos": ("absolute", "rope"), "rope_2d": ("axial", "hart")}
+        for name, ok in choices.items():
+            if getattr(self, name) not in ok:
+                raise UserError(f"generator config: {name} must be one of {', '.join(ok)}, got {getattr(self, name)!r}")
+        if self.cond == "text":
+            for name in ("context_tokens", "context_dim"):
+                if int(getattr(self, name)) <= 0:
+                    raise UserError(f"generator config: a text model needs a positive {name}, got {getattr(self, name)}")
+            if self.context_tokens < 2:
+                raise UserError("generator config: context_tokens must be at least 2")
+        if self.pos == "rope" and self.head_dim % 4:
+            raise UserError(f"generator config: 2D RoPE needs a head dim divisible by 4, got {self.head_dim}")
         if self.diff_head:
             for name in ("diff_width", "diff_depth", "diff_batch_mul", "diff_train_steps", "diff_sample_steps"):
                 if int(getattr(self, name)) <= 0:
@@ -125,11 +160,35 @@ class GeneratorConfig(ConfigBase):
         return out
 
     @property
+    def is_text(self) -> bool:
+        return self.cond == "text"
+
+    @property
+    def prefix_len(self) -> int:
+        """P: the tokens before scale 1 (1 for class models: the 1x1 scale; T for text models)."""
+        return self.context_tokens if self.is_text else 1
+
+    @property
+    def total_len(self) -> int:
+        """S = P + L - 1: the transformer's sequence (prefix, then scales 1..K-1)."""
+        return self.prefix_len + self.seq_len - 1
+
+    @property
+    def token_ranges(self) -> list[tuple[int, int]]:
+        """[(begin, end)] of each scale's input tokens in the length-S sequence: scale 0 is
+        the prefix (its logits are read at its last position), scale k >= 1 starts at
+        P - 1 + scale_ranges[k][0]. Equal to :attr:`scale_ranges` for class models."""
+        P = self.prefix_len
+        return [(0, P)] + [(b + P - 1, e + P - 1) for b, e in self.scale_ranges[1:]]
+
+    @property
     def null_class(self) -> int:
         return self.num_classes
 
     def check_class_ids(self, class_ids) -> list[int]:
         """The class ids as ints, or one line naming the first that is out of range."""
+        if self.is_text:
+            raise UserError("this model is text-conditioned: give it prompts (--prompt), not classes")
         ids = [int(c) for c in class_ids]
         bad = [c for c in ids if not 0 <= c < self.num_classes]
         if bad:
@@ -153,7 +212,20 @@ GeneratorConfig.PRESETS.update({
         depth=6, width=256, heads=4, num_classes=10, patch_nums=FM_PATCH_NUMS, codebook_size=512,
         z_channels=16, attn_l2_norm=True, diff_head=False, diff_width=256, diff_depth=3,
     ),
+    # CPU text-to-image model for 32x32 `shapes` (MiniLM prompts, HART's layout); fm-s's size
+    "shapes-t2i": dict(
+        depth=6, width=256, heads=4, num_classes=1, patch_nums=FM_PATCH_NUMS, codebook_size=512,
+        z_channels=16, attn_l2_norm=True, diff_head=True, diff_width=256, diff_depth=3, diff_keep_frac=0.5,
+        cond="text", text_encoder="minilm", context_tokens=16, context_dim=384,
+        norm="rms", mlp="swiglu", pos="rope",
+    ),
     # tests
+    "t2i-tiny": dict(
+        depth=2, width=64, heads=2, num_classes=1, patch_nums=(1, 2, 3, 4), codebook_size=64,
+        z_channels=8, attn_l2_norm=True, diff_head=True, diff_width=64, diff_depth=2,
+        cond="text", text_encoder="minilm", context_tokens=8, context_dim=384,
+        norm="rms", mlp="swiglu", pos="rope",
+    ),
     "tiny": dict(
         depth=2, width=64, heads=2, num_classes=10, patch_nums=(1, 2, 3, 4), codebook_size=64,
         z_channels=8, attn_l2_norm=True, diff_head=True, diff_width=64, diff_depth=2,

@@ -15,6 +15,13 @@ Sequence layout (L = sum pn^2 tokens, scale k owns ``config.scale_ranges[k]``)::
 A token attends to every token of its own and earlier scales. Each block is AdaLN-modulated
 by cond = class_emb(label) (VAR eq. for AdaLNSelfAttn).
 
+Text models (``config.cond == "text"``, HART's text-to-image layout) replace the 1x1 token by
+a prefix of P = ``context_tokens`` embedded prompt tokens at level 0 (they see each other);
+scale k >= 1 then sits at ``config.token_ranges[k]`` of the length S = P + L - 1 sequence,
+and the 1x1 scale's logits are read at the last prefix position. Everything the blocks need
+besides the tokens (AdaLN vector, prefix, pad mask, RoPE positions) travels in one
+:class:`Condition`, made by :meth:`HARTGenerator.condition` for either family.
+
 One forward serves training and sampling (gpt-fast's layout): without caches,
 :meth:`HARTGenerator.forward_tokens` runs the whole sequence under the block-causal mask;
 after :meth:`HARTGenerator.setup_caches` it runs one scale's tokens at their positions,
@@ -35,6 +42,7 @@ import torch.nn.functional as F
 
 from hart import kernels
 from hart.config import GeneratorConfig
+from hart.rope import apply_rope, rope_1d, rope_2d, scale_coords
 from hart.diffusion import DiffusionHead
 from hart.common.errors import UserError
 from hart.common.io import PretrainedMixin
@@ -58,9 +66,13 @@ def drop_labels(labels: torch.Tensor, p: float, null_id: int, generator: torch.G
     return torch.where(drop, torch.full_like(labels, null_id), labels)
 
 
-def block_causal_bias(patch_nums) -> tuple[torch.Tensor, torch.Tensor]:
-    """(lvl_1L (1, L) int64 scale index per token, attn bias (1, 1, L, L): 0 or -inf)."""
-    lvl = torch.cat([torch.full((pn * pn,), k, dtype=torch.long) for k, pn in enumerate(patch_nums)])
+def block_causal_bias(patch_nums, prefix: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lvl_1L (1, S) int64 level per token, attn bias (1, 1, S, S): 0 or -inf).
+
+    The first ``prefix`` tokens are level 0 (the 1x1 scale, or a text prefix), then scales 1..K-1.
+    """
+    lvl = torch.cat([torch.zeros(prefix, dtype=torch.long)]
+                    + [torch.full((pn * pn,), k, dtype=torch.long) for k, pn in enumerate(patch_nums) if k])
     lvl_1L = lvl.view(1, -1)  # (1, L)
     allowed = lvl_1L.view(-1, 1) >= lvl_1L.view(1, -1)  # query scale >= key scale
     bias = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
@@ -68,9 +80,27 @@ def block_causal_bias(patch_nums) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @dataclasses.dataclass
+class Condition:
+    """Everything the transformer needs besides the tokens, for B rows (either family).
+
+    vec:        (B, C) AdaLN condition (class embedding, or the pooled embedded prefix)
+    prefix:     (B, P, C) the embedded level-0 tokens (with level / position embeddings)
+    key_bias:   (B, 1, 1, P) additive 0 / -inf on the prefix's pad keys, or None (no masking)
+    prefix_pos: (B, P) 1D RoPE positions of a text prefix, or None
+    offset:     (B,) the 2D RoPE offset of image tokens (the last prefix position), or None (0)
+    """
+
+    vec: torch.Tensor
+    prefix: torch.Tensor
+    key_bias: torch.Tensor | None = None
+    prefix_pos: torch.Tensor | None = None
+    offset: torch.Tensor | None = None
+
+
+@dataclasses.dataclass
 class GeneratorOutput:
-    logits: torch.Tensor  # (B, L, V)
-    hidden: torch.Tensor  # (B, L, C): the last block's output, before the AdaLN head norm
+    logits: torch.Tensor  # (B, L, V): position 0 = the 1x1 scale (read at the prefix's last token)
+    hidden: torch.Tensor  # (B, L, C): the last block's output at those positions, before the head norm
 
 
 class DropPath(nn.Module):
@@ -113,14 +143,17 @@ class SelfAttention(nn.Module):
 
         self.cache: tuple[torch.Tensor, torch.Tensor] | None = None  # static (B, H, L, hd) k and v
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None, start: int = 0):
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None, start: int = 0, rope=None,
+                cached: bool = False):
         """
         Args:
             x: (B, T, C) tokens at sequence positions [start, start + T).
-            attn_bias: (1, 1, T, T) additive block-causal mask (the whole-sequence path), or
-                None for the cached path: x is then whole scales ending where the next scale
-                starts, so attending to the cached positions [0, start + T) is exactly
-                block-causal and needs no mask.
+            attn_bias: additive mask over the keys: (1 or B, 1, T, T) block-causal (+ pads) on
+                the whole-sequence path; on the cached path x is whole scales ending where the
+                next scale starts, so attending to the cached positions [0, start + T) is
+                block-causal already, and the mask is None or (B, 1, 1, start + T) (pad keys).
+            rope: (cos, sin, layout) for these tokens, or None (absolute positions).
+            cached: write k, v into the static cache and attend to it.
         Returns:
             (B, T, C)
         """
@@ -131,7 +164,10 @@ class SelfAttention(nn.Module):
         if self.l2_norm:
             q = F.normalize(q, dim=-1) * self.scale_mul_1H11.clamp(max=MAX_ATTN_SCALE_LOG).exp()
             k = F.normalize(k, dim=-1)
-        if attn_bias is None:
+        if rope is not None:
+            cos, sin, layout = rope
+            q, k = apply_rope(q, cos, sin, layout), apply_rope(k, cos, sin, layout)
+        if cached:
             if self.cache is None:
                 raise RuntimeError("the cached path needs setup_caches() first")
             ck, cv = self.cache
@@ -150,6 +186,22 @@ class SelfAttention(nn.Module):
         return self.proj_drop(self.proj(out))
 
 
+class SwiGLU(nn.Module):
+    """HART's LlamaMLP: down(silu(gate(x)) * up(x)), no biases, hidden int(C*r*2/3 + 255)//256*256."""
+
+    def __init__(self, config: GeneratorConfig):
+        super().__init__()
+        C = config.width
+        hidden = int(C * config.mlp_ratio * 2 / 3 + 255) // 256 * 256
+        self.gate_proj = nn.Linear(C, hidden, bias=False)
+        self.up_proj = nn.Linear(C, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, C, bias=False)
+        self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
+
+
 class FFN(nn.Module):
     def __init__(self, config: GeneratorConfig):
         super().__init__()
@@ -163,6 +215,26 @@ class FFN(nn.Module):
         return self.drop(self.fc2(self.act(self.fc1(x))))
 
 
+class ModulatedNorm(nn.Module):
+    """norm(x) * (1 + scale) + shift. ``layer``: LayerNorm without affine (VAR; fused kernel where
+    one runs); ``rms``: RMSNorm with its weight (HART's ``ln_wo_grad``, which keeps one)."""
+
+    def __init__(self, config: GeneratorConfig):
+        super().__init__()
+        self.eps = config.norm_eps
+        self.ln_wo_grad = nn.RMSNorm(config.width, eps=config.norm_eps) if config.norm == "rms" else None
+
+    def forward(self, x, scale, shift, backend: str = "torch"):
+        if self.ln_wo_grad is None:
+            return kernels.adaln_layernorm(x, scale, shift, self.eps, backend)
+        return self.ln_wo_grad(x) * (1 + scale) + shift
+
+
+def make_norm(config: GeneratorConfig, dim: int) -> nn.Module:
+    """An affine norm of the configured kind (decoder_norm, context_norm)."""
+    return nn.RMSNorm(dim, eps=config.norm_eps) if config.norm == "rms" else nn.LayerNorm(dim, eps=config.norm_eps)
+
+
 class AdaLNBlock(nn.Module):
     """VAR's AdaLNSelfAttn: both sublayers modulated by the condition, gated residuals."""
 
@@ -171,18 +243,17 @@ class AdaLNBlock(nn.Module):
         C = config.width
         self.C = C
         self.attn = SelfAttention(config)
-        self.ffn = FFN(config)
+        self.ffn = SwiGLU(config) if config.mlp == "swiglu" else FFN(config)
+        self.norm = ModulatedNorm(config)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
         self.drop_path = DropPath(drop_path)
-        self.eps = config.norm_eps
 
-    def forward(self, x, cond, attn_bias, start: int = 0, backend: str = "torch"):
+    def forward(self, x, cond, attn_bias, start: int = 0, backend: str = "torch", rope=None, cached: bool = False):
         """x (B, T, C), cond (B, C) -> (B, T, C). ``backend``: of the fused AdaLN-LN (hart.kernels)."""
         gamma1, gamma2, scale1, scale2, shift1, shift2 = self.ada_lin(cond).view(-1, 1, 6, self.C).unbind(2)
-        # LN(x) (no affine) * (1 + scale) + shift, fused where a kernel can run
-        h = self.attn(kernels.adaln_layernorm(x, scale1, shift1, self.eps, backend), attn_bias, start)
+        h = self.attn(self.norm(x, scale1, shift1, backend), attn_bias, start, rope, cached)
         x = x + self.drop_path(h * gamma1)
-        h = self.ffn(kernels.adaln_layernorm(x, scale2, shift2, self.eps, backend))
+        h = self.ffn(self.norm(x, scale2, shift2, backend))
         return x + self.drop_path(h * gamma2)
 
 
@@ -191,12 +262,12 @@ class AdaLNBeforeHead(nn.Module):
         super().__init__()
         C = config.width
         self.C = C
+        self.norm = ModulatedNorm(config)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))
-        self.eps = config.norm_eps
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, backend: str = "torch") -> torch.Tensor:
         scale, shift = self.ada_lin(cond).view(-1, 1, 2, self.C).unbind(2)
-        return kernels.adaln_layernorm(x, scale, shift, self.eps, backend)
+        return self.norm(x, scale, shift, backend)
 
 
 # ----------------------------------------------------------------------------- model
@@ -209,16 +280,27 @@ class HARTGenerator(nn.Module, PretrainedMixin):
     def __init__(self, config: GeneratorConfig):
         super().__init__()
         self.config = config
-        C, L = config.width, config.seq_len
+        C, S, P = config.width, config.total_len, config.prefix_len
         self.num_classes = config.num_classes
         self.word_embed = nn.Linear(config.z_channels, C)
-        self.class_emb = nn.Embedding(config.num_classes + 1, C)  # last row: null class (CFG)
-        self.pos_start = nn.Parameter(torch.empty(1, 1, C))
-        self.pos_1LC = nn.Parameter(torch.empty(1, L, C))
+        if config.is_text:
+            # HART: RMSNorm + Linear(D, C) on the encoder tokens; they form the prefix
+            self.context_norm = nn.RMSNorm(config.context_dim, eps=config.norm_eps) if config.context_norm else None
+            self.context_embed = nn.Linear(config.context_dim, C)
+        else:
+            self.class_emb = nn.Embedding(config.num_classes + 1, C)  # last row: null class (CFG)
+        if config.pos == "absolute":
+            self.pos_start = nn.Parameter(torch.empty(1, P, C))
+            self.pos_1LC = nn.Parameter(torch.empty(1, S, C))
+        else:  # RoPE: image coordinates of every position (the prefix's unused for text models)
+            coords = torch.cat([torch.zeros(P, 2), scale_coords(config.patch_nums, first=1)])
+            self.register_buffer("rope_coords", coords, persistent=False)  # (S, 2)
         self.lvl_embed = nn.Embedding(config.num_scales, C)
-        lvl_1L, bias = block_causal_bias(config.patch_nums)
-        self.register_buffer("lvl_1L", lvl_1L)  # (1, L)
-        self.register_buffer("attn_bias_for_masking", bias)  # (1, 1, L, L)
+        lvl_1L, bias = block_causal_bias(config.patch_nums, P)
+        # VAR checkpoints hold these two buffers (persistent for class models); a text model's
+        # mask is rebuilt from the config (HART's 1024px one would be 9450^2 floats)
+        self.register_buffer("lvl_1L", lvl_1L, persistent=not config.is_text)  # (1, S)
+        self.register_buffer("attn_bias_for_masking", bias, persistent=not config.is_text)  # (1, 1, S, S)
         dpr = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]  # linear ramp
         self.blocks = nn.ModuleList(AdaLNBlock(config, p) for p in dpr)
         self.head_nm = AdaLNBeforeHead(config)
@@ -230,7 +312,7 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         )
         # HART's decoder_norm: a learnable norm *after* hidden + word_embed(code), so the head sees
         # the drawn code (without it the code term is ~1% of the sum's RMS and is drowned out)
-        self.decoder_norm = nn.LayerNorm(C, eps=config.norm_eps) if config.diff_head else None
+        self.decoder_norm = make_norm(config, C) if config.diff_head else None
         self.kernel_backend = "auto"  # fused kernels of the cached (sampling) path; see setup_caches
 
     def _init_var_weights(self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02):
@@ -242,8 +324,9 @@ class HARTGenerator(nn.Module, PretrainedMixin):
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Embedding):
                 nn.init.trunc_normal_(m.weight, std=std)
-        for p in (self.pos_start, self.pos_1LC):
-            nn.init.trunc_normal_(p, std=std)
+        if self.config.pos == "absolute":
+            for p in (self.pos_start, self.pos_1LC):
+                nn.init.trunc_normal_(p, std=std)
         with torch.no_grad():
             self.head.weight.mul_(init_head)
             self.head_nm.ada_lin[-1].weight.mul_(init_adaln)
@@ -278,20 +361,108 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         """(B,) -> (B,): labels replaced by the null class with probability ``config.cond_drop``."""
         return drop_labels(labels, self.config.cond_drop, self.config.null_class, generator)
 
-    def condition(self, class_ids: torch.Tensor) -> torch.Tensor:
-        """(B,) int64 -> (B, C) AdaLN condition (the null class id gives the unconditional one)."""
-        return self.class_emb(class_ids)
+    def null_inputs(self, batch: int, device=None):
+        """The unconditional inputs of ``batch`` rows: the null class, or HART's null context
+        (all-zero tokens; only the first position counts as a token, so nothing is padding-only)."""
+        c, device = self.config, device or self.word_embed.weight.device
+        if not c.is_text:
+            return torch.full((batch,), c.null_class, dtype=torch.long, device=device)
+        mask = torch.zeros(batch, c.context_tokens, dtype=torch.bool, device=device)
+        mask[:, 0] = True
+        return torch.zeros(batch, c.context_tokens, c.context_dim, device=device), mask
 
-    def embed_start(self, cond: torch.Tensor) -> torch.Tensor:
-        """(B, C) condition -> (B, 1, C) first-scale token with level and position embeddings."""
-        x = cond.unsqueeze(1) + self.pos_start  # (B, 1, C)
-        return x + self.lvl_embed(self.lvl_1L[:, :1]) + self.pos_1LC[:, :1]
+    def with_null(self, inputs):
+        """Condition inputs followed by as many null rows (the CFG batch: conditional rows first)."""
+        if not self.config.is_text:
+            return torch.cat([inputs, self.null_inputs(inputs.shape[0], inputs.device)])
+        tokens, mask = inputs
+        nt, nm = self.null_inputs(tokens.shape[0], tokens.device)
+        return torch.cat([tokens, nt.to(tokens.dtype)]), torch.cat([mask, nm])
+
+    def condition(self, inputs, drop: torch.Tensor | None = None) -> Condition:
+        """Condition inputs -> :class:`Condition` (the one entry point for both families).
+
+        Args:
+            inputs: class models: (B,) int64 ids in [0, num_classes] (num_classes = null);
+                text models: ``(tokens (B, T, D), mask (B, T) bool)`` from :mod:`hart.text`.
+            drop: optional (B,) bool; True rows get the null condition (CFG dropout).
+        """
+        c = self.config
+        if not c.is_text:
+            ids = inputs
+            if drop is not None:
+                ids = torch.where(drop, torch.full_like(ids, c.null_class), ids)
+            vec = self.class_emb(ids)  # (B, C)
+            x = vec.unsqueeze(1)
+            return Condition(vec=vec, prefix=self._embed_level0(x))
+        tokens, mask = inputs
+        if tokens.shape[1:] != (c.context_tokens, c.context_dim) or mask.shape != tokens.shape[:2]:
+            raise ValueError(f"context must be (B, {c.context_tokens}, {c.context_dim}) with a (B, "
+                             f"{c.context_tokens}) mask, got {tuple(tokens.shape)} and {tuple(mask.shape)}")
+        mask = mask.bool()
+        if drop is not None:
+            nt, nm = self.null_inputs(tokens.shape[0], tokens.device)
+            tokens = torch.where(drop.view(-1, 1, 1), nt.to(tokens.dtype), tokens)
+            mask = torch.where(drop.view(-1, 1), nm, mask)
+        if c.mask_pads:
+            tokens = tokens * mask.unsqueeze(-1).to(tokens.dtype)  # a pad's content never enters
+        t = tokens.to(self.context_embed.weight.dtype)
+        ctx = self.context_embed(self.context_norm(t) if self.context_norm is not None else t)  # (B, T, C)
+        if c.context_pool == "max":
+            pooled = ctx.masked_fill(~mask.unsqueeze(-1), float("-inf")) if c.mask_pads else ctx
+            vec = pooled.amax(1)
+        else:
+            w = mask.unsqueeze(-1).to(ctx.dtype) if c.mask_pads else torch.ones_like(ctx[..., :1])
+            vec = (ctx * w).sum(1) / w.sum(1).clamp(min=1)
+        pos = (mask.long().cumsum(1) - 1).clamp(min=0)  # HART: cumsum(mask) - 1
+        key_bias = None
+        if c.mask_pads:
+            key_bias = torch.zeros(mask.shape, dtype=ctx.dtype, device=ctx.device).masked_fill(~mask, float("-inf"))
+            key_bias = key_bias.view(mask.shape[0], 1, 1, -1)
+        return Condition(vec=vec, prefix=self._embed_level0(ctx), key_bias=key_bias, prefix_pos=pos, offset=pos[:, -1])
+
+    def _embed_level0(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, P, C) level-0 tokens + level (+ absolute position) embeddings."""
+        P = x.shape[1]
+        x = x + self.lvl_embed(self.lvl_1L[:, :P])
+        if self.config.pos == "absolute":
+            x = x + self.pos_start + self.pos_1LC[:, :P]
+        return x
+
+    def embed_start(self, cond: Condition) -> torch.Tensor:
+        """(B, P, C) the level-0 tokens of the sequence (the class token, or the text prefix)."""
+        return cond.prefix
 
     def embed_inputs(self, inputs: torch.Tensor, start: int) -> torch.Tensor:
-        """(B, T, z) teacher / next-scale inputs at positions [start, start+T) -> (B, T, C); start >= 1."""
+        """(B, T, z) teacher / next-scale inputs at sequence positions [start, start+T) -> (B, T, C);
+        start >= P (see ``config.token_ranges``)."""
         T = inputs.shape[1]
         x = self.word_embed(inputs.to(self.word_embed.weight.dtype))  # (B, T, C)
-        return x + self.lvl_embed(self.lvl_1L[:, start:start + T]) + self.pos_1LC[:, start:start + T]
+        x = x + self.lvl_embed(self.lvl_1L[:, start:start + T])
+        if self.config.pos == "absolute":
+            x = x + self.pos_1LC[:, start:start + T]
+        return x
+
+    def rope(self, cond: Condition, start: int, end: int):
+        """(cos, sin (B, end-start, hd), layout) of positions [start, end), or None (absolute)."""
+        c = self.config
+        if c.pos != "rope":
+            return None
+        B, P = cond.vec.shape[0], c.prefix_len
+        coords = self.rope_coords[start:end].unsqueeze(0).expand(B, -1, -1)  # (B, T, 2)
+        if cond.offset is not None:
+            coords = coords + cond.offset.view(B, 1, 1).float()
+        n_text = max(0, min(end, P) - start) if cond.prefix_pos is not None else 0
+        if n_text == 0:
+            cos, sin = rope_2d(coords, c.head_dim, c.rope_theta)
+        elif c.rope_2d == "axial":  # text position p at (p, p): one rotation for every token
+            pp = cond.prefix_pos[:, start:start + n_text].float().unsqueeze(-1).expand(-1, -1, 2)
+            cos, sin = rope_2d(torch.cat([pp, coords[:, n_text:]], 1), c.head_dim, c.rope_theta)
+        else:  # HART: 1D tables on the text, its 2D tables on the image tokens
+            c1, s1 = rope_1d(cond.prefix_pos[:, start:start + n_text], c.head_dim, c.rope_theta)
+            c2, s2 = rope_2d(coords[:, n_text:], c.head_dim, c.rope_theta)
+            cos, sin = torch.cat([c1, c2], 1), torch.cat([s1, s2], 1)
+        return cos, sin, c.rope_2d
 
     def setup_caches(self, batch: int, dtype=None, device=None, kernels: str = "auto") -> None:
         """Preallocate the static K/V cache of every block, (batch, H, L, hd), for :meth:`step`.
@@ -302,7 +473,7 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         w = self.word_embed.weight
         dtype, device = dtype or w.dtype, torch.device(device) if device is not None else w.device
         c = self.config
-        shape = (batch, c.heads, c.seq_len, c.head_dim)
+        shape = (batch, c.heads, c.total_len, c.head_dim)
         self.kernel_backend = kernels
         first = self.blocks[0].attn.cache
         if first is not None and tuple(first[0].shape) == shape and first[0].dtype == dtype and first[0].device == device:
@@ -319,7 +490,7 @@ class HARTGenerator(nn.Module, PretrainedMixin):
     def has_caches(self) -> bool:
         return self.blocks[0].attn.cache is not None
 
-    def forward_tokens(self, x: torch.Tensor, cond: torch.Tensor, start: int = 0, cached: bool = False) -> torch.Tensor:
+    def forward_tokens(self, x: torch.Tensor, cond: Condition, start: int = 0, cached: bool = False) -> torch.Tensor:
         """The transformer blocks on tokens at sequence positions [start, start + T): the one
         forward of both training and sampling.
 
@@ -328,21 +499,27 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         into the static cache, attending to every position written so far (sampling).
 
         Args:
-            x: (B, T, C) embedded tokens (from :meth:`embed_start` / :meth:`embed_inputs`).
-            cond: (B, C) AdaLN condition.
+            x: (B, T, C) embedded tokens (``cond.prefix`` / :meth:`embed_inputs`).
+            cond: the rows' :class:`Condition`.
         Returns:
             (B, T, C) the last block's output (before the head norm; see :meth:`head_logits`).
         """
         T = x.shape[1]
         backend = "torch"  # the training path needs autograd: the PyTorch reference
+        end = start + T
+        pad = cond.key_bias
         if cached:
-            bias, backend = None, self.kernel_backend
+            backend = self.kernel_backend
+            bias = None if pad is None else F.pad(pad, (0, end - pad.shape[-1]))  # (B, 1, 1, end)
         else:
             if start:
                 raise ValueError("forward_tokens without the cache runs the whole prefix: start must be 0")
             bias = self.attn_bias_for_masking[:, :, :T, :T]
+            if pad is not None:
+                bias = bias + F.pad(pad, (0, T - pad.shape[-1]))  # (B, 1, T, T)
+        rope = self.rope(cond, start, end)
         for blk in self.blocks:
-            x = blk(x, cond, bias, start, backend)
+            x = blk(x, cond.vec, bias, start, backend, rope, cached)
         return x
 
     def head_logits(self, h: torch.Tensor, cond: torch.Tensor, backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
@@ -350,11 +527,14 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         hidden = self.head_nm(h, cond, backend)
         return self.head(hidden), hidden
 
-    def step(self, x: torch.Tensor, cond: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The sampler's per-scale forward: (B, T, C) tokens of one scale -> (logits (B, T, V),
-        the last block's output (B, T, C)). Needs :meth:`setup_caches`."""
+    def step(self, x: torch.Tensor, cond: Condition, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sampler's per-scale forward: (B, T, C) tokens of one scale -> (logits (B, T', V),
+        the last block's output (B, T', C)), T' = T except for a text prefix, whose last
+        position alone predicts the 1x1 scale (T' = 1). Needs :meth:`setup_caches`."""
         h = self.forward_tokens(x, cond, start, cached=True)
-        return self.head_logits(h, cond, self.kernel_backend)[0], h
+        if start == 0 and h.shape[1] > 1 and self.config.is_text:
+            h = h[:, -1:]
+        return self.head_logits(h, cond.vec, self.kernel_backend)[0], h
 
     def diffusion_cond(self, hidden_last: torch.Tensor, code_vectors: torch.Tensor) -> torch.Tensor:
         """Per-token condition of the diffusion head (HART):
@@ -371,23 +551,20 @@ class HARTGenerator(nn.Module, PretrainedMixin):
 
     # ------------------------------------------------------------------ teacher forcing
 
-    def forward(
-        self, class_ids: torch.Tensor, teacher_inputs: torch.Tensor, cond_drop_mask: torch.Tensor | None = None
-    ) -> GeneratorOutput:
+    def forward(self, inputs, teacher_inputs: torch.Tensor, cond_drop_mask: torch.Tensor | None = None) -> GeneratorOutput:
         """Teacher-forced pass over the whole sequence.
 
         Args:
-            class_ids: (B,) int64 labels in [0, num_classes] (num_classes = null class).
+            inputs: condition inputs (see :meth:`condition`): (B,) class ids, or (tokens, mask).
             teacher_inputs: (B, L-1, z) inputs of scales 1..K-1 (area-downsampled f_hat).
-            cond_drop_mask: optional (B,) bool; True rows use the null class (CFG dropout
-                drawn by the caller, e.g. with :func:`drop_labels`).
+            cond_drop_mask: optional (B,) bool; True rows get the null condition (CFG dropout
+                drawn by the caller, e.g. a uniform draw < ``config.cond_drop``).
         Returns:
             :class:`GeneratorOutput` with logits (B, L, V) and hidden (B, L, C).
         """
-        if cond_drop_mask is not None:
-            class_ids = torch.where(cond_drop_mask, torch.full_like(class_ids, self.config.null_class), class_ids)
-        cond = self.condition(class_ids)  # (B, C)
-        x = torch.cat([self.embed_start(cond), self.embed_inputs(teacher_inputs, 1)], dim=1)  # (B, L, C)
-        h = self.forward_tokens(x, cond, 0)
-        logits, _ = self.head_logits(h, cond)
+        cond = self.condition(inputs, cond_drop_mask)
+        P = self.config.prefix_len
+        x = torch.cat([cond.prefix, self.embed_inputs(teacher_inputs, P)], dim=1)  # (B, S, C)
+        h = self.forward_tokens(x, cond, 0)[:, P - 1:]  # (B, L, C): the 1x1 scale read at P - 1
+        logits, _ = self.head_logits(h, cond.vec)
         return GeneratorOutput(logits=logits, hidden=h)

@@ -134,7 +134,7 @@ class SamplingEngine:
     @torch.no_grad()
     def sample(
         self,
-        class_ids,
+        inputs,
         generators: list[torch.Generator],
         options: SamplingOptions | None = None,
         *,
@@ -145,7 +145,8 @@ class SamplingEngine:
         """Sample B images.
 
         Args:
-            class_ids: (B,) int ids in [0, num_classes).
+            inputs: class models: (B,) int ids in [0, num_classes); text models: the encoded
+                prompts ``(tokens (B, T, D), mask (B, T))`` (:meth:`hart.text.TextEncoder.encode`).
             generators: B ``torch.Generator`` objects (one per image, any device).
             options: :class:`SamplingOptions` (validated here).
             decode: also decode the final images (the benchmark times it separately).
@@ -156,28 +157,34 @@ class SamplingEngine:
         """
         opt = (options or SamplingOptions()).validate()
         gen, tok, c = self.generator, self.tokenizer, self.config
-        labels = torch.as_tensor(class_ids, dtype=torch.long, device=self.device).view(-1)
-        B = labels.numel()
+        if c.is_text:
+            if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
+                raise UserError("this model is text-conditioned: give it prompts, not classes")
+            inputs = (inputs[0].to(self.device).float(), inputs[1].to(self.device).bool())
+            B = inputs[0].shape[0]
+        else:
+            inputs = torch.as_tensor(inputs, dtype=torch.long, device=self.device).view(-1)
+            c.check_class_ids(inputs.tolist())
+            B = inputs.numel()
         if len(generators) != B:
-            raise ValueError(f"need one generator per image: {B} ids, {len(generators)} generators")
-        c.check_class_ids(labels.tolist())
+            raise ValueError(f"need one generator per image: {B} conditions, {len(generators)} generators")
         use_cfg = opt.cfg > 0
         K, V = c.num_scales, c.codebook_size
-        ranges = c.scale_ranges
-        rows = torch.cat([labels, torch.full_like(labels, c.null_class)]) if use_cfg else labels
-        gen.setup_caches(rows.numel(), DTYPES[self.dtype], self.device, self.kernels)
+        ranges = c.token_ranges
+        rows = gen.with_null(inputs) if use_cfg else inputs
+        gen.setup_caches(2 * B if use_cfg else B, DTYPES[self.dtype], self.device, self.kernels)
 
         ids, logits_out, preview_imgs = [], [], []
         f_hat = None
         with self._autocast():
-            cond = gen.condition(rows)  # (2B, C)
-            x = gen.embed_start(cond)  # (2B, 1, C)
+            cond = gen.condition(rows)  # Condition of 2B rows
+            x = cond.prefix  # (2B, P, C)
             for k in range(K):
                 start, end = ranges[k]
                 logits, hidden = self._step(x, cond, start)  # (2B, T, V), (2B, T, C)
                 if return_logits:
                     logits_out.append(logits.float().clone())
-                T = end - start
+                T = logits.shape[1]  # pn_k^2 (a text prefix yields the 1x1 scale's one row)
                 t = cfg_ratio(opt.cfg, k, K)
                 lc = logits[:B].reshape(B * T, V)
                 lu = logits[B:].reshape(B * T, V) if use_cfg else None

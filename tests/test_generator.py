@@ -45,7 +45,7 @@ def test_shapes(l2):
     assert out.hidden.shape == (3, cfg.seq_len, cfg.width)
     assert torch.isfinite(out.logits).all()
     labels_cond = m.condition(labels)
-    assert torch.allclose(m.head_logits(out.hidden, labels_cond)[0], out.logits)  # hidden: the blocks' output
+    assert torch.allclose(m.head_logits(out.hidden, labels_cond.vec)[0], out.logits)  # hidden: the blocks' output
 
 
 def test_mask_is_block_causal():

