@@ -334,7 +334,7 @@ class HARTGenerator(nn.Module, PretrainedMixin):
             C = self.config.width
             for blk in self.blocks:
                 blk.attn.proj.weight.div_(depth_scale)
-                blk.ffn.fc2.weight.div_(depth_scale)
+                (blk.ffn.down_proj if isinstance(blk.ffn, SwiGLU) else blk.ffn.fc2).weight.div_(depth_scale)
                 w = blk.ada_lin[-1].weight  # rows: gamma1, gamma2 | scale1, scale2, shift1, shift2
                 w[2 * C:].mul_(init_adaln)
                 w[:2 * C].mul_(init_adaln_gamma)  # gates start almost closed

@@ -150,3 +150,42 @@ class TextEncoder:
 def load_text_encoder(name: str, max_length: int, path=None, device="cpu") -> TextEncoder:
     """The encoder a text model was trained with (``config.text_encoder``)."""
     return TextEncoder(name, path=path, max_length=max_length, device=device)
+
+
+class PromptCache:
+    """Encoded prompts kept by text (the encoder is frozen, so a prompt always encodes the same):
+    ``(tokens (B, T, D), mask (B, T))`` for a batch, encoding only the prompts not seen yet."""
+
+    def __init__(self, encoder: TextEncoder, max_items: int = 200_000):
+        self.encoder, self.max_items = encoder, max_items
+        self._store: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, prompts) -> tuple[torch.Tensor, torch.Tensor]:
+        prompts = check_prompts(prompts)
+        new = sorted({p for p in prompts if p not in self._store})
+        if new:
+            if len(self._store) + len(new) > self.max_items:
+                self._store.clear()
+            tok, mask = self.encoder.encode(new, warn=False)
+            for p, t, m in zip(new, tok.half(), mask):
+                self._store[p] = (t, m)
+        pairs = [self._store[p] for p in prompts]
+        return torch.stack([t for t, _ in pairs]).float(), torch.stack([m for _, m in pairs])
+
+
+def encode_all(encoder: TextEncoder, prompts, batch_size: int = 256, progress: bool = True):
+    """Every prompt, in batches with a progress bar -> (tokens (N, T, D) float16, mask (N, T) bool)."""
+    from tqdm import tqdm
+
+    prompts = check_prompts(prompts)
+    counts = encoder.token_counts(prompts)
+    long = sum(n > encoder.max_length for n in counts)
+    if long:
+        warnings.warn(f"{long} of {len(prompts)} captions are longer than {encoder.max_length} tokens "
+                      f"(up to {max(counts)}) and were truncated", stacklevel=2)
+    toks, masks = [], []
+    for s in tqdm(range(0, len(prompts), batch_size), desc="encode prompts", disable=not progress):
+        t, m = encoder.encode(prompts[s:s + batch_size], warn=False)
+        toks.append(t.half().cpu())
+        masks.append(m.cpu())
+    return torch.cat(toks), torch.cat(masks)

@@ -4,10 +4,16 @@ Examples:
     hart extract-tokens --tokenizer runs/tok --data fashion-mnist --split train --out runs/fm-tokens
     hart train --tokenizer runs/tok --tokens runs/fm-tokens --preset fm-s --out runs/gen
 
+    hart extract-tokens --tokenizer runs/shapes-tok --data shapes --text-encoder minilm \
+        --context-tokens 16 --out runs/shapes-tokens
+
 A cache folder holds ``tokens.safetensors`` (``ids`` (N, L) with every scale's ids
 concatenated, ``residual`` (N, z, n, n) float16, ``labels`` (N,)) and ``meta.json`` (the
 dataset, its class names, and a fingerprint of the tokenizer weights, so a cache is never
-used with a tokenizer that did not make it).
+used with a tokenizer that did not make it). A captioned dataset (``shapes``, ``emoji``,
+``captions:PATH``) also gets its prompt embeddings, once per distinct caption:
+``context`` (U, T, D) float16 and ``context_mask`` (U, T) from the frozen text encoder,
+and ``labels`` index them; ``meta.json`` names the encoder and T.
 """
 from __future__ import annotations
 
@@ -41,7 +47,8 @@ def split_scales(ids: torch.Tensor, patch_nums) -> list:
 
 
 class TokenCache(torch.utils.data.Dataset):
-    """Items: (ids (L,) long, residual (z, n, n) float32, label int)."""
+    """Items: (ids (L,) long, residual (z, n, n) float32, condition): the label (int), or for a
+    captioned cache the prompt's (tokens (T, D) float32, mask (T,) bool)."""
 
     def __init__(self, path):
         path = resolve_dir(path)
@@ -52,12 +59,25 @@ class TokenCache(torch.utils.data.Dataset):
             raise UserError(f"{path} is not a token cache (missing {TOKENS_NAME}); make one with hart extract-tokens") from None
         self.ids, self.residual, self.labels = t["ids"], t["residual"], t["labels"]
         self.classes = tuple(self.meta.get("classes", ()))
+        self.context, self.context_mask = t.get("context"), t.get("context_mask")
+        self.captioned = self.context is not None
 
     def __len__(self):
         return len(self.labels)
 
     def __getitem__(self, i):
-        return self.ids[i].long(), self.residual[i].float(), int(self.labels[i])
+        j = int(self.labels[i])
+        if self.captioned:
+            return self.ids[i].long(), self.residual[i].float(), (self.context[j].float(), self.context_mask[j].bool())
+        return self.ids[i].long(), self.residual[i].float(), j
+
+    def check_text_encoder(self, name: str, context_tokens: int) -> None:
+        """A captioned cache serves only a model with its encoder and prompt length."""
+        got = (self.meta.get("text_encoder"), self.meta.get("context_tokens"))
+        if got != (name, context_tokens):
+            raise UserError(f"the token cache holds prompts encoded by {got[0]} at {got[1]} tokens, the model "
+                            f"wants {name} at {context_tokens}; re-run hart extract-tokens with --text-encoder "
+                            f"{name} --context-tokens {context_tokens}")
 
     def check_tokenizer(self, tokenizer_dir) -> None:
         fp = tokenizer_fingerprint(tokenizer_dir)
@@ -72,7 +92,7 @@ class TokenCache(torch.utils.data.Dataset):
 def encode_dataset(tokenizer: HybridTokenizer, dataset, batch_size: int = 256, device="cpu",
                    progress: bool = True) -> dict:
     """Encode every image: returns the tensors a cache file holds."""
-    ids, res, labels = [], [], []
+    ids, res, labels, captions = [], [], [], {}
     V = tokenizer.config.codebook_size
     id_dtype = torch.int16 if V <= 32767 else torch.int32
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -80,8 +100,13 @@ def encode_dataset(tokenizer: HybridTokenizer, dataset, batch_size: int = 256, d
         code = tokenizer.encode(x.to(device))
         ids.append(torch.cat(code.ids, 1).to(id_dtype).cpu())
         res.append(code.residual.to(torch.float16).cpu())
+        if isinstance(y, (list, tuple)):  # captions: index of the distinct caption
+            y = torch.tensor([captions.setdefault(c, len(captions)) for c in y])
         labels.append(y.long())
-    return {"ids": torch.cat(ids), "residual": torch.cat(res), "labels": torch.cat(labels)}
+    out = {"ids": torch.cat(ids), "residual": torch.cat(res), "labels": torch.cat(labels)}
+    if captions:
+        out["captions"] = list(captions)
+    return out
 
 
 @cli_entry
@@ -92,18 +117,33 @@ def main(argv=None):
     add_data_arguments(p, split_default="train")
     p.add_argument("--out", required=True, help="cache folder to write")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--text-encoder", default="minilm", help="captioned data: the frozen text encoder "
+                   "(minilm or qwen2; must be the one of the model to train; default minilm)")
+    p.add_argument("--text-encoder-path", default=None, help="the encoder's folder (needed for qwen2)")
+    p.add_argument("--context-tokens", type=int, default=16,
+                   help="captioned data: prompt length T in tokens (the model's context_tokens; default 16)")
     args = p.parse_args(argv)
     tok = HybridTokenizer.from_pretrained(args.tokenizer)
     dataset = make_dataset(args.data, args.split, tok.config.resolution, args.data_dir)
     tensors = encode_dataset(tok, dataset, args.batch_size)
+    meta = {
+        "data": args.data, "split": args.split, "num": len(dataset),
+        "classes": list(getattr(dataset, "classes", [])),
+        "tokenizer": str(args.tokenizer), "tokenizer_fingerprint": tokenizer_fingerprint(args.tokenizer),
+        "patch_nums": list(tok.config.patch_nums),
+    }
+    captions = tensors.pop("captions", None)
+    if captions is not None:
+        from hart.text import encode_all, load_text_encoder
+
+        enc = load_text_encoder(args.text_encoder, args.context_tokens, args.text_encoder_path)
+        tensors["context"], mask = encode_all(enc, captions)
+        tensors["context_mask"] = mask.to(torch.uint8)
+        meta.update(text_encoder=args.text_encoder, context_tokens=args.context_tokens, context_dim=enc.dim,
+                    num_captions=len(captions))
     with atomic_dir(args.out) as tmp:
         save_file(tensors, str(tmp / TOKENS_NAME))
-        write_json(tmp / "meta.json", {
-            "data": args.data, "split": args.split, "num": len(dataset),
-            "classes": list(getattr(dataset, "classes", [])),
-            "tokenizer": str(args.tokenizer), "tokenizer_fingerprint": tokenizer_fingerprint(args.tokenizer),
-            "patch_nums": list(tok.config.patch_nums),
-        })
+        write_json(tmp / "meta.json", meta)
     print(f"wrote {len(dataset)} token sequences ({tok.config.num_tokens} tokens each) to {args.out}")
     return 0
 

@@ -6,6 +6,12 @@ Examples:
     hart train --tokenizer runs/tok --preset fm-s --tokens runs/fm-tokens --out runs/gen --steps 8000 --resume
     torchrun --nproc_per_node 2 -m hart.train --tokenizer runs/tok --preset fm-s --data fashion-mnist --out runs/gen
     hart train --init runs/gen --freeze-transformer --tokenizer runs/tok --tokens runs/fm-tokens --out runs/gen-head
+    hart train --tokenizer runs/shapes-tok --preset shapes-t2i --data shapes --text-encoder minilm --out runs/shapes
+
+Text-to-image: a text preset (``shapes-t2i``) on captioned data (``shapes``, ``emoji``,
+``captions:PATH``); the frozen encoder (``--text-encoder``, default the preset's) encodes
+each distinct caption once (in the token cache of ``hart extract-tokens``, or in memory when
+encoding on the fly). Condition dropout for CFG is a uniform draw (``cond_drop``, 10%).
 
 ``--init DIR`` starts from the weights of a model folder's generator (fine-tuning); with
 ``--preset`` the preset's shape is used and the parameters DIR lacks (a residual head added to
@@ -67,15 +73,16 @@ class TrainingObjective(nn.Module):
     def tokenizer(self) -> HybridTokenizer:
         return self._tokenizer[0]
 
-    def forward(self, ids: list, residual: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
-        """ids: K x (B, pn^2); residual (B, z, n, n); labels (B,). Returns (loss, metrics)."""
+    def forward(self, ids: list, residual: torch.Tensor, cond, generator: torch.Generator):
+        """ids: K x (B, pn^2); residual (B, z, n, n); cond: labels (B,) or the encoded prompts
+        (tokens (B, T, D), mask (B, T)). Returns (loss, metrics)."""
         c, tok = self.model.config, self.tokenizer
         with torch.no_grad():
             teacher = tok.teacher_inputs(ids)  # (B, L-1, z)
         # condition dropout for CFG: uniform draw (HART's code draws from a normal by mistake)
-        drop = torch.rand(labels.shape, generator=generator).to(labels.device) < c.cond_drop
+        drop = torch.rand(residual.shape[0], generator=generator).to(residual.device) < c.cond_drop
         with torch.no_grad() if self.freeze_transformer else contextlib.nullcontext():
-            out = self.model(labels, teacher, drop)
+            out = self.model(cond, teacher, drop)
         target = torch.cat(ids, 1)  # (B, L)
         logits = out.logits.float()
         ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), label_smoothing=self.label_smoothing)
@@ -121,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data", help=SPEC_HELP + " (encoded on the fly)")
     src.add_argument("--tokens", help="token cache folder from hart extract-tokens (faster)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+    p.add_argument("--text-encoder", default=None, help="text models: the frozen prompt encoder, minilm or "
+                   "qwen2 (default: the preset's)")
+    p.add_argument("--text-encoder-path", default=None, help="text models: the encoder's folder (needed for qwen2)")
+    p.add_argument("--context-tokens", type=int, default=None,
+                   help="text models: prompt length T in tokens (default: the preset's)")
     p.add_argument("--out", required=True, help="output model folder")
     p.add_argument("--steps", type=int, default=4000, help="total optimizer steps (default 4000)")
     p.add_argument("--batch-size", type=int, default=64, help="global batch size (default 64)")
@@ -172,7 +184,7 @@ class GeneratorTrainer:
         """A config that differs only in constants (the measured residual scale), not in shapes."""
         self.config = self.model.config = self.ema.shadow.config = config
 
-    def train_step(self, ids: list, residual: torch.Tensor, labels: torch.Tensor) -> dict:
+    def train_step(self, ids: list, residual: torch.Tensor, labels) -> dict:
         # linear warm-up over 5% of the run, then cosine decay to 10% of the peak
         a = self.args
         set_lr([self.opt], warmup_cosine(self.step, a.steps, a.lr, max(1, a.steps // 20)))
@@ -262,6 +274,15 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> GeneratorConfig:
+    config = _resolve_config(args, out, tokenizer, classes)
+    captioned = classes is None
+    if config.is_text != captioned:
+        raise UserError("a text model needs captioned data (shapes, emoji, captions:PATH)" if config.is_text else
+                        "this data has captions, not classes: choose a text preset (--preset shapes-t2i)")
+    return config
+
+
+def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> GeneratorConfig:
     """New run: the preset (or --init's config), fitted to the tokenizer and the data.
     Resume: the saved config."""
     tc = tokenizer.config
@@ -275,19 +296,28 @@ def resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gene
         if bool(meta.get("freeze_transformer", False)) != args.freeze_transformer:
             flag = "with" if meta.get("freeze_transformer") else "without"
             raise UserError(f"the run in {out} was started {flag} --freeze-transformer; resume it the same way")
-        fitted = args.preset and fit_preset(args.preset, tc, classes).replace(residual_scale=saved.residual_scale)
+        fitted = args.preset and fit_preset(args.preset, tc, classes, args).replace(residual_scale=saved.residual_scale)
         check_preset(args.preset, fitted, saved, out)
         return saved
     if args.init and not args.preset:
         return HARTGenerator.load_config(generator_dir(args.init))
-    return fit_preset(args.preset or "fm-s", tc, classes)
+    return fit_preset(args.preset or "fm-s", tc, classes, args)
 
 
-def fit_preset(name: str, tc, classes) -> GeneratorConfig:
-    """The preset's transformer shape, with the token layout of the tokenizer and the data's classes."""
-    return GeneratorConfig.from_name(name, patch_nums=tc.patch_nums, codebook_size=tc.codebook_size,
-                                     z_channels=tc.z_channels, num_classes=len(classes),
-                                     class_names=tuple(classes))
+def fit_preset(name: str, tc, classes, args=None) -> GeneratorConfig:
+    """The preset's transformer shape, with the token layout of the tokenizer and the data's
+    classes (``classes`` None: captioned data, for a text preset: its encoder and prompt length)."""
+    from hart.text import DIMS
+
+    fit = dict(patch_nums=tc.patch_nums, codebook_size=tc.codebook_size, z_channels=tc.z_channels)
+    preset = GeneratorConfig.from_name(name)
+    if not preset.is_text:
+        return preset.replace(**fit, num_classes=len(classes or ()) or 1, class_names=tuple(classes or ()))
+    enc = getattr(args, "text_encoder", None) or preset.text_encoder
+    if enc not in DIMS:
+        raise UserError(f"unknown text encoder {enc!r}; choose one of: {', '.join(DIMS)}")
+    T = getattr(args, "context_tokens", None) or preset.context_tokens
+    return preset.replace(**fit, text_encoder=enc, context_dim=DIMS[enc], context_tokens=T)
 
 
 def copy_tokenizer(src, out: Path) -> None:
@@ -302,29 +332,49 @@ def copy_tokenizer(src, out: Path) -> None:
             shutil.copy2(resolve_dir(src) / name, tmp / name)
 
 
-def batch_source(args, tokenizer, dist: DistInfo, per_rank: int, start_step: int):
-    """Yield (ids list, residual, labels) on the device, from a token cache or encoded on the fly."""
+def _to(cond, dev):
+    return [t.to(dev) for t in cond] if isinstance(cond, (list, tuple)) else cond.to(dev)
+
+
+def batch_source(args, tokenizer, dist: DistInfo, per_rank: int, start_step: int, config: GeneratorConfig | None = None):
+    """Yield (ids list, residual, condition) on the device, from a token cache or encoded on the
+    fly; the condition is the labels (B,) or the encoded prompts [tokens (B, T, D), mask (B, T)]."""
     dev = dist.device
     g = torch.Generator().manual_seed(args.seed)
     pns = tokenizer.config.patch_nums
     if args.tokens:
         cache = TokenCache(args.tokens)
         cache.check_tokenizer(args.tokenizer)
+        if cache.captioned and config is not None:
+            cache.check_text_encoder(config.text_encoder, config.context_tokens)
         for ids, res, y in infinite_batches(cache, per_rank, g, start_step, dist.rank, dist.world_size):
-            yield [i.to(dev) for i in split_scales(ids, pns)], res.to(dev), y.to(dev)
+            yield [i.to(dev) for i in split_scales(ids, pns)], res.to(dev), _to(y, dev)
     else:
         data = make_dataset(args.data, "train", tokenizer.config.resolution, args.data_dir)
+        prompts = None
+        if getattr(data, "captioned", False) and config is not None and config.is_text:
+            from hart.text import PromptCache, load_text_encoder
+
+            prompts = PromptCache(load_text_encoder(config.text_encoder, config.context_tokens,
+                                                    args.text_encoder_path, dev))
         for x, y in infinite_batches(data, per_rank, g, start_step, dist.rank, dist.world_size):
             with torch.no_grad():
                 code = tokenizer.encode(x.to(dev))
-            yield code.ids, code.residual, y.to(dev)
+            yield code.ids, code.residual, (_to(prompts(list(y)), dev) if prompts is not None else _to(y, dev))
 
 
-def dataset_classes(args, tokenizer) -> tuple:
+def dataset_classes(args, tokenizer) -> tuple | None:
+    """The data's class names, or None for captioned data (a text model's)."""
     if args.tokens:
-        classes = TokenCache(args.tokens).classes
+        cache = TokenCache(args.tokens)
+        if cache.captioned:
+            return None
+        classes = cache.classes
     else:
-        classes = make_dataset(args.data, "train", tokenizer.config.resolution, args.data_dir).classes
+        data = make_dataset(args.data, "train", tokenizer.config.resolution, args.data_dir)
+        if getattr(data, "captioned", False):
+            return None
+        classes = data.classes
     if not classes:
         raise UserError("the data has no class names; a class-conditional model needs them")
     return tuple(classes)
@@ -354,7 +404,7 @@ def run(args, dist: DistInfo) -> int:
     fresh_head = any(k.startswith(HEAD_PREFIXES) for k in trainer.fresh)
     if config.diff_head and not args.resume and (config.residual_scale is None or fresh_head):
         # the head's target scale is a fact about this tokenizer's latents: measure it
-        scale = measure_residual_scale(batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, 0))
+        scale = measure_residual_scale(batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, 0, config))
         scale = dist.all_reduce_mean(torch.tensor(scale, device=dist.device)).item()
         trainer.set_config(config.replace(residual_scale=scale))
         if dist.is_main:
@@ -364,7 +414,7 @@ def run(args, dist: DistInfo) -> int:
         if trainer.step >= args.steps:
             print(f"{out} is already at step {trainer.step} >= --steps {args.steps}; nothing to do")
             return 0
-    batches = batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, trainer.step)
+    batches = batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, trainer.step, config)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     desc = f"generator {n_params / 1e6:.1f}M"
     with tqdm(total=args.steps, initial=trainer.step, desc=desc, dynamic_ncols=True, disable=not dist.is_main) as bar:

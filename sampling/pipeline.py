@@ -1,8 +1,13 @@
-"""One pipeline for every caller (CLI, demo, FID): class ids + seed -> PIL images.
+"""One pipeline for every caller (CLI, demo, FID): class ids or prompts + seed -> PIL images.
 
     from sampling import HARTPipeline
     pipe = HARTPipeline.from_pretrained("runs/fm")          # DIR/tokenizer + DIR/generator
     images = pipe(class_ids=[3, 3, 5], seed=0, cfg=1.5, top_k=900, top_p=0.96)
+    t2i = HARTPipeline.from_pretrained("runs/shapes")       # a text-conditioned model
+    images = t2i(prompts=["a large red circle", "two blue squares"], seed=0)
+
+A text model's encoder (``config.text_encoder``) is loaded on first use; Qwen2 (HART's) needs
+its folder: ``from_pretrained(..., text_encoder_path=PATH)``.
 
 Image i of a call gets the seed ``seed + i`` (or ``seed[i]`` when a list is given) and its
 own ``torch.Generator``, so it is the same image whether generated alone or in a batch.
@@ -37,7 +42,7 @@ def default_model_dir() -> Path:
 def _seeds(seed, n: int) -> list[int]:
     if isinstance(seed, (list, tuple)):
         if len(seed) != n:
-            raise UserError(f"got {len(seed)} seeds for {n} class ids")
+            raise UserError(f"got {len(seed)} seeds for {n} images")
         return [int(s) for s in seed]
     return [int(seed) + i for i in range(n)]
 
@@ -54,8 +59,10 @@ class HARTPipeline:
     """
 
     def __init__(self, tokenizer: HybridTokenizer, generator: HARTGenerator, device=None,
-                 dtype: str = "fp32", kernels: str = "auto", compile: bool | str = False):
+                 dtype: str = "fp32", kernels: str = "auto", compile: bool | str = False,
+                 text_encoder=None, text_encoder_path=None):
         device = torch.device(device) if device is not None else generator.word_embed.weight.device
+        self._text_encoder, self.text_encoder_path = text_encoder, text_encoder_path
         self.tokenizer = tokenizer.to(device).eval()
         self.generator = generator.to(device).eval()
         self.device = device
@@ -80,29 +87,63 @@ class HARTPipeline:
     def num_classes(self) -> int:
         return self.generator.config.num_classes
 
+    @property
+    def is_text(self) -> bool:
+        return self.generator.config.is_text
+
     def check_class_ids(self, class_ids) -> list[int]:
         return self.generator.config.check_class_ids(class_ids)
 
-    def sample(self, class_ids, seed=0, *, previews: bool = False, decode: bool = True,
+    @property
+    def text_encoder(self):
+        """The frozen encoder of a text model (loaded once, on first use)."""
+        if self._text_encoder is None:
+            from hart.text import load_text_encoder
+
+            c = self.generator.config
+            self._text_encoder = load_text_encoder(c.text_encoder, c.context_tokens, self.text_encoder_path, self.device)
+        return self._text_encoder
+
+    def encode_prompts(self, prompts):
+        """Prompts -> the engine's text inputs (tokens (B, T, D), mask (B, T))."""
+        from hart.text import check_prompts
+
+        if not self.is_text:
+            raise UserError("this model is class-conditional: give it class ids (--class), not prompts")
+        return self.text_encoder.encode(check_prompts(prompts))
+
+    def _inputs(self, class_ids, prompts):
+        """(engine inputs, count) from exactly one of class ids / prompts."""
+        if (class_ids is None) == (prompts is None):
+            raise UserError("give either class ids or prompts" if class_ids is None
+                            else "give class ids or prompts, not both")
+        if prompts is not None:
+            enc = self.encode_prompts(prompts)
+            return enc, enc[0].shape[0]
+        ids = self.check_class_ids(class_ids)
+        return ids, len(ids)
+
+    def sample(self, class_ids=None, seed=0, *, prompts=None, previews: bool = False, decode: bool = True,
                return_logits: bool = False, **options) -> SampleOutput:
         """Tensors out: ids, residual, images (B, 3, R, R) in [-1, 1], optional previews.
 
-        ``options`` are :class:`SamplingOptions` fields (cfg, top_k, top_p, temperature,
-        smooth, diff_steps, diff_temperature).
+        ``class_ids`` (class models) or ``prompts`` (text models). ``options`` are
+        :class:`SamplingOptions` fields (cfg, top_k, top_p, temperature, smooth, diff_steps,
+        diff_temperature).
         """
-        ids = self.check_class_ids(class_ids)
+        inputs, n = self._inputs(class_ids, prompts)
         opts = SamplingOptions(**options).validate()
-        gens = make_generators(_seeds(seed, len(ids)))
-        return self.engine.sample(ids, gens, opts, decode=decode, previews=previews, return_logits=return_logits)
+        gens = make_generators(_seeds(seed, n))
+        return self.engine.sample(inputs, gens, opts, decode=decode, previews=previews, return_logits=return_logits)
 
-    def __call__(self, class_ids, seed=0, **options) -> list:
-        """Class ids -> list of PIL images (one per id). See :meth:`sample` for options."""
-        if len(list(class_ids)) == 0:
-            return []
-        return to_pil(self.sample(class_ids, seed, **options).images)
+    def __call__(self, class_ids=None, seed=0, *, prompts=None, **options) -> list:
+        """Class ids or prompts -> list of PIL images (one each). See :meth:`sample` for options."""
+        if class_ids is not None and prompts is None and len(list(class_ids)) == 0:
+            return []  # (an empty prompt list is an error: hart.text.check_prompts)
+        return to_pil(self.sample(class_ids, seed, prompts=prompts, **options).images)
 
-    def previews(self, class_ids, seed=0, **options) -> list[list]:
+    def previews(self, class_ids=None, seed=0, *, prompts=None, **options) -> list[list]:
         """Per image, the K PIL images after each scale (the last is the final image)."""
-        out = self.sample(class_ids, seed, previews=True, **options)
+        out = self.sample(class_ids, seed, prompts=prompts, previews=True, **options)
         per_scale = [to_pil(p) for p in out.previews]  # K lists of B
         return [list(col) for col in zip(*per_scale)]
