@@ -81,7 +81,7 @@ def naive_sample(gen: HARTGenerator, tok: HybridTokenizer, labels, gens, opt: Sa
         xs = [gen.embed_start(cond)]
         for k, (start, end) in enumerate(c.scale_ranges):
             h = gen.forward_tokens(torch.cat(xs, 1), cond, 0)  # (2B, end, C), no cache
-            logits, _ = gen.head_logits(h[:, start:end], cond)
+            logits, _ = gen.head_logits(h[:, start:end], cond.vec)
             T = end - start
             u = torch.stack([torch.rand(T, generator=g) for g in gens]).to(labels.device).reshape(-1)
             ids_k = kernels.cfg_sample(

@@ -18,6 +18,7 @@ COMMANDS = {
     "extract-tokens": ("hart.tokens", "pre-encode a dataset once into a token cache for generator training"),
     "train": ("hart.train", "train the generator (single process or torchrun)"),
     "eval-residual": ("sampling.eval_residual", "how much of the tokenizer's residual the diffusion head recovers"),
+    "eval-alignment": ("sampling.eval_alignment", "prompt alignment of a text-to-image model (shapes checker)"),
     "generate": ("sampling.generate", "generate a PNG grid of images from a model folder"),
     "fid": ("sampling.fid.cli", "Frechet distance (FID / FD-EffNet) of a model or an image folder"),
     "demo": ("demo.app", "Gradio demo on a model folder"),

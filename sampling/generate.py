@@ -1,4 +1,4 @@
-"""``hart generate``: sample a PNG grid (one row per class) from a model folder.
+"""``hart generate``: sample a PNG grid (one row per class or prompt) from a model folder.
 
 Examples::
 
@@ -9,9 +9,13 @@ Examples::
         --seed 7 --out grid.png --save-each samples/
     hart generate --model models/var-d16 --class 207 --num 4 --sampling var-demo --out dogs.png
     hart generate --model runs/fm --class 0 --num 64 --batch-size 32 --dtype bf16 --compile --out big.png
+    hart generate --model runs/shapes --prompt "a large red circle left of a small blue square" --num 8
+    hart generate --model runs/shapes --prompts prompts.txt --num 4 --out t2i.png
 
-Image j of the run (classes in the order given, ``--num`` each) uses seed ``--seed + j``
-with its own generator, so it does not depend on ``--batch-size``.
+Text models take ``--prompt`` (repeatable) or ``--prompts FILE`` (one prompt per line; blank
+lines and lines starting with # are skipped); class models take ``--class``. Image j of the
+run (rows in the order given, ``--num`` each) uses seed ``--seed + j`` with its own
+generator, so it does not depend on ``--batch-size``.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from sampling.options import add_sampling_arguments, sampling_options
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="hart generate", description="Generate a PNG grid of class-conditional samples.",
+        prog="hart generate", description="Generate a PNG grid of class- or text-conditional samples.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1],
     )
     p.add_argument("--model", default=None, help="model folder made by `hart train` (tokenizer/ + generator/); "
@@ -33,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="classes", action="append", default=[],
                    help="class id or name (e.g. 3 or Dress); repeat for several rows")
     p.add_argument("--all-classes", action="store_true", help="one row per class of the model")
+    p.add_argument("--prompt", dest="prompts", action="append", default=[],
+                   help="text models: a prompt; repeat for several rows")
+    p.add_argument("--prompts", dest="prompts_file", default=None, metavar="FILE",
+                   help="text models: a file with one prompt per line")
+    p.add_argument("--text-encoder-path", default=None, help="text models with the qwen2 encoder: its folder")
     p.add_argument("--num", type=int, default=8, help="images per class (default 8)")
     add_sampling_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the first image (default 0)")
@@ -54,8 +63,25 @@ def _check_args(args) -> None:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     if args.scale < 1:
         raise UserError(f"--scale must be positive, got {args.scale}")
-    if not args.classes and not args.all_classes:
-        raise UserError("name the classes to draw: --class ID_OR_NAME (repeatable) or --all-classes")
+    if args.prompts_file:
+        args.prompts = args.prompts + read_prompts(args.prompts_file)
+    if (args.classes or args.all_classes) and args.prompts:
+        raise UserError("give classes (--class) or prompts (--prompt), not both")
+    if not args.classes and not args.all_classes and not args.prompts:
+        raise UserError("name what to draw: --class ID_OR_NAME or --all-classes (class models), "
+                        "--prompt TEXT or --prompts FILE (text models)")
+
+
+def read_prompts(path) -> list[str]:
+    """One prompt per line; blank lines and ``#`` comments skipped; one line if none is left."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"prompts file {p} does not exist")
+    prompts = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    prompts = [ln for ln in prompts if ln and not ln.startswith("#")]
+    if not prompts:
+        raise UserError(f"prompts file {p} has no prompts (one per line)")
+    return prompts
 
 
 def resolve_classes(args, config) -> list[int]:
@@ -93,25 +119,36 @@ def main(argv=None):
 
     from hart.common.dist import resolve_device
 
-    pipe = HARTPipeline.from_pretrained(args.model, device=resolve_device(args.device), dtype=args.dtype, compile=args.compile)
-    args.classes = resolve_classes(args, pipe.generator.config)
-    pipe.check_class_ids(args.classes)
-    labels = [c for c in args.classes for _ in range(args.num)]
-    seeds = [args.seed + j for j in range(len(labels))]
+    pipe = HARTPipeline.from_pretrained(args.model, device=resolve_device(args.device), dtype=args.dtype,
+                                        compile=args.compile, text_encoder_path=args.text_encoder_path)
+    config = pipe.generator.config
+    if args.prompts:
+        if not config.is_text:
+            raise UserError("this model is class-conditional: give it --class, not --prompt")
+        row_keys, row_labels = args.prompts, args.prompts
+        key = "prompts"
+    else:
+        args.classes = resolve_classes(args, config)
+        pipe.check_class_ids(args.classes)
+        row_keys, row_labels = args.classes, [class_label(config, c) for c in args.classes]
+        key = "class_ids"
+    items = [r for r in row_keys for _ in range(args.num)]
+    seeds = [args.seed + j for j in range(len(items))]
     images = []
-    starts = range(0, len(labels), args.batch_size)
+    starts = range(0, len(items), args.batch_size)
     for s in tqdm(starts, desc="batches", unit="batch"):
         e = s + args.batch_size
-        images.append(pipe.sample(labels[s:e], seed=seeds[s:e], **opts).images.cpu())
-    images = torch.cat(images)  # (len(labels), 3, R, R)
+        images.append(pipe.sample(seed=seeds[s:e], **{key: items[s:e]}, **opts).images.cpu())
+    images = torch.cat(images)  # (len(items), 3, R, R)
     rows = list(images.split(args.num))
-    out = save_grid(rows, args.out, row_labels=[class_label(pipe.generator.config, c) for c in args.classes], scale=args.scale)
+    out = save_grid(rows, args.out, row_labels=row_labels, scale=args.scale)
     if args.save_each:
         d = Path(args.save_each)
         d.mkdir(parents=True, exist_ok=True)
-        for j, (img, c) in enumerate(zip(to_pil(images), labels)):
-            img.save(d / f"c{c}_{j:04d}.png")
-    print(f"wrote {out} ({len(labels)} images)")
+        for j, img in enumerate(to_pil(images)):
+            tag = f"p{j // args.num}" if args.prompts else f"c{items[j]}"
+            img.save(d / f"{tag}_{j:04d}.png")
+    print(f"wrote {out} ({len(items)} images)")
     return 0
 
 

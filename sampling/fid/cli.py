@@ -10,6 +10,8 @@ Examples::
     # any folder of images against a folder, a dataset split, or saved statistics
     hart fid --images samples/ --ref real_images/ --features effnet-lite0
     hart fid --images samples/ --ref stats/fm_train.npz --features effnet-lite0
+    # a text-to-image model: sample j draws prompt j % P of the file (one prompt per line)
+    hart fid --model runs/shapes --prompts prompts.txt --num 2000 --ref shapes:test --features effnet-lite0
     # the real-data floor: fashion-mnist test split against 10k images of the train split
     hart fid --images fashion-mnist:test --ref fashion-mnist:train --ref-num 10000 --resolution 32 \\
         --features effnet-lite0
@@ -76,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     g = p.add_argument_group("sampling (--model)")
     g.add_argument("--seed", type=int, default=0, help="seed of sample 0 (default 0)")
+    g.add_argument("--prompts", default=None, metavar="FILE",
+                   help="text models: one prompt per line; sample j draws prompt j %% P")
     add_sampling_arguments(g)
     g.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="transformer compute dtype")
     return p
@@ -119,13 +123,21 @@ def main(argv=None):
                     "protocol": f"clean: uint8 RGB, PIL bicubic per channel to {extractor.input_size}, "
                                 f"{extractor.dim}-d pooled features"}
 
-        pipe = None
+        pipe, prompts = None, None
         if args.model:
             num = args.num or 10000
             require_samples(num, min_samples, f"--num {num}", extractor.metric, extractor.dim)
             from sampling import HARTPipeline
 
             pipe = HARTPipeline.from_pretrained(args.model, device=dist.device, dtype=args.dtype)
+            if pipe.is_text != bool(args.prompts):
+                raise UserError(f"{args.model} is text-conditioned: pass --prompts FILE" if pipe.is_text else
+                                f"{args.model} is class-conditional: drop --prompts")
+            if args.prompts:
+                from sampling.generate import read_prompts
+
+                prompts = read_prompts(args.prompts)
+                settings["prompts"] = args.prompts
             resolution = pipe.tokenizer.config.resolution
             if args.resolution and args.resolution != resolution:
                 raise UserError(f"--resolution {args.resolution} differs from the model's {resolution} px")
@@ -149,7 +161,7 @@ def main(argv=None):
 
         if pipe is not None:
             stats = stats_from_generator(pipe, num, extractor, pipe.generator.config.num_classes, args.batch_size,
-                                         args.seed, dist, options)
+                                         args.seed, dist, options, prompts=prompts)
             skipped = 0
         else:
             images = image_set(img_source, resolution, args.num, extractor.input_size, args.data_dir)

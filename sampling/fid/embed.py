@@ -56,11 +56,12 @@ def stats_from_images(images: CleanImages, extractor, batch_size: int = 50, dist
 
 
 def stats_from_generator(pipe, num: int, extractor, num_classes: int, batch_size: int = 50, seed: int = 0,
-                         dist=None, options=None, desc: str = "generating") -> FeatureStats:
+                         dist=None, options=None, desc: str = "generating", prompts=None) -> FeatureStats:
     """Generate ``num`` class-balanced samples with ``pipe`` and embed them; nothing is kept.
 
     ``pipe`` is any callable ``pipe(class_ids=[...], seed=[...], **options) -> list of PIL
-    images`` (a :class:`sampling.HARTPipeline`). Sample j has class ``j % num_classes`` and
+    images`` (a :class:`sampling.HARTPipeline`). Sample j has class ``j % num_classes`` (or,
+    for a text model, the prompt ``prompts[j % len(prompts)]``, called with ``prompts=``) and
     seed ``seed + j``; under torchrun, rank r makes samples r, r + world, ...
     """
     import torch
@@ -74,7 +75,9 @@ def stats_from_generator(pipe, num: int, extractor, num_classes: int, batch_size
     with _progress(len(mine), desc, dist) as bar, torch.inference_mode():
         for s in range(0, len(mine), batch_size):
             js = mine[s:s + batch_size]
-            images = pipe(class_ids=[j % num_classes for j in js], seed=[seed + j for j in js], **(options or {}))
+            cond = ({"prompts": [prompts[j % len(prompts)] for j in js]} if prompts
+                    else {"class_ids": [j % num_classes for j in js]})
+            images = pipe(seed=[seed + j for j in js], **cond, **(options or {}))
             stats.add(extractor(clean_batch(images, extractor.input_size).to(device)))
             bar.update(len(js))
     return _gather(stats, 0, dist)[0]
