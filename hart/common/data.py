@@ -5,32 +5,51 @@
     synthetic[:split]      procedural coloured shapes with class labels (tests)
     folder:PATH            one subfolder per class, any image Pillow reads
     images:PATH            every image file under PATH (recursively), no classes
+    shapes[:split]         captioned procedural scenes (hart.common.shapes); splits train,
+                           test and heldout (held-out colour x shape and relation combinations)
+    emoji[:split]          Noto Color Emoji glyphs (Debian's fonts-noto-color-emoji), each
+                           captioned with its lowercased Unicode name
+    captions:PATH          images under PATH with a same-name .txt caption beside each, or a
+                           PATH/captions.jsonl manifest of {"file": ..., "text": ...} lines
 
-Every dataset yields ``(image, label)`` with image a float tensor (3, R, R) in [-1, 1]
-and has ``.classes`` (class names). Plumbing leaf: imports nothing else of the project
-except :mod:`hart.common.errors`.
+A split is train or test (heldout: shapes only). Class datasets yield ``(image, label)``,
+captioned ones (``captioned = True``, see :func:`is_captioned`) ``(image, caption)``, with
+image a float tensor (3, R, R) in [-1, 1]; every dataset has ``.classes`` (class names,
+empty for captioned ones). Plumbing leaf: imports nothing else of the project except
+:mod:`hart.common.errors` and :mod:`hart.common.shapes`.
 """
 from __future__ import annotations
 
+import functools
 import gzip
+import json
 import os
 import struct
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import default_collate
 
+from hart.common import shapes as _shapes
 from hart.common.errors import UserError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 SPLITS = ("train", "test")
+DATASET_SPLITS = {"shapes": _shapes.SPLITS}  # datasets with splits other than SPLITS
+ALL_SPLITS = ("train", "test", "heldout")
 IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}
+
+
+def is_captioned(dataset) -> bool:
+    """Whether ``dataset`` yields ``(image, caption str)`` rather than ``(image, class id)``."""
+    return bool(getattr(dataset, "captioned", False))
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
@@ -77,6 +96,7 @@ class FashionMNIST(torch.utils.data.Dataset):
     """28x28 grey images, padded (resolution >= 28, <= 36) or resized, as RGB."""
 
     classes = FASHION_MNIST_CLASSES
+    captioned = False
 
     def __init__(self, split: str = "train", resolution: int = 32, root=None):
         root = Path(root) if root else FASHION_MNIST_DIR
@@ -109,6 +129,8 @@ class FashionMNIST(torch.utils.data.Dataset):
 
 class ImageFolder(torch.utils.data.Dataset):
     """One subfolder per class. Unreadable files are skipped and counted in one warning."""
+
+    captioned = False
 
     def __init__(self, root, resolution: int):
         root = Path(root)
@@ -163,6 +185,7 @@ class ImageFiles(torch.utils.data.Dataset):
     """Every image under a folder (``images:PATH``), resized and centre-cropped; no classes (label 0)."""
 
     classes = ()
+    captioned = False
 
     def __init__(self, root, resolution: int):
         root = Path(root)
@@ -189,6 +212,7 @@ class Synthetic(torch.utils.data.Dataset):
     """Procedural coloured shapes; class = shape. Deterministic per (split, index)."""
 
     classes = SYNTHETIC_CLASSES
+    captioned = False
 
     def __init__(self, split: str = "train", resolution: int = 32, size: int = 2048):
         self.resolution, self.size = resolution, size
@@ -226,17 +250,234 @@ class Synthetic(torch.utils.data.Dataset):
         return to_tensor(img), label
 
 
+# ----------------------------------------------------------------------------- captioned
+
+SHAPES_SIZES = {"train": 50_000, "test": 2_000, "heldout": 2_000}
+
+
+class Shapes(torch.utils.data.Dataset):
+    """Captioned procedural scenes (:mod:`hart.common.shapes`), made on the fly, deterministic
+    per (split, index). ``size`` defaults to SHAPES_SIZES[split]."""
+
+    classes = ()
+    captioned = True
+
+    def __init__(self, split: str = "train", resolution: int = 32, size: int | None = None):
+        _check_split("shapes", split)
+        self.split, self.resolution = split, resolution
+        self.size = SHAPES_SIZES[split] if size is None else size
+
+    def __len__(self):
+        return self.size
+
+    def scene(self, i: int) -> _shapes.Scene:
+        return _shapes.sample_scene(self.split, i)
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.size:
+            raise IndexError(i)
+        scene = self.scene(i)
+        return to_tensor(_shapes.render(scene, self.resolution)), scene.caption
+
+
+def _clean_caption(text) -> str:
+    return " ".join(text.split()) if isinstance(text, str) else ""
+
+
+class CaptionFiles(torch.utils.data.Dataset):
+    """``captions:PATH``: every image under PATH with a same-name ``.txt`` caption beside it,
+    or the ``PATH/captions.jsonl`` manifest (lines ``{"file": ..., "text": ...}``, files
+    relative to PATH) when there is one. Unreadable or missing images and bad or missing
+    captions are skipped and counted in one warning."""
+
+    classes = ()
+    captioned = True
+    MANIFEST = "captions.jsonl"
+
+    def __init__(self, root, resolution: int):
+        root = Path(root)
+        if not root.is_dir():
+            raise UserError(f"caption folder {root} does not exist")
+        self.resolution = resolution
+        self.counts = {"unreadable image": 0, "missing image": 0, "bad caption": 0}
+        manifest = root / self.MANIFEST
+        pairs = self._manifest(root, manifest) if manifest.is_file() else self._txt(root)
+        self.items = []
+        for path, text in pairs:
+            if not path.is_file():
+                self.counts["missing image"] += 1
+                continue
+            try:
+                with Image.open(path) as im:
+                    im.verify()
+            except Exception:
+                self.counts["unreadable image"] += 1
+                continue
+            self.items.append((path, text))
+        self.skipped = sum(self.counts.values())
+        if self.skipped:
+            what = ", ".join(f"{v} {k}(s)" for k, v in self.counts.items() if v)
+            warnings.warn(f"{root}: skipped {self.skipped} item(s): {what}", stacklevel=2)
+        if not self.items:
+            how = f"lines of {manifest}" if manifest.is_file() else "images with a same-name .txt caption"
+            raise UserError(f"{root} has no usable captioned images (looked for {how})")
+
+    def _manifest(self, root: Path, manifest: Path) -> list:
+        out = []
+        with open(manifest, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    file, text = rec["file"], _clean_caption(rec["text"])
+                except (ValueError, KeyError, TypeError):
+                    self.counts["bad caption"] += 1
+                    continue
+                if not isinstance(file, str) or not file or not text:
+                    self.counts["bad caption"] += 1
+                    continue
+                out.append((root / file, text))
+        return out
+
+    def _txt(self, root: Path) -> list:
+        out = []
+        for path in list_images(root):
+            try:
+                text = _clean_caption(path.with_suffix(".txt").read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError):
+                text = ""
+            if not text:
+                self.counts["bad caption"] += 1
+                continue
+            out.append((path, text))
+        return out
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        # a file can pass verify() and still fail to decode: fall through to the next one
+        for j in range(len(self.items)):
+            path, text = self.items[(i + j) % len(self.items)]
+            try:
+                with Image.open(path) as im:
+                    return to_tensor(fit(im.convert("RGB"), self.resolution)), text
+            except Exception:
+                self.skipped += 1
+        raise UserError("no image in the caption folder could be decoded")
+
+
+EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+EMOJI_FONT_SIZE = 109  # the colour bitmap (CBDT) font renders at this size only
+EMOJI_BACKGROUND = (255, 255, 255)
+# where the font's single-codepoint emoji live (used when fontTools cannot read its cmap)
+EMOJI_RANGES = ((0x00A9, 0x00AF), (0x203C, 0x3300), (0x1F000, 0x1FB00))
+_EMOJI_SKIP_CATEGORIES = {"Cc", "Cf", "Cn", "Co", "Cs", "Mn", "Me", "Sk", "Zs"}  # marks, tags, skin tones
+
+
+@functools.lru_cache(maxsize=4)
+def _emoji_font(path: str):
+    if not Path(path).is_file():
+        raise UserError(f"emoji font {path} not found; install it with apt-get install fonts-noto-color-emoji")
+    try:
+        return ImageFont.truetype(path, EMOJI_FONT_SIZE)
+    except OSError as e:
+        raise UserError(f"cannot load the emoji font {path} at size {EMOJI_FONT_SIZE}: {e}") from None
+
+
+def _emoji_rgba(ch: str, font) -> Image.Image | None:
+    """The glyph cropped to its ink (RGBA), or None when the font draws nothing."""
+    x0, y0, x1, y1 = font.getbbox(ch)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    im = Image.new("RGBA", (x1 + 4, y1 + 4), (0, 0, 0, 0))
+    ImageDraw.Draw(im).text((0, 0), ch, font=font, embedded_color=True)
+    box = im.getchannel("A").getbbox()
+    return im.crop(box) if box else None
+
+
+@functools.lru_cache(maxsize=4)
+def emoji_glyphs(font_path: str = str(EMOJI_FONT)) -> tuple:
+    """``(character, caption)`` for every single-codepoint emoji the font draws, in codepoint
+    order; caption = the lowercased Unicode name. Sequences (flags, ZWJ, keycaps) are left out."""
+    font = _emoji_font(font_path)
+    try:
+        from fontTools.ttLib import TTFont
+
+        cps = sorted(TTFont(font_path, lazy=True).getBestCmap())
+        drawn = None  # the cmap says which glyphs exist
+    except ImportError:
+        cps = [c for lo, hi in EMOJI_RANGES for c in range(lo, hi)]
+        drawn = lambda ch: _emoji_rgba(ch, font) is not None  # noqa: E731
+    out = []
+    for cp in cps:
+        ch = chr(cp)
+        name = unicodedata.name(ch, "")
+        if cp < 0x80 or not name or unicodedata.category(ch) in _EMOJI_SKIP_CATEGORIES:
+            continue
+        if drawn is None or drawn(ch):
+            out.append((ch, name.lower()))
+    return tuple(out)
+
+
+class Emoji(torch.utils.data.Dataset):
+    """Noto Color Emoji glyphs (``emoji[:split]``) on white, cropped to their ink, padded to a
+    square and resized; captions are their Unicode names. Every 10th glyph is in test."""
+
+    classes = ()
+    captioned = True
+
+    def __init__(self, split: str = "train", resolution: int = 32, font=None):
+        _check_split("emoji", split)
+        self.font_path, self.resolution = str(font or EMOJI_FONT), resolution
+        glyphs = emoji_glyphs(self.font_path)
+        self.items = [g for k, g in enumerate(glyphs) if (k % 10 == 9) == (split == "test")]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        ch, caption = self.items[i]
+        im = _emoji_rgba(ch, _emoji_font(self.font_path))
+        w, h = im.size
+        side = round(max(w, h) * 1.0625)  # a thin border
+        canvas = Image.new("RGBA", (side, side), EMOJI_BACKGROUND + (255,))
+        canvas.alpha_composite(im, ((side - w) // 2, (side - h) // 2))
+        img = canvas.convert("RGB").resize((self.resolution, self.resolution), Image.LANCZOS)
+        return to_tensor(img), caption
+
+
 # ----------------------------------------------------------------------------- specs
 
-DATASETS = {"fashion-mnist": FashionMNIST, "synthetic": Synthetic}  # named sets with train/test splits
-SPEC_HELP = ("dataset: fashion-mnist or synthetic (NAME:test for the test split), folder:PATH (one "
-             "subfolder per class) or images:PATH (all images under PATH, no classes)")
+DATASETS = {"fashion-mnist": FashionMNIST, "synthetic": Synthetic, "shapes": Shapes,
+            "emoji": Emoji}  # named sets with train/test splits (shapes: heldout too)
+PATH_KINDS = ("folder", "images", "captions")
+SPEC_HELP = ("dataset: fashion-mnist, synthetic, shapes or emoji (NAME:test for the test split, "
+             "shapes:heldout for held-out combinations), folder:PATH (one subfolder per class), "
+             "images:PATH (all images under PATH, no classes) or captions:PATH (images with "
+             "captions: same-name .txt files or captions.jsonl)")
+
+
+def splits_of(name: str) -> tuple:
+    """The splits a named dataset has."""
+    return DATASET_SPLITS.get(name, SPLITS)
+
+
+def _check_split(name: str, split: str) -> None:
+    if split in splits_of(name):
+        return
+    if split in ALL_SPLITS:
+        only = ", ".join(n for n, s in DATASET_SPLITS.items() if split in s)
+        raise UserError(f"split {split!r} exists only for {only}; {name} has: {', '.join(splits_of(name))}")
+    raise UserError(f"unknown split {split!r}; choose one of: {', '.join(splits_of(name))}")
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """A parsed spec: ``kind`` is ``dataset`` (a named set), ``folder`` or ``images``; ``name``
-    is the dataset name or the path; ``split`` is the one named in the spec, or None."""
+    """A parsed spec: ``kind`` is ``dataset`` (a named set), ``folder``, ``images`` or
+    ``captions``; ``name`` is the dataset name or the path; ``split`` is the one named in the
+    spec, or None."""
 
     kind: str
     name: str
@@ -251,7 +492,7 @@ class DataSpec:
 
 def parse_spec(text: str) -> DataSpec:
     """The one grammar of data specs (module doc); a bad spec is one clear line."""
-    for kind in ("folder", "images"):
+    for kind in PATH_KINDS:
         if text.startswith(kind + ":"):
             path = text[len(kind) + 1:]
             if not path:
@@ -260,9 +501,11 @@ def parse_spec(text: str) -> DataSpec:
     name, split = text, None
     if ":" in text:
         name, split = text.rsplit(":", 1)
-        if split not in SPLITS:
-            raise UserError(f"unknown split {split!r} in {text!r}; choose one of: {', '.join(SPLITS)}")
+        if split not in ALL_SPLITS:
+            raise UserError(f"unknown split {split!r} in {text!r}; choose one of: {', '.join(splits_of(name))}")
     if name in DATASETS:
+        if split is not None:
+            _check_split(name, split)
         return DataSpec("dataset", name, split)
     raise UserError(f"unknown dataset {text!r}; {SPEC_HELP}")
 
@@ -272,20 +515,24 @@ def add_data_arguments(parser, split_default: str | None = None) -> None:
     parser.add_argument("--data", required=True, help=SPEC_HELP)
     parser.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's)")
     if split_default is not None:
-        parser.add_argument("--split", default=split_default, choices=list(SPLITS))
+        parser.add_argument("--split", default=split_default, choices=list(ALL_SPLITS),
+                            help="heldout: shapes only")
 
 
 def make_dataset(spec: str, split: str = "train", resolution: int = 32, data_dir=None):
-    """Build the dataset named by ``spec`` (see :func:`parse_spec`). ``split`` (train or test)
-    applies to named datasets, unless the spec names its own."""
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    """Build the dataset named by ``spec`` (see :func:`parse_spec`). ``split`` (train or test;
+    heldout for shapes) applies to named datasets, unless the spec names its own."""
+    if split not in ALL_SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of: {', '.join(ALL_SPLITS)}")
     d = parse_spec(spec)
     if d.kind == "folder":
         return ImageFolder(d.name, resolution)
     if d.kind == "images":
         return ImageFiles(d.name, resolution)
+    if d.kind == "captions":
+        return CaptionFiles(d.name, resolution)
     split = d.split or split
+    _check_split(d.name, split)
     if d.name == "fashion-mnist":
         return FashionMNIST(split, resolution, data_dir)
     return DATASETS[d.name](split, resolution)
