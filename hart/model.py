@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from hart import kernels
 from hart.config import GeneratorConfig
-from hart.rope import apply_rope, rope_1d, rope_2d, scale_coords
+from hart.rope import apply_rope_tables, rope_1d, rope_2d, rotation, scale_coords
 from hart.diffusion import DiffusionHead
 from hart.common.errors import UserError
 from hart.common.io import PretrainedMixin
@@ -152,7 +152,8 @@ class SelfAttention(nn.Module):
                 the whole-sequence path; on the cached path x is whole scales ending where the
                 next scale starts, so attending to the cached positions [0, start + T) is
                 block-causal already, and the mask is None or (B, 1, 1, start + T) (pad keys).
-            rope: (cos, sin, layout) for these tokens, or None (absolute positions).
+            rope: prepared tables (cos, signed sin (B, 1, T, hd), perm) from
+                :meth:`HARTGenerator.rope`, or None (absolute positions).
             cached: write k, v into the static cache and attend to it.
         Returns:
             (B, T, C)
@@ -165,8 +166,9 @@ class SelfAttention(nn.Module):
             q = F.normalize(q, dim=-1) * self.scale_mul_1H11.clamp(max=MAX_ATTN_SCALE_LOG).exp()
             k = F.normalize(k, dim=-1)
         if rope is not None:
-            cos, sin, layout = rope
-            q, k = apply_rope(q, cos, sin, layout), apply_rope(k, cos, sin, layout)
+            cos, sin, perm = rope
+            q, k = apply_rope_tables(q, cos.to(q.dtype), sin.to(q.dtype), perm), apply_rope_tables(
+                k, cos.to(k.dtype), sin.to(k.dtype), perm)
         if cached:
             if self.cache is None:
                 raise RuntimeError("the cached path needs setup_caches() first")
@@ -444,7 +446,8 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         return x
 
     def rope(self, cond: Condition, start: int, end: int):
-        """(cos, sin (B, end-start, hd), layout) of positions [start, end), or None (absolute)."""
+        """RoPE tables of positions [start, end) for every block: (cos, signed sin (B, 1, T, hd),
+        perm) (see :func:`hart.rope.apply_rope_tables`), or None (absolute positions)."""
         c = self.config
         if c.pos != "rope":
             return None
@@ -462,7 +465,8 @@ class HARTGenerator(nn.Module, PretrainedMixin):
             c1, s1 = rope_1d(cond.prefix_pos[:, start:start + n_text], c.head_dim, c.rope_theta)
             c2, s2 = rope_2d(coords[:, n_text:], c.head_dim, c.rope_theta)
             cos, sin = torch.cat([c1, c2], 1), torch.cat([s1, s2], 1)
-        return cos, sin, c.rope_2d
+        perm, sign = rotation(c.head_dim, c.rope_2d, cos.device)
+        return cos.unsqueeze(1), (sin * sign).unsqueeze(1), perm
 
     def setup_caches(self, batch: int, dtype=None, device=None, kernels: str = "auto") -> None:
         """Preallocate the static K/V cache of every block, (batch, H, L, hd), for :meth:`step`.

@@ -45,15 +45,16 @@ def rope_2d(coords: torch.Tensor, head_dim: int, theta: float = 10000.0) -> tupl
     return emb.cos(), emb.sin()
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    a, b = x.chunk(2, dim=-1)
-    return torch.cat([-b, a], dim=-1)
-
-
-def _rotate_halves(x: torch.Tensor) -> torch.Tensor:
-    """rotate_half inside each half of the last dimension (the axial layout)."""
-    a, b = x.chunk(2, dim=-1)
-    return torch.cat([_rotate_half(a), _rotate_half(b)], dim=-1)
+def rotation(head_dim: int, layout: str, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(perm (hd,) int64, sign (hd,)) with ``rotate(x) = x[..., perm] * sign``: rotate_half over
+    the whole head dimension (``hart``) or inside each half (``axial``)."""
+    n = head_dim if layout == "hart" else head_dim // 2
+    half = torch.arange(n // 2)
+    perm = torch.cat([half + n // 2, half])  # [x2, x1]
+    sign = torch.cat([-torch.ones(n // 2), torch.ones(n // 2)])  # [-x2, x1]
+    if layout != "hart":
+        perm, sign = torch.cat([perm, perm + n]), sign.repeat(2)
+    return perm.to(device), sign.to(device)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str) -> torch.Tensor:
@@ -62,9 +63,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: st
     ``layout``: ``"axial"`` (per-half rotation) or ``"hart"`` (rotate_half over the whole head
     dimension; 1D tables rotate properly either way).
     """
-    rot = _rotate_halves if layout == "axial" else _rotate_half
-    cos, sin = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
-    return x * cos + rot(x) * sin
+    perm, sign = rotation(x.shape[-1], layout, x.device)
+    return apply_rope_tables(x, cos.unsqueeze(1).to(x.dtype), (sin * sign).unsqueeze(1).to(x.dtype), perm)
+
+
+def apply_rope_tables(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """The fast form for prepared tables: x * cos + x[..., perm] * signed_sin, with cos and
+    signed_sin (B, 1, T, hd) in x's dtype (see :func:`rotation`)."""
+    return x * cos + x.index_select(-1, perm) * signed_sin
 
 
 def scale_coords(patch_nums, first: int = 0) -> torch.Tensor:
