@@ -229,3 +229,21 @@ def test_pipeline_with_prompts(encoder, tokdir):
         "tiny", patch_nums=tc.patch_nums, codebook_size=tc.codebook_size, z_channels=tc.z_channels)))
     with pytest.raises(UserError, match="class-conditional"):
         cls.sample(prompts=["a red circle"])
+
+
+def test_save_load_and_int8_export_round_trip(tmp_path):
+    from hart.export import main as export_main
+
+    m = _model()
+    m.config.residual_scale = 0.1
+    m.save_pretrained(tmp_path / "gen")
+    again = HARTGenerator.from_pretrained(tmp_path / "gen").eval()
+    assert again.config == m.config
+    inputs, teacher = _prompts(m.config), _teacher(m.config)
+    with torch.no_grad():
+        ref = m(inputs, teacher).logits
+        assert torch.equal(again(inputs, teacher).logits, ref)
+        export_main(["--model", str(tmp_path / "gen"), "--out", str(tmp_path / "int8"), "--storage", "int8"])
+        small = HARTGenerator.from_pretrained(tmp_path / "int8").eval()
+        err = (small(inputs, teacher).logits - ref).abs().max() / ref.abs().max()
+    assert err < 0.05
