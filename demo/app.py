@@ -9,9 +9,17 @@ The page has the class (by name), CFG, top-k, top-p, temperature, seed (with a r
 button) and the number of images; it shows the images, a strip of the image after every
 scale (1x1 .. full, the last scale with and without the continuous residual) and the time.
 
+Many visitors at once: requests that wait for the sampler are merged into one sampler batch
+(:mod:`demo.batching`): up to ``--max-batch-size`` requests and ``--max-batch-images``
+images, grouped by their sampling settings (CFG, top-k, top-p, temperature); the class and
+the seed are per image, so requests for different classes share a batch. Each request gets
+the images of its own seeds (an image depends only on its seed, whatever its batch), its own
+per-scale strip and its own time. ``--max-batch-size 1`` runs one request at a time.
+
 Safety: analytics off, 127.0.0.1 unless ``--host``, no share link unless ``--share``, no
-file inputs (nothing reads or writes a path the visitor chooses), one request at a time
-behind a bounded queue, and a time limit per request (``--time-limit``).
+file inputs (nothing reads or writes a path the visitor chooses), a bounded queue
+(``--queue-size``: a request beyond it is refused at once with "Queue is full"), and a time
+limit per sampler batch (``--time-limit``: past it, each request of the batch gets a message).
 
 ``demo.build_demo(pipeline)`` returns the ``gr.Blocks`` without launching it.
 """
@@ -28,7 +36,7 @@ import math  # noqa: E402
 import random  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
@@ -36,6 +44,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from hart.common.dist import resolve_device  # noqa: E402
 from hart.common.errors import UserError, cli_entry  # noqa: E402
+from demo.batching import BatchInfo, Batcher  # noqa: E402
 from hart.common.images import to_pil  # noqa: E402
 from sampling import HARTPipeline  # noqa: E402
 from sampling.options import DEFAULT_PRESET, SamplingOptions  # noqa: E402
@@ -45,6 +54,9 @@ MAX_SEED = 2**31 - 1
 CFG_MAX = 20.0
 TEMPERATURE_MAX = 5.0
 STRIP_MAX_ROWS = 4  # the per-scale strip shows at most this many of the images
+# gradio runs each admitted request in a worker thread of its own (anyio's pool: 40 threads),
+# and admits twice --max-batch-size at once
+MAX_BATCH_REQUESTS = 16
 CELL_MIN = 96  # strip cells are upscaled (nearest) to at least this many pixels
 
 # passed to launch() (gradio 6 takes theme and css there, not in Blocks()); system fonts so
@@ -102,6 +114,29 @@ class Result:
     captions: list  # one per image: class name and seed
     strip: Image.Image  # per-scale strip (upscaled)
     timing: str
+    batch: BatchInfo | None = None  # the sampler batch it ran in
+
+
+@dataclass
+class Job:
+    """One parsed request: what :meth:`DemoModel.sample_batch` merges.
+
+    ``options`` (the sampling settings) is the grouping key: requests with equal options share
+    a sampler batch. Everything else is per image (class id, seeds) and so would a prompt be.
+    """
+
+    label: int
+    options: dict
+    seed: int
+    n: int
+    key: tuple = field(init=False)
+
+    def __post_init__(self):
+        self.key = tuple(sorted(self.options.items()))
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.n)]
 
 
 def class_names(pipeline: HARTPipeline) -> list[str]:
@@ -165,16 +200,25 @@ class DemoModel:
     Args:
         pipeline: the shared :class:`HARTPipeline`.
         max_images: most images one request may ask for.
-        time_limit: seconds a request may run before it is stopped (None/0: no limit).
+        time_limit: seconds a sampler batch may run before it is stopped (None/0: no limit).
+        max_batch_size: most requests merged into one sampler batch (1: one at a time).
+        max_batch_images: most images in one sampler batch (default: 64, at least ``max_images``).
+        batch_wait: seconds a batch waits for more requests before it starts (default 0).
     """
 
-    def __init__(self, pipeline: HARTPipeline, max_images: int = 16, time_limit: float | None = 60.0):
+    def __init__(self, pipeline: HARTPipeline, max_images: int = 16, time_limit: float | None = 60.0,
+                 max_batch_size: int = 8, max_batch_images: int | None = None, batch_wait: float = 0.0):
         self.pipeline = pipeline
         self.names = class_names(pipeline)
         self.max_images = int(max_images)
         self.time_limit = time_limit
         self.deadline = Deadline(pipeline)
-        self.lock = threading.Lock()  # the engine's KV cache is shared: one request at a time
+        self.lock = threading.Lock()  # the engine's KV cache is shared: one batch at a time
+        self.batcher = Batcher(self.sample_batch, max_requests=int(max_batch_size),
+                               max_images=int(max_batch_images or max(64, self.max_images)), wait=float(batch_wait))
+        # requests let in at once (gradio's concurrency limit of the event): while one batch
+        # samples, the next one gathers, so the sampler does not idle between batches
+        self.workers = 1 if max_batch_size == 1 else 2 * int(max_batch_size)
         tcfg, gcfg = pipeline.tokenizer.config, pipeline.generator.config
         self.resolution = tcfg.resolution
         self.patch_nums = tuple(gcfg.patch_nums)
@@ -207,48 +251,82 @@ class DemoModel:
             labels.append(f"{self.patch_nums[-1]}x{self.patch_nums[-1]} +res")
         return labels
 
-    def generate(self, class_name, cfg, top_k, top_p, temperature, seed, num_images) -> Result:
-        label, options, seed, n = self.parse(class_name, cfg, top_k, top_p, temperature, seed, num_images)
+    def sample_batch(self, jobs: list[Job]) -> list[tuple]:
+        """Sample the images of ``jobs`` (equal options) as one batch; per job (images, strip
+        columns), tensors in [-1, 1]. The batcher calls this in one thread at a time."""
         pipe = self.pipeline
+        options = jobs[0].options
+        assert all(j.key == jobs[0].key for j in jobs), "a batch mixes sampling settings"
+        labels = [j.label for j in jobs for _ in range(j.n)]
+        seeds = [s for j in jobs for s in j.seeds]
+        starts = [0]
+        for j in jobs:
+            starts.append(starts[-1] + j.n)
+        # the rows shown in the strips: the first STRIP_MAX_ROWS images of each request
+        strip_rows = [r for j, s in zip(jobs, starts) for r in range(s, s + min(j.n, STRIP_MAX_ROWS))]
         with self.lock:
-            t0 = time.perf_counter()
             try:
                 with self.deadline.limit(self.time_limit), torch.inference_mode():
                     self.deadline.check()
-                    out = pipe.sample([label] * n, seed, previews=True, **options)
+                    out = pipe.sample(labels, seeds, previews=True, **options)
                     # previews: K-1 discrete decodes, then the final image (with the residual);
                     # the last scale without the residual is decoded here from the public pieces
+                    idx = torch.tensor(strip_rows, device=out.f_hat.device)
+                    columns = [p[idx] for p in out.previews[:-1]]
                     if self.has_residual:
-                        discrete = pipe.tokenizer.decode(
-                            TokenizerCode(ids=out.ids, residual=out.residual, f_hat=out.f_hat), use_residual=False
-                        ).float()
-                        columns = [*out.previews[:-1], discrete, out.images]
-                    else:
-                        columns = list(out.previews)
+                        code = TokenizerCode(ids=[i[idx] for i in out.ids], residual=out.residual[idx],
+                                             f_hat=out.f_hat[idx])
+                        columns.append(pipe.tokenizer.decode(code, use_residual=False).float())
+                    columns.append(out.images[idx])
             except RequestTimeout:
+                others = len(jobs) - 1
+                shared = f" (sampled together with {others} other{'s' if others > 1 else ''})" if others else ""
                 raise UserError(
-                    f"stopped: this request ran longer than the {self.time_limit:g} s limit; "
+                    f"stopped: this request{shared} ran longer than the {self.time_limit:g} s limit; "
                     "ask for fewer images"
                 ) from None
-            seconds = time.perf_counter() - t0
-        images = to_pil(out.images)
-        m = min(n, STRIP_MAX_ROWS)
-        per_col = [to_pil(c[:m]) for c in columns]  # columns x rows
+        parts, row = [], 0
+        for j, s in zip(jobs, starts):
+            m = min(j.n, STRIP_MAX_ROWS)
+            parts.append((out.images[s:s + j.n].cpu(), [c[row:row + m].cpu() for c in columns]))
+            row += m
+        return parts
+
+    def generate(self, class_name, cfg, top_k, top_p, temperature, seed, num_images) -> Result:
+        """One visitor's request: checked here, sampled in a batch with the requests waiting
+        beside it (same settings), returned alone."""
+        label, options, seed, n = self.parse(class_name, cfg, top_k, top_p, temperature, seed, num_images)
+        job = Job(label, options, seed, n)
+        t0 = time.perf_counter()
+        (images, columns), info = self.batcher.submit(job.key, job, n)
+        seconds = time.perf_counter() - t0
+        images = to_pil(images)
+        per_col = [to_pil(c) for c in columns]  # columns x rows
         rows = [list(r) for r in zip(*per_col)]
         cell = self.resolution * max(1, math.ceil(CELL_MIN / self.resolution))
         strip = per_scale_strip(rows, self.strip_labels(), cell)
         name = self.names[label]
-        captions = [f"{name}, seed {seed + i}" for i in range(n)]
-        timing = (f"{n} image{'s' if n > 1 else ''} of {self.resolution}x{self.resolution} in {seconds:.2f} s "
-                  f"({len(self.patch_nums)} scales, per-scale previews included)")
-        return Result(images, captions, strip, timing)
+        captions = [f"{name}, seed {s}" for s in job.seeds]
+        shared = (f"; sampled with {info.requests - 1} other request{'s' if info.requests > 2 else ''} "
+                  f"in one batch of {info.images} images, {info.ran:.2f} s") if info.requests > 1 else ""
+        waited = f", {info.waited:.2f} s of it waiting" if info.waited >= 0.01 else ""
+        timing = (f"{n} image{'s' if n > 1 else ''} of {self.resolution}x{self.resolution} in {seconds:.2f} s"
+                  f"{waited} ({len(self.patch_nums)} scales, per-scale previews included{shared})")
+        return Result(images, captions, strip, timing, info)
 
 
 def build_demo(pipeline: HARTPipeline, *, max_images: int = 16, time_limit: float | None = 60.0,
-               queue_size: int = 16, title: str = "HART: next-scale prediction") -> gr.Blocks:
-    """The Gradio app on ``pipeline``, not launched. One request runs at a time (the engine's
-    cache is shared); at most ``queue_size`` wait; each may run ``time_limit`` seconds."""
-    model = DemoModel(pipeline, max_images=max_images, time_limit=time_limit)
+               queue_size: int = 16, max_batch_size: int = 8, max_batch_images: int | None = None,
+               batch_wait: float = 0.0, title: str = "HART: next-scale prediction") -> gr.Blocks:
+    """The Gradio app on ``pipeline``, not launched.
+
+    Up to twice ``max_batch_size`` requests are taken from the queue at once (gradio's
+    concurrency limit of the event; 1 when ``max_batch_size`` is 1): while one batch samples,
+    the next gathers. Waiting requests with equal sampling settings run as one sampler batch of
+    up to ``max_batch_size`` requests (:class:`DemoModel`, :mod:`demo.batching`); at most
+    ``queue_size`` more wait in gradio's queue; a batch may run ``time_limit`` seconds."""
+    model = DemoModel(pipeline, max_images=max_images, time_limit=time_limit, max_batch_size=max_batch_size,
+                      max_batch_images=max_batch_images, batch_wait=batch_wait)
     names = model.names
     pn = model.patch_nums
     R = model.resolution
@@ -297,9 +375,13 @@ def build_demo(pipeline: HARTPipeline, *, max_images: int = 16, time_limit: floa
         dice.click(lambda: random.randint(0, MAX_SEED), None, seed_in, queue=False, api_visibility="private")
         inputs = [class_in, cfg_in, topk_in, topp_in, temp_in, seed_in, num_in]
         # preprocess=False: the raw values reach DemoModel.parse, which checks every one with
-        # its own readable message (gradio's checks would also log a traceback per bad value)
-        run.click(generate, inputs, [gallery, strip, timing], api_name="generate", concurrency_limit=1,
-                  preprocess=False)
+        # its own readable message (gradio's checks would also log a traceback per bad value).
+        # Not gradio's batch=True: there one bad request fails the whole batch (and its
+        # validator= does not work with batch=True in gradio 6); here each request runs in its
+        # own worker (concurrency_limit of them at once), is checked alone, and the workers'
+        # requests meet in DemoModel's batcher.
+        run.click(generate, inputs, [gallery, strip, timing], api_name="generate",
+                  concurrency_limit=model.workers, preprocess=False)
     blocks.queue(max_size=queue_size, default_concurrency_limit=1)
     blocks.demo_model = model  # for tests and callers that want the plain-Python path
     return blocks
@@ -339,17 +421,29 @@ def main(argv=None):
                    help="seconds one request may run before it is stopped (default 60; 0: no limit)")
     p.add_argument("--max-images", type=int, default=16, metavar="N", help="most images per request (default 16)")
     p.add_argument("--queue-size", type=int, default=16, metavar="N",
-                   help="requests that may wait in the queue (default 16)")
+                   help="requests that may wait in the queue besides those being sampled (default 16)")
+    p.add_argument("--max-batch-size", type=int, default=8, metavar="N",
+                   help=f"most requests merged into one sampler batch (default 8, at most {MAX_BATCH_REQUESTS}; "
+                   "1: one at a time)")
+    p.add_argument("--max-batch-images", type=int, default=64, metavar="N",
+                   help="most images in one sampler batch (default 64; a request larger than this runs alone)")
+    p.add_argument("--batch-wait", type=float, default=0.0, metavar="S",
+                   help="seconds a batch waits for more requests before it starts (default 0)")
     args = p.parse_args(argv)
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be in 1..65535, got {args.port}")
     if args.time_limit < 0 or not math.isfinite(args.time_limit):
         raise UserError(f"--time-limit must be >= 0, got {args.time_limit}")
-    if args.max_images < 1 or args.queue_size < 1:
-        raise UserError("--max-images and --queue-size must be >= 1")
+    if args.max_images < 1 or args.queue_size < 1 or args.max_batch_images < 1:
+        raise UserError("--max-images, --queue-size and --max-batch-images must be >= 1")
+    if not 1 <= args.max_batch_size <= MAX_BATCH_REQUESTS:
+        raise UserError(f"--max-batch-size must be in 1..{MAX_BATCH_REQUESTS}, got {args.max_batch_size}")
+    if not (math.isfinite(args.batch_wait) and 0 <= args.batch_wait <= 10):
+        raise UserError(f"--batch-wait must be in 0..10 seconds, got {args.batch_wait}")
     pipeline = load_pipeline(args.model, device=str(resolve_device(args.device)))
     blocks = build_demo(pipeline, max_images=args.max_images, time_limit=args.time_limit or None,
-                        queue_size=args.queue_size)
+                        queue_size=args.queue_size, max_batch_size=args.max_batch_size,
+                        max_batch_images=args.max_batch_images, batch_wait=args.batch_wait)
     try:
         blocks.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
     except OSError as e:

@@ -167,7 +167,14 @@ def test_build_demo_returns_unlaunched_blocks_with_a_queue(pipeline):
     assert isinstance(blocks, gr.Blocks) and not blocks.is_running
     assert blocks._queue.default_concurrency_limit == 1 and blocks._queue.max_size == 16
     fn = next(f for f in blocks.fns.values() if f.api_name == "generate")
-    assert fn.concurrency_limit == 1
+    # 8 requests per sampler batch (the default); twice that let in, so the next batch gathers
+    assert fn.concurrency_limit == 16 and not fn.batch
+    assert (blocks.demo_model.batcher.max_requests, blocks.demo_model.batcher.max_images) == (8, 64)
+    one = demo.build_demo(pipeline, max_batch_size=1, queue_size=4)
+    fn1 = next(f for f in one.fns.values() if f.api_name == "generate")
+    assert fn1.concurrency_limit == 1 and one._queue.max_size == 4  # one request at a time
+    for b in (blocks, one):
+        b.demo_model.deadline.remove()
     # controls only: nothing a visitor can use to name a file
     assert {type(c).__name__ for c in fn.inputs} <= {"Dropdown", "Slider", "Number"}
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
@@ -204,6 +211,22 @@ def test_launch_binds_localhost_no_share_by_default(model_dir, monkeypatch):
     assert app.main(["--model", str(model_dir), "--host", "0.0.0.0", "--port", "8123", "--share"]) == 0
     assert (seen[0]["server_name"], seen[0]["server_port"], seen[0]["share"]) == ("127.0.0.1", 7860, False)
     assert (seen[1]["server_name"], seen[1]["server_port"], seen[1]["share"]) == ("0.0.0.0", 8123, True)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-batch-size", "0"], "--max-batch-size must be in 1..16"),
+    (["--max-batch-size", "17"], "--max-batch-size must be in 1..16"),
+    (["--max-batch-images", "0"], "--max-batch-images must be >= 1"),
+    (["--batch-wait", "-1"], "--batch-wait must be in 0..10 seconds"),
+    (["--queue-size", "0"], "--queue-size"),
+])
+def test_bad_batching_flags_are_one_line(model_dir, capsys, argv, message):
+    from demo import app
+
+    with pytest.raises(SystemExit) as e:
+        app.main(["--model", str(model_dir), *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("broken", ["missing", "no_generator", "bad_json", "bad_weights"])

@@ -1,0 +1,208 @@
+"""The demo under load: many concurrent API clients, one request at a time vs merged batches.
+
+For each mode it starts ``python -m demo`` (the bundled default model unless ``--model``) on a
+free port of 127.0.0.1, makes one ``gradio_client.Client`` per client, sends one warm-up
+request, then fires every client's request at once (each asks for ``--images`` images with its
+own seed and class, the demo's default sampling settings) and prints one row per mode:
+
+    | mode | completed | refused | wall s | images/s | median latency s | max latency s |
+
+and the throughput ratio of the last mode over the first. Before the modes it times the
+sampler alone in this process at the modes' batch sizes (requests x images, previews on):
+the per-image gain that merging can give at most on this machine. Latency: from the common start to
+the client's result. ``--max-batch-size 1`` is the one-at-a-time demo; every other setting
+(queue size, time limit) is the demo's default in both modes unless given here. Each client
+checks that its images carry its own seeds' captions, and the images of a request are
+compared across modes (same seeds: the same images, up to the decoder's float rounding).
+
+Loopback only; the request count is bounded (one request per client and mode).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_demo_load.py
+    python benchmarks/bench_demo_load.py --clients 20 --images 4 --modes 1 8 --queue-size 16
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_demo(args, batch: int, tmp: Path):
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "demo", "--port", str(port), "--max-batch-size", str(batch),
+           "--queue-size", str(args.queue_size), "--max-images", str(max(args.images, 16))]
+    if args.model:
+        cmd += ["--model", args.model]
+    log = open(tmp / f"demo-{batch}.log", "wb")
+    env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp / "gradio"), PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"demo exited with {proc.returncode}:\n{(tmp / f'demo-{batch}.log').read_text()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return proc, log, url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("demo did not start in 120 s")
+        time.sleep(0.3)
+
+
+def run_mode(args, batch: int, tmp: Path) -> dict:
+    from gradio_client import Client
+    from PIL import Image
+
+    proc, log, url = start_demo(args, batch, tmp)
+    try:
+        clients = [Client(url, verbose=False, download_files=str(tmp / f"dl-{batch}-{i}"), analytics_enabled=False)
+                   for i in range(args.clients)]
+        info = clients[0].view_api(return_format="dict", print_info=False)
+        names = info["named_endpoints"]["/generate"]["parameters"][0]["type"]["enum"]
+        defaults = {p["parameter_name"]: p["parameter_default"]
+                    for p in info["named_endpoints"]["/generate"]["parameters"]}
+
+        def request(i: int):
+            seed = 1000 * i
+            return dict(class_name=names[i % len(names)], cfg=defaults["cfg"], top_k=defaults["top_k"],
+                        top_p=defaults["top_p"], temperature=defaults["temperature"], seed=seed,
+                        num_images=args.images)
+
+        clients[0].predict(**request(0), api_name="/generate")  # warm-up, not timed
+        results: dict[int, dict] = {}
+        barrier = threading.Barrier(args.clients + 1)
+
+        def one(i: int):
+            kw = request(i)
+            barrier.wait()
+            t0 = time.perf_counter()
+            try:
+                gallery, _strip, timing = clients[i].predict(**kw, api_name="/generate")
+                captions = [g["caption"] for g in gallery]
+                want = [f"{kw['class_name']}, seed {kw['seed'] + j}" for j in range(args.images)]
+                if captions != want:
+                    raise RuntimeError(f"client {i} got {captions}, expected {want}")
+                pixels = [np.asarray(Image.open(g["image"]).convert("RGB"), dtype=np.int16) for g in gallery]
+                results[i] = dict(ok=True, end=time.perf_counter(), start=t0, pixels=pixels, timing=timing)
+            except Exception as e:  # a refusal: keep its message
+                results[i] = dict(ok=False, end=time.perf_counter(), start=t0, error=str(e).strip().splitlines()[0])
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(args.clients)]
+        for t in threads:
+            t.start()
+        barrier.wait()
+        t_start = time.perf_counter()
+        for t in threads:
+            t.join(timeout=args.timeout)
+        if any(t.is_alive() for t in threads):
+            raise SystemExit(f"mode max-batch-size {batch}: a client did not return in {args.timeout} s (a hang)")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    done = [r for r in results.values() if r["ok"]]
+    wall = max(r["end"] for r in results.values()) - t_start
+    lat = [r["end"] - t_start for r in done]
+    return dict(batch=batch, results=results, completed=len(done), refused=args.clients - len(done), wall=wall,
+                ips=len(done) * args.images / wall, median=statistics.median(lat) if lat else float("nan"),
+                max=max(lat) if lat else float("nan"),
+                errors=sorted({r["error"] for r in results.values() if not r["ok"]}))
+
+
+def sampler_ms_per_image(model, batches: list[int], repeats: int = 2) -> dict:
+    """The ceiling of merging on this machine: in-process ``pipeline.sample`` with the demo's
+    per-scale previews, best of ``repeats`` after a warm-up, ms per image at each batch size."""
+    import torch
+
+    from sampling import HARTPipeline
+
+    pipe = HARTPipeline.from_pretrained(model)
+    out = {}
+    with torch.inference_mode():
+        for b in batches:
+            labels, seeds = [i % pipe.num_classes for i in range(b)], list(range(b))
+            pipe.sample(labels, seeds, previews=True)
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                pipe.sample(labels, seeds, previews=True)
+                best = min(best, time.perf_counter() - t0)
+            out[b] = 1000 * best / b
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="model folder (default: the bundled default model)")
+    p.add_argument("--clients", type=int, default=20, help="concurrent clients (default 20)")
+    p.add_argument("--images", type=int, default=4, help="images per request (default 4)")
+    p.add_argument("--modes", type=int, nargs="+", default=[1, 8], metavar="B",
+                   help="--max-batch-size of each mode (default 1 8: one at a time, then the demo's default)")
+    p.add_argument("--queue-size", type=int, default=16, help="the demo's --queue-size in every mode (default 16)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds before a client counts as hung")
+    args = p.parse_args(argv)
+    if args.clients < 1 or args.images < 1 or args.clients > 64:
+        p.error("--clients must be in 1..64 and --images >= 1")
+    import torch
+
+    print(f"clients={args.clients} images_per_request={args.images} queue_size={args.queue_size} "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} torch={torch.__version__}")
+    sizes = sorted({args.images * b for b in args.modes})
+    ceiling = sampler_ms_per_image(args.model, sizes)
+    print("sampler alone (in process, previews on): "
+          + ", ".join(f"batch {b}: {ms:.1f} ms/image" for b, ms in ceiling.items())
+          + f"; batch {sizes[-1]} vs {sizes[0]}: {ceiling[sizes[0]] / ceiling[sizes[-1]]:.2f}x per image")
+    with tempfile.TemporaryDirectory() as d:
+        rows = [run_mode(args, b, Path(d)) for b in args.modes]
+    print("\n| mode | completed | refused | wall s | images/s | median latency s | max latency s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        mode = "one at a time (--max-batch-size 1)" if r["batch"] == 1 else f"batched (--max-batch-size {r['batch']})"
+        print(f"| {mode} | {r['completed']}/{args.clients} | {r['refused']} | {r['wall']:.2f} | {r['ips']:.2f} "
+              f"| {r['median']:.2f} | {r['max']:.2f} |")
+    for r in rows:
+        for e in r["errors"]:
+            print(f"max-batch-size {r['batch']}: refused with: {e}")
+    base = rows[0]
+    for r in rows[1:]:
+        print(f"throughput ratio (max-batch-size {r['batch']} / {base['batch']}): {r['ips'] / base['ips']:.2f}x")
+        both = [i for i in r["results"] if r["results"][i]["ok"] and base["results"].get(i, {}).get("ok")]
+        diff = max((int(np.abs(a - b).max()) for i in both
+                    for a, b in zip(r["results"][i]["pixels"], base["results"][i]["pixels"])), default=0)
+        print(f"same requests in both modes: {len(both)}; largest pixel difference between them: {diff} "
+              "(uint8 levels)")
+        merged = sum("sampled with" in r["results"][i]["timing"] for i in r["results"] if r["results"][i]["ok"])
+        print(f"max-batch-size {r['batch']}: {merged} of {r['completed']} requests shared a sampler batch")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
