@@ -247,3 +247,10 @@ def test_save_load_and_int8_export_round_trip(tmp_path):
         small = HARTGenerator.from_pretrained(tmp_path / "int8").eval()
         err = (small(inputs, teacher).logits - ref).abs().max() / ref.abs().max()
     assert err < 0.05
+
+
+def test_fid_takes_captioned_references():
+    from sampling.fid.sources import parse_source
+
+    assert parse_source("captions:/data/my_captioned", allow_stats=True).spec == "captions:/data/my_captioned"
+    assert parse_source("shapes:heldout", allow_stats=True).split == "heldout"

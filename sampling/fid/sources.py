@@ -40,7 +40,8 @@ def parse_source(text: str, allow_stats: bool) -> Source:
         return Source("stats", path=text)
     if Path(text).is_dir():
         return folder_source(text)
-    if text.startswith("folder:"):  # a class-folder dataset: its images, resized like --data
+    if text.startswith(("folder:", "captions:")):  # path datasets: their images, resized like --data
+        parse_spec(text)
         return Source("dataset", spec=text, split="train")
     if "/" in text or Path(text).suffix:
         raise UserError(f"{text} is neither a folder nor a .npz file")
