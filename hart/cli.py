@@ -6,6 +6,7 @@ that owns it, imported only when that subcommand runs, so ``hart --help`` starts
     hart train --tokenizer runs/tok --preset fm-s --data fashion-mnist --out runs/gen
     hart generate --model runs/gen --class 3 --num 8 --out grid.png
     hart convert var --vae vae_ch160v4096z32.pth --var var_d16.pth --out models/var-d16
+    hart plot runs/gen runs/gen-nohead --out curves.png
 """
 from __future__ import annotations
 
@@ -24,6 +25,14 @@ COMMANDS = {
     "demo": ("demo.app", "Gradio demo on a model folder"),
     "convert": ("hart.convert", "convert official VAR / HART checkpoints into model folders"),
     "export": ("hart.export", "copy a model folder with smaller (fp16 / int8) weight files"),
+    "plot": ("hart.plot", "draw the training curves of one or more runs (metrics.jsonl) as a PNG"),
+}
+
+# What a command borrows from a higher layer, handed to its main() as keyword arguments
+# ("module:attribute"). The router is the one place that loads modules of every layer by
+# name: `hart train` (hart layer) gets the sampler of its sample grids from sampling.
+WIRING = {
+    "train": {"sampler": "sampling.previews:sample_images"},
 }
 
 
@@ -44,7 +53,12 @@ def main(argv=None):
         print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
     module = importlib.import_module(COMMANDS[name][0])
-    return module.main(rest)
+    return module.main(rest, **{k: _load(v) for k, v in WIRING.get(name, {}).items()})
+
+
+def _load(target: str):
+    mod, attr = target.split(":")
+    return getattr(importlib.import_module(mod), attr)
 
 
 if __name__ == "__main__":

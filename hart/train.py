@@ -25,12 +25,22 @@ tokenizer), ``DIR/generator/`` (the EMA weights), and ``DIR/train_state/`` for `
 (raw and EMA weights, optimizer, step, RNG). ``--batch-size`` is the global batch: under
 torchrun each of N processes takes ``batch/N`` from its own shard of the data; only rank 0
 writes.
+
+What the run shows while it runs (rank 0): ``DIR/metrics.jsonl``, one line per ``--log-every``
+steps (total loss, cross-entropy, token accuracy, diffusion loss, gradient norm, learning rate,
+images/s and tokens/s), always; the same as TensorBoard scalars under ``DIR/tensorboard/``
+(``pip install 'hart-open[tensorboard]'``), and for class models a fixed-seed sample grid per
+class every ``--image-every`` steps (also written to ``DIR/samples.png``). ``hart plot DIR``
+draws the curves. The grid needs a sampler, which lives a layer above this module: ``hart
+train`` (and ``python -m hart.train``, which goes through the ``hart`` router) hands it in;
+``main(argv)`` called directly makes no grid.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -44,7 +54,9 @@ from hart.diffusion import diffusion_loss, make_train_scheduler
 from hart.common.dist import DistInfo, init_distributed
 from hart.common.ema import EMA
 from hart.common.errors import UserError, cli_entry
-from hart.common.io import CONFIG_NAME, WEIGHTS_NAME, atomic_dir, read_weights, resolve_dir
+from hart.common.images import grid
+from hart.common.io import CONFIG_NAME, WEIGHTS_NAME, atomic_dir, atomic_file, read_weights, resolve_dir
+from hart.common.metrics import RunLog, Throughput, Window
 from hart.model import HARTGenerator
 from hart.common.loop import (check_positive, check_preset, load_run, nonfinite_loss, run_meta, save_run, set_lr,
                               warmup_cosine)
@@ -146,7 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train only the residual head on top of the --init transformer")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
                    help="autocast dtype (auto: bf16 on a GPU, fp32 on the CPU)")
-    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default 500)")
+    p.add_argument("--log-every", type=int, default=50,
+                   help="one metrics.jsonl line / TensorBoard point per N steps, means over them (default 50)")
+    p.add_argument("--image-every", type=int, default=None,
+                   help="fixed-seed sample grid per class every N steps (default: --save-every)")
+    p.add_argument("--no-tensorboard", action="store_true", help="metrics.jsonl only, no TensorBoard event files")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -198,11 +215,11 @@ class GeneratorTrainer:
             raise nonfinite_loss(loss.item(), self.step, self.args.out, self.saved_step)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 2.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 2.0)
         self.opt.step()
         self.ema.update(self.model, self.ema.warmup_decay(self.step))
         self.step += 1
-        return {k: v.item() for k, v in metrics.items()}
+        return {"loss": loss.item(), **{k: v.item() for k, v in metrics.items()}, "grad_norm": grad_norm.item()}
 
     def save(self, out: Path) -> None:
         if self.dist.is_main:
@@ -226,6 +243,43 @@ class GeneratorTrainer:
 
 
 HEAD_PREFIXES = ("diffusion.", "decoder_norm.")  # what --freeze-transformer trains
+
+SAMPLE_ROWS = 10  # classes in the sample grid (evenly spread when there are more)
+SAMPLE_COLS = 4  # images per class: seeds 0..3, the same at every grid
+
+
+def sample_grid(sampler, generator: HARTGenerator, tokenizer: HybridTokenizer):
+    """A PIL grid: one labelled row per class (at most :data:`SAMPLE_ROWS`), seeds 0..3.
+
+    ``sampler(generator, tokenizer, class_ids, seeds)`` returns (B, 3, R, R) images in [-1, 1]
+    (:func:`sampling.previews.sample_images`, handed in by the ``hart`` router)."""
+    c = generator.config
+    n = c.num_classes
+    if n <= SAMPLE_ROWS:
+        rows = list(range(n))
+    else:
+        rows = [round(i * (n - 1) / (SAMPLE_ROWS - 1)) for i in range(SAMPLE_ROWS)]
+    ids = [k for k in rows for _ in range(SAMPLE_COLS)]
+    seeds = [j for _ in rows for j in range(SAMPLE_COLS)]
+    images = sampler(generator, tokenizer, ids, seeds).float().cpu()
+    names = list(c.class_names) if len(c.class_names or ()) == n else [str(k) for k in range(n)]
+    return grid([images[i * SAMPLE_COLS:(i + 1) * SAMPLE_COLS] for i in range(len(rows))],
+                [names[k] for k in rows], scale=max(1, 64 // tokenizer.config.resolution))
+
+
+@torch.no_grad()
+def write_samples(sampler, generator: HARTGenerator, tokenizer: HybridTokenizer, out: Path, log: RunLog,
+                  step: int) -> None:
+    """The fixed-seed grid of the EMA generator to TensorBoard and ``out/samples.png``."""
+    was_training = generator.training
+    try:
+        image = sample_grid(sampler, generator.eval(), tokenizer)
+    finally:
+        generator.clear_caches()  # the sampler's KV cache: no memory held between grids
+        generator.train(was_training)
+    log.image("samples", image, step)
+    with atomic_file(out / "samples.png") as tmp:
+        image.save(tmp, format="PNG")
 
 
 def generator_dir(folder) -> Path:
@@ -381,17 +435,20 @@ def dataset_classes(args, tokenizer) -> tuple | None:
 
 
 @cli_entry
-def main(argv=None):
+def main(argv=None, sampler=None):
+    """``sampler``: what draws the sample grids (see :func:`sample_grid`); None: no grids."""
     args = build_parser().parse_args(argv)
-    check_positive(args, "steps", "batch_size", "save_every")
+    if args.image_every is None:
+        args.image_every = args.save_every
+    check_positive(args, "steps", "batch_size", "save_every", "log_every", "image_every")
     dist = init_distributed(args.device)
     try:
-        return run(args, dist)
+        return run(args, dist, sampler)
     finally:
         dist.close()
 
 
-def run(args, dist: DistInfo) -> int:
+def run(args, dist: DistInfo, sampler=None) -> int:
     if args.batch_size % dist.world_size:
         raise UserError(f"--batch-size {args.batch_size} must be divisible by the {dist.world_size} processes")
     out = Path(args.out)
@@ -417,19 +474,42 @@ def run(args, dist: DistInfo) -> int:
     batches = batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, trainer.step, config)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     desc = f"generator {n_params / 1e6:.1f}M"
-    with tqdm(total=args.steps, initial=trainer.step, desc=desc, dynamic_ncols=True, disable=not dist.is_main) as bar:
+    window, speed = Window(), Throughput()
+    log = RunLog(out, start_step=trainer.step, resume=args.resume, enabled=dist.is_main,
+                 tensorboard=not args.no_tensorboard)
+    grids = sampler is not None and dist.is_main and not config.is_text  # a grid per class: class models
+    with log, tqdm(total=args.steps, initial=trainer.step, desc=desc, dynamic_ncols=True,
+                   disable=not dist.is_main) as bar:
         while trainer.step < args.steps:
+            t0 = time.perf_counter()
             ids, residual, labels = next(batches)
             m = trainer.train_step(ids, residual, labels)
-            if trainer.step % 10 == 0 or trainer.step == args.steps:
+            speed.add(args.batch_size, time.perf_counter() - t0)  # the global batch: all ranks step together
+            window.add(**m)
+            step = trainer.step
+            if step % 10 == 0 or step == args.steps:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in m.items()}, refresh=False)
+            if step % args.log_every == 0 or step == args.steps:
+                mean = window.means()
+                ips = speed.rate()
+                names = {"loss": "loss/total", "ce": "loss/ce", "diff": "loss/diff"}
+                log.scalars(step, {tag: mean[k] for k, tag in names.items() if k in mean},
+                            acc=mean["acc"], grad_norm=mean["grad_norm"], lr=trainer.opt.param_groups[0]["lr"],
+                            **{"throughput/images_per_s": ips, "throughput/tokens_per_s": ips * config.seq_len})
+            if grids and (step % args.image_every == 0 or step == args.steps):
+                write_samples(sampler, trainer.ema.shadow, tokenizer, out, log, step)
             bar.update(1)
-            if trainer.step % args.save_every == 0 or trainer.step == args.steps:
+            if step % args.save_every == 0 or step == args.steps:
                 trainer.save(out)
+                log.flush()
     if dist.is_main:
         print(f"saved model folder {out} (step {trainer.step}): {out / 'tokenizer'} + {out / 'generator'}")
     return 0
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from hart.cli import main as hart_main  # the router hands in the sampler (a higher layer)
+
+    raise SystemExit(hart_main(["train", *sys.argv[1:]]))

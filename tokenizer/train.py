@@ -16,10 +16,17 @@ DIR is a tokenizer folder (``config.json`` + ``model.safetensors``, the EMA weig
 every later command reads; ``DIR/train_state/`` holds what ``--resume`` needs (raw and EMA
 weights, discriminator, optimizers, step, RNG); ``DIR/recon.png`` shows input | discrete-only
 | hybrid rows for a fixed batch of held-out images.
+
+What the run shows while it runs (rank 0): ``DIR/metrics.jsonl``, one line per ``--log-every``
+steps (losses, PSNR, codebook usage over those steps, learning rate, images/s), always; the same
+as TensorBoard scalars under ``DIR/tensorboard/`` (``pip install 'hart-open[tensorboard]'``;
+``tensorboard --logdir DIR``), with the reconstruction grid every ``--image-every`` steps.
+``hart plot DIR`` draws the curves as a PNG.
 """
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import torch
@@ -28,11 +35,12 @@ from tqdm import tqdm
 from hart.common.data import add_data_arguments, infinite_batches, make_dataset
 from hart.common.ema import EMA
 from hart.common.errors import UserError, cli_entry
-from hart.common.images import save_grid
+from hart.common.images import grid, save_grid
 from hart.common.dist import resolve_device
 from hart.common.io import WEIGHTS_NAME, load_weights, resolve_dir
 from hart.common.loop import (check_positive, check_preset, load_run, nonfinite_loss, run_meta, save_run, set_lr,
                               warmup_cosine)
+from hart.common.metrics import RunLog, Throughput, Window
 from tokenizer.config import TokenizerConfig
 from tokenizer.losses import LPIPS, PatchDiscriminator, hinge_d_loss, hinge_g_loss, psnr, reconstruction_loss
 from tokenizer.model import HybridTokenizer
@@ -58,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-codebook", action="store_true",
                    help="second stage (HART): freeze encoder, quant_conv and quantizer; train the decoder only")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default 500)")
+    p.add_argument("--log-every", type=int, default=50,
+                   help="one metrics.jsonl line / TensorBoard point per N steps, means over them (default 50)")
+    p.add_argument("--image-every", type=int, default=None,
+                   help="reconstruction grid to TensorBoard every N steps (default: --save-every)")
+    p.add_argument("--no-tensorboard", action="store_true", help="metrics.jsonl only, no TensorBoard event files")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -113,7 +126,7 @@ class Trainer:
             raise nonfinite_loss(loss.item(), step, args.out, self.saved_step)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.opt_g.param_groups[0]["params"], 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.opt_g.param_groups[0]["params"], 1.0)
         self.opt_g.step()
         d_loss = torch.zeros(())
         if use_gan:
@@ -124,7 +137,7 @@ class Trainer:
         self.ema.update(self.model, self.ema.warmup_decay(step))
         self.step += 1
         return dict(loss=loss.item(), rec=loss_rec.item(), vq=out.vq_loss.item(), d=d_loss.item(),
-                    psnr=psnr(out.recon, x).mean().item(), discrete=discrete,
+                    psnr=psnr(out.recon, x).mean().item(), discrete=discrete, grad_norm=grad_norm.item(),
                     ids=torch.cat([i.flatten() for i in out.ids]))
 
     # ------------------------------------------------------------------ checkpoints
@@ -156,15 +169,23 @@ def frozen_parts(model: HybridTokenizer) -> list:
     return [model.encoder, model.quant_conv, model.quantize]
 
 
+RECON_LABELS = ["input", "discrete", "hybrid"]
+
+
 @torch.no_grad()
-def write_recon_grid(model: HybridTokenizer, images: torch.Tensor, path) -> None:
-    """PNG with rows: input | discrete-only | hybrid (discrete + residual)."""
+def recon_rows(model: HybridTokenizer, images: torch.Tensor) -> list:
+    """Rows input | discrete-only | hybrid (discrete + residual), on the CPU."""
     was_training = model.training
     model.eval()
     code = model.encode(images)
     rows = [images, model.decode(code, use_residual=False), model.decode(code, use_residual=True)]
-    save_grid([r.cpu() for r in rows], path, row_labels=["input", "discrete", "hybrid"], scale=2)
     model.train(was_training)
+    return [r.cpu() for r in rows]
+
+
+def write_recon_grid(model: HybridTokenizer, images: torch.Tensor, path) -> None:
+    """PNG with rows: input | discrete-only | hybrid (discrete + residual)."""
+    save_grid(recon_rows(model, images), path, row_labels=RECON_LABELS, scale=2)
 
 
 def resolve_config(args, out: Path) -> TokenizerConfig:
@@ -192,7 +213,9 @@ def resolve_config(args, out: Path) -> TokenizerConfig:
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    check_positive(args, "steps", "batch_size", "save_every")
+    if args.image_every is None:
+        args.image_every = args.save_every
+    check_positive(args, "steps", "batch_size", "save_every", "log_every", "image_every")
     out = Path(args.out)
     config = resolve_config(args, out)
     if args.disc_start is None:
@@ -218,18 +241,34 @@ def main(argv=None):
     batches = infinite_batches(train_set, args.batch_size, torch.Generator().manual_seed(args.seed),
                                start_step=trainer.step)
     usage = torch.zeros(config.codebook_size, dtype=torch.long)
-    with tqdm(total=args.steps, initial=trainer.step, desc="tokenizer", dynamic_ncols=True) as bar:
+    window, speed = Window(), Throughput()
+    log = RunLog(out, start_step=trainer.step, resume=args.resume, tensorboard=not args.no_tensorboard)
+    with log, tqdm(total=args.steps, initial=trainer.step, desc="tokenizer", dynamic_ncols=True) as bar:
         while trainer.step < args.steps:
+            t0 = time.perf_counter()
             x, _ = next(batches)
             m = trainer.train_step(x.to(device))
+            speed.add(x.shape[0], time.perf_counter() - t0)
             usage += torch.bincount(m["ids"].cpu(), minlength=config.codebook_size)
-            if trainer.step % 50 == 0:
-                frac = (usage > 0).float().mean().item()
+            window.add(**{k: m[k] for k in ("loss", "rec", "vq", "d", "psnr", "grad_norm")})
+            step = trainer.step
+            if step % args.log_every == 0 or step == args.steps:
+                frac = (usage > 0).float().mean().item()  # share of the codebook used in the window
                 usage.zero_()
-                bar.set_postfix(loss=f"{m['loss']:.3f}", psnr=f"{m['psnr']:.1f}", usage=f"{frac:.0%}", refresh=False)
+                mean = window.means()
+                names = {"loss": "loss/total", "rec": "loss/rec", "vq": "loss/vq", "d": "loss/disc"}
+                log.scalars(step, {tag: mean[k] for k, tag in names.items()},
+                            psnr=mean["psnr"], grad_norm=mean["grad_norm"], **{"codebook/usage": frac},
+                            lr=trainer.opt_g.param_groups[0]["lr"], **{"throughput/images_per_s": speed.rate()})
+                bar.set_postfix(loss=f"{mean['loss']:.3f}", psnr=f"{mean['psnr']:.1f}", usage=f"{frac:.0%}",
+                                refresh=False)
+            if log.writer is not None and (step % args.image_every == 0 or step == args.steps):
+                log.image("reconstructions", grid(recon_rows(trainer.ema.shadow, preview), RECON_LABELS, scale=2),
+                          step)
             bar.update(1)
-            if trainer.step % args.save_every == 0 or trainer.step == args.steps:
+            if step % args.save_every == 0 or step == args.steps:
                 trainer.save(out, preview)
+                log.flush()
     print(f"saved tokenizer to {out} (step {trainer.step}); reconstructions in {out / 'recon.png'}")
     return 0
 

@@ -16,9 +16,9 @@ def cli_entry(main):
     """Wrap a ``main(argv=None)`` so a :class:`UserError` becomes one line on stderr."""
 
     @functools.wraps(main)
-    def wrapper(argv=None):
+    def wrapper(argv=None, **kwargs):
         try:
-            return main(argv)
+            return main(argv, **kwargs)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None

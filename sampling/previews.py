@@ -1,0 +1,21 @@
+"""Sample grids while a generator trains: what ``hart train`` draws its per-class grids with.
+
+The trainer (``hart.train``) sits a layer below sampling, so it cannot import the engine; the
+``hart`` router hands it :func:`sample_images` instead (``hart.cli.WIRING``).
+"""
+from __future__ import annotations
+
+import torch
+
+from sampling.engine import SamplingEngine, make_generators
+from sampling.options import DEFAULT_PRESET, SamplingOptions
+
+
+@torch.no_grad()
+def sample_images(generator, tokenizer, class_ids, seeds, options: SamplingOptions | None = None) -> torch.Tensor:
+    """(B, 3, R, R) images in [-1, 1] of a class model, image i from ``seeds[i]``, with the
+    default sampling preset; ``generator`` and ``tokenizer`` are used as they are (the caller
+    puts them in eval mode and frees the generator's cache afterwards)."""
+    engine = SamplingEngine(generator, tokenizer)
+    opts = options or SamplingOptions.preset(DEFAULT_PRESET)
+    return engine.sample(list(class_ids), make_generators(seeds), opts).images
