@@ -125,7 +125,7 @@ class Job:
     a sampler batch. Everything else is per image (class id, seeds) and so would a prompt be.
     """
 
-    label: int
+    label: int | str  # class id, or the prompt of a text model (per image, never grouped on)
     options: dict
     seed: int
     n: int
@@ -209,7 +209,9 @@ class DemoModel:
     def __init__(self, pipeline: HARTPipeline, max_images: int = 16, time_limit: float | None = 60.0,
                  max_batch_size: int = 8, max_batch_images: int | None = None, batch_wait: float = 0.0):
         self.pipeline = pipeline
-        self.names = class_names(pipeline)
+        self.is_text = pipeline.is_text
+        self.names = [] if self.is_text else class_names(pipeline)
+        self.max_prompt_chars = 500
         self.max_images = int(max_images)
         self.time_limit = time_limit
         self.deadline = Deadline(pipeline)
@@ -228,8 +230,15 @@ class DemoModel:
     # ------------------------------------------------------------------ inputs
 
     def parse(self, class_name, cfg, top_k, top_p, temperature, seed, num_images) -> tuple:
-        """Raw control values -> (class id, options dict, seed, n); :class:`UserError` if bad."""
-        if class_name not in self.names:
+        """Raw control values -> (class id or prompt, options dict, seed, n); :class:`UserError`
+        if bad. A text model's first control is the prompt."""
+        if self.is_text:
+            prompt = " ".join(str(class_name or "").split())
+            if not prompt:
+                raise UserError("write a prompt first, e.g. one of the examples")
+            if len(prompt) > self.max_prompt_chars:
+                raise UserError(f"the prompt is {len(prompt)} characters; keep it under {self.max_prompt_chars}")
+        elif class_name not in self.names:
             shown = ", ".join(self.names[:10]) + (" ..." if len(self.names) > 10 else "")
             raise UserError(f"unknown class {class_name!r}; choose one of: {shown}")
         options = dict(
@@ -240,7 +249,7 @@ class DemoModel:
         )
         seed = int(_number("seed", seed, integer=True, lo=0, hi=MAX_SEED))
         n = int(_number("number of images", num_images, integer=True, lo=1, hi=self.max_images))
-        return self.names.index(class_name), options, seed, n
+        return (prompt if self.is_text else self.names.index(class_name)), options, seed, n
 
     # ------------------------------------------------------------------ sampling
 
@@ -268,7 +277,8 @@ class DemoModel:
             try:
                 with self.deadline.limit(self.time_limit), torch.inference_mode():
                     self.deadline.check()
-                    out = pipe.sample(labels, seeds, previews=True, **options)
+                    cond = {"prompts": labels} if self.is_text else {"class_ids": labels}
+                    out = pipe.sample(seed=seeds, previews=True, **cond, **options)
                     # previews: K-1 discrete decodes, then the final image (with the residual);
                     # the last scale without the residual is decoded here from the public pieces
                     idx = torch.tensor(strip_rows, device=out.f_hat.device)
@@ -305,7 +315,7 @@ class DemoModel:
         rows = [list(r) for r in zip(*per_col)]
         cell = self.resolution * max(1, math.ceil(CELL_MIN / self.resolution))
         strip = per_scale_strip(rows, self.strip_labels(), cell)
-        name = self.names[label]
+        name = label if self.is_text else self.names[label]
         captions = [f"{name}, seed {s}" for s in job.seeds]
         shared = (f"; sampled with {info.requests - 1} other request{'s' if info.requests > 2 else ''} "
                   f"in one batch of {info.images} images, {info.ran:.2f} s") if info.requests > 1 else ""
@@ -313,6 +323,17 @@ class DemoModel:
         timing = (f"{n} image{'s' if n > 1 else ''} of {self.resolution}x{self.resolution} in {seconds:.2f} s"
                   f"{waited} ({len(self.patch_nums)} scales, per-scale previews included{shared})")
         return Result(images, captions, strip, timing, info)
+
+
+SHAPES_EXAMPLES = (
+    "a large red circle", "a small blue square left of a large green triangle",
+    "three small white crosses", "a large orange diamond above a small cyan circle", "two large purple triangles",
+)
+
+
+def prompt_examples(pipeline: HARTPipeline) -> list[str]:
+    """Example prompts for a text model: the shapes grammar (the bundled text model's data)."""
+    return list(SHAPES_EXAMPLES)
 
 
 def build_demo(pipeline: HARTPipeline, *, max_images: int = 16, time_limit: float | None = 60.0,
@@ -340,16 +361,24 @@ def build_demo(pipeline: HARTPipeline, *, max_images: int = 16, time_limit: floa
 
     defaults = SamplingOptions.preset(DEFAULT_PRESET)  # the sliders start at the CLI's defaults
     with gr.Blocks(title=title, analytics_enabled=False) as blocks:
+        kind = ("A text-to-image HART model" if model.is_text
+                else f"A class-conditional HART model: {len(names)} classes")
         gr.Markdown(
             f"# {title}\n"
-            f"A class-conditional HART model: {len(names)} classes, {R}x{R} images, {len(pn)} scales "
+            f"{kind}, {R}x{R} images, {len(pn)} scales "
             f"({pn[0]}x{pn[0]} .. {pn[-1]}x{pn[-1]} tokens). Each scale predicts a finer token map "
             "from all the coarser ones"
             + ("; a small diffusion head then adds the continuous residual." if model.has_residual else ".")
         )
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
-                class_in = gr.Dropdown(names, value=names[0], label="Class", elem_id="class")
+                if model.is_text:
+                    examples = prompt_examples(pipeline)
+                    class_in = gr.Textbox(value=examples[0], label="Prompt", lines=2, max_lines=4,
+                                          elem_id="prompt")
+                    gr.Examples([[e] for e in examples], inputs=[class_in], label="Examples")
+                else:
+                    class_in = gr.Dropdown(names, value=names[0], label="Class", elem_id="class")
                 cfg_in = gr.Slider(0, 10, value=defaults.cfg, step=0.1, label="CFG (guidance at the last scale)",
                                    elem_id="cfg")
                 topk_in = gr.Slider(0, model.codebook_size, value=min(defaults.top_k, model.codebook_size), step=1,

@@ -254,3 +254,33 @@ def test_fid_takes_captioned_references():
 
     assert parse_source("captions:/data/my_captioned", allow_stats=True).spec == "captions:/data/my_captioned"
     assert parse_source("shapes:heldout", allow_stats=True).split == "heldout"
+
+
+def test_demo_with_a_text_model(encoder, tokdir):
+    pytest.importorskip("gradio")
+    import os
+
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    from demo.app import DemoModel, Job, build_demo
+    from sampling.pipeline import HARTPipeline
+    from tokenizer.model import HybridTokenizer
+
+    tok = HybridTokenizer.from_pretrained(tokdir)
+    tc = tok.config
+    torch.manual_seed(0)
+    gen = HARTGenerator(GeneratorConfig.from_name(
+        "t2i-tiny", patch_nums=tc.patch_nums, codebook_size=tc.codebook_size, z_channels=tc.z_channels,
+        residual_scale=0.1))
+    pipe = HARTPipeline(tok, gen, text_encoder=encoder)
+    model = DemoModel(pipe, max_images=4)
+    r = model.generate("a large red circle", 1.5, 0, 1.0, 1.0, 5, 2)
+    assert len(r.images) == 2 and r.captions[0] == "a large red circle, seed 5" and r.strip.size[0] > 0
+    # two prompts in one sampler batch: each gets the images it gets alone
+    opts = dict(cfg=1.5, top_k=0, top_p=1.0, temperature=1.0)
+    both = model.sample_batch([Job("a large red circle", opts, 5, 2), Job("two blue squares", opts, 9, 1)])
+    alone = model.sample_batch([Job("two blue squares", opts, 9, 1)])
+    assert torch.allclose(both[1][0], alone[0][0], atol=1e-4)
+    with pytest.raises(UserError, match="prompt"):
+        model.generate("   ", 1.5, 0, 1.0, 1.0, 5, 2)
+    blocks = build_demo(pipe, max_images=4)  # the prompt box and its examples
+    assert any(getattr(b, "elem_id", None) == "prompt" for b in blocks.blocks.values())
