@@ -332,8 +332,9 @@ SHAPES_EXAMPLES = (
 
 
 def prompt_examples(pipeline: HARTPipeline) -> list[str]:
-    """Example prompts for a text model: the shapes grammar (the bundled text model's data)."""
-    return list(SHAPES_EXAMPLES)
+    """Example prompts for a text model: captions of its training data (saved in its config by
+    ``hart train``), else prompts of the ``shapes`` grammar."""
+    return list(pipeline.generator.config.example_prompts) or list(SHAPES_EXAMPLES)
 
 
 def build_demo(pipeline: HARTPipeline, *, max_images: int = 16, time_limit: float | None = 60.0,

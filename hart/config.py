@@ -72,6 +72,7 @@ class GeneratorConfig(ConfigBase):
     cond: str = "class"
     text_encoder: str = ""  # hart.text encoder name ("minilm", "qwen2") of a text model
     context_tokens: int = 0  # T: padded prompt length (the prefix), text models
+    example_prompts: tuple[str, ...] = ()  # captions of the training data (the demo's examples); set by `hart train`
     context_dim: int = 0  # D: the encoder's width
     context_norm: bool = True  # RMSNorm on the encoder tokens before context_embed (HART)
     context_pool: str = "max"  # AdaLN condition = pool of the embedded prefix: "max" (HART) or "mean"
@@ -100,6 +101,7 @@ class GeneratorConfig(ConfigBase):
         if self.mlp_ratio <= 0:
             raise UserError(f"generator config: mlp_ratio must be positive, got {self.mlp_ratio}")
         self.class_names = tuple(self.class_names)
+        self.example_prompts = tuple(self.example_prompts)
         if self.class_names and len(self.class_names) != self.num_classes:
             raise UserError(f"generator config: {len(self.class_names)} class names for {self.num_classes} classes")
         if not 0.0 < self.diff_keep_frac <= 1.0:

@@ -30,6 +30,7 @@ from hart.common.io import WEIGHTS_NAME, atomic_dir, read_json, resolve_dir, wri
 from tokenizer import HybridTokenizer
 
 TOKENS_NAME = "tokens.safetensors"
+EXAMPLES = 6  # distinct captions kept as a text model's example prompts
 
 
 def tokenizer_fingerprint(tokenizer_dir) -> str:
@@ -147,6 +148,7 @@ def main(argv=None):
         tensors["context"], mask = encode_all(enc, captions)
         tensors["context_mask"] = mask.to(torch.uint8)
         meta.update(text_encoder=args.text_encoder, context_tokens=args.context_tokens, context_dim=enc.dim,
+                    examples=captions[:EXAMPLES],
                     num_captions=len(captions))
     with atomic_dir(args.out) as tmp:
         save_file(tensors, str(tmp / TOKENS_NAME))

@@ -350,7 +350,8 @@ def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gen
         if bool(meta.get("freeze_transformer", False)) != args.freeze_transformer:
             flag = "with" if meta.get("freeze_transformer") else "without"
             raise UserError(f"the run in {out} was started {flag} --freeze-transformer; resume it the same way")
-        fitted = args.preset and fit_preset(args.preset, tc, classes, args).replace(residual_scale=saved.residual_scale)
+        fitted = args.preset and fit_preset(args.preset, tc, classes, args).replace(
+            residual_scale=saved.residual_scale, example_prompts=saved.example_prompts)
         check_preset(args.preset, fitted, saved, out)
         return saved
     if args.init and not args.preset:
@@ -417,6 +418,23 @@ def batch_source(args, tokenizer, dist: DistInfo, per_rank: int, start_step: int
             yield code.ids, code.residual, (_to(prompts(list(y)), dev) if prompts is not None else _to(y, dev))
 
 
+def dataset_examples(args, tokenizer) -> tuple:
+    """Up to ``EXAMPLES`` distinct captions of captioned data (a text model's example prompts)."""
+    from hart.tokens import EXAMPLES
+
+    if args.tokens:
+        return tuple(TokenCache(args.tokens).meta.get("examples", ()))[:EXAMPLES]
+    data = make_dataset(args.data, "train", tokenizer.config.resolution, args.data_dir)
+    out = []
+    for i in range(min(len(data), 200)):
+        caption = data[i][1]
+        if caption not in out:
+            out.append(caption)
+        if len(out) == EXAMPLES:
+            break
+    return tuple(out)
+
+
 def dataset_classes(args, tokenizer) -> tuple | None:
     """The data's class names, or None for captioned data (a text model's)."""
     if args.tokens:
@@ -455,6 +473,8 @@ def run(args, dist: DistInfo, sampler=None) -> int:
     torch.manual_seed(args.seed)
     tokenizer = HybridTokenizer.from_pretrained(args.tokenizer, device=dist.device).requires_grad_(False)
     config = resolve_config(args, out, tokenizer, dataset_classes(args, tokenizer))
+    if config.is_text and not args.resume and not config.example_prompts:
+        config = config.replace(example_prompts=dataset_examples(args, tokenizer))
     if dist.is_main:
         copy_tokenizer(args.tokenizer, out)
     trainer = GeneratorTrainer(config, tokenizer, args, dist)

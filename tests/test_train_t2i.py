@@ -41,6 +41,11 @@ def test_train_resume_and_generate(tokdir, cache, tmp_path):
     a = load_file(str(tmp_path / "a" / "generator" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "generator" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # resumed exactly
+    from hart.model import HARTGenerator
+
+    cfg = HARTGenerator.load_config(tmp_path / "a" / "generator")
+    assert cfg.is_text and cfg.example_prompts == tuple(TokenCache(cache).meta["examples"])  # the demo's examples
+    assert len(set(cfg.example_prompts)) == len(cfg.example_prompts) > 0
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a large red circle\n# a comment\n\ntwo blue squares\n")
     generate_main(["--model", str(tmp_path / "a"), "--prompts", str(prompts), "--prompt", "a small green cross",
@@ -50,7 +55,10 @@ def test_train_resume_and_generate(tokdir, cache, tmp_path):
 
 def test_train_on_the_fly(tokdir, tmp_path):
     _train(tokdir, tmp_path / "c", "--data", "shapes", "--steps", "1", "--context-tokens", "8")
-    assert (tmp_path / "c" / "generator" / "config.json").is_file()
+    from hart.model import HARTGenerator
+
+    cfg = HARTGenerator.load_config(tmp_path / "c" / "generator")
+    assert cfg.context_tokens == 8 and len(cfg.example_prompts) == 6
 
 
 def test_one_line_errors(tokdir, cache, tmp_path, capsys):
