@@ -87,3 +87,25 @@ def test_one_line_errors(tokdir, cache, tmp_path, capsys):
     empty.write_text("\n# nothing\n")
     assert "no prompts" in err(generate_main, ["--model", str(tmp_path / "m"), "--prompts", str(empty)])
     assert "not both" in err(generate_main, ["--model", str(tmp_path / "m"), "--class", "0", "--prompt", "a red circle"])
+
+
+def test_eval_alignment_cli(tokdir, cache, tmp_path, capsys):
+    import json
+
+    from sampling.eval_alignment import main as align_main, summarize
+
+    assert summarize([{"object": True, "position": None, "all": True},
+                      {"object": False, "position": True, "all": False}]) == {
+        "object": 0.5, "colour": None, "size": None, "count": None, "position": 1.0, "all": 0.5, "n": 2}
+    _train(tokdir, tmp_path / "m", "--tokens", str(cache), "--steps", "1")
+    capsys.readouterr()
+    align_main(["--model", str(tmp_path / "m"), "--num", "3", "--out", str(tmp_path / "a.json"),
+                "--grid", str(tmp_path / "a.png")])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert last == (f"alignment={report['seen']['all']:.3f} heldout={report['heldout']['all']:.3f} "
+                    f"ceiling={report['ceiling']['all']:.3f}")
+    assert report["seen"]["n"] == report["heldout"]["n"] == 3 and report["ceiling"]["n"] == 6
+    assert (tmp_path / "a.png").is_file()
+    with pytest.raises(SystemExit):
+        align_main(["--model", str(tmp_path / "m"), "--data", "fashion-mnist"])
