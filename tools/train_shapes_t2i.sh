@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Train the `shapes` text-to-image model end to end in one command (CPU or GPU):
-#   bash tools/train_shapes_t2i.sh [OUT=runs/shapes] [GENERATOR_STEPS=1500]
+#   bash tools/train_shapes_t2i.sh [OUT=runs/shapes] [GENERATOR_STEPS=1200]
 # tokenizer (fm-32, 600 steps) -> token cache with MiniLM prompt embeddings (30k scenes)
 # -> shapes-t2i generator -> alignment report. Each step resumes from its checkpoint when re-run.
 set -euo pipefail
 OUT=${1:-runs/shapes}
-STEPS=${2:-1500}
+STEPS=${2:-1200}
 HART=${HART:-hart}
 resume() { [ -d "$1/train_state" ] && echo --resume || true; }   # continue a run that was stopped
 $HART train-tokenizer --preset fm-32 --data shapes --out "$OUT-tok" --steps 600 --batch-size 32 --save-every 100 $(resume "$OUT-tok")
 [ -f "$OUT-tokens/tokens.safetensors" ] || $HART extract-tokens --tokenizer "$OUT-tok" --data shapes --limit 30000 --text-encoder minilm --context-tokens 16 --out "$OUT-tokens"
-$HART train --tokenizer "$OUT-tok" --tokens "$OUT-tokens" --preset shapes-t2i --out "$OUT" --steps "$STEPS" --batch-size 64 --lr 1e-3 --save-every 100 $(resume "$OUT")
+$HART train --tokenizer "$OUT-tok" --tokens "$OUT-tokens" --preset shapes-t2i --out "$OUT" --steps "$STEPS" --batch-size 64 --lr 1e-3 --save-every 100 --dtype bf16 $(resume "$OUT")
 $HART eval-alignment --model "$OUT" --data shapes --num 200 --cfg 3 --out "$OUT/alignment.json" --grid "$OUT/alignment.png"
