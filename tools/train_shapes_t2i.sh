@@ -11,4 +11,4 @@ resume() { [ -d "$1/train_state" ] && echo --resume || true; }   # continue a ru
 $HART train-tokenizer --preset fm-32 --data shapes --out "$OUT-tok" --steps 600 --batch-size 32 --save-every 100 $(resume "$OUT-tok")
 [ -f "$OUT-tokens/tokens.safetensors" ] || $HART extract-tokens --tokenizer "$OUT-tok" --data shapes --limit 30000 --text-encoder minilm --context-tokens 16 --out "$OUT-tokens"
 $HART train --tokenizer "$OUT-tok" --tokens "$OUT-tokens" --preset shapes-t2i --out "$OUT" --steps "$STEPS" --batch-size 64 --lr 1e-3 --save-every 100 --dtype bf16 $(resume "$OUT")
-$HART eval-alignment --model "$OUT" --data shapes --num 200 --cfg 3 --out "$OUT/alignment.json" --grid "$OUT/alignment.png"
+$HART eval-alignment --model "$OUT" --data shapes --num 300 --out "$OUT/alignment.json" --grid "$OUT/alignment.png"
