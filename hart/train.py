@@ -248,12 +248,21 @@ SAMPLE_ROWS = 10  # classes in the sample grid (evenly spread when there are mor
 SAMPLE_COLS = 4  # images per class: seeds 0..3, the same at every grid
 
 
-def sample_grid(sampler, generator: HARTGenerator, tokenizer: HybridTokenizer):
-    """A PIL grid: one labelled row per class (at most :data:`SAMPLE_ROWS`), seeds 0..3.
+def sample_grid(sampler, generator: HARTGenerator, tokenizer: HybridTokenizer, encoder=None):
+    """A PIL grid: one labelled row per class (at most :data:`SAMPLE_ROWS`), seeds 0..3; for a
+    text model one row per example prompt (``config.example_prompts``, encoded by ``encoder``).
 
-    ``sampler(generator, tokenizer, class_ids, seeds)`` returns (B, 3, R, R) images in [-1, 1]
-    (:func:`sampling.previews.sample_images`, handed in by the ``hart`` router)."""
+    ``sampler(generator, tokenizer, inputs, seeds)`` returns (B, 3, R, R) images in [-1, 1]
+    (:func:`sampling.previews.sample_images`, handed in by the ``hart`` router); ``inputs``
+    are class ids, or the encoded prompts (tokens, mask)."""
     c = generator.config
+    if c.is_text:
+        prompts = list(c.example_prompts)[:SAMPLE_ROWS]
+        inputs = encoder.encode([p for p in prompts for _ in range(SAMPLE_COLS)], warn=False)
+        seeds = [j for _ in prompts for j in range(SAMPLE_COLS)]
+        images = sampler(generator, tokenizer, inputs, seeds).float().cpu()
+        return grid([images[i * SAMPLE_COLS:(i + 1) * SAMPLE_COLS] for i in range(len(prompts))],
+                    prompts, scale=max(1, 64 // tokenizer.config.resolution))
     n = c.num_classes
     if n <= SAMPLE_ROWS:
         rows = list(range(n))
@@ -269,11 +278,11 @@ def sample_grid(sampler, generator: HARTGenerator, tokenizer: HybridTokenizer):
 
 @torch.no_grad()
 def write_samples(sampler, generator: HARTGenerator, tokenizer: HybridTokenizer, out: Path, log: RunLog,
-                  step: int) -> None:
+                  step: int, encoder=None) -> None:
     """The fixed-seed grid of the EMA generator to TensorBoard and ``out/samples.png``."""
     was_training = generator.training
     try:
-        image = sample_grid(sampler, generator.eval(), tokenizer)
+        image = sample_grid(sampler, generator.eval(), tokenizer, encoder)
     finally:
         generator.clear_caches()  # the sampler's KV cache: no memory held between grids
         generator.train(was_training)
@@ -497,7 +506,13 @@ def run(args, dist: DistInfo, sampler=None) -> int:
     window, speed = Window(), Throughput()
     log = RunLog(out, start_step=trainer.step, resume=args.resume, enabled=dist.is_main,
                  tensorboard=not args.no_tensorboard)
-    grids = sampler is not None and dist.is_main and not config.is_text  # a grid per class: class models
+    # a grid per class, or per example prompt of a text model
+    grids = sampler is not None and dist.is_main and (not config.is_text or bool(trainer.config.example_prompts))
+    encoder = None
+    if grids and config.is_text:
+        from hart.text import load_text_encoder
+
+        encoder = load_text_encoder(config.text_encoder, config.context_tokens, args.text_encoder_path, dist.device)
     with log, tqdm(total=args.steps, initial=trainer.step, desc=desc, dynamic_ncols=True,
                    disable=not dist.is_main) as bar:
         while trainer.step < args.steps:
@@ -517,7 +532,7 @@ def run(args, dist: DistInfo, sampler=None) -> int:
                             acc=mean["acc"], grad_norm=mean["grad_norm"], lr=trainer.opt.param_groups[0]["lr"],
                             **{"throughput/images_per_s": ips, "throughput/tokens_per_s": ips * config.seq_len})
             if grids and (step % args.image_every == 0 or step == args.steps):
-                write_samples(sampler, trainer.ema.shadow, tokenizer, out, log, step)
+                write_samples(sampler, trainer.ema.shadow, tokenizer, out, log, step, encoder)
             bar.update(1)
             if step % args.save_every == 0 or step == args.steps:
                 trainer.save(out)

@@ -12,10 +12,12 @@ from sampling.options import DEFAULT_PRESET, SamplingOptions
 
 
 @torch.no_grad()
-def sample_images(generator, tokenizer, class_ids, seeds, options: SamplingOptions | None = None) -> torch.Tensor:
-    """(B, 3, R, R) images in [-1, 1] of a class model, image i from ``seeds[i]``, with the
-    default sampling preset; ``generator`` and ``tokenizer`` are used as they are (the caller
-    puts them in eval mode and frees the generator's cache afterwards)."""
+def sample_images(generator, tokenizer, inputs, seeds, options: SamplingOptions | None = None) -> torch.Tensor:
+    """(B, 3, R, R) images in [-1, 1], image i from ``seeds[i]``, with the default sampling
+    preset; ``inputs``: class ids, or a text model's encoded prompts (tokens, mask).
+    ``generator`` and ``tokenizer`` are used as they are (the caller puts them in eval mode
+    and frees the generator's cache afterwards)."""
     engine = SamplingEngine(generator, tokenizer)
     opts = options or SamplingOptions.preset(DEFAULT_PRESET)
-    return engine.sample(list(class_ids), make_generators(seeds), opts).images
+    inputs = inputs if isinstance(inputs, tuple) else list(inputs)
+    return engine.sample(inputs, make_generators(seeds), opts).images

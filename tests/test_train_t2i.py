@@ -109,3 +109,17 @@ def test_eval_alignment_cli(tokdir, cache, tmp_path, capsys):
     assert (tmp_path / "a.png").is_file()
     with pytest.raises(SystemExit):
         align_main(["--model", str(tmp_path / "m"), "--data", "fashion-mnist"])
+
+
+def test_text_run_draws_a_sample_grid_per_example_prompt(tokdir, cache, tmp_path):
+    from PIL import Image
+
+    from hart.cli import main as hart_main
+    from hart.model import HARTGenerator
+
+    out = tmp_path / "g"
+    hart_main(["train", "--tokenizer", str(tokdir), "--preset", "t2i-tiny", "--tokens", str(cache), "--out", str(out),
+               "--batch-size", "8", "--steps", "1", "--image-every", "1", "--no-tensorboard"])
+    rows = len(HARTGenerator.load_config(out / "generator").example_prompts)
+    with Image.open(out / "samples.png") as png:  # one row per example prompt, 16 px images drawn at 4x
+        assert png.size[1] == rows * (64 + 2) + 2
