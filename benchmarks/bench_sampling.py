@@ -78,7 +78,7 @@ def naive_sample(gen: HARTGenerator, tok: HybridTokenizer, labels, gens, opt: Sa
     f_hat, ids = None, []
     with _autocast(labels.device, dtype):
         cond = gen.condition(rows)
-        xs = [gen.embed_start(cond)]
+        xs = [cond.prefix]
         for k, (start, end) in enumerate(c.scale_ranges):
             h = gen.forward_tokens(torch.cat(xs, 1), cond, 0)  # (2B, end, C), no cache
             logits, _ = gen.head_logits(h[:, start:end], cond.vec)

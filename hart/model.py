@@ -431,10 +431,6 @@ class HARTGenerator(nn.Module, PretrainedMixin):
             x = x + self.pos_start + self.pos_1LC[:, :P]
         return x
 
-    def embed_start(self, cond: Condition) -> torch.Tensor:
-        """(B, P, C) the level-0 tokens of the sequence (the class token, or the text prefix)."""
-        return cond.prefix
-
     def embed_inputs(self, inputs: torch.Tensor, start: int) -> torch.Tensor:
         """(B, T, z) teacher / next-scale inputs at sequence positions [start, start+T) -> (B, T, C);
         start >= P (see ``config.token_ranges``)."""
@@ -536,7 +532,7 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         the last block's output (B, T', C)), T' = T except for a text prefix, whose last
         position alone predicts the 1x1 scale (T' = 1). Needs :meth:`setup_caches`."""
         h = self.forward_tokens(x, cond, start, cached=True)
-        if start == 0 and h.shape[1] > 1 and self.config.is_text:
+        if start == 0:  # the level-0 tokens: the last one predicts the 1x1 scale
             h = h[:, -1:]
         return self.head_logits(h, cond.vec, self.kernel_backend)[0], h
 

@@ -42,3 +42,21 @@ def tokdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tok")
     tok.eval().save_pretrained(d)
     return d
+
+
+DEMO_CLASS_NAMES = ("shirt", "shoe", "bag")
+
+
+@pytest.fixture(scope="module")
+def demo_model_dir(tmp_path_factory):
+    """A tiny random class model folder (3 named classes) for the demo tests."""
+    from hart.config import GeneratorConfig
+    from hart.model import HARTGenerator
+    from tokenizer import HybridTokenizer, TokenizerConfig
+
+    d = tmp_path_factory.mktemp("demo_model")
+    torch.manual_seed(0)
+    HybridTokenizer(TokenizerConfig.from_name("tiny")).save_pretrained(d / "tokenizer")
+    HARTGenerator(GeneratorConfig.from_name("tiny", num_classes=3, class_names=DEMO_CLASS_NAMES)).save_pretrained(
+        d / "generator")
+    return d

@@ -19,24 +19,16 @@ import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tools.screenshot import available, capture, free_port  # noqa: E402
-from hart.config import GeneratorConfig  # noqa: E402
-from hart.model import HARTGenerator  # noqa: E402
-from tokenizer import HybridTokenizer, TokenizerConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ("shirt", "shoe", "bag")
+from tests.conftest import DEMO_CLASS_NAMES as NAMES  # noqa: E402
 R = 16  # tiny tokenizer resolution
 GOOD = dict(class_name="shoe", cfg=1.5, top_k=64, top_p=0.96, temperature=1.0, seed=3, num_images=3)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("demo_model")
-    torch.manual_seed(0)
-    HybridTokenizer(TokenizerConfig.from_name("tiny")).save_pretrained(d / "tokenizer")
-    gen = HARTGenerator(GeneratorConfig.from_name("tiny", num_classes=3, class_names=NAMES))
-    gen.save_pretrained(d / "generator")
-    return d
+def model_dir(demo_model_dir):
+    return demo_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from demo.batching import Batcher
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported, as demo.app does
 
-NAMES = ("shirt", "shoe", "bag")
+from tests.conftest import DEMO_CLASS_NAMES as NAMES  # noqa: E402
 R = 16
 
 
@@ -133,17 +133,8 @@ def test_batcher_rejects_bad_limits():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from hart.config import GeneratorConfig
-    from hart.model import HARTGenerator
-    from tokenizer import HybridTokenizer, TokenizerConfig
-
-    d = tmp_path_factory.mktemp("demo_model")
-    torch.manual_seed(0)
-    HybridTokenizer(TokenizerConfig.from_name("tiny")).save_pretrained(d / "tokenizer")
-    gen = HARTGenerator(GeneratorConfig.from_name("tiny", num_classes=3, class_names=NAMES))
-    gen.save_pretrained(d / "generator")
-    return d
+def model_dir(demo_model_dir):
+    return demo_model_dir
 
 
 @pytest.fixture(scope="module")

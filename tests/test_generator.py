@@ -93,7 +93,7 @@ def _cached_logits(m, labels, teacher, backend="torch", dtype=torch.float32):
         cond = m.condition(labels)
         got = []
         for k, (b, e) in enumerate(cfg.scale_ranges):
-            x = m.embed_start(cond) if k == 0 else m.embed_inputs(teacher[:, b - 1:e - 1], b)
+            x = cond.prefix if k == 0 else m.embed_inputs(teacher[:, b - 1:e - 1], b)
             got.append(m.step(x, cond, b)[0].float())
         return torch.cat(got, 1)
     finally:
