@@ -67,10 +67,16 @@ class GeneratorConfig(ConfigBase):
     diff_sample_steps: int = 8
     diff_keep_frac: float = 0.2  # HART trains the head on a random ~20% of last-scale tokens
     residual_from_sampled: bool = True  # head target vs. the model's own sampled last-scale ids (HART)
+    # head sampler: "ddim" (epsilon only, deterministic given the start noise; ours) or "iddpm"
+    # (HART/MAR: ancestral steps on iDDPM's respaced timesteps, x0 clipped to [-1, 1]); with
+    # diff_learn_sigma the head also outputs iDDPM's learned-range variance (z more channels)
+    diff_sampler: str = "ddim"
+    diff_learn_sigma: bool = False
     class_names: tuple[str, ...] = ()  # shown by the CLI and the demo; set by `hart train`
     # conditioning: "class" (class_emb) or "text" (a prefix of encoder tokens, HART)
     cond: str = "class"
     text_encoder: str = ""  # hart.text encoder name ("minilm", "qwen2") of a text model
+    text_encoder_path: str = ""  # where that encoder's weights live (qwen2; a run-time flag overrides it)
     context_tokens: int = 0  # T: padded prompt length (the prefix), text models
     example_prompts: tuple[str, ...] = ()  # captions of the training data (the demo's examples); set by `hart train`
     context_dim: int = 0  # D: the encoder's width
@@ -83,6 +89,7 @@ class GeneratorConfig(ConfigBase):
     pos: str = "absolute"
     rope_2d: str = "axial"  # "axial" (a true 2D rotation) or "hart" (the released code's pairing)
     rope_theta: float = 10000.0
+    level_embed: str = "table"  # level embedding: "table" (nn.Embedding) or "timestep" (HART's sinusoidal MLP)
 
     def __post_init__(self):
         self.patch_nums = tuple(int(p) for p in self.patch_nums)
@@ -111,7 +118,8 @@ class GeneratorConfig(ConfigBase):
             if not 0.0 <= v < 1.0:
                 raise UserError(f"generator config: {name} must be in [0, 1), got {v}")
         choices = {"cond": ("class", "text"), "context_pool": ("max", "mean"), "norm": ("layer", "rms"),
-                   "mlp": ("gelu", "swiglu"), "pos": ("absolute", "rope"), "rope_2d": ("axial", "hart")}
+                   "mlp": ("gelu", "swiglu"), "pos": ("absolute", "rope"), "rope_2d": ("axial", "hart"),
+                   "level_embed": ("table", "timestep"), "diff_sampler": ("ddim", "iddpm")}
         for name, ok in choices.items():
             if getattr(self, name) not in ok:
                 raise UserError(f"generator config: {name} must be one of {', '.join(ok)}, got {getattr(self, name)!r}")

@@ -5,10 +5,15 @@ Examples::
     hart convert var --vae vae_ch160v4096z32.pth --var var_d16.pth --out models/var-d16
     hart convert var --vae vae_ch160v4096z32.pth --out models/var-vae
     hart convert hart-tokenizer --ckpt hart-0.7b-1024px/tokenizer/pytorch_model.bin --out models/hart-tok
+    hart convert hart --ckpt hart-0.7b-1024px --out models/hart-0.7b --text-encoder Qwen2-VL-1.5B-Instruct
 
 ``convert var`` with ``--var`` writes a complete model folder (``OUT/tokenizer/`` +
 ``OUT/generator/``) that ``hart generate --model OUT`` runs; with ``--vae`` alone, and for
-``convert hart-tokenizer``, ``OUT`` is a tokenizer folder (``hart eval-tokenizer --model OUT``).
+``convert hart-tokenizer``, ``OUT`` is a tokenizer folder (``hart eval-tokenizer --model OUT``). ``convert hart`` reads
+HART's release folder (``llm/`` with ``config.json`` and ``ema_model.bin`` or
+``pytorch_model.bin``, and ``tokenizer/``) and writes a full text-to-image model folder; the
+Qwen2 text encoder stays where the user keeps it (``--text-encoder``, recorded in the config,
+``--text-encoder-path`` overrides it at run time).
 
 Rules:
 
@@ -25,6 +30,12 @@ Only the codebook is stored differently: the official ``quantize.embedding.weigh
 becomes vector-quantize-pytorch's ``quantize.codebook.embed`` (1, V, z) with its EMA
 statistics set so that further training starts from the same codebook. VAR's usage counter
 ``quantize.ema_vocab_hit_SV`` (K, V) is checked against the scale count and dropped.
+
+HART's transformer keeps its names but four: ``blocks.i.attn.qkv_proj`` -> ``mat_qkv``,
+``blocks.i.ln_wo_grad`` -> ``blocks.i.norm.ln_wo_grad``, ``head_nm.ln_wo_grad`` ->
+``head_nm.norm.ln_wo_grad``, ``diffloss.net.*`` -> ``diffusion.*``. Its saved buffers
+``attn_bias_for_masking`` (L x L, 380 MB at 1024px; read memory-mapped and never
+materialised), ``lvl_1L`` and ``zero_k_bias`` are recomputed and left out.
 """
 from __future__ import annotations
 
@@ -46,11 +57,12 @@ GENERATOR_BUFFERS = ("lvl_1L", "attn_bias_for_masking")  # recomputed from the c
 
 # ----------------------------------------------------------------------------- reading
 
-def read_checkpoint(path) -> dict:
+def read_checkpoint(path, skip=()) -> dict:
     """A checkpoint file -> flat {name: tensor}, without ever running pickled code.
 
     A training checkpoint that nests the weights under one of ``state_dict`` / ``model`` /
-    ``module`` is unwrapped.
+    ``module`` is unwrapped. Names in ``skip`` come back as shape-only ``meta`` tensors and are
+    never read into memory (pickles are memory-mapped; safetensors read only what is kept).
     """
     path = Path(path)
     if not path.is_file():
@@ -59,12 +71,22 @@ def read_checkpoint(path) -> dict:
         from safetensors.torch import load_file
 
         try:
-            state = load_file(str(path))
+            if skip:
+                from safetensors import safe_open
+
+                with safe_open(str(path), "pt") as f:
+                    state = {k: (torch.empty(f.get_slice(k).get_shape(), device="meta") if k in skip
+                                 else f.get_tensor(k)) for k in f.keys()}
+            else:
+                state = load_file(str(path))
         except Exception as e:
             raise UserError(f"cannot read {path} as safetensors: {_first_line(e)}") from None
     elif path.suffix in PICKLE_SUFFIXES:
         try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            try:  # memory-mapped: a tensor is read only when used (HART's 380 MB mask never is)
+                state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # not a zip-format checkpoint: no mmap
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:
             raise UserError(
                 f"refusing to load {path}: it is not a plain-tensor checkpoint and unpickling it could run "
@@ -82,7 +104,7 @@ def read_checkpoint(path) -> dict:
     bad = sorted(k for k, v in state.items() if not torch.is_tensor(v))
     if bad:
         raise UserError(f"{path}: entries that are not tensors: {', '.join(map(str, bad[:6]))}")
-    return dict(state)
+    return {k: torch.empty(v.shape, device="meta") if k in skip else v for k, v in state.items()}
 
 
 def _first_line(e: Exception) -> str:
@@ -266,6 +288,159 @@ def generator_from_state(state: dict, path, patch_nums=None):
     return model.eval()
 
 
+# ----------------------------------------------------------------------------- HART text-to-image
+
+HART_LLM_WEIGHTS = ("ema_model.bin", "pytorch_model.bin", "model.safetensors")  # first found wins (EMA)
+HART_TOKENIZER_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "ema_model.bin")
+HART_RENAMES = (  # (HART's name prefix, ours); "#" stands for a block index
+    ("blocks.#.attn.qkv_proj.", "blocks.#.attn.mat_qkv."),
+    ("blocks.#.ln_wo_grad.", "blocks.#.norm.ln_wo_grad."),
+    ("head_nm.ln_wo_grad.", "head_nm.norm.ln_wo_grad."),
+    ("diffloss.net.", "diffusion."),
+)
+# buffers HART saves and we recompute (the mask is never read: it stays a shape)
+HART_RECOMPUTED = re.compile(r"^(attn_bias_for_masking|lvl_1L|blocks\.\d+\.attn\.zero_k_bias|.*\.inv_freq)$")
+
+
+def _rename(name: str, to_ours: bool) -> str:
+    for hart, ours in HART_RENAMES:
+        src, dst = (hart, ours) if to_ours else (ours, hart)
+        pattern = "^" + re.escape(src).replace("\\#", r"(\d+)")
+        new, n = re.subn(pattern, dst.replace("#", r"\1"), name)
+        if n:
+            return new
+    return name
+
+
+def hart_to_ours(name: str) -> str:
+    """One of HART's parameter names -> ours."""
+    return _rename(name, True)
+
+
+def ours_to_hart(name: str) -> str:
+    """One of our parameter names -> HART's."""
+    return _rename(name, False)
+
+
+def _weights_in(folder: Path, names, what: str) -> Path:
+    for n in names:
+        if (folder / n).is_file():
+            return folder / n
+    raise UserError(f"{folder} has no {what} weights: expected one of {', '.join(names)}")
+
+
+def read_hart_config(path: Path) -> dict:
+    import json
+
+    if not path.is_file():
+        raise UserError(f"{path.parent} has no config.json: --ckpt must be HART's release folder (llm/ and tokenizer/)")
+    try:
+        cfg = json.loads(path.read_text())
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON: {e}") from None
+    kind = cfg.get("model_type", "hart_transformer_t2i")
+    if kind != "hart_transformer_t2i":
+        raise UserError(f"{path}: model_type {kind!r} is not HART's text-to-image transformer (hart_transformer_t2i)")
+    unsupported = [(k, v) for k, v in (("attn_type", "llama"), ("mlp_type", "llama")) if cfg.get(k, "gpt2") != v]
+    unsupported += [(k, False) for k in ("shared_aln", "disable_aln", "use_cross_attn") if cfg.get(k)]
+    if unsupported:
+        what = ", ".join(f"{k}={cfg.get(k)!r}" for k, _ in unsupported)
+        raise UserError(f"{path}: {what}; only the layout of HART's released models is supported "
+                        "(attn_type and mlp_type 'llama', no shared/disabled AdaLN, no cross-attention)")
+    for k in ("num_heads", "context_token", "patch_nums"):
+        if k not in cfg:
+            raise UserError(f"{path} has no {k!r}; is it HART's llm/config.json?")
+    return cfg
+
+
+def hart_generator_config(state: dict, cfg: dict, path, text_encoder: str = ""):
+    """HART's sizes, from its tensors and its config.json -> :class:`GeneratorConfig`."""
+    from hart.config import GeneratorConfig
+
+    what = "a HART text-to-image transformer"
+    word = _need(state, "word_embed.weight", what, path)
+    ctx = _need(state, "context_embed.weight", what, path)
+    head = _need(state, "head.weight", what, path)
+    gate = _need(state, "blocks.0.ffn.gate_proj.weight", what, path)
+    depth = len(_indices(state, r"blocks\.(\d+)\."))
+    C, z = int(word.shape[0]), int(word.shape[1])
+    mlp_ratio = float(cfg.get("mlp_ratio", 4.0))
+    if int(C * mlp_ratio * 2 / 3 + 255) // 256 * 256 != gate.shape[0]:
+        raise UserError(f"{path}: the FFN width {gate.shape[0]} does not follow mlp_ratio {mlp_ratio} of config.json")
+    if int(cfg.get("context_dim", ctx.shape[1])) != ctx.shape[1]:
+        raise UserError(f"{path}: context_embed takes {ctx.shape[1]} channels but config.json says {cfg['context_dim']}")
+    pool = {"max": "max", "avg": "mean"}.get(cfg.get("sep_aln_pooling_mode", "max"))
+    if pool is None:
+        raise UserError(f"{path}: unknown sep_aln_pooling_mode {cfg['sep_aln_pooling_mode']!r}")
+    diff_width = _need(state, "diffloss.net.input_proj.weight", what, path).shape[0]
+    out = _need(state, "diffloss.net.final_layer.linear.weight", what, path).shape[0]
+    if cfg.get("sampler", "iddpm") != "iddpm":
+        raise UserError(f"{path}: diffusion sampler {cfg['sampler']!r}; HART's released models use iddpm")
+    return GeneratorConfig(
+        depth=depth, width=C, heads=int(cfg["num_heads"]), mlp_ratio=mlp_ratio, num_classes=1,
+        patch_nums=tuple(cfg["patch_nums"]), codebook_size=int(head.shape[0]), z_channels=z,
+        attn_l2_norm="blocks.0.attn.scale_mul_1H11" in state, norm_eps=float(cfg.get("norm_eps", 1e-6)),
+        dropout=float(cfg.get("drop_rate", 0.0)), drop_path=float(cfg.get("drop_path_rate", 0.0)),
+        cond_drop=float(cfg.get("cond_drop_rate", 0.1)),
+        diff_head=True, diff_width=int(diff_width), diff_depth=len(_indices(state, r"diffloss\.net\.res_blocks\.(\d+)\.")),
+        diff_batch_mul=int(cfg.get("diffusion_batch_mul", 4)), residual_scale=0.6,  # DiffLoss.vae_scale
+        diff_sample_steps=int(cfg.get("num_sampling_steps", "8")), diff_sampler="iddpm",
+        diff_learn_sigma=out == 2 * z, diff_keep_frac=0.5,
+        cond="text", text_encoder="qwen2", text_encoder_path=str(text_encoder or ""),
+        context_tokens=int(cfg["context_token"]), context_dim=int(ctx.shape[1]),
+        context_norm="context_norm.weight" in state, context_pool=pool, mask_pads=False,
+        norm="rms", mlp="swiglu", pos="rope", rope_2d="hart",
+        level_embed="timestep" if "lvl_embed.mlp.0.weight" in state else "table",
+    )
+
+
+def hart_generator_from_state(state: dict, cfg: dict, path, text_encoder: str = ""):
+    """HART's transformer state dict + config.json -> (:class:`HARTGenerator`, names left out)."""
+    from hart.model import HARTGenerator
+
+    config = hart_generator_config(state, cfg, path, text_encoder)
+    model = HARTGenerator(config)
+    ours = model.state_dict()
+    derived = {k for k in ours if k.endswith(".attn.zero_k_bias")}
+    expected = {ours_to_hart(k): tuple(v.shape) for k, v in ours.items() if k not in derived}  # HART's names
+    found = {k: v for k, v in state.items() if not HART_RECOMPUTED.match(k)}
+    _check_keys(expected, found, set(), path, "HART text-to-image transformer")
+    weights = {hart_to_ours(k): v.float() for k, v in found.items()}
+    model.load_state_dict({**weights, **{k: ours[k] for k in derived}}, strict=True)
+    dropped = sorted(k for k in state if HART_RECOMPUTED.match(k))
+    return model.eval(), dropped
+
+
+def convert_hart(ckpt, out, text_encoder=None, overwrite: bool = False) -> tuple[Path, list[str]]:
+    """HART's release folder (``llm/`` + ``tokenizer/``) -> a text-to-image model folder.
+
+    Returns (out, the names left out: recomputed buffers and the tokenizer's training-only tensors).
+    """
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        raise UserError(f"--ckpt {ckpt} is not a folder: give HART's release folder (with llm/ and tokenizer/)")
+    for sub in ("llm", "tokenizer"):
+        if not (ckpt / sub).is_dir():
+            raise UserError(f"{ckpt} has no {sub}/: --ckpt must be HART's release folder (llm/ and tokenizer/)")
+    if text_encoder is not None and not Path(text_encoder).is_dir():
+        raise UserError(f"--text-encoder {text_encoder} is not a folder (HART's Qwen2-1.5B-Instruct)")
+    out = prepare_out_dir(out, overwrite)
+    cfg = read_hart_config(ckpt / "llm" / "config.json")
+    llm = _weights_in(ckpt / "llm", HART_LLM_WEIGHTS, "transformer")
+    state = read_checkpoint(llm, skip=("attn_bias_for_masking",))
+    generator, dropped = hart_generator_from_state(state, cfg, llm, str(Path(text_encoder).resolve()) if text_encoder else "")
+    del state
+    tok_file = _weights_in(ckpt / "tokenizer", HART_TOKENIZER_WEIGHTS, "tokenizer")
+    vae, n_train = split_hart_tokenizer(read_checkpoint(tok_file), tok_file)
+    tokenizer = tokenizer_from_state(vae, generator.config.patch_nums, phi_last=False, path=tok_file)
+    tc, gc = tokenizer.config, generator.config
+    for name in ("codebook_size", "z_channels"):
+        if getattr(tc, name) != getattr(gc, name):
+            raise UserError(f"{tok_file} and {llm} do not belong together: {name} {getattr(tc, name)} vs {getattr(gc, name)}")
+    write_models(out, {"tokenizer": tokenizer, "generator": generator})
+    return out, dropped + [f"{n_train} tokenizer training-only tensors (disc.*)"] * bool(n_train)
+
+
 # ----------------------------------------------------------------------------- writing
 
 def convert_var(vae, out, var=None, resolution: int = 256, patch_nums=None, overwrite: bool = False) -> Path:
@@ -313,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hart convert", description="Convert official VAR / HART checkpoints into model folders.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1],
     )
-    sub = p.add_subparsers(dest="what", required=True, metavar="{var,hart-tokenizer}")
+    sub = p.add_subparsers(dest="what", required=True, metavar="{var,hart-tokenizer,hart}")
     v = sub.add_parser("var", help="VAR tokenizer (vae_ch160v4096z32.pth) [+ transformer var_dN.pth]")
     v.add_argument("--vae", required=True, help="VAR tokenizer checkpoint")
     v.add_argument("--var", default=None, help="VAR transformer checkpoint (omit to write the tokenizer alone)")
@@ -324,14 +499,36 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--resolution", type=int, default=1024, help="image size of the scale schedule (default 1024)")
     for s in (v, h):
         s.add_argument("--patch-nums", default=None, help="explicit scale schedule, e.g. 1,2,3,4,5,6,8,10,13,16")
+    t = sub.add_parser("hart", help="HART text-to-image release folder (llm/ + tokenizer/, e.g. hart-0.7b-1024px)")
+    t.add_argument("--ckpt", required=True, help="the release folder: llm/ (config.json, ema_model.bin) and tokenizer/")
+    t.add_argument("--text-encoder", default=None,
+                   help="the Qwen2-1.5B-Instruct folder, recorded in the model's config (--text-encoder-path "
+                        "overrides it when sampling)")
+    for s in (v, h, t):
         s.add_argument("--out", required=True, help="output folder")
         s.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     return p
 
 
+def _summarise(names: list[str]) -> str:
+    """['attn_bias_for_masking', 'blocks.0.attn.zero_k_bias', ...] -> a short list with counts."""
+    groups: dict[str, int] = {}
+    for n in names:
+        key = re.sub(r"\.\d+\.", ".*.", n)
+        groups[key] = groups.get(key, 0) + 1
+    return ", ".join(k if c == 1 else f"{k} (x{c})" for k, c in groups.items())
+
+
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.what == "hart":
+        out, dropped = convert_hart(args.ckpt, args.out, text_encoder=args.text_encoder, overwrite=args.overwrite)
+        print(f"wrote model folder {out} (tokenizer/ + generator/); left out, recomputed or training-only: "
+              f"{_summarise(dropped)}")
+        if not args.text_encoder:
+            print("no --text-encoder given: pass --text-encoder-path PATH/Qwen2-1.5B-Instruct when sampling")
+        return 0
     pns = parse_patch_nums(args.patch_nums) if args.patch_nums else None
     if args.what == "var":
         out = convert_var(args.vae, args.out, var=args.var, resolution=args.resolution, patch_nums=pns,

@@ -77,22 +77,25 @@ class FinalLayer(nn.Module):
 
 
 class DiffusionHead(nn.Module):
-    """Per-token noise predictor eps(x_t, t, cond) (MAR's SimpleMLPAdaLN, epsilon only).
+    """Per-token noise predictor eps(x_t, t, cond) (MAR's SimpleMLPAdaLN).
 
     Args:
         channels: token channels (the tokenizer's z).
         cond_channels: condition channels (the transformer width C).
         width, depth: MLP width and number of AdaLN res blocks (HART: 1024, 6).
+        learn_sigma: also output iDDPM's learned-range variance value per channel (HART's and
+            MAR's released heads: 2 z outputs, epsilon first).
     """
 
-    def __init__(self, channels: int, cond_channels: int, width: int, depth: int):
+    def __init__(self, channels: int, cond_channels: int, width: int, depth: int, learn_sigma: bool = False):
         super().__init__()
         self.channels = channels
+        self.learn_sigma = learn_sigma
         self.time_embed = TimestepEmbedder(width)
         self.cond_embed = nn.Linear(cond_channels, width)
         self.input_proj = nn.Linear(channels, width)
         self.res_blocks = nn.ModuleList(ResBlock(width) for _ in range(depth))
-        self.final_layer = FinalLayer(width, channels)
+        self.final_layer = FinalLayer(width, 2 * channels if learn_sigma else channels)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -119,7 +122,7 @@ class DiffusionHead(nn.Module):
             t: (N,) integer timesteps in [0, T).
             cond: (N, C) per-token condition.
         Returns:
-            (N, z) epsilon prediction.
+            (N, z) epsilon prediction; (N, 2z) [epsilon | variance value in [-1, 1]] with ``learn_sigma``.
         """
         h = self.input_proj(x)  # (N, W)
         y = self.time_embed(t) + self.cond_embed(cond)  # (N, W)
@@ -188,7 +191,7 @@ def diffusion_loss(
     t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator, device=dev).to(target.device)
     noise = _randn(target.shape, target, generator)
     x_t = scheduler.add_noise(target, noise, t)  # sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
-    eps = head(x_t, t, cond)
+    eps = head(x_t, t, cond)[:, :head.channels]  # a learned variance (converted HART heads) is not trained here
     return F.mse_loss(eps.float(), noise.float())
 
 
@@ -203,6 +206,56 @@ def guide(eps_c: torch.Tensor, eps_u: torch.Tensor, cfg: float) -> torch.Tensor:
     return eps_c + cfg * (eps_c - eps_u)
 
 
+def cosine_alphas_cumprod(num_train_timesteps: int = 1000, max_beta: float = 0.999) -> torch.Tensor:
+    """(T,) float64 alpha_bar of the capped cosine schedule, as iDDPM computes it (HART's and
+    MAR's ``create_diffusion(noise_schedule="cosine")``); diffusers' ``squaredcos_cap_v2`` in fp32."""
+    def f(t):
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    T = num_train_timesteps
+    betas = torch.tensor([min(1 - f((i + 1) / T) / f(i / T), max_beta) for i in range(T)], dtype=torch.float64)
+    return torch.cumprod(1 - betas, 0)
+
+
+def iddpm_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
+    """iDDPM's respacing ``space_timesteps(T, str(steps))``, in sampling order (descending):
+    8 of 1000 -> 999, 856, 714, 571, 428, 285, 143, 0."""
+    if not 1 <= steps <= num_train_timesteps:
+        raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {steps}")
+    stride = (num_train_timesteps - 1) / (steps - 1) if steps > 1 else 1
+    return sorted({round(i * stride) for i in range(steps)}, reverse=True)
+
+
+def iddpm_step(x: torch.Tensor, out: torch.Tensor, t: int, prev: int, alphas_cumprod: torch.Tensor,
+               noise: torch.Tensor | None, temperature: float = 1.0) -> torch.Tensor:
+    """One ancestral step of the respaced chain t -> prev (iDDPM ``p_sample``, clip_denoised).
+
+    Args:
+        x: (N, z) x_t (fp32).
+        out: (N, z) epsilon, or (N, 2z) [epsilon | learned-range variance value in [-1, 1]].
+        prev: the next timestep of the respaced chain, -1 after the last.
+        noise: (N, z) standard normal noise (unused at the last step).
+    Returns:
+        (N, z) x_prev.
+    """
+    z = x.shape[1]
+    a_t = float(alphas_cumprod[t])
+    a_prev = float(alphas_cumprod[prev]) if prev >= 0 else 1.0
+    beta = 1 - a_t / a_prev  # the respaced chain's beta
+    eps = out[:, :z].float()
+    x0 = ((x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)).clamp(-1, 1)
+    mean = (math.sqrt(a_prev) * beta / (1 - a_t)) * x0 + (math.sqrt(1 - beta) * (1 - a_prev) / (1 - a_t)) * x
+    if prev < 0:
+        return mean  # no noise at t = 0
+    min_log = math.log(beta * (1 - a_prev) / (1 - a_t))  # posterior variance
+    if out.shape[1] == 2 * z:
+        frac = (out[:, z:].float() + 1) / 2  # learned range between the posterior variance and beta
+        log_var = frac * math.log(beta) + (1 - frac) * min_log
+    else:  # fixed small
+        log_var = torch.full_like(x, min_log)
+    return mean + torch.exp(0.5 * log_var) * noise.to(x) * temperature
+
+
 @torch.no_grad()
 def sample_residual(
     head: DiffusionHead,
@@ -215,40 +268,66 @@ def sample_residual(
     eta: float = 0.0,
     scheduler=None,
     noise: torch.Tensor | None = None,
+    sampler: str = "ddim",
+    step_noise: list | None = None,
+    num_train_timesteps: int = 1000,
 ) -> torch.Tensor:
-    """Draw one token per condition row with DDIM; guidance on the noise prediction.
+    """Draw one token per condition row; guidance on the noise prediction.
 
     Args:
         cond: (N, C) conditions.
         cond_uncond: (N, C) unconditional conditions; with ``cfg > 0`` the prediction is
-            :func:`guide` (batched as one (2N) forward).
+            :func:`guide` (batched as one (2N) forward; a learned variance is the conditional one).
         cfg: guidance, same meaning as for the logits (0: none).
-        steps: DDIM steps (HART: 8).
+        steps: sampling steps (HART: 8).
         generator: source of the start noise (unless ``noise`` is given) and of the per-step
-            noise when ``eta > 0``.
-        temperature: scales the start noise (and the per-step noise when ``eta > 0``).
-        eta: DDIM eta (0: deterministic ODE given the start noise; 1: ancestral, as MAR).
-        scheduler: a DDIMScheduler (default: :func:`make_sample_scheduler`); its
-            ``set_timesteps`` is called here.
+            noise (unless ``step_noise`` is given).
+        temperature: ``ddim``: scales the start noise (and the per-step noise when ``eta > 0``);
+            ``iddpm``: scales the per-step noise (iDDPM's / HART's meaning).
+        eta: DDIM eta (0: deterministic ODE given the start noise; 1: ancestral).
+        scheduler: ``ddim`` only: a DDIMScheduler (default: :func:`make_sample_scheduler`).
         noise: (N, z) start noise, for callers that draw it per image from their own RNGs.
+        sampler: ``"ddim"`` (diffusers' DDIM) or ``"iddpm"`` (HART's: ancestral steps on
+            :func:`iddpm_timesteps`, x0 clipped, learned-range variance when the head has one).
+        step_noise: ``iddpm``: one (N, z) noise per step (the last is unused), per-image RNGs.
     Returns:
         (N, z) samples in target units (multiply by ``residual_scale`` for the residual).
     """
-    if scheduler is None:
-        scheduler = make_sample_scheduler()
-    scheduler.set_timesteps(steps)
     use_cfg = cond_uncond is not None and cfg != 0.0
     n = cond.shape[0]
     if noise is None:
         noise = _randn((n, head.channels), cond, generator)
-    x = noise.to(cond.device, torch.float32) * temperature  # (N, z)
     c = torch.cat([cond, cond_uncond], 0) if use_cfg else cond  # (2N or N, C)
-    for t in scheduler.timesteps:
+
+    def predict(x, t):
         xin = torch.cat([x, x], 0) if use_cfg else x
         tt = torch.full((xin.shape[0],), int(t), device=cond.device, dtype=torch.long)
-        eps = head(xin.to(c.dtype), tt, c).float()
-        if use_cfg:
-            eps = guide(*eps.chunk(2, 0), cfg)
-        step_noise = _randn(x.shape, x, generator) * temperature if eta > 0 else None
-        x = scheduler.step(eps, t, x, eta=eta, variance_noise=step_noise).prev_sample
+        out = head(xin.to(c.dtype), tt, c).float()
+        if not use_cfg:
+            return out
+        oc, ou = out.chunk(2, 0)
+        eps = guide(oc[:, :head.channels], ou[:, :head.channels], cfg)
+        return torch.cat([eps, oc[:, head.channels:]], 1)
+
+    if sampler == "iddpm":
+        ac = cosine_alphas_cumprod(num_train_timesteps)
+        ts = iddpm_timesteps(num_train_timesteps, steps)
+        x = noise.to(cond.device, torch.float32)
+        for i, t in enumerate(ts):
+            prev = ts[i + 1] if i + 1 < len(ts) else -1
+            nz = None
+            if prev >= 0:
+                nz = step_noise[i] if step_noise is not None else _randn(x.shape, x, generator)
+            x = iddpm_step(x, predict(x, t), t, prev, ac, nz, temperature)
+        return x
+    if sampler != "ddim":
+        raise ValueError(f"sampler must be ddim or iddpm, got {sampler!r}")
+    if scheduler is None:
+        scheduler = make_sample_scheduler(num_train_timesteps)
+    scheduler.set_timesteps(steps)
+    x = noise.to(cond.device, torch.float32) * temperature  # (N, z)
+    for t in scheduler.timesteps:
+        eps = predict(x, t)[:, :head.channels]
+        step_noise_t = _randn(x.shape, x, generator) * temperature if eta > 0 else None
+        x = scheduler.step(eps, t, x, eta=eta, variance_noise=step_noise_t).prev_sample
     return x

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from hart import kernels
 from hart.config import GeneratorConfig
 from hart.rope import apply_rope_tables, rope_1d, rope_2d, rotation, scale_coords
-from hart.diffusion import DiffusionHead
+from hart.diffusion import DiffusionHead, TimestepEmbedder
 from hart.common.errors import UserError
 from hart.common.io import PretrainedMixin
 
@@ -66,17 +66,19 @@ def drop_labels(labels: torch.Tensor, p: float, null_id: int, generator: torch.G
     return torch.where(drop, torch.full_like(labels, null_id), labels)
 
 
-def block_causal_bias(patch_nums, prefix: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """(lvl_1L (1, S) int64 level per token, attn bias (1, 1, S, S): 0 or -inf).
-
-    The first ``prefix`` tokens are level 0 (the 1x1 scale, or a text prefix), then scales 1..K-1.
-    """
+def level_index(patch_nums, prefix: int = 1) -> torch.Tensor:
+    """(1, S) int64 level of each position: the first ``prefix`` tokens are level 0 (the 1x1
+    scale, or a text prefix), then scales 1..K-1."""
     lvl = torch.cat([torch.zeros(prefix, dtype=torch.long)]
                     + [torch.full((pn * pn,), k, dtype=torch.long) for k, pn in enumerate(patch_nums) if k])
-    lvl_1L = lvl.view(1, -1)  # (1, L)
-    allowed = lvl_1L.view(-1, 1) >= lvl_1L.view(1, -1)  # query scale >= key scale
-    bias = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
-    return lvl_1L, bias.view(1, 1, *allowed.shape)
+    return lvl.view(1, -1)
+
+
+def causal_from_levels(lvl_1L: torch.Tensor) -> torch.Tensor:
+    """(1, S) levels -> (1, 1, S, S) additive mask: 0 where the query's level >= the key's, else -inf."""
+    lvl = lvl_1L.view(-1)
+    bias = torch.zeros(lvl.numel(), lvl.numel(), device=lvl.device)
+    return bias.masked_fill(lvl.view(-1, 1) < lvl.view(1, -1), float("-inf")).view(1, 1, lvl.numel(), -1)
 
 
 @dataclasses.dataclass
@@ -297,12 +299,15 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         else:  # RoPE: image coordinates of every position (the prefix's unused for text models)
             coords = torch.cat([torch.zeros(P, 2), scale_coords(config.patch_nums, first=1)])
             self.register_buffer("rope_coords", coords, persistent=False)  # (S, 2)
-        self.lvl_embed = nn.Embedding(config.num_scales, C)
-        lvl_1L, bias = block_causal_bias(config.patch_nums, P)
+        # level embedding: a table (VAR), or HART's option, a sinusoidal MLP of the level index
+        self.lvl_embed = nn.Embedding(config.num_scales, C) if config.level_embed == "table" else TimestepEmbedder(C)
+        lvl_1L = level_index(config.patch_nums, P)
         # VAR checkpoints hold these two buffers (persistent for class models); a text model's
-        # mask is rebuilt from the config (HART's 1024px one would be 9450^2 floats)
+        # mask is made when a whole-sequence forward needs it, never stored (HART's 1024px one
+        # is 9750^2 floats, 380 MB, and sampling never uses it)
         self.register_buffer("lvl_1L", lvl_1L, persistent=not config.is_text)  # (1, S)
-        self.register_buffer("attn_bias_for_masking", bias, persistent=not config.is_text)  # (1, 1, S, S)
+        if not config.is_text:
+            self.register_buffer("attn_bias_for_masking", causal_from_levels(lvl_1L))  # (1, 1, S, S)
         dpr = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]  # linear ramp
         self.blocks = nn.ModuleList(AdaLNBlock(config, p) for p in dpr)
         self.head_nm = AdaLNBeforeHead(config)
@@ -310,7 +315,8 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         self._init_var_weights()
         # own init (xavier, zeroed AdaLN/output), after the VAR init so that one does not touch it
         self.diffusion = (
-            DiffusionHead(config.z_channels, C, config.diff_width, config.diff_depth) if config.diff_head else None
+            DiffusionHead(config.z_channels, C, config.diff_width, config.diff_depth, config.diff_learn_sigma)
+            if config.diff_head else None
         )
         # HART's decoder_norm: a learnable norm *after* hidden + word_embed(code), so the head sees
         # the drawn code (without it the code term is ~1% of the sum's RMS and is drowned out)
@@ -413,8 +419,8 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         if c.context_pool == "max":
             pooled = ctx.masked_fill(~mask.unsqueeze(-1), float("-inf")) if c.mask_pads else ctx
             vec = pooled.amax(1)
-        else:
-            w = mask.unsqueeze(-1).to(ctx.dtype) if c.mask_pads else torch.ones_like(ctx[..., :1])
+        else:  # the mean over real tokens (HART's "avg" uses the mask too)
+            w = mask.unsqueeze(-1).to(ctx.dtype)
             vec = (ctx * w).sum(1) / w.sum(1).clamp(min=1)
         pos = (mask.long().cumsum(1) - 1).clamp(min=0)  # HART: cumsum(mask) - 1
         key_bias = None
@@ -423,10 +429,23 @@ class HARTGenerator(nn.Module, PretrainedMixin):
             key_bias = key_bias.view(mask.shape[0], 1, 1, -1)
         return Condition(vec=vec, prefix=self._embed_level0(ctx), key_bias=key_bias, prefix_pos=pos, offset=pos[:, -1])
 
+    def level_embedding(self, start: int, end: int) -> torch.Tensor:
+        """(1, end - start, C) level embeddings of sequence positions [start, end)."""
+        lvl = self.lvl_1L[:, start:end]
+        if isinstance(self.lvl_embed, nn.Embedding):
+            return self.lvl_embed(lvl)
+        return self.lvl_embed(lvl.reshape(-1)).unsqueeze(0)  # HART: TimestepEmbedder(level index)
+
+    def causal_bias(self, T: int) -> torch.Tensor:
+        """(1, 1, T, T) block-causal additive mask of the first T positions (0 / -inf)."""
+        if not self.config.is_text:
+            return self.attn_bias_for_masking[:, :, :T, :T]
+        return causal_from_levels(self.lvl_1L[:, :T])
+
     def _embed_level0(self, x: torch.Tensor) -> torch.Tensor:
         """(B, P, C) level-0 tokens + level (+ absolute position) embeddings."""
         P = x.shape[1]
-        x = x + self.lvl_embed(self.lvl_1L[:, :P])
+        x = x + self.level_embedding(0, P)
         if self.config.pos == "absolute":
             x = x + self.pos_start + self.pos_1LC[:, :P]
         return x
@@ -436,7 +455,7 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         start >= P (see ``config.token_ranges``)."""
         T = inputs.shape[1]
         x = self.word_embed(inputs.to(self.word_embed.weight.dtype))  # (B, T, C)
-        x = x + self.lvl_embed(self.lvl_1L[:, start:start + T])
+        x = x + self.level_embedding(start, start + T)
         if self.config.pos == "absolute":
             x = x + self.pos_1LC[:, start:start + T]
         return x
@@ -514,7 +533,7 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         else:
             if start:
                 raise ValueError("forward_tokens without the cache runs the whole prefix: start must be 0")
-            bias = self.attn_bias_for_masking[:, :, :T, :T]
+            bias = self.causal_bias(T)
             if pad is not None:
                 bias = bias + F.pad(pad, (0, T - pad.shape[-1]))  # (B, 1, T, T)
         rope = self.rope(cond, start, end)

@@ -92,7 +92,7 @@ class TextEncoder:
                             "PATH/Qwen2-1.5B-Instruct (HART's text model; it is not downloaded)")
         path = Path(path)
         if not path.is_dir():
-            raise UserError(f"text encoder folder {path} does not exist")
+            raise UserError(f"text encoder folder {path} does not exist; pass --text-encoder-path PATH to the {name} folder")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
         try:
             from transformers import AutoModel, AutoTokenizer

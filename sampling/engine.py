@@ -11,7 +11,8 @@ kernels dispatched inside its blocks); this module only orchestrates:
         ids_k  = one fused CFG + top-k/top-p + draw kernel on the logits
         f_hat, next input = tokenizer.next_scale_input(k, f_hat, ids_k)
 
-CFG ratio t_k = cfg * k / (K - 1) (VAR): logits = (1 + t_k) cond - t_k uncond.
+CFG ratio t_k = cfg * k / (K - 1) (VAR): logits = (1 + t_k) cond - t_k uncond (HART's
+sampler guides its last scale with the previous scale's ratio: ``last_scale_ratio``).
 Last scale: ids, then the continuous residual from the diffusion head (HART), per token
 conditioned on decoder_norm(last block output + word_embed(codebook[id])); its guidance acts
 on the noise prediction with the logits' formula (1 + t) eps_c - t eps_u
@@ -36,7 +37,7 @@ from hart import kernels
 from sampling.options import SamplingOptions
 from tokenizer.model import HybridTokenizer, TokenizerCode
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # fp16: HART's (GPU)
 
 
 @dataclasses.dataclass
@@ -63,7 +64,7 @@ class SampleOutput:
 
 def cfg_ratio(cfg: float, k: int, num_scales: int) -> float:
     """VAR's guidance schedule t_k = cfg * k / (K - 1), growing from 0 to cfg."""
-    return cfg * k / (num_scales - 1) if num_scales > 1 else cfg
+    return cfg * SamplingOptions().ratio(k, num_scales)
 
 
 def make_generators(seeds, device="cpu") -> list[torch.Generator]:
@@ -185,7 +186,8 @@ class SamplingEngine:
                 if return_logits:
                     logits_out.append(logits.float().clone())
                 T = logits.shape[1]  # pn_k^2 (a text prefix yields the 1x1 scale's one row)
-                t = cfg_ratio(opt.cfg, k, K)
+                r = opt.ratio(k, K)  # k / (K - 1); HART: the last scale reuses the previous one
+                t = opt.cfg * r
                 lc = logits[:B].reshape(B * T, V)
                 lu = logits[B:].reshape(B * T, V) if use_cfg else None
                 u = self._uniforms(generators, T).reshape(B * T)
@@ -193,7 +195,6 @@ class SamplingEngine:
                     filtered = kernels.filter_logits(
                         kernels.guided_logits(lc, lu, t, opt.temperature), opt.top_k_at(k), opt.top_p)
                     ids_k = kernels.sample_from_logits(filtered, u).view(B, T)
-                    r = k / (K - 1) if K > 1 else 1.0
                     tau = max(0.27 * (1 - 0.95 * r), 0.005)  # VAR's smoothing temperature
                     noise = self._gumbel(generators, T, V).view(B * T, V)
                     w = torch.softmax((filtered * (1 + r) + noise) / tau, dim=-1).view(B, T, V)
@@ -235,14 +236,21 @@ class SamplingEngine:
         vec = self.tokenizer.code_vectors(ids_last)  # (B, N, z)
         conds = gen.diffusion_cond(hidden[:B], vec).reshape(B * N, -1)
         unconds = gen.diffusion_cond(hidden[B:], vec).reshape(B * N, -1) if use_cfg else None
-        # start noise per image from its own generator (batch independence)
-        noise = torch.stack([torch.randn(N, head.channels, generator=g, device=g.device) for g in generators])
+        steps = opt.diff_steps or c.diff_sample_steps
+        t = opt.cfg * opt.ratio(c.num_scales - 1, c.num_scales) if opt.head_cfg is None else opt.head_cfg
+        if opt.last_scale_ratio == "previous" and t == 1.0:
+            t = 0.0  # HART's DiffLoss.sample skips guidance when its cfg argument is exactly 1
+        # noise per image from its own generator (batch independence): the start noise, then
+        # (iddpm) one per step
+        draws = 1 + (steps if c.diff_sampler == "iddpm" else 0)
+        noise = torch.stack([torch.randn(draws, N, head.channels, generator=g, device=g.device) for g in generators])
+        noise = noise.to(self.device).transpose(0, 1).reshape(draws, B * N, -1)  # (draws, B*N, z)
         x = sample_residual(
-            head, conds, unconds,
-            cfg=cfg_ratio(opt.cfg, c.num_scales - 1, c.num_scales) if opt.head_cfg is None else opt.head_cfg,
-            steps=opt.diff_steps or c.diff_sample_steps, temperature=opt.diff_temperature,
-            scheduler=make_sample_scheduler(c.diff_train_steps), noise=noise.reshape(B * N, -1),
-        )  # (B*N, z), DDIM with eta 0: deterministic given the start noise
+            head, conds, unconds, cfg=t, steps=steps, temperature=opt.diff_temperature,
+            scheduler=make_sample_scheduler(c.diff_train_steps) if c.diff_sampler == "ddim" else None,
+            noise=noise[0], sampler=c.diff_sampler, step_noise=list(noise[1:]) or None,
+            num_train_timesteps=c.diff_train_steps,
+        )  # (B*N, z); DDIM (eta 0) is deterministic given the start noise
         n = self.tokenizer.config.latent_size
         res = (x.float() * c.target_scale).view(B, N, -1)  # target units -> latent units
         return res.transpose(1, 2).reshape(B, -1, n, n)

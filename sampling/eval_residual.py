@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from hart.common.data import SPLITS, make_dataset
-from hart.diffusion import make_sample_scheduler, sample_residual
+from hart.diffusion import sample_residual
 from hart.common.errors import UserError, cli_entry
 from hart.common.images import save_grid, to_uint8
 from hart.common.io import write_json
@@ -78,8 +78,8 @@ def _head_draws(gen, head_cond: torch.Tensor, draws: int, g: torch.Generator) ->
     B, N, _ = head_cond.shape
     n = int(round(N ** 0.5))
     cond = head_cond.reshape(B * N, -1).repeat(draws, 1)
-    x = sample_residual(gen.diffusion, cond, steps=c.diff_sample_steps, generator=g,
-                        scheduler=make_sample_scheduler(c.diff_train_steps))  # (draws*B*N, z)
+    x = sample_residual(gen.diffusion, cond, steps=c.diff_sample_steps, generator=g, sampler=c.diff_sampler,
+                        num_train_timesteps=c.diff_train_steps)  # (draws*B*N, z)
     x = x.float().view(draws, B, N, -1) * c.target_scale
     return x.permute(0, 1, 3, 2).reshape(draws, B, -1, n, n)
 

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-each", default=None, metavar="DIR", help="also write every image as DIR/cCLASS_NNNN.png")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward (default 16)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="compute dtype (default fp32)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="compute dtype (default fp32; fp16 is HART's, for GPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the per-scale step")
     p.add_argument("--scale", type=int, default=1, help="integer upscaling of the grid (default 1)")
     return p

@@ -33,6 +33,19 @@ class SamplingOptions:
     # last scale's ratio (= cfg, HART's choice). Default 0: measured best on the default model
     # (FD-EffNet of 1,000 samples, same ids: 41.18 at 0 vs 42.24 at the ratio 1.5; README)
     head_cfg: float | None = 0.0
+    # the guidance ratio of the last scale: "last" (VAR: k / (K - 1) = 1) or "previous" (HART's
+    # sampler reuses the ratio left over from scale K - 2 for the last scale's logits, its
+    # smoothing and the head; a documented quirk kept for the official weights)
+    last_scale_ratio: str = "last"
+
+    def ratio(self, k: int, num_scales: int) -> float:
+        """r_k in [0, 1]: scale k's share of the guidance (t_k = cfg * r_k) and of the smoothing."""
+        K = num_scales
+        if K == 1:
+            return 1.0
+        if k == K - 1 and self.last_scale_ratio == "previous":
+            k = K - 2
+        return k / (K - 1)
 
     def top_k_at(self, k: int) -> int:
         """The top-k of scale k: ``top_k``, or the last schedule entry whose first scale is <= k."""
@@ -66,17 +79,21 @@ class SamplingOptions:
             raise UserError(f"head cfg must be >= 0, got {self.head_cfg}")
         if not self.diff_temperature > 0:
             raise UserError(f"diffusion temperature must be > 0, got {self.diff_temperature}")
+        if self.last_scale_ratio not in ("last", "previous"):
+            raise UserError(f"last_scale_ratio must be 'last' or 'previous', got {self.last_scale_ratio!r}")
         return self
 
 
 # Published sampler settings. VAR (FoundationVision/VAR README): the FID runs use cfg 1.5,
 # top-k 900, top-p 0.96 and no smoothing; the demo notebook cfg 4, top-k 900, top-p 0.95.
-# HART (mit-han-lab/hart sample.py and its sampler): cfg 4.5 with smoothing, no top-p, and a
-# top-k fixed in the sampler at 600 for the first 7 scales and 300 from the 8th on.
+# HART (mit-han-lab/hart sample.py and its sampler): cfg 4.5 with smoothing, no top-p, a
+# top-k fixed in the sampler at 600 for the first 7 scales and 300 from the 8th on, and the
+# last scale (logits, smoothing, residual head) guided with the previous scale's ratio.
 SAMPLING_PRESETS = {
     "var-fid": dict(cfg=1.5, top_k=900, top_p=0.96, smooth=False),
     "var-demo": dict(cfg=4.0, top_k=900, top_p=0.95, smooth=False),
-    "hart": dict(cfg=4.5, top_k=600, top_k_schedule=((7, 300),), top_p=1.0, smooth=True, head_cfg=None),
+    "hart": dict(cfg=4.5, top_k=600, top_k_schedule=((7, 300),), top_p=1.0, smooth=True, head_cfg=None,
+                 last_scale_ratio="previous"),
 }
 
 

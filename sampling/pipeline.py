@@ -53,7 +53,7 @@ class HARTPipeline:
     Args:
         tokenizer, generator: the two models (moved to ``device`` and put in eval mode).
         device: where to run (default: the generator's device).
-        dtype: ``"fp32"`` or ``"bf16"`` autocast for the transformer step.
+        dtype: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast for the transformer step.
         kernels: fused-kernel backend, ``"auto"`` / ``"torch"`` / ``"triton"``.
         compile: ``torch.compile`` the per-scale step (a string names the backend).
     """
@@ -101,7 +101,8 @@ class HARTPipeline:
             from hart.text import load_text_encoder
 
             c = self.generator.config
-            self._text_encoder = load_text_encoder(c.text_encoder, c.context_tokens, self.text_encoder_path, self.device)
+            path = self.text_encoder_path or c.text_encoder_path or None  # the run-time path wins
+            self._text_encoder = load_text_encoder(c.text_encoder, c.context_tokens, path, self.device)
         return self._text_encoder
 
     def encode_prompts(self, prompts):

@@ -131,3 +131,106 @@ def discriminator_state(ndf=16, layers=3, seed=2) -> dict:
         sd[f"disc.main.{3 * n}.bias"] = _t(g, cout)
         cin, cout = cout, (1 if n == layers else min(cout * 2, ndf * 8))
     return sd
+
+
+# ----------------------------------------------------------------------------- HART text-to-image
+# mit-han-lab/hart: hart_transformer_t2i.py (HARTForT2I), basic_hart.py (AdaLNSelfAttn with
+# LlamaAttention + LlamaMLP, LlamaRMSNormFused, AdaLNBeforeHead, TimestepEmbedder),
+# diffusion/diffloss.py (DiffLoss.net = SimpleMLPAdaLN, learned sigma: 2z outputs).
+
+def hart_llm_config(depth=2, width=64, heads=2, context_token=8, context_dim=32,
+                    patch_nums=(1, 2, 3, 4), diff_width=32, diff_depth=2, **extra) -> dict:
+    """The keys of HART's ``llm/config.json`` (HARTForT2IConfig) that describe the model."""
+    return {
+        "model_type": "hart_transformer_t2i", "architectures": ["HARTForT2I"],
+        "context_token": context_token, "context_dim": context_dim, "depth": depth, "embed_dim": width,
+        "num_heads": heads, "mlp_ratio": 4.0, "drop_rate": 0.0, "attn_drop_rate": 0.0, "drop_path_rate": 0.0,
+        "norm_eps": 1e-6, "shared_aln": False, "cond_drop_rate": 0.1, "attn_l2_norm": False,
+        "patch_nums": list(patch_nums), "mlp_type": "llama", "attn_type": "llama", "disable_aln": False,
+        "use_timestep_embed": True, "sep_aln_pooling_mode": "max", "use_cross_attn": False,
+        "diff_width": diff_width, "diff_depth": diff_depth, "num_sampling_steps": "8",
+        "diffusion_batch_mul": 4, "sampler": "iddpm", "use_context_norm": True, "context_norm_scale": 1.0,
+        **extra,
+    }
+
+
+def hart_transformer_state(cfg: dict, vocab=64, z=8, seed=3) -> dict:
+    """HARTForT2I's state dict for ``cfg`` (:func:`hart_llm_config`), random tensors, with the
+    buffers HART saves (``lvl_1L``, ``attn_bias_for_masking``, ``zero_k_bias``)."""
+    g = torch.Generator().manual_seed(seed)
+    C, T, D = cfg["embed_dim"], cfg["context_token"], cfg["context_dim"]
+    pns = cfg["patch_nums"]
+    S = T + sum(p * p for p in pns) - 1
+    hidden = int(C * cfg["mlp_ratio"] * 2 / 3 + 255) // 256 * 256
+    lvl = torch.cat([torch.zeros(T)] + [torch.full((p * p,), k) for k, p in enumerate(pns) if k]).view(1, S)
+    sd = {
+        "word_embed.weight": _t(g, C, z, std=0.3), "word_embed.bias": _t(g, C),
+        "context_embed.weight": _t(g, C, D, std=D ** -0.5), "context_embed.bias": _t(g, C),
+        "lvl_1L": lvl.long(),
+        "attn_bias_for_masking": torch.where(lvl.view(S, 1) >= lvl.view(1, S), 0.0, float("-inf")).view(1, 1, S, S),
+        "head_nm.ln_wo_grad.weight": 1 + _t(g, C, std=0.1),
+        "head_nm.ada_lin.1.weight": _t(g, 2 * C, C, std=0.1), "head_nm.ada_lin.1.bias": _t(g, 2 * C, std=0.1),
+        "head.weight": _t(g, vocab, C, std=0.3), "head.bias": _t(g, vocab),
+        "decoder_norm.weight": 1 + _t(g, C, std=0.1),
+    }
+    if cfg.get("use_context_norm"):
+        sd["context_norm.weight"] = 1 + _t(g, D, std=0.1)
+    if cfg.get("use_timestep_embed"):
+        sd.update({"lvl_embed.mlp.0.weight": _t(g, C, 256, std=0.1), "lvl_embed.mlp.0.bias": _t(g, C),
+                   "lvl_embed.mlp.2.weight": _t(g, C, C, std=0.1), "lvl_embed.mlp.2.bias": _t(g, C)})
+    else:
+        sd["lvl_embed.weight"] = _t(g, len(pns), C, std=0.3)
+    for i in range(cfg["depth"]):
+        b = f"blocks.{i}"
+        sd.update({
+            f"{b}.attn.qkv_proj.weight": _t(g, 3 * C, C, std=C ** -0.5),
+            f"{b}.attn.q_bias": _t(g, C), f"{b}.attn.v_bias": _t(g, C), f"{b}.attn.zero_k_bias": torch.zeros(C),
+            f"{b}.attn.proj.weight": _t(g, C, C, std=C ** -0.5), f"{b}.attn.proj.bias": _t(g, C),
+            f"{b}.ffn.gate_proj.weight": _t(g, hidden, C, std=C ** -0.5),
+            f"{b}.ffn.up_proj.weight": _t(g, hidden, C, std=C ** -0.5),
+            f"{b}.ffn.down_proj.weight": _t(g, C, hidden, std=hidden ** -0.5),
+            f"{b}.ln_wo_grad.weight": 1 + _t(g, C, std=0.1),
+            f"{b}.ada_lin.1.weight": _t(g, 6 * C, C, std=0.1), f"{b}.ada_lin.1.bias": _t(g, 6 * C, std=0.1),
+        })
+        if cfg.get("attn_l2_norm"):
+            sd[f"{b}.attn.scale_mul_1H11"] = torch.full((1, cfg["num_heads"], 1, 1), 4.0).log()
+    W, n = cfg["diff_width"], "diffloss.net"
+    sd.update({
+        f"{n}.time_embed.mlp.0.weight": _t(g, W, 256), f"{n}.time_embed.mlp.0.bias": _t(g, W),
+        f"{n}.time_embed.mlp.2.weight": _t(g, W, W), f"{n}.time_embed.mlp.2.bias": _t(g, W),
+        f"{n}.cond_embed.weight": _t(g, W, C, std=C ** -0.5), f"{n}.cond_embed.bias": _t(g, W),
+        f"{n}.input_proj.weight": _t(g, W, z, std=z ** -0.5), f"{n}.input_proj.bias": _t(g, W),
+        f"{n}.final_layer.linear.weight": _t(g, 2 * z, W, std=W ** -0.5), f"{n}.final_layer.linear.bias": _t(g, 2 * z),
+        f"{n}.final_layer.adaLN_modulation.1.weight": _t(g, 2 * W, W, std=0.1),
+        f"{n}.final_layer.adaLN_modulation.1.bias": _t(g, 2 * W, std=0.1),
+    })
+    for i in range(cfg["diff_depth"]):
+        r = f"{n}.res_blocks.{i}"
+        sd.update({
+            f"{r}.in_ln.weight": 1 + _t(g, W, std=0.1), f"{r}.in_ln.bias": _t(g, W),
+            f"{r}.mlp.0.weight": _t(g, W, W, std=W ** -0.5), f"{r}.mlp.0.bias": _t(g, W),
+            f"{r}.mlp.2.weight": _t(g, W, W, std=W ** -0.5), f"{r}.mlp.2.bias": _t(g, W),
+            f"{r}.adaLN_modulation.1.weight": _t(g, 3 * W, W, std=0.1), f"{r}.adaLN_modulation.1.bias": _t(g, 3 * W, std=0.1),
+        })
+    return sd
+
+
+def write_hart_release(folder, cfg: dict, vocab=64, z=8, tokenizer_ch=32, seed=3):
+    """A HART release folder as the user downloads it: ``llm/config.json`` + ``llm/ema_model.bin``
+    and ``tokenizer/config.json`` + ``tokenizer/pytorch_model.bin`` (``vae.*`` + ``disc.*``).
+    The tokenizer downsamples by 16 (VAR's ch_mult), so its resolution is 16 * patch_nums[-1].
+    Returns the transformer's state dict."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    (folder / "llm").mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer").mkdir(exist_ok=True)
+    sd = hart_transformer_state(cfg, vocab=vocab, z=z, seed=seed)
+    torch.save(sd, folder / "llm" / "ema_model.bin")
+    (folder / "llm" / "config.json").write_text(json.dumps(cfg))
+    vae = var_vae_state(ch=tokenizer_ch, z=z, vocab=vocab, num_scales=len(cfg["patch_nums"]), seed=seed + 1)
+    tok = {**{"vae." + k: v for k, v in vae.items()}, **discriminator_state(seed=seed + 2)}
+    torch.save(tok, folder / "tokenizer" / "pytorch_model.bin")
+    (folder / "tokenizer" / "config.json").write_text(json.dumps({"model_type": "hart_autoencoder_with_disc"}))
+    return sd

@@ -1,0 +1,532 @@
+"""Numerical parity of ``hart convert`` (HART checkpoints) and our HART path with mit-han-lab/hart's own code.
+
+    git clone https://github.com/mit-han-lab/hart /path/to/hart      # its code is imported, not copied
+    python -m pip install --target /tmp/hart-pydeps scipy            # HART imports scipy; not a dependency of ours
+    python benchmarks/official_parity.py --hart-src /path/to/hart --pydeps /tmp/hart-pydeps
+    (or: python benchmarks/hart_parity.py --hart-src /path/to/hart --pydeps /tmp/hart-pydeps)
+
+Builds, with HART's own constructors, a small hybrid tokenizer (``HARTAutoEncoderWithDisc``:
+ch 32, z 8, V 64, ``var_hybrid`` quantizer, 128 px -> an 8x8 latent, schedule 1,2,3,4,6,8)
+and a depth-2 ``HARTForT2I`` (C 128, 2 heads, 8 context tokens of width 32, llama attention
+and MLP, context RMSNorm, max pooling, diffusion head of width 64 and depth 2, 8 iDDPM
+steps), runs HART's ``init_weights`` and then perturbs every weight (so the AdaLN gates and
+the head's zeroed layers are open), and writes them in the released layout::
+
+    WORK/hart-<variant>/llm/ema_model.bin      torch.save(model.state_dict())
+    WORK/hart-<variant>/llm/config.json        model.config.to_json_file(...)
+    WORK/hart-<variant>/tokenizer/             config.json + pytorch_model.bin (keys vae.*, disc.*)
+
+for two variants: ``table`` (level embedding ``nn.Embedding``, l2-normalised attention) and
+``timestep`` (HART's ``TimestepEmbedder`` level embedding, plain scaled attention), since the
+released config is not known here. Each is converted with ``hart.convert.convert_hart`` and
+compared (CPU, fp32, one thread; max abs differences), one ``variant.name: value`` line each:
+
+1. teacher-forced logits and last-block hidden states: HART's forward() draws a MaskGIT
+   mask and a condition dropout, so its own pieces are composed instead, exactly as its
+   forward does without them (context_embed(context_norm(ctx)) as the prefix, word_embed of
+   the teacher inputs, + lvl_embed, each block with attn_bias_for_masking, si=-1,
+   context_position_ids = cumsum(mask) - 1 and the context mask, get_logits from position
+   context_token - 1 on); rows: a padded prompt, a full prompt and the null (all-zero) row;
+2. greedy sampling, cfg 4: HART's ``sample_with_top_k_top_p_`` is replaced (in the
+   transformer module's namespace) by an argmax that records the ids; ours runs
+   ``SamplingEngine`` at top-k 1 with the ``hart`` preset's behaviour (the last scale reuses
+   the previous scale's guidance ratio, for the logits and the head). The residual head's
+   noise: HART's ``torch.randn`` (DiffLoss.sample's start noise) and ``torch.randn_like``
+   (each p_sample step) draws are recorded and handed to our ``sample_residual`` as
+   ``noise=`` / ``step_noise=`` (the conditional half; the unconditional half never reaches
+   the output), so the residual, f_hat and the final image are compared exactly;
+3. the diffusion head alone: HART's ``diffloss.net(x, t, c)`` against ``gen.diffusion`` (all
+   2z outputs: epsilon and the learned-range variance value), and HART's iDDPM sampler
+   (``diffloss.sample``, cfg 3) against ``hart.diffusion.sample_residual`` on the same
+   conditions and noise;
+4. the tokenizer (shared by the variants): ids and the continuous remainder from HART's
+   ``img_to_idxBl_and_frest``, teacher-forcing inputs (``idxBl_to_var_input``), f_hat and
+   the decoded image from ids (HART's sampler path: no Phi at the last scale).
+
+Running HART's code on a CPU, in this process only (nothing is installed or changed on disk):
+
+* ``basic_hart.py`` imports ``hart_backend.fused_kernels`` (a CUDA extension). A stand-in
+  module is put in ``sys.modules`` whose ``rms_norm(out, x, weight, eps, use_quant)`` writes
+  x * rsqrt(mean(x^2) + eps) * weight into ``out`` in PyTorch. The fused RoPE functions
+  are not provided: HART's naive (non-fused) RoPE path is the one it runs.
+* HART calls ``.cuda()`` (the VAE in ``HARTForT2I.__init__``; masks, orders and noise in
+  sampling): ``torch.Tensor.cuda`` and ``torch.nn.Module.cuda`` become no-ops returning self.
+* ``scipy`` (imported by the transformer module) is not a dependency of this project:
+  install it outside the project's environment (``pip install --target DIR scipy``) and pass
+  ``--pydeps DIR`` (appended to ``sys.path``), or set ``PYTHONPATH=DIR``.
+* Both HART and this project have a top-level package named ``hart`` (HART's has no
+  ``__init__.py``). HART's is imported under its own name while ours is moved aside in
+  ``sys.modules``, then the two are swapped back; HART's modules keep their own references.
+  HART's constructors also run inside that swap.
+* HART's ``PreTrainedModel`` classes never call ``post_init()``, which ``from_pretrained``
+  of transformers >= 5 needs: ``HARTAutoEncoderWithDisc.from_pretrained`` (called by
+  ``HARTForT2I.__init__`` with ``vae_path``) is replaced by a strict load of the folder's
+  ``config.json`` + ``pytorch_model.bin``.
+* HART prints while it builds (the mask shape, ``[init_weights]``); that output is swallowed.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import os
+import shutil
+import sys
+import tempfile
+import types
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+import torch  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNS = (1, 2, 3, 4, 6, 8)  # 8x8 latent at 128 px (HART's autoencoder downsamples 16x)
+RES = 128
+V, Z, CTX_T, CTX_D = 64, 8, 8, 32
+VARIANTS = {  # name: (use_timestep_embed, attn_l2_norm)
+    "table": (False, True),
+    "timestep": (True, False),
+}
+
+
+def mad(a, b):
+    return (a.double() - b.double()).abs().max().item()
+
+
+def perturb(module, std, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in module.named_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+
+
+# ----------------------------------------------------------------------------- HART's code on a CPU
+
+def _rms_norm(out, x, weight, eps, use_quant):
+    """Stand-in for hart_backend.fused_kernels.rms_norm (the fp path; use_quant is never set)."""
+    if use_quant:
+        raise NotImplementedError("the int8 RMSNorm of hart_backend is not provided")
+    xf = x.float()
+    out.copy_((xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight)
+
+
+def _install_cpu_stand_ins():
+    fk = types.ModuleType("hart_backend.fused_kernels")
+    fk.rms_norm = _rms_norm
+    hb = types.ModuleType("hart_backend")
+    hb.fused_kernels = fk
+    sys.modules.setdefault("hart_backend", hb)
+    sys.modules.setdefault("hart_backend.fused_kernels", fk)
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    torch.nn.Module.cuda = lambda self, *a, **k: self
+
+
+def _take_hart_modules() -> dict:
+    return {k: sys.modules.pop(k) for k in list(sys.modules) if k == "hart" or k.startswith("hart.")}
+
+
+@contextlib.contextmanager
+def official_namespace(official: dict):
+    """``hart`` means HART's package inside the block (ours is set aside and restored after)."""
+    ours = _take_hart_modules()
+    sys.modules.update(official)
+    try:
+        yield
+    finally:
+        official.update(_take_hart_modules())
+        sys.modules.update(ours)
+
+
+def import_official_hart(hart_src: str, pydeps: str | None = None) -> types.SimpleNamespace:
+    """HART's modules (imported from ``hart_src``, never copied) on a CPU; see the module doc."""
+    src = os.path.abspath(hart_src)
+    if not os.path.isfile(os.path.join(src, "hart", "modules", "models", "transformer", "hart_transformer_t2i.py")):
+        raise SystemExit(f"--hart-src {hart_src}: not a mit-han-lab/hart checkout (no hart/modules/models/transformer/)")
+    if pydeps:
+        sys.path.append(os.path.abspath(pydeps))
+    try:
+        import scipy.stats  # noqa: F401
+    except ImportError:
+        raise SystemExit("HART's code imports scipy, which is not installed here: pip install --target DIR scipy "
+                         "and pass --pydeps DIR (or PYTHONPATH=DIR)") from None
+    _install_cpu_stand_ins()
+    official: dict = {}
+    with official_namespace(official):
+        pkg = types.ModuleType("hart")
+        pkg.__path__ = [os.path.join(src, "hart")]
+        pkg.__package__ = "hart"
+        sys.modules["hart"] = pkg
+        mods = {
+            "T": "hart.modules.models.transformer.hart_transformer_t2i",
+            "TC": "hart.modules.models.transformer.configuration",
+            "AE": "hart.modules.models.autoencoder.hart_autoencoder_with_disc",
+            "AEC": "hart.modules.models.autoencoder.configuration",
+            "B": "hart.modules.networks.basic_hart",
+        }
+        ns = types.SimpleNamespace(**{k: importlib.import_module(v) for k, v in mods.items()}, official=official)
+
+    def from_pretrained(cls, path, **_):
+        config = cls.config_class.from_json_file(os.path.join(path, "config.json"))
+        model = cls(config)
+        state = torch.load(os.path.join(path, "pytorch_model.bin"), map_location="cpu", weights_only=True)
+        torch.nn.Module.load_state_dict(model, state, strict=True)
+        return model.eval()
+
+    ns.AE.HARTAutoEncoderWithDisc.from_pretrained = classmethod(from_pretrained)
+    return ns
+
+
+# ----------------------------------------------------------------------------- official models
+
+def build_official_tokenizer(H, folder):
+    """HART's hybrid autoencoder (+ its discriminator), perturbed; saved as config.json + pytorch_model.bin."""
+    with official_namespace(H.official), contextlib.redirect_stdout(io.StringIO()):
+        cfg = H.AEC.HARTAutoEncoderWithDiscConfig(
+            vocab_size=V, z_channels=Z, ch=32, v_patch_nums=PNS, quantizer_type="var_hybrid", hybrid=True,
+            share_quant_resi=4, test_mode=True)
+        torch.manual_seed(0)
+        ae = H.AE.HARTAutoEncoderWithDisc(cfg)
+    vae = ae.vae
+    perturb(vae, 0.02, seed=1)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(2)
+        x0 = torch.rand(2, 3, RES, RES, generator=g) * 2 - 1
+        lat_std = vae.quant_conv(vae.encoder(x0)).std().item()
+        vae.quantize.embedding.weight.copy_(torch.randn(V, Z, generator=g) * max(0.5, lat_std) * 0.5)
+        vae.quantize.ema_vocab_hit_SV.copy_(torch.rand(len(PNS), V, generator=g))
+    ae.eval()
+    os.makedirs(folder, exist_ok=True)
+    torch.save(ae.state_dict(), os.path.join(folder, "pytorch_model.bin"))
+    ae.config.to_json_file(os.path.join(folder, "config.json"))
+    return lat_std
+
+
+def build_official_transformer(H, ckpt_dir, use_timestep_embed, attn_l2_norm, seed):
+    """HARTForT2I with HART's constructors and init, every weight perturbed; saved as llm/."""
+    tok_dir = os.path.join(ckpt_dir, "tokenizer")
+    with official_namespace(H.official), contextlib.redirect_stdout(io.StringIO()):
+        cfg = H.TC.HARTForT2IConfig(
+            vae_path=tok_dir, context_token=CTX_T, context_dim=CTX_D, depth=2, embed_dim=128, num_heads=2,
+            mlp_ratio=4.0, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0, norm_eps=1e-6, shared_aln=False,
+            cond_drop_rate=0.1, attn_l2_norm=attn_l2_norm, patch_nums=PNS, flash_if_available=False,
+            fused_if_available=False, mlp_type="llama", attn_type="llama", disable_aln=False,
+            use_timestep_embed=use_timestep_embed, sep_aln_pooling_mode="max", use_cross_attn=False,
+            diff_width=64, diff_depth=2, num_sampling_steps="8", sampler="iddpm", use_context_norm=True)
+        torch.manual_seed(seed)
+        model = H.T.HARTForT2I(cfg)
+        model.init_weights(init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=-1)
+    perturb(model, 0.05, seed=seed + 1)  # opens the AdaLN gates and the head's zeroed layers
+    with torch.no_grad():
+        # greedy sampling with random weights collapses onto one code per scale unless the
+        # tokens' content outweighs the position-independent parts: a larger input embedding
+        # and a smaller head AdaLN shift; the head gets some spread so choices are not near-ties
+        model.word_embed.weight.mul_(10.0)
+        model.head_nm.ada_lin[-1].weight.mul_(0.1)
+        model.head_nm.ada_lin[-1].bias.mul_(0.1)
+        model.head.weight.mul_(4.0)
+    model.eval()
+    llm = os.path.join(ckpt_dir, "llm")
+    os.makedirs(llm, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(llm, "ema_model.bin"))
+    model.config.to_json_file(os.path.join(llm, "config.json"))
+    return model
+
+
+# ----------------------------------------------------------------------------- HART's pieces, composed
+
+def official_teacher_forced(m, ctx, mask, teacher):
+    """HART's forward() without its MaskGIT masking and condition dropout: (logits, hidden), both (B, L, .)."""
+    B, T = mask.shape
+    pos = mask.long().cumsum(1) - 1
+    cond = m.context_embed(m.context_norm(ctx))
+    x = torch.cat([cond, m.word_embed(teacher.float())], 1)
+    ed = x.shape[1]
+    x = x + m.lvl_embed(m.lvl_1L[:, :ed].expand(B, -1))
+    bias = m.attn_bias_for_masking[:, :, :ed, :ed]
+    for blk in m.blocks:
+        x = blk(x=x, cond_BD=cond, attn_bias=bias, si=-1, context_position_ids=pos, context_mask=mask, m_maskgit=None)
+    logits = m.get_logits(x.float(), cond)
+    return logits[:, T - 1:], x[:, T - 1:]
+
+
+def official_fhat_from_ids(q, ids, patch_nums):
+    """f_hat as HART's sampler builds it (get_next_autoregressive_input: no Phi at the last scale)."""
+    B, SN, n = ids[0].shape[0], len(patch_nums), patch_nums[-1]
+    f_hat = torch.zeros(B, q.Cvae, n, n)
+    for si, (idx, pn) in enumerate(zip(ids, patch_nums)):
+        h = q.embedding(idx).transpose(1, 2).reshape(B, q.Cvae, pn, pn)
+        f_hat, _ = q.get_next_autoregressive_input(si, SN, f_hat, h, patch_nums=patch_nums)
+    return f_hat
+
+
+@contextlib.contextmanager
+def recording_randn(draws: list):
+    """Record every torch.randn / torch.randn_like draw (HART's DiffLoss.sample / p_sample)."""
+    randn, randn_like = torch.randn, torch.randn_like
+
+    def rec_randn(*a, **k):
+        r = randn(*a, **k)
+        draws.append(("randn", r.clone()))
+        return r
+
+    def rec_randn_like(*a, **k):
+        r = randn_like(*a, **k)
+        draws.append(("randn_like", r.clone()))
+        return r
+
+    torch.randn, torch.randn_like = rec_randn, rec_randn_like
+    try:
+        yield
+    finally:
+        torch.randn, torch.randn_like = randn, randn_like
+
+
+def split_diffusion_draws(draws, n):
+    """HART's draws -> (start noise (n, z), [per-step noise (n, z)]): the conditional half."""
+    kinds = [k for k, _ in draws]
+    assert kinds and kinds[0] == "randn" and all(k == "randn_like" for k in kinds[1:]), kinds
+    start = draws[0][1]
+    assert start.shape[0] == n, (tuple(start.shape), n)
+    return start, [d[:n] for _, d in draws[1:]]
+
+
+# ----------------------------------------------------------------------------- comparisons
+
+def compare_tokenizer(vae, tok, res):
+    g = torch.Generator().manual_seed(123)
+    img = torch.rand(3, 3, RES, RES, generator=g) * 2 - 1
+    with torch.no_grad():
+        out = vae.img_to_idxBl_and_frest(img)
+        ids_off, frest = out[:-1], out[-1]
+        code = tok.encode(img)
+        res["tok.ids_equal_per_scale"] = [(a == b).float().mean().item() for a, b in zip(ids_off, code.ids)]
+        res["tok.ids_distinct_per_scale"] = [int(a.unique().numel()) for a in ids_off]
+        # HART's continuous target: f_rest before the last scale's code, minus that code
+        target = frest - vae.quantize.embedding(ids_off[-1])  # (B, N, z)
+        ours = code.residual.flatten(2).transpose(1, 2)
+        res["tok.residual_maxdiff"] = mad(target, ours)
+        res["tok.residual_absmax"] = target.abs().max().item()
+        tf_off = vae.quantize.idxBl_to_var_input(ids_off)
+        tf_our = tok.teacher_inputs(ids_off)
+        res["tok.teacher_shape"] = (tuple(tf_off.shape), tuple(tf_our.shape))
+        res["tok.teacher_maxdiff"] = mad(tf_off, tf_our)
+        fh_off = official_fhat_from_ids(vae.quantize, ids_off, PNS)
+        res["tok.fhat_from_ids_maxdiff"] = mad(fh_off, tok.ids_to_fhat(ids_off))
+        res["tok.decode_ids_maxdiff"] = mad(vae.fhat_to_img(fh_off), tok.decode_ids(ids_off))
+        fh_full = fh_off + target.transpose(1, 2).reshape(fh_off.shape)
+        res["tok.decode_with_residual_maxdiff"] = mad(vae.fhat_to_img(fh_full.clone()), tok.decode(code))
+    return ids_off
+
+
+def make_contexts(B, seed):
+    """Encoder outputs of B prompts (row 0 padded after 5 tokens, row 1 full) + the null row.
+
+    Pads carry nonzero vectors (HART sees whatever the text model leaves at pad positions)."""
+    g = torch.Generator().manual_seed(seed)
+    ctx = torch.randn(B, CTX_T, CTX_D, generator=g) * 2.0
+    mask = torch.ones(B, CTX_T, dtype=torch.bool)
+    mask[0, 5:] = False
+    return ctx, mask
+
+
+def run_variant(H, name, model, vae, ckpt_dir, ids_tf, res):
+    from hart.convert import convert_hart
+    from hart.diffusion import sample_residual
+    from hart.model import HARTGenerator
+    from sampling.engine import SamplingEngine, make_generators
+    from sampling.options import SamplingOptions
+    from tokenizer.model import HybridTokenizer
+    import sampling.engine as engine_mod
+
+    p = f"{name}."
+    out = os.path.join(os.path.dirname(ckpt_dir), f"converted-{name}")
+    shutil.rmtree(out, ignore_errors=True)
+    out_path, dropped = convert_hart(ckpt_dir, out, overwrite=True)
+    res[p + "dropped"] = dropped
+    gen = HARTGenerator.from_pretrained(os.path.join(out_path, "generator")).eval()
+    tok = HybridTokenizer.from_pretrained(os.path.join(out_path, "tokenizer")).eval()
+    gc = gen.config
+    res[p + "our_config"] = {k: getattr(gc, k) for k in (
+        "level_embed", "attn_l2_norm", "rope_2d", "mask_pads", "context_pool", "context_norm", "diff_sampler",
+        "diff_learn_sigma", "target_scale") if hasattr(gc, k)}
+
+    with torch.no_grad():
+        # 1. teacher forcing: a padded prompt, a full prompt, the null row
+        ctx, mask = make_contexts(2, seed=7)
+        ctx = torch.cat([ctx, torch.zeros(1, CTX_T, CTX_D)])
+        mask = torch.cat([mask, torch.zeros(1, CTX_T, dtype=torch.bool)])
+        mask[2, 0] = True  # HART's null row: only the first position counts
+        teacher = vae.quantize.idxBl_to_var_input(ids_tf)
+        lg_off, h_off = official_teacher_forced(model, ctx, mask, teacher)
+        o = gen((ctx, mask), teacher)
+        res[p + "logits_shape"] = (tuple(lg_off.shape), tuple(o.logits.shape))
+        res[p + "logits_maxdiff"] = mad(lg_off, o.logits)
+        res[p + "logits_maxdiff_per_row"] = [mad(lg_off[i], o.logits[i]) for i in range(3)]
+        res[p + "logits_absmax"] = lg_off.abs().max().item()
+        res[p + "logits_argmax_equal"] = (lg_off.argmax(-1) == o.logits.argmax(-1)).float().mean().item()
+        res[p + "hidden_maxdiff"] = mad(h_off, o.hidden)
+        res[p + "hidden_absmax"] = h_off.abs().max().item()
+
+        # 3. the diffusion head alone, and HART's iDDPM sampler alone
+        g = torch.Generator().manual_seed(11)
+        N = 16
+        x = torch.randn(N, Z, generator=g)
+        t = torch.randint(0, 1000, (N,), generator=g)
+        c = torch.randn(N, gen.config.width, generator=g)
+        net_off = model.diffloss.net(x, t, c)
+        net_our = gen.diffusion(x, t, c)
+        res[p + "diffhead_shape"] = (tuple(net_off.shape), tuple(net_our.shape))
+        res[p + "diffhead_maxdiff"] = mad(net_off, net_our)
+        res[p + "diffhead_eps_absmax"] = net_off[:, :Z].abs().max().item()
+        res[p + "diffhead_var_range"] = (net_off[:, Z:].min().item(), net_off[:, Z:].max().item())
+        cu = torch.randn(N, gen.config.width, generator=g)
+        draws = []
+        torch.manual_seed(5)
+        with recording_randn(draws):
+            s_off = model.diffloss.sample(z=torch.cat([c, cu]), temperature=1.0, cfg=3.0)[:N]
+        start, steps = split_diffusion_draws(draws, N)
+        s_our = sample_residual(gen.diffusion, c, cu, cfg=3.0, steps=8, noise=start, step_noise=steps,
+                                sampler=gen.config.diff_sampler) * gen.config.target_scale
+        res[p + "iddpm_sampler_maxdiff"] = mad(s_off, s_our)
+        res[p + "iddpm_sampler_absmax"] = s_off.abs().max().item()
+
+        # 2. greedy sampling with cfg 4: ids per scale, residual, f_hat, image
+        B, cfg = 2, 4.0
+        ctx, mask = make_contexts(B, seed=8)
+        rec, hart_z, hart_diff, hart_fhat = [], [], [], []
+        orig_sample = H.T.sample_with_top_k_top_p_
+
+        def argmax_sample(logits_BlV, **kw):
+            r = logits_BlV.argmax(-1, keepdim=True)
+            rec.append(r[:, :, 0].clone())
+            return r
+
+        dl = model.diffloss
+        orig_dl_sample = dl.sample
+
+        def dl_sample(z, temperature=1.0, cfg=1.5, sampler=None):
+            hart_z.append((z.clone(), cfg))
+            r = orig_dl_sample(z, temperature=temperature, cfg=cfg, sampler=sampler)
+            hart_diff.append(r.clone())
+            return r
+
+        vae_ = model.vae_proxy[0]
+        orig_fhat_to_img = vae_.fhat_to_img
+
+        def fhat_to_img(f_hat):
+            hart_fhat.append(f_hat.clone())
+            return orig_fhat_to_img(f_hat)
+
+        H.T.sample_with_top_k_top_p_, dl.sample, vae_.fhat_to_img = argmax_sample, dl_sample, fhat_to_img
+        draws = []
+        try:
+            torch.manual_seed(0)
+            with recording_randn(draws):
+                img_off = model.autoregressive_infer_cfg(
+                    B=B, label_B=ctx.clone(), g_seed=0, cfg=cfg, top_k=1, top_p=0.0, more_smooth=False,
+                    context_position_ids=mask.long().cumsum(1) - 1, context_mask=mask.clone())
+        finally:
+            H.T.sample_with_top_k_top_p_ = orig_sample
+            del dl.sample, vae_.fhat_to_img  # back to the class's methods
+        n_last = PNS[-1] ** 2
+        start, steps = split_diffusion_draws(draws, B * n_last)
+
+        ours_rs = {}
+        orig_sr = engine_mod.sample_residual
+
+        def sr(head, cond, cond_uncond=None, cfg=0.0, **kw):
+            ours_rs.update(cond=cond.clone(), uncond=None if cond_uncond is None else cond_uncond.clone(), cfg=cfg,
+                           sampler=kw.get("sampler"), steps=kw.get("steps"))
+            kw.update(noise=start, step_noise=steps)
+            return orig_sr(head, cond, cond_uncond, cfg, **kw)
+
+        engine_mod.sample_residual = sr
+        try:
+            opts = SamplingOptions.preset("hart", cfg=cfg, top_k=1, top_k_schedule=(), top_p=1.0, smooth=False)
+            so = SamplingEngine(gen, tok).sample((ctx, mask), make_generators([0, 1]), opts)
+        finally:
+            engine_mod.sample_residual = orig_sr
+        res[p + "sample_ids_equal_per_scale"] = [(a == b).float().mean().item() for a, b in zip(rec, so.ids)]
+        res[p + "sample_ids_distinct_per_scale"] = [int(a.unique().numel()) for a in rec]
+        z_off, cfg_head = hart_z[0]
+        res[p + "head_cfg(hart, ours)"] = (cfg_head, ours_rs.get("cfg"))
+        res[p + "head_sampler(ours)"] = (ours_rs.get("sampler"), ours_rs.get("steps"))
+        res[p + "head_cond_maxdiff"] = mad(z_off[:B * n_last], ours_rs["cond"])
+        if ours_rs.get("uncond") is not None:
+            res[p + "head_uncond_maxdiff"] = mad(z_off[B * n_last:], ours_rs["uncond"])
+        resid_off = hart_diff[0][:B * n_last].view(B, n_last, Z).transpose(1, 2).reshape(B, Z, PNS[-1], PNS[-1])
+        res[p + "sample_residual_maxdiff"] = mad(resid_off, so.residual)
+        res[p + "sample_residual_absmax"] = resid_off.abs().max().item()
+        res[p + "sample_fhat_maxdiff"] = mad(hart_fhat[0], so.f_hat + so.residual)
+        res[p + "sample_discrete_fhat_maxdiff"] = mad(hart_fhat[0] - resid_off, so.f_hat)
+        res[p + "sample_image_maxdiff"] = mad(img_off, (so.images + 1) / 2)
+        res[p + "sample_image_range"] = (img_off.min().item(), img_off.max().item())
+        # our decoder on HART's final f_hat (separates the decoder from the sampler)
+        res[p + "sample_decode_official_fhat_maxdiff"] = mad(img_off, (tok.decode_latent(hart_fhat[0]) + 1) / 2)
+
+
+def run(hart_src: str, work: str | None = None, pydeps: str | None = None, variants=None) -> dict:
+    """Build, convert and compare; returns {name: value} (see the module doc)."""
+    H = import_official_hart(hart_src, pydeps)
+    work = work or tempfile.mkdtemp(prefix="hart-parity-")
+    os.makedirs(work, exist_ok=True)
+    if ROOT not in sys.path:
+        sys.path.insert(1, ROOT)
+    res = {}
+    tok_dir = os.path.join(work, "hart-tokenizer")
+    res["tok.latent_std"] = build_official_tokenizer(H, tok_dir)
+    for i, name in enumerate(variants or VARIANTS):
+        timestep, l2 = VARIANTS[name]
+        ckpt = os.path.join(work, f"hart-{name}")
+        shutil.rmtree(ckpt, ignore_errors=True)
+        shutil.copytree(tok_dir, os.path.join(ckpt, "tokenizer"))
+        model = build_official_transformer(H, ckpt, timestep, l2, seed=10 * (i + 1))
+        vae = model.vae_proxy[0]
+        res[f"{name}.hart_config"] = dict(use_timestep_embed=timestep, attn_l2_norm=l2)
+        res[f"{name}.gate_absmean"] = [
+            b.ada_lin(torch.randn(4, model.C))[:, :2 * model.C].abs().mean().item() for b in model.blocks]
+        if i == 0:
+            from tokenizer.model import HybridTokenizer
+            from hart.convert import convert_hart_tokenizer
+
+            tout = os.path.join(work, "converted-tokenizer")
+            shutil.rmtree(tout, ignore_errors=True)
+            convert_hart_tokenizer(os.path.join(tok_dir, "pytorch_model.bin"), tout, patch_nums=PNS)
+            ids_tf = compare_tokenizer(vae, HybridTokenizer.from_pretrained(tout).eval(), res)
+        run_variant(H, name, model, vae, ckpt, ids_tf, res)
+    res["torch"] = torch.__version__
+    res["threads"] = torch.get_num_threads()
+    return res
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--pydeps", default=None, metavar="DIR",
+                    help="a folder with scipy (pip install --target DIR scipy), appended to sys.path for HART's imports")
+    ap.add_argument("--hart-variants", default=",".join(VARIANTS), metavar="LIST",
+                    help=f"which HART builds to compare (default {','.join(VARIANTS)})")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hart-src", required=True, help="a checkout of mit-han-lab/hart")
+    ap.add_argument("--work", default=None, help="folder for the checkpoints (default: a temp folder)")
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    res = run(args.hart_src, args.work, args.pydeps, variants=parse_variants(args.hart_variants))
+    for k, v in res.items():
+        print(f"{k}: {v}")
+
+
+def parse_variants(text: str) -> list:
+    names = [v for v in text.split(",") if v]
+    bad = [v for v in names if v not in VARIANTS]
+    if bad or not names:
+        raise SystemExit(f"--hart-variants: choose from {', '.join(VARIANTS)}, got {text!r}")
+    return names
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, ROOT)
+    main()
