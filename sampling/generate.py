@@ -128,6 +128,7 @@ def main(argv=None):
             raise UserError("this model is class-conditional: give it --class, not --prompt")
         row_keys, row_labels = args.prompts, args.prompts
         key = "prompts"
+        pipe.text_encoder  # load it now: a missing encoder is one line before any work starts
     else:
         args.classes = resolve_classes(args, config)
         pipe.check_class_ids(args.classes)
