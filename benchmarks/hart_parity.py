@@ -84,6 +84,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNS = (1, 2, 3, 4, 6, 8)  # 8x8 latent at 128 px (HART's autoencoder downsamples 16x)
 RES = 128
 V, Z, CTX_T, CTX_D = 64, 8, 8, 32
+SAMPLE_CFGS = (4.0, 1.25)  # 1.25 * 4/5 = 1.0 at the last scale: HART's DiffLoss.sample then skips guidance
 VARIANTS = {  # name: (use_timestep_embed, attn_l2_norm)
     "table": (False, True),
     "timestep": (True, False),
@@ -283,12 +284,14 @@ def recording_randn(draws: list):
 
 
 def split_diffusion_draws(draws, n):
-    """HART's draws -> (start noise (n, z), [per-step noise (n, z)]): the conditional half."""
+    """HART's draws -> (start noise (n, z), [per-step noise (n, z)]): the conditional rows.
+
+    With guidance DiffLoss.sample draws n rows and repeats them for the unconditional half;
+    without (its cfg == 1.0) it draws 2n. p_sample draws 2n each step; the unconditional
+    half never reaches the conditional output (forward_with_cfg reads x[:n] only)."""
     kinds = [k for k, _ in draws]
     assert kinds and kinds[0] == "randn" and all(k == "randn_like" for k in kinds[1:]), kinds
-    start = draws[0][1]
-    assert start.shape[0] == n, (tuple(start.shape), n)
-    return start, [d[:n] for _, d in draws[1:]]
+    return draws[0][1][:n], [d[:n] for _, d in draws[1:]]
 
 
 # ----------------------------------------------------------------------------- comparisons
@@ -334,10 +337,7 @@ def run_variant(H, name, model, vae, ckpt_dir, ids_tf, res):
     from hart.convert import convert_hart
     from hart.diffusion import sample_residual
     from hart.model import HARTGenerator
-    from sampling.engine import SamplingEngine, make_generators
-    from sampling.options import SamplingOptions
     from tokenizer.model import HybridTokenizer
-    import sampling.engine as engine_mod
 
     p = f"{name}."
     out = os.path.join(os.path.dirname(ckpt_dir), f"converted-{name}")
@@ -390,80 +390,89 @@ def run_variant(H, name, model, vae, ckpt_dir, ids_tf, res):
                                 sampler=gen.config.diff_sampler) * gen.config.target_scale
         res[p + "iddpm_sampler_maxdiff"] = mad(s_off, s_our)
         res[p + "iddpm_sampler_absmax"] = s_off.abs().max().item()
+        res[p + "iddpm_sampler_clipped_share"] = (s_off.abs() >= 0.6 - 1e-6).float().mean().item()
 
-        # 2. greedy sampling with cfg 4: ids per scale, residual, f_hat, image
-        B, cfg = 2, 4.0
-        ctx, mask = make_contexts(B, seed=8)
-        rec, hart_z, hart_diff, hart_fhat = [], [], [], []
-        orig_sample = H.T.sample_with_top_k_top_p_
+        # 2. greedy sampling: ids per scale, the head's conditions, residual, f_hat, image
+        for cfg in SAMPLE_CFGS:
+            compare_greedy_sampling(H, model, gen, tok, cfg, res, f"{p}cfg{cfg:g}.")
 
-        def argmax_sample(logits_BlV, **kw):
-            r = logits_BlV.argmax(-1, keepdim=True)
-            rec.append(r[:, :, 0].clone())
-            return r
 
-        dl = model.diffloss
-        orig_dl_sample = dl.sample
+def compare_greedy_sampling(H, model, gen, tok, cfg, res, p):
+    """HART's autoregressive_infer_cfg (argmax draws, recorded noise) against our SamplingEngine."""
+    import sampling.engine as engine_mod
+    from sampling.engine import SamplingEngine, make_generators
+    from sampling.options import SamplingOptions
 
-        def dl_sample(z, temperature=1.0, cfg=1.5, sampler=None):
-            hart_z.append((z.clone(), cfg))
-            r = orig_dl_sample(z, temperature=temperature, cfg=cfg, sampler=sampler)
-            hart_diff.append(r.clone())
-            return r
+    B = 2
+    ctx, mask = make_contexts(B, seed=8)
+    rec, hart_z, hart_diff, hart_fhat = [], [], [], []
+    orig_sample = H.T.sample_with_top_k_top_p_
 
-        vae_ = model.vae_proxy[0]
-        orig_fhat_to_img = vae_.fhat_to_img
+    def argmax_sample(logits_BlV, **kw):
+        r = logits_BlV.argmax(-1, keepdim=True)
+        rec.append(r[:, :, 0].clone())
+        return r
 
-        def fhat_to_img(f_hat):
-            hart_fhat.append(f_hat.clone())
-            return orig_fhat_to_img(f_hat)
+    dl, vae = model.diffloss, model.vae_proxy[0]
+    dl_sample, fhat_to_img = dl.sample, vae.fhat_to_img
 
-        H.T.sample_with_top_k_top_p_, dl.sample, vae_.fhat_to_img = argmax_sample, dl_sample, fhat_to_img
-        draws = []
-        try:
-            torch.manual_seed(0)
-            with recording_randn(draws):
-                img_off = model.autoregressive_infer_cfg(
-                    B=B, label_B=ctx.clone(), g_seed=0, cfg=cfg, top_k=1, top_p=0.0, more_smooth=False,
-                    context_position_ids=mask.long().cumsum(1) - 1, context_mask=mask.clone())
-        finally:
-            H.T.sample_with_top_k_top_p_ = orig_sample
-            del dl.sample, vae_.fhat_to_img  # back to the class's methods
-        n_last = PNS[-1] ** 2
-        start, steps = split_diffusion_draws(draws, B * n_last)
+    def recording_dl_sample(z, temperature=1.0, cfg=1.5, sampler=None):
+        hart_z.append((z.clone(), cfg))
+        r = dl_sample(z, temperature=temperature, cfg=cfg, sampler=sampler)
+        hart_diff.append(r.clone())
+        return r
 
-        ours_rs = {}
-        orig_sr = engine_mod.sample_residual
+    def recording_fhat_to_img(f_hat):
+        hart_fhat.append(f_hat.clone())
+        return fhat_to_img(f_hat)
 
-        def sr(head, cond, cond_uncond=None, cfg=0.0, **kw):
-            ours_rs.update(cond=cond.clone(), uncond=None if cond_uncond is None else cond_uncond.clone(), cfg=cfg,
-                           sampler=kw.get("sampler"), steps=kw.get("steps"))
-            kw.update(noise=start, step_noise=steps)
-            return orig_sr(head, cond, cond_uncond, cfg, **kw)
+    H.T.sample_with_top_k_top_p_, dl.sample, vae.fhat_to_img = argmax_sample, recording_dl_sample, recording_fhat_to_img
+    draws = []
+    try:
+        torch.manual_seed(0)
+        with recording_randn(draws):
+            img_off = model.autoregressive_infer_cfg(
+                B=B, label_B=ctx.clone(), g_seed=0, cfg=cfg, top_k=1, top_p=0.0, more_smooth=False,
+                context_position_ids=mask.long().cumsum(1) - 1, context_mask=mask.clone())
+    finally:
+        H.T.sample_with_top_k_top_p_ = orig_sample
+        del dl.sample, vae.fhat_to_img  # back to the class's methods
+    N = PNS[-1] ** 2
+    start, steps = split_diffusion_draws(draws, B * N)
 
-        engine_mod.sample_residual = sr
-        try:
-            opts = SamplingOptions.preset("hart", cfg=cfg, top_k=1, top_k_schedule=(), top_p=1.0, smooth=False)
-            so = SamplingEngine(gen, tok).sample((ctx, mask), make_generators([0, 1]), opts)
-        finally:
-            engine_mod.sample_residual = orig_sr
-        res[p + "sample_ids_equal_per_scale"] = [(a == b).float().mean().item() for a, b in zip(rec, so.ids)]
-        res[p + "sample_ids_distinct_per_scale"] = [int(a.unique().numel()) for a in rec]
-        z_off, cfg_head = hart_z[0]
-        res[p + "head_cfg(hart, ours)"] = (cfg_head, ours_rs.get("cfg"))
-        res[p + "head_sampler(ours)"] = (ours_rs.get("sampler"), ours_rs.get("steps"))
-        res[p + "head_cond_maxdiff"] = mad(z_off[:B * n_last], ours_rs["cond"])
-        if ours_rs.get("uncond") is not None:
-            res[p + "head_uncond_maxdiff"] = mad(z_off[B * n_last:], ours_rs["uncond"])
-        resid_off = hart_diff[0][:B * n_last].view(B, n_last, Z).transpose(1, 2).reshape(B, Z, PNS[-1], PNS[-1])
-        res[p + "sample_residual_maxdiff"] = mad(resid_off, so.residual)
-        res[p + "sample_residual_absmax"] = resid_off.abs().max().item()
-        res[p + "sample_fhat_maxdiff"] = mad(hart_fhat[0], so.f_hat + so.residual)
-        res[p + "sample_discrete_fhat_maxdiff"] = mad(hart_fhat[0] - resid_off, so.f_hat)
-        res[p + "sample_image_maxdiff"] = mad(img_off, (so.images + 1) / 2)
-        res[p + "sample_image_range"] = (img_off.min().item(), img_off.max().item())
-        # our decoder on HART's final f_hat (separates the decoder from the sampler)
-        res[p + "sample_decode_official_fhat_maxdiff"] = mad(img_off, (tok.decode_latent(hart_fhat[0]) + 1) / 2)
+    ours = {}
+    orig_sr = engine_mod.sample_residual
+
+    def sample_residual(head, cond, cond_uncond=None, cfg=0.0, **kw):
+        ours.update(cond=cond.clone(), uncond=None if cond_uncond is None else cond_uncond.clone(), cfg=cfg,
+                    sampler=kw.get("sampler"), steps=kw.get("steps"))
+        kw.update(noise=start, step_noise=steps)  # HART's draws
+        return orig_sr(head, cond, cond_uncond, cfg, **kw)
+
+    engine_mod.sample_residual = sample_residual
+    try:
+        opts = SamplingOptions.preset("hart", cfg=cfg, top_k=1, top_k_schedule=(), top_p=1.0, smooth=False)
+        so = SamplingEngine(gen, tok).sample((ctx, mask), make_generators(range(B)), opts)
+    finally:
+        engine_mod.sample_residual = orig_sr
+    res[p + "ids_equal_per_scale"] = [(a == b).float().mean().item() for a, b in zip(rec, so.ids)]
+    res[p + "ids_distinct_per_scale"] = [int(a.unique().numel()) for a in rec]
+    z_off, head_cfg = hart_z[0]
+    res[p + "head_cfg(hart, ours)"] = (head_cfg, ours.get("cfg"))
+    res[p + "head_sampler(ours)"] = (ours.get("sampler"), ours.get("steps"))
+    res[p + "head_cond_maxdiff"] = mad(z_off[:B * N], ours["cond"])
+    res[p + "head_uncond_maxdiff"] = mad(z_off[B * N:], ours["uncond"]) if ours.get("uncond") is not None else None
+    resid_off = hart_diff[0][:B * N].view(B, N, Z).transpose(1, 2).reshape(B, Z, PNS[-1], PNS[-1])
+    res[p + "residual_maxdiff"] = mad(resid_off, so.residual)
+    res[p + "residual_absmax"] = resid_off.abs().max().item()
+    # the last iDDPM step returns the clipped x0: this share sits exactly at +-vae_scale
+    res[p + "residual_clipped_share"] = (resid_off.abs() >= 0.6 - 1e-6).float().mean().item()
+    res[p + "discrete_fhat_maxdiff"] = mad(hart_fhat[0] - resid_off, so.f_hat)
+    res[p + "fhat_maxdiff"] = mad(hart_fhat[0], so.f_hat + so.residual)
+    res[p + "image_maxdiff"] = mad(img_off, (so.images + 1) / 2)
+    res[p + "image_range"] = (img_off.min().item(), img_off.max().item())
+    # our decoder on HART's final f_hat (separates the decoder from the sampler)
+    res[p + "decode_official_fhat_maxdiff"] = mad(img_off, (tok.decode_latent(hart_fhat[0]) + 1) / 2)
 
 
 def run(hart_src: str, work: str | None = None, pydeps: str | None = None, variants=None) -> dict:
