@@ -10,7 +10,9 @@ ch 32, z 8, V 64, ``var_hybrid`` quantizer, 128 px -> an 8x8 latent, schedule 1,
 and a depth-2 ``HARTForT2I`` (C 128, 2 heads, 8 context tokens of width 32, llama attention
 and MLP, context RMSNorm, max pooling, diffusion head of width 64 and depth 2, 8 iDDPM
 steps), runs HART's ``init_weights`` and then perturbs every weight (so the AdaLN gates and
-the head's zeroed layers are open), and writes them in the released layout::
+the head's zeroed layers are open; then word_embed x10, the head's AdaLN x0.1 and the head
+x4, so that greedy sampling does not collapse onto one code per scale), and writes them in
+the released layout::
 
     WORK/hart-<variant>/llm/ema_model.bin      torch.save(model.state_dict())
     WORK/hart-<variant>/llm/config.json        model.config.to_json_file(...)
@@ -27,14 +29,21 @@ compared (CPU, fp32, one thread; max abs differences), one ``variant.name: value
    the teacher inputs, + lvl_embed, each block with attn_bias_for_masking, si=-1,
    context_position_ids = cumsum(mask) - 1 and the context mask, get_logits from position
    context_token - 1 on); rows: a padded prompt, a full prompt and the null (all-zero) row;
-2. greedy sampling, cfg 4: HART's ``sample_with_top_k_top_p_`` is replaced (in the
-   transformer module's namespace) by an argmax that records the ids; ours runs
-   ``SamplingEngine`` at top-k 1 with the ``hart`` preset's behaviour (the last scale reuses
-   the previous scale's guidance ratio, for the logits and the head). The residual head's
-   noise: HART's ``torch.randn`` (DiffLoss.sample's start noise) and ``torch.randn_like``
-   (each p_sample step) draws are recorded and handed to our ``sample_residual`` as
-   ``noise=`` / ``step_noise=`` (the conditional half; the unconditional half never reaches
-   the output), so the residual, f_hat and the final image are compared exactly;
+2. greedy sampling (two prompts, one padded): HART's ``sample_with_top_k_top_p_`` is
+   replaced (in the transformer module's namespace) by an argmax that records the ids and
+   the guided logits; ours runs ``SamplingEngine`` with the ``hart`` preset (the last scale
+   reuses the previous scale's guidance ratio, for the logits, the smoothing and the head)
+   and an argmax draw (top-k 1; with smoothing, the preset's top-k 600/300, a no-op at
+   V = 64, and the inverse-CDF draw replaced by an argmax). Three runs: cfg 4; cfg 1.25
+   (the last scale's ratio is then exactly 1.0, where HART's ``DiffLoss.sample`` drops
+   guidance); cfg 4.5 with HART's Gumbel smoothing (``more_smooth``, its demo setting),
+   whose Gumbel noise is replayed from a copy of HART's generator state and handed to our
+   engine in place of its own draws. The residual head's noise: HART's ``torch.randn``
+   (DiffLoss.sample's start noise) and ``torch.randn_like`` (each p_sample step) draws are
+   recorded and given to our ``sample_residual`` as ``noise=`` / ``step_noise=`` (the
+   conditional rows), so ids, the guided logits per scale, the head's conditions, the
+   residual, f_hat and the final image are compared; ``residual_on_official_cond`` runs our
+   sampler on HART's own conditions;
 3. the diffusion head alone: HART's ``diffloss.net(x, t, c)`` against ``gen.diffusion`` (all
    2z outputs: epsilon and the learned-range variance value), and HART's iDDPM sampler
    (``diffloss.sample``, cfg 3) against ``hart.diffusion.sample_residual`` on the same
@@ -84,7 +93,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNS = (1, 2, 3, 4, 6, 8)  # 8x8 latent at 128 px (HART's autoencoder downsamples 16x)
 RES = 128
 V, Z, CTX_T, CTX_D = 64, 8, 8, 32
-SAMPLE_CFGS = (4.0, 1.25)  # 1.25 * 4/5 = 1.0 at the last scale: HART's DiffLoss.sample then skips guidance
+# (cfg, Gumbel smoothing): cfg 4 plain; 1.25 * 4/5 = 1.0 at the last scale, where HART's
+# DiffLoss.sample skips guidance; cfg 4.5 with smoothing, HART's demo setting
+SAMPLE_RUNS = ((4.0, False), (1.25, False), (4.5, True))
 VARIANTS = {  # name: (use_timestep_embed, attn_l2_norm)
     "table": (False, True),
     "timestep": (True, False),
@@ -143,7 +154,8 @@ def import_official_hart(hart_src: str, pydeps: str | None = None) -> types.Simp
     """HART's modules (imported from ``hart_src``, never copied) on a CPU; see the module doc."""
     src = os.path.abspath(hart_src)
     if not os.path.isfile(os.path.join(src, "hart", "modules", "models", "transformer", "hart_transformer_t2i.py")):
-        raise SystemExit(f"--hart-src {hart_src}: not a mit-han-lab/hart checkout (no hart/modules/models/transformer/)")
+        raise SystemExit(f"--hart-src {hart_src}: not a mit-han-lab/hart checkout "
+                         "(no hart/modules/models/transformer/)")
     if pydeps:
         sys.path.append(os.path.abspath(pydeps))
     try:
@@ -163,7 +175,6 @@ def import_official_hart(hart_src: str, pydeps: str | None = None) -> types.Simp
             "TC": "hart.modules.models.transformer.configuration",
             "AE": "hart.modules.models.autoencoder.hart_autoencoder_with_disc",
             "AEC": "hart.modules.models.autoencoder.configuration",
-            "B": "hart.modules.networks.basic_hart",
         }
         ns = types.SimpleNamespace(**{k: importlib.import_module(v) for k, v in mods.items()}, official=official)
 
@@ -286,9 +297,9 @@ def recording_randn(draws: list):
 def split_diffusion_draws(draws, n):
     """HART's draws -> (start noise (n, z), [per-step noise (n, z)]): the conditional rows.
 
-    With guidance DiffLoss.sample draws n rows and repeats them for the unconditional half;
-    without (its cfg == 1.0) it draws 2n. p_sample draws 2n each step; the unconditional
-    half never reaches the conditional output (forward_with_cfg reads x[:n] only)."""
+    With guidance DiffLoss.sample draws n rows and repeats them for the unconditional half,
+    and p_sample's 2n-row draws reach the output through the first n only (forward_with_cfg
+    reads x[:n]); without guidance (its cfg == 1.0) both are 2n rows of two separate chains."""
     kinds = [k for k, _ in draws]
     assert kinds and kinds[0] == "randn" and all(k == "randn_like" for k in kinds[1:]), kinds
     return draws[0][1][:n], [d[:n] for _, d in draws[1:]]
@@ -393,25 +404,39 @@ def run_variant(H, name, model, vae, ckpt_dir, ids_tf, res):
         res[p + "iddpm_sampler_clipped_share"] = (s_off.abs() >= 0.6 - 1e-6).float().mean().item()
 
         # 2. greedy sampling: ids per scale, the head's conditions, residual, f_hat, image
-        for cfg in SAMPLE_CFGS:
-            compare_greedy_sampling(H, model, gen, tok, cfg, res, f"{p}cfg{cfg:g}.")
+        for cfg, smooth in SAMPLE_RUNS:
+            tag = f"cfg{cfg:g}" + ("-smooth" if smooth else "")
+            compare_greedy_sampling(H, model, gen, tok, cfg, smooth, res, f"{p}{tag}.")
 
 
-def compare_greedy_sampling(H, model, gen, tok, cfg, res, p):
-    """HART's autoregressive_infer_cfg (argmax draws, recorded noise) against our SamplingEngine."""
+def compare_greedy_sampling(H, model, gen, tok, cfg, smooth, res, p):
+    """HART's autoregressive_infer_cfg against our SamplingEngine: argmax ids, HART's noise.
+
+    Ids are the argmax of the guided logits on both sides (HART's top-k 600/300 and ours are
+    no-ops at V = 64). With ``smooth`` (HART's ``more_smooth``) the Gumbel noise HART draws
+    from its generator is replayed from a copy of the generator's state and given to our
+    engine in place of its own draws."""
+    from hart import kernels
     import sampling.engine as engine_mod
     from sampling.engine import SamplingEngine, make_generators
     from sampling.options import SamplingOptions
 
     B = 2
     ctx, mask = make_contexts(B, seed=8)
-    rec, hart_z, hart_diff, hart_fhat = [], [], [], []
-    orig_sample = H.T.sample_with_top_k_top_p_
+    rec, rec_logits, gumbels, hart_z, hart_diff, hart_fhat = [], [], [], [], [], []
+    T, orig_sample, orig_gumbel = H.T, H.T.sample_with_top_k_top_p_, H.T.gumbel_softmax_with_rng
 
     def argmax_sample(logits_BlV, **kw):
         r = logits_BlV.argmax(-1, keepdim=True)
         rec.append(r[:, :, 0].clone())
+        rec_logits.append(logits_BlV.clone())  # guided
         return r
+
+    def recording_gumbel(logits, tau=1, hard=False, eps=1e-10, dim=-1, rng=None):
+        replay = torch.Generator(device=rng.device)
+        replay.set_state(rng.get_state())  # the draws HART is about to make
+        gumbels.append(-torch.empty_like(logits).exponential_(generator=replay).log())
+        return orig_gumbel(logits, tau=tau, hard=hard, eps=eps, dim=dim, rng=rng)
 
     dl, vae = model.diffloss, model.vae_proxy[0]
     dl_sample, fhat_to_img = dl.sample, vae.fhat_to_img
@@ -426,37 +451,51 @@ def compare_greedy_sampling(H, model, gen, tok, cfg, res, p):
         hart_fhat.append(f_hat.clone())
         return fhat_to_img(f_hat)
 
-    H.T.sample_with_top_k_top_p_, dl.sample, vae.fhat_to_img = argmax_sample, recording_dl_sample, recording_fhat_to_img
+    T.sample_with_top_k_top_p_, T.gumbel_softmax_with_rng = argmax_sample, recording_gumbel
+    dl.sample, vae.fhat_to_img = recording_dl_sample, recording_fhat_to_img
     draws = []
     try:
         torch.manual_seed(0)
         with recording_randn(draws):
             img_off = model.autoregressive_infer_cfg(
-                B=B, label_B=ctx.clone(), g_seed=0, cfg=cfg, top_k=1, top_p=0.0, more_smooth=False,
+                B=B, label_B=ctx.clone(), g_seed=0, cfg=cfg, top_k=1, top_p=0.0, more_smooth=smooth,
                 context_position_ids=mask.long().cumsum(1) - 1, context_mask=mask.clone())
     finally:
-        H.T.sample_with_top_k_top_p_ = orig_sample
+        T.sample_with_top_k_top_p_, T.gumbel_softmax_with_rng = orig_sample, orig_gumbel
         del dl.sample, vae.fhat_to_img  # back to the class's methods
     N = PNS[-1] ** 2
     start, steps = split_diffusion_draws(draws, B * N)
 
     ours = {}
-    orig_sr = engine_mod.sample_residual
+    orig_sr, orig_draw = engine_mod.sample_residual, kernels.sample_from_logits
+    orig_engine_gumbel = SamplingEngine._gumbel
 
     def sample_residual(head, cond, cond_uncond=None, cfg=0.0, **kw):
         ours.update(cond=cond.clone(), uncond=None if cond_uncond is None else cond_uncond.clone(), cfg=cfg,
-                    sampler=kw.get("sampler"), steps=kw.get("steps"))
+                    sampler=kw.get("sampler"), steps=kw.get("steps"), kw=dict(kw))
         kw.update(noise=start, step_noise=steps)  # HART's draws
         return orig_sr(head, cond, cond_uncond, cfg, **kw)
 
+    hart_gumbels = list(gumbels)
     engine_mod.sample_residual = sample_residual
+    kernels.sample_from_logits = lambda logits, u: logits.argmax(-1)
+    SamplingEngine._gumbel = lambda self, gens, n, V: hart_gumbels.pop(0)
     try:
-        opts = SamplingOptions.preset("hart", cfg=cfg, top_k=1, top_k_schedule=(), top_p=1.0, smooth=False)
-        so = SamplingEngine(gen, tok).sample((ctx, mask), make_generators(range(B)), opts)
+        if smooth:  # the preset as it is (its top-k 600 / 300 keep all 64 codes)
+            opts = SamplingOptions.preset("hart", cfg=cfg)
+        else:
+            opts = SamplingOptions.preset("hart", cfg=cfg, top_k=1, top_k_schedule=(), top_p=1.0, smooth=False)
+        so = SamplingEngine(gen, tok).sample((ctx, mask), make_generators(range(B)), opts, return_logits=True)
     finally:
-        engine_mod.sample_residual = orig_sr
+        engine_mod.sample_residual, kernels.sample_from_logits = orig_sr, orig_draw
+        SamplingEngine._gumbel = orig_engine_gumbel
     res[p + "ids_equal_per_scale"] = [(a == b).float().mean().item() for a, b in zip(rec, so.ids)]
     res[p + "ids_distinct_per_scale"] = [int(a.unique().numel()) for a in rec]
+    K = len(PNS)
+    guided = [(1 + cfg * opts.ratio(k, K)) * lg[:B] - cfg * opts.ratio(k, K) * lg[B:] for k, lg in enumerate(so.logits)]
+    res[p + "guided_logits_maxdiff_per_scale"] = [float(f"{mad(a, b):.3g}") for a, b in zip(rec_logits, guided)]
+    if smooth:
+        res[p + "gumbel_draws(hart, ours used)"] = (len(gumbels), len(gumbels) - len(hart_gumbels))
     z_off, head_cfg = hart_z[0]
     res[p + "head_cfg(hart, ours)"] = (head_cfg, ours.get("cfg"))
     res[p + "head_sampler(ours)"] = (ours.get("sampler"), ours.get("steps"))
@@ -467,6 +506,11 @@ def compare_greedy_sampling(H, model, gen, tok, cfg, res, p):
     res[p + "residual_absmax"] = resid_off.abs().max().item()
     # the last iDDPM step returns the clipped x0: this share sits exactly at +-vae_scale
     res[p + "residual_clipped_share"] = (resid_off.abs() >= 0.6 - 1e-6).float().mean().item()
+    # our sampler on HART's own conditions (separates the sampler from the transformer)
+    kw = dict(ours["kw"], noise=start, step_noise=steps)
+    x = orig_sr(gen.diffusion, z_off[:B * N], z_off[B * N:] if ours.get("uncond") is not None else None,
+                ours["cfg"], **kw) * gen.config.target_scale
+    res[p + "residual_on_official_cond_maxdiff"] = mad(hart_diff[0][:B * N], x)
     res[p + "discrete_fhat_maxdiff"] = mad(hart_fhat[0] - resid_off, so.f_hat)
     res[p + "fhat_maxdiff"] = mad(hart_fhat[0], so.f_hat + so.residual)
     res[p + "image_maxdiff"] = mad(img_off, (so.images + 1) / 2)
@@ -485,25 +529,26 @@ def run(hart_src: str, work: str | None = None, pydeps: str | None = None, varia
     res = {}
     tok_dir = os.path.join(work, "hart-tokenizer")
     res["tok.latent_std"] = build_official_tokenizer(H, tok_dir)
-    for i, name in enumerate(variants or VARIANTS):
+    from hart.convert import convert_hart_tokenizer
+    from tokenizer.model import HybridTokenizer
+
+    tout = os.path.join(work, "converted-hart-tokenizer")
+    shutil.rmtree(tout, ignore_errors=True)
+    convert_hart_tokenizer(os.path.join(tok_dir, "pytorch_model.bin"), tout, patch_nums=PNS)
+    vae = H.AE.HARTAutoEncoderWithDisc.from_pretrained(tok_dir).vae
+    ids_tf = compare_tokenizer(vae, HybridTokenizer.from_pretrained(tout).eval(), res)
+    for name in variants or VARIANTS:
         timestep, l2 = VARIANTS[name]
         ckpt = os.path.join(work, f"hart-{name}")
         shutil.rmtree(ckpt, ignore_errors=True)
         shutil.copytree(tok_dir, os.path.join(ckpt, "tokenizer"))
-        model = build_official_transformer(H, ckpt, timestep, l2, seed=10 * (i + 1))
-        vae = model.vae_proxy[0]
+        model = build_official_transformer(H, ckpt, timestep, l2, seed=10 * (list(VARIANTS).index(name) + 1))
         res[f"{name}.hart_config"] = dict(use_timestep_embed=timestep, attn_l2_norm=l2)
-        res[f"{name}.gate_absmean"] = [
-            b.ada_lin(torch.randn(4, model.C))[:, :2 * model.C].abs().mean().item() for b in model.blocks]
-        if i == 0:
-            from tokenizer.model import HybridTokenizer
-            from hart.convert import convert_hart_tokenizer
-
-            tout = os.path.join(work, "converted-tokenizer")
-            shutil.rmtree(tout, ignore_errors=True)
-            convert_hart_tokenizer(os.path.join(tok_dir, "pytorch_model.bin"), tout, patch_nums=PNS)
-            ids_tf = compare_tokenizer(vae, HybridTokenizer.from_pretrained(tout).eval(), res)
-        run_variant(H, name, model, vae, ckpt, ids_tf, res)
+        with torch.no_grad():
+            ctx, _ = make_contexts(2, seed=8)
+            cond = model.context_embed(model.context_norm(ctx)).amax(1)
+            res[f"{name}.gate_absmean"] = [b.ada_lin(cond)[:, :2 * model.C].abs().mean().item() for b in model.blocks]
+        run_variant(H, name, model, model.vae_proxy[0], ckpt, ids_tf, res)
     res["torch"] = torch.__version__
     res["threads"] = torch.get_num_threads()
     return res
@@ -511,7 +556,7 @@ def run(hart_src: str, work: str | None = None, pydeps: str | None = None, varia
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--pydeps", default=None, metavar="DIR",
-                    help="a folder with scipy (pip install --target DIR scipy), appended to sys.path for HART's imports")
+                    help="a folder with scipy (pip install --target DIR scipy), appended to sys.path for HART")
     ap.add_argument("--hart-variants", default=",".join(VARIANTS), metavar="LIST",
                     help=f"which HART builds to compare (default {','.join(VARIANTS)})")
 

@@ -254,7 +254,8 @@ def main(argv=None):
     if args.var_src:
         res.update(run_var(args.var_src, work))
     if args.hart_src:
-        hres = hart_parity.run(args.hart_src, work, args.pydeps, variants=hart_parity.parse_variants(args.hart_variants))
+        variants = hart_parity.parse_variants(args.hart_variants)
+        hres = hart_parity.run(args.hart_src, work, args.pydeps, variants=variants)
         if args.var_src:  # torch and threads are printed once
             res.pop("torch"), res.pop("threads")
         res.update(hres)

@@ -36,7 +36,7 @@ import math  # noqa: E402
 import random  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
@@ -47,7 +47,7 @@ from hart.common.errors import UserError, cli_entry  # noqa: E402
 from demo.batching import BatchInfo, Batcher  # noqa: E402
 from hart.common.images import to_pil  # noqa: E402
 from sampling import HARTPipeline  # noqa: E402
-from sampling.options import DEFAULT_PRESET, SamplingOptions  # noqa: E402
+from sampling.options import DEFAULT_PRESET, SAMPLING_PRESETS, SamplingOptions  # noqa: E402
 from tokenizer.model import TokenizerCode  # noqa: E402
 
 MAX_SEED = 2**31 - 1
@@ -204,11 +204,19 @@ class DemoModel:
         max_batch_size: most requests merged into one sampler batch (1: one at a time).
         max_batch_images: most images in one sampler batch (default: 64, at least ``max_images``).
         batch_wait: seconds a batch waits for more requests before it starts (default 0).
+        sampling: the sampling preset (:data:`sampling.options.SAMPLING_PRESETS`): the sliders
+            start at its values, and its other settings (smoothing, top-k schedule, the residual
+            head's guidance, HART's last-scale ratio) apply to every request.
     """
 
+    SLIDERS = ("cfg", "top_k", "top_p", "temperature")
+
     def __init__(self, pipeline: HARTPipeline, max_images: int = 16, time_limit: float | None = 60.0,
-                 max_batch_size: int = 8, max_batch_images: int | None = None, batch_wait: float = 0.0):
+                 max_batch_size: int = 8, max_batch_images: int | None = None, batch_wait: float = 0.0,
+                 sampling: str = DEFAULT_PRESET):
         self.pipeline = pipeline
+        self.defaults = SamplingOptions.preset(sampling)
+        self.fixed = {k: v for k, v in asdict(self.defaults).items() if k not in self.SLIDERS}
         self.is_text = pipeline.is_text
         self.names = [] if self.is_text else class_names(pipeline)
         self.max_prompt_chars = 500
@@ -242,6 +250,7 @@ class DemoModel:
             shown = ", ".join(self.names[:10]) + (" ..." if len(self.names) > 10 else "")
             raise UserError(f"unknown class {class_name!r}; choose one of: {shown}")
         options = dict(
+            **self.fixed,
             cfg=_number("CFG", cfg, lo=0, hi=CFG_MAX),
             top_k=int(_number("top-k", top_k, integer=True, lo=0, hi=self.codebook_size)),
             top_p=_number("top-p", top_p, lo=0, lo_open=True, hi=1),
@@ -339,7 +348,8 @@ def prompt_examples(pipeline: HARTPipeline) -> list[str]:
 
 def build_demo(pipeline: HARTPipeline, *, max_images: int = 16, time_limit: float | None = 60.0,
                queue_size: int = 16, max_batch_size: int = 8, max_batch_images: int | None = None,
-               batch_wait: float = 0.0, title: str = "HART: next-scale prediction") -> gr.Blocks:
+               batch_wait: float = 0.0, title: str = "HART: next-scale prediction",
+               sampling: str = DEFAULT_PRESET) -> gr.Blocks:
     """The Gradio app on ``pipeline``, not launched.
 
     Up to twice ``max_batch_size`` requests are taken from the queue at once (gradio's
@@ -348,7 +358,7 @@ def build_demo(pipeline: HARTPipeline, *, max_images: int = 16, time_limit: floa
     up to ``max_batch_size`` requests (:class:`DemoModel`, :mod:`demo.batching`); at most
     ``queue_size`` more wait in gradio's queue; a batch may run ``time_limit`` seconds."""
     model = DemoModel(pipeline, max_images=max_images, time_limit=time_limit, max_batch_size=max_batch_size,
-                      max_batch_images=max_batch_images, batch_wait=batch_wait)
+                      max_batch_images=max_batch_images, batch_wait=batch_wait, sampling=sampling)
     names = model.names
     pn = model.patch_nums
     R = model.resolution
@@ -360,7 +370,7 @@ def build_demo(pipeline: HARTPipeline, *, max_images: int = 16, time_limit: floa
             raise gr.Error(str(e), print_exception=False) from None
         return list(zip(r.images, r.captions)), r.strip, r.timing
 
-    defaults = SamplingOptions.preset(DEFAULT_PRESET)  # the sliders start at the CLI's defaults
+    defaults = model.defaults  # the sliders start at the preset's values (the CLI's default preset)
     with gr.Blocks(title=title, analytics_enabled=False) as blocks:
         kind = ("A text-to-image HART model" if model.is_text
                 else f"A class-conditional HART model: {len(names)} classes")
@@ -424,10 +434,13 @@ def launch_options() -> dict:
                 footer_links=[], show_error=False)
 
 
-def load_pipeline(model_dir, device: str = "cpu") -> HARTPipeline:
+def load_pipeline(model_dir, device: str = "cpu", text_encoder_path=None) -> HARTPipeline:
     """``HARTPipeline.from_pretrained`` with every failure turned into one :class:`UserError` line."""
     try:
-        return HARTPipeline.from_pretrained(model_dir, device=device)
+        pipe = HARTPipeline.from_pretrained(model_dir, device=device, text_encoder_path=text_encoder_path)
+        if pipe.is_text:
+            pipe.text_encoder  # a missing encoder is one line at start-up, not an error per request
+        return pipe
     except UserError:
         raise
     except Exception as e:  # a broken config.json or weights file: one line, not a traceback
@@ -443,6 +456,11 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, metavar="DIR",
                    help="model folder with tokenizer/ and generator/ (default: the bundled model)")
+    p.add_argument("--text-encoder-path", default=None, metavar="DIR",
+                   help="text models: the encoder's folder (default: the one recorded in the model's config)")
+    p.add_argument("--sampling", default=DEFAULT_PRESET, metavar="PRESET",
+                   help=f"sampling preset the sliders start from ({', '.join(SAMPLING_PRESETS)}; default {DEFAULT_PRESET}; "
+                        "hart for HART's weights)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also make a public gradio.live link")
@@ -470,10 +488,11 @@ def main(argv=None):
         raise UserError(f"--max-batch-size must be in 1..{MAX_BATCH_REQUESTS}, got {args.max_batch_size}")
     if not (math.isfinite(args.batch_wait) and 0 <= args.batch_wait <= 10):
         raise UserError(f"--batch-wait must be in 0..10 seconds, got {args.batch_wait}")
-    pipeline = load_pipeline(args.model, device=str(resolve_device(args.device)))
+    SamplingOptions.preset(args.sampling)  # an unknown preset is one line before the model loads
+    pipeline = load_pipeline(args.model, device=str(resolve_device(args.device)), text_encoder_path=args.text_encoder_path)
     blocks = build_demo(pipeline, max_images=args.max_images, time_limit=args.time_limit or None,
                         queue_size=args.queue_size, max_batch_size=args.max_batch_size,
-                        max_batch_images=args.max_batch_images, batch_wait=args.batch_wait)
+                        max_batch_images=args.max_batch_images, batch_wait=args.batch_wait, sampling=args.sampling)
     try:
         blocks.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
     except OSError as e:

@@ -194,6 +194,19 @@ def test_strip_columns_and_time_limit(pipeline):
     model.deadline.remove()
 
 
+def test_sampling_preset_sets_sliders_and_the_fixed_settings(pipeline):
+    from demo.app import DemoModel
+
+    model = DemoModel(pipeline, sampling="hart")
+    assert model.defaults.cfg == 4.5  # the sliders start at the preset
+    _, options, _, _ = model.parse(*GOOD.values())
+    # what the sliders do not show comes from the preset: HART's smoothing, top-k schedule, ratio
+    assert options["smooth"] and options["last_scale_ratio"] == "previous" and options["top_k_schedule"] == ((7, 300),)
+    assert options["cfg"] == GOOD["cfg"]  # the sliders win
+    plain = DemoModel(pipeline).parse(*GOOD.values())[1]
+    assert not plain["smooth"] and plain["last_scale_ratio"] == "last"
+
+
 def test_launch_binds_localhost_no_share_by_default(model_dir, monkeypatch):
     from demo import app
 
@@ -211,6 +224,7 @@ def test_launch_binds_localhost_no_share_by_default(model_dir, monkeypatch):
     (["--max-batch-images", "0"], "--max-batch-images must be >= 1"),
     (["--batch-wait", "-1"], "--batch-wait must be in 0..10 seconds"),
     (["--queue-size", "0"], "--queue-size"),
+    (["--sampling", "nope"], "unknown sampling preset 'nope'"),
 ])
 def test_bad_batching_flags_are_one_line(model_dir, capsys, argv, message):
     from demo import app

@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompts", default=None, metavar="FILE",
                    help="text models: one prompt per line; sample j draws prompt j %% P")
     add_sampling_arguments(g)
-    g.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="transformer compute dtype")
+    g.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="transformer compute dtype")
+    g.add_argument("--text-encoder-path", default=None, help="text models: the encoder's folder (default: the config's)")
     return p
 
 
@@ -129,7 +130,8 @@ def main(argv=None):
             require_samples(num, min_samples, f"--num {num}", extractor.metric, extractor.dim)
             from sampling import HARTPipeline
 
-            pipe = HARTPipeline.from_pretrained(args.model, device=dist.device, dtype=args.dtype)
+            pipe = HARTPipeline.from_pretrained(args.model, device=dist.device, dtype=args.dtype,
+                                                text_encoder_path=args.text_encoder_path)
             if pipe.is_text != bool(args.prompts):
                 raise UserError(f"{args.model} is text-conditioned: pass --prompts FILE" if pipe.is_text else
                                 f"{args.model} is class-conditional: drop --prompts")
