@@ -396,6 +396,11 @@ def copy_tokenizer(src, out: Path) -> None:
             shutil.copy2(resolve_dir(src) / name, tmp / name)
 
 
+def encoder_path(args, config: GeneratorConfig):
+    """The text encoder's folder: --text-encoder-path, else the one the model records (a converted HART model)."""
+    return args.text_encoder_path or config.text_encoder_path or None
+
+
 def _to(cond, dev):
     return [t.to(dev) for t in cond] if isinstance(cond, (list, tuple)) else cond.to(dev)
 
@@ -420,7 +425,7 @@ def batch_source(args, tokenizer, dist: DistInfo, per_rank: int, start_step: int
             from hart.text import PromptCache, load_text_encoder
 
             prompts = PromptCache(load_text_encoder(config.text_encoder, config.context_tokens,
-                                                    args.text_encoder_path, dev))
+                                                    encoder_path(args, config), dev))
         for x, y in infinite_batches(data, per_rank, g, start_step, dist.rank, dist.world_size):
             with torch.no_grad():
                 code = tokenizer.encode(x.to(dev))
@@ -512,7 +517,7 @@ def run(args, dist: DistInfo, sampler=None) -> int:
     if grids and config.is_text:
         from hart.text import load_text_encoder
 
-        encoder = load_text_encoder(config.text_encoder, config.context_tokens, args.text_encoder_path, dist.device)
+        encoder = load_text_encoder(config.text_encoder, config.context_tokens, encoder_path(args, config), dist.device)
     with log, tqdm(total=args.steps, initial=trainer.step, desc=desc, dynamic_ncols=True,
                    disable=not dist.is_main) as bar:
         while trainer.step < args.steps:

@@ -328,3 +328,22 @@ def test_convert_then_generate_from_the_cli(converted, tiny_qwen2, tmp_path, cap
                    str(tmp_path / "missing"), "--out", str(tmp_path / "b.png")])
     err = capsys.readouterr().err.strip()
     assert "missing" in err and err.startswith("error: ") and len(err.splitlines()) == 1
+
+
+def test_converted_release_fine_tunes_on_captioned_data(converted, tmp_path, capsys):
+    """HART ships no training code; a converted release trains like our own text models (here on
+    `shapes` at the tokenizer's 64 px, prompts through the recorded Qwen2 folder) and keeps its layout."""
+    from hart.model import HARTGenerator
+    from hart.train import main as train_main
+
+    run = tmp_path / "ft"
+    assert train_main(["--init", str(converted), "--tokenizer", str(converted / "tokenizer"), "--data", "shapes",
+                       "--steps", "2", "--batch-size", "2", "--save-every", "2", "--out", str(run),
+                       "--no-tensorboard"]) == 0
+    out = capsys.readouterr().out
+    assert "starting fresh" not in out  # every tensor came from the release
+    before = HARTGenerator.from_pretrained(converted / "generator")
+    after = HARTGenerator.from_pretrained(run / "generator")
+    c = after.config
+    assert (c.rope_2d, c.mask_pads, c.diff_sampler, c.residual_scale) == ("hart", False, "iddpm", 0.6)
+    assert not torch.equal(before.head.weight, after.head.weight)  # it trained
