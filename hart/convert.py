@@ -385,7 +385,7 @@ def hart_generator_config(state: dict, cfg: dict, path, text_encoder: str = ""):
         diff_head=True, diff_width=int(diff_width), diff_depth=len(_indices(state, r"diffloss\.net\.res_blocks\.(\d+)\.")),
         diff_batch_mul=int(cfg.get("diffusion_batch_mul", 4)), residual_scale=0.6,  # DiffLoss.vae_scale
         diff_sample_steps=int(cfg.get("num_sampling_steps", "8")), diff_sampler="iddpm",
-        diff_learn_sigma=out == 2 * z, diff_keep_frac=0.5,
+        diff_learn_sigma=out == 2 * z,
         cond="text", text_encoder="qwen2", text_encoder_path=str(text_encoder or ""),
         context_tokens=int(cfg["context_token"]), context_dim=int(ctx.shape[1]),
         context_norm="context_norm.weight" in state, context_pool=pool, mask_pads=False,
