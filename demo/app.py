@@ -458,9 +458,9 @@ def main(argv=None):
                    help="model folder with tokenizer/ and generator/ (default: the bundled model)")
     p.add_argument("--text-encoder-path", default=None, metavar="DIR",
                    help="text models: the encoder's folder (default: the one recorded in the model's config)")
-    p.add_argument("--sampling", default=DEFAULT_PRESET, metavar="PRESET",
-                   help=f"sampling preset the sliders start from ({', '.join(SAMPLING_PRESETS)}; default {DEFAULT_PRESET}; "
-                        "hart for HART's weights)")
+    p.add_argument("--sampling", default=None, metavar="PRESET",
+                   help=f"sampling preset the sliders start from ({', '.join(SAMPLING_PRESETS)}; default: the "
+                        f"model's own, e.g. hart for a converted HART release, else {DEFAULT_PRESET})")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also make a public gradio.live link")
@@ -488,11 +488,13 @@ def main(argv=None):
         raise UserError(f"--max-batch-size must be in 1..{MAX_BATCH_REQUESTS}, got {args.max_batch_size}")
     if not (math.isfinite(args.batch_wait) and 0 <= args.batch_wait <= 10):
         raise UserError(f"--batch-wait must be in 0..10 seconds, got {args.batch_wait}")
-    SamplingOptions.preset(args.sampling)  # an unknown preset is one line before the model loads
+    if args.sampling:
+        SamplingOptions.preset(args.sampling)  # an unknown preset is one line before the model loads
     pipeline = load_pipeline(args.model, device=str(resolve_device(args.device)), text_encoder_path=args.text_encoder_path)
     blocks = build_demo(pipeline, max_images=args.max_images, time_limit=args.time_limit or None,
                         queue_size=args.queue_size, max_batch_size=args.max_batch_size,
-                        max_batch_images=args.max_batch_images, batch_wait=args.batch_wait, sampling=args.sampling)
+                        max_batch_images=args.max_batch_images, batch_wait=args.batch_wait,
+                        sampling=args.sampling or pipeline.generator.config.sampling or DEFAULT_PRESET)
     try:
         blocks.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
     except OSError as e:

@@ -73,6 +73,7 @@ class GeneratorConfig(ConfigBase):
     diff_sampler: str = "ddim"
     diff_learn_sigma: bool = False
     class_names: tuple[str, ...] = ()  # shown by the CLI and the demo; set by `hart train`
+    sampling: str = ""  # the sampling preset the model samples with unless told otherwise ("": var-fid; HART's: hart)
     # conditioning: "class" (class_emb) or "text" (a prefix of encoder tokens, HART)
     cond: str = "class"
     text_encoder: str = ""  # hart.text encoder name ("minilm", "qwen2") of a text model

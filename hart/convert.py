@@ -390,7 +390,7 @@ def hart_generator_config(state: dict, cfg: dict, path, text_encoder: str = ""):
         context_tokens=int(cfg["context_token"]), context_dim=int(ctx.shape[1]),
         context_norm="context_norm.weight" in state, context_pool=pool, mask_pads=False,
         norm="rms", mlp="swiglu", pos="rope", rope_2d="hart",
-        level_embed="timestep" if "lvl_embed.mlp.0.weight" in state else "table",
+        level_embed="timestep" if "lvl_embed.mlp.0.weight" in state else "table", sampling="hart",
     )
 
 

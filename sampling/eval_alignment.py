@@ -76,6 +76,8 @@ def main(argv=None):
     pipe = HARTPipeline.from_pretrained(args.model, device=resolve_device(args.device))
     if not pipe.is_text:
         raise UserError(f"{args.model} is class-conditional; eval-alignment needs a text-to-image model")
+    if args.sampling is None and pipe.generator.config.sampling:  # the model's own preset
+        opts = dataclasses.asdict(sampling_options(args, pipe.generator.config.sampling))
     R = pipe.tokenizer.config.resolution
     sets = {name: [sample_scene(split, i) for i in range(args.num)] for name, split in
             (("seen", "train"), ("heldout", "heldout"))}

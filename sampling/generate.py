@@ -123,6 +123,8 @@ def main(argv=None):
     pipe = HARTPipeline.from_pretrained(args.model, device=resolve_device(args.device), dtype=args.dtype,
                                         compile=args.compile, text_encoder_path=args.text_encoder_path)
     config = pipe.generator.config
+    if args.sampling is None and config.sampling:  # the model's own preset (a converted HART release: hart)
+        opts = dataclasses.asdict(sampling_options(args, config.sampling))
     if args.prompts:
         if not config.is_text:
             raise UserError("this model is class-conditional: give it --class, not --prompt")

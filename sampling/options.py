@@ -101,8 +101,9 @@ SAMPLING_PRESETS = {
 def add_sampling_arguments(p) -> None:
     """Add the sampling flags to a parser or argument group."""
     names = ", ".join(f"{k} ({_describe(v)})" for k, v in SAMPLING_PRESETS.items())
-    p.add_argument("--sampling", default=DEFAULT_PRESET, metavar="PRESET",
-                   help=f"published sampler setting: {names} (default {DEFAULT_PRESET})")
+    p.add_argument("--sampling", default=None, metavar="PRESET",
+                   help=f"published sampler setting: {names} (default: the model's own, "
+                        f"e.g. hart for a converted HART release, else {DEFAULT_PRESET})")
     p.add_argument("--cfg", type=float, default=None, help="guidance at the last scale, >= 0 (overrides the preset)")
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens, 0 = off (overrides)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus mass in (0, 1] (overrides)")
@@ -116,10 +117,12 @@ def _describe(d: dict) -> str:
     return f"cfg {d['cfg']:g}, top-k {d['top_k']}, top-p {d['top_p']:g}" + (", smooth" if d.get("smooth") else "")
 
 
-def sampling_options(args) -> SamplingOptions:
-    """The preset named by ``args.sampling`` with the flags that were given; validated."""
+def sampling_options(args, model_preset: str = "") -> SamplingOptions:
+    """The preset named by ``args.sampling`` (else the model's ``config.sampling``, else
+    :data:`DEFAULT_PRESET`) with the flags that were given; validated."""
     given = {k: getattr(args, k) for k in ("cfg", "top_k", "top_p", "temperature", "smooth", "head_cfg")}
-    opts = SamplingOptions.preset(args.sampling, **{k: v for k, v in given.items() if v is not None})
+    name = args.sampling or model_preset or DEFAULT_PRESET
+    opts = SamplingOptions.preset(name, **{k: v for k, v in given.items() if v is not None})
     try:
         return opts.validate()
     except UserError as e:  # its messages start with the field: name the flag instead

@@ -347,3 +347,19 @@ def test_converted_release_fine_tunes_on_captioned_data(converted, tmp_path, cap
     c = after.config
     assert (c.rope_2d, c.mask_pads, c.diff_sampler, c.residual_scale) == ("hart", False, "iddpm", 0.6)
     assert not torch.equal(before.head.weight, after.head.weight)  # it trained
+
+
+def test_a_converted_release_samples_harts_way_by_default(converted):
+    """The release records its preset (config.sampling = hart); --sampling still wins."""
+    from sampling.generate import build_parser
+    from sampling.options import sampling_options
+
+    c = HARTPipeline.from_pretrained(converted).generator.config
+    assert c.sampling == "hart"
+    plain = build_parser().parse_args(["--prompt", "x"])
+    assert sampling_options(plain, c.sampling).last_scale_ratio == "previous"
+    assert sampling_options(plain, c.sampling).smooth
+    assert sampling_options(plain).cfg == 1.5  # a model without its own preset: var-fid
+    chosen = build_parser().parse_args(["--prompt", "x", "--sampling", "var-fid", "--cfg", "2"])
+    opts = sampling_options(chosen, c.sampling)
+    assert opts.last_scale_ratio == "last" and opts.cfg == 2.0

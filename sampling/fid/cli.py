@@ -132,6 +132,8 @@ def main(argv=None):
 
             pipe = HARTPipeline.from_pretrained(args.model, device=dist.device, dtype=args.dtype,
                                                 text_encoder_path=args.text_encoder_path)
+            if args.sampling is None and pipe.generator.config.sampling:  # the model's own preset
+                options = asdict(sampling_options(args, pipe.generator.config.sampling))
             if pipe.is_text != bool(args.prompts):
                 raise UserError(f"{args.model} is text-conditioned: pass --prompts FILE" if pipe.is_text else
                                 f"{args.model} is class-conditional: drop --prompts")
