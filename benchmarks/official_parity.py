@@ -37,19 +37,9 @@ sys.path.insert(0, os.path.dirname(HERE_DIR))  # this project
 sys.path.insert(1, HERE_DIR)  # hart_parity
 
 from tokenizer.config import PATCH_NUMS  # noqa: E402
+from hart_parity import mad, perturb  # noqa: E402  (one copy of the comparison helpers)
 
 PNS = PATCH_NUMS[256]
-
-
-def mad(a, b):
-    return (a.double() - b.double()).abs().max().item()
-
-
-def perturb(module, std, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in module.named_parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
 
 
 def run_var(var_src: str, HERE: str) -> dict:

@@ -341,10 +341,10 @@ def read_hart_config(path: Path) -> dict:
     kind = cfg.get("model_type", "hart_transformer_t2i")
     if kind != "hart_transformer_t2i":
         raise UserError(f"{path}: model_type {kind!r} is not HART's text-to-image transformer (hart_transformer_t2i)")
-    unsupported = [(k, v) for k, v in (("attn_type", "llama"), ("mlp_type", "llama")) if cfg.get(k, "gpt2") != v]
-    unsupported += [(k, False) for k in ("shared_aln", "disable_aln", "use_cross_attn") if cfg.get(k)]
+    unsupported = [k for k in ("attn_type", "mlp_type") if cfg.get(k, "gpt2") != "llama"]
+    unsupported += [k for k in ("shared_aln", "disable_aln", "use_cross_attn") if cfg.get(k)]
     if unsupported:
-        what = ", ".join(f"{k}={cfg.get(k)!r}" for k, _ in unsupported)
+        what = ", ".join(f"{k}={cfg.get(k)!r}" for k in unsupported)
         raise UserError(f"{path}: {what}; only the layout of HART's released models is supported "
                         "(attn_type and mlp_type 'llama', no shared/disabled AdaLN, no cross-attention)")
     for k in ("num_heads", "context_token", "patch_nums"):

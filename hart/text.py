@@ -152,6 +152,13 @@ def load_text_encoder(name: str, max_length: int, path=None, device="cpu") -> Te
     return TextEncoder(name, path=path, max_length=max_length, device=device)
 
 
+def text_encoder_for(config, path=None, device="cpu") -> TextEncoder:
+    """The encoder of a text model's ``config``, from ``path`` if given (a run-time flag), else
+    from the folder the config records (``text_encoder_path``: a converted HART release's Qwen2)."""
+    return load_text_encoder(config.text_encoder, config.context_tokens,
+                             path or config.text_encoder_path or None, device)
+
+
 class PromptCache:
     """Encoded prompts kept by text (the encoder is frozen, so a prompt always encodes the same):
     ``(tokens (B, T, D), mask (B, T))`` for a batch, encoding only the prompts not seen yet."""

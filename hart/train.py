@@ -396,11 +396,6 @@ def copy_tokenizer(src, out: Path) -> None:
             shutil.copy2(resolve_dir(src) / name, tmp / name)
 
 
-def encoder_path(args, config: GeneratorConfig):
-    """The text encoder's folder: --text-encoder-path, else the one the model records (a converted HART model)."""
-    return args.text_encoder_path or config.text_encoder_path or None
-
-
 def _to(cond, dev):
     return [t.to(dev) for t in cond] if isinstance(cond, (list, tuple)) else cond.to(dev)
 
@@ -422,10 +417,9 @@ def batch_source(args, tokenizer, dist: DistInfo, per_rank: int, start_step: int
         data = make_dataset(args.data, "train", tokenizer.config.resolution, args.data_dir)
         prompts = None
         if getattr(data, "captioned", False) and config is not None and config.is_text:
-            from hart.text import PromptCache, load_text_encoder
+            from hart.text import PromptCache, text_encoder_for
 
-            prompts = PromptCache(load_text_encoder(config.text_encoder, config.context_tokens,
-                                                    encoder_path(args, config), dev))
+            prompts = PromptCache(text_encoder_for(config, args.text_encoder_path, dev))
         for x, y in infinite_batches(data, per_rank, g, start_step, dist.rank, dist.world_size):
             with torch.no_grad():
                 code = tokenizer.encode(x.to(dev))
@@ -515,9 +509,9 @@ def run(args, dist: DistInfo, sampler=None) -> int:
     grids = sampler is not None and dist.is_main and (not config.is_text or bool(trainer.config.example_prompts))
     encoder = None
     if grids and config.is_text:
-        from hart.text import load_text_encoder
+        from hart.text import text_encoder_for
 
-        encoder = load_text_encoder(config.text_encoder, config.context_tokens, encoder_path(args, config), dist.device)
+        encoder = text_encoder_for(config, args.text_encoder_path, dist.device)
     with log, tqdm(total=args.steps, initial=trainer.step, desc=desc, dynamic_ncols=True,
                    disable=not dist.is_main) as bar:
         while trainer.step < args.steps:

@@ -98,11 +98,9 @@ class HARTPipeline:
     def text_encoder(self):
         """The frozen encoder of a text model (loaded once, on first use)."""
         if self._text_encoder is None:
-            from hart.text import load_text_encoder
+            from hart.text import text_encoder_for
 
-            c = self.generator.config
-            path = self.text_encoder_path or c.text_encoder_path or None  # the run-time path wins
-            self._text_encoder = load_text_encoder(c.text_encoder, c.context_tokens, path, self.device)
+            self._text_encoder = text_encoder_for(self.generator.config, self.text_encoder_path, self.device)
         return self._text_encoder
 
     def encode_prompts(self, prompts):
