@@ -64,7 +64,7 @@ class SampleOutput:
 
 def cfg_ratio(cfg: float, k: int, num_scales: int) -> float:
     """VAR's guidance schedule t_k = cfg * k / (K - 1), growing from 0 to cfg."""
-    return cfg * SamplingOptions().ratio(k, num_scales)
+    return SamplingOptions(cfg=cfg).guidance(k, num_scales)
 
 
 def make_generators(seeds, device="cpu") -> list[torch.Generator]:
@@ -187,7 +187,7 @@ class SamplingEngine:
                     logits_out.append(logits.float().clone())
                 T = logits.shape[1]  # pn_k^2 (a text prefix yields the 1x1 scale's one row)
                 r = opt.ratio(k, K)  # k / (K - 1); HART: the last scale reuses the previous one
-                t = opt.cfg * r
+                t = opt.guidance(k, K)  # cfg * r (linear schedule) or cfg (constant)
                 lc = logits[:B].reshape(B * T, V)
                 lu = logits[B:].reshape(B * T, V) if use_cfg else None
                 u = self._uniforms(generators, T).reshape(B * T)
@@ -237,7 +237,7 @@ class SamplingEngine:
         conds = gen.diffusion_cond(hidden[:B], vec).reshape(B * N, -1)
         unconds = gen.diffusion_cond(hidden[B:], vec).reshape(B * N, -1) if use_cfg else None
         steps = opt.diff_steps or c.diff_sample_steps
-        t = opt.cfg * opt.ratio(c.num_scales - 1, c.num_scales) if opt.head_cfg is None else opt.head_cfg
+        t = opt.guidance(c.num_scales - 1, c.num_scales) if opt.head_cfg is None else opt.head_cfg
         if opt.last_scale_ratio == "previous" and t == 1.0:
             t = 0.0  # HART's DiffLoss.sample skips guidance when its cfg argument is exactly 1
         # noise per image from its own generator (batch independence): the start noise, then

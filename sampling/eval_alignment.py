@@ -12,11 +12,16 @@ there. Three prompt sets, ``--num`` each:
 - seen: captions of the train split (scenes the model was trained on);
 - held-out: captions of the ``heldout`` split (colour x shape pairs and relations that never
   occur in training: composition);
-- ceiling: the checker on the real renders of the seen and held-out scenes.
+- ceiling: the checker on the real renders of the seen and held-out scenes;
+- tokenizer: the checker on the model's own tokenizer reconstructions of those renders,
+  discrete-only (the true ids: the best any generator of these tokens can do without the
+  residual) and hybrid (the exact latent). When these sit far below the real renders, the
+  tokenizer, not the generator, is what limits alignment.
 
 Accuracy per attribute is the fraction of images where it holds (``position`` over the
 prompts with a relation); an image is aligned when all of them hold. The last line is
-``alignment=X heldout=X ceiling=X`` (fractions of aligned images).
+``alignment=X heldout=X ceiling=X tokenizer=X tokenizer_hybrid=X`` (fractions of aligned
+images).
 """
 from __future__ import annotations
 
@@ -37,6 +42,25 @@ def summarize(results: list[dict]) -> dict:
         vals = [r[k] for r in results if r.get(k) is not None]
         out[k] = sum(map(bool, vals)) / len(vals) if vals else None
     out["n"] = len(results)
+    return out
+
+
+def reconstruct(tokenizer, images: list, batch_size: int) -> dict:
+    """The tokenizer's reconstructions of PIL ``images``: {"tokenizer": discrete-only,
+    "tokenizer_hybrid": discrete + the true residual}, lists of PIL images."""
+    import torch
+
+    from hart.common.data import to_tensor
+    from hart.common.images import to_pil
+
+    device = next(tokenizer.parameters()).device
+    out = {"tokenizer": [], "tokenizer_hybrid": []}
+    with torch.inference_mode():
+        for s in range(0, len(images), batch_size):
+            x = torch.stack([to_tensor(img) for img in images[s:s + batch_size]]).to(device)
+            code = tokenizer.encode(x)
+            out["tokenizer"] += to_pil(tokenizer.decode(code, use_residual=False).float())
+            out["tokenizer_hybrid"] += to_pil(tokenizer.decode(code, use_residual=True).float())
     return out
 
 
@@ -93,13 +117,18 @@ def main(argv=None):
             if not shown:
                 shown = list(zip(images[:16], batch[:16], res[:16]))
         results[name] = summarize(res)
-    real = [check(render(s, R), s.spec.caption) for scenes in sets.values() for s in scenes]
-    results["ceiling"] = summarize(real)
+    all_scenes = [s for scenes in sets.values() for s in scenes]
+    renders = [render(s, R) for s in all_scenes]
+    results["ceiling"] = summarize([check(img, s.spec.caption) for img, s in zip(renders, all_scenes)])
+    recon = reconstruct(pipe.tokenizer, renders, args.batch_size)
+    for name, images in recon.items():
+        results[name] = summarize([check(img, s.spec.caption) for img, s in zip(images, all_scenes)])
     results["model"], results["num"], results["seed"], results["options"] = str(args.model), args.num, args.seed, opts
 
-    print(f"{'attribute':<10} {'seen':>7} {'heldout':>8} {'real':>7}")
+    columns = ("seen", "heldout", "ceiling", "tokenizer", "tokenizer_hybrid")
+    print(f"{'attribute':<10} {'seen':>7} {'heldout':>8} {'real':>7} {'tok-d':>7} {'tok-h':>7}")
     for k in ATTRIBUTES:
-        row = [results[s][k] for s in ("seen", "heldout", "ceiling")]
+        row = [results[s][k] for s in columns]
         print(f"{k:<10} " + " ".join(f"{'-' if v is None else f'{v:.3f}':>7}" for v in row))
     if args.out:
         from hart.common.io import write_json
@@ -113,7 +142,8 @@ def main(argv=None):
         save_grid(rows, args.grid, row_labels=labels, scale=3)
         print(f"wrote {args.grid}")
     print(f"alignment={results['seen']['all']:.3f} heldout={results['heldout']['all']:.3f} "
-          f"ceiling={results['ceiling']['all']:.3f}")
+          f"ceiling={results['ceiling']['all']:.3f} tokenizer={results['tokenizer']['all']:.3f} "
+          f"tokenizer_hybrid={results['tokenizer_hybrid']['all']:.3f}")
     return 0
 
 

@@ -12,6 +12,7 @@ import math
 from hart.common.errors import UserError
 
 DEFAULT_PRESET = "var-fid"
+CFG_SCHEDULES = ("linear", "constant")
 
 
 @dataclasses.dataclass
@@ -37,6 +38,16 @@ class SamplingOptions:
     # sampler reuses the ratio left over from scale K - 2 for the last scale's logits, its
     # smoothing and the head; a documented quirk kept for the official weights)
     last_scale_ratio: str = "last"
+    # how guidance grows over the scales: "linear" (VAR and HART: t_k = cfg * r_k, no guidance
+    # at the 1x1 scale) or "constant" (t_k = cfg at every scale, so the coarse scales that lay
+    # out a scene are guided too; the smoothing keeps r_k)
+    cfg_schedule: str = "linear"
+
+    def guidance(self, k: int, num_scales: int) -> float:
+        """t_k, the guidance of scale k: logits (1 + t_k) cond - t_k uncond."""
+        if self.cfg_schedule == "constant":
+            return self.cfg
+        return self.cfg * self.ratio(k, num_scales)
 
     def ratio(self, k: int, num_scales: int) -> float:
         """r_k in [0, 1]: scale k's share of the guidance (t_k = cfg * r_k) and of the smoothing."""
@@ -79,6 +90,8 @@ class SamplingOptions:
             raise UserError(f"head cfg must be >= 0, got {self.head_cfg}")
         if not self.diff_temperature > 0:
             raise UserError(f"diffusion temperature must be > 0, got {self.diff_temperature}")
+        if self.cfg_schedule not in CFG_SCHEDULES:
+            raise UserError(f"cfg schedule must be one of {', '.join(CFG_SCHEDULES)}, got {self.cfg_schedule!r}")
         if self.last_scale_ratio not in ("last", "previous"):
             raise UserError(f"last_scale_ratio must be 'last' or 'previous', got {self.last_scale_ratio!r}")
         return self
@@ -109,6 +122,9 @@ def add_sampling_arguments(p) -> None:
     p.add_argument("--top-p", type=float, default=None, help="nucleus mass in (0, 1] (overrides)")
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature (default 1)")
     p.add_argument("--smooth", action="store_true", default=None, help="VAR's Gumbel smoothing of the latent updates")
+    p.add_argument("--cfg-schedule", choices=CFG_SCHEDULES, default=None,
+                   help="guidance over the scales: linear (VAR, HART: 0 at 1x1, cfg at the last) or "
+                        "constant (cfg at every scale)")
     p.add_argument("--head-cfg", type=float, default=None,
                    help="guidance of the residual head (default 0, measured best; the hart preset: --cfg)")
 
@@ -120,7 +136,7 @@ def _describe(d: dict) -> str:
 def sampling_options(args, model_preset: str = "") -> SamplingOptions:
     """The preset named by ``args.sampling`` (else the model's ``config.sampling``, else
     :data:`DEFAULT_PRESET`) with the flags that were given; validated."""
-    given = {k: getattr(args, k) for k in ("cfg", "top_k", "top_p", "temperature", "smooth", "head_cfg")}
+    given = {k: getattr(args, k) for k in ("cfg", "top_k", "top_p", "temperature", "smooth", "head_cfg", "cfg_schedule")}
     name = args.sampling or model_preset or DEFAULT_PRESET
     opts = SamplingOptions.preset(name, **{k: v for k, v in given.items() if v is not None})
     try:

@@ -71,13 +71,16 @@ def test_outputs_shapes_and_ranges(pipe):
     assert out.previews is None
 
 
-def test_top_k_one_is_greedy(pipe):
-    """top-k 1 takes the argmax of the guided logits at every scale, whatever the seed."""
-    a = pipe.sample([2], seed=0, cfg=1.0, top_k=1, return_logits=True, decode=False)
-    b = pipe.sample([2], seed=99, cfg=1.0, top_k=1, decode=False)
+@pytest.mark.parametrize("schedule", ["linear", "constant"])
+def test_top_k_one_is_greedy(pipe, schedule):
+    """top-k 1 takes the argmax of the guided logits at every scale, whatever the seed, with
+    t_k = cfg * k / (K - 1) (linear) or cfg at every scale (constant)."""
+    opts = dict(cfg=2.0, top_k=1, cfg_schedule=schedule, decode=False)
+    a = pipe.sample([2], seed=0, return_logits=True, **opts)
+    b = pipe.sample([2], seed=99, **opts)
     K = len(a.ids)
     for k, (ia, ib, lg) in enumerate(zip(a.ids, b.ids, a.logits)):
-        t = cfg_ratio(1.0, k, K)
+        t = 2.0 if schedule == "constant" else cfg_ratio(2.0, k, K)
         guided = (1 + t) * lg[:1] - t * lg[1:]
         assert torch.equal(ia, ib) and torch.equal(ia, guided.argmax(-1))
 
@@ -101,6 +104,11 @@ def test_top_k_schedule_switches_from_a_scale_on(pipe):
 def test_cfg_ratio_schedule():
     assert [cfg_ratio(3.0, k, 4) for k in range(4)] == [0.0, 1.0, 2.0, 3.0]
     assert cfg_ratio(2.0, 0, 1) == 2.0
+    const = SamplingOptions(cfg=3.0, cfg_schedule="constant")
+    assert [const.guidance(k, 4) for k in range(4)] == [3.0] * 4
+    assert [const.ratio(k, 4) for k in range(4)] == [0.0, 1 / 3, 2 / 3, 1.0]  # smoothing keeps r_k
+    with pytest.raises(UserError, match="cfg schedule"):
+        SamplingOptions(cfg_schedule="cosine").validate()
 
 
 def test_same_seed_same_images_other_seed_different(pipe):

@@ -104,8 +104,10 @@ def test_eval_alignment_cli(tokdir, cache, tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     report = json.loads((tmp_path / "a.json").read_text())
     assert last == (f"alignment={report['seen']['all']:.3f} heldout={report['heldout']['all']:.3f} "
-                    f"ceiling={report['ceiling']['all']:.3f}")
+                    f"ceiling={report['ceiling']['all']:.3f} tokenizer={report['tokenizer']['all']:.3f} "
+                    f"tokenizer_hybrid={report['tokenizer_hybrid']['all']:.3f}")
     assert report["seen"]["n"] == report["heldout"]["n"] == 3 and report["ceiling"]["n"] == 6
+    assert report["tokenizer"]["n"] == report["tokenizer_hybrid"]["n"] == 6
     assert (tmp_path / "a.png").is_file()
     with pytest.raises(SystemExit):
         align_main(["--model", str(tmp_path / "m"), "--data", "fashion-mnist"])
