@@ -455,7 +455,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="hart demo", description=intro, epilog="examples:\n" + examples,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, metavar="DIR",
-                   help="model folder with tokenizer/ and generator/ (default: the bundled model)")
+                   help="model folder with tokenizer/ and generator/ (default: the bundled model; "
+                        "default-t2i: the bundled text-to-image model)")
     p.add_argument("--text-encoder-path", default=None, metavar="DIR",
                    help="text models: the encoder's folder (default: the one recorded in the model's config)")
     p.add_argument("--sampling", default=None, metavar="PRESET",

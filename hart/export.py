@@ -10,7 +10,9 @@ Examples::
 writes) or a single model folder (a tokenizer or a generator). Only the weights are
 written (``config.json`` + ``model.safetensors`` per model), not the training state.
 ``--storage int8`` keeps each large weight matrix / conv kernel as int8 with one scale per
-output row and the rest in fp16 (about a quarter of fp32); ``fp16`` halves everything.
+output row and the rest in fp16 (about a quarter of fp32); ``int4`` stores the Linear
+layers' weights in 4-bit groups of 32 (scale and minimum per group, about a seventh of fp32)
+and the rest as ``int8``; ``fp16`` halves everything.
 Loading restores fp32 weights, so every command reads the result like any model folder.
 
 ``--tokenizer DIR`` swaps in another tokenizer that makes the same tokens: one fine-tuned
@@ -24,6 +26,7 @@ import argparse
 from pathlib import Path
 
 from hart.common.errors import UserError, cli_entry
+from hart.common.io import STORAGES
 
 
 def model_classes() -> dict:
@@ -93,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="model folder (tokenizer/ + generator/) or a single model folder")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--storage", choices=("fp32", "fp16", "int8"), default="int8", help="weight storage (default int8)")
+    p.add_argument("--storage", choices=STORAGES, default="int8",
+                   help="weight storage (default int8; int4: the Linear layers in 4-bit groups of 32, the rest as int8)")
     p.add_argument("--tokenizer", default=None, metavar="DIR",
                    help="ship this tokenizer instead (one fine-tuned from the model's with --freeze-codebook)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")

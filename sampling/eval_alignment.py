@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hart eval-alignment", description=__doc__.split("Examples::")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Examples::" + __doc__.split("Examples::")[1])
-    p.add_argument("--model", required=True, help="a text-to-image model folder (tokenizer/ + generator/)")
+    p.add_argument("--model", required=True, help="a text-to-image model folder (tokenizer/ + generator/), or default-t2i (bundled)")
     p.add_argument("--data", default="shapes", help="prompt source with a checker: shapes (the only one)")
     p.add_argument("--num", type=int, default=200, help="prompts per set (default 200)")
     p.add_argument("--seed", type=int, default=0)

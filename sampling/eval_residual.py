@@ -162,12 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_models(model_dir):
     """(tokenizer, generator) of a model folder, with one-line errors for what cannot be probed."""
-    from hart.common.io import resolve_dir
     from hart.model import HARTGenerator
-    from sampling.pipeline import default_model_dir
+    from sampling.pipeline import model_folder
     from tokenizer.model import HybridTokenizer
 
-    folder = default_model_dir() if model_dir in (None, "default") else resolve_dir(model_dir)
+    folder = model_folder(model_dir)
     if not (folder / "generator").is_dir():
         what = "a tokenizer folder" if (folder / "config.json").is_file() else "not a model folder"
         raise UserError(f"{folder} is {what}: hart eval-residual needs a model folder with tokenizer/ and "

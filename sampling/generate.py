@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1],
     )
     p.add_argument("--model", default=None, help="model folder made by `hart train` (tokenizer/ + generator/); "
-                   "default: the bundled model")
+                   "default: the bundled Fashion-MNIST model; default-t2i: the bundled text-to-image model")
     p.add_argument("--class", dest="classes", action="append", default=[],
                    help="class id or name (e.g. 3 or Dress); repeat for several rows")
     p.add_argument("--all-classes", action="store_true", help="one row per class of the model")

@@ -26,17 +26,29 @@ from sampling.engine import SampleOutput, SamplingEngine, make_generators
 from sampling.options import SamplingOptions
 from tokenizer.model import HybridTokenizer
 
-# the bundled default model (package data): fm-32 tokenizer + fm-s generator on Fashion-MNIST
+# the bundled models (package data): "default", the fm-32 tokenizer + fm-s generator on
+# Fashion-MNIST; "default-t2i", the shapes-t2i text-to-image model (MiniLM prompts)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+DEFAULT_T2I_MODEL_DIR = Path(__file__).resolve().parent / "default_t2i_model"
+BUNDLED_MODELS = ("default", "default-t2i")
 
 
-def default_model_dir() -> Path:
-    """The bundled default model folder, or a :class:`UserError` when it is missing."""
-    d = DEFAULT_MODEL_DIR
+def default_model_dir(name: str = "default") -> Path:
+    """The folder of a bundled model (``default`` or ``default-t2i``), or a :class:`UserError`
+    when it is missing."""
+    d = DEFAULT_T2I_MODEL_DIR if name == "default-t2i" else DEFAULT_MODEL_DIR
     if (d / "tokenizer").is_dir() and (d / "generator").is_dir():
         return d
-    raise UserError(f"the bundled default model is missing from {d} (a broken install?); "
+    raise UserError(f"the bundled {name} model is missing from {d} (a broken install?); "
                     "reinstall the package or pass --model DIR (a folder made by `hart train`)")
+
+
+def model_folder(model_dir) -> Path:
+    """A model folder from what a user typed: None or a bundled name (:data:`BUNDLED_MODELS`),
+    else a path (one-line error when it does not exist)."""
+    if model_dir is None or str(model_dir) in BUNDLED_MODELS:
+        return default_model_dir(str(model_dir or "default"))
+    return resolve_dir(model_dir)
 
 
 def _seeds(seed, n: int) -> list[int]:
@@ -71,8 +83,8 @@ class HARTPipeline:
     @classmethod
     def from_pretrained(cls, model_dir=None, device="cpu", **kw) -> "HARTPipeline":
         """Load ``model_dir/tokenizer`` and ``model_dir/generator`` (None or ``"default"``: the
-        bundled default model)."""
-        folder = default_model_dir() if model_dir in (None, "default") else resolve_dir(model_dir)
+        bundled default model; ``"default-t2i"``: the bundled text-to-image model)."""
+        folder = model_folder(model_dir)
         for sub in ("tokenizer", "generator"):
             if not (folder / sub).is_dir():
                 raise UserError(

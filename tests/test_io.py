@@ -109,7 +109,8 @@ def test_pack_unpack_fp16_and_int8():
         "ids": torch.arange(5),
         "flag": torch.tensor(True),
     }
-    for storage in ("fp32", "fp16", "int8"):
+    state["odd.weight"] = torch.randn(128, 40, generator=g)  # 40 columns: no int4 groups, int8 instead
+    for storage in ("fp32", "fp16", "int8", "int4"):
         packed = pack_state(state, storage)
         back = unpack_state(packed)
         assert set(back) == set(state)
@@ -123,12 +124,22 @@ def test_pack_unpack_fp16_and_int8():
             assert torch.equal(back["big.weight"], state["big.weight"])
         elif storage == "fp16":
             assert packed["big.weight"].dtype == torch.float16 and err.max() < 2e-3
-        else:
+        elif storage == "int8":
             assert packed["big.weight"].dtype == torch.int8 and packed["small.bias"].dtype == torch.float16
             half_step = state["big.weight"].abs().amax(1, keepdim=True) / 127 / 2
             assert (err <= half_step + 1e-6).all() and err.max() > 0
+        else:  # two 4-bit values per byte, groups of 32 along a row, each within half its own step
+            assert packed["big.weight"].dtype == torch.uint8 and packed["big.weight"].shape == (96, 32)
+            assert packed["big.weight.int4_scale"].shape == (96, 2) and packed["odd.weight"].dtype == torch.int8
+            groups = state["big.weight"].view(96, 2, 32)
+            half_step = (groups.amax(-1) - groups.amin(-1)) / 15 / 2  # (96, 2)
+            assert (err.view(96, 2, 32) <= half_step[..., None] * 1.01 + 2e-3).all() and err.max() > 0
+            # every code 0..15 is used and round-trips: a ramp of 16 steps per group comes back exactly
+            ramp = torch.arange(16.0).repeat(2).repeat(3, 2)  # (3, 64)
+            assert torch.equal(unpack_state(pack_state({"r.weight": ramp.repeat(22, 1)}, "int4"))["r.weight"],
+                               ramp.repeat(22, 1))
     with pytest.raises(UserError, match="unknown weight storage"):
-        pack_state(state, "int4")
+        pack_state(state, "int3")
 
 
 def test_export_int8_folder_is_smaller_and_loads(tmp_path, capsys):

@@ -179,11 +179,41 @@ def check_state_matches(expected: dict, found: dict, where: str) -> None:
 # Weights are stored in fp32 unless a smaller file is wanted (a model shipped inside the
 # package): "fp16" halves every floating tensor; "int8" stores each large weight matrix or
 # conv kernel as int8 with one fp32 scale per output row (symmetric, absmax / 127) and the
-# rest in fp16. Loading restores fp32 tensors; the storage is named in the file's metadata.
+# rest in fp16; "int4" stores each large 2-D weight matrix (the Linear layers) in groups of
+# 32 along its input dimension, 4 bits each with an fp16 scale and minimum per group
+# (asymmetric: (max - min) / 15), two values per byte, and everything else as int8 does
+# (conv kernels int8, small tensors fp16). Loading restores fp32 tensors; the storage is
+# named in the file's metadata.
 
-STORAGES = ("fp32", "fp16", "int8")
+STORAGES = ("fp32", "fp16", "int8", "int4")
 _SCALE = ".int8_scale"
 _INT8_MIN_NUMEL = 4096  # smaller tensors (norms, biases, embeddings of a few rows) stay fp16
+_INT4_GROUP = 32
+_INT4 = (".int4_scale", ".int4_min", ".int4_shape")
+
+
+def _large_weight(k: str, v: torch.Tensor) -> bool:
+    return k.endswith(".weight") and v.ndim >= 2 and v.numel() >= _INT8_MIN_NUMEL and bool(torch.isfinite(v).all())
+
+
+def pack_int4(v: torch.Tensor) -> dict:
+    """(rows, cols) float, cols % 32 == 0 -> {"": packed uint8 (rows, cols / 2), ".int4_scale",
+    ".int4_min": fp16 (rows, cols / 32), ".int4_shape": int64}."""
+    rows = v.float().reshape(v.shape[0], -1, _INT4_GROUP)  # (R, G, 32)
+    lo, hi = rows.amin(-1), rows.amax(-1)
+    lo16 = lo.half()
+    scale16 = ((hi - lo16.float()) / 15.0).clamp_min(1e-8).half()
+    q = ((rows - lo16.float()[..., None]) / scale16.float()[..., None]).round().clamp(0, 15).to(torch.uint8)
+    q = q.reshape(v.shape[0], -1)
+    packed = (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
+    return {"": packed, ".int4_scale": scale16.contiguous(), ".int4_min": lo16.contiguous(),
+            ".int4_shape": torch.tensor(list(v.shape), dtype=torch.int64)}
+
+
+def unpack_int4(packed: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, shape) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`: the fp32 tensor of ``shape``."""
+    q = torch.stack([packed & 15, packed >> 4], dim=-1).reshape(packed.shape[0], -1, _INT4_GROUP).float()
+    return (q * scale.float()[..., None] + lo.float()[..., None]).reshape(*[int(d) for d in shape])
 
 
 def pack_state(state: dict, storage: str = "fp32") -> dict:
@@ -194,8 +224,9 @@ def pack_state(state: dict, storage: str = "fp32") -> dict:
     for k, v in _contiguous_state(state).items():
         if storage == "fp32" or not v.is_floating_point():
             out[k] = v
-        elif (storage == "int8" and k.endswith(".weight") and v.ndim >= 2 and v.numel() >= _INT8_MIN_NUMEL
-              and bool(torch.isfinite(v).all())):
+        elif storage == "int4" and v.ndim == 2 and v.shape[1] % _INT4_GROUP == 0 and _large_weight(k, v):
+            out.update({k + suffix: t for suffix, t in pack_int4(v).items()})
+        elif storage in ("int8", "int4") and _large_weight(k, v):
             rows = v.float().reshape(v.shape[0], -1)
             scale = rows.abs().amax(1).clamp_min(1e-12) / 127.0  # (rows,)
             out[k] = (rows / scale[:, None]).round().clamp(-127, 127).to(torch.int8).view(v.shape).contiguous()
@@ -209,9 +240,11 @@ def unpack_state(tensors: dict) -> dict:
     """Inverse of :func:`pack_state`: fp32 tensors under the module's names."""
     out = {}
     for k, v in tensors.items():
-        if k.endswith(_SCALE):
+        if k.endswith(_SCALE) or k.endswith(_INT4):
             continue
-        if k + _SCALE in tensors:
+        if k + _INT4[0] in tensors:
+            v = unpack_int4(v, *(tensors[k + suffix] for suffix in _INT4))
+        elif k + _SCALE in tensors:
             scale = tensors[k + _SCALE].float()
             v = v.float() * scale.view(-1, *([1] * (v.ndim - 1)))
         elif v.dtype in (torch.float16, torch.bfloat16):
