@@ -138,6 +138,8 @@ def test_pack_unpack_fp16_and_int8():
             ramp = torch.arange(16.0).repeat(2).repeat(3, 2)  # (3, 64)
             assert torch.equal(unpack_state(pack_state({"r.weight": ramp.repeat(22, 1)}, "int4"))["r.weight"],
                                ramp.repeat(22, 1))
+            flat = torch.full((64, 64), 0.25)  # constant groups: no zero scale, exact
+            assert torch.equal(unpack_state(pack_state({"c.weight": flat}, "int4"))["c.weight"], flat)
     with pytest.raises(UserError, match="unknown weight storage"):
         pack_state(state, "int3")
 
