@@ -55,6 +55,7 @@ def start_demo(args, batch: int, tmp: Path):
            "--queue-size", str(args.queue_size), "--max-images", str(max(args.images, 16))]
     if args.model:
         cmd += ["--model", args.model]
+    cmd += ["--device", args.device]
     log = open(tmp / f"demo-{batch}.log", "wb")
     env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp / "gradio"), PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -137,14 +138,15 @@ def run_mode(args, batch: int, tmp: Path) -> dict:
                 errors=sorted({r["error"] for r in results.values() if not r["ok"]}))
 
 
-def sampler_ms_per_image(model, batches: list[int], repeats: int = 2) -> dict:
+def sampler_ms_per_image(model, batches: list[int], repeats: int = 2, device: str = "cpu") -> dict:
     """The ceiling of merging on this machine: in-process ``pipeline.sample`` with the demo's
     per-scale previews, best of ``repeats`` after a warm-up, ms per image at each batch size."""
     import torch
 
     from sampling import HARTPipeline
 
-    pipe = HARTPipeline.from_pretrained(model)
+    pipe = HARTPipeline.from_pretrained(model, device=device)
+    sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
     out = {}
     with torch.inference_mode():
         for b in batches:
@@ -152,8 +154,10 @@ def sampler_ms_per_image(model, batches: list[int], repeats: int = 2) -> dict:
             pipe.sample(labels, seeds, previews=True)
             best = float("inf")
             for _ in range(repeats):
+                sync()
                 t0 = time.perf_counter()
                 pipe.sample(labels, seeds, previews=True)
+                sync()
                 best = min(best, time.perf_counter() - t0)
             out[b] = 1000 * best / b
     return out
@@ -168,15 +172,16 @@ def main(argv=None):
                    help="--max-batch-size of each mode (default 1 8: one at a time, then the demo's default)")
     p.add_argument("--queue-size", type=int, default=16, help="the demo's --queue-size in every mode (default 16)")
     p.add_argument("--timeout", type=float, default=600, help="seconds before a client counts as hung")
+    p.add_argument("--device", default="cpu", help="where the demo and the in-process sampler run: cpu or cuda")
     args = p.parse_args(argv)
     if args.clients < 1 or args.images < 1 or args.clients > 64:
         p.error("--clients must be in 1..64 and --images >= 1")
     import torch
 
     print(f"clients={args.clients} images_per_request={args.images} queue_size={args.queue_size} "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} torch={torch.__version__}")
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} torch={torch.__version__} device={args.device}")
     sizes = sorted({args.images * b for b in args.modes})
-    ceiling = sampler_ms_per_image(args.model, sizes)
+    ceiling = sampler_ms_per_image(args.model, sizes, device=args.device)
     print("sampler alone (in process, previews on): "
           + ", ".join(f"batch {b}: {ms:.1f} ms/image" for b, ms in ceiling.items())
           + f"; batch {sizes[-1]} vs {sizes[0]}: {ceiling[sizes[0]] / ceiling[sizes[-1]]:.2f}x per image")
