@@ -52,15 +52,15 @@ def reconstruct(tokenizer, images: list, batch_size: int) -> dict:
 
     from hart.common.data import to_tensor
     from hart.common.images import to_pil
+    from tokenizer.train import recon_rows
 
     device = next(tokenizer.parameters()).device
     out = {"tokenizer": [], "tokenizer_hybrid": []}
-    with torch.inference_mode():
-        for s in range(0, len(images), batch_size):
-            x = torch.stack([to_tensor(img) for img in images[s:s + batch_size]]).to(device)
-            code = tokenizer.encode(x)
-            out["tokenizer"] += to_pil(tokenizer.decode(code, use_residual=False).float())
-            out["tokenizer_hybrid"] += to_pil(tokenizer.decode(code, use_residual=True).float())
+    for s in range(0, len(images), batch_size):
+        x = torch.stack([to_tensor(img) for img in images[s:s + batch_size]]).to(device)
+        _, discrete, hybrid = recon_rows(tokenizer, x)
+        out["tokenizer"] += to_pil(discrete.float())
+        out["tokenizer_hybrid"] += to_pil(hybrid.float())
     return out
 
 
@@ -119,9 +119,7 @@ def main(argv=None):
         results[name] = summarize(res)
     all_scenes = [s for scenes in sets.values() for s in scenes]
     renders = [render(s, R) for s in all_scenes]
-    results["ceiling"] = summarize([check(img, s.spec.caption) for img, s in zip(renders, all_scenes)])
-    recon = reconstruct(pipe.tokenizer, renders, args.batch_size)
-    for name, images in recon.items():
+    for name, images in {"ceiling": renders, **reconstruct(pipe.tokenizer, renders, args.batch_size)}.items():
         results[name] = summarize([check(img, s.spec.caption) for img, s in zip(images, all_scenes)])
     results["model"], results["num"], results["seed"], results["options"] = str(args.model), args.num, args.seed, opts
 

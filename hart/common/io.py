@@ -189,7 +189,7 @@ STORAGES = ("fp32", "fp16", "int8", "int4")
 _SCALE = ".int8_scale"
 _INT8_MIN_NUMEL = 4096  # smaller tensors (norms, biases, embeddings of a few rows) stay fp16
 _INT4_GROUP = 32
-_INT4 = (".int4_scale", ".int4_min", ".int4_shape")
+_INT4 = (".int4_scale", ".int4_min")
 
 
 def _large_weight(k: str, v: torch.Tensor) -> bool:
@@ -198,7 +198,7 @@ def _large_weight(k: str, v: torch.Tensor) -> bool:
 
 def pack_int4(v: torch.Tensor) -> dict:
     """(rows, cols) float, cols % 32 == 0 -> {"": packed uint8 (rows, cols / 2), ".int4_scale",
-    ".int4_min": fp16 (rows, cols / 32), ".int4_shape": int64}."""
+    ".int4_min": fp16 (rows, cols / 32)}."""
     rows = v.float().reshape(v.shape[0], -1, _INT4_GROUP)  # (R, G, 32)
     lo, hi = rows.amin(-1), rows.amax(-1)
     lo16 = lo.half()
@@ -206,14 +206,13 @@ def pack_int4(v: torch.Tensor) -> dict:
     q = ((rows - lo16.float()[..., None]) / scale16.float()[..., None]).round().clamp(0, 15).to(torch.uint8)
     q = q.reshape(v.shape[0], -1)
     packed = (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
-    return {"": packed, ".int4_scale": scale16.contiguous(), ".int4_min": lo16.contiguous(),
-            ".int4_shape": torch.tensor(list(v.shape), dtype=torch.int64)}
+    return {"": packed, ".int4_scale": scale16.contiguous(), ".int4_min": lo16.contiguous()}
 
 
-def unpack_int4(packed: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, shape) -> torch.Tensor:
-    """Inverse of :func:`pack_int4`: the fp32 tensor of ``shape``."""
+def unpack_int4(packed: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`: the fp32 (rows, 2 * packed columns) matrix."""
     q = torch.stack([packed & 15, packed >> 4], dim=-1).reshape(packed.shape[0], -1, _INT4_GROUP).float()
-    return (q * scale.float()[..., None] + lo.float()[..., None]).reshape(*[int(d) for d in shape])
+    return (q * scale.float()[..., None] + lo.float()[..., None]).reshape(packed.shape[0], -1)
 
 
 def pack_state(state: dict, storage: str = "fp32") -> dict:
