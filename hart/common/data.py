@@ -6,7 +6,8 @@
     folder:PATH            one subfolder per class, any image Pillow reads
     images:PATH            every image file under PATH (recursively), no classes
     shapes[:split]         captioned procedural scenes (hart.common.shapes); splits train,
-                           test and heldout (held-out colour x shape and relation combinations)
+                           test and heldout (held-out colour x shape and relation combinations);
+                           train has 1,000,000 scenes (made on the fly: cache as many as you train on)
     emoji[:split]          Noto Color Emoji glyphs (Debian's fonts-noto-color-emoji), each
                            captioned with its lowercased Unicode name
     captions:PATH          images under PATH with a same-name .txt caption beside each, or a
@@ -252,7 +253,7 @@ class Synthetic(torch.utils.data.Dataset):
 
 # ----------------------------------------------------------------------------- captioned
 
-SHAPES_SIZES = {"train": 50_000, "test": 2_000, "heldout": 2_000}
+SHAPES_SIZES = {"train": 1_000_000, "test": 2_000, "heldout": 2_000}
 
 
 class Shapes(torch.utils.data.Dataset):
