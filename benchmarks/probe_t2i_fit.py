@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from hart.common.data import make_dataset
 from hart.model import HARTGenerator
 from hart.text import PromptCache, text_encoder_for
-from hart.tokens import TokenCache, split_scales
+from hart.tokens import TokenCache, encode_dataset, split_scales
 from sampling.pipeline import model_folder
 from tokenizer import HybridTokenizer
 
@@ -41,13 +41,11 @@ def per_scale_ce(gen, tok, ids, cond, batch: int = 128) -> torch.Tensor:
     return sums / ids.shape[0]
 
 
-def encode_split(tok, prompts_of, split: str, start: int, num: int, res: int):
-    data = make_dataset("shapes", split, res)
-    xs, caps = zip(*(data[start + i] for i in range(num)))
-    ids = []
-    for s in range(0, num, 256):
-        ids.append(torch.cat(tok.encode(torch.stack(xs[s:s + 256])).ids, 1))
-    return torch.cat(ids), list(caps)
+def encode_split(tok, split: str, start: int, num: int, res: int):
+    """ids (num, L) and captions of shapes scenes start..start+num-1 of ``split``."""
+    data = torch.utils.data.Subset(make_dataset("shapes", split, res), range(start, start + num))
+    out = encode_dataset(tok, data, progress=False)
+    return out["ids"].long(), [out["captions"][i] for i in out["labels"]]
 
 
 def main(argv=None):
@@ -59,7 +57,6 @@ def main(argv=None):
                    help="first train-split index of the fresh scenes (default: the cache's size)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
-    torch.manual_seed(0)
     folder = model_folder(a.model)
     gen = HARTGenerator.from_pretrained(folder / "generator").eval()
     tok = HybridTokenizer.from_pretrained(folder / "tokenizer").eval()
@@ -70,8 +67,8 @@ def main(argv=None):
     seen_ids = torch.stack([r[0] for r in rows]).long()
     seen_cond = [torch.stack([r[2][0] for r in rows]), torch.stack([r[2][1] for r in rows])]
     res = tok.config.resolution
-    fresh_ids, fresh_caps = encode_split(tok, prompts, "train", a.fresh_start or len(cache), n, res)
-    held_ids, held_caps = encode_split(tok, prompts, "heldout", 0, n, res)
+    fresh_ids, fresh_caps = encode_split(tok, "train", a.fresh_start or len(cache), n, res)
+    held_ids, held_caps = encode_split(tok, "heldout", 0, n, res)
     fresh_cond = list(prompts(fresh_caps))
     wrong_cond = [t.roll(1, 0) for t in fresh_cond]
     rep = {
