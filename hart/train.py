@@ -51,7 +51,7 @@ from tqdm import tqdm
 from hart.config import GeneratorConfig
 from hart.common.data import SPEC_HELP, infinite_batches, make_dataset
 from hart.diffusion import diffusion_loss, make_train_scheduler
-from hart.common.dist import DistInfo, init_distributed
+from hart.common.dist import DTYPE_CHOICES, DistInfo, autocast, init_distributed, resolve_dtype
 from hart.common.ema import EMA
 from hart.common.errors import UserError, cli_entry
 from hart.common.images import grid
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from the generator weights of this model folder (fine-tuning)")
     p.add_argument("--freeze-transformer", action="store_true",
                    help="train only the residual head on top of the --init transformer")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="autocast dtype (auto: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default 500)")
     p.add_argument("--log-every", type=int, default=50,
@@ -206,9 +206,7 @@ class GeneratorTrainer:
         a = self.args
         set_lr([self.opt], warmup_cosine(self.step, a.steps, a.lr, max(1, a.steps // 20)))
         dev = self.dist.device
-        amp = (torch.autocast(dev.type, dtype=self.amp_dtype) if self.amp_dtype != torch.float32
-               else contextlib.nullcontext())
-        with amp:
+        with autocast(dev, self.amp_dtype):
             loss, metrics = self.ddp(ids, residual, labels, self.gen)
         bad = torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=dev)
         if self.dist.all_reduce_mean(bad).item() > 0:
@@ -328,12 +326,6 @@ def measure_residual_scale(batches, max_images: int = 2048) -> float:
         if count >= max_images * residual[0].numel():
             break
     return float((total / max(count, 1)) ** 0.5)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
 
 
 def resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> GeneratorConfig:

@@ -164,3 +164,17 @@ def test_var_256_preset_shape():
 def test_bad_resolution_is_one_line():
     with pytest.raises(UserError, match="not divisible by the downsampling factor 4"):
         TokenizerConfig.from_name("tiny", resolution=18)
+
+
+def test_quantizer_ignores_autocast():
+    """Under bf16 autocast (``train-tokenizer --dtype bf16``) the quantizer still runs in fp32:
+    the same ids and f_hat as without autocast, so bf16 cannot flip a nearest-code choice."""
+    m = trained_a_bit(make())
+    f = m.latent(torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(7)) * 2 - 1)
+    with torch.no_grad():
+        ref = m.quantize(f)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            amp = m.quantize(f)
+    assert amp.f_hat.dtype == torch.float32
+    assert all(torch.equal(a, b) for a, b in zip(ref.ids, amp.ids))
+    assert torch.equal(ref.f_hat, amp.f_hat)

@@ -120,3 +120,32 @@ def test_lpips_from_weights_file(tmp_path):
 
     with pytest.raises(UserError, match="missing"):
         LPIPS.from_file(tmp_path / "bad.safetensors")
+
+
+def test_bf16_autocast_trains_and_resumes_exactly(tmp_path):
+    """--dtype bf16: finite losses, fp32 weights, and --resume stays exact."""
+    torch.manual_seed(5)
+    run(tmp_path / "a", "--steps", "4", "--save-every", "4", "--dtype", "bf16")
+    torch.manual_seed(5)
+    run(tmp_path / "b", "--steps", "2", "--save-every", "2", "--dtype", "bf16")
+    run(tmp_path / "b", "--steps", "4", "--save-every", "4", "--dtype", "bf16", "--resume")
+    a = load_file(str(tmp_path / "a" / "train_state" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "train_state" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(v.dtype != torch.bfloat16 for v in a.values())  # autocast, not bf16 weights
+    lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert lines and all(torch.isfinite(torch.tensor(x["loss/total"])) for x in lines)
+
+
+def test_psnr_logged_per_decoder_input(tmp_path):
+    """Each step decodes the discrete-only or the exact latent; with --log-every 1 each line
+    carries that step's PSNR under exactly one of psnr/discrete, psnr/hybrid, and both occur."""
+    run(tmp_path / "t", "--steps", "8", "--save-every", "8", "--log-every", "1", "--no-tensorboard")
+    lines = [json.loads(x) for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 8
+    seen = set()
+    for x in lines:
+        keys = [k for k in ("psnr/discrete", "psnr/hybrid") if k in x]
+        assert len(keys) == 1 and x[keys[0]] == x["psnr"]
+        seen.add(keys[0])
+    assert seen == {"psnr/discrete", "psnr/hybrid"}

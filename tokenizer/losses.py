@@ -53,11 +53,11 @@ class PatchDiscriminator(nn.Module):
 
 
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean())
+    return 0.5 * (F.relu(1 - real_logits.float()).mean() + F.relu(1 + fake_logits.float()).mean())
 
 
 def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    return -fake_logits.mean()
+    return -fake_logits.float().mean()
 
 
 # ----------------------------------------------------------------------------- LPIPS

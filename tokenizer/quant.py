@@ -108,8 +108,11 @@ class MultiScaleQuantizer(nn.Module):
         In training mode the codebook is k-means-initialised once, then updated by EMA with
         the per-scale residuals of every scale together (one update per batch).
         """
+        with torch.autocast(f.device.type, enabled=False):  # distances and codebook updates in fp32
+            return self._quantize(f.float())
+
+    def _quantize(self, f: torch.Tensor) -> QuantOutput:
         B, z, n, _ = f.shape
-        f = f.float()
         f_nograd = f.detach()
         if self.training and not bool(self.codebook.initted):
             self.codebook.init_embed_(f_nograd.permute(0, 2, 3, 1).reshape(1, -1, z))

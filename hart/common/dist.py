@@ -5,6 +5,7 @@ single process with world_size 1.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -58,6 +59,23 @@ def resolve_device(name: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA GPU is visible here; use --device cpu")
     return dev
+
+
+DTYPE_CHOICES = ("auto", "fp32", "bf16")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The training autocast rule: ``auto`` -> bf16 on a GPU, fp32 on the CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """``torch.autocast`` for a reduced dtype, a no-op context for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def init_distributed(device: str = "auto") -> DistInfo:
