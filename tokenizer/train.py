@@ -143,7 +143,7 @@ class Trainer:
         self.ema.update(self.model, self.ema.warmup_decay(step))
         self.step += 1
         return dict(loss=loss.item(), rec=loss_rec.item(), vq=out.vq_loss.item(), d=d_loss.item(),
-                    psnr=psnr(out.recon.float(), x).mean().item(), discrete=discrete, grad_norm=grad_norm.item(),
+                    psnr=psnr(out.recon, x).mean().item(), discrete=discrete, grad_norm=grad_norm.item(),
                     ids=torch.cat([i.flatten() for i in out.ids]))
 
     # ------------------------------------------------------------------ checkpoints
@@ -268,7 +268,8 @@ def main(argv=None):
                 log.scalars(step, {**{tag: mean[k] for k, tag in names.items()}, **split},
                             psnr=mean["psnr"], grad_norm=mean["grad_norm"], **{"codebook/usage": frac},
                             lr=trainer.opt_g.param_groups[0]["lr"], **{"throughput/images_per_s": speed.rate()})
-                bar.set_postfix(loss=f"{mean['loss']:.3f}", psnr=f"{mean['psnr']:.1f}", usage=f"{frac:.0%}",
+                apart = {k[5:]: f"{v:.1f}" for k, v in split.items()}  # discrete=.. hybrid=..
+                bar.set_postfix(loss=f"{mean['loss']:.3f}", psnr=f"{mean['psnr']:.1f}", **apart, usage=f"{frac:.0%}",
                                 refresh=False)
             if log.writer is not None and (step % args.image_every == 0 or step == args.steps):
                 log.image("reconstructions", grid(recon_rows(trainer.ema.shadow, preview), RECON_LABELS, scale=2),
