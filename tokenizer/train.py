@@ -257,18 +257,18 @@ def main(argv=None):
             speed.add(x.shape[0], time.perf_counter() - t0)
             usage += torch.bincount(m["ids"].cpu(), minlength=config.codebook_size)
             window.add(**{k: m[k] for k in ("loss", "rec", "vq", "d", "psnr", "grad_norm")})
-            window.add(**{"psnr_discrete" if m["discrete"] else "psnr_hybrid": m["psnr"]})
+            window.add(**{"psnr/discrete" if m["discrete"] else "psnr/hybrid": m["psnr"]})
             step = trainer.step
             if step % args.log_every == 0 or step == args.steps:
                 frac = (usage > 0).float().mean().item()  # share of the codebook used in the window
                 usage.zero_()
                 mean = window.means()
                 names = {"loss": "loss/total", "rec": "loss/rec", "vq": "loss/vq", "d": "loss/disc"}
-                split = {f"psnr/{k[5:]}": mean[k] for k in ("psnr_discrete", "psnr_hybrid") if k in mean}
+                split = {k: mean[k] for k in ("psnr/discrete", "psnr/hybrid") if k in mean}
                 log.scalars(step, {**{tag: mean[k] for k, tag in names.items()}, **split},
                             psnr=mean["psnr"], grad_norm=mean["grad_norm"], **{"codebook/usage": frac},
                             lr=trainer.opt_g.param_groups[0]["lr"], **{"throughput/images_per_s": speed.rate()})
-                apart = {k[5:]: f"{v:.1f}" for k, v in split.items()}  # discrete=.. hybrid=..
+                apart = {k.split("/")[1]: f"{v:.1f}" for k, v in split.items()}  # discrete=.. hybrid=..
                 bar.set_postfix(loss=f"{mean['loss']:.3f}", psnr=f"{mean['psnr']:.1f}", **apart, usage=f"{frac:.0%}",
                                 refresh=False)
             if log.writer is not None and (step % args.image_every == 0 or step == args.steps):
