@@ -188,6 +188,34 @@ def adaln_layernorm(x, scale, shift, eps: float, backend: str | None = "auto") -
 
 # ----------------------------------------------------------------------------- CFG + filter + sample
 
+def attention_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float,
+                       dropout_p: float = 0.0) -> torch.Tensor:
+    """Two matmuls around an fp32 softmax; the same contract as :func:`attention`."""
+    a = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if bias is not None:
+        a = a + bias
+    p = a.float().softmax(-1).to(v.dtype)
+    if dropout_p > 0.0:
+        p = F.dropout(p, dropout_p)
+    return torch.matmul(p, v)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float,
+              dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v. q (B, H, T, hd), k and v (B, H, S, hd), bias broadcastable to
+    (B, H, T, S) or None -> (B, H, T, hd), in v's dtype.
+
+    PyTorch's SDPA, except when autograd will differentiate it on the CPU in a 16-bit dtype:
+    there the fused kernel's backward is about 2.5x slower than :func:`attention_explicit`
+    (``benchmarks/bench_attention.py``), which is taken instead. In fp32, and for forward-only
+    calls (the sampler), SDPA is as fast or faster and stays.
+    """
+    if (q.device.type == "cpu" and v.dtype in (torch.bfloat16, torch.float16) and torch.is_grad_enabled()
+            and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        return attention_explicit(q, k, v, bias, scale, dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+
+
 def guided_logits(cond: torch.Tensor, uncond: torch.Tensor | None, t: float, temperature: float) -> torch.Tensor:
     """((1 + t) cond - t uncond) / temperature as cond + t (cond - uncond), in a new fp32 buffer.
 

@@ -184,10 +184,8 @@ class SelfAttention(nn.Module):
         # one cast rule for both paths: attention runs in the values' dtype (the cache's when
         # cached; the autocast dtype otherwise), so the fp32 learned scale never promotes it
         q, k = q.to(v.dtype), k.to(v.dtype)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=None if attn_bias is None else attn_bias.to(v.dtype),
-            dropout_p=self.dropout if self.training else 0.0, scale=self.scale,
-        )  # (B, H, T, hd)
+        out = kernels.attention(q, k, v, None if attn_bias is None else attn_bias.to(v.dtype), self.scale,
+                                self.dropout if self.training else 0.0)  # (B, H, T, hd)
         out = out.transpose(1, 2).reshape(B, T, C)
         return self.proj_drop(self.proj(out))
 

@@ -58,6 +58,7 @@ from hart.common.images import grid
 from hart.common.io import CONFIG_NAME, WEIGHTS_NAME, atomic_dir, atomic_file, read_weights, resolve_dir
 from hart.common.metrics import RunLog, Throughput, Window
 from hart.model import HARTGenerator
+from hart.kernels import sample_from_logits
 from hart.common.loop import (check_positive, check_preset, load_run, nonfinite_loss, run_meta, save_run, set_lr,
                               warmup_cosine)
 from hart.tokens import TokenCache, split_scales, tokenizer_fingerprint
@@ -114,8 +115,8 @@ class TrainingObjective(nn.Module):
         if c.residual_from_sampled:
             # HART: the head corrects the transformer's own choice at the last scale, so the
             # target is latent - (discrete prefix + contribution of the *sampled* ids)
-            probs = last_logits.softmax(-1).flatten(0, 1)
-            chosen = torch.multinomial(probs.cpu(), 1, generator=generator).view_as(gt).to(gt.device)
+            u = torch.rand(gt.numel(), generator=generator).to(gt.device)
+            chosen = sample_from_logits(last_logits.flatten(0, 1), u).view_as(gt)
             with torch.no_grad():
                 residual = residual + tok.quantize.contribution(gt, K - 1, n) - tok.quantize.contribution(chosen, K - 1, n)
         else:

@@ -143,3 +143,37 @@ def test_engine_with_triton_kernels_matches_reference():
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     assert all(torch.equal(a, b) for a, b in zip(outs[0].ids, outs[1].ids))
     torch.testing.assert_close(outs[0].images, outs[1].images, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_attention_explicit_matches_sdpa(with_bias):
+    """The explicit path (taken for bf16 training on the CPU) gives SDPA's output and gradients."""
+    g = torch.Generator().manual_seed(0)
+    B, H, T, hd = 2, 3, 11, 8
+    q, k, v = (torch.randn(B, H, T, hd, generator=g, dtype=torch.float64) for _ in range(3))
+    bias = None
+    if with_bias:  # block-causal: scales of 1, 4 and 6 tokens
+        level = torch.tensor([0] + [1] * 4 + [2] * 6)
+        bias = torch.where(level[:, None] >= level[None, :], 0.0, float("-inf")).double().view(1, 1, T, T)
+    results = []
+    for fn in (kernels.attention_explicit, kernels.attention):
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        out = fn(*leaves, bias, 0.3)
+        (out * torch.linspace(-1, 1, hd, dtype=torch.float64)).sum().backward()
+        results.append((out.detach(), *(t.grad for t in leaves)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
+def test_attention_dispatch():
+    """bf16 under autograd on the CPU takes the explicit path; forward-only and fp32 take SDPA."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 2, 7, 8, generator=g).bfloat16().requires_grad_(True) for _ in range(3))
+    bias = torch.zeros(1, 1, 7, 7).bfloat16().masked_fill(torch.ones(7, 7, dtype=torch.bool).triu(1), float("-inf"))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    assert torch.equal(kernels.attention(q, k, v, bias, 0.3), kernels.attention_explicit(q, k, v, bias, 0.3))
+    with torch.no_grad():
+        assert torch.equal(kernels.attention(q, k, v, bias, 0.3), sdpa(q, k, v, attn_mask=bias, scale=0.3))
+    q32, k32, v32 = (t.detach().float().requires_grad_(True) for t in (q, k, v))
+    assert torch.equal(kernels.attention(q32, k32, v32, bias.float(), 0.3),
+                       sdpa(q32, k32, v32, attn_mask=bias.float(), scale=0.3))
