@@ -17,9 +17,16 @@ With ``--var-src PATH`` (a checkout of FoundationVision/VAR), ``var-d8`` is buil
 own constructors and converted with ``hart convert``, and VAR's training step (teacher
 inputs from the ids, forward, cross-entropy, backward, clipping, AdamW: its trainer.py
 without image encoding or logging) is timed on the same weights and ids in the same process,
-alternating with ours, adding ``var_tokens_per_s=X speedup_vs_var=Y``:
+alternating with ours, under the same autocast for bf16 (VAR's trainer runs under AMP),
+adding ``var_tokens_per_s=X speedup_vs_var=Y``:
 
-    python benchmarks/bench_train.py --var-src /path/to/VAR --configs var-d8 --dtypes fp32
+    python benchmarks/bench_train.py --var-src /path/to/VAR --configs var-d8 --dtypes fp32 bf16
+
+With ``--sdpa-only``, the other step timed is ours with attention always through PyTorch's
+SDPA (``hart.kernels.attention`` takes an explicit path for short bf16 sequences on the CPU),
+adding ``sdpa_only_tokens_per_s=X speedup_vs_sdpa_only=Y``:
+
+    python benchmarks/bench_train.py --configs fm-s --dtypes bf16 --sdpa-only
 """
 from __future__ import annotations
 
@@ -29,8 +36,9 @@ import time
 
 import torch
 
+from hart import kernels
 from hart.config import GeneratorConfig
-from hart.common.dist import DistInfo
+from hart.common.dist import DistInfo, autocast, resolve_dtype
 from hart.train import GeneratorTrainer, build_parser
 from tokenizer import HybridTokenizer, TokenizerConfig
 
@@ -67,11 +75,12 @@ def forward_flops_per_sample(c: GeneratorConfig) -> float:
     return flops
 
 
-def bench(name: str, dtype: str, steps: int, warmup: int, peak: float, var_src: str | None = None) -> str:
+def bench(name: str, dtype: str, steps: int, warmup: int, peak: float, var_src: str | None = None,
+          sdpa_only: bool = False) -> str:
     gen_preset, tok_preset, batch = BENCH[name]
     torch.manual_seed(0)
     official = None
-    if var_src and name == "var-d8":
+    if var_src and name == "var-d8" and not sdpa_only:
         from var_official import build
 
         c8 = GeneratorConfig.from_name("var-d8")
@@ -96,12 +105,23 @@ def bench(name: str, dtype: str, steps: int, warmup: int, peak: float, var_src: 
     residual = torch.randn(batch, tc.z_channels, n, n) * 0.1
     ours = lambda: trainer.train_step(ids, residual, labels)  # noqa: E731
     theirs = None
+    if sdpa_only:  # the same step with attention always through SDPA (no explicit CPU path)
+        def theirs():
+            saved, kernels.EXPLICIT_MAX_KEYS = kernels.EXPLICIT_MAX_KEYS, 0
+            try:
+                return trainer.train_step(ids, residual, labels)
+            finally:
+                kernels.EXPLICIT_MAX_KEYS = saved
     if official is not None:
         from var_official import official_train_step
 
         vae, var = official
         var_opt = torch.optim.AdamW(var.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
-        theirs = lambda: official_train_step(vae, var, var_opt, labels, ids)  # noqa: E731
+        amp = resolve_dtype(dtype, torch.device("cpu"))
+
+        def theirs():  # under the same autocast as ours (VAR trains under AMP)
+            with autocast(torch.device("cpu"), amp):
+                return official_train_step(vae, var, var_opt, labels, ids)
     for _ in range(warmup):
         ours()
         if theirs:
@@ -121,7 +141,10 @@ def bench(name: str, dtype: str, steps: int, warmup: int, peak: float, var_src: 
     line = f"config={name} dtype={dtype} tokens_per_s={tokens_per_s:.0f} mfu={mfu:.2f}"
     if t_var:
         dv = statistics.median(t_var)
-        line += f" var_tokens_per_s={batch * config.seq_len / dv:.0f} speedup_vs_var={dv / dt:.3f}"
+        if official is not None:
+            line += f" var_tokens_per_s={batch * config.seq_len / dv:.0f} speedup_vs_var={dv / dt:.3f}"
+        else:
+            line += f" sdpa_only_tokens_per_s={batch * config.seq_len / dv:.0f} speedup_vs_sdpa_only={dv / dt:.3f}"
     return line
 
 
@@ -132,7 +155,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--var-src", default=None, metavar="PATH",
-                   help="a FoundationVision/VAR checkout: time its training step beside ours (var-d8, fp32)")
+                   help="a FoundationVision/VAR checkout: time its training step beside ours (var-d8, same dtype)")
+    p.add_argument("--sdpa-only", action="store_true",
+                   help="instead of VAR, time the same step with attention always through SDPA (hart.kernels.attention)")
     args = p.parse_args(argv)
     peak = matmul_peak()
     bf16_peak = matmul_peak(torch.bfloat16)
@@ -140,8 +165,7 @@ def main(argv=None):
           f"bf16_matmul_gflops={bf16_peak / 1e9:.0f} bf16_speedup={bf16_peak / peak:.2f}")
     for name in args.configs:
         for dtype in args.dtypes:
-            src = args.var_src if dtype == "fp32" else None  # VAR's step is timed in fp32 only
-            print(bench(name, dtype, args.steps, args.warmup, peak, src), flush=True)
+            print(bench(name, dtype, args.steps, args.warmup, peak, args.var_src, args.sdpa_only), flush=True)
 
 
 if __name__ == "__main__":

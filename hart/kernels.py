@@ -188,6 +188,9 @@ def adaln_layernorm(x, scale, shift, eps: float, backend: str | None = "auto") -
 
 # ----------------------------------------------------------------------------- CFG + filter + sample
 
+EXPLICIT_MAX_KEYS = 256  # measured crossover of the CPU bf16 training path: between 155 and 340 keys
+
+
 def attention_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float,
                        dropout_p: float = 0.0) -> torch.Tensor:
     """Two matmuls around an fp32 softmax; the same contract as :func:`attention`."""
@@ -205,13 +208,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     """softmax(q k^T * scale + bias) v. q (B, H, T, hd), k and v (B, H, S, hd), bias broadcastable to
     (B, H, T, S) or None -> (B, H, T, hd), in v's dtype.
 
-    PyTorch's SDPA, except when autograd will differentiate it on the CPU in a 16-bit dtype:
-    there the fused kernel's backward is about 2.5x slower than :func:`attention_explicit`
-    (``benchmarks/bench_attention.py``), which is taken instead. In fp32, and for forward-only
-    calls (the sampler), SDPA is as fast or faster and stays.
+    PyTorch's SDPA, except when autograd will differentiate it on the CPU in a 16-bit dtype over
+    at most ``EXPLICIT_MAX_KEYS`` keys: there the fused kernel's backward makes the pair about
+    2x slower than :func:`attention_explicit` (``benchmarks/bench_attention.py``; 155 tokens),
+    which is taken instead. Over longer sequences (340, 680 tokens) the explicit path's
+    (T, S) fp32 temporaries cost more than they save; in fp32, and for forward-only calls (the
+    sampler), SDPA is as fast or faster. So SDPA stays there.
     """
-    if (q.device.type == "cpu" and v.dtype in (torch.bfloat16, torch.float16) and torch.is_grad_enabled()
-            and (q.requires_grad or k.requires_grad or v.requires_grad)):
+    if (q.device.type == "cpu" and v.dtype in (torch.bfloat16, torch.float16) and k.shape[-2] <= EXPLICIT_MAX_KEYS
+            and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
         return attention_explicit(q, k, v, bias, scale, dropout_p)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
 

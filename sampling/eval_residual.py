@@ -38,6 +38,7 @@ import torch
 
 from hart.common.data import SPLITS, make_dataset
 from hart.diffusion import sample_residual
+from hart.kernels import sample_from_logits
 from hart.common.errors import UserError, cli_entry
 from hart.common.images import save_grid, to_uint8
 from hart.common.io import write_json
@@ -117,8 +118,8 @@ def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, f
         r2_mean.add(r, mean)
         r2_one.add(r, one)
         # the model's own last-scale ids, as HART trains the head and as sampling feeds it
-        probs = out.logits[:, -N:].float().softmax(-1)
-        own = torch.multinomial(probs.flatten(0, 1), 1, generator=g).view(-1, N)
+        u = torch.rand(code.ids[-1].numel(), generator=g)
+        own = sample_from_logits(out.logits[:, -N:].flatten(0, 1), u).view(-1, N)
         f_own = f_hat - tok.quantize.contribution(code.ids[-1], K - 1, n_lat) + tok.quantize.contribution(own, K - 1, n_lat)
         own_draws = _head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(own)), NUM_MEAN, g)
         r2_own.add(f_hat + r - f_own, own_draws.mean(0))

@@ -166,7 +166,8 @@ def test_attention_explicit_matches_sdpa(with_bias):
 
 
 def test_attention_dispatch():
-    """bf16 under autograd on the CPU takes the explicit path; forward-only and fp32 take SDPA."""
+    """bf16 under autograd on the CPU takes the explicit path up to EXPLICIT_MAX_KEYS keys;
+    longer sequences, forward-only calls and fp32 take SDPA."""
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, 2, 7, 8, generator=g).bfloat16().requires_grad_(True) for _ in range(3))
     bias = torch.zeros(1, 1, 7, 7).bfloat16().masked_fill(torch.ones(7, 7, dtype=torch.bool).triu(1), float("-inf"))
@@ -174,6 +175,9 @@ def test_attention_dispatch():
     assert torch.equal(kernels.attention(q, k, v, bias, 0.3), kernels.attention_explicit(q, k, v, bias, 0.3))
     with torch.no_grad():
         assert torch.equal(kernels.attention(q, k, v, bias, 0.3), sdpa(q, k, v, attn_mask=bias, scale=0.3))
+    long = [torch.randn(1, 1, kernels.EXPLICIT_MAX_KEYS + 1, 8, generator=g).bfloat16().requires_grad_(True)
+            for _ in range(3)]
+    assert torch.equal(kernels.attention(*long, None, 0.3), sdpa(*long, scale=0.3))
     q32, k32, v32 = (t.detach().float().requires_grad_(True) for t in (q, k, v))
     assert torch.equal(kernels.attention(q32, k32, v32, bias.float(), 0.3),
                        sdpa(q32, k32, v32, attn_mask=bias.float(), scale=0.3))
