@@ -22,6 +22,9 @@ Semantics shared by reference and kernel (tested for parity under ``TRITON_INTER
   in index order, i.e. P(id = j) = p_j for u ~ U[0, 1); clamped to the last index with
   non-zero mass.
 
+Attention (:func:`attention`) is PyTorch's SDPA, with one measured exception: bf16 training
+on the CPU over short sequences takes two matmuls around an fp32 softmax instead.
+
 Dispatch (:func:`select_backend`, the one place that decides): Triton when it is
 importable and the tensors are on a GPU, or when ``TRITON_INTERPRET=1`` and the caller
 asks for ``backend="triton"`` (the CPU parity tests); the PyTorch reference otherwise.
@@ -186,7 +189,7 @@ def adaln_layernorm(x, scale, shift, eps: float, backend: str | None = "auto") -
     return adaln_layernorm_ref(x, scale, shift, eps)
 
 
-# ----------------------------------------------------------------------------- CFG + filter + sample
+# ----------------------------------------------------------------------------- attention
 
 EXPLICIT_MAX_KEYS = 256  # measured crossover of the CPU bf16 training path: between 155 and 340 keys
 
@@ -220,6 +223,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
         return attention_explicit(q, k, v, bias, scale, dropout_p)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
 
+
+# ----------------------------------------------------------------------------- CFG + filter + sample
 
 def guided_logits(cond: torch.Tensor, uncond: torch.Tensor | None, t: float, temperature: float) -> torch.Tensor:
     """((1 + t) cond - t uncond) / temperature as cond + t (cond - uncond), in a new fp32 buffer.
