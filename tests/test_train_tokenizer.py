@@ -67,6 +67,7 @@ def test_nan_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch, caps
     (["--preset", "nope", "--data", "synthetic"], "unknown tokenizer preset 'nope'; choose one of: var-256"),
     (["--data", "folder:/no/such/dir"], "data folder /no/such/dir does not exist"),
     (["--data", "synthetic", "--resume"], "no run to resume"),
+    (["--data", "synthetic", "--hybrid-share", "1.5"], "--hybrid-share is a share of the batches, from 0 to 1"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, msg):
     with pytest.raises(SystemExit) as e:
@@ -149,3 +150,12 @@ def test_psnr_logged_per_decoder_input(tmp_path):
         assert len(keys) == 1 and x[keys[0]] == x["psnr"]
         seen.add(keys[0])
     assert seen == {"psnr/discrete", "psnr/hybrid"}
+
+
+@pytest.mark.parametrize("share, only", [(1.0, "psnr/hybrid"), (0.0, "psnr/discrete")])
+def test_hybrid_share_picks_the_decoder_input(tmp_path, share, only):
+    """--hybrid-share 1 decodes the exact latent at every step, 0 the discrete-only latent."""
+    run(tmp_path / "t", "--steps", "6", "--save-every", "6", "--log-every", "1", "--no-tensorboard",
+        "--hybrid-share", str(share))
+    lines = [json.loads(x) for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 and all(only in x and x[only] == x["psnr"] for x in lines)

@@ -10,7 +10,8 @@ Two stages (HART): the first trains everything; the second (``--init DIR --freez
 HART's ``freeze_codebook_for_hybrid``) starts from a trained tokenizer, freezes the encoder,
 ``quant_conv`` and the quantizer (so token ids and residuals stay exactly those of DIR, and a
 generator trained on DIR's tokens stays valid), and fine-tunes only ``post_quant_conv`` and the
-decoder, on the same 50/50 alternation of discrete-only and exact latents.
+decoder, on the same 50/50 alternation of discrete-only and exact latents (``--hybrid-share``
+moves the split: 0.8 decodes the exact latent in 80% of the batches).
 
 DIR is a tokenizer folder (``config.json`` + ``model.safetensors``, the EMA weights) that
 every later command reads; ``DIR/train_state/`` holds what ``--resume`` needs (raw and EMA
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disc-start", type=int, default=None,
                    help="step at which the PatchGAN loss starts (default: half of --steps)")
     p.add_argument("--disc-weight", type=float, default=0.1, help="weight of the generator's GAN loss")
+    p.add_argument("--hybrid-share", type=float, default=0.5,
+                   help="share of the batches that decode the exact latent (discrete + residual); the rest "
+                        "decode the discrete-only latent (default 0.5, HART's alternation)")
     p.add_argument("--lpips-weights", default=None, help="VGG16+LPIPS weights file; LPIPS is off without it")
     p.add_argument("--init", default=None, metavar="DIR",
                    help="start from the weights (and config) of this tokenizer folder")
@@ -113,8 +117,8 @@ class Trainer:
         args, step = self.args, self.step
         # linear warm-up over 2% of the run, then cosine to 10% of the peak
         set_lr((self.opt_g, self.opt_d), warmup_cosine(step, args.steps, args.lr, max(1, args.steps // 50)))
-        # HART's hybrid training: half the batches decode the discrete-only latent
-        discrete = bool(torch.rand((), generator=self.gen) < 0.5)
+        # HART's hybrid training: half the batches (1 - --hybrid-share) decode the discrete-only latent
+        discrete = bool(torch.rand((), generator=self.gen) < 1.0 - args.hybrid_share)
         mask = torch.full((x.shape[0],), discrete, device=x.device)
         use_gan = step >= args.disc_start
         with autocast(self.device, self.amp_dtype):
@@ -222,6 +226,8 @@ def main(argv=None):
     if args.image_every is None:
         args.image_every = args.save_every
     check_positive(args, "steps", "batch_size", "save_every", "log_every", "image_every")
+    if not 0.0 <= args.hybrid_share <= 1.0:
+        raise UserError(f"--hybrid-share is a share of the batches, from 0 to 1; got {args.hybrid_share}")
     out = Path(args.out)
     config = resolve_config(args, out)
     if args.disc_start is None:
