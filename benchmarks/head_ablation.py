@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -63,7 +64,7 @@ def main(argv=None):
     for s in range(args.first_set, args.first_set + args.sets):
         t0 = time.time()
         st = {"head": FeatureStats(ext.dim), "nohead": FeatureStats(ext.dim)}
-        for b in range(0, args.num, args.batch_size):
+        for b in tqdm(range(0, args.num, args.batch_size), desc=f"set {s}", leave=False, dynamic_ncols=True):
             js = range(s * args.num + b, s * args.num + min(args.num, b + args.batch_size))
             with torch.no_grad():
                 out = pipe.sample([j % K for j in js], seed=list(js), **opts)

@@ -43,7 +43,8 @@ def test_every_class_has_the_right_shape(pipe):
     out = pipe.sample(list(range(10)), seed=0)
     assert out.images.shape == (10, 3, 32, 32)
     assert torch.isfinite(out.images).all() and out.images.abs().max() <= 1
-    assert out.residual is not None and out.residual.shape == (10, 16, 8, 8)
+    z, side = pipe.tokenizer.config.z_channels, pipe.tokenizer.config.patch_nums[-1]
+    assert out.residual is not None and out.residual.shape == (10, z, side, side)
     assert [i.shape for i in out.ids] == [(10, p * p) for p in pipe.generator.config.patch_nums]
 
 
