@@ -26,7 +26,7 @@ from sampling.engine import SampleOutput, SamplingEngine, make_generators
 from sampling.options import SamplingOptions
 from tokenizer.model import HybridTokenizer
 
-# the bundled models (package data): "default", the fm-32 tokenizer + fm-s generator on
+# the bundled models (package data): "default", the fm-32-h tokenizer + fm-s generator on
 # Fashion-MNIST; "default-t2i", the shapes-t2i text-to-image model (MiniLM prompts)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 DEFAULT_T2I_MODEL_DIR = Path(__file__).resolve().parent / "default_t2i_model"
