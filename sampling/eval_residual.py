@@ -24,7 +24,11 @@ With ``--fd``, FD-EffNet of the discrete, hybrid and head decodes against ``--re
 images of the other split (statistics cached as ``hart fid`` caches them), and
 ``fd_recovered = (fd_discrete - fd_head) / (fd_discrete - fd_hybrid)``: the share of the
 tokenizer's hybrid gain the head's samples recover as a distribution (HART's claim:
-plausible detail, not the true detail); n/a when there is no such gain.
+plausible detail, not the true detail); n/a when there is no such gain. The same with the
+model's own ids: ``fd_recovered_own = (fd_own_discrete - fd_own_head) / (fd_own_discrete -
+fd_hybrid)`` (f_own + the residual those ids leave is the exact latent again, so the hybrid
+decode is the ceiling of both). A head trained on its own drawn ids (HART's
+``residual_from_sampled``, the default) is trained for this second case.
 
 Writes ``OUT/residual.png`` (rows: input | discrete | hybrid | discrete + head) and
 ``OUT/residual.json``, and ends with one line of ``key=value`` pairs.
@@ -46,7 +50,7 @@ from hart.common.loop import check_positive
 from tokenizer.losses import psnr
 
 DECODES = ("discrete", "hybrid", "head", "head_mean", "own_discrete", "own_head")
-FD_DECODES = ("discrete", "hybrid", "head")
+FD_DECODES = ("discrete", "hybrid", "head", "own_discrete", "own_head")
 NUM_MEAN = 8  # head samples averaged for r2_mean and head_mean
 
 
@@ -206,22 +210,27 @@ def main(argv=None):
 
         for k in FD_DECODES:
             res[f"fd_{k}"] = frechet_distance(stats[k].mu, stats[k].sigma, ref.mu, ref.sigma)
-        gain = res["fd_discrete"] - res["fd_hybrid"]
-        # undefined (None, printed n/a) when the exact latent is no closer to the data than f_hat alone
-        res["fd_recovered"] = (res["fd_discrete"] - res["fd_head"]) / gain if gain > 0 else None
+        for pre in ("", "own_"):
+            gain = res[f"fd_{pre}discrete"] - res["fd_hybrid"]
+            # undefined (None, printed n/a) when the exact latent is no closer to the data than f_hat alone
+            res[f"fd_recovered{'_own' if pre else ''}"] = (
+                (res[f"fd_{pre}discrete"] - res[f"fd_{pre}head"]) / gain if gain > 0 else None)
     out = Path(args.out)
     save_grid(rows, out / "residual.png", row_labels=["input", "discrete", "hybrid", "+ head"], scale=2)
     write_json(out / "residual.json", {**res, "model": str(folder), "data": args.data, "split": args.split})
     keys = ["psnr_discrete", "psnr_hybrid", "psnr_head", "psnr_head_mean", "r2_mean"]
     if stats is not None:
         keys += ["fd_discrete", "fd_hybrid", "fd_head", "fd_recovered"]
-    print(f"own ids: psnr_own_discrete={res['psnr_own_discrete']:.2f} psnr_own_head={res['psnr_own_head']:.2f} "
-          f"r2_own_mean={res['r2_own_mean']:.3f}; one sample r2={res['r2_one']:.3f}; "
-          f"residual_scale={gen.config.residual_scale}")
+
     def fmt(k):
         v = res[k]
         return f"{k}=n/a" if v is None else f"{k}={v:.2f}" if "psnr" in k else f"{k}={v:.4g}"
 
+    own = ["psnr_own_discrete", "psnr_own_head", "r2_own_mean"]
+    if stats is not None:
+        own += ["fd_own_discrete", "fd_own_head", "fd_recovered_own"]
+    print(f"own ids: {' '.join(fmt(k) for k in own)}; one sample r2={res['r2_one']:.3f}; "
+          f"residual_scale={gen.config.residual_scale}")
     print(" ".join(fmt(k) for k in keys))
     return 0
 

@@ -151,6 +151,27 @@ def test_eval_residual_runs_and_reports(tokdir, gendir, tmp_path, capsys):
     assert (tmp_path / "r" / "residual.png").is_file()
 
 
+def test_eval_residual_fd_reports_true_and_own_ids(tokdir, gendir, tmp_path, capsys, monkeypatch):
+    """--fd: FD of the five decodes and both recovered shares, each from its own FD values."""
+    import sampling.features as features
+    from sampling.eval_residual import main as eval_main
+    from tests.test_fid import FakeExtractor
+
+    monkeypatch.setenv("HART_CACHE", str(tmp_path / "cache"))  # fake statistics stay out of the real cache
+    monkeypatch.setattr(features, "load_extractor", lambda name, weights=None, device="cpu": FakeExtractor(name))
+    assert eval_main(["--model", str(gendir), "--data", "synthetic", "--num", "12", "--batch-size", "8",
+                      "--ref-num", "16", "--fd", "--out", str(tmp_path / "r")]) == 0
+    own_line, last = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert [kv.split("=")[0] for kv in last.split()][-4:] == ["fd_discrete", "fd_hybrid", "fd_head", "fd_recovered"]
+    assert "fd_own_discrete=" in own_line and "fd_recovered_own=" in own_line
+    res = json.loads((tmp_path / "r" / "residual.json").read_text())
+    for pre, key in (("", "fd_recovered"), ("own_", "fd_recovered_own")):
+        gain = res[f"fd_{pre}discrete"] - res["fd_hybrid"]
+        want = (res[f"fd_{pre}discrete"] - res[f"fd_{pre}head"]) / gain if gain > 0 else None
+        assert res[key] == (pytest.approx(want) if want is not None else None)
+    assert all(res[f"fd_{k}"] >= 0 for k in ("discrete", "hybrid", "head", "own_discrete", "own_head"))
+
+
 @pytest.mark.parametrize("case", ["no-head", "tokenizer-only", "split"])
 def test_eval_residual_one_line_errors(tokdir, gendir, tmp_path, capsys, case):
     from sampling.eval_residual import main as eval_main
