@@ -210,11 +210,10 @@ def main(argv=None):
 
         for k in FD_DECODES:
             res[f"fd_{k}"] = frechet_distance(stats[k].mu, stats[k].sigma, ref.mu, ref.sigma)
-        for pre in ("", "own_"):
+        for pre, key in (("", "fd_recovered"), ("own_", "fd_recovered_own")):
             gain = res[f"fd_{pre}discrete"] - res["fd_hybrid"]
             # undefined (None, printed n/a) when the exact latent is no closer to the data than f_hat alone
-            res[f"fd_recovered{'_own' if pre else ''}"] = (
-                (res[f"fd_{pre}discrete"] - res[f"fd_{pre}head"]) / gain if gain > 0 else None)
+            res[key] = (res[f"fd_{pre}discrete"] - res[f"fd_{pre}head"]) / gain if gain > 0 else None
     out = Path(args.out)
     save_grid(rows, out / "residual.png", row_labels=["input", "discrete", "hybrid", "+ head"], scale=2)
     write_json(out / "residual.json", {**res, "model": str(folder), "data": args.data, "split": args.split})
