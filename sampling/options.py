@@ -87,11 +87,11 @@ class SamplingOptions:
         if self.diff_steps is not None and self.diff_steps < 1:
             raise UserError(f"diffusion steps must be >= 1, got {self.diff_steps}")
         if self.head_cfg is not None and not (math.isfinite(self.head_cfg) and self.head_cfg >= 0):
-            raise UserError(f"head cfg must be >= 0, got {self.head_cfg}")
-        if not self.diff_temperature > 0:
-            raise UserError(f"diffusion temperature must be > 0, got {self.diff_temperature}")
+            raise UserError(f"head-cfg must be >= 0, got {self.head_cfg}")
+        if not (self.diff_temperature > 0 and math.isfinite(self.diff_temperature)):
+            raise UserError(f"diff-temperature must be > 0, got {self.diff_temperature}")
         if self.cfg_schedule not in CFG_SCHEDULES:
-            raise UserError(f"cfg schedule must be one of {', '.join(CFG_SCHEDULES)}, got {self.cfg_schedule!r}")
+            raise UserError(f"cfg-schedule must be one of {', '.join(CFG_SCHEDULES)}, got {self.cfg_schedule!r}")
         if self.last_scale_ratio not in ("last", "previous"):
             raise UserError(f"last_scale_ratio must be 'last' or 'previous', got {self.last_scale_ratio!r}")
         return self
@@ -127,6 +127,8 @@ def add_sampling_arguments(p) -> None:
                         "constant (cfg at every scale)")
     p.add_argument("--head-cfg", type=float, default=None,
                    help="guidance of the residual head (default 0, measured best; the hart preset: --cfg)")
+    p.add_argument("--diff-temperature", type=float, default=None,
+                   help="scale of the residual head's start noise, > 0 (default 1; below 1 draws colder detail)")
 
 
 def _describe(d: dict) -> str:
@@ -136,7 +138,8 @@ def _describe(d: dict) -> str:
 def sampling_options(args, model_preset: str = "") -> SamplingOptions:
     """The preset named by ``args.sampling`` (else the model's ``config.sampling``, else
     :data:`DEFAULT_PRESET`) with the flags that were given; validated."""
-    given = {k: getattr(args, k) for k in ("cfg", "top_k", "top_p", "temperature", "smooth", "head_cfg", "cfg_schedule")}
+    given = {k: getattr(args, k) for k in ("cfg", "top_k", "top_p", "temperature", "smooth", "head_cfg", "cfg_schedule",
+                                   "diff_temperature")}
     name = args.sampling or model_preset or DEFAULT_PRESET
     opts = SamplingOptions.preset(name, **{k: v for k, v in given.items() if v is not None})
     try:

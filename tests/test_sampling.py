@@ -302,5 +302,29 @@ def test_head_cfg_guides_only_the_residual():
     off = pipe.sample([1, 2], seed=5, cfg=2.0, top_k=20)  # default: no guidance on the head
     assert all(torch.equal(a, b) for a, b in zip(base.ids, off.ids))
     assert torch.equal(base.residual, same.residual) and not torch.allclose(base.residual, off.residual)
-    with pytest.raises(UserError, match="head cfg"):
+    with pytest.raises(UserError, match="head-cfg"):
         SamplingOptions(head_cfg=-1.0).validate()
+
+
+def test_diff_temperature_flag_cools_only_the_residual(model_dir):
+    """--diff-temperature reaches the head's start noise: same ids, another residual;
+    a bad value is one line naming the flag."""
+    from sampling.generate import build_parser
+    from sampling.options import sampling_options
+
+    parse = build_parser().parse_args
+    opts = sampling_options(parse(["--class", "1", "--diff-temperature", "0.5"]))
+    assert opts.diff_temperature == 0.5
+    assert sampling_options(parse(["--class", "1"])).diff_temperature == 1.0
+    for bad in ("0", "-1", "nan", "inf"):
+        with pytest.raises(UserError, match="^--diff-temperature must be > 0"):
+            sampling_options(parse(["--class", "1", "--diff-temperature", bad]))
+    tok, gen = _models()
+    with torch.no_grad():
+        for blk in gen.diffusion.res_blocks:
+            torch.nn.init.normal_(blk.adaLN_modulation[-1].weight, std=0.1)
+    pipe = HARTPipeline(tok, gen)
+    warm = pipe.sample([1, 2], seed=5, top_k=20)
+    cold = pipe.sample([1, 2], seed=5, top_k=20, diff_temperature=opts.diff_temperature)
+    assert all(torch.equal(a, b) for a, b in zip(warm.ids, cold.ids))
+    assert not torch.allclose(warm.residual, cold.residual)
