@@ -10,6 +10,10 @@ split, 10,000 images, cached as ``hart fid`` caches them). The head's effect is 
 difference within a set, so the transformer's own variation between sets cancels; the
 spread of the sets says how large a difference noise makes. Prints one line per set and a
 summary line ``fd_head=... fd_nohead=... delta=... delta_min=... delta_max=...``.
+
+A model without a head (an ablation trained without one, e.g. preset ``fm-s-nohead``) is
+scored the same way with the ``nohead`` column only, so that its sets compare with the
+head model's sets of the same seeds.
 """
 from __future__ import annotations
 
@@ -52,8 +56,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     pipe = HARTPipeline.from_pretrained(args.model)
-    if pipe.generator.diffusion is None:
-        raise SystemExit("this model has no residual head")
+    kinds = ("head", "nohead") if pipe.generator.diffusion is not None else ("nohead",)
     opts = vars(SamplingOptions.preset(args.sampling, head_cfg=args.head_cfg, diff_temperature=args.diff_temperature))
     ext = load_extractor("effnet-lite0")
     res = pipe.tokenizer.config.resolution
@@ -63,32 +66,36 @@ def main(argv=None):
     rows = []
     for s in range(args.first_set, args.first_set + args.sets):
         t0 = time.time()
-        st = {"head": FeatureStats(ext.dim), "nohead": FeatureStats(ext.dim)}
+        st = {k: FeatureStats(ext.dim) for k in kinds}
         for b in tqdm(range(0, args.num, args.batch_size), desc=f"set {s}", leave=False, dynamic_ncols=True):
             js = range(s * args.num + b, s * args.num + min(args.num, b + args.batch_size))
             with torch.no_grad():
                 out = pipe.sample([j % K for j in js], seed=list(js), **opts)
                 plain = pipe.tokenizer.decode_latent(out.f_hat)
             for name, img in (("head", out.images), ("nohead", plain)):
-                st[name].add(ext(clean_batch(list(to_uint8(img)), ext.input_size)))
+                if name in st:
+                    st[name].add(ext(clean_batch(list(to_uint8(img)), ext.input_size)))
         fd = {k: frechet_distance(v.mu, v.sigma, ref.mu, ref.sigma) for k, v in st.items()}
         if args.save_stats:
             Path(args.save_stats).mkdir(parents=True, exist_ok=True)
             for k, v in st.items():
                 v.save(Path(args.save_stats) / f"set{s}_{k}.npz")
-        rows.append(dict(set=s, seeds=f"{s * args.num}..{(s + 1) * args.num - 1}", fd_head=fd["head"],
-                         fd_nohead=fd["nohead"], delta=fd["nohead"] - fd["head"], seconds=round(time.time() - t0)))
+        rows.append(dict(set=s, seeds=f"{s * args.num}..{(s + 1) * args.num - 1}",
+                         **{f"fd_{k}": v for k, v in fd.items()}, seconds=round(time.time() - t0)))
         r = rows[-1]
-        print(f"set={s} seeds={r['seeds']} fd_head={r['fd_head']:.3f} fd_nohead={r['fd_nohead']:.3f} "
-              f"delta={r['delta']:.3f} ({r['seconds']} s)", flush=True)
+        if "head" in fd:
+            r["delta"] = fd["nohead"] - fd["head"]
+        print(f"set={s} seeds={r['seeds']} " + " ".join(f"{k}={r[k]:.3f}" for k in ("fd_head", "fd_nohead", "delta")
+                                                        if k in r) + f" ({r['seconds']} s)", flush=True)
     if len(rows) < 2:
         return
-    d = [r["delta"] for r in rows]
-    summary = dict(fd_head=statistics.mean(r["fd_head"] for r in rows),
-                   fd_nohead=statistics.mean(r["fd_nohead"] for r in rows),
-                   delta=statistics.mean(d), delta_min=min(d), delta_max=max(d),
-                   fd_head_spread=max(r["fd_head"] for r in rows) - min(r["fd_head"] for r in rows),
-                   fd_nohead_spread=max(r["fd_nohead"] for r in rows) - min(r["fd_nohead"] for r in rows))
+    summary = {}
+    for k in kinds:
+        v = [r[f"fd_{k}"] for r in rows]
+        summary.update({f"fd_{k}": statistics.mean(v), f"fd_{k}_spread": max(v) - min(v)})
+    if "head" in kinds:
+        d = [r["delta"] for r in rows]
+        summary.update(delta=statistics.mean(d), delta_min=min(d), delta_max=max(d))
     print(" ".join(f"{k}={v:.3f}" for k, v in summary.items()))
     if args.out:
         Path(args.out).write_text(json.dumps({"sets": rows, "summary": summary, "args": vars(args)}, indent=2))

@@ -2,8 +2,8 @@
 
     python benchmarks/merge_head_sets.py --stats runs/head-sets --ref runs/fm-test-effnet.npz
 
-Prints each set's FD with and without the head, the spread over sets, and the FD of all sets
-together (e.g. 3 sets of 3334 = 10,002 samples).
+Prints each set's FD with and without the head (without only, for a model that has none),
+the spread over sets, and the FD of all sets together (e.g. 3 sets of 3334 = 10,002 samples).
 """
 import argparse
 import re
@@ -21,14 +21,20 @@ def main(argv=None):
     p.add_argument("--ref", required=True, help="reference statistics (.npz)")
     args = p.parse_args(argv)
     ref = FeatureStats.load(args.ref)
-    sets = sorted({int(m.group(1)) for f in Path(args.stats).glob("set*_head.npz")
-                   if (m := re.match(r"set(\d+)_head", f.stem))})
+    sets = sorted({int(m.group(1)) for f in Path(args.stats).glob("set*_nohead.npz")
+                   if (m := re.match(r"set(\d+)_nohead", f.stem))})
+    if not sets:
+        raise SystemExit(f"no set*_nohead.npz in {args.stats}")
+    kinds = ("head", "nohead") if (Path(args.stats) / f"set{sets[0]}_head.npz").exists() else ("nohead",)
     fd = lambda st: frechet_distance(st.mu, st.sigma, ref.mu, ref.sigma)  # noqa: E731
-    per = {k: [FeatureStats.load(Path(args.stats) / f"set{s}_{k}.npz") for s in sets] for k in ("head", "nohead")}
+    per = {k: [FeatureStats.load(Path(args.stats) / f"set{s}_{k}.npz") for s in sets] for k in kinds}
     for i, s in enumerate(sets):
-        h, n = fd(per["head"][i]), fd(per["nohead"][i])
-        print(f"set={s} n={per['head'][i].n} fd_head={h:.3f} fd_nohead={n:.3f} delta={n - h:.3f}")
-    for k in ("head", "nohead"):
+        vals = {k: fd(per[k][i]) for k in kinds}
+        line = " ".join(f"fd_{k}={v:.3f}" for k, v in vals.items())
+        if len(vals) == 2:
+            line += f" delta={vals['nohead'] - vals['head']:.3f}"
+        print(f"set={s} n={per['nohead'][i].n} {line}")
+    for k in kinds:
         vals = [fd(st) for st in per[k]]
         allst = FeatureStats.combine(per[k])
         print(f"{k}: all n={allst.n} fd={fd(allst):.3f}; per set min {min(vals):.3f} max {max(vals):.3f} "
