@@ -48,7 +48,8 @@ def main(argv=None):
     p.add_argument("--ref-num", type=int, default=10000)
     p.add_argument("--sampling", default="var-fid", help="sampling preset (default var-fid)")
     p.add_argument("--head-cfg", type=float, default=None, help="guidance of the head (default: the last scale's)")
-    p.add_argument("--diff-temperature", type=float, default=1.0, help="scale of the head's start noise (default 1)")
+    p.add_argument("--diff-temperature", type=float, default=None,
+                   help="scale of the head's start noise (default: the model's own)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--out", default=None, help="also write the numbers as JSON here")
     p.add_argument("--save-stats", default=None, metavar="DIR",

@@ -16,6 +16,7 @@ The layout fields (``norm``, ``mlp``, ``pos``) are independent of ``cond``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import ClassVar
 
 from hart.common.errors import UserError
@@ -65,6 +66,9 @@ class GeneratorConfig(ConfigBase):
     residual_scale: float | None = None
     diff_train_steps: int = 1000
     diff_sample_steps: int = 8
+    # the head's start-noise scale the model samples with unless told otherwise (sampling
+    # option diff_temperature; `hart export --diff-temperature` records a measured best)
+    diff_temperature: float = 1.0
     diff_keep_frac: float = 0.2  # HART trains the head on a random ~20% of last-scale tokens
     residual_from_sampled: bool = True  # head target vs. the model's own sampled last-scale ids (HART)
     # head sampler: "ddim" (epsilon only, deterministic given the start noise; ours) or "iddpm"
@@ -138,6 +142,8 @@ class GeneratorConfig(ConfigBase):
                     raise UserError(f"generator config: {name} must be positive, got {getattr(self, name)}")
             if self.residual_scale is not None and not self.residual_scale > 0:
                 raise UserError(f"generator config: residual_scale must be positive, got {self.residual_scale}")
+            if not (self.diff_temperature > 0 and math.isfinite(self.diff_temperature)):
+                raise UserError(f"generator config: diff_temperature must be > 0, got {self.diff_temperature}")
             if self.diff_sample_steps > self.diff_train_steps:
                 raise UserError("generator config: diff_sample_steps cannot exceed diff_train_steps")
 

@@ -5,6 +5,7 @@ Examples::
     hart export --model runs/gen --out models/fm-small --storage int8
     hart export --model runs/tok --out models/tok16 --storage fp16
     hart export --model runs/gen --tokenizer runs/tok-stage2 --out models/fm --storage int8
+    hart export --model runs/gen --out models/fm --diff-temperature 0.6
 
 ``--model`` is a full model folder (``tokenizer/`` + ``generator/``, as ``hart train``
 writes) or a single model folder (a tokenizer or a generator). Only the weights are
@@ -19,10 +20,16 @@ Loading restores fp32 weights, so every command reads the result like any model 
 from the model's own with ``hart train-tokenizer --init ... --freeze-codebook`` (a sharper
 decoder on the same encoder and codebook). Anything else is refused, since the generator
 was trained on the tokens of its own tokenizer.
+
+``--diff-temperature T`` records in the generator's config the start-noise scale its
+residual head samples with unless a command says otherwise (``hart generate``, ``hart fid``,
+the demo and ``HARTPipeline`` all read it): a setting measured best for this model ships
+with its weights.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from hart.common.errors import UserError, cli_entry
@@ -61,7 +68,8 @@ def check_same_tokens(a, b, where: str) -> None:
                         "only a tokenizer fine-tuned with --freeze-codebook from it can replace it")
 
 
-def export(model, out, storage: str = "int8", overwrite: bool = False, tokenizer=None) -> Path:
+def export(model, out, storage: str = "int8", overwrite: bool = False, tokenizer=None,
+           diff_temperature: float | None = None) -> Path:
     from hart.common.io import prepare_out_dir, resolve_dir, write_models
 
     src = resolve_dir(model)
@@ -81,6 +89,11 @@ def export(model, out, storage: str = "int8", overwrite: bool = False, tokenizer
         new = load_folder(resolve_dir(tokenizer))
         check_same_tokens(models["tokenizer"], new, tokenizer)
         models["tokenizer"] = new
+    if diff_temperature is not None:
+        gen = models.get("generator", models.get(""))
+        if gen is None or getattr(gen, "diffusion", None) is None:
+            raise UserError("--diff-temperature is a setting of the residual head: give a generator that has one")
+        gen.config = dataclasses.replace(gen.config, diff_temperature=diff_temperature)  # validates
     write_models(out, models, storage)
     return out
 
@@ -100,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight storage (default int8; int4: the Linear layers in 4-bit groups of 32, the rest as int8)")
     p.add_argument("--tokenizer", default=None, metavar="DIR",
                    help="ship this tokenizer instead (one fine-tuned from the model's with --freeze-codebook)")
+    p.add_argument("--diff-temperature", type=float, default=None, metavar="T",
+                   help="record the residual head's default start-noise scale in the generator's config")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     return p
 
@@ -107,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    out = export(args.model, args.out, args.storage, args.overwrite, args.tokenizer)
+    out = export(args.model, args.out, args.storage, args.overwrite, args.tokenizer, args.diff_temperature)
     print(f"wrote {out}: {folder_bytes(out) / 1e6:.1f} MB ({args.storage} weights)")
     return 0
 

@@ -246,7 +246,8 @@ class SamplingEngine:
         noise = torch.stack([torch.randn(draws, N, head.channels, generator=g, device=g.device) for g in generators])
         noise = noise.to(self.device).transpose(0, 1).reshape(draws, B * N, -1)  # (draws, B*N, z)
         x = sample_residual(
-            head, conds, unconds, cfg=t, steps=steps, temperature=opt.diff_temperature,
+            head, conds, unconds, cfg=t, steps=steps,
+            temperature=c.diff_temperature if opt.diff_temperature is None else opt.diff_temperature,
             scheduler=make_sample_scheduler(c.diff_train_steps) if c.diff_sampler == "ddim" else None,
             noise=noise[0], sampler=c.diff_sampler, step_noise=list(noise[1:]) or None,
             num_train_timesteps=c.diff_train_steps,

@@ -84,7 +84,8 @@ def _head_draws(gen, head_cond: torch.Tensor, draws: int, g: torch.Generator) ->
     n = int(round(N ** 0.5))
     cond = head_cond.reshape(B * N, -1).repeat(draws, 1)
     x = sample_residual(gen.diffusion, cond, steps=c.diff_sample_steps, generator=g, sampler=c.diff_sampler,
-                        num_train_timesteps=c.diff_train_steps)  # (draws*B*N, z)
+                        num_train_timesteps=c.diff_train_steps,
+                        temperature=c.diff_temperature)  # (draws*B*N, z); as the model samples
     x = x.float().view(draws, B, N, -1) * c.target_scale
     return x.permute(0, 1, 3, 2).reshape(draws, B, -1, n, n)
 

@@ -29,7 +29,7 @@ class SamplingOptions:
     temperature: float = 1.0
     smooth: bool = False  # VAR's Gumbel smoothing of the f_hat update (ids stay hard)
     diff_steps: int | None = None  # diffusion-head DDIM steps (None: config.diff_sample_steps)
-    diff_temperature: float = 1.0  # scales the diffusion start noise
+    diff_temperature: float | None = None  # scales the head's start noise (None: the model's, 1 unless exported otherwise)
     # guidance t of the residual head, (1 + t) eps_c - t eps_u (the logits' formula); None: the
     # last scale's ratio (= cfg, HART's choice). Default 0: measured best on the default model
     # (FD-EffNet of 1,000 samples, same ids: 41.18 at 0 vs 42.24 at the ratio 1.5; README)
@@ -88,7 +88,7 @@ class SamplingOptions:
             raise UserError(f"diffusion steps must be >= 1, got {self.diff_steps}")
         if self.head_cfg is not None and not (math.isfinite(self.head_cfg) and self.head_cfg >= 0):
             raise UserError(f"head-cfg must be >= 0, got {self.head_cfg}")
-        if not (self.diff_temperature > 0 and math.isfinite(self.diff_temperature)):
+        if self.diff_temperature is not None and not (self.diff_temperature > 0 and math.isfinite(self.diff_temperature)):
             raise UserError(f"diff-temperature must be > 0, got {self.diff_temperature}")
         if self.cfg_schedule not in CFG_SCHEDULES:
             raise UserError(f"cfg-schedule must be one of {', '.join(CFG_SCHEDULES)}, got {self.cfg_schedule!r}")
@@ -128,7 +128,8 @@ def add_sampling_arguments(p) -> None:
     p.add_argument("--head-cfg", type=float, default=None,
                    help="guidance of the residual head (default 0, measured best; the hart preset: --cfg)")
     p.add_argument("--diff-temperature", type=float, default=None,
-                   help="scale of the residual head's start noise, > 0 (default 1; below 1 draws colder detail)")
+                   help="scale of the residual head's start noise, > 0 (default: the model's own, 1 unless "
+                        "its export recorded another; below 1 draws colder detail)")
 
 
 def _describe(d: dict) -> str:

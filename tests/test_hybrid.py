@@ -221,6 +221,37 @@ def test_export_swaps_in_a_second_stage_tokenizer_only(tokdir, gendir, tmp_path,
     assert len(err) == 1 and "same tokens" in err[0]
 
 
+def test_export_records_the_heads_temperature(gendir, tmp_path, capsys):
+    """--diff-temperature T travels in the generator's config: the exported model samples
+    with T unless told otherwise, an explicit value still wins, and the ids never change."""
+    from hart.export import main as export_main
+    from sampling import HARTPipeline
+
+    export_main(["--model", str(gendir), "--out", str(tmp_path / "cold"), "--storage", "fp32",
+                 "--diff-temperature", "0.5"])
+    src, cold = HARTPipeline.from_pretrained(gendir), HARTPipeline.from_pretrained(tmp_path / "cold")
+    assert src.generator.config.diff_temperature == 1.0 and cold.generator.config.diff_temperature == 0.5
+    with torch.no_grad():  # a head whose prediction depends on its condition and start noise
+        for pipe in (src, cold):
+            torch.manual_seed(3)
+            for blk in pipe.generator.diffusion.res_blocks:
+                torch.nn.init.normal_(blk.adaLN_modulation[-1].weight, std=0.1)
+    kw = dict(seed=2, top_k=20)
+    own, warm = cold.sample([1, 2], **kw), src.sample([1, 2], **kw)
+    assert all(torch.equal(a, b) for a, b in zip(own.ids, warm.ids))
+    assert torch.allclose(own.residual, src.sample([1, 2], diff_temperature=0.5, **kw).residual)
+    assert torch.allclose(cold.sample([1, 2], diff_temperature=1.0, **kw).residual, warm.residual)
+    assert not torch.allclose(own.residual, warm.residual)
+    for argv, word in ((["--diff-temperature", "0"], "diff_temperature must be > 0"),
+                       (["--diff-temperature", "0.5", "--model", str(gendir / "tokenizer")], "residual head")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            export_main(["--model", str(gendir), "--out", str(tmp_path / "bad"), *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and word in err[0], err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_old_head_without_decoder_norm_is_refused_with_a_hint(gendir, tmp_path, capsys):
     import shutil
 
