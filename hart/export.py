@@ -23,8 +23,8 @@ was trained on the tokens of its own tokenizer.
 
 ``--diff-temperature T`` records in the generator's config the start-noise scale its
 residual head samples with unless a command says otherwise (``hart generate``, ``hart fid``,
-the demo and ``HARTPipeline`` all read it): a setting measured best for this model ships
-with its weights.
+``hart eval-residual``, the demo and ``HARTPipeline`` all read it): a setting measured best
+for this model ships with its weights.
 """
 from __future__ import annotations
 
