@@ -18,7 +18,11 @@ encoding on the fly). Condition dropout for CFG is a uniform draw (``cond_drop``
 a plain VAR model, say) start fresh. ``--freeze-transformer`` trains only the residual head
 (the diffusion MLP and its ``decoder_norm``) on top of a trained transformer.
 The head's target scale (``residual_scale``) is measured on the training data when a run
-starts, unless ``--init`` brings a trained head, whose scale is kept.
+starts, unless ``--init`` brings a trained head, whose scale is kept. ``--residual-target``
+picks what the head learns to add: ``sampled`` (HART's, the presets' default) the latent
+minus the codes the transformer itself draws at the last scale, so that the head corrects
+its wrong draws too; ``true`` the latent minus the true codes, the tokenizer's residual
+itself (a narrower target, what ``hart eval-residual`` probes with the true ids).
 
 DIR (``--out``) becomes a complete model folder: ``DIR/tokenizer/`` (a copy of the
 tokenizer), ``DIR/generator/`` (the EMA weights), and ``DIR/train_state/`` for ``--resume``
@@ -157,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from the generator weights of this model folder (fine-tuning)")
     p.add_argument("--freeze-transformer", action="store_true",
                    help="train only the residual head on top of the --init transformer")
+    p.add_argument("--residual-target", choices=("sampled", "true"), default=None,
+                   help="the head's target: latent minus the transformer's own last-scale draws (sampled, "
+                        "HART's) or minus the true codes (true); default: the preset's (or --init's)")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="autocast dtype (auto: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default 500)")
@@ -353,12 +360,20 @@ def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gen
             flag = "with" if meta.get("freeze_transformer") else "without"
             raise UserError(f"the run in {out} was started {flag} --freeze-transformer; resume it the same way")
         fitted = args.preset and fit_preset(args.preset, tc, classes, args).replace(
-            residual_scale=saved.residual_scale, example_prompts=saved.example_prompts)
+            residual_scale=saved.residual_scale, example_prompts=saved.example_prompts,
+            residual_from_sampled=saved.residual_from_sampled)
         check_preset(args.preset, fitted, saved, out)
+        if args.residual_target and (args.residual_target == "sampled") != saved.residual_from_sampled:
+            was = "sampled" if saved.residual_from_sampled else "true"
+            raise UserError(f"the run in {out} trains the head on --residual-target {was}; resume it the same way")
         return saved
     if args.init and not args.preset:
-        return HARTGenerator.load_config(generator_dir(args.init))
-    return fit_preset(args.preset or "fm-s", tc, classes, args)
+        config = HARTGenerator.load_config(generator_dir(args.init))
+    else:
+        config = fit_preset(args.preset or "fm-s", tc, classes, args)
+    if args.residual_target:
+        config = config.replace(residual_from_sampled=args.residual_target == "sampled")
+    return config
 
 
 def fit_preset(name: str, tc, classes, args=None) -> GeneratorConfig:

@@ -108,6 +108,47 @@ def test_head_only_training_keeps_the_transformer(tokdir, gendir, tmp_path):
             == HARTGenerator.from_pretrained(gendir / "generator").config.residual_scale)
 
 
+def test_residual_target_true_trains_the_head_on_the_tokenizers_residual(tokdir, gendir, tmp_path, capsys,
+                                                                           monkeypatch):
+    """--residual-target true: the head's target is the true residual whatever the transformer
+    would draw; sampled (the default) shifts it by the drawn codes; the choice is saved and a
+    resume that contradicts it is one line."""
+    import hart.train as train_mod
+
+    out = tmp_path / "true"
+    train_main(["--init", str(gendir), "--freeze-transformer", "--residual-target", "true", "--tokenizer",
+                str(tokdir), "--data", "synthetic", "--out", str(out), "--batch-size", "8", "--steps", "2"])
+    assert not HARTGenerator.from_pretrained(out / "generator").config.residual_from_sampled
+    assert HARTGenerator.from_pretrained(gendir / "generator").config.residual_from_sampled
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        train_main(["--freeze-transformer", "--residual-target", "sampled", "--tokenizer", str(tokdir), "--data",
+                    "synthetic", "--out", str(out), "--batch-size", "8", "--steps", "3", "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--residual-target true" in err[0], err
+
+    tok = HybridTokenizer.from_pretrained(tokdir)
+    ds = make_dataset("synthetic", "train", tok.config.resolution)
+    with torch.no_grad():
+        code = tok.encode(torch.stack([ds[i][0] for i in range(4)]))
+    labels = torch.zeros(4, dtype=torch.long)
+    seen = []
+    monkeypatch.setattr(train_mod, "diffusion_loss", lambda head, target, *a: seen.append(target) or target.sum())
+    targets = {}
+    for sampled in (False, True):
+        gen = HARTGenerator.from_pretrained(gendir / "generator")
+        gen.config = gen.config.replace(residual_from_sampled=sampled, diff_keep_frac=1.0)
+        with torch.no_grad():  # a transformer that never draws the true last-scale codes
+            gen.head.weight.zero_()
+            gen.head.bias.fill_(-30.0)
+            gen.head.bias[(code.ids[-1].flatten()[0] + 1) % tok.config.codebook_size] = 30.0
+        seen.clear()
+        train_mod.TrainingObjective(gen, tok)(code.ids, code.residual, labels, torch.Generator().manual_seed(0))
+        targets[sampled] = seen[0]
+        true = code.residual.flatten(2).transpose(1, 2).reshape(-1, code.residual.shape[1]) / gen.config.target_scale
+        assert torch.allclose(targets[sampled], true, atol=1e-5) == (not sampled)
+
+
 def test_init_adds_a_head_to_a_model_without_one(tokdir, tmp_path, capsys):
     plain = tmp_path / "plain"
     train_main(["--tokenizer", str(tokdir), "--preset", "tiny", "--data", "synthetic", "--out", str(plain),
