@@ -9,7 +9,8 @@ alone). Both are scored against the reference statistics (default: the Fashion-M
 split, 10,000 images, cached as ``hart fid`` caches them). The head's effect is the
 difference within a set, so the transformer's own variation between sets cancels; the
 spread of the sets says how large a difference noise makes. Prints one line per set and a
-summary line ``fd_head=... fd_nohead=... delta=... delta_min=... delta_max=...``.
+summary line ``fd_head=... fd_head_spread=... fd_nohead=... fd_nohead_spread=... delta=...
+delta_min=... delta_max=...``.
 
 A model without a head (an ablation trained without one, e.g. preset ``fm-s-nohead``) is
 scored the same way with the ``nohead`` column only, so that its sets compare with the
@@ -33,7 +34,7 @@ from sampling.features import clean_batch, load_extractor  # noqa: E402
 from sampling.fid.embed import default_cache_dir, reference_stats  # noqa: E402
 from sampling.fid.sources import parse_source  # noqa: E402
 from sampling.fid.stats import FeatureStats, frechet_distance  # noqa: E402
-from sampling.options import SamplingOptions  # noqa: E402
+from sampling.options import SamplingOptions, as_sampled  # noqa: E402
 from sampling.pipeline import HARTPipeline  # noqa: E402
 from hart.common.images import to_uint8  # noqa: E402
 
@@ -99,7 +100,8 @@ def main(argv=None):
         summary.update(delta=statistics.mean(d), delta_min=min(d), delta_max=max(d))
     print(" ".join(f"{k}={v:.3f}" for k, v in summary.items()))
     if args.out:
-        Path(args.out).write_text(json.dumps({"sets": rows, "summary": summary, "args": vars(args)}, indent=2))
+        Path(args.out).write_text(json.dumps({"sets": rows, "summary": summary, "args": vars(args),
+                                              "options": as_sampled(opts, pipe.generator.config)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,10 @@ def main(argv=None):
                    if (m := re.match(r"set(\d+)_nohead", f.stem))})
     if not sets:
         raise SystemExit(f"no set*_nohead.npz in {args.stats}")
-    kinds = ("head", "nohead") if (Path(args.stats) / f"set{sets[0]}_head.npz").exists() else ("nohead",)
+    with_head = {s for s in sets if (Path(args.stats) / f"set{s}_head.npz").exists()}
+    if with_head and with_head != set(sets):
+        raise SystemExit(f"{args.stats} mixes sets with and without the head's statistics: one model per folder")
+    kinds = ("head", "nohead") if with_head else ("nohead",)
     fd = lambda st: frechet_distance(st.mu, st.sigma, ref.mu, ref.sigma)  # noqa: E731
     per = {k: [FeatureStats.load(Path(args.stats) / f"set{s}_{k}.npz") for s in sets] for k in kinds}
     for i, s in enumerate(sets):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 
 from hart.common.errors import UserError, cli_entry
@@ -72,6 +73,8 @@ def export(model, out, storage: str = "int8", overwrite: bool = False, tokenizer
            diff_temperature: float | None = None) -> Path:
     from hart.common.io import prepare_out_dir, resolve_dir, write_models
 
+    if diff_temperature is not None and not (diff_temperature > 0 and math.isfinite(diff_temperature)):
+        raise UserError(f"--diff-temperature must be > 0, got {diff_temperature}")
     src = resolve_dir(model)
     out = prepare_out_dir(out, overwrite)
     if out.resolve() == src.resolve():

@@ -372,8 +372,10 @@ def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gen
     else:
         config = fit_preset(args.preset or "fm-s", tc, classes, args)
     if args.residual_target:
+        if not config.diff_head:
+            raise UserError("--residual-target is the residual head's target; this model has no head")
         config = config.replace(residual_from_sampled=args.residual_target == "sampled")
-    return config
+    return config.replace(diff_temperature=1.0)  # a measured temperature belongs to the weights it came with
 
 
 def fit_preset(name: str, tc, classes, args=None) -> GeneratorConfig:

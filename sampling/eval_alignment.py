@@ -30,7 +30,7 @@ import dataclasses
 import json
 
 from hart.common.errors import UserError, cli_entry
-from sampling.options import add_sampling_arguments, sampling_options
+from sampling.options import add_sampling_arguments, as_sampled, sampling_options
 
 ATTRIBUTES = ("object", "colour", "size", "count", "position", "all")
 
@@ -121,7 +121,8 @@ def main(argv=None):
     renders = [render(s, R) for s in all_scenes]
     for name, images in {"ceiling": renders, **reconstruct(pipe.tokenizer, renders, args.batch_size)}.items():
         results[name] = summarize([check(img, s.spec.caption) for img, s in zip(images, all_scenes)])
-    results["model"], results["num"], results["seed"], results["options"] = str(args.model), args.num, args.seed, opts
+    results["model"], results["num"], results["seed"] = str(args.model), args.num, args.seed
+    results["options"] = as_sampled(opts, pipe.generator.config)
 
     columns = ("seen", "heldout", "ceiling", "tokenizer", "tokenizer_hybrid")
     print(f"{'attribute':<10} {'seen':>7} {'heldout':>8} {'real':>7} {'tok-d':>7} {'tok-h':>7}")

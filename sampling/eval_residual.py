@@ -8,7 +8,8 @@ Examples::
 For N images of a split, the tokenizer gives the true ids, the discrete latent f_hat and the
 true residual r = latent - f_hat. The generator runs teacher-forced on the true ids with the
 true labels, and the head draws the residual of every last-scale token given those hidden
-states and the true last-scale ids (conditional, no guidance, the model's DDIM steps).
+states and the true last-scale ids (conditional, no guidance, the model's DDIM steps and
+head temperature, ``diff_temperature`` in its config, recorded in residual.json).
 Compared decodes:
 
 - ``discrete``: f_hat alone;  ``hybrid``: f_hat + r, the ceiling;
@@ -217,7 +218,8 @@ def main(argv=None):
             res[key] = (res[f"fd_{pre}discrete"] - res[f"fd_{pre}head"]) / gain if gain > 0 else None
     out = Path(args.out)
     save_grid(rows, out / "residual.png", row_labels=["input", "discrete", "hybrid", "+ head"], scale=2)
-    write_json(out / "residual.json", {**res, "model": str(folder), "data": args.data, "split": args.split})
+    write_json(out / "residual.json", {**res, "model": str(folder), "data": args.data, "split": args.split,
+                                       "diff_temperature": gen.config.diff_temperature})
     keys = ["psnr_discrete", "psnr_hybrid", "psnr_head", "psnr_head_mean", "r2_mean"]
     if stats is not None:
         keys += ["fd_discrete", "fd_hybrid", "fd_head", "fd_recovered"]

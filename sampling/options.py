@@ -128,8 +128,20 @@ def add_sampling_arguments(p) -> None:
     p.add_argument("--head-cfg", type=float, default=None,
                    help="guidance of the residual head (default 0, measured best; the hart preset: --cfg)")
     p.add_argument("--diff-temperature", type=float, default=None,
-                   help="scale of the residual head's start noise, > 0 (default: the model's own, 1 unless "
-                        "its export recorded another; below 1 draws colder detail)")
+                   help="scale of the residual head's start noise (and iDDPM's step noise), > 0 (default: the "
+                        "model's own, 1 unless its export recorded another; below 1 draws colder detail)")
+
+
+def as_sampled(options: dict, config) -> dict:
+    """``options`` (a :class:`SamplingOptions` dict) as the engine applies them to a model of
+    generator config ``config``: the head's steps and temperature filled in where left to the
+    model (None), so that a record says what ran."""
+    out = dict(options)
+    if out.get("diff_steps") is None:
+        out["diff_steps"] = config.diff_sample_steps
+    if out.get("diff_temperature") is None:
+        out["diff_temperature"] = config.diff_temperature
+    return out
 
 
 def _describe(d: dict) -> str:

@@ -283,7 +283,7 @@ def test_export_records_the_heads_temperature(gendir, tmp_path, capsys):
     assert torch.allclose(own.residual, src.sample([1, 2], diff_temperature=0.5, **kw).residual)
     assert torch.allclose(cold.sample([1, 2], diff_temperature=1.0, **kw).residual, warm.residual)
     assert not torch.allclose(own.residual, warm.residual)
-    for argv, word in ((["--diff-temperature", "0"], "diff_temperature must be > 0"),
+    for argv, word in ((["--diff-temperature", "0"], "--diff-temperature must be > 0"),
                        (["--diff-temperature", "0.5", "--model", str(gendir / "tokenizer")], "residual head")):
         capsys.readouterr()
         with pytest.raises(SystemExit):

@@ -107,7 +107,7 @@ def test_cfg_ratio_schedule():
     const = SamplingOptions(cfg=3.0, cfg_schedule="constant")
     assert [const.guidance(k, 4) for k in range(4)] == [3.0] * 4
     assert [const.ratio(k, 4) for k in range(4)] == [0.0, 1 / 3, 2 / 3, 1.0]  # smoothing keeps r_k
-    with pytest.raises(UserError, match="cfg schedule"):
+    with pytest.raises(UserError, match="cfg-schedule"):
         SamplingOptions(cfg_schedule="cosine").validate()
 
 
@@ -306,7 +306,7 @@ def test_head_cfg_guides_only_the_residual():
         SamplingOptions(head_cfg=-1.0).validate()
 
 
-def test_diff_temperature_flag_cools_only_the_residual(model_dir):
+def test_diff_temperature_flag_cools_only_the_residual():
     """--diff-temperature reaches the head's start noise: same ids, another residual;
     a bad value is one line naming the flag."""
     from sampling.generate import build_parser

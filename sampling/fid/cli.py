@@ -42,7 +42,7 @@ from hart.common.errors import UserError, cli_entry
 from sampling.fid.embed import default_cache_dir, reference_stats, stats_from_generator, stats_from_images
 from sampling.fid.sources import first_image_size, image_set, parse_source
 from sampling.fid.stats import FeatureStats, check_compatible, require_samples, score
-from sampling.options import add_sampling_arguments, sampling_options
+from sampling.options import add_sampling_arguments, as_sampled, sampling_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,7 +145,8 @@ def main(argv=None):
             resolution = pipe.tokenizer.config.resolution
             if args.resolution and args.resolution != resolution:
                 raise UserError(f"--resolution {args.resolution} differs from the model's {resolution} px")
-            settings.update(model=args.model, num=num, seed=args.seed, dtype=args.dtype, **options)
+            settings.update(model=args.model, num=num, seed=args.seed, dtype=args.dtype,
+                            **as_sampled(options, pipe.generator.config))
         else:
             resolution = args.resolution
             for src in (img_source, ref_source):
