@@ -1,6 +1,7 @@
 """The hybrid half: the head's target scale, its view of the drawn code, the second tokenizer
 stage, head-only training on a trained transformer, hart eval-residual and hart export --tokenizer."""
 
+import dataclasses
 import json
 
 import pytest
@@ -291,6 +292,16 @@ def test_export_records_the_heads_temperature(gendir, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and word in err[0], err
     assert not (tmp_path / "bad").exists()
+    # what ran is recorded with the model's value filled in; a run from --init starts at 1 again
+    from sampling.options import SamplingOptions, as_sampled
+
+    rec = as_sampled(dataclasses.asdict(SamplingOptions()), cold.generator.config)
+    assert rec["diff_temperature"] == 0.5 and rec["diff_steps"] == cold.generator.config.diff_sample_steps
+    assert as_sampled(dataclasses.asdict(SamplingOptions(diff_temperature=2.0)), cold.generator.config)[
+        "diff_temperature"] == 2.0
+    train_main(["--init", str(tmp_path / "cold"), "--freeze-transformer", "--tokenizer", str(gendir / "tokenizer"),
+                "--data", "synthetic", "--out", str(tmp_path / "again"), "--batch-size", "8", "--steps", "1"])
+    assert HARTGenerator.from_pretrained(tmp_path / "again" / "generator").config.diff_temperature == 1.0
 
 
 def test_old_head_without_decoder_norm_is_refused_with_a_hint(gendir, tmp_path, capsys):
