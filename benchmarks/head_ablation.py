@@ -73,7 +73,7 @@ def main(argv=None):
             js = range(s * args.num + b, s * args.num + min(args.num, b + args.batch_size))
             with torch.no_grad():
                 out = pipe.sample([j % K for j in js], seed=list(js), **opts)
-                plain = pipe.tokenizer.decode_latent(out.f_hat)
+                plain = pipe.tokenizer.decode_latent(out.f_hat) if "head" in st else out.images
             for name, img in (("head", out.images), ("nohead", plain)):
                 if name in st:
                     st[name].add(ext(clean_batch(list(to_uint8(img)), ext.input_size)))

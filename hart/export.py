@@ -29,7 +29,6 @@ for this model ships with its weights.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 from pathlib import Path
 
@@ -96,7 +95,7 @@ def export(model, out, storage: str = "int8", overwrite: bool = False, tokenizer
         gen = models.get("generator", models.get(""))
         if gen is None or getattr(gen, "diffusion", None) is None:
             raise UserError("--diff-temperature is a setting of the residual head: give a generator that has one")
-        gen.config = dataclasses.replace(gen.config, diff_temperature=diff_temperature)  # validates
+        gen.config = gen.config.replace(diff_temperature=diff_temperature)
     write_models(out, models, storage)
     return out
 
