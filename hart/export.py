@@ -62,8 +62,10 @@ def check_same_tokens(a, b, where: str) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     keys = sorted(k for k in sa if k.startswith(TOKEN_PARTS))
     differ = [k for k in keys if k not in sb or sa[k].shape != sb[k].shape or not bool((sa[k] == sb[k]).all())]
-    if a.config != b.config or differ:
-        what = "its config" if a.config != b.config else ", ".join(differ[:3])
+    # grayscale is what the decoder outputs, not how tokens are made: a decoder stage may set it
+    ca, cb = a.config.replace(grayscale=False), b.config.replace(grayscale=False)
+    if ca != cb or differ:
+        what = "its config" if ca != cb else ", ".join(differ[:3])
         raise UserError(f"{where} does not make the same tokens as the model's tokenizer ({what} differ); "
                         "only a tokenizer fine-tuned with --freeze-codebook from it can replace it")
 

@@ -86,6 +86,50 @@ def test_second_tokenizer_stage_keeps_frozen_parts_bit_identical(tokdir, tmp_pat
     assert all(torch.equal(i, j) for i, j in zip(ca.ids, cb.ids)) and torch.equal(ca.residual, cb.residual)
 
 
+def test_grayscale_output_is_the_channel_mean_and_travels_with_the_weights(tmp_path):
+    torch.manual_seed(0)
+    tok = HybridTokenizer(TokenizerConfig.from_name("tiny", grayscale=True)).eval()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        for img in (tok.decode(tok.encode(x)), tok(x).recon):
+            assert torch.equal(img[:, 0], img[:, 1]) and torch.equal(img[:, 1], img[:, 2])
+        colour = tok.decoder(tok.post_quant_conv(tok.latent(x)))
+        assert not torch.equal(colour[:, 0], colour[:, 1])  # the option, not the network, makes it gray
+        exact = tok(x, torch.zeros(2, dtype=torch.bool)).recon  # False: decode the exact latent
+        assert torch.allclose(exact, colour.mean(1, keepdim=True).expand_as(colour))
+    tok.save_pretrained(tmp_path / "t")
+    assert HybridTokenizer.from_pretrained(tmp_path / "t").config.grayscale
+
+
+def test_a_decoder_stage_measures_grayscale_data_and_export_accepts_it(tokdir, gendir, tmp_path, capsys):
+    """Grayscale is measured on the training data at a new run or an --init stage; it changes
+    what the decoder outputs, not the tokens, so export still swaps the tokenizer in."""
+    from PIL import Image
+
+    from hart.export import main as export_main
+    from tokenizer.train import is_grayscale
+    from tokenizer.train import main as tok_main
+
+    colour = make_dataset("synthetic", "train", 16)
+    assert not is_grayscale(colour)
+    g = torch.Generator().manual_seed(0)
+    folder = tmp_path / "gray"
+    folder.mkdir()
+    for i in range(12):
+        v = (torch.rand(16, 16, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(v, mode="L").convert("RGB").save(folder / f"{i}.png")
+    gray = make_dataset(f"images:{folder}", "train", 16)
+    assert is_grayscale(gray)
+    assert not HybridTokenizer.load_config(gendir / "tokenizer").grayscale
+    out = tmp_path / "tokg"
+    tok_main(["--init", str(gendir / "tokenizer"), "--freeze-codebook", "--data", f"images:{folder}", "--out",
+              str(out), "--steps", "2", "--batch-size", "4", "--save-every", "2"])
+    assert HybridTokenizer.load_config(out).grayscale
+    assert "grayscale output on" in capsys.readouterr().out
+    export_main(["--model", str(gendir), "--tokenizer", str(out), "--out", str(tmp_path / "m"), "--storage", "fp32"])
+    assert HybridTokenizer.load_config(tmp_path / "m" / "tokenizer").grayscale
+
+
 def test_second_stage_needs_init(tmp_path, capsys):
     from tokenizer.train import main as tok_main
 

@@ -43,6 +43,10 @@ class TokenizerConfig(ConfigBase):
     dropout: float = 0.0
     using_sa: bool = True  # attention at the lowest resolution
     using_mid_sa: bool = True
+    # the data has no colour (every image R = G = B): the decoder's output is the mean of its
+    # channels. Measured on the training data when ``hart train-tokenizer`` starts (a new run
+    # or an --init stage), so it travels with the weights.
+    grayscale: bool = False
 
     PRESETS = {
         # the official VAR tokenizer (vae_ch160v4096z32.pth)

@@ -58,7 +58,11 @@ class HybridTokenizer(nn.Module, PretrainedMixin):
 
     def decode_latent(self, f: torch.Tensor) -> torch.Tensor:
         """(B, z, n, n) -> images (B, 3, R, R) clamped to [-1, 1]."""
-        return self.decoder(self.post_quant_conv(f)).clamp(-1, 1)
+        return self.to_image(self.decoder(self.post_quant_conv(f))).clamp(-1, 1)
+
+    def to_image(self, out: torch.Tensor) -> torch.Tensor:
+        """The decoder's output (B, C, R, R) -> the image: its channel mean when the data has no colour."""
+        return out.mean(1, keepdim=True).expand_as(out) if self.config.grayscale else out
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -138,5 +142,5 @@ class HybridTokenizer(nn.Module, PretrainedMixin):
             z = f_st
         else:
             z = torch.where(discrete.view(-1, 1, 1, 1), f_st, f)
-        recon = self.decoder(self.post_quant_conv(z))
+        recon = self.to_image(self.decoder(self.post_quant_conv(z)))
         return TokenizerTrainOutput(recon=recon, latent=f, f_hat=q.f_hat, ids=q.ids, vq_loss=q.vq_loss)

@@ -179,6 +179,17 @@ def frozen_parts(model: HybridTokenizer) -> list:
     return [model.encoder, model.quant_conv, model.quantize]
 
 
+def is_grayscale(dataset, num: int = 512, seed: int = 0) -> bool:
+    """Whether ``num`` random images of ``dataset`` all have R = G = B (then the tokenizer's
+    output is its channel mean: a faint tint a colour decoder leaves is what FD-EffNet sees most)."""
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num]
+    for i in idx.tolist():
+        x = dataset[i][0]
+        if x.shape[0] > 1 and (x - x.mean(0, keepdim=True)).abs().max() > 1e-6:
+            return False
+    return True
+
+
 RECON_LABELS = ["input", "discrete", "hybrid"]
 
 
@@ -241,6 +252,12 @@ def main(argv=None):
         held_out = train_set
     if len(train_set) < args.batch_size:
         raise UserError(f"the dataset has {len(train_set)} images, fewer than --batch-size {args.batch_size}")
+    if not args.resume:  # a new run or an --init stage measures it; a resumed run keeps its own
+        gray = is_grayscale(train_set)
+        if gray != config.grayscale:
+            print(f"the training images {'have no' if gray else 'have'} colour: grayscale output "
+                  f"{'on' if gray else 'off'}")
+        config = config.replace(grayscale=gray)
     n_prev = min(8, len(held_out))
     preview = torch.stack([held_out[i * (len(held_out) // n_prev)][0] for i in range(n_prev)]).to(device)
 
