@@ -6,6 +6,7 @@ Examples::
     hart export --model runs/tok --out models/tok16 --storage fp16
     hart export --model runs/gen --tokenizer runs/tok-stage2 --out models/fm --storage int8
     hart export --model runs/gen --out models/fm --diff-temperature 0.6
+    hart export --model runs/gen --tokenizer runs/tok3 --out models/fm --grayscale on
 
 ``--model`` is a full model folder (``tokenizer/`` + ``generator/``, as ``hart train``
 writes) or a single model folder (a tokenizer or a generator). Only the weights are
@@ -25,6 +26,10 @@ was trained on the tokens of its own tokenizer.
 residual head samples with unless a command says otherwise (``hart generate``, ``hart fid``,
 ``hart eval-residual``, the demo and ``HARTPipeline`` all read it): a setting measured best
 for this model ships with its weights.
+
+``--grayscale on|off`` sets the tokenizer's grayscale output (its decoder's channel mean; see
+``hart train-tokenizer``, which measures it on the training data for new runs): the way to
+give it to a tokenizer trained before it existed, without training it again.
 """
 from __future__ import annotations
 
@@ -71,7 +76,7 @@ def check_same_tokens(a, b, where: str) -> None:
 
 
 def export(model, out, storage: str = "int8", overwrite: bool = False, tokenizer=None,
-           diff_temperature: float | None = None) -> Path:
+           diff_temperature: float | None = None, grayscale: bool | None = None) -> Path:
     from hart.common.io import prepare_out_dir, resolve_dir, write_models
 
     if diff_temperature is not None and not (diff_temperature > 0 and math.isfinite(diff_temperature)):
@@ -98,6 +103,11 @@ def export(model, out, storage: str = "int8", overwrite: bool = False, tokenizer
         if gen is None or getattr(gen, "diffusion", None) is None:
             raise UserError("--diff-temperature is a setting of the residual head: give a generator that has one")
         gen.config = gen.config.replace(diff_temperature=diff_temperature)
+    if grayscale is not None:
+        tok = models.get("tokenizer", models.get(""))
+        if tok is None or not hasattr(tok.config, "grayscale"):
+            raise UserError("--grayscale is a setting of the tokenizer's decoder: give a folder that has a tokenizer")
+        tok.config = tok.config.replace(grayscale=grayscale)
     write_models(out, models, storage)
     return out
 
@@ -119,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ship this tokenizer instead (one fine-tuned from the model's with --freeze-codebook)")
     p.add_argument("--diff-temperature", type=float, default=None, metavar="T",
                    help="record the residual head's default start-noise scale in the generator's config")
+    p.add_argument("--grayscale", choices=["on", "off"], default=None,
+                   help="set the tokenizer's grayscale output (default: keep it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     return p
 
@@ -126,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    out = export(args.model, args.out, args.storage, args.overwrite, args.tokenizer, args.diff_temperature)
+    out = export(args.model, args.out, args.storage, args.overwrite, args.tokenizer, args.diff_temperature,
+                 None if args.grayscale is None else args.grayscale == "on")
     print(f"wrote {out}: {folder_bytes(out) / 1e6:.1f} MB ({args.storage} weights)")
     return 0
 

@@ -34,7 +34,7 @@ from hart.diffusion import make_sample_scheduler, sample_residual
 from hart.common.errors import UserError
 from hart.model import HARTGenerator
 from hart import kernels
-from sampling.options import SamplingOptions
+from sampling.options import SamplingOptions, head_settings
 from tokenizer.model import HybridTokenizer, TokenizerCode
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # fp16: HART's (GPU)
@@ -236,7 +236,7 @@ class SamplingEngine:
         vec = self.tokenizer.code_vectors(ids_last)  # (B, N, z)
         conds = gen.diffusion_cond(hidden[:B], vec).reshape(B * N, -1)
         unconds = gen.diffusion_cond(hidden[B:], vec).reshape(B * N, -1) if use_cfg else None
-        steps = opt.diff_steps or c.diff_sample_steps
+        steps, temperature = head_settings(opt.diff_steps, opt.diff_temperature, c)
         t = opt.guidance(c.num_scales - 1, c.num_scales) if opt.head_cfg is None else opt.head_cfg
         if opt.last_scale_ratio == "previous" and t == 1.0:
             t = 0.0  # HART's DiffLoss.sample skips guidance when its cfg argument is exactly 1
@@ -247,7 +247,7 @@ class SamplingEngine:
         noise = noise.to(self.device).transpose(0, 1).reshape(draws, B * N, -1)  # (draws, B*N, z)
         x = sample_residual(
             head, conds, unconds, cfg=t, steps=steps,
-            temperature=c.diff_temperature if opt.diff_temperature is None else opt.diff_temperature,
+            temperature=temperature,
             scheduler=make_sample_scheduler(c.diff_train_steps) if c.diff_sampler == "ddim" else None,
             noise=noise[0], sampler=c.diff_sampler, step_noise=list(noise[1:]) or None,
             num_train_timesteps=c.diff_train_steps,

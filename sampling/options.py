@@ -132,16 +132,19 @@ def add_sampling_arguments(p) -> None:
                         "model's own, 1 unless its export recorded another; below 1 draws colder detail)")
 
 
+def head_settings(diff_steps, diff_temperature, config) -> tuple:
+    """(steps, temperature) of the residual head as they run on a model of generator config
+    ``config``: the model's own where the options leave them None."""
+    return (config.diff_sample_steps if diff_steps is None else diff_steps,
+            config.diff_temperature if diff_temperature is None else diff_temperature)
+
+
 def as_sampled(options: dict, config) -> dict:
     """``options`` (a :class:`SamplingOptions` dict) as the engine applies them to a model of
     generator config ``config``: the head's steps and temperature filled in where left to the
     model (None), so that a record says what ran."""
-    out = dict(options)
-    if out.get("diff_steps") is None:
-        out["diff_steps"] = config.diff_sample_steps
-    if out.get("diff_temperature") is None:
-        out["diff_temperature"] = config.diff_temperature
-    return out
+    steps, temperature = head_settings(options.get("diff_steps"), options.get("diff_temperature"), config)
+    return {**options, "diff_steps": steps, "diff_temperature": temperature}
 
 
 def _describe(d: dict) -> str:

@@ -128,6 +128,17 @@ def test_a_decoder_stage_measures_grayscale_data_and_export_accepts_it(tokdir, g
     assert "grayscale output on" in capsys.readouterr().out
     export_main(["--model", str(gendir), "--tokenizer", str(out), "--out", str(tmp_path / "m"), "--storage", "fp32"])
     assert HybridTokenizer.load_config(tmp_path / "m" / "tokenizer").grayscale
+    # export --grayscale sets it on a tokenizer trained before it existed; the weights stay
+    export_main(["--model", str(gendir), "--out", str(tmp_path / "g"), "--storage", "fp32", "--grayscale", "on"])
+    assert HybridTokenizer.load_config(tmp_path / "g" / "tokenizer").grayscale
+    a = load_file(str(gendir / "tokenizer" / "model.safetensors"))
+    b = load_file(str(tmp_path / "g" / "tokenizer" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        export_main(["--model", str(gendir / "generator"), "--out", str(tmp_path / "x"), "--grayscale", "on"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tokenizer" in err[0]
 
 
 def test_second_stage_needs_init(tmp_path, capsys):
