@@ -37,12 +37,15 @@ def test_default_model_loads_as_shipped(pipe):
     # the head's target scale was measured on the training data, and its condition is normed
     assert gc.residual_scale is not None and 0.01 < gc.residual_scale < 1.0
     assert pipe.generator.decoder_norm is not None
+    # Fashion-MNIST has no colour: the decoder's output is its channel mean
+    assert tc.grayscale
 
 
 def test_every_class_has_the_right_shape(pipe):
     out = pipe.sample(list(range(10)), seed=0)
     assert out.images.shape == (10, 3, 32, 32)
     assert torch.isfinite(out.images).all() and out.images.abs().max() <= 1
+    assert torch.equal(out.images[:, 0], out.images[:, 1]) and torch.equal(out.images[:, 1], out.images[:, 2])
     z, side = pipe.tokenizer.config.z_channels, pipe.tokenizer.config.patch_nums[-1]
     assert out.residual is not None and out.residual.shape == (10, z, side, side)
     assert [i.shape for i in out.ids] == [(10, p * p) for p in pipe.generator.config.patch_nums]
