@@ -16,7 +16,8 @@ each of these ways, and reports on held-out images:
 
 Per variant: the hinge loss over the last 50 training steps (1.0 is a discriminator that
 separates nothing) and the accuracy of the sign of its mean patch logit on ``--num`` held-out
-real images and their decodes (0.5 is chance), in eval mode. One line per variant:
+real images and their decodes (0.5 is chance), in the mode it trains in (BatchNorm on the
+batch's statistics: in eval mode its running statistics blur real and fake together). One line per variant:
 ``norm/passes d_loss=X acc=X``.
 """
 from __future__ import annotations
@@ -91,10 +92,11 @@ def main(argv=None) -> int:
             loss.backward()
             opt.step()
             losses.append(loss.item())
-        disc.eval()
-        with torch.no_grad():
-            sr = disc(xt).mean(dim=(1, 2, 3))
-            sf = disc(ft).mean(dim=(1, 2, 3))
+        with torch.no_grad():  # scored as it trains (BatchNorm on batch statistics, the same passes)
+            if joint:
+                sr, sf = disc(torch.cat([xt, ft])).mean(dim=(1, 2, 3)).chunk(2)
+            else:
+                sr, sf = disc(xt).mean(dim=(1, 2, 3)), disc(ft).mean(dim=(1, 2, 3))
         acc = 0.5 * ((sr > 0).float().mean() + (sf <= 0).float().mean()).item()
         tail = losses[-50:]
         print(f"{name} d_loss={sum(tail) / len(tail):.4f} acc={acc:.3f}", flush=True)
