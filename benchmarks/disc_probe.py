@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     blurred = (gaussian_blur(xr, a.control_blur), gaussian_blur(xt, a.control_blur))
     runs = [("batch/separate", "batch", False, fr, ft), ("batch/joint", "batch", True, fr, ft),
             ("none", "none", False, fr, ft), (f"control blur {a.control_blur:g}", "batch", False, *blurred)]
-    for name, norm, joint, fr, ft in runs:
+    for name, norm, joint, fake_train, fake_test in runs:
         torch.manual_seed(a.seed)
         disc = PatchDiscriminator(tok.config.in_channels, ndf=64, n_layers=nl, norm=norm).train()
         opt = torch.optim.AdamW(disc.parameters(), lr=a.lr, betas=(0.5, 0.9), weight_decay=0.0)
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         for _ in range(a.steps):
             i = torch.randint(0, len(xr), (a.batch_size,), generator=g)
             j = torch.randint(0, len(xr), (a.batch_size,), generator=g)
-            real, fake = xr[i], fr[j]
+            real, fake = xr[i], fake_train[j]
             if joint:
                 lr_, lf = disc(torch.cat([real, fake])).chunk(2)
             else:
@@ -94,9 +94,9 @@ def main(argv=None) -> int:
             losses.append(loss.item())
         with torch.no_grad():  # scored as it trains (BatchNorm on batch statistics, the same passes)
             if joint:
-                sr, sf = disc(torch.cat([xt, ft])).mean(dim=(1, 2, 3)).chunk(2)
+                sr, sf = disc(torch.cat([xt, fake_test])).mean(dim=(1, 2, 3)).chunk(2)
             else:
-                sr, sf = disc(xt).mean(dim=(1, 2, 3)), disc(ft).mean(dim=(1, 2, 3))
+                sr, sf = disc(xt).mean(dim=(1, 2, 3)), disc(fake_test).mean(dim=(1, 2, 3))
         acc = 0.5 * ((sr > 0).float().mean() + (sf <= 0).float().mean()).item()
         tail = losses[-50:]
         print(f"{name} d_loss={sum(tail) / len(tail):.4f} acc={acc:.3f}", flush=True)
