@@ -13,7 +13,11 @@ train split's reference (``--ref-num`` images, cached as ``hart fid`` caches the
 Read the tokenizer's rows against the degradations of the same PSNR: if a blur of the hybrid
 decode's PSNR scores the same FD, the decoder's FD is what that much lost detail costs and a
 lower FD needs a higher PSNR; if the blur scores much lower, the decoder adds artefacts that
-the metric sees more than the lost detail. One line per row: ``name psnr=X fd=X``.
+the metric sees more than the lost detail. ``--post`` adds the hybrid decode post-processed:
+``gray`` (channel mean), ``snap`` (values below -0.97 set to black) and both. Every row also
+reports, on the 8-bit images, ``lap`` (mean squared Laplacian of the channel mean: fine
+detail; blur lowers it) and ``chroma`` (mean absolute deviation from the channel mean: colour).
+One line per row: ``name psnr=X fd=X lap=X chroma=X``.
 """
 from __future__ import annotations
 
@@ -42,6 +46,22 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).repeat(C, 1, 1, 1), groups=C)
 
 
+def gray(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> its channel mean, repeated over C."""
+    return x.mean(1, keepdim=True).expand_as(x)
+
+
+def snap(x: torch.Tensor, below: float = -0.97) -> torch.Tensor:
+    """Values below ``below`` set to -1 (black)."""
+    return torch.where(x < below, torch.full_like(x, -1.0), x)
+
+
+def laplacian_energy(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) in [-1, 1] -> (B,) mean squared 3x3 Laplacian of the channel mean."""
+    k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=x.dtype).view(1, 1, 3, 3)
+    return F.conv2d(x.mean(1, keepdim=True), k).pow(2).mean(dim=(1, 2, 3))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="fashion-mnist")
@@ -53,6 +73,7 @@ def main(argv=None) -> int:
     p.add_argument("--blur", type=float, nargs="*", default=[0.4, 0.6])
     p.add_argument("--noise", type=float, nargs="*", default=[2.0, 4.0])
     p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--post", action="store_true", help="also the hybrid decode made gray / snapped to black")
     a = p.parse_args(argv)
 
     tok = None
@@ -71,13 +92,17 @@ def main(argv=None) -> int:
     variants.update({f"blur {s:g}": (lambda x, s=s: gaussian_blur(x, s)) for s in a.blur})
     variants.update({f"noise {s:g}": (lambda x, s=s: x + torch.randn(x.shape, generator=g) * (2 * s / 255))
                      for s in a.noise})
+    post = {"hybrid gray": gray, "hybrid snap": snap, "hybrid gray+snap": lambda y: snap(gray(y))} if a.post else {}
     if tok is not None:
         def decodes(x):
             code = tok.encode(x)
-            return {"discrete": tok.decode_latent(code.f_hat), "hybrid": tok.decode_latent(code.f_hat + code.residual)}
-    names = list(variants) + (["discrete", "hybrid"] if tok is not None else [])
+            out = {"discrete": tok.decode_latent(code.f_hat), "hybrid": tok.decode_latent(code.f_hat + code.residual)}
+            out.update({k: fn(out["hybrid"]) for k, fn in post.items()})
+            return out
+    names = list(variants) + (["discrete", "hybrid", *post] if tok is not None else [])
     stats = {k: FeatureStats(extractor.dim) for k in names}
     sums = dict.fromkeys(names, 0.0)
+    laps, chromas = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
     from tqdm import tqdm
 
     with torch.no_grad():
@@ -90,11 +115,13 @@ def main(argv=None) -> int:
                 # PSNR of what FD sees: the 8-bit image
                 img8 = torch.from_numpy(to_uint8(img)).permute(0, 3, 1, 2).float() / 127.5 - 1
                 sums[k] += psnr(img8, x).clamp(max=99.0).sum().item()
+                laps[k] += laplacian_energy(img8).sum().item()
+                chromas[k] += (img8 - img8.mean(1, keepdim=True)).abs().mean(dim=(1, 2, 3)).sum().item()
                 stats[k].add(extractor(clean_batch(list(to_uint8(img)), extractor.input_size)))
     print(f"{num} test images vs {ref.n} train images, FD-EffNet; PSNR against the originals")
     for k in names:
         fd = frechet_distance(stats[k].mu, stats[k].sigma, ref.mu, ref.sigma)
-        print(f"{k:12s} psnr={sums[k] / num:.2f} fd={fd:.3f}")
+        print(f"{k:16s} psnr={sums[k] / num:.2f} fd={fd:.3f} lap={laps[k] / num:.4f} chroma={chromas[k] / num:.5f}")
     return 0
 
 
