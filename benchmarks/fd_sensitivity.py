@@ -14,7 +14,8 @@ Read the tokenizer's rows against the degradations of the same PSNR: if a blur o
 decode's PSNR scores the same FD, the decoder's FD is what that much lost detail costs and a
 lower FD needs a higher PSNR; if the blur scores much lower, the decoder adds artefacts that
 the metric sees more than the lost detail. ``--post`` adds the hybrid decode post-processed:
-``gray`` (channel mean), ``snap`` (values below -0.97 set to black) and both. Every row also
+``gray`` (channel mean), ``snap`` (values below -0.97 set to black) and both, and both decodes
+``stretch``ed (each image's brightest value mapped to white, black kept). Every row also
 reports, on the 8-bit images, ``lap`` (mean squared Laplacian of the channel mean: fine
 detail; blur lowers it) and ``chroma`` (mean absolute deviation from the channel mean: colour).
 One line per row: ``name psnr=X fd=X lap=X chroma=X``.
@@ -56,6 +57,12 @@ def snap(x: torch.Tensor, below: float = -0.97) -> torch.Tensor:
     return torch.where(x < below, torch.full_like(x, -1.0), x)
 
 
+def stretch(x: torch.Tensor) -> torch.Tensor:
+    """Each image mapped affinely so that -1 stays and its brightest value becomes 1."""
+    top = x.clamp(-1, 1).amax(dim=(1, 2, 3), keepdim=True)
+    return -1 + (x + 1) * (2 / (top + 1).clamp_min(1e-3))
+
+
 def laplacian_energy(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) in [-1, 1] -> (B,) mean squared 3x3 Laplacian of the channel mean."""
     k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=x.dtype).view(1, 1, 3, 3)
@@ -73,7 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--blur", type=float, nargs="*", default=[0.4, 0.6])
     p.add_argument("--noise", type=float, nargs="*", default=[2.0, 4.0])
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--post", action="store_true", help="also the hybrid decode made gray / snapped to black")
+    p.add_argument("--post", action="store_true", help="also the decodes post-processed: gray, snapped to black, stretched")
     a = p.parse_args(argv)
 
     tok = None
@@ -92,12 +99,13 @@ def main(argv=None) -> int:
     variants.update({f"blur {s:g}": (lambda x, s=s: gaussian_blur(x, s)) for s in a.blur})
     variants.update({f"noise {s:g}": (lambda x, s=s: x + torch.randn(x.shape, generator=g) * (2 * s / 255))
                      for s in a.noise})
-    post = {"hybrid gray": gray, "hybrid snap": snap, "hybrid gray+snap": lambda y: snap(gray(y))} if a.post else {}
+    post = {"hybrid gray": gray, "hybrid snap": snap, "hybrid gray+snap": lambda y: snap(gray(y)),
+            "hybrid stretch": stretch, "discrete stretch": stretch} if a.post else {}
     if tok is not None:
         def decodes(x):
             code = tok.encode(x)
             out = {"discrete": tok.decode_latent(code.f_hat), "hybrid": tok.decode_latent(code.f_hat + code.residual)}
-            out.update({k: fn(out["hybrid"]) for k, fn in post.items()})
+            out.update({k: fn(out[k.split()[0]]) for k, fn in post.items()})
             return out
     names = list(variants) + (["discrete", "hybrid", *post] if tok is not None else [])
     stats = {k: FeatureStats(extractor.dim) for k in names}

@@ -9,7 +9,8 @@ For N images of a split, the tokenizer gives the true ids, the discrete latent f
 true residual r = latent - f_hat. The generator runs teacher-forced on the true ids with the
 true labels, and the head draws the residual of every last-scale token given those hidden
 states and the true last-scale ids (conditional, no guidance, the model's DDIM steps and
-head temperature, ``diff_temperature`` in its config, recorded in residual.json).
+head temperature, ``diff_temperature`` in its config, unless ``--diff-steps`` /
+``--diff-temperature`` say otherwise; recorded in residual.json).
 Compared decodes:
 
 - ``discrete``: f_hat alone;  ``hybrid``: f_hat + r, the ceiling;
@@ -48,6 +49,7 @@ from hart.common.errors import UserError, cli_entry
 from hart.common.images import save_grid, to_uint8
 from hart.common.io import write_json
 from hart.common.loop import check_positive
+from sampling.options import head_settings
 from tokenizer.losses import psnr
 
 DECODES = ("discrete", "hybrid", "head", "head_mean", "own_discrete", "own_head")
@@ -78,25 +80,31 @@ class _R2:
         return 1.0 - self.sse / max(sst, 1e-30)
 
 
-def _head_draws(gen, head_cond: torch.Tensor, draws: int, g: torch.Generator) -> torch.Tensor:
-    """``draws`` head samples per token. head_cond (B, N, C) -> (draws, B, z, n, n) in latent units."""
+def head_draws(gen, head_cond: torch.Tensor, draws: int, g: torch.Generator, steps: int | None = None,
+               temperature: float | None = None, sampler: str | None = None) -> torch.Tensor:
+    """``draws`` head samples per token. head_cond (B, N, C) -> (draws, B, z, n, n) in latent units.
+
+    steps / temperature / sampler: None takes the model's (``diff_sample_steps``,
+    ``diff_temperature``, ``diff_sampler``), as the model samples."""
     c = gen.config
     B, N, _ = head_cond.shape
     n = int(round(N ** 0.5))
     cond = head_cond.reshape(B * N, -1).repeat(draws, 1)
-    x = sample_residual(gen.diffusion, cond, steps=c.diff_sample_steps, generator=g, sampler=c.diff_sampler,
-                        num_train_timesteps=c.diff_train_steps,
-                        temperature=c.diff_temperature)  # (draws*B*N, z); as the model samples
+    steps, temperature = head_settings(steps, temperature, c)
+    x = sample_residual(gen.diffusion, cond, steps=steps, generator=g, sampler=sampler or c.diff_sampler,
+                        num_train_timesteps=c.diff_train_steps, temperature=temperature)  # (draws*B*N, z)
     x = x.float().view(draws, B, N, -1) * c.target_scale
     return x.permute(0, 1, 3, 2).reshape(draws, B, -1, n, n)
 
 
 @torch.no_grad()
 def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, fd_extractor=None,
-             preview: int = 8, progress: bool = True) -> dict:
+             preview: int = 8, progress: bool = True, diff_steps: int | None = None,
+             diff_temperature: float | None = None) -> dict:
     """Run the probe on the first ``num`` images; see the module doc. Returns the summary dict
     (plus ``"_preview"``: the image rows of the first ``preview`` inputs, and ``"_stats"``:
-    FeatureStats per FD decode when ``fd_extractor`` is given)."""
+    FeatureStats per FD decode when ``fd_extractor`` is given). ``diff_steps`` /
+    ``diff_temperature``: the head's DDIM steps and temperature (None: the model's)."""
     from tqdm import tqdm
 
     K = len(tok.config.patch_nums)
@@ -119,7 +127,7 @@ def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, f
         out = gen(labels, tok.teacher_inputs(code.ids))
         N = n_lat * n_lat
         hidden = out.hidden[:, -N:]  # (B, N, C)
-        draws = _head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(code.ids[-1])), NUM_MEAN, g)
+        draws = head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(code.ids[-1])), NUM_MEAN, g, diff_steps, diff_temperature)
         one, mean = draws[0], draws.mean(0)
         r2_mean.add(r, mean)
         r2_one.add(r, one)
@@ -127,7 +135,7 @@ def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, f
         u = torch.rand(code.ids[-1].numel(), generator=g)
         own = sample_from_logits(out.logits[:, -N:].flatten(0, 1), u).view(-1, N)
         f_own = f_hat - tok.quantize.contribution(code.ids[-1], K - 1, n_lat) + tok.quantize.contribution(own, K - 1, n_lat)
-        own_draws = _head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(own)), NUM_MEAN, g)
+        own_draws = head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(own)), NUM_MEAN, g, diff_steps, diff_temperature)
         r2_own.add(f_hat + r - f_own, own_draws.mean(0))
         dec = {
             "discrete": tok.decode_latent(f_hat), "hybrid": tok.decode_latent(f_hat + r),
@@ -164,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images of the other split for the FD reference (default 10000; cached as hart fid caches)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="seed of the head's draws and of the own-id draws")
+    p.add_argument("--diff-steps", type=int, default=None, help="the head's sampling steps (default: the model's)")
+    p.add_argument("--diff-temperature", type=float, default=None,
+                   help="the head's temperature, > 0 (default: the model's diff_temperature; below 1 draws colder)")
     return p
 
 
@@ -189,6 +200,10 @@ def load_models(model_dir):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_positive(args, "num", "batch_size", "ref_num")
+    if args.diff_steps is not None and args.diff_steps < 1:
+        raise UserError(f"--diff-steps must be >= 1, got {args.diff_steps}")
+    if args.diff_temperature is not None and not (0 < args.diff_temperature < float("inf")):
+        raise UserError(f"--diff-temperature must be > 0, got {args.diff_temperature}")
     if args.split not in SPLITS:
         raise UserError(f"unknown split {args.split!r}; choose one of: {', '.join(SPLITS)}")
     tok, gen, folder = load_models(args.model)
@@ -205,7 +220,9 @@ def main(argv=None):
         ref, _ = reference_stats(parse_source(f"{args.data}:{other}", allow_stats=False), extractor,
                                  tok.config.resolution, args.ref_num, batch_size=100, data_dir=args.data_dir,
                                  cache_dir=default_cache_dir())
-    res = evaluate(tok, gen, dataset, num, args.batch_size, args.seed, extractor)
+    res = evaluate(tok, gen, dataset, num, args.batch_size, args.seed, extractor,
+                   diff_steps=args.diff_steps, diff_temperature=args.diff_temperature)
+    steps, temperature = head_settings(args.diff_steps, args.diff_temperature, gen.config)
     rows, stats = res.pop("_preview"), res.pop("_stats")
     if stats is not None:
         from sampling.fid.stats import frechet_distance
@@ -219,7 +236,7 @@ def main(argv=None):
     out = Path(args.out)
     save_grid(rows, out / "residual.png", row_labels=["input", "discrete", "hybrid", "+ head"], scale=2)
     write_json(out / "residual.json", {**res, "model": str(folder), "data": args.data, "split": args.split,
-                                       "diff_temperature": gen.config.diff_temperature})
+                                       "diff_steps": steps, "diff_temperature": temperature})
     keys = ["psnr_discrete", "psnr_hybrid", "psnr_head", "psnr_head_mean", "r2_mean"]
     if stats is not None:
         keys += ["fd_discrete", "fd_hybrid", "fd_head", "fd_recovered"]
@@ -232,7 +249,7 @@ def main(argv=None):
     if stats is not None:
         own += ["fd_own_discrete", "fd_own_head", "fd_recovered_own"]
     print(f"own ids: {' '.join(fmt(k) for k in own)}; one sample r2={res['r2_one']:.3f}; "
-          f"residual_scale={gen.config.residual_scale}")
+          f"residual_scale={gen.config.residual_scale}; head: {steps} steps, temperature {temperature:g}")
     print(" ".join(fmt(k) for k in keys))
     return 0
 

@@ -269,7 +269,25 @@ def test_eval_residual_fd_reports_true_and_own_ids(tokdir, gendir, tmp_path, cap
     assert all(res[f"fd_{k}"] >= 0 for k in ("discrete", "hybrid", "head", "own_discrete", "own_head"))
 
 
-@pytest.mark.parametrize("case", ["no-head", "tokenizer-only", "split"])
+def test_eval_residual_head_settings(tokdir, gendir, tmp_path, capsys):
+    """--diff-steps / --diff-temperature change the head's draws only, and are recorded."""
+    from sampling.eval_residual import main as eval_main
+
+    base = ["--model", str(gendir), "--data", "synthetic", "--num", "8", "--batch-size", "8"]
+    res = {}
+    for name, extra in (("model", []), ("cold", ["--diff-steps", "4", "--diff-temperature", "0.3"])):
+        assert eval_main(base + extra + ["--out", str(tmp_path / name)]) == 0
+        res[name] = json.loads((tmp_path / name / "residual.json").read_text())
+    cfg = HARTGenerator.from_pretrained(gendir / "generator").config
+    assert (res["model"]["diff_steps"], res["model"]["diff_temperature"]) == (cfg.diff_sample_steps, cfg.diff_temperature)
+    assert (res["cold"]["diff_steps"], res["cold"]["diff_temperature"]) == (4, 0.3)
+    for k in ("psnr_discrete", "psnr_hybrid"):
+        assert res["cold"][k] == res["model"][k]
+    assert res["cold"]["psnr_head"] != res["model"]["psnr_head"]
+    assert "head: 4 steps, temperature 0.3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["no-head", "tokenizer-only", "split", "temperature"])
 def test_eval_residual_one_line_errors(tokdir, gendir, tmp_path, capsys, case):
     from sampling.eval_residual import main as eval_main
 
@@ -288,8 +306,10 @@ def test_eval_residual_one_line_errors(tokdir, gendir, tmp_path, capsys, case):
         argv, word = ["--model", str(model)], "no residual head"
     elif case == "tokenizer-only":
         argv, word = ["--model", str(tokdir)], "tokenizer folder"
-    else:
+    elif case == "split":
         argv, word = ["--model", str(gendir), "--split", "validation"], "unknown split"
+    else:
+        argv, word = ["--model", str(gendir), "--diff-temperature", "0"], "--diff-temperature must be > 0"
     capsys.readouterr()
     with pytest.raises(SystemExit):
         eval_main(argv + ["--data", "synthetic", "--out", str(tmp_path / "o")])

@@ -1,0 +1,98 @@
+"""Probe: which head sampler setting recovers most of the hybrid FD gain (``fd_recovered``)?
+
+    python benchmarks/head_sweep.py --num 2000 ddim:8:0.6 ddim:8:0.3 ddim:8:0 ddim:32:0.6 iddpm:8:1 mean:8:0.6
+
+As ``hart eval-residual`` with the true last-scale ids and teacher-forced hidden states (see
+its doc), but the expensive parts are shared: the tokenizer, the transformer and the
+discrete / hybrid decodes run once per batch, then every setting draws its own head sample
+for every last-scale token. A setting is ``SAMPLER:STEPS:TEMPERATURE`` (``ddim``: the
+temperature scales the start noise, 0 starts from zero; ``iddpm``: it scales the per-step
+noise), or ``mean:STEPS:TEMPERATURE`` for the mean of 8 DDIM samples (not a sample: the
+conditional mean's decode, for reference). Each setting draws from its own generator seeded
+with ``--seed``, so a row does not depend on which rows run beside it.
+
+One line per decode: ``name psnr=X r2=X fd=X recovered=X`` with
+``recovered = (fd_discrete - fd) / (fd_discrete - fd_hybrid)``.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from hart.common.data import make_dataset
+from hart.common.images import to_uint8
+from sampling.eval_residual import NUM_MEAN, _R2, head_draws, load_models
+from sampling.features import clean_batch, load_extractor
+from sampling.fid.embed import default_cache_dir, reference_stats
+from sampling.fid.sources import parse_source
+from sampling.fid.stats import FeatureStats, frechet_distance
+from tokenizer.losses import psnr
+
+
+def parse_setting(text: str) -> tuple[str, int, float]:
+    sampler, steps, temp = text.split(":")
+    if sampler not in ("ddim", "iddpm", "mean"):
+        raise SystemExit(f"setting {text!r}: sampler must be ddim, iddpm or mean")
+    return sampler, int(steps), float(temp)
+
+
+@torch.no_grad()
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("settings", nargs="+", help="SAMPLER:STEPS:TEMPERATURE, e.g. ddim:8:0.6")
+    p.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--num", type=int, default=2000)
+    p.add_argument("--ref-num", type=int, default=10000)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    settings = [parse_setting(s) for s in args.settings]
+    from tqdm import tqdm
+
+    tok, gen, folder = load_models(args.model)
+    ds = make_dataset(args.data, "test", tok.config.resolution, args.data_dir)
+    ext = load_extractor("effnet-lite0")
+    ref, _ = reference_stats(parse_source(f"{args.data}:train", allow_stats=False), ext, tok.config.resolution,
+                             args.ref_num, batch_size=100, data_dir=args.data_dir, cache_dir=default_cache_dir())
+    names = ["discrete", "hybrid"] + args.settings
+    stats = {k: FeatureStats(ext.dim) for k in names}
+    psnrs = dict.fromkeys(names, 0.0)
+    r2 = {k: _R2() for k in args.settings}
+    gens = {k: torch.Generator().manual_seed(args.seed) for k in args.settings}
+    n_lat = tok.config.latent_size
+    N = n_lat * n_lat
+    num = min(args.num, len(ds))
+    for start in tqdm(range(0, num, args.batch_size), desc="head-sweep"):
+        idx = range(start, min(num, start + args.batch_size))
+        x = torch.stack([ds[i][0] for i in idx])
+        labels = torch.tensor([int(ds[i][1]) for i in idx])
+        code = tok.encode(x)
+        f_hat, r = code.f_hat, code.residual
+        out = gen(labels, tok.teacher_inputs(code.ids))
+        cond = gen.diffusion_cond(out.hidden[:, -N:], tok.code_vectors(code.ids[-1]))
+        dec = {"discrete": tok.decode_latent(f_hat), "hybrid": tok.decode_latent(f_hat + r)}
+        for name, (sampler, steps, temp) in zip(args.settings, settings):
+            if sampler == "mean":
+                s = head_draws(gen, cond, NUM_MEAN, gens[name], steps, temp, "ddim").mean(0)
+            else:
+                s = head_draws(gen, cond, 1, gens[name], steps, temp, sampler)[0]
+            r2[name].add(r, s)
+            dec[name] = tok.decode_latent(f_hat + s)
+        for k, img in dec.items():
+            psnrs[k] += psnr(img, x).sum().item()
+            stats[k].add(ext(clean_batch(list(to_uint8(img)), ext.input_size)))
+    fd = {k: frechet_distance(stats[k].mu, stats[k].sigma, ref.mu, ref.sigma) for k in names}
+    gain = fd["discrete"] - fd["hybrid"]
+    print(f"model={folder} num={num} residual_scale={gen.config.residual_scale:.4g} "
+          f"model's head: {gen.config.diff_sampler}:{gen.config.diff_sample_steps}:{gen.config.diff_temperature}")
+    for k in names:
+        extra = f" r2={r2[k].value():.3f} recovered={(fd['discrete'] - fd[k]) / gain:.3f}" if k in r2 else ""
+        print(f"{k:>14} psnr={psnrs[k] / num:.2f} fd={fd[k]:.3f}{extra}")
+    return 0
+
+
+if __name__ == "__main__":
+    main()
