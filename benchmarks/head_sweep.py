@@ -11,8 +11,12 @@ noise), or ``mean:STEPS:TEMPERATURE`` for the mean of 8 DDIM samples (not a samp
 conditional mean's decode, for reference). Each setting draws from its own generator seeded
 with ``--seed``, so a row does not depend on which rows run beside it.
 
-One line per decode: ``name psnr=X r2=X fd=X recovered=X`` with
-``recovered = (fd_discrete - fd) / (fd_discrete - fd_hybrid)``.
+One line per decode: ``name psnr=X fd=X r2=X code_corr=X recovered=X`` with
+``recovered = (fd_discrete - fd) / (fd_discrete - fd_hybrid)`` and ``code_corr`` the
+correlation (over all tokens and channels) of the drawn residual with the last-scale code's
+own contribution to f_hat; the hybrid row gives it for the true residual. A head trained on
+its own drawn ids (``residual_from_sampled``) learns to pull back the code it is given, which
+is right where the code was a wrong draw and wrong where it is the true one.
 """
 from __future__ import annotations
 
@@ -61,6 +65,7 @@ def main(argv=None) -> int:
     stats = {k: FeatureStats(ext.dim) for k in names}
     psnrs = dict.fromkeys(names, 0.0)
     r2 = {k: _R2() for k in args.settings}
+    dots = {k: torch.zeros(3, dtype=torch.float64) for k in ["hybrid"] + args.settings}  # <s, c>, |s|^2, |c|^2
     gens = {k: torch.Generator().manual_seed(args.seed) for k in args.settings}
     n_lat = tok.config.latent_size
     N = n_lat * n_lat
@@ -74,12 +79,20 @@ def main(argv=None) -> int:
         out = gen(labels, tok.teacher_inputs(code.ids))
         cond = gen.diffusion_cond(out.hidden[:, -N:], tok.code_vectors(code.ids[-1]))
         dec = {"discrete": tok.decode_latent(f_hat), "hybrid": tok.decode_latent(f_hat + r)}
+        c_last = tok.quantize.contribution(code.ids[-1], len(code.ids) - 1, n_lat).double()
+
+        def add_dots(name, res):
+            res = res.double()
+            dots[name] += torch.stack([(res * c_last).sum(), res.pow(2).sum(), c_last.pow(2).sum()])
+
+        add_dots("hybrid", r)
         for name, (sampler, steps, temp) in zip(args.settings, settings):
             if sampler == "mean":
                 s = head_draws(gen, cond, NUM_MEAN, gens[name], steps, temp, "ddim").mean(0)
             else:
                 s = head_draws(gen, cond, 1, gens[name], steps, temp, sampler)[0]
             r2[name].add(r, s)
+            add_dots(name, s)
             dec[name] = tok.decode_latent(f_hat + s)
         for k, img in dec.items():
             psnrs[k] += psnr(img, x).sum().item()
@@ -89,7 +102,12 @@ def main(argv=None) -> int:
     print(f"model={folder} num={num} residual_scale={gen.config.residual_scale:.4g} "
           f"model's head: {gen.config.diff_sampler}:{gen.config.diff_sample_steps}:{gen.config.diff_temperature}")
     for k in names:
-        extra = f" r2={r2[k].value():.3f} recovered={(fd['discrete'] - fd[k]) / gain:.3f}" if k in r2 else ""
+        extra = ""
+        if k in dots:
+            sc, ss, cc = dots[k].tolist()
+            extra += (f" r2={r2[k].value():.3f}" if k in r2 else "") + f" code_corr={sc / (ss * cc) ** 0.5:.3f}"
+        if k in r2:
+            extra += f" recovered={(fd['discrete'] - fd[k]) / gain:.3f}"
         print(f"{k:>14} psnr={psnrs[k] / num:.2f} fd={fd[k]:.3f}{extra}")
     return 0
 
