@@ -127,7 +127,8 @@ def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, f
         out = gen(labels, tok.teacher_inputs(code.ids))
         N = n_lat * n_lat
         hidden = out.hidden[:, -N:]  # (B, N, C)
-        draws = head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(code.ids[-1])), NUM_MEAN, g, diff_steps, diff_temperature)
+        draws = head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(code.ids[-1])), NUM_MEAN, g,
+                           diff_steps, diff_temperature)
         one, mean = draws[0], draws.mean(0)
         r2_mean.add(r, mean)
         r2_one.add(r, one)
@@ -135,7 +136,8 @@ def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, f
         u = torch.rand(code.ids[-1].numel(), generator=g)
         own = sample_from_logits(out.logits[:, -N:].flatten(0, 1), u).view(-1, N)
         f_own = f_hat - tok.quantize.contribution(code.ids[-1], K - 1, n_lat) + tok.quantize.contribution(own, K - 1, n_lat)
-        own_draws = head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(own)), NUM_MEAN, g, diff_steps, diff_temperature)
+        own_draws = head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(own)), NUM_MEAN, g,
+                               diff_steps, diff_temperature)
         r2_own.add(f_hat + r - f_own, own_draws.mean(0))
         dec = {
             "discrete": tok.decode_latent(f_hat), "hybrid": tok.decode_latent(f_hat + r),
