@@ -13,9 +13,9 @@ from __future__ import annotations
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from disc_probe import decode_all  # benchmarks/ is on the path when run as a script
+from fd_sensitivity import laplacian_energy
 from hart.common.data import make_dataset
 from tokenizer import HybridTokenizer
 
@@ -28,9 +28,8 @@ def main(argv=None) -> int:
     d = make_dataset("fashion-mnist", "test", 32, None)
     x = torch.stack([d[i][0] for i in range(1000)])
     tok = HybridTokenizer.from_pretrained(argv[0]).requires_grad_(False).eval()
-    lap = torch.tensor([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=torch.float32).view(1, 1, 3, 3)
     for name, y in [("real", x), ("hybrid", decode_all(tok, x, "hybrid")), ("discrete", decode_all(tok, x, "discrete"))]:
-        hf = F.conv2d(y.mean(1, keepdim=True), lap).pow(2).mean().item()
+        hf = laplacian_energy(y).mean().item()
         chroma = (y - y.mean(1, keepdim=True)).abs().mean().item()
         print(f"{name:9s} mean={y.mean():.4f} std={y.std():.4f} hf={hf:.5f} chroma={chroma:.5f} "
               f"frac_at_-1={(y <= -0.999).float().mean():.4f} frac<-0.95={(y < -0.95).float().mean():.4f}")
