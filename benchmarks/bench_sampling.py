@@ -25,6 +25,15 @@ no bf16 path on the CPU).
     python benchmarks/bench_sampling.py --var-src /path/to/VAR --dtypes fp32 --batches 8 1
     python benchmarks/bench_sampling.py --batches 1 --dtypes fp32 --repeats 5
     python benchmarks/bench_sampling.py --device cuda --batches 1 64 --compile
+
+``--config var-d16`` takes VAR's 256px shape (depth 16, width 1024, 310M) instead. On a GPU,
+``--engines kernels eager compile`` times our engine with the Triton kernels, with eager
+PyTorch (``kernels="torch"``), and with ``--compile`` (inductor, ``mode="reduce-overhead"``:
+each scale's step captured into a CUDA graph, as gpt-fast does), one line each
+(``engine=NAME ... images_per_s=X``); VAR's sampler runs under the same autocast:
+
+    python benchmarks/bench_sampling.py --device cuda --config var-d16 --dtypes bf16 --batches 1 64 \
+        --engines kernels eager compile --skip-naive --var-src /path/to/VAR
 """
 from __future__ import annotations
 
@@ -96,14 +105,20 @@ def naive_sample(gen: HARTGenerator, tok: HybridTokenizer, labels, gens, opt: Sa
     return ids, f_hat
 
 
+ENGINES = {"kernels": dict(kernels="auto"), "eager": dict(kernels="torch"), "compile": dict(compile=True)}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="var-d8", choices=["var-d8", "var-d16"], help="generator shape (default var-d8)")
     p.add_argument("--batches", type=int, nargs="+", default=[8, 1], help="batch sizes (default 8 1)")
     p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"], help="compute dtypes")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median; default 3)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--compile", action="store_true", help="torch.compile the engine's per-scale step")
+    p.add_argument("--engines", nargs="+", choices=list(ENGINES), default=None,
+                   help="time several engine variants, one line each (default: kernels, or compile with --compile)")
     p.add_argument("--skip-naive", action="store_true", help="leave out the naive sampler (prints naive_ratio=nan)")
     p.add_argument("--var-src", default=None, metavar="PATH",
                    help="a FoundationVision/VAR checkout: time its sampler on the same (converted) weights")
@@ -111,36 +126,31 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    engines = args.engines or (["compile"] if args.compile else ["kernels"])
 
     torch.manual_seed(0)
     var_sample = None
     if args.var_src:
         from var_official import build, sampler_without_decode
 
-        c8 = GeneratorConfig.from_name("var-d8")
-        _, var, tok, gen = build(args.var_src, c8.depth, c8.width, c8.heads)
+        cv = GeneratorConfig.from_name(args.config)
+        _, var, tok, gen = build(args.var_src, cv.depth, cv.width, cv.heads)
         var, tok, gen = var.to(device), tok.to(device), gen.to(device)
         var_sample = sampler_without_decode(var)
     else:
-        gen = HARTGenerator(GeneratorConfig.from_name("var-d8")).to(device).eval()
+        gen = HARTGenerator(GeneratorConfig.from_name(args.config)).to(device).eval()
         tok = HybridTokenizer(TokenizerConfig.from_name("var-256")).to(device).eval()
     c = gen.config
-    print(f"# var-d8: depth {c.depth} width {c.width} heads {c.heads} scales {c.num_scales} "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu threads {torch.get_num_threads()}"
+    print(f"# {args.config}: depth {c.depth} width {c.width} heads {c.heads} scales {c.num_scales} "
           f"V {c.codebook_size} z {c.z_channels} L {c.seq_len}; cfg {OPTIONS.cfg} top-k {OPTIONS.top_k} "
-          f"top-p {OPTIONS.top_p}; device {device} threads {torch.get_num_threads()} compile {args.compile}",
-          flush=True)
+          f"top-p {OPTIONS.top_p}; {where}; engines {' '.join(engines)}", flush=True)
 
     for dtype in args.dtypes:
-        engine = SamplingEngine(gen, tok, dtype=dtype, compile=args.compile)
+        built = {name: SamplingEngine(gen, tok, dtype=dtype, **ENGINES[name]) for name in engines}
         for B in args.batches:
             labels = torch.arange(B, device=device) % c.num_classes
             seeds = list(range(B))
-
-            def run_engine():
-                return engine.sample(labels, make_generators(seeds), OPTIONS, decode=False)
-
-            t_sample = _time(run_engine, device, args.repeats)
-
             rows = torch.cat([labels, torch.full_like(labels, c.null_class)])
             teacher = torch.randn(2 * B, c.seq_len - 1, c.z_channels, device=device)
 
@@ -149,32 +159,40 @@ def main(argv=None) -> None:
                     return gen(rows, teacher).logits
 
             t_floor = _time(run_floor, device, args.repeats)
+            t_var = None
+            if var_sample is not None and (dtype == "fp32" or device.type == "cuda"):
+                var_labels = labels.clone()
 
+                def run_var():
+                    with torch.no_grad(), _autocast(device, dtype):
+                        return var_sample(B=B, label_B=var_labels, g_seed=0, cfg=OPTIONS.cfg, top_k=OPTIONS.top_k,
+                                          top_p=OPTIONS.top_p, more_smooth=False)
+
+                t_var = _time(run_var, device, args.repeats)
+                print(f"batch={B} dtype={dtype} engine=var ms_per_image={1e3 * t_var / B:.2f} "
+                      f"images_per_s={B / t_var:.1f} ratio={t_var / t_floor:.3f}", flush=True)
             if args.skip_naive:
                 t_naive = float("nan")
             else:
                 t_naive = _time(lambda: naive_sample(gen, tok, labels, make_generators(seeds), OPTIONS, dtype),
                                 device, max(1, args.repeats - 1))
+            for name, engine in built.items():
+                def run_engine():
+                    return engine.sample(labels, make_generators(seeds), OPTIONS, decode=False)
 
-            out = run_engine()
-            code = TokenizerCode(ids=out.ids, residual=out.residual, f_hat=out.f_hat)
-            with torch.no_grad():
-                t_decode = _time(lambda: tok.decode(code), device, max(1, args.repeats - 1))
-
-            ms, floor = 1e3 * t_sample / B, 1e3 * t_floor / B
-            line = (f"batch={B} dtype={dtype} ms_per_image={ms:.1f} floor_ms={floor:.1f} ratio={t_sample / t_floor:.3f} "
-                    f"naive_ratio={t_naive / t_floor:.3f} decode_ms={1e3 * t_decode / B:.1f}")
-            if var_sample is not None and dtype == "fp32":
-                var_labels = labels.clone()
-
-                def run_var():
-                    with torch.no_grad():
-                        return var_sample(B=B, label_B=var_labels, g_seed=0, cfg=OPTIONS.cfg, top_k=OPTIONS.top_k,
-                                          top_p=OPTIONS.top_p, more_smooth=False)
-
-                t_var = _time(run_var, device, args.repeats)
-                line += f" var_ms_per_image={1e3 * t_var / B:.1f} speedup_vs_var={t_var / t_sample:.3f}"
-            print(line, flush=True)
+                t_sample = _time(run_engine, device, args.repeats)
+                out = run_engine()
+                code = TokenizerCode(ids=out.ids, residual=out.residual, f_hat=out.f_hat)
+                with torch.no_grad():
+                    t_decode = _time(lambda: tok.decode(code), device, max(1, args.repeats - 1))
+                ms, floor = 1e3 * t_sample / B, 1e3 * t_floor / B
+                line = (f"batch={B} dtype={dtype} ms_per_image={ms:.2f} floor_ms={floor:.2f} "
+                        f"ratio={t_sample / t_floor:.3f} naive_ratio={t_naive / t_floor:.3f} decode_ms={1e3 * t_decode / B:.2f}")
+                if args.engines:
+                    line = line.replace(f"dtype={dtype} ", f"dtype={dtype} engine={name} ") + f" images_per_s={B / t_sample:.1f}"
+                if t_var is not None:
+                    line += f" var_ms_per_image={1e3 * t_var / B:.2f} speedup_vs_var={t_var / t_sample:.3f}"
+                print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,15 @@ SDPA (``hart.kernels.attention`` takes an explicit path for short bf16 sequences
 adding ``sdpa_only_tokens_per_s=X speedup_vs_sdpa_only=Y``:
 
     python benchmarks/bench_train.py --configs fm-s --dtypes bf16 --sdpa-only
+
+On a GPU (``--device cuda``) the peak is the measured bf16 (or fp32) matmul rate of the GPU
+(8192^3 products), CUDA is synchronized around every step, and ``--attention sdpa flex``
+times our step with each whole-sequence attention (flex: FlexAttention with a block-causal
+``BlockMask``, ``hart train --attention flex``), alternating with VAR's step where
+``--var-src`` is given (var-d8 / var-d16 built with VAR's constructors):
+
+    python benchmarks/bench_train.py --device cuda --configs var-d16 --dtypes bf16 \
+        --attention sdpa flex --var-src /path/to/VAR
 """
 from __future__ import annotations
 
@@ -46,17 +55,26 @@ BENCH = {
     # name: (generator preset, tokenizer preset, batch)
     "fm-s": ("fm-s", "fm-32", 64),
     "var-d8": ("var-d8", "var-256", 8),
+    "var-d16": ("var-d16", "var-256", 32),  # VAR's 256px model (310M); its batch per GPU is 48-64
 }
 
 
-def matmul_peak(dtype=torch.float32, n=2048, reps=10) -> float:
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(dtype=torch.float32, n=2048, reps=10, device=torch.device("cpu")) -> float:
+    """FLOP/s of an n^3 matmul in this dtype on this device (the MFU denominator)."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
     for _ in range(2):
         a @ b
+    _sync(device)
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
+    _sync(device)
     return 2 * n ** 3 * reps / (time.perf_counter() - t)
 
 
@@ -76,96 +94,123 @@ def forward_flops_per_sample(c: GeneratorConfig) -> float:
 
 
 def bench(name: str, dtype: str, steps: int, warmup: int, peak: float, var_src: str | None = None,
-          sdpa_only: bool = False) -> str:
+          sdpa_only: bool = False, device=torch.device("cpu"), attentions=("sdpa",)) -> list[str]:
     gen_preset, tok_preset, batch = BENCH[name]
     torch.manual_seed(0)
     official = None
-    if var_src and name == "var-d8" and not sdpa_only:
+    if var_src and name.startswith("var-") and not sdpa_only:
         from var_official import build
 
-        c8 = GeneratorConfig.from_name("var-d8")
-        vae, var, tok, gen = build(var_src, c8.depth, c8.width, c8.heads)
-        official = (vae, var.train())
+        cv = GeneratorConfig.from_name(name)
+        vae, var, tok, gen = build(var_src, cv.depth, cv.width, cv.heads)
+        official = (vae.to(device), var.to(device).train())
         tok.requires_grad_(False)
         config = gen.config
     else:
         tok = HybridTokenizer(TokenizerConfig.from_name(tok_preset)).eval().requires_grad_(False)
+    tok = tok.to(device)
     tc = tok.config
     if official is None:
         config = GeneratorConfig.from_name(gen_preset, patch_nums=tc.patch_nums, codebook_size=tc.codebook_size,
                                            z_channels=tc.z_channels)
-    args = build_parser().parse_args(["--tokenizer", "x", "--data", "synthetic", "--out", "x",
-                                      "--dtype", dtype, "--steps", str(steps + warmup)])
-    trainer = GeneratorTrainer(config, tok, args, DistInfo())
-    if official is not None:
-        trainer.model.load_state_dict(gen.state_dict())  # the converted official weights
     n = tc.latent_size
-    labels = torch.randint(0, config.num_classes, (batch,))
-    ids = [torch.randint(0, tc.codebook_size, (batch, p * p)) for p in tc.patch_nums]
-    residual = torch.randn(batch, tc.z_channels, n, n) * 0.1
-    ours = lambda: trainer.train_step(ids, residual, labels)  # noqa: E731
-    theirs = None
+    labels = torch.randint(0, config.num_classes, (batch,)).to(device)
+    ids = [torch.randint(0, tc.codebook_size, (batch, p * p)).to(device) for p in tc.patch_nums]
+    residual = (torch.randn(batch, tc.z_channels, n, n) * 0.1).to(device)
+    steps_of = {}  # label -> the step to time
+    state = None
+    for attention in attentions:
+        args = build_parser().parse_args(["--tokenizer", "x", "--data", "synthetic", "--out", "x", "--dtype", dtype,
+                                          "--steps", str(steps + warmup), "--device", str(device),
+                                          "--attention", attention])
+        trainer = GeneratorTrainer(config, tok, args, DistInfo(device=device))
+        if official is not None:
+            trainer.model.load_state_dict(gen.state_dict())  # the converted official weights
+        elif state is None:
+            state = trainer.model.state_dict()
+        else:
+            trainer.model.load_state_dict(state)  # every variant starts from the same weights
+        steps_of[attention] = (lambda t: lambda: t.train_step(ids, residual, labels))(trainer)
     if sdpa_only:  # the same step with attention always through SDPA (no explicit CPU path)
-        def theirs():
+        ours = steps_of[attentions[0]]
+
+        def sdpa_step():
             saved, kernels.EXPLICIT_MAX_KEYS = kernels.EXPLICIT_MAX_KEYS, 0
             try:
-                return trainer.train_step(ids, residual, labels)
+                return ours()
             finally:
                 kernels.EXPLICIT_MAX_KEYS = saved
+        steps_of["sdpa_only"] = sdpa_step
     if official is not None:
         from var_official import official_train_step
 
         vae, var = official
         var_opt = torch.optim.AdamW(var.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
-        amp = resolve_dtype(dtype, torch.device("cpu"))
+        amp = resolve_dtype(dtype, device)
 
-        def theirs():  # under the same autocast as ours (VAR trains under AMP)
-            with autocast(torch.device("cpu"), amp):
+        def var_step():  # under the same autocast as ours (VAR trains under AMP)
+            with autocast(device, amp):
                 return official_train_step(vae, var, var_opt, labels, ids)
+        steps_of["var"] = var_step
     for _ in range(warmup):
-        ours()
-        if theirs:
-            theirs()
-    t_ours, t_var = [], []
-    for _ in range(steps):  # alternate, so that drift of a noisy machine hits both alike
-        t = time.perf_counter()
-        ours()
-        t_ours.append(time.perf_counter() - t)
-        if theirs:
+        for fn in steps_of.values():
+            fn()
+    times = {k: [] for k in steps_of}
+    for _ in range(steps):  # alternate, so that drift of a noisy machine hits every variant alike
+        for k, fn in steps_of.items():
+            _sync(device)
             t = time.perf_counter()
-            theirs()
-            t_var.append(time.perf_counter() - t)
-    dt = statistics.median(t_ours)
-    tokens_per_s = batch * config.seq_len / dt
-    mfu = 3 * forward_flops_per_sample(config) * batch / dt / peak
-    line = f"config={name} dtype={dtype} tokens_per_s={tokens_per_s:.0f} mfu={mfu:.2f}"
-    if t_var:
-        dv = statistics.median(t_var)
-        if official is not None:
+            fn()
+            _sync(device)
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    lines = []
+    for attention in attentions:
+        dt = med[attention]
+        tokens_per_s = batch * config.seq_len / dt
+        mfu = 3 * forward_flops_per_sample(config) * batch / dt / peak
+        line = f"config={name} dtype={dtype} batch={batch} "
+        if device.type == "cuda":
+            line += f"attention={attention} "
+        line += f"tokens_per_s={tokens_per_s:.0f} mfu={mfu:.2f}"
+        if "var" in med:
+            dv = med["var"]
             line += f" var_tokens_per_s={batch * config.seq_len / dv:.0f} speedup_vs_var={dv / dt:.3f}"
-        else:
+        if "sdpa_only" in med:
+            dv = med["sdpa_only"]
             line += f" sdpa_only_tokens_per_s={batch * config.seq_len / dv:.0f} speedup_vs_sdpa_only={dv / dt:.3f}"
-    return line
+        lines.append(line)
+    return lines
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", nargs="+", default=list(BENCH), choices=list(BENCH))
+    p.add_argument("--configs", nargs="+", default=["fm-s", "var-d8"], choices=list(BENCH))
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--attention", nargs="+", default=["sdpa"], choices=list(kernels.ATTENTION_IMPLS),
+                   help="whole-sequence attention(s) of our step (flex needs a GPU)")
     p.add_argument("--var-src", default=None, metavar="PATH",
-                   help="a FoundationVision/VAR checkout: time its training step beside ours (var-d8, same dtype)")
+                   help="a FoundationVision/VAR checkout: time its training step beside ours (var-d8/var-d16, same dtype)")
     p.add_argument("--sdpa-only", action="store_true",
                    help="instead of VAR, time the same step with attention always through SDPA (hart.kernels.attention)")
     args = p.parse_args(argv)
-    peak = matmul_peak()
-    bf16_peak = matmul_peak(torch.bfloat16)
-    print(f"threads={torch.get_num_threads()} fp32_matmul_gflops={peak / 1e9:.0f} "
-          f"bf16_matmul_gflops={bf16_peak / 1e9:.0f} bf16_speedup={bf16_peak / peak:.2f}")
+    device = torch.device(args.device)
+    big = 8192 if device.type == "cuda" else 2048
+    peak = matmul_peak(device=device, n=big)
+    bf16_peak = matmul_peak(torch.bfloat16, device=device, n=big)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu threads={torch.get_num_threads()}"
+    print(f"# {name} fp32_matmul_gflops={peak / 1e9:.0f} bf16_matmul_gflops={bf16_peak / 1e9:.0f} "
+          f"bf16_speedup={bf16_peak / peak:.2f}")
     for name in args.configs:
         for dtype in args.dtypes:
-            print(bench(name, dtype, args.steps, args.warmup, peak, args.var_src, args.sdpa_only), flush=True)
+            # MFU against the measured peak of the dtype's matmuls (fp32 on the CPU, as before)
+            ref = bf16_peak if device.type == "cuda" and dtype == "bf16" else peak
+            for line in bench(name, dtype, args.steps, args.warmup, ref, args.var_src, args.sdpa_only, device,
+                              tuple(args.attention)):
+                print(line, flush=True)
 
 
 if __name__ == "__main__":

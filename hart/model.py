@@ -184,8 +184,7 @@ class SelfAttention(nn.Module):
         # one cast rule for both paths: attention runs in the values' dtype (the cache's when
         # cached; the autocast dtype otherwise), so the fp32 learned scale never promotes it
         q, k = q.to(v.dtype), k.to(v.dtype)
-        out = kernels.attention(q, k, v, None if attn_bias is None else attn_bias.to(v.dtype), self.scale,
-                                self.dropout if self.training else 0.0)  # (B, H, T, hd)
+        out = kernels.attention(q, k, v, attn_bias, self.scale, self.dropout if self.training else 0.0)  # (B, H, T, hd)
         out = out.transpose(1, 2).reshape(B, T, C)
         return self.proj_drop(self.proj(out))
 
@@ -322,6 +321,27 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         # the drawn code (without it the code term is ~1% of the sum's RMS and is drowned out)
         self.decoder_norm = make_norm(config, C) if config.diff_head else None
         self.kernel_backend = "auto"  # fused kernels of the cached (sampling) path; see setup_caches
+        self.attention_impl = "sdpa"  # whole-sequence attention; see set_attention
+        self._block_masks: dict = {}
+
+    def set_attention(self, impl: str) -> None:
+        """The whole-sequence (training) attention: ``"sdpa"`` (a dense additive mask) or
+        ``"flex"`` (FlexAttention with a block-causal ``BlockMask`` that skips the hidden
+        blocks; its backward needs a GPU). Rows with masked pad keys (text models with
+        ``mask_pads``) always take SDPA. A runtime choice, not part of the config."""
+        if impl not in kernels.ATTENTION_IMPLS:
+            raise ValueError(f"unknown attention {impl!r}; choose from {kernels.ATTENTION_IMPLS}")
+        if impl == "flex" and not kernels.flex_available():
+            raise ValueError("this PyTorch has no FlexAttention (2.5 or later); use sdpa")
+        self.attention_impl = impl
+
+    def block_mask(self, T: int, device) -> object:
+        """The FlexAttention ``BlockMask`` of :meth:`causal_bias` (T), made once per length and device."""
+        key = (T, str(device))
+        if key not in self._block_masks:
+            allowed = (self.causal_bias(T)[0, 0] == 0).to(device)  # (T, T) query may see key
+            self._block_masks[key] = kernels.block_mask(allowed)
+        return self._block_masks[key]
 
     def _init_var_weights(self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02):
         std = math.sqrt(1 / self.config.width / 3)
@@ -499,6 +519,11 @@ class HARTGenerator(nn.Module, PretrainedMixin):
             return
         for blk in self.blocks:
             blk.attn.cache = (torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+            if device.type == "cuda":  # fixed addresses: CUDA graphs (engine compile) write into them in place
+                from torch import _dynamo
+
+                for t in blk.attn.cache:
+                    _dynamo.mark_static_address(t)
 
     def clear_caches(self) -> None:
         """Free the caches."""
@@ -533,9 +558,12 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         else:
             if start:
                 raise ValueError("forward_tokens without the cache runs the whole prefix: start must be 0")
-            bias = self.causal_bias(T)
-            if pad is not None:
-                bias = bias + F.pad(pad, (0, T - pad.shape[-1]))  # (B, 1, T, T)
+            if self.attention_impl == "flex" and pad is None:
+                bias = self.block_mask(T, x.device)
+            else:
+                bias = self.causal_bias(T)
+                if pad is not None:
+                    bias = bias + F.pad(pad, (0, T - pad.shape[-1]))  # (B, 1, T, T)
         rope = self.rope(cond, start, end)
         for blk in self.blocks:
             x = blk(x, cond.vec, bias, start, backend, rope, cached)

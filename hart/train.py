@@ -62,7 +62,7 @@ from hart.common.images import grid
 from hart.common.io import CONFIG_NAME, WEIGHTS_NAME, atomic_dir, atomic_file, read_weights, resolve_dir
 from hart.common.metrics import RunLog, Throughput, Window
 from hart.model import HARTGenerator
-from hart.kernels import sample_from_logits
+from hart.kernels import ATTENTION_IMPLS, sample_from_logits
 from hart.common.loop import (check_positive, check_preset, load_run, nonfinite_loss, run_meta, save_run, set_lr,
                               warmup_cosine)
 from hart.tokens import TokenCache, split_scales, tokenizer_fingerprint
@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--attention", default="sdpa", choices=ATTENTION_IMPLS,
+                   help="training attention: sdpa (dense block-causal mask) or flex (FlexAttention with a "
+                        "block-causal BlockMask that skips hidden blocks; GPU only)")
     return p
 
 
@@ -185,6 +188,11 @@ class GeneratorTrainer:
         self.config, self.args, self.dist = config, args, dist
         dev = dist.device
         self.model = HARTGenerator(config).to(dev).train()
+        attention = getattr(args, "attention", "sdpa")
+        if attention == "flex" and dev.type != "cuda":
+            raise UserError("--attention flex needs a GPU (PyTorch's FlexAttention has no CPU backward); "
+                            "use --attention sdpa")
+        self.model.set_attention(attention)
         self.fresh = init_weights(self.model, args.init, dist.is_main) if args.init and not args.resume else []
         if args.freeze_transformer:
             for name, p in self.model.named_parameters():
@@ -488,6 +496,10 @@ def run(args, dist: DistInfo, sampler=None) -> int:
     if args.batch_size % dist.world_size:
         raise UserError(f"--batch-size {args.batch_size} must be divisible by the {dist.world_size} processes")
     out = Path(args.out)
+    if dist.enabled and dist.is_main:
+        import torch.distributed as tdist
+
+        print(f"distributed: {tdist.get_backend()} process group of {dist.world_size}, rank 0 on {dist.device}")
     torch.manual_seed(args.seed)
     tokenizer = HybridTokenizer.from_pretrained(args.tokenizer, device=dist.device).requires_grad_(False)
     config = resolve_config(args, out, tokenizer, dataset_classes(args, tokenizer))

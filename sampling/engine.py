@@ -82,6 +82,9 @@ def check_compatible(tokenizer: HybridTokenizer, generator: HARTGenerator) -> No
             raise UserError(f"tokenizer and generator disagree on {name}: {a} vs {b}")
 
 
+COMPILE_DYNAMIC = None  # see SamplingEngine: shapes turn symbolic after the first recompile
+
+
 class SamplingEngine:
     """Drives a :class:`HARTGenerator` scale by scale against its static KV cache.
 
@@ -92,7 +95,10 @@ class SamplingEngine:
             (see :func:`hart.kernels.select_backend`).
         compile: wrap the generator's per-scale step in ``torch.compile`` (one full graph
             per scale; the fused ops are then left to the compiler's own fusion). ``True``
-            uses the default backend (inductor); a string names another backend.
+            uses the default backend (inductor); a string names another backend. On a GPU,
+            inductor runs with ``mode="reduce-overhead"``: each scale's step is captured into
+            a CUDA graph and replayed (gpt-fast's recipe; the static KV cache has fixed
+            addresses, so the graphs write into it in place).
     """
 
     def __init__(self, generator: HARTGenerator, tokenizer: HybridTokenizer, dtype: str = "fp32",
@@ -106,14 +112,18 @@ class SamplingEngine:
         self.dtype = dtype
         self.kernels = "torch" if compile else kernels
         self._step = generator.step
+        self._cudagraphs = False
         if compile:
             import torch._dynamo
 
-            # one specialised graph per scale (static shapes), more than the default limit
-            limit = 2 * self.config.num_scales + 4
+            # one specialised graph per scale (static shapes) and per batch / dtype, more than
+            # the default limit
+            limit = 8 * self.config.num_scales
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
             backend = compile if isinstance(compile, str) else "inductor"
-            self._step = torch.compile(generator.step, backend=backend, dynamic=False, fullgraph=True)
+            self._cudagraphs = backend == "inductor" and self.device.type == "cuda"
+            mode = "reduce-overhead" if self._cudagraphs else None
+            self._step = torch.compile(generator.step, backend=backend, dynamic=COMPILE_DYNAMIC, fullgraph=True, mode=mode)
 
     @property
     def device(self) -> torch.device:
@@ -174,6 +184,8 @@ class SamplingEngine:
         ranges = c.token_ranges
         rows = gen.with_null(inputs) if use_cfg else inputs
         gen.setup_caches(2 * B if use_cfg else B, DTYPES[self.dtype], self.device, self.kernels)
+        if self._cudagraphs:  # a new run of the per-scale graphs: earlier outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
 
         ids, logits_out, preview_imgs = [], [], []
         f_hat = None

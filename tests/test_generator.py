@@ -305,3 +305,38 @@ def test_sampler_shape_and_determinism():
     d = sample_residual(head, cond, generator=torch.Generator().manual_seed(7), eta=1.0, **kw)
     e = sample_residual(head, cond, generator=torch.Generator().manual_seed(7), eta=1.0, **kw)
     assert torch.equal(d, e) and not torch.equal(a, d)
+
+
+@pytest.mark.parametrize("preset, mask_pads", [("tiny", False), ("t2i-tiny", False), ("t2i-tiny", True)])
+def test_flex_attention_forward_matches_sdpa(preset, mask_pads):
+    """--attention flex: the BlockMask made from the block-causal mask gives SDPA's logits
+    (PyTorch's eager FlexAttention on the CPU, forward only; tests/test_cuda.py checks the
+    compiled kernel and its gradients on a GPU). Rows with pad keys keep SDPA."""
+    from hart import kernels
+
+    if not kernels.flex_available():
+        pytest.skip("this PyTorch has no FlexAttention")
+    torch.manual_seed(0)
+    kw = {"mask_pads": mask_pads} if preset.startswith("t2i") else {}
+    m = HARTGenerator(GeneratorConfig.from_name(preset, **kw)).eval()
+    with torch.no_grad():
+        for blk in m.blocks:
+            blk.ada_lin[-1].bias[: 2 * m.config.width].fill_(1.0)
+    c = m.config
+    g = torch.Generator().manual_seed(1)
+    if c.is_text:
+        tokens = torch.randn(2, c.context_tokens, c.context_dim, generator=g)
+        mask = torch.ones(2, c.context_tokens, dtype=torch.bool)
+        mask[0, 2:] = False
+        inputs = (tokens, mask)
+    else:
+        inputs = torch.tensor([1, 3])
+    teacher = torch.randn(2, c.seq_len - 1, c.z_channels, generator=g)
+    with torch.no_grad():
+        dense = m(inputs, teacher).logits
+        m.set_attention("flex")
+        flex = m(inputs, teacher).logits
+    torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
+    assert (m._block_masks != {}) == (not mask_pads)  # a BlockMask was made only without pads
+    with pytest.raises(ValueError, match="unknown attention"):
+        m.set_attention("xformers")

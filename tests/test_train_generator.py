@@ -121,6 +121,7 @@ def test_nan_stops_cleanly(tokdir, tmp_path, monkeypatch, capsys):
     (["--preset", "nope", "--data", "synthetic"], "unknown generator preset 'nope'"),
     (["--data", "folder:/no/such"], "does not exist"),
     (["--data", "synthetic", "--batch-size", "0"], "must be positive"),
+    (["--data", "synthetic", "--device", "cpu", "--attention", "flex"], "--attention flex needs a GPU"),
 ])
 def test_bad_input(tokdir, tmp_path, capsys, argv, msg):
     with pytest.raises(SystemExit) as e:
@@ -162,3 +163,17 @@ def test_ddp_gradient_equals_single_process(tokdir, tmp_path):
     p0 = load_file(str(tmp_path / "params0.safetensors"))
     p1 = load_file(str(tmp_path / "params1.safetensors"))
     assert all(torch.equal(p0[k], p1[k]) for k in p0)
+
+
+def test_torchrun_one_process_joins_a_process_group(tokdir, tmp_path):
+    """``torchrun --nproc_per_node 1`` runs the collective path (gloo here, NCCL on a GPU):
+    a process group of one, DDP around the objective, and a model folder at the end."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(port),
+           "-m", "hart.train", "--tokenizer", str(tokdir), "--preset", "tiny", "--data", "synthetic",
+           "--out", str(tmp_path / "g"), "--batch-size", "4", "--steps", "2", "--save-every", "2", "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "distributed: gloo process group of 1" in p.stdout
+    assert (tmp_path / "g" / "generator" / "model.safetensors").is_file()

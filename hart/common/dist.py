@@ -21,6 +21,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    joined: bool = False  # a process group exists (torchrun), even of one process
 
     @property
     def is_main(self) -> bool:
@@ -28,7 +29,9 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Collectives and DDP are on: several processes, or one launched by torchrun (so that
+        ``torchrun --nproc_per_node 1`` runs the same NCCL / gloo path as a larger job)."""
+        return self.world_size > 1 or self.joined
 
     def barrier(self) -> None:
         if self.enabled:
@@ -87,6 +90,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
+    launched = world > 1 or "TORCHELASTIC_RUN_ID" in os.environ  # torchrun sets it, even for one process
+    if launched and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
-    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev, joined=dist.is_initialized())

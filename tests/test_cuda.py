@@ -1,0 +1,299 @@
+"""The GPU path: cache parity in bf16, the Triton kernels compiled for real, sampling, CUDA
+graphs, FlexAttention, one training step of each stage, resume, and torchrun with NCCL.
+
+Every test here needs a CUDA GPU and is skipped without one (CI has none). On a GPU machine,
+run the suite with the kernels compiled rather than interpreted:
+
+    TRITON_INTERPRET=0 python -m pytest tests/test_cuda.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hart import kernels
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_compiled_triton = pytest.mark.skipif(
+    not kernels.triton_available() or kernels.interpreting(),
+    reason="needs Triton compiling for the GPU (TRITON_INTERPRET=0)")
+ROOT = Path(__file__).resolve().parents[1]
+CUDA = torch.device("cuda")
+
+
+def _model(seed=0, **kw):
+    from hart.config import GeneratorConfig
+    from hart.model import HARTGenerator
+
+    torch.manual_seed(seed)
+    m = HARTGenerator(GeneratorConfig.from_name("tiny", **kw)).eval()
+    with torch.no_grad():  # open the AdaLN gates (VAR's init closes them) so the blocks matter
+        for blk in m.blocks:
+            blk.ada_lin[-1].bias[: 2 * m.config.width].fill_(1.0)
+    return m.to(CUDA)
+
+
+def _inputs(c, B=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, c.num_classes, (B,), generator=g)
+    teacher = torch.randn(B, c.seq_len - 1, c.z_channels, generator=g)
+    return labels.to(CUDA), teacher.to(CUDA)
+
+
+def _cached_logits(m, labels, teacher, backend, dtype):
+    m.setup_caches(labels.shape[0], dtype=dtype, device=CUDA, kernels=backend)
+    try:
+        cond = m.condition(labels)
+        got = []
+        for k, (b, e) in enumerate(m.config.scale_ranges):
+            x = cond.prefix if k == 0 else m.embed_inputs(teacher[:, b - 1:e - 1], b)
+            got.append(m.step(x, cond, b)[0].float())
+        return torch.cat(got, 1)
+    finally:
+        m.clear_caches()
+
+
+# ----------------------------------------------------------------------------- cache parity
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_compiled_triton)])
+def test_cached_step_matches_teacher_forcing_fp32_cuda(backend):
+    m = _model()
+    labels, teacher = _inputs(m.config)
+    with torch.no_grad():
+        full = m(labels, teacher).logits
+        cached = _cached_logits(m, labels, teacher, backend, torch.float32)
+    torch.testing.assert_close(cached, full, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_compiled_triton)])
+def test_cached_step_matches_teacher_forcing_bf16_cuda(backend):
+    """As the CPU test: the bf16 cache's error against fp32 is of the dense bf16 path's own
+    size (twice it plus 1% of the logit range), and within 5% of the range."""
+    m = _model()
+    labels, teacher = _inputs(m.config)
+    with torch.no_grad():
+        ref = m(labels, teacher).logits
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            dense = m(labels, teacher).logits.float()
+            cached = _cached_logits(m, labels, teacher, backend, torch.bfloat16)
+    span = (ref.max() - ref.min()).item()
+    err_dense = (dense - ref).abs().max().item()
+    err_cached = (cached - ref).abs().max().item()
+    assert err_cached <= 2 * err_dense + 0.01 * span, (err_cached, err_dense, span)
+    assert err_cached <= 0.05 * span
+
+
+# ----------------------------------------------------------------------------- compiled kernels
+
+@needs_compiled_triton
+@pytest.mark.parametrize("shape", [(2, 1, 1024), (128, 256, 1024), (6, 5, 100)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_adaln_layernorm_compiled_parity(shape, dtype):
+    B, T, C = shape
+    g = torch.Generator(device=CUDA).manual_seed(B * T + C)
+    x = torch.randn(B, T, C, device=CUDA, generator=g).mul(3).add(1).to(dtype)
+    mods = torch.randn(B, 1, 2, C, device=CUDA, generator=g).to(dtype)
+    scale, shift = mods.unbind(2)
+    assert kernels.select_backend("auto", x, scale, shift) == "triton"
+    got = kernels.adaln_layernorm(x, scale, shift, 1e-6, backend="triton")
+    want = kernels.adaln_layernorm_ref(x.float(), scale.float(), shift.float(), 1e-6).to(dtype)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+
+
+@needs_compiled_triton
+@pytest.mark.parametrize("V, top_k, top_p, cfg", [(64, 0, 1.0, 0.0), (64, 5, 1.0, 1.5), (4096, 900, 0.96, 1.5),
+                                                   (4096, 0, 0.7, 3.0), (4097, 12, 0.9, 1.0)])
+def test_cfg_sample_compiled_parity(V, top_k, top_p, cfg):
+    N = 256
+    g = torch.Generator(device=CUDA).manual_seed(V + top_k)
+    logits = (2 * torch.randn(2 * N, V, device=CUDA, generator=g)).to(torch.bfloat16)
+    u = torch.rand(N, device=CUDA, generator=g)
+    cond, uncond = logits[:N], (logits[N:] if cfg > 0 else None)
+    got = kernels.cfg_sample(cond, uncond, u, cfg, 0.8, top_k, top_p, backend="triton")
+    want = kernels.cfg_sample_ref(cond, uncond, u, cfg, 0.8, top_k, top_p)
+    assert got.dtype == torch.int64 and got.is_cuda
+    assert torch.equal(got, want), (got != want).sum().item()
+
+
+# ----------------------------------------------------------------------------- sampling
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    from tokenizer import HybridTokenizer, TokenizerConfig
+
+    torch.manual_seed(0)
+    tok = HybridTokenizer(TokenizerConfig.from_name("tiny")).eval()
+    return tok, _model(diff_head=True).cpu()
+
+
+def _engine(tiny_pair, device, **kw):
+    from sampling import SamplingEngine
+
+    tok, gen = tiny_pair
+    return SamplingEngine(gen.to(device), tok.to(device), **kw)
+
+
+def test_sampling_on_cuda_matches_the_cpu_and_is_batch_independent(tiny_pair):
+    from sampling import SamplingOptions
+    from sampling.engine import make_generators
+
+    greedy = SamplingOptions(cfg=1.5, top_k=1)  # argmax draws: the CPU and GPU agree unless logits tie
+    cpu = _engine(tiny_pair, "cpu").sample([1, 4], make_generators([0, 1]), greedy)
+    gpu = _engine(tiny_pair, CUDA).sample([1, 4], make_generators([0, 1]), greedy)
+    assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu.ids, gpu.ids))
+    # the head's draws come from each image's CPU generator: the same residual up to float error
+    torch.testing.assert_close(gpu.residual.cpu(), cpu.residual, atol=1e-3, rtol=1e-3)
+    opts = SamplingOptions(cfg=2.0, top_k=10, top_p=0.9)
+    eng = _engine(tiny_pair, CUDA)
+    both = eng.sample([3, 5], make_generators([7, 8]), opts)
+    again = eng.sample([3, 5], make_generators([7, 8]), opts)
+    alone = eng.sample([5], make_generators([8]), opts)
+    assert all(torch.equal(a, b) for a, b in zip(both.ids, again.ids))
+    assert all(torch.equal(a[1:], b) for a, b in zip(both.ids, alone.ids))
+    assert both.images.is_cuda and torch.isfinite(both.images).all()
+
+
+@needs_compiled_triton
+def test_triton_kernels_give_the_reference_ids_on_cuda(tiny_pair):
+    from sampling import SamplingOptions
+    from sampling.engine import make_generators
+
+    opts = SamplingOptions(cfg=2.0, top_k=10, top_p=0.9)
+    a = _engine(tiny_pair, CUDA, kernels="triton").sample([6, 2], make_generators([3, 4]), opts, return_logits=True)
+    b = _engine(tiny_pair, CUDA, kernels="torch").sample([6, 2], make_generators([3, 4]), opts, return_logits=True)
+    for x, y in zip(a.logits, b.logits):
+        torch.testing.assert_close(x, y, atol=1e-3, rtol=0)
+    assert all(torch.equal(x, y) for x, y in zip(a.ids, b.ids))
+
+
+def test_bf16_sampling_on_cuda(tiny_pair):
+    from sampling import SamplingOptions
+    from sampling.engine import make_generators
+
+    out = _engine(tiny_pair, CUDA, dtype="bf16").sample([0, 1, 2], make_generators([0, 1, 2]), SamplingOptions())
+    assert out.images.dtype == torch.float32 and torch.isfinite(out.images).all()
+    assert out.images.min() >= -1.01 and out.images.max() <= 1.01
+
+
+def test_compiled_step_with_cuda_graphs_matches_eager(tiny_pair):
+    """--compile on a GPU: inductor with CUDA graphs (reduce-overhead) over the static cache."""
+    from sampling import SamplingOptions
+    from sampling.engine import make_generators
+
+    greedy = SamplingOptions(cfg=1.5, top_k=1)
+    eager = _engine(tiny_pair, CUDA, kernels="torch").sample([1, 2], make_generators([0, 1]), greedy,
+                                                             return_logits=True)
+    engine = _engine(tiny_pair, CUDA, compile=True)
+    assert engine._cudagraphs
+    for _ in range(3):  # warm-up, recording, replays
+        out = engine.sample([1, 2], make_generators([0, 1]), greedy, return_logits=True)
+        assert all(torch.equal(a, b) for a, b in zip(out.ids, eager.ids))
+        for x, y in zip(out.logits, eager.logits):
+            torch.testing.assert_close(x, y, atol=1e-3, rtol=0)
+
+
+# ----------------------------------------------------------------------------- FlexAttention
+
+def test_flex_attention_matches_sdpa_forward_and_backward():
+    """hart train --attention flex: the block-causal BlockMask gives SDPA's logits and gradients."""
+    results = []
+    for impl in ("sdpa", "flex"):
+        m = _model().train()
+        m.set_attention(impl)
+        labels, teacher = _inputs(m.config)
+        out = m(labels, teacher).logits
+        out.float().square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        results.append((out.detach(), grads))
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(b, a, atol=2e-4, rtol=1e-3)
+    assert ga.keys() == gb.keys()
+    for n in ga:
+        torch.testing.assert_close(gb[n], ga[n], atol=1e-4, rtol=1e-2, msg=n)
+
+
+# ----------------------------------------------------------------------------- training
+
+def _tok_train(out, *extra, preset=("--preset", "tiny")):
+    from tokenizer import train as tok_train
+
+    return tok_train.main([*preset, "--data", "synthetic", "--batch-size", "4", "--disc-start", "2",
+                           "--device", "cuda", "--dtype", "bf16", "--out", str(out), *extra])
+
+
+def test_tokenizer_both_stages_train_on_cuda(tmp_path):
+    assert _tok_train(tmp_path / "tok", "--steps", "3", "--save-every", "3") == 0
+    lines = [json.loads(x) for x in (tmp_path / "tok" / "metrics.jsonl").read_text().splitlines()]
+    assert lines and all(torch.isfinite(torch.tensor(x["loss/total"])) for x in lines)
+    assert _tok_train(tmp_path / "tok2", "--steps", "2", "--save-every", "2", "--init", str(tmp_path / "tok"),
+                      "--freeze-codebook", preset=()) == 0
+    before = load_file(str(tmp_path / "tok" / "model.safetensors"))
+    raw = load_file(str(tmp_path / "tok2" / "train_state" / "model.safetensors"))
+    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv.", "quantize."))]
+    assert frozen and all(torch.equal(before[k], raw[k].to(before[k].dtype)) for k in frozen)
+    assert any(not torch.equal(before[k], raw[k]) for k in before if k.startswith("decoder."))
+
+
+@pytest.fixture(scope="module")
+def cuda_tokdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cuda_tok")
+    _tok_train(d, "--steps", "2", "--save-every", "2")
+    return d
+
+
+def _gen_train(tokdir, out, *extra):
+    from hart.train import main as train_main
+
+    return train_main(["--tokenizer", str(tokdir), "--preset", "tiny", "--data", "synthetic", "--out", str(out),
+                       "--batch-size", "8", "--device", "cuda", "--dtype", "bf16", *extra])
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+def test_generator_trains_and_resumes_on_cuda(cuda_tokdir, tmp_path, attention):
+    """bf16 autocast on the GPU; --resume continues the run: the same weights as without the
+    stop, up to the GPU's nondeterministic reductions (atomic adds in some backward kernels)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _gen_train(cuda_tokdir, a, "--steps", "4", "--save-every", "4", "--attention", attention) == 0
+    _gen_train(cuda_tokdir, b, "--steps", "2", "--save-every", "2", "--attention", attention)
+    _gen_train(cuda_tokdir, b, "--steps", "4", "--save-every", "4", "--attention", attention, "--resume")
+    wa = load_file(str(a / "train_state" / "model.safetensors"))
+    wb = load_file(str(b / "train_state" / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(v.dtype == torch.float32 for v in wa.values())
+    diff = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    assert diff <= 1e-4, diff
+    meta = json.loads((b / "train_state" / "meta.json").read_text())
+    assert meta["step"] == 4
+    steps = [json.loads(x)["step"] for x in (b / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))
+
+
+def test_torchrun_one_process_uses_nccl(cuda_tokdir, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29517",
+           "-m", "hart.train", "--tokenizer", str(cuda_tokdir), "--preset", "tiny", "--data", "synthetic",
+           "--out", str(tmp_path / "g"), "--batch-size", "8", "--steps", "3", "--save-every", "3",
+           "--device", "cuda", "--dtype", "bf16"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "distributed: nccl process group of 1" in p.stdout
+    assert (tmp_path / "g" / "generator" / "model.safetensors").is_file()
+
+
+def test_generate_cli_on_cuda(cuda_tokdir, tmp_path):
+    from sampling.generate import main as generate_main
+
+    _gen_train(cuda_tokdir, tmp_path / "m", "--steps", "2", "--save-every", "2")
+    out = tmp_path / "grid.png"
+    for extra in ([], ["--dtype", "bf16"], ["--compile"]):
+        assert generate_main(["--model", str(tmp_path / "m"), "--class", "1", "--num", "4", "--device", "cuda",
+                              "--out", str(out), *extra]) == 0
+        assert out.is_file()
+        out.unlink()

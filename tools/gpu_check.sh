@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The GPU path, run and measured on a GPU machine (issue 17). Not installed; run from the repo root:
+#
+#   tools/gpu_check.sh tests    # the whole suite with CUDA visible, kernels compiled (TRITON_INTERPRET=0)
+#   tools/gpu_check.sh cli      # the commands as a user runs them: train-tokenizer (both stages), train
+#                               # (bf16, --resume, --attention flex, torchrun + NCCL), generate, fid
+#   tools/gpu_check.sh sample   # kernels vs references; var-d16 sampling: kernels / eager / compile / VAR
+#   tools/gpu_check.sh train    # var-d16 training step: SDPA / FlexAttention / VAR's step
+#   tools/gpu_check.sh demo     # the demo under load (issue 16): one-at-a-time vs batched
+#
+# Logs go to $OUT (or ./gpu-out). Python packages the machine lacks can come as a site folder:
+# SITE_TAR=path/to/site.tar.xz is unpacked to /tmp/site and put on PYTHONPATH first. VAR_SRC
+# points at a FoundationVision/VAR checkout for the side-by-side timings (default .ext/VAR).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+VAR_SRC=${VAR_SRC:-.ext/VAR}
+if [ -n "${SITE_TAR:-}" ] && [ ! -d /tmp/site ]; then
+  mkdir -p /tmp/site && tar xJf "$SITE_TAR" -C /tmp/site
+fi
+export PYTHONPATH="${SITE_TAR:+/tmp/site:}$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 GRADIO_ANALYTICS_ENABLED=False
+hart() { python -c 'import sys; from hart.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
+step() { echo; echo "=== $* ($(date +%T))"; }
+W=/tmp/gpu-check
+DEV=${DEVICE:-cuda}  # DEVICE=cpu QUICK=1: a dry run of the cli stage on a CPU, with few steps
+q() { if [ -n "${QUICK:-}" ]; then echo $(( ($1 + 49) / 50 * 2 )); else echo "$1"; fi; }
+
+case "${1:-}" in
+tests)
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name())'
+  step "CUDA tests"
+  TRITON_INTERPRET=0 python -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py 2>&1 | tee "$OUT/tests_cuda.log"
+  step "the whole suite with CUDA visible"
+  TRITON_INTERPRET=0 timeout "${SUITE_TIMEOUT:-420}" python -m pytest -q -p no:cacheprovider -x -rs --ignore tests/test_cuda.py \
+    --timeout 240 tests 2>&1 | tee "$OUT/tests_all.log"
+  ;;
+cli)
+  rm -rf "$W" && mkdir -p "$W"
+  step "train-tokenizer, stage 1"
+  hart train-tokenizer --preset fm-32 --data shapes --out "$W/tok" --steps $(q 300) --batch-size 64 --save-every $(q 150) \
+    --device $DEV --dtype bf16 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -3
+  step "train-tokenizer, stage 2 (decoder only)"
+  hart train-tokenizer --init "$W/tok" --freeze-codebook --data shapes --out "$W/tok2" --steps $(q 100) --batch-size 64 \
+    --save-every $(q 100) --device $DEV --dtype bf16 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -3
+  step "train, 200 of 400 steps, then --resume"
+  G="--tokenizer $W/tok2 --preset fm-s --data synthetic --batch-size 64 --save-every $(q 200) --device $DEV --dtype bf16"
+  hart train $G --out "$W/gen" --steps $(q 200) 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -2
+  hart train $G --out "$W/gen" --steps $(q 400) --resume 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -2
+  step "train --attention flex"
+  hart train $G --out "$W/gen-flex" --steps $(q 200) --attention flex 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -2
+  step "torchrun --nproc_per_node 1 (NCCL)"
+  python -m torch.distributed.run --nproc_per_node 1 -m hart.train $G --out "$W/gen-ddp" --steps $(q 200) 2>&1 \
+    | tr '\r' '\n' | grep -v '^$' | tail -3
+  tail -n 2 "$W/gen/metrics.jsonl" "$W/gen-flex/metrics.jsonl" "$W/gen-ddp/metrics.jsonl"
+  step "generate (bundled default model; the trained one in bf16 and compiled)"
+  hart generate --all-classes --num 8 --scale 3 --device $DEV --out "$OUT/default_cuda.png"
+  hart generate --model "$W/gen" --class 0 --num 16 --device $DEV --dtype bf16 --out "$OUT/gen_bf16.png"
+  hart generate --model "$W/gen" --class 0 --num 16 --device $DEV --dtype bf16 --compile --out "$OUT/gen_compiled.png"
+  step "fid (effnet) of the trained model against synthetic:test"
+  hart fid --model "$W/gen" --num 2000 --ref synthetic:test --features effnet-lite0 --device $DEV --out "$W/fid.json"
+  cat "$W/fid.json"
+  ;;
+sample)
+  step "kernels vs references"
+  python benchmarks/bench_kernels.py --device cuda 2>&1 | tee "$OUT/bench_kernels.log"
+  step "var-d16 sampling, bf16"
+  python benchmarks/bench_sampling.py --device cuda --config var-d16 --dtypes bf16 --batches 1 64 --repeats 5 \
+    --engines kernels eager compile --skip-naive --var-src "$VAR_SRC" 2>&1 | grep -v Warning | tee "$OUT/bench_sampling.log"
+  ;;
+train)
+  step "var-d16 training step, bf16"
+  python benchmarks/bench_train.py --device cuda --configs var-d16 --dtypes bf16 --attention sdpa flex \
+    --var-src "$VAR_SRC" --steps 10 --warmup 3 2>&1 | grep -v Warning | tee "$OUT/bench_train.log"
+  ;;
+demo)
+  step "the demo under load"
+  python benchmarks/bench_demo_load.py --device cuda --clients 20 --images 4 --modes 1 8 2>&1 | tee "$OUT/bench_demo.log"
+  ;;
+*)
+  echo "usage: tools/gpu_check.sh tests|cli|sample|train|demo" >&2
+  exit 2
+  ;;
+esac
