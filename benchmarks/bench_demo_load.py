@@ -57,7 +57,7 @@ def start_demo(args, batch: int, tmp: Path):
         cmd += ["--model", args.model]
     cmd += ["--device", args.device]
     log = open(tmp / f"demo-{batch}.log", "wb")
-    env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp / "gradio"), PYTHONPATH=str(ROOT))
+    env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp / "gradio"), PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
