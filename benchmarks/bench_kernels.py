@@ -52,7 +52,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
-    p.add_argument("--tokens", type=int, nargs="+", default=[1, 256], help="tokens of a scale (1: 1x1, 256: 16x16)")
+    p.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 36, 64, 256],
+                   help="tokens of a scale (1: 1x1, 256: 16x16)")
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--reps", type=int, default=50)

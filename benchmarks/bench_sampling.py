@@ -134,8 +134,8 @@ def main(argv=None) -> None:
         from var_official import build, sampler_without_decode
 
         cv = GeneratorConfig.from_name(args.config)
-        _, var, tok, gen = build(args.var_src, cv.depth, cv.width, cv.heads)
-        var, tok, gen = var.to(device), tok.to(device), gen.to(device)
+        vae, var, tok, gen = build(args.var_src, cv.depth, cv.width, cv.heads)
+        vae, var, tok, gen = vae.to(device), var.to(device), tok.to(device), gen.to(device)  # VAR holds its VAE by proxy
         var_sample = sampler_without_decode(var)
     else:
         gen = HARTGenerator(GeneratorConfig.from_name(args.config)).to(device).eval()

@@ -31,11 +31,12 @@ adding ``sdpa_only_tokens_per_s=X speedup_vs_sdpa_only=Y``:
 On a GPU (``--device cuda``) the peak is the measured bf16 (or fp32) matmul rate of the GPU
 (8192^3 products), CUDA is synchronized around every step, and ``--attention sdpa flex``
 times our step with each whole-sequence attention (flex: FlexAttention with a block-causal
-``BlockMask``, ``hart train --attention flex``), alternating with VAR's step where
+``BlockMask``, ``hart train --attention flex``; ``+compile``: with ``hart train --compile``),
+alternating with VAR's step where
 ``--var-src`` is given (var-d8 / var-d16 built with VAR's constructors):
 
     python benchmarks/bench_train.py --device cuda --configs var-d16 --dtypes bf16 \
-        --attention sdpa flex --var-src /path/to/VAR
+        --attention sdpa flex sdpa+compile flex+compile --var-src /path/to/VAR
 """
 from __future__ import annotations
 
@@ -120,9 +121,10 @@ def bench(name: str, dtype: str, steps: int, warmup: int, peak: float, var_src: 
     steps_of = {}  # label -> the step to time
     state = None
     for attention in attentions:
+        impl, _, compiled = attention.partition("+")
         args = build_parser().parse_args(["--tokenizer", "x", "--data", "synthetic", "--out", "x", "--dtype", dtype,
                                           "--steps", str(steps + warmup), "--device", str(device),
-                                          "--attention", attention])
+                                          "--attention", impl] + (["--compile"] if compiled else []))
         trainer = GeneratorTrainer(config, tok, args, DistInfo(device=device))
         if official is not None:
             trainer.model.load_state_dict(gen.state_dict())  # the converted official weights
@@ -170,7 +172,7 @@ def bench(name: str, dtype: str, steps: int, warmup: int, peak: float, var_src: 
         tokens_per_s = batch * config.seq_len / dt
         mfu = 3 * forward_flops_per_sample(config) * batch / dt / peak
         line = f"config={name} dtype={dtype} batch={batch} "
-        if device.type == "cuda":
+        if device.type == "cuda" or len(attentions) > 1:
             line += f"attention={attention} "
         line += f"tokens_per_s={tokens_per_s:.0f} mfu={mfu:.2f}"
         if "var" in med:
@@ -190,8 +192,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--attention", nargs="+", default=["sdpa"], choices=list(kernels.ATTENTION_IMPLS),
-                   help="whole-sequence attention(s) of our step (flex needs a GPU)")
+    p.add_argument("--attention", nargs="+", default=["sdpa"],
+                   choices=[a + c for a in kernels.ATTENTION_IMPLS for c in ("", "+compile")],
+                   help="whole-sequence attention(s) of our step (flex needs a GPU); +compile: hart train --compile")
     p.add_argument("--var-src", default=None, metavar="PATH",
                    help="a FoundationVision/VAR checkout: time its training step beside ours (var-d8/var-d16, same dtype)")
     p.add_argument("--sdpa-only", action="store_true",

@@ -391,9 +391,17 @@ def cfg_sample_triton(cond, uncond, u, t=0.0, temperature=1.0, top_k=0, top_p=1.
     return out
 
 
+# ``auto`` takes the sampling kernel up to this many rows. It runs one program per row and sorts
+# the whole row, so past a few thousand rows the reference's batched topk / sort wins (H100,
+# V 4096, benchmarks/bench_kernels.py: 5x faster at 64 and 256 rows, 0.55x at 16384).
+SAMPLE_TRITON_MAX_ROWS = 2048
+
+
 def cfg_sample(cond, uncond, u, t=0.0, temperature=1.0, top_k=0, top_p=1.0, backend: str | None = "auto"):
-    """Fused CFG + top-k/top-p + draw; see :func:`cfg_sample_ref` for shapes."""
+    """Fused CFG + top-k/top-p + draw; see :func:`cfg_sample_ref` for shapes. ``auto`` takes the
+    kernel for at most :data:`SAMPLE_TRITON_MAX_ROWS` rows; ``triton`` always where it can run."""
     tensors = (cond, u) if uncond is None else (cond, uncond, u)
-    if select_backend(backend, *tensors) == "triton":
+    which = select_backend(backend, *tensors)
+    if which == "triton" and (backend == "triton" or cond.shape[0] <= SAMPLE_TRITON_MAX_ROWS):
         return cfg_sample_triton(cond, uncond, u, t, temperature, top_k, top_p)
     return cfg_sample_ref(cond, uncond, u, t, temperature, top_k, top_p)

@@ -35,7 +35,7 @@ tests)
   TRITON_INTERPRET=0 python -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py 2>&1 | tee "$OUT/tests_cuda.log"
   step "the whole suite with CUDA visible"
   TRITON_INTERPRET=0 timeout "${SUITE_TIMEOUT:-420}" python -m pytest -q -p no:cacheprovider -rs --ignore tests/test_cuda.py \
-    --timeout 240 tests 2>&1 | tee "$OUT/tests_all.log"
+    --timeout 240 -n "${WORKERS:-8}" tests 2>&1 | tee "$OUT/tests_all.log"
   ;;
 cli)
   rm -rf "$W" && mkdir -p "$W"
@@ -72,7 +72,7 @@ sample)
   ;;
 train)
   step "var-d16 training step, bf16"
-  python benchmarks/bench_train.py --device cuda --configs var-d16 --dtypes bf16 --attention sdpa flex \
+  python benchmarks/bench_train.py --device cuda --configs var-d16 --dtypes bf16 --attention sdpa flex sdpa+compile \
     --var-src "$VAR_SRC" --steps 10 --warmup 3 2>&1 | grep -v Warning | tee "$OUT/bench_train.log"
   ;;
 demo)

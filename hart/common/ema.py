@@ -18,8 +18,10 @@ class EMA:
     @torch.no_grad()
     def update(self, model: torch.nn.Module, decay: float | None = None) -> None:
         d = self.decay if decay is None else decay
-        for s, p in zip(self.shadow.parameters(), model.parameters()):
-            s.lerp_(p.detach(), 1.0 - d)
+        # one multi-tensor kernel per dtype group instead of one launch per tensor (a GPU step of a
+        # large model otherwise spends milliseconds launching hundreds of tiny kernels)
+        shadow, params = list(self.shadow.parameters()), [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(shadow, params, 1.0 - d)
         for s, b in zip(self.shadow.buffers(), model.buffers()):
             s.copy_(b)
 
