@@ -172,7 +172,7 @@ def test_torchrun_one_process_joins_a_process_group(tokdir, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(port),
            "-m", "hart.train", "--tokenizer", str(tokdir), "--preset", "tiny", "--data", "synthetic",
            "--out", str(tmp_path / "g"), "--batch-size", "4", "--steps", "2", "--save-every", "2", "--device", "cpu"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert "distributed: gloo process group of 1" in p.stdout

@@ -8,7 +8,8 @@
 #   tools/gpu_check.sh train    # var-d16 training step: SDPA / FlexAttention / VAR's step
 #   tools/gpu_check.sh demo     # the demo under load (issue 16): one-at-a-time vs batched
 #
-# Logs go to $OUT (or ./gpu-out). Python packages the machine lacks can come as a site folder:
+# Logs go to $OUT (or ./gpu-out), written as they come (no filter in the pipe buffers them: a run
+# stopped by a time limit keeps what it printed). Python packages the machine lacks can come as a site folder:
 # SITE_TAR=path/to/site.tar.xz is unpacked to /tmp/site and put on PYTHONPATH first. VAR_SRC
 # points at a FoundationVision/VAR checkout for the side-by-side timings (default .ext/VAR).
 set -uo pipefail
@@ -68,12 +69,12 @@ sample)
   python benchmarks/bench_kernels.py --device cuda 2>&1 | tee "$OUT/bench_kernels.log"
   step "var-d16 sampling, bf16"
   python benchmarks/bench_sampling.py --device cuda --config var-d16 --dtypes bf16 --batches 1 64 --repeats 5 \
-    --engines kernels eager compile --skip-naive --var-src "$VAR_SRC" 2>&1 | grep -v Warning | tee "$OUT/bench_sampling.log"
+    --engines kernels eager compile --skip-naive --var-src "$VAR_SRC" 2>&1 | tee "$OUT/bench_sampling.log"
   ;;
 train)
   step "var-d16 training step, bf16"
   python benchmarks/bench_train.py --device cuda --configs var-d16 --dtypes bf16 --attention sdpa flex sdpa+compile \
-    --var-src "$VAR_SRC" --steps 10 --warmup 3 2>&1 | grep -v Warning | tee "$OUT/bench_train.log"
+    --var-src "$VAR_SRC" --steps 10 --warmup 3 2>&1 | tee "$OUT/bench_train.log"
   ;;
 demo)
   step "the demo under load"
