@@ -393,8 +393,9 @@ def cfg_sample_triton(cond, uncond, u, t=0.0, temperature=1.0, top_k=0, top_p=1.
 
 # ``auto`` takes the sampling kernel up to this many rows. It runs one program per row and sorts
 # the whole row, so past a few thousand rows the reference's batched topk / sort wins (H100,
-# V 4096, benchmarks/bench_kernels.py: 5x faster at 64 and 256 rows, 0.55x at 16384).
-SAMPLE_TRITON_MAX_ROWS = 2048
+# V 4096, benchmarks/bench_kernels.py: 3-3.8x faster at 1 to 256 rows, even at 1024, 0.80x at
+# 2304, 0.54x at 16384).
+SAMPLE_TRITON_MAX_ROWS = 1024
 
 
 def cfg_sample(cond, uncond, u, t=0.0, temperature=1.0, top_k=0, top_p=1.0, backend: str | None = "auto"):
