@@ -224,7 +224,7 @@ def flex_available() -> bool:
 def block_mask(allowed: torch.Tensor):
     """(T, S) bool "query may see key" -> a FlexAttention ``BlockMask`` on ``allowed``'s device
     (one for every batch row and head). Blocks where nothing is allowed are skipped by
-    :func:`attention`; the block-causal mask of next-scale prediction hides about half of them."""
+    :func:`attention` (at var-d16's 680 tokens too few to pay on an H100: README, On a GPU)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     T, S = allowed.shape

@@ -176,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the transformer blocks (one graph shared by all; faster steps on a GPU "
-                        "after a compile of a minute or so)")
+                   help="torch.compile the transformer blocks in place (one graph shared by all; "
+                        "the first steps pay for the compile)")
     p.add_argument("--attention", default="sdpa", choices=ATTENTION_IMPLS,
                    help="training attention: sdpa (dense block-causal mask) or flex (FlexAttention with a "
                         "block-causal BlockMask that skips hidden blocks; GPU only)")

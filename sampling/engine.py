@@ -82,7 +82,9 @@ def check_compatible(tokenizer: HybridTokenizer, generator: HARTGenerator) -> No
             raise UserError(f"tokenizer and generator disagree on {name}: {a} vs {b}")
 
 
-COMPILE_DYNAMIC = None  # see SamplingEngine: shapes turn symbolic after the first recompile
+# torch.compile's ``dynamic`` for the per-scale step: None = static first, symbolic after a
+# recompile (measured on the CPU: 3 graphs per batch size instead of 10 for var's 10 scales)
+COMPILE_DYNAMIC = None
 
 
 class SamplingEngine:
@@ -93,8 +95,9 @@ class SamplingEngine:
         dtype: ``"fp32"`` or ``"bf16"`` (CPU/GPU autocast; the cache is bf16 too).
         kernels: backend for the fused kernels, ``"auto"`` / ``"torch"`` / ``"triton"``
             (see :func:`hart.kernels.select_backend`).
-        compile: wrap the generator's per-scale step in ``torch.compile`` (one full graph
-            per scale; the fused ops are then left to the compiler's own fusion). ``True``
+        compile: wrap the generator's per-scale step in ``torch.compile`` (full graphs; shapes
+            turn symbolic after the first recompile, so about three graphs per batch size
+            instead of one per scale; the fused ops are then left to the compiler). ``True``
             uses the default backend (inductor); a string names another backend. On a GPU,
             inductor runs with ``mode="reduce-overhead"``: each scale's step is captured into
             a CUDA graph and replayed (gpt-fast's recipe; the static KV cache has fixed
