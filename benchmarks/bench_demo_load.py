@@ -17,6 +17,14 @@ compared across modes (same seeds: the same images, up to the decoder's float ro
 
 Loopback only; the request count is bounded (one request per client and mode).
 
+What the serving costs apart from the sampler: ``--model tiny-random`` serves a tiny random
+model (16x16, sampling in milliseconds), and ``--no-downloads`` makes the clients skip
+fetching their response's files (``gradio_client``'s ``download_files=False``; the pixel
+checks are then skipped):
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_demo_load.py --model tiny-random --clients 16
+    OMP_NUM_THREADS=1 python benchmarks/bench_demo_load.py --model tiny-random --clients 16 --no-downloads
+
     OMP_NUM_THREADS=1 python benchmarks/bench_demo_load.py
     python benchmarks/bench_demo_load.py --clients 20 --images 4 --modes 1 8 --queue-size 16
 """
@@ -81,7 +89,8 @@ def run_mode(args, batch: int, tmp: Path) -> dict:
 
     proc, log, url = start_demo(args, batch, tmp)
     try:
-        clients = [Client(url, verbose=False, download_files=str(tmp / f"dl-{batch}-{i}"), analytics_enabled=False)
+        clients = [Client(url, verbose=False, analytics_enabled=False,
+                          download_files=False if args.no_downloads else str(tmp / f"dl-{batch}-{i}"))
                    for i in range(args.clients)]
         info = clients[0].view_api(return_format="dict", print_info=False)
         names = info["named_endpoints"]["/generate"]["parameters"][0]["type"]["enum"]
@@ -108,7 +117,8 @@ def run_mode(args, batch: int, tmp: Path) -> dict:
                 want = [f"{kw['class_name']}, seed {kw['seed'] + j}" for j in range(args.images)]
                 if captions != want:
                     raise RuntimeError(f"client {i} got {captions}, expected {want}")
-                pixels = [np.asarray(Image.open(g["image"]).convert("RGB"), dtype=np.int16) for g in gallery]
+                pixels = None if args.no_downloads else [
+                    np.asarray(Image.open(g["image"]).convert("RGB"), dtype=np.int16) for g in gallery]
                 results[i] = dict(ok=True, end=time.perf_counter(), start=t0, pixels=pixels, timing=timing)
             except Exception as e:  # a refusal: keep its message
                 results[i] = dict(ok=False, end=time.perf_counter(), start=t0, error=str(e).strip().splitlines()[0])
@@ -136,6 +146,24 @@ def run_mode(args, batch: int, tmp: Path) -> dict:
                 ips=len(done) * args.images / wall, median=statistics.median(lat) if lat else float("nan"),
                 max=max(lat) if lat else float("nan"),
                 errors=sorted({r["error"] for r in results.values() if not r["ok"]}))
+
+
+def tiny_random_model(folder: Path) -> str:
+    """A tiny random class model (16x16, 3 classes): serving costs without the sampler's."""
+    import torch
+
+    from hart.config import GeneratorConfig
+    from hart.model import HARTGenerator
+    from tokenizer import HybridTokenizer, TokenizerConfig
+
+    torch.manual_seed(0)
+    tok = HybridTokenizer(TokenizerConfig.from_name("tiny"))
+    tok.save_pretrained(folder / "tokenizer")
+    c = tok.config
+    HARTGenerator(GeneratorConfig.from_name("tiny", num_classes=3, class_names=("a", "b", "c"),
+                                            patch_nums=c.patch_nums, codebook_size=c.codebook_size,
+                                            z_channels=c.z_channels)).save_pretrained(folder / "generator")
+    return str(folder)
 
 
 def sampler_ms_per_image(model, batches: list[int], repeats: int = 2, device: str = "cpu") -> dict:
@@ -173,6 +201,8 @@ def main(argv=None):
     p.add_argument("--queue-size", type=int, default=16, help="the demo's --queue-size in every mode (default 16)")
     p.add_argument("--timeout", type=float, default=600, help="seconds before a client counts as hung")
     p.add_argument("--device", default="cpu", help="where the demo and the in-process sampler run: cpu or cuda")
+    p.add_argument("--no-downloads", action="store_true",
+                   help="clients do not fetch their response's files (what the downloads cost)")
     args = p.parse_args(argv)
     if args.clients < 1 or args.images < 1 or args.clients > 64:
         p.error("--clients must be in 1..64 and --images >= 1")
@@ -181,11 +211,14 @@ def main(argv=None):
     print(f"clients={args.clients} images_per_request={args.images} queue_size={args.queue_size} "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} torch={torch.__version__} device={args.device}")
     sizes = sorted({args.images * b for b in args.modes})
-    ceiling = sampler_ms_per_image(args.model, sizes, device=args.device)
+    ceiling = sampler_ms_per_image(tiny_random_model(Path(tempfile.mkdtemp()) / "m") if args.model == "tiny-random"
+                                   else args.model, sizes, device=args.device)
     print("sampler alone (in process, previews on): "
           + ", ".join(f"batch {b}: {ms:.1f} ms/image" for b, ms in ceiling.items())
           + f"; batch {sizes[-1]} vs {sizes[0]}: {ceiling[sizes[0]] / ceiling[sizes[-1]]:.2f}x per image")
     with tempfile.TemporaryDirectory() as d:
+        if args.model == "tiny-random":
+            args.model = tiny_random_model(Path(d) / "tiny-random")
         rows = [run_mode(args, b, Path(d)) for b in args.modes]
     print("\n| mode | completed | refused | wall s | images/s | median latency s | max latency s |")
     print("|---|---|---|---|---|---|---|")
@@ -200,6 +233,8 @@ def main(argv=None):
     for r in rows[1:]:
         print(f"throughput ratio (max-batch-size {r['batch']} / {base['batch']}): {r['ips'] / base['ips']:.2f}x")
         both = [i for i in r["results"] if r["results"][i]["ok"] and base["results"].get(i, {}).get("ok")]
+        if args.no_downloads:
+            both = []
         diff = max((int(np.abs(a - b).max()) for i in both
                     for a, b in zip(r["results"][i]["pixels"], base["results"][i]["pixels"])), default=0)
         print(f"same requests in both modes: {len(both)}; largest pixel difference between them: {diff} "
