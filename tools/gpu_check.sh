@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU path, run and measured on a GPU machine (issue 17). Not installed; run from the repo root:
 #
-#   tools/gpu_check.sh tests    # the whole suite with CUDA visible, kernels compiled (TRITON_INTERPRET=0)
+#   tools/gpu_check.sh tests    # tests/test_cuda.py, then the whole suite with CUDA visible (TRITON_INTERPRET=0)
+#   tools/gpu_check.sh suite    # the whole suite alone (xdist, WORKERS=8)
 #   tools/gpu_check.sh cli      # the commands as a user runs them: train-tokenizer (both stages), train
 #                               # (bf16, --resume, --attention flex, torchrun + NCCL), generate, fid
 #   tools/gpu_check.sh sample   # kernels vs references; var-d16 sampling: kernels / eager / compile / VAR
@@ -29,11 +30,13 @@ DEV=${DEVICE:-cuda}  # DEVICE=cpu QUICK=1: a dry run of the cli stage on a CPU, 
 q() { if [ -n "${QUICK:-}" ]; then echo $(( ($1 + 49) / 50 * 2 )); else echo "$1"; fi; }
 
 case "${1:-}" in
-tests)
+tests|suite)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name())'
-  step "CUDA tests"
-  TRITON_INTERPRET=0 python -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py 2>&1 | tee "$OUT/tests_cuda.log"
+  if [ "$1" = tests ]; then
+    step "CUDA tests"
+    TRITON_INTERPRET=0 python -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py 2>&1 | tee "$OUT/tests_cuda.log"
+  fi
   step "the whole suite with CUDA visible"
   TRITON_INTERPRET=0 timeout "${SUITE_TIMEOUT:-420}" python -m pytest -q -p no:cacheprovider -rs --ignore tests/test_cuda.py \
     --timeout 240 -n "${WORKERS:-8}" tests 2>&1 | tee "$OUT/tests_all.log"
@@ -81,7 +84,7 @@ demo)
   python benchmarks/bench_demo_load.py --device cuda --clients 20 --images 4 --modes 1 8 2>&1 | tee "$OUT/bench_demo.log"
   ;;
 *)
-  echo "usage: tools/gpu_check.sh tests|cli|sample|train|demo" >&2
+  echo "usage: tools/gpu_check.sh tests|suite|cli|sample|train|demo" >&2
   exit 2
   ;;
 esac
