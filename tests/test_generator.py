@@ -155,6 +155,9 @@ def test_teacher_forcing_ignores_a_live_cache():
         assert torch.equal(m(labels, teacher).logits, before)
 
 
+@pytest.mark.skipif(not torch.__version__.startswith("2.13."),
+                    reason="the golden ids were recorded with the pinned torch 2.13; another version draws "
+                           "other ids from the same seeds (seen with 2.11 on the H100 machine)")
 def test_engine_gives_the_images_of_the_reference_run():
     """Same seeds, same images as the engine before the transformer moved into the model
     (tests/data/make_engine_golden.py wrote the file with that engine)."""
