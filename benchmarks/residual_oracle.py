@@ -1,0 +1,147 @@
+"""Probe: can any per-token residual head recover the hybrid FD gain? (issue 12)
+
+The residual head draws each last-scale token's residual independently, given that token's
+condition. This probe replaces the head by oracles that draw *true* residuals, taken from a
+bank of training-set tokens, under the same independence, and decodes f_hat + the draw:
+
+* ``same-id``: for each token, the true residual of a random bank token with the same
+  last-scale code id (what a perfect head conditioned on the drawn code alone would draw);
+* ``same-id-pos``: the same, restricted to bank tokens at the same grid position (falls back
+  to same-id where the bank has none);
+* ``shuffled``: the image's own true residual with its tokens permuted within the image (the
+  exact marginal of this image, spatial arrangement lost);
+* ``other-image``: the whole true residual map of another test image (coherent detail of
+  the wrong image).
+
+One line per decode: ``name psnr=X fd=X recovered=X``, recovered = (fd_discrete - fd) /
+(fd_discrete - fd_hybrid), FD-EffNet against ``--ref-num`` train images, as
+``hart eval-residual --fd`` and ``benchmarks/head_sweep.py`` report it. If per-token oracles
+recover little, no per-token head can, and the gain lives in how tokens' residuals go
+together: a head must draw them jointly (several passes, neighbours in the condition) or the
+decoder must expect independent draws.
+
+    python benchmarks/residual_oracle.py --num 2000 --bank 10000
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from hart.common.data import make_dataset
+from hart.common.images import to_uint8
+from sampling.features import clean_batch, load_extractor
+from sampling.fid.embed import default_cache_dir, reference_stats
+from sampling.fid.sources import parse_source
+from sampling.fid.stats import FeatureStats, frechet_distance
+from sampling.pipeline import model_folder
+from tokenizer.losses import psnr
+from tokenizer.model import HybridTokenizer
+
+ORACLES = ("same-id", "same-id-pos", "shuffled", "other-image")
+
+
+@torch.no_grad()
+def encode_tokens(tok: HybridTokenizer, ds, num: int, batch: int):
+    """(last-scale ids (M, N), residuals (M, N, z), f_hat (M, z, n, n), images) of the first num."""
+    ids, res, fh, xs = [], [], [], []
+    for s in range(0, num, batch):
+        x = torch.stack([ds[i][0] for i in range(s, min(num, s + batch))])
+        code = tok.encode(x)
+        ids.append(code.ids[-1])
+        res.append(code.residual.flatten(2).transpose(1, 2))  # (B, n*n, z), row-major as the ids
+        fh.append(code.f_hat)
+        xs.append(x)
+    return torch.cat(ids), torch.cat(res), torch.cat(fh), torch.cat(xs)
+
+
+def draw_by_key(bank_keys: torch.Tensor, bank_res: torch.Tensor, keys: torch.Tensor, g: torch.Generator):
+    """For each query key, the residual of a uniformly drawn bank token with that key.
+    bank_keys (T,), bank_res (T, z), keys (Q,) -> (residuals (Q, z), found (Q,) bool)."""
+    order = torch.argsort(bank_keys)
+    sorted_keys = bank_keys[order]
+    lo = torch.searchsorted(sorted_keys, keys)
+    cnt = torch.searchsorted(sorted_keys, keys, right=True) - lo
+    pick = lo + (torch.rand(keys.shape, generator=g) * cnt).long().clamp(min=0)
+    found = cnt > 0
+    out = torch.zeros(keys.shape[0], bank_res.shape[-1])
+    out[found] = bank_res[order[pick[found]]]
+    return out, found
+
+
+def draw_same(bank_ids, bank_res, ids, g, by_position: bool = False):
+    """(M, N) query ids -> (M, N, z) bank residuals with the same id (and grid position);
+    a position without such a bank token falls back to the id alone, an id the bank lacks to 0.
+    Returns (draws, share of tokens that fell back)."""
+    M, N = ids.shape
+    res = bank_res.reshape(-1, bank_res.shape[-1])
+    bid, qid = bank_ids.reshape(-1), ids.reshape(-1)
+    out, found = draw_by_key(bid, res, qid, g)
+    missed = 1.0 - found.float().mean().item()
+    if by_position:
+        bpos, qpos = torch.arange(N).repeat(bank_ids.shape[0]), torch.arange(N).repeat(M)
+        at, found_at = draw_by_key(bid * N + bpos, res, qid * N + qpos, g)
+        out = torch.where(found_at.view(-1, 1), at, out)
+        missed = 1.0 - found_at.float().mean().item()
+    return out.view(M, N, -1), missed
+
+
+@torch.no_grad()
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--num", type=int, default=2000, help="test images decoded")
+    p.add_argument("--bank", type=int, default=10000, help="train images whose tokens form the bank")
+    p.add_argument("--ref-num", type=int, default=10000)
+    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    from tqdm import tqdm
+
+    tok = HybridTokenizer.from_pretrained(model_folder(args.model) / "tokenizer").eval()
+    n = tok.config.latent_size
+    train = make_dataset(args.data, "train", tok.config.resolution, args.data_dir)
+    test = make_dataset(args.data, "test", tok.config.resolution, args.data_dir)
+    bank_ids, bank_res, _, _ = encode_tokens(tok, train, min(args.bank, len(train)), args.batch_size)
+    num = min(args.num, len(test))
+    ids, res, f_hat, xs = encode_tokens(tok, test, num, args.batch_size)
+    g = torch.Generator().manual_seed(args.seed)
+    z = res.shape[-1]
+    same, miss = draw_same(bank_ids, bank_res, ids, g)
+    same_pos, miss_pos = draw_same(bank_ids, bank_res, ids, g, by_position=True)
+    draws = {
+        "same-id": same,
+        "same-id-pos": same_pos,
+        "shuffled": torch.stack([r[torch.randperm(r.shape[0], generator=g)] for r in res]),
+        "other-image": res[torch.roll(torch.arange(num), 1)],
+    }
+    ext = load_extractor("effnet-lite0")
+    ref, _ = reference_stats(parse_source(f"{args.data}:train", allow_stats=False), ext, tok.config.resolution,
+                             args.ref_num, batch_size=100, data_dir=args.data_dir, cache_dir=default_cache_dir())
+    names = ["discrete", "hybrid", *ORACLES]
+    stats = {k: FeatureStats(ext.dim) for k in names}
+    psnrs = dict.fromkeys(names, 0.0)
+    as_map = lambda r: r.transpose(1, 2).reshape(r.shape[0], z, n, n)  # noqa: E731
+    for s in tqdm(range(0, num, args.batch_size), desc="decode"):
+        sl = slice(s, min(num, s + args.batch_size))
+        fh, x = f_hat[sl], xs[sl]
+        inputs = {"discrete": fh, "hybrid": fh + as_map(res[sl]), **{k: fh + as_map(draws[k][sl]) for k in ORACLES}}
+        for k, f in inputs.items():
+            img = tok.decode_latent(f)
+            psnrs[k] += psnr(img, x).sum().item()
+            stats[k].add(ext(clean_batch(list(to_uint8(img)), ext.input_size)))
+    fd = {k: frechet_distance(stats[k].mu, stats[k].sigma, ref.mu, ref.sigma) for k in names}
+    gain = fd["discrete"] - fd["hybrid"]
+    distinct = int(torch.unique(bank_ids).numel())
+    print(f"num={num} bank={bank_ids.shape[0]} images ({bank_ids.numel()} tokens, {distinct} distinct ids); "
+          f"test tokens whose id the bank lacks: {miss:.4f}, whose (id, position) it lacks: {miss_pos:.4f}")
+    for k in names:
+        rec = f" recovered={(fd['discrete'] - fd[k]) / gain:.3f}" if k in ORACLES else ""
+        print(f"{k:>12} psnr={psnrs[k] / num:.2f} fd={fd[k]:.3f}{rec}")
+    return 0
+
+
+if __name__ == "__main__":
+    main()
