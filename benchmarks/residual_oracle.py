@@ -20,7 +20,17 @@ recover little, no per-token head can, and the gain lives in how tokens' residua
 together: a head must draw them jointly (several passes, neighbours in the condition) or the
 decoder must expect independent draws.
 
+``--neighbours`` adds what a second pass could do: the tokens of one checkerboard colour
+(i + j even) keep their true residual, and the other colour gets
+
+* ``half-zero``: nothing;
+* ``half-same-id``: a random bank residual with the same code id;
+* ``half-neighbours``: the bank residual, among those with the same code id, whose four
+  neighbours' residuals are nearest (L2; zeros off the grid) to this token's true
+  neighbours, i.e. a draw conditioned on its neighbours' values.
+
     python benchmarks/residual_oracle.py --num 2000 --bank 10000
+    python benchmarks/residual_oracle.py --num 2000 --bank 10000 --neighbours
 """
 from __future__ import annotations
 
@@ -39,6 +49,33 @@ from tokenizer.losses import psnr
 from tokenizer.model import HybridTokenizer
 
 ORACLES = ("same-id", "same-id-pos", "shuffled", "other-image")
+HALF = ("half-zero", "half-same-id", "half-neighbours")
+
+
+def neighbour_features(res: torch.Tensor, n: int) -> torch.Tensor:
+    """(M, n*n, z) row-major token residuals -> (M, n*n, 4z): the residuals of the four grid
+    neighbours (up, down, left, right), zeros off the grid."""
+    M, N, z = res.shape
+    g = res.view(M, n, n, z)
+    pad = torch.nn.functional.pad(g, (0, 0, 1, 1, 1, 1))  # (M, n+2, n+2, z)
+    parts = [pad[:, :-2, 1:-1], pad[:, 2:, 1:-1], pad[:, 1:-1, :-2], pad[:, 1:-1, 2:]]
+    return torch.cat(parts, -1).reshape(M, N, 4 * z)
+
+
+def draw_by_neighbours(bank_ids, bank_res, ids, res, n: int, second: torch.Tensor) -> torch.Tensor:
+    """For the tokens where ``second`` (N,) is True: the bank residual with the same id whose
+    neighbour features are nearest to the query's (from its true residual map)."""
+    bf = neighbour_features(bank_res, n).reshape(-1, 4 * res.shape[-1])
+    qf = neighbour_features(res, n)[:, second].reshape(-1, 4 * res.shape[-1])
+    bid, qid = bank_ids.reshape(-1), ids[:, second].reshape(-1)
+    flat = bank_res.reshape(-1, res.shape[-1])
+    out = torch.zeros(qid.shape[0], res.shape[-1])
+    for v in torch.unique(qid).tolist():
+        q = (qid == v).nonzero().view(-1)
+        b = (bid == v).nonzero().view(-1)
+        if b.numel():
+            out[q] = flat[b[torch.cdist(qf[q], bf[b]).argmin(1)]]
+    return out.view(ids.shape[0], int(second.sum()), -1)
 
 
 @torch.no_grad()
@@ -97,6 +134,8 @@ def main(argv=None) -> int:
     p.add_argument("--ref-num", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--neighbours", action="store_true",
+                   help="also the checkerboard rows: half true, half zero / same-id / nearest-neighbours draws")
     args = p.parse_args(argv)
     from tqdm import tqdm
 
@@ -117,17 +156,32 @@ def main(argv=None) -> int:
         "shuffled": torch.stack([r[torch.randperm(r.shape[0], generator=g)] for r in res]),
         "other-image": res[torch.roll(torch.arange(num), 1)],
     }
+    oracles = ORACLES
+    if args.neighbours:  # after the other draws, so that their rows do not change
+        N = n * n
+        second = ((torch.arange(N) // n + torch.arange(N) % n) % 2) == 1  # the second colour
+        rand_same, _ = draw_same(bank_ids, bank_res, ids, g)
+        for name in HALF:
+            d = res.clone()
+            if name == "half-zero":
+                d[:, second] = 0
+            elif name == "half-same-id":
+                d[:, second] = rand_same[:, second]
+            else:
+                d[:, second] = draw_by_neighbours(bank_ids, bank_res, ids, res, n, second)
+            draws[name] = d
+        oracles = ORACLES + HALF
     ext = load_extractor("effnet-lite0")
     ref, _ = reference_stats(parse_source(f"{args.data}:train", allow_stats=False), ext, tok.config.resolution,
                              args.ref_num, batch_size=100, data_dir=args.data_dir, cache_dir=default_cache_dir())
-    names = ["discrete", "hybrid", *ORACLES]
+    names = ["discrete", "hybrid", *oracles]
     stats = {k: FeatureStats(ext.dim) for k in names}
     psnrs = dict.fromkeys(names, 0.0)
     as_map = lambda r: r.transpose(1, 2).reshape(r.shape[0], z, n, n)  # noqa: E731
     for s in tqdm(range(0, num, args.batch_size), desc="decode"):
         sl = slice(s, min(num, s + args.batch_size))
         fh, x = f_hat[sl], xs[sl]
-        inputs = {"discrete": fh, "hybrid": fh + as_map(res[sl]), **{k: fh + as_map(draws[k][sl]) for k in ORACLES}}
+        inputs = {"discrete": fh, "hybrid": fh + as_map(res[sl]), **{k: fh + as_map(draws[k][sl]) for k in oracles}}
         for k, f in inputs.items():
             img = tok.decode_latent(f)
             psnrs[k] += psnr(img, x).sum().item()
@@ -138,7 +192,7 @@ def main(argv=None) -> int:
     print(f"num={num} bank={bank_ids.shape[0]} images ({bank_ids.numel()} tokens, {distinct} distinct ids); "
           f"test tokens whose id the bank lacks: {miss:.4f}, whose (id, position) it lacks: {miss_pos:.4f}")
     for k in names:
-        rec = f" recovered={(fd['discrete'] - fd[k]) / gain:.3f}" if k in ORACLES else ""
+        rec = f" recovered={(fd['discrete'] - fd[k]) / gain:.3f}" if k in oracles else ""
         print(f"{k:>12} psnr={psnrs[k] / num:.2f} fd={fd[k]:.3f}{rec}")
     return 0
 
