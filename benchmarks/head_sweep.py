@@ -9,7 +9,10 @@ for every last-scale token. A setting is ``SAMPLER:STEPS:TEMPERATURE`` (``ddim``
 temperature scales the start noise, 0 starts from zero; ``iddpm``: it scales the per-step
 noise), or ``mean:STEPS:TEMPERATURE`` for the mean of 8 DDIM samples (not a sample: the
 conditional mean's decode, for reference). Each setting draws from its own generator seeded
-with ``--seed``, so a row does not depend on which rows run beside it.
+with ``--seed``, so a row does not depend on which rows run beside it. A fourth field
+``half`` keeps the draw on one checkerboard colour of the last-scale grid (i + j even) and
+zeroes the other (``benchmarks/residual_oracle.py --neighbours``: with true residuals, half
+and zeros give the whole hybrid gain), e.g. ``ddim:8:0.6:half``.
 
 One line per decode: ``name psnr=X fd=X r2=X code_corr=X recovered=X`` with
 ``recovered = (fd_discrete - fd) / (fd_discrete - fd_hybrid)`` and ``code_corr`` the
@@ -34,11 +37,14 @@ from sampling.fid.stats import FeatureStats, frechet_distance
 from tokenizer.losses import psnr
 
 
-def parse_setting(text: str) -> tuple[str, int, float]:
-    sampler, steps, temp = text.split(":")
+def parse_setting(text: str) -> tuple[str, int, float, bool]:
+    parts = text.split(":")
+    if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "half"):
+        raise SystemExit(f"setting {text!r}: SAMPLER:STEPS:TEMPERATURE[:half]")
+    sampler, steps, temp = parts[:3]
     if sampler not in ("ddim", "iddpm", "mean"):
         raise SystemExit(f"setting {text!r}: sampler must be ddim, iddpm or mean")
-    return sampler, int(steps), float(temp)
+    return sampler, int(steps), float(temp), len(parts) == 4
 
 
 @torch.no_grad()
@@ -86,11 +92,14 @@ def main(argv=None) -> int:
             dots[name] += torch.stack([(res * c_last).sum(), res.pow(2).sum(), c_last.pow(2).sum()])
 
         add_dots("hybrid", r)
-        for name, (sampler, steps, temp) in zip(args.settings, settings):
+        for name, (sampler, steps, temp, half) in zip(args.settings, settings):
             if sampler == "mean":
                 s = head_draws(gen, cond, NUM_MEAN, gens[name], steps, temp, "ddim").mean(0)
             else:
                 s = head_draws(gen, cond, 1, gens[name], steps, temp, sampler)[0]
+            if half:  # (B, z, n, n): zero the second checkerboard colour
+                grid = torch.arange(n_lat)
+                s = s * ((grid.view(-1, 1) + grid.view(1, -1)) % 2 == 0).to(s.dtype)
             r2[name].add(r, s)
             add_dots(name, s)
             dec[name] = tok.decode_latent(f_hat + s)
