@@ -27,14 +27,9 @@ import argparse
 
 import torch
 
+from decode_scores import DecodeScores  # benchmarks/ is on the path when run as a script
 from hart.common.data import make_dataset
-from hart.common.images import to_uint8
 from sampling.eval_residual import NUM_MEAN, _R2, head_draws, load_models
-from sampling.features import clean_batch, load_extractor
-from sampling.fid.embed import default_cache_dir, reference_stats
-from sampling.fid.sources import parse_source
-from sampling.fid.stats import FeatureStats, frechet_distance
-from tokenizer.losses import psnr
 
 
 def parse_setting(text: str) -> tuple[str, int, float, bool]:
@@ -64,12 +59,8 @@ def main(argv=None) -> int:
 
     tok, gen, folder = load_models(args.model)
     ds = make_dataset(args.data, "test", tok.config.resolution, args.data_dir)
-    ext = load_extractor("effnet-lite0")
-    ref, _ = reference_stats(parse_source(f"{args.data}:train", allow_stats=False), ext, tok.config.resolution,
-                             args.ref_num, batch_size=100, data_dir=args.data_dir, cache_dir=default_cache_dir())
     names = ["discrete", "hybrid"] + args.settings
-    stats = {k: FeatureStats(ext.dim) for k in names}
-    psnrs = dict.fromkeys(names, 0.0)
+    scores = DecodeScores(names, args.data, tok.config.resolution, args.ref_num, args.data_dir)
     r2 = {k: _R2() for k in args.settings}
     dots = {k: torch.zeros(3, dtype=torch.float64) for k in ["hybrid"] + args.settings}  # <s, c>, |s|^2, |c|^2
     gens = {k: torch.Generator().manual_seed(args.seed) for k in args.settings}
@@ -104,9 +95,8 @@ def main(argv=None) -> int:
             add_dots(name, s)
             dec[name] = tok.decode_latent(f_hat + s)
         for k, img in dec.items():
-            psnrs[k] += psnr(img, x).sum().item()
-            stats[k].add(ext(clean_batch(list(to_uint8(img)), ext.input_size)))
-    fd = {k: frechet_distance(stats[k].mu, stats[k].sigma, ref.mu, ref.sigma) for k in names}
+            scores.add(k, img, x)
+    fd = scores.fd()
     gain = fd["discrete"] - fd["hybrid"]
     print(f"model={folder} num={num} residual_scale={gen.config.residual_scale:.4g} "
           f"model's head: {gen.config.diff_sampler}:{gen.config.diff_sample_steps}:{gen.config.diff_temperature}")
@@ -117,7 +107,7 @@ def main(argv=None) -> int:
             extra += (f" r2={r2[k].value():.3f}" if k in r2 else "") + f" code_corr={sc / (ss * cc) ** 0.5:.3f}"
         if k in r2:
             extra += f" recovered={(fd['discrete'] - fd[k]) / gain:.3f}"
-        print(f"{k:>14} psnr={psnrs[k] / num:.2f} fd={fd[k]:.3f}{extra}")
+        print(f"{k:>14} psnr={scores.psnr(k):.2f} fd={fd[k]:.3f}{extra}")
     return 0
 
 

@@ -38,14 +38,9 @@ import argparse
 
 import torch
 
+from decode_scores import DecodeScores  # benchmarks/ is on the path when run as a script
 from hart.common.data import make_dataset
-from hart.common.images import to_uint8
-from sampling.features import clean_batch, load_extractor
-from sampling.fid.embed import default_cache_dir, reference_stats
-from sampling.fid.sources import parse_source
-from sampling.fid.stats import FeatureStats, frechet_distance
 from sampling.pipeline import model_folder
-from tokenizer.losses import psnr
 from tokenizer.model import HybridTokenizer
 
 ORACLES = ("same-id", "same-id-pos", "shuffled", "other-image")
@@ -171,29 +166,23 @@ def main(argv=None) -> int:
                 d[:, second] = draw_by_neighbours(bank_ids, bank_res, ids, res, n, second)
             draws[name] = d
         oracles = ORACLES + HALF
-    ext = load_extractor("effnet-lite0")
-    ref, _ = reference_stats(parse_source(f"{args.data}:train", allow_stats=False), ext, tok.config.resolution,
-                             args.ref_num, batch_size=100, data_dir=args.data_dir, cache_dir=default_cache_dir())
     names = ["discrete", "hybrid", *oracles]
-    stats = {k: FeatureStats(ext.dim) for k in names}
-    psnrs = dict.fromkeys(names, 0.0)
+    scores = DecodeScores(names, args.data, tok.config.resolution, args.ref_num, args.data_dir)
     as_map = lambda r: r.transpose(1, 2).reshape(r.shape[0], z, n, n)  # noqa: E731
     for s in tqdm(range(0, num, args.batch_size), desc="decode"):
         sl = slice(s, min(num, s + args.batch_size))
         fh, x = f_hat[sl], xs[sl]
         inputs = {"discrete": fh, "hybrid": fh + as_map(res[sl]), **{k: fh + as_map(draws[k][sl]) for k in oracles}}
         for k, f in inputs.items():
-            img = tok.decode_latent(f)
-            psnrs[k] += psnr(img, x).sum().item()
-            stats[k].add(ext(clean_batch(list(to_uint8(img)), ext.input_size)))
-    fd = {k: frechet_distance(stats[k].mu, stats[k].sigma, ref.mu, ref.sigma) for k in names}
+            scores.add(k, tok.decode_latent(f), x)
+    fd = scores.fd()
     gain = fd["discrete"] - fd["hybrid"]
     distinct = int(torch.unique(bank_ids).numel())
     print(f"num={num} bank={bank_ids.shape[0]} images ({bank_ids.numel()} tokens, {distinct} distinct ids); "
           f"test tokens whose id the bank lacks: {miss:.4f}, whose (id, position) it lacks: {miss_pos:.4f}")
     for k in names:
         rec = f" recovered={(fd['discrete'] - fd[k]) / gain:.3f}" if k in oracles else ""
-        print(f"{k:>12} psnr={psnrs[k] / num:.2f} fd={fd[k]:.3f}{rec}")
+        print(f"{k:>12} psnr={scores.psnr(k):.2f} fd={fd[k]:.3f}{rec}")
     return 0
 
 

@@ -82,11 +82,6 @@ def check_compatible(tokenizer: HybridTokenizer, generator: HARTGenerator) -> No
             raise UserError(f"tokenizer and generator disagree on {name}: {a} vs {b}")
 
 
-# torch.compile's ``dynamic`` for the per-scale step: None = static first, symbolic after a
-# recompile (measured on the CPU: 3 graphs per batch size instead of 10 for var's 10 scales)
-COMPILE_DYNAMIC = None
-
-
 class SamplingEngine:
     """Drives a :class:`HARTGenerator` scale by scale against its static KV cache.
 
@@ -126,7 +121,9 @@ class SamplingEngine:
             backend = compile if isinstance(compile, str) else "inductor"
             self._cudagraphs = backend == "inductor" and self.device.type == "cuda"
             mode = "reduce-overhead" if self._cudagraphs else None
-            self._step = torch.compile(generator.step, backend=backend, dynamic=COMPILE_DYNAMIC, fullgraph=True, mode=mode)
+            # dynamic=None: static first, symbolic after a recompile (measured on the CPU: 3 graphs
+            # per batch size instead of 10 for var's 10 scales)
+            self._step = torch.compile(generator.step, backend=backend, dynamic=None, fullgraph=True, mode=mode)
 
     @property
     def device(self) -> torch.device:

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from hart import kernels
+from tests.test_generator import _cached_logits, _inputs as _cpu_inputs, _model as _cpu_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_compiled_triton = pytest.mark.skipif(
@@ -29,35 +30,11 @@ CUDA = torch.device("cuda")
 
 
 def _model(seed=0, **kw):
-    from hart.config import GeneratorConfig
-    from hart.model import HARTGenerator
-
-    torch.manual_seed(seed)
-    m = HARTGenerator(GeneratorConfig.from_name("tiny", **kw)).eval()
-    with torch.no_grad():  # open the AdaLN gates (VAR's init closes them) so the blocks matter
-        for blk in m.blocks:
-            blk.ada_lin[-1].bias[: 2 * m.config.width].fill_(1.0)
-    return m.to(CUDA)
+    return _cpu_model(seed, **kw).to(CUDA)
 
 
 def _inputs(c, B=3, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, c.num_classes, (B,), generator=g)
-    teacher = torch.randn(B, c.seq_len - 1, c.z_channels, generator=g)
-    return labels.to(CUDA), teacher.to(CUDA)
-
-
-def _cached_logits(m, labels, teacher, backend, dtype):
-    m.setup_caches(labels.shape[0], dtype=dtype, device=CUDA, kernels=backend)
-    try:
-        cond = m.condition(labels)
-        got = []
-        for k, (b, e) in enumerate(m.config.scale_ranges):
-            x = cond.prefix if k == 0 else m.embed_inputs(teacher[:, b - 1:e - 1], b)
-            got.append(m.step(x, cond, b)[0].float())
-        return torch.cat(got, 1)
-    finally:
-        m.clear_caches()
+    return tuple(t.to(CUDA) for t in _cpu_inputs(c, B, seed))
 
 
 # ----------------------------------------------------------------------------- cache parity
