@@ -29,8 +29,16 @@ decoder must expect independent draws.
   neighbours' residuals are nearest (L2; zeros off the grid) to this token's true
   neighbours, i.e. a draw conditioned on its neighbours' values.
 
+``--errors`` adds how much error a draw may carry and keep the gain: the true residual plus
+independent Gaussian noise per token and channel, with a variance of K times that channel's
+residual variance (``noisy-K``; such a draw explains 1 - K of the residual's variance, the
+``r2`` that ``hart eval-residual`` and ``benchmarks/head_sweep.py`` report), and the same
+noise smoothed over the grid by a 3x3 box filter and rescaled to the same variance
+(``smooth-K``: error that is coherent across neighbours, as a joint head's would be).
+
     python benchmarks/residual_oracle.py --num 2000 --bank 10000
     python benchmarks/residual_oracle.py --num 2000 --bank 10000 --neighbours
+    python benchmarks/residual_oracle.py --num 2000 --bank 10000 --errors
 """
 from __future__ import annotations
 
@@ -45,6 +53,21 @@ from tokenizer.model import HybridTokenizer
 
 ORACLES = ("same-id", "same-id-pos", "shuffled", "other-image")
 HALF = ("half-zero", "half-same-id", "half-neighbours")
+ERRORS = ("noisy-0.25", "noisy-0.6", "noisy-1", "smooth-0.6")
+
+
+def error_draw(res: torch.Tensor, var: torch.Tensor, name: str, n: int, g: torch.Generator) -> torch.Tensor:
+    """(M, N, z) true residuals + noise of ``K * var`` per channel (``var`` (z,)): ``noisy-K``
+    independent per token, ``smooth-K`` box-filtered over the n x n grid, then rescaled."""
+    kind, k = name.rsplit("-", 1)
+    e = torch.randn(res.shape, generator=g)
+    if kind == "smooth":
+        M, N, z = res.shape
+        m = e.transpose(1, 2).reshape(M, z, n, n)
+        m = torch.nn.functional.avg_pool2d(m, 3, stride=1, padding=1, count_include_pad=False)
+        e = m.reshape(M, z, N).transpose(1, 2)
+        e = e / e.pow(2).mean((0, 1)).sqrt()
+    return res + e * (float(k) * var).sqrt()
 
 
 def neighbour_features(res: torch.Tensor, n: int) -> torch.Tensor:
@@ -131,6 +154,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--neighbours", action="store_true",
                    help="also the checkerboard rows: half true, half zero / same-id / nearest-neighbours draws")
+    p.add_argument("--errors", action="store_true",
+                   help="also the true residual plus noise rows: independent (noisy-K) and smooth (smooth-K)")
     args = p.parse_args(argv)
     from tqdm import tqdm
 
@@ -165,7 +190,12 @@ def main(argv=None) -> int:
             else:
                 d[:, second] = draw_by_neighbours(bank_ids, bank_res, ids, res, n, second)
             draws[name] = d
-        oracles = ORACLES + HALF
+        oracles = oracles + HALF
+    if args.errors:  # after the other draws, so that their rows do not change
+        var = bank_res.reshape(-1, z).pow(2).mean(0)  # (z,) per-channel second moment of the residual
+        for name in ERRORS:
+            draws[name] = error_draw(res, var, name, n, g)
+        oracles = oracles + ERRORS
     names = ["discrete", "hybrid", *oracles]
     scores = DecodeScores(names, args.data, tok.config.resolution, args.ref_num, args.data_dir)
     as_map = lambda r: r.transpose(1, 2).reshape(r.shape[0], z, n, n)  # noqa: E731

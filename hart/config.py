@@ -76,6 +76,11 @@ class GeneratorConfig(ConfigBase):
     # diff_learn_sigma the head also outputs iDDPM's learned-range variance (z more channels)
     diff_sampler: str = "ddim"
     diff_learn_sigma: bool = False
+    # "none" (HART, MAR): each last-scale token denoised on its own given its condition.
+    # "conv": the head denoises an image's whole last-scale grid jointly (a depthwise 3x3
+    # token mix in each block), so that a draw is coherent across neighbours; trained on all
+    # tokens (diff_keep_frac unused) with one timestep per image
+    diff_mix: str = "none"
     class_names: tuple[str, ...] = ()  # shown by the CLI and the demo; set by `hart train`
     sampling: str = ""  # the sampling preset the model samples with unless told otherwise ("": var-fid; HART's: hart)
     # conditioning: "class" (class_emb) or "text" (a prefix of encoder tokens, HART)
@@ -124,7 +129,8 @@ class GeneratorConfig(ConfigBase):
                 raise UserError(f"generator config: {name} must be in [0, 1), got {v}")
         choices = {"cond": ("class", "text"), "context_pool": ("max", "mean"), "norm": ("layer", "rms"),
                    "mlp": ("gelu", "swiglu"), "pos": ("absolute", "rope"), "rope_2d": ("axial", "hart"),
-                   "level_embed": ("table", "timestep"), "diff_sampler": ("ddim", "iddpm")}
+                   "level_embed": ("table", "timestep"), "diff_sampler": ("ddim", "iddpm"),
+                   "diff_mix": ("none", "conv")}
         for name, ok in choices.items():
             if getattr(self, name) not in ok:
                 raise UserError(f"generator config: {name} must be one of {', '.join(ok)}, got {getattr(self, name)!r}")

@@ -49,16 +49,48 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(emb)
 
 
-class ResBlock(nn.Module):
-    """x + gate * MLP(modulate(LN(x), shift, scale)); shift/scale/gate from the condition."""
+class TokenMix(nn.Module):
+    """x + gate * depthwise 3x3 conv(LN(x)) across one image's token grid.
 
-    def __init__(self, width: int):
+    Rows are whole images in raster order: (B * grid^2, W). ``gate`` is a per-channel
+    vector that starts at zero, so a head with mixing starts as the per-token head; the
+    block's MLP after it mixes the channels. 10 W parameters: cheap enough to bundle.
+    """
+
+    def __init__(self, width: int, grid: int):
         super().__init__()
+        self.grid = grid
+        self.ln = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.conv = nn.Conv2d(width, width, 3, padding=1, groups=width)
+        self.gate = nn.Parameter(torch.zeros(width))
+
+    def reset_parameters(self) -> None:
+        self.conv.reset_parameters()
+        nn.init.zeros_(self.gate)  # identity at init
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, W) -> (N, W)
+        n, W = self.grid, x.shape[1]
+        if x.shape[0] % (n * n):
+            raise ValueError(f"a mixing head takes whole {n}x{n} token grids; got {x.shape[0]} rows")
+        g = self.ln(x).view(-1, n, n, W).permute(0, 3, 1, 2)  # (B, W, n, n)
+        h = self.conv(g.contiguous()).permute(0, 2, 3, 1).reshape(-1, W)
+        return x + self.gate * h
+
+
+class ResBlock(nn.Module):
+    """x + gate * MLP(modulate(LN(x), shift, scale)); shift/scale/gate from the condition.
+    With ``grid`` a :class:`TokenMix` runs first (the tokens of one image see their neighbours)."""
+
+    def __init__(self, width: int, grid: int = 0):
+        super().__init__()
+        self.mix = TokenMix(width, grid) if grid else None
         self.in_ln = nn.LayerNorm(width, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (N, W), (N, W)
+        if self.mix is not None:
+            x = self.mix(x)
         shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
         h = self.mlp(modulate(self.in_ln(x), shift, scale))
         return x + gate * h
@@ -85,16 +117,22 @@ class DiffusionHead(nn.Module):
         width, depth: MLP width and number of AdaLN res blocks (HART: 1024, 6).
         learn_sigma: also output iDDPM's learned-range variance value per channel (HART's and
             MAR's released heads: 2 z outputs, epsilon first).
+        grid: 0 (HART, MAR): every token denoised on its own. n > 0: the rows are whole n x n
+            grids of one image each, denoised jointly (a :class:`TokenMix` in every block), so
+            that a draw is coherent across neighbouring tokens; train it with one timestep per
+            grid (:func:`diffusion_loss`'s ``group``).
     """
 
-    def __init__(self, channels: int, cond_channels: int, width: int, depth: int, learn_sigma: bool = False):
+    def __init__(self, channels: int, cond_channels: int, width: int, depth: int, learn_sigma: bool = False,
+                 grid: int = 0):
         super().__init__()
         self.channels = channels
         self.learn_sigma = learn_sigma
+        self.grid = grid
         self.time_embed = TimestepEmbedder(width)
         self.cond_embed = nn.Linear(cond_channels, width)
         self.input_proj = nn.Linear(channels, width)
-        self.res_blocks = nn.ModuleList(ResBlock(width) for _ in range(depth))
+        self.res_blocks = nn.ModuleList(ResBlock(width, grid) for _ in range(depth))
         self.final_layer = FinalLayer(width, 2 * channels if learn_sigma else channels)
         self.reset_parameters()
 
@@ -109,6 +147,8 @@ class DiffusionHead(nn.Module):
         for blk in self.res_blocks:
             nn.init.zeros_(blk.adaLN_modulation[-1].weight)
             nn.init.zeros_(blk.adaLN_modulation[-1].bias)
+            if blk.mix is not None:
+                blk.mix.reset_parameters()
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
@@ -118,7 +158,7 @@ class DiffusionHead(nn.Module):
         """Predict the noise.
 
         Args:
-            x: (N, z) noisy tokens x_t.
+            x: (N, z) noisy tokens x_t (with ``grid``: N = B * grid^2, whole grids).
             t: (N,) integer timesteps in [0, T).
             cond: (N, C) per-token condition.
         Returns:
@@ -170,29 +210,39 @@ def diffusion_loss(
     batch_mul: int = 4,
     scheduler=None,
     generator: torch.Generator | None = None,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Epsilon-prediction MSE, ``batch_mul`` noise draws per token (MAR's diffusion_batch_mul).
 
     Args:
         head: the :class:`DiffusionHead`.
-        target: (N, z) clean tokens (already divided by ``residual_scale``).
+        target: (N, z) clean tokens (already divided by ``residual_scale``); for a head with a
+            ``grid``, whole grids in raster order, and one timestep is drawn per grid (the
+            sampler denoises a grid at one noise level).
         cond: (N, C) per-token condition (gradients flow into it).
         scheduler: a diffusers DDPMScheduler (default: :func:`make_train_scheduler`).
         generator: source of timesteps and noise (its device may differ from the inputs').
+        weight: optional (N,) 0/1 mask of the rows that count in the loss.
     Returns:
-        scalar loss (mean over tokens, draws and channels).
+        scalar loss (mean over the counted tokens, draws and channels).
     """
     if scheduler is None:
         scheduler = make_train_scheduler()
-    target = target.repeat(batch_mul, 1)  # (N*m, z)
+    target = target.repeat(batch_mul, 1)  # (N*m, z): whole blocks repeated, so grids stay whole
     cond = cond.repeat(batch_mul, 1)  # (N*m, C)
     n = target.shape[0]
+    group = head.grid ** 2 if head.grid else 1
     dev = generator.device if generator is not None else target.device
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator, device=dev).to(target.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (n // group,), generator=generator, device=dev)
+    t = t.to(target.device).repeat_interleave(group)
     noise = _randn(target.shape, target, generator)
     x_t = scheduler.add_noise(target, noise, t)  # sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
     eps = head(x_t, t, cond)[:, :head.channels]  # a learned variance (converted HART heads) is not trained here
-    return F.mse_loss(eps.float(), noise.float())
+    if weight is None:
+        return F.mse_loss(eps.float(), noise.float())
+    err = (eps.float() - noise.float()).pow(2).mean(1)  # (N*m,)
+    w = weight.to(err).repeat(batch_mul)
+    return (err * w).sum() / w.sum().clamp_min(1)
 
 
 # ----------------------------------------------------------------------------- sampler

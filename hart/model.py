@@ -314,7 +314,8 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         self._init_var_weights()
         # own init (xavier, zeroed AdaLN/output), after the VAR init so that one does not touch it
         self.diffusion = (
-            DiffusionHead(config.z_channels, C, config.diff_width, config.diff_depth, config.diff_learn_sigma)
+            DiffusionHead(config.z_channels, C, config.diff_width, config.diff_depth, config.diff_learn_sigma,
+                          grid=config.patch_nums[-1] if config.diff_mix == "conv" else 0)
             if config.diff_head else None
         )
         # HART's decoder_norm: a learnable norm *after* hidden + word_embed(code), so the head sees

@@ -127,10 +127,14 @@ class TrainingObjective(nn.Module):
             chosen = gt
         target = residual.flatten(2).transpose(1, 2) / c.target_scale  # (B, N, z)
         cond = self.model.diffusion_cond(out.hidden[:, -N:], tok.code_vectors(chosen))  # (B, N, C)
-        keep = torch.rand(target.shape[:2], generator=generator).to(target.device) < c.diff_keep_frac
-        keep[:, 0] = True  # never an empty subset
-        dl = diffusion_loss(self.model.diffusion, target[keep], cond[keep], c.diff_batch_mul,
-                            self.train_scheduler, generator)
+        if c.diff_mix != "none":  # a mixing head denoises whole grids: every token, in order
+            dl = diffusion_loss(self.model.diffusion, target.flatten(0, 1), cond.flatten(0, 1), c.diff_batch_mul,
+                                self.train_scheduler, generator)
+        else:
+            keep = torch.rand(target.shape[:2], generator=generator).to(target.device) < c.diff_keep_frac
+            keep[:, 0] = True  # never an empty subset
+            dl = diffusion_loss(self.model.diffusion, target[keep], cond[keep], c.diff_batch_mul,
+                                self.train_scheduler, generator)
         metrics["diff"] = dl.detach()
         return dl
 
@@ -164,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--residual-target", choices=("sampled", "true"), default=None,
                    help="the head's target: latent minus the transformer's own last-scale draws (sampled, "
                         "HART's) or minus the true codes (true); default: the preset's (or --init's)")
+    p.add_argument("--diff-mix", choices=("none", "conv"), default=None,
+                   help="the head's draws: none (HART's: each last-scale token on its own) or conv (an "
+                        "image's whole grid denoised jointly, neighbours seeing each other); default: the "
+                        "preset's (or --init's); new parameters start as the per-token head")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="autocast dtype (auto: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default 500)")
@@ -377,11 +385,13 @@ def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gen
             raise UserError(f"the run in {out} was started {flag} --freeze-transformer; resume it the same way")
         fitted = args.preset and fit_preset(args.preset, tc, classes, args).replace(
             residual_scale=saved.residual_scale, example_prompts=saved.example_prompts,
-            residual_from_sampled=saved.residual_from_sampled)
+            residual_from_sampled=saved.residual_from_sampled, diff_mix=saved.diff_mix)
         check_preset(args.preset, fitted, saved, out)
         if args.residual_target and (args.residual_target == "sampled") != saved.residual_from_sampled:
             was = "sampled" if saved.residual_from_sampled else "true"
             raise UserError(f"the run in {out} trains the head on --residual-target {was}; resume it the same way")
+        if getattr(args, "diff_mix", None) and args.diff_mix != saved.diff_mix:
+            raise UserError(f"the run in {out} has --diff-mix {saved.diff_mix}; resume it the same way")
         return saved
     if args.init and not args.preset:
         config = HARTGenerator.load_config(generator_dir(args.init))
@@ -391,6 +401,10 @@ def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gen
         if not config.diff_head:
             raise UserError("--residual-target is the residual head's target; this model has no head")
         config = config.replace(residual_from_sampled=args.residual_target == "sampled")
+    if getattr(args, "diff_mix", None):
+        if not config.diff_head:
+            raise UserError("--diff-mix shapes the residual head's draws; this model has no head")
+        config = config.replace(diff_mix=args.diff_mix)
     return config.replace(diff_temperature=1.0)  # a measured temperature belongs to the weights it came with
 
 
