@@ -482,6 +482,10 @@ def test_train_diff_mix_is_saved_resumed_and_refused_without_a_head(tokdir, gend
     gen = HARTGenerator.from_pretrained(out / "generator")
     assert gen.config.diff_mix == "conv" and gen.diffusion.grid == gen.config.patch_nums[-1]
     assert any(".mix." in k for k in load_file(str(out / "generator" / "model.safetensors")))
+    from sampling.eval_residual import main as eval_main  # the probe draws whole grids
+
+    assert eval_main(["--model", str(out), "--data", "synthetic", "--num", "6", "--batch-size", "4",
+                      "--out", str(tmp_path / "r")]) == 0
     monkeypatch.setitem(GeneratorConfig.PRESETS, "tiny-nohead", {**GeneratorConfig.PRESETS["tiny"], "diff_head": False})
     cases = [
         (["--freeze-transformer", "--diff-mix", "none", "--out", str(out), "--steps", "3", "--resume"],
