@@ -54,7 +54,7 @@ class TokenMix(nn.Module):
 
     Rows are whole images in raster order: (B * grid^2, W). ``gate`` is a per-channel
     vector that starts at zero, so a head with mixing starts as the per-token head; the
-    block's MLP after it mixes the channels. 10 W parameters: cheap enough to bundle.
+    block's MLP after it mixes the channels. 11 W parameters: cheap enough to bundle.
     """
 
     def __init__(self, width: int, grid: int):
@@ -119,8 +119,8 @@ class DiffusionHead(nn.Module):
             MAR's released heads: 2 z outputs, epsilon first).
         grid: 0 (HART, MAR): every token denoised on its own. n > 0: the rows are whole n x n
             grids of one image each, denoised jointly (a :class:`TokenMix` in every block), so
-            that a draw is coherent across neighbouring tokens; train it with one timestep per
-            grid (:func:`diffusion_loss`'s ``group``).
+            that a draw is coherent across neighbouring tokens; :func:`diffusion_loss` then
+            draws one timestep per grid.
     """
 
     def __init__(self, channels: int, cond_channels: int, width: int, depth: int, learn_sigma: bool = False,
@@ -210,7 +210,6 @@ def diffusion_loss(
     batch_mul: int = 4,
     scheduler=None,
     generator: torch.Generator | None = None,
-    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Epsilon-prediction MSE, ``batch_mul`` noise draws per token (MAR's diffusion_batch_mul).
 
@@ -222,9 +221,8 @@ def diffusion_loss(
         cond: (N, C) per-token condition (gradients flow into it).
         scheduler: a diffusers DDPMScheduler (default: :func:`make_train_scheduler`).
         generator: source of timesteps and noise (its device may differ from the inputs').
-        weight: optional (N,) 0/1 mask of the rows that count in the loss.
     Returns:
-        scalar loss (mean over the counted tokens, draws and channels).
+        scalar loss (mean over tokens, draws and channels).
     """
     if scheduler is None:
         scheduler = make_train_scheduler()
@@ -238,11 +236,7 @@ def diffusion_loss(
     noise = _randn(target.shape, target, generator)
     x_t = scheduler.add_noise(target, noise, t)  # sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
     eps = head(x_t, t, cond)[:, :head.channels]  # a learned variance (converted HART heads) is not trained here
-    if weight is None:
-        return F.mse_loss(eps.float(), noise.float())
-    err = (eps.float() - noise.float()).pow(2).mean(1)  # (N*m,)
-    w = weight.to(err).repeat(batch_mul)
-    return (err * w).sum() / w.sum().clamp_min(1)
+    return F.mse_loss(eps.float(), noise.float())
 
 
 # ----------------------------------------------------------------------------- sampler
