@@ -211,14 +211,13 @@ def main(argv=None):
     print(f"clients={args.clients} images_per_request={args.images} queue_size={args.queue_size} "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} torch={torch.__version__} device={args.device}")
     sizes = sorted({args.images * b for b in args.modes})
-    ceiling = sampler_ms_per_image(tiny_random_model(Path(tempfile.mkdtemp()) / "m") if args.model == "tiny-random"
-                                   else args.model, sizes, device=args.device)
-    print("sampler alone (in process, previews on): "
-          + ", ".join(f"batch {b}: {ms:.1f} ms/image" for b, ms in ceiling.items())
-          + f"; batch {sizes[-1]} vs {sizes[0]}: {ceiling[sizes[0]] / ceiling[sizes[-1]]:.2f}x per image")
     with tempfile.TemporaryDirectory() as d:
-        if args.model == "tiny-random":
+        if args.model == "tiny-random":  # made once, for the sampler alone and for the demo
             args.model = tiny_random_model(Path(d) / "tiny-random")
+        ceiling = sampler_ms_per_image(args.model, sizes, device=args.device)
+        print("sampler alone (in process, previews on): "
+              + ", ".join(f"batch {b}: {ms:.1f} ms/image" for b, ms in ceiling.items())
+              + f"; batch {sizes[-1]} vs {sizes[0]}: {ceiling[sizes[0]] / ceiling[sizes[-1]]:.2f}x per image")
         rows = [run_mode(args, b, Path(d)) for b in args.modes]
     print("\n| mode | completed | refused | wall s | images/s | median latency s | max latency s |")
     print("|---|---|---|---|---|---|---|")
@@ -232,9 +231,8 @@ def main(argv=None):
     base = rows[0]
     for r in rows[1:]:
         print(f"throughput ratio (max-batch-size {r['batch']} / {base['batch']}): {r['ips'] / base['ips']:.2f}x")
-        both = [i for i in r["results"] if r["results"][i]["ok"] and base["results"].get(i, {}).get("ok")]
-        if args.no_downloads:
-            both = []
+        both = [] if args.no_downloads else [  # without downloads there are no pixels to compare
+            i for i in r["results"] if r["results"][i]["ok"] and base["results"].get(i, {}).get("ok")]
         diff = max((int(np.abs(a - b).max()) for i in both
                     for a, b in zip(r["results"][i]["pixels"], base["results"][i]["pixels"])), default=0)
         print(f"same requests in both modes: {len(both)}; largest pixel difference between them: {diff} "

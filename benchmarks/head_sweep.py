@@ -29,6 +29,7 @@ import torch
 
 from decode_scores import DecodeScores  # benchmarks/ is on the path when run as a script
 from hart.common.data import make_dataset
+from residual_oracle import second_colour
 from sampling.eval_residual import NUM_MEAN, _R2, head_draws, load_models
 
 
@@ -89,8 +90,7 @@ def main(argv=None) -> int:
             else:
                 s = head_draws(gen, cond, 1, gens[name], steps, temp, sampler)[0]
             if half:  # (B, z, n, n): zero the second checkerboard colour
-                grid = torch.arange(n_lat)
-                s = s * ((grid.view(-1, 1) + grid.view(1, -1)) % 2 == 0).to(s.dtype)
+                s = s * (~second_colour(n_lat)).view(n_lat, n_lat).to(s.dtype)
             r2[name].add(r, s)
             add_dots(name, s)
             dec[name] = tok.decode_latent(f_hat + s)

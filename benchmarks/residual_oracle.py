@@ -70,6 +70,12 @@ def error_draw(res: torch.Tensor, var: torch.Tensor, name: str, n: int, g: torch
     return res + e * (float(k) * var).sqrt()
 
 
+def second_colour(n: int) -> torch.Tensor:
+    """(n*n,) bool, row-major: True on the checkerboard's second colour (i + j odd)."""
+    i = torch.arange(n)
+    return ((i.view(-1, 1) + i.view(1, -1)) % 2 == 1).reshape(-1)
+
+
 def neighbour_features(res: torch.Tensor, n: int) -> torch.Tensor:
     """(M, n*n, z) row-major token residuals -> (M, n*n, 4z): the residuals of the four grid
     neighbours (up, down, left, right), zeros off the grid."""
@@ -178,8 +184,7 @@ def main(argv=None) -> int:
     }
     oracles = ORACLES
     if args.neighbours:  # after the other draws, so that their rows do not change
-        N = n * n
-        second = ((torch.arange(N) // n + torch.arange(N) % n) % 2) == 1  # the second colour
+        second = second_colour(n)
         rand_same, _ = draw_same(bank_ids, bank_res, ids, g)
         for name in HALF:
             d = res.clone()

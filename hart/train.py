@@ -128,13 +128,12 @@ class TrainingObjective(nn.Module):
         target = residual.flatten(2).transpose(1, 2) / c.target_scale  # (B, N, z)
         cond = self.model.diffusion_cond(out.hidden[:, -N:], tok.code_vectors(chosen))  # (B, N, C)
         if c.diff_mix != "none":  # a mixing head denoises whole grids: every token, in order
-            dl = diffusion_loss(self.model.diffusion, target.flatten(0, 1), cond.flatten(0, 1), c.diff_batch_mul,
-                                self.train_scheduler, generator)
+            keep = torch.ones(target.shape[:2], dtype=torch.bool, device=target.device)
         else:
             keep = torch.rand(target.shape[:2], generator=generator).to(target.device) < c.diff_keep_frac
             keep[:, 0] = True  # never an empty subset
-            dl = diffusion_loss(self.model.diffusion, target[keep], cond[keep], c.diff_batch_mul,
-                                self.train_scheduler, generator)
+        dl = diffusion_loss(self.model.diffusion, target[keep], cond[keep], c.diff_batch_mul,
+                            self.train_scheduler, generator)
         metrics["diff"] = dl.detach()
         return dl
 
