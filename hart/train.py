@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data", help=SPEC_HELP + " (encoded on the fly)")
     src.add_argument("--tokens", help="token cache folder from hart extract-tokens (faster)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+    p.add_argument("--workers", type=int, default=0,
+                   help="with --data: processes that load (render, decode) the images in the background, "
+                        "the same batches in the same order (default 0: in the training process)")
     p.add_argument("--text-encoder", default=None, help="text models: the frozen prompt encoder, minilm or "
                    "qwen2 (default: the preset's)")
     p.add_argument("--text-encoder-path", default=None, help="text models: the encoder's folder (needed for qwen2)")
@@ -459,7 +462,8 @@ def batch_source(args, tokenizer, dist: DistInfo, per_rank: int, start_step: int
             from hart.text import PromptCache, text_encoder_for
 
             prompts = PromptCache(text_encoder_for(config, args.text_encoder_path, dev))
-        for x, y in infinite_batches(data, per_rank, g, start_step, dist.rank, dist.world_size):
+        for x, y in infinite_batches(data, per_rank, g, start_step, dist.rank, dist.world_size,
+                                     getattr(args, "workers", 0)):
             with torch.no_grad():
                 code = tokenizer.encode(x.to(dev))
             yield code.ids, code.residual, (_to(prompts(list(y)), dev) if prompts is not None else _to(y, dev))
@@ -506,6 +510,8 @@ def main(argv=None, sampler=None):
     if args.image_every is None:
         args.image_every = args.save_every
     check_positive(args, "steps", "batch_size", "save_every", "log_every", "image_every")
+    if getattr(args, "workers", 0) < 0:
+        raise UserError(f"--workers must be 0 or more, not {args.workers}")
     dist = init_distributed(args.device)
     try:
         return run(args, dist, sampler)

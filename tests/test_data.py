@@ -81,3 +81,15 @@ def test_infinite_batches_resume_and_shards():
     a, b = next(r0)[0], next(r1)[0]
     whole = next(infinite_batches(ds, 8, torch.Generator().manual_seed(3)))[0]
     assert torch.equal(torch.cat([a, b]), whole)  # two disjoint halves of the same shuffled batch
+
+
+def test_infinite_batches_workers_same_batches():
+    """--workers loads the same batches in the same order (resumed, across epochs, sharded)."""
+    ds = make_dataset("synthetic", "train", 8)
+    ds.size = 40
+    for kw in ({}, {"start_step": 7}, {"rank": 1, "world_size": 2}):
+        plain = infinite_batches(ds, 4, torch.Generator().manual_seed(5), **kw)
+        loaded = infinite_batches(ds, 4, torch.Generator().manual_seed(5), workers=2, **kw)
+        for _ in range(12):  # crosses an epoch boundary
+            (x, y), (x2, y2) = next(plain), next(loaded)
+            assert torch.equal(x, x2) and torch.equal(y, y2)

@@ -539,22 +539,36 @@ def make_dataset(spec: str, split: str = "train", resolution: int = 32, data_dir
     return DATASETS[d.name](split, resolution)
 
 
-def infinite_batches(dataset, batch_size: int, generator: torch.Generator, start_step: int = 0,
-                     rank: int = 0, world_size: int = 1):
-    """Yield collated batches (e.g. [images, labels]) forever, reshuffled each epoch by ``generator``.
-
-    Resumable: the order depends only on the generator's seed state and ``start_step``
-    (the batches before ``start_step`` are skipped without loading). With ``world_size``
-    > 1 each rank reads its own shard of every epoch's permutation.
-    """
-    n = len(dataset)
+def _index_batches(n: int, batch_size: int, generator: torch.Generator, start_step: int,
+                   rank: int, world_size: int):
+    """The index lists :func:`infinite_batches` loads, forever (see there)."""
     per_epoch = max(1, n // (batch_size * world_size))
     epoch, i = divmod(start_step, per_epoch)
     while True:
         g = torch.Generator().manual_seed(int(generator.initial_seed()) + epoch)
         perm = torch.randperm(n, generator=g)
         while i < per_epoch:
-            idx = perm[(i * world_size + rank) * batch_size:(i * world_size + rank + 1) * batch_size]
-            yield default_collate([dataset[int(j)] for j in idx])
+            yield perm[(i * world_size + rank) * batch_size:(i * world_size + rank + 1) * batch_size].tolist()
             i += 1
         epoch, i = epoch + 1, 0
+
+
+def infinite_batches(dataset, batch_size: int, generator: torch.Generator, start_step: int = 0,
+                     rank: int = 0, world_size: int = 1, workers: int = 0):
+    """Yield collated batches (e.g. [images, labels]) forever, reshuffled each epoch by ``generator``.
+
+    Resumable: the order depends only on the generator's seed state and ``start_step``
+    (the batches before ``start_step`` are skipped without loading). With ``world_size``
+    > 1 each rank reads its own shard of every epoch's permutation. ``workers`` > 0 loads
+    the same batches, in the same order, in that many background processes (a
+    :class:`torch.utils.data.DataLoader`): for data made on the fly (``shapes``) or decoded
+    from files, when the accelerator would otherwise wait for it.
+    """
+    batches = _index_batches(len(dataset), batch_size, generator, start_step, rank, world_size)
+    if workers <= 0:
+        for idx in batches:
+            yield default_collate([dataset[j] for j in idx])
+        return
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                                         collate_fn=default_collate, prefetch_factor=4)
+    yield from loader

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Text-to-image on `shapes`, trained and measured on a GPU machine (issue 14). Not installed; run
+# from the repository root there, with the packages that machine lacks and MiniLM carried along:
+#
+#   python tools/minilm_pack.py pack --out .ext/minilm-shapes     # here: MiniLM for the shapes captions, 23 MB
+#   (site-train.tar.xz: diffusers, vector-quantize-pytorch and its needs as py3.12 wheels, unpacked; README)
+#   OUT=... BUDGET=400 tools/gpu_t2i.sh                           # there: both models at once, one GPU
+#
+# It trains `shapes-t2i` (9.2M, the bundled size) and `shapes-t2i-l` (34M) side by side on the
+# bundled t2i model's tokenizer, scenes rendered on the fly by data workers (every batch new
+# scenes: 1M train scenes), sizes the runs from a 30-step probe so that both end within BUDGET
+# seconds, then runs `hart eval-alignment` (300 prompts per set) on each and exports them
+# (the small one in fp16, the large in int4) as tar parts of at most 15 MB under $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+SITE=/tmp/site
+mkdir -p "$SITE"
+tar xJf "${SITE_TAR:-.ext/site-train.tar.xz}" -C "$SITE" || exit 1
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+python tools/minilm_pack.py unpack --src "${MINILM:-.ext/minilm-shapes}" --site "$SITE" || exit 1
+hart() { python -c 'import sys; from hart.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
+step() { echo; echo "=== $* ($(date +%T))"; }
+W=/tmp/t2i
+rm -rf "$W" && mkdir -p "$W"
+TOK=${TOK:-sampling/default_t2i_model/tokenizer}
+BUDGET=${BUDGET:-400}
+PROBE=${PROBE:-30}  # DEVICE=cpu BATCH=8 PROBE=3 BUDGET=20 NUM=6: a dry run on a CPU
+[ "${DEVICE:-cuda}" = cpu ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'
+
+# name preset batch lr
+RUNS=("s shapes-t2i ${BATCH:-256} 1.5e-3" "l shapes-t2i-l ${BATCH:-256} 1e-3")
+common() { echo "--tokenizer $TOK --data shapes --workers ${WORKERS:-6} --dtype bf16 --no-tensorboard --device ${DEVICE:-cuda}"; }
+
+step "probe: $PROBE steps of each, side by side"
+for r in "${RUNS[@]}"; do
+  set -- $r
+  hart train $(common) --preset "$2" --batch-size "$3" --lr "$4" --out "$W/probe-$1" --steps $PROBE --log-every $((PROBE / 3)) \
+    --save-every 1000 > "$W/probe-$1.log" 2>&1 &
+done
+wait
+declare -A STEPS
+for r in "${RUNS[@]}"; do
+  set -- $r
+  ips=$(python -c "import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])['throughput/images_per_s'])" \
+        "$W/probe-$1/metrics.jsonl") || { tail -5 "$W/probe-$1.log"; exit 1; }
+  STEPS[$1]=$(python -c "print(max(int(float('$ips') * $BUDGET / $3) // 100 * 100, 10))")
+  echo "$2: $ips images/s side by side -> ${STEPS[$1]} steps of batch $3 in ${BUDGET} s"
+done
+
+step "training, side by side"
+for r in "${RUNS[@]}"; do
+  set -- $r
+  timeout $((BUDGET + 150)) bash -c "$(declare -f hart); hart train $(common) --preset $2 --batch-size $3 --lr $4 \
+    --out $W/$1 --steps ${STEPS[$1]} --save-every 500 --log-every 100" 2>&1 | tr '\r' '\n' | grep -v '^$' > "$W/train-$1.log" &
+done
+wait
+for r in "${RUNS[@]}"; do set -- $r; echo "--- $2"; tail -3 "$W/train-$1.log"; tail -1 "$W/$1/metrics.jsonl"; done
+
+step "alignment, 300 prompts per set"
+for r in "${RUNS[@]}"; do
+  set -- $r
+  hart eval-alignment --model "$W/$1" --data shapes --num ${NUM:-300} --batch-size 100 --device ${DEVICE:-cuda} \
+    --out "$W/alignment-$1.json" --grid "$W/alignment-$1.png" > "$W/alignment-$1.log" 2>&1 &
+done
+wait
+for r in "${RUNS[@]}"; do set -- $r; echo "--- $2"; tail -2 "$W/alignment-$1.log"; done
+
+step "export"
+hart export --model "$W/s" --out "$W/ship-s" --storage fp16 && hart export --model "$W/l" --out "$W/ship-l" --storage int4
+for r in "${RUNS[@]}"; do
+  set -- $r
+  cp "$W/$1/metrics.jsonl" "$W/ship-$1/metrics.jsonl" 2>/dev/null
+  cp "$W/alignment-$1".* "$W/train-$1.log" "$W/ship-$1/" 2>/dev/null
+  tar cf - -C "$W" "ship-$1" | split -b 15M - "$OUT/ship-$1.tar.part-"
+done
+ls -la "$OUT"
