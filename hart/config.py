@@ -79,7 +79,8 @@ class GeneratorConfig(ConfigBase):
     # "none" (HART, MAR): each last-scale token denoised on its own given its condition.
     # "conv": the head denoises an image's whole last-scale grid jointly (a depthwise 3x3
     # token mix in each block), so that a draw is coherent across neighbours; trained on all
-    # tokens (diff_keep_frac unused) with one timestep per image
+    # tokens (diff_keep_frac unused) with one timestep per image. "attn": the same, with
+    # self-attention over the whole grid in each block instead of the 3x3 mix
     diff_mix: str = "none"
     class_names: tuple[str, ...] = ()  # shown by the CLI and the demo; set by `hart train`
     sampling: str = ""  # the sampling preset the model samples with unless told otherwise ("": var-fid; HART's: hart)
@@ -130,7 +131,7 @@ class GeneratorConfig(ConfigBase):
         choices = {"cond": ("class", "text"), "context_pool": ("max", "mean"), "norm": ("layer", "rms"),
                    "mlp": ("gelu", "swiglu"), "pos": ("absolute", "rope"), "rope_2d": ("axial", "hart"),
                    "level_embed": ("table", "timestep"), "diff_sampler": ("ddim", "iddpm"),
-                   "diff_mix": ("none", "conv")}
+                   "diff_mix": ("none", "conv", "attn")}
         for name, ok in choices.items():
             if getattr(self, name) not in ok:
                 raise UserError(f"generator config: {name} must be one of {', '.join(ok)}, got {getattr(self, name)!r}")

@@ -77,13 +77,49 @@ class TokenMix(nn.Module):
         return x + self.gate * h
 
 
+class GridAttention(nn.Module):
+    """x + gate * self-attention(LN(x) + pos) across one image's whole token grid.
+
+    Rows are whole images in raster order: (B * grid^2, W). Every token sees every other
+    token of its image (none of another's), with a learned position per grid cell; heads of
+    64 channels. ``gate`` starts at zero, as :class:`TokenMix`'s: the per-token head at init.
+    4 W^2 + (grid^2 + 5) W parameters.
+    """
+
+    def __init__(self, width: int, grid: int):
+        super().__init__()
+        self.grid, self.heads = grid, max(1, width // 64)
+        self.ln = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.pos = nn.Parameter(torch.zeros(grid * grid, width))
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.gate = nn.Parameter(torch.zeros(width))
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.pos, std=0.02)
+        nn.init.zeros_(self.gate)  # identity at init
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, W) -> (N, W)
+        L, W = self.grid * self.grid, x.shape[1]
+        if x.shape[0] % L:
+            raise ValueError(f"a mixing head takes whole {self.grid}x{self.grid} token grids; got {x.shape[0]} rows")
+        h = self.ln(x).view(-1, L, W) + self.pos  # (B, L, W)
+        q, k, v = self.qkv(h).view(h.shape[0], L, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, W / heads)
+        return x + self.gate * self.proj(a.transpose(1, 2).reshape(-1, W))
+
+
+MIXES = {"conv": TokenMix, "attn": GridAttention}
+
+
 class ResBlock(nn.Module):
     """x + gate * MLP(modulate(LN(x), shift, scale)); shift/scale/gate from the condition.
-    With ``grid`` a :class:`TokenMix` runs first (the tokens of one image see their neighbours)."""
+    With ``grid`` a token mix (``mix``: :class:`TokenMix` or :class:`GridAttention`) runs
+    first, so that the tokens of one image see each other."""
 
-    def __init__(self, width: int, grid: int = 0):
+    def __init__(self, width: int, grid: int = 0, mix: str = "conv"):
         super().__init__()
-        self.mix = TokenMix(width, grid) if grid else None
+        self.mix = MIXES[mix](width, grid) if grid else None
         self.in_ln = nn.LayerNorm(width, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
@@ -118,13 +154,15 @@ class DiffusionHead(nn.Module):
         learn_sigma: also output iDDPM's learned-range variance value per channel (HART's and
             MAR's released heads: 2 z outputs, epsilon first).
         grid: 0 (HART, MAR): every token denoised on its own. n > 0: the rows are whole n x n
-            grids of one image each, denoised jointly (a :class:`TokenMix` in every block), so
-            that a draw is coherent across neighbouring tokens; :func:`diffusion_loss` then
-            draws one timestep per grid.
+            grids of one image each, denoised jointly (a token mix in every block), so that a
+            draw is coherent across the image's tokens; :func:`diffusion_loss` then draws one
+            timestep per grid.
+        mix: with ``grid``, ``conv`` (:class:`TokenMix`, a 3x3 neighbourhood) or ``attn``
+            (:class:`GridAttention`, the whole grid).
     """
 
     def __init__(self, channels: int, cond_channels: int, width: int, depth: int, learn_sigma: bool = False,
-                 grid: int = 0):
+                 grid: int = 0, mix: str = "conv"):
         super().__init__()
         self.channels = channels
         self.learn_sigma = learn_sigma
@@ -132,7 +170,7 @@ class DiffusionHead(nn.Module):
         self.time_embed = TimestepEmbedder(width)
         self.cond_embed = nn.Linear(cond_channels, width)
         self.input_proj = nn.Linear(channels, width)
-        self.res_blocks = nn.ModuleList(ResBlock(width, grid) for _ in range(depth))
+        self.res_blocks = nn.ModuleList(ResBlock(width, grid, mix) for _ in range(depth))
         self.final_layer = FinalLayer(width, 2 * channels if learn_sigma else channels)
         self.reset_parameters()
 

@@ -315,7 +315,8 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         # own init (xavier, zeroed AdaLN/output), after the VAR init so that one does not touch it
         self.diffusion = (
             DiffusionHead(config.z_channels, C, config.diff_width, config.diff_depth, config.diff_learn_sigma,
-                          grid=config.patch_nums[-1] if config.diff_mix == "conv" else 0)
+                          grid=config.patch_nums[-1] if config.diff_mix != "none" else 0,
+                          mix=config.diff_mix if config.diff_mix != "none" else "conv")
             if config.diff_head else None
         )
         # HART's decoder_norm: a learnable norm *after* hidden + word_embed(code), so the head sees

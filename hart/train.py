@@ -170,10 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--residual-target", choices=("sampled", "true"), default=None,
                    help="the head's target: latent minus the transformer's own last-scale draws (sampled, "
                         "HART's) or minus the true codes (true); default: the preset's (or --init's)")
-    p.add_argument("--diff-mix", choices=("none", "conv"), default=None,
-                   help="the head's draws: none (HART's: each last-scale token on its own) or conv (an "
-                        "image's whole grid denoised jointly, neighbours seeing each other); default: the "
-                        "preset's (or --init's); new parameters start as the per-token head")
+    p.add_argument("--diff-mix", choices=("none", "conv", "attn"), default=None,
+                   help="the head's draws: none (HART's: each last-scale token on its own), conv (an "
+                        "image's whole grid denoised jointly, neighbours seeing each other) or attn (the "
+                        "same, every token attending to the whole grid); default: the preset's (or "
+                        "--init's); new parameters start as the per-token head")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="autocast dtype (auto: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default 500)")

@@ -396,18 +396,19 @@ def test_old_head_without_decoder_norm_is_refused_with_a_hint(gendir, tmp_path, 
 
 # ----------------------------------------------------------------------------- joint draws (diff_mix conv)
 
-def _grid_head(grid, seed=0):
+def _grid_head(grid, seed=0, mix="conv"):
     from hart.diffusion import DiffusionHead
 
     torch.manual_seed(seed)
-    return DiffusionHead(channels=2, cond_channels=4, width=32, depth=2, grid=grid)
+    return DiffusionHead(channels=2, cond_channels=4, width=32, depth=2, grid=grid, mix=mix)
 
 
-def test_mixing_head_starts_as_the_per_token_head_and_sees_only_its_own_image():
+@pytest.mark.parametrize("mix", ["conv", "attn"])
+def test_mixing_head_starts_as_the_per_token_head_and_sees_only_its_own_image(mix):
     from hart.diffusion import DiffusionHead
 
     n, B = 4, 3
-    mixed, plain = _grid_head(n), _grid_head(0)
+    mixed, plain = _grid_head(n, mix=mix), _grid_head(0)
     plain.load_state_dict({k: v for k, v in mixed.state_dict().items() if ".mix." not in k})
     x, cond = torch.randn(B * n * n, 2), torch.randn(B * n * n, 4)
     t = torch.randint(0, 1000, (B * n * n,))
@@ -424,7 +425,8 @@ def test_mixing_head_starts_as_the_per_token_head_and_sees_only_its_own_image():
         x2 = x.clone()
         x2[n + 1] += 1.0  # image 0, token (1, 1)
         changed = (mixed(x2, t, cond) - y).abs().sum(1).view(B, n, n) > 0
-    # two blocks of 3x3: a 5x5 window around (1, 1), clipped to the grid; no other image moves
+    # two blocks of 3x3: a 5x5 window around (1, 1), clipped to the grid (attn: the whole
+    # grid); no other image moves
     assert changed[0].all() and not changed[1:].any()
     assert isinstance(plain, DiffusionHead) and plain.grid == 0
     with pytest.raises(ValueError, match="whole 4x4"):
@@ -445,7 +447,8 @@ def test_mixing_head_trains_one_timestep_per_grid(monkeypatch):
     diffusion_loss(_grid_head(0), torch.randn(48, 2), torch.randn(48, 4), 1, None, torch.Generator().manual_seed(0))
 
 
-def test_mixing_head_draws_a_coherent_grid_where_the_per_token_head_cannot():
+@pytest.mark.parametrize("mix", ["conv", "attn"])
+def test_mixing_head_draws_a_coherent_grid_where_the_per_token_head_cannot(mix):
     """The target: every token of an image has the same sign, a fair coin per image, and
     the condition says nothing. Per-token draws can only match the coin per token (half
     the tokens agree with the first); joint draws of the whole grid can agree."""
@@ -455,7 +458,7 @@ def test_mixing_head_draws_a_coherent_grid_where_the_per_token_head_cannot():
     N = n * n
     agree = {}
     for grid in (0, n):
-        head = _grid_head(grid)
+        head = _grid_head(grid, mix=mix)
         opt = torch.optim.AdamW(head.parameters(), lr=3e-3)
         sched, g = make_train_scheduler(1000), torch.Generator().manual_seed(0)
         for _ in range(300):
@@ -469,7 +472,8 @@ def test_mixing_head_draws_a_coherent_grid_where_the_per_token_head_cannot():
             d = sample_residual(head, torch.zeros(64 * N, 4), steps=8, generator=torch.Generator().manual_seed(1))
         sign = torch.sign(d[:, 0]).view(64, N)
         agree[grid] = (sign == sign[:, :1]).float().mean().item()
-    assert agree[0] < 0.65 and agree[n] > 0.7, agree  # measured 0.54-0.56 / 0.75-0.82 over three seeds
+    # measured 0.54-0.56 / 0.75-0.82 (conv) over three seeds; attn: 0.55 / 0.71
+    assert agree[0] < 0.65 and agree[n] > 0.7, agree
 
 
 def test_train_diff_mix_is_saved_resumed_and_refused_without_a_head(tokdir, gendir, tmp_path, capsys,

@@ -30,20 +30,24 @@ PROBE=${PROBE:-30}  # DEVICE=cpu BATCH=8 PROBE=3 BUDGET=20 NUM=6: a dry run on a
 [ "${DEVICE:-cuda}" = cpu ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'
 
-# name preset batch lr
-RUNS=("s shapes-t2i ${BATCH:-256} 1.5e-3" "l shapes-t2i-l ${BATCH:-256} 1e-3")
+# name preset batch lr storage (ONLY=l: the large one alone; STEPS=N: N steps, no probe)
+RUNS=()
+[ "${ONLY:-s}" = s ] && RUNS+=("s shapes-t2i ${BATCH:-256} 1.5e-3 fp16")
+[ "${ONLY:-l}" = l ] && RUNS+=("l shapes-t2i-l ${BATCH:-256} 1e-3 ${STORAGE_L:-int4}")
 common() { echo "--tokenizer $TOK --data shapes --workers ${WORKERS:-6} --dtype bf16 --no-tensorboard --device ${DEVICE:-cuda}"; }
 
-step "probe: $PROBE steps of each, side by side"
+declare -A STEPS
+[ -z "${STEPS:-}" ] && step "probe: $PROBE steps of each, side by side"
 for r in "${RUNS[@]}"; do
+  [ -n "${STEPS:-}" ] && break
   set -- $r
   hart train $(common) --preset "$2" --batch-size "$3" --lr "$4" --out "$W/probe-$1" --steps $PROBE --log-every $((PROBE / 3)) \
     --save-every 1000 > "$W/probe-$1.log" 2>&1 &
 done
 wait
-declare -A STEPS
 for r in "${RUNS[@]}"; do
   set -- $r
+  [ -n "${STEPS:-}" ] && { STEPS[$1]=$STEPS; continue; }
   ips=$(python -c "import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])['throughput/images_per_s'])" \
         "$W/probe-$1/metrics.jsonl") || { tail -5 "$W/probe-$1.log"; exit 1; }
   STEPS[$1]=$(python -c "print(max(int(float('$ips') * $BUDGET / $3) // 100 * 100, 10))")
@@ -53,11 +57,20 @@ done
 step "training, side by side"
 for r in "${RUNS[@]}"; do
   set -- $r
-  timeout $((BUDGET + 150)) bash -c "$(declare -f hart); hart train $(common) --preset $2 --batch-size $3 --lr $4 \
-    --out $W/$1 --steps ${STEPS[$1]} --save-every 500 --log-every 100" 2>&1 | tr '\r' '\n' | grep -v '^$' > "$W/train-$1.log" &
+  timeout "${TRAIN_TIMEOUT:-$((BUDGET + 150))}" bash -c "$(declare -f hart); hart train $(common) --preset $2 --batch-size $3 --lr $4 \
+    --out $W/$1 --steps ${STEPS[$1]} --save-every ${SAVE_EVERY:-500} --log-every 100" 2>&1 | tr '\r' '\n' | grep -v '^$' > "$W/train-$1.log" &
 done
 wait
 for r in "${RUNS[@]}"; do set -- $r; echo "--- $2"; tail -3 "$W/train-$1.log"; tail -1 "$W/$1/metrics.jsonl"; done
+
+step "export"
+for r in "${RUNS[@]}"; do
+  set -- $r
+  hart export --model "$W/$1" --out "$W/ship-$1" --storage "$5"
+  cp "$W/$1/metrics.jsonl" "$W/ship-$1/metrics.jsonl" 2>/dev/null
+  cp "$W/train-$1.log" "$W/ship-$1/" 2>/dev/null
+  tar cf - -C "$W" "ship-$1" | split -b 15M - "$OUT/ship-$1.tar.part-"
+done
 
 step "alignment, 300 prompts per set"
 for r in "${RUNS[@]}"; do
@@ -68,12 +81,5 @@ done
 wait
 for r in "${RUNS[@]}"; do set -- $r; echo "--- $2"; tail -2 "$W/alignment-$1.log"; done
 
-step "export"
-hart export --model "$W/s" --out "$W/ship-s" --storage fp16 && hart export --model "$W/l" --out "$W/ship-l" --storage int4
-for r in "${RUNS[@]}"; do
-  set -- $r
-  cp "$W/$1/metrics.jsonl" "$W/ship-$1/metrics.jsonl" 2>/dev/null
-  cp "$W/alignment-$1".* "$W/train-$1.log" "$W/ship-$1/" 2>/dev/null
-  tar cf - -C "$W" "ship-$1" | split -b 15M - "$OUT/ship-$1.tar.part-"
-done
+for r in "${RUNS[@]}"; do set -- $r; cp "$W/alignment-$1".* "$OUT/" 2>/dev/null; done
 ls -la "$OUT"
