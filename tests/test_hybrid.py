@@ -477,15 +477,18 @@ def test_mixing_head_draws_a_coherent_grid_where_the_per_token_head_cannot(mix):
     assert agree[0] < 0.65 and agree[n] > 0.7, agree
 
 
+@pytest.mark.parametrize("mix", ["conv", "attn"])
 def test_train_diff_mix_is_saved_resumed_and_refused_without_a_head(tokdir, gendir, tmp_path, capsys,
-                                                                      monkeypatch):
+                                                                      monkeypatch, mix):
     from hart.config import GeneratorConfig
+    from hart.diffusion import MIXES
 
     out = tmp_path / "mix"
-    train_main(["--init", str(gendir), "--freeze-transformer", "--diff-mix", "conv", "--tokenizer", str(tokdir),
+    train_main(["--init", str(gendir), "--freeze-transformer", "--diff-mix", mix, "--tokenizer", str(tokdir),
                 "--data", "synthetic", "--out", str(out), "--batch-size", "8", "--steps", "2"])
     gen = HARTGenerator.from_pretrained(out / "generator")
-    assert gen.config.diff_mix == "conv" and gen.diffusion.grid == gen.config.patch_nums[-1]
+    assert gen.config.diff_mix == mix and gen.diffusion.grid == gen.config.patch_nums[-1]
+    assert all(isinstance(blk.mix, MIXES[mix]) for blk in gen.diffusion.res_blocks)
     assert any(".mix." in k for k in load_file(str(out / "generator" / "model.safetensors")))
     from sampling.eval_residual import main as eval_main  # the probe draws whole grids
 
@@ -494,7 +497,7 @@ def test_train_diff_mix_is_saved_resumed_and_refused_without_a_head(tokdir, gend
     monkeypatch.setitem(GeneratorConfig.PRESETS, "tiny-nohead", {**GeneratorConfig.PRESETS["tiny"], "diff_head": False})
     cases = [
         (["--freeze-transformer", "--diff-mix", "none", "--out", str(out), "--steps", "3", "--resume"],
-         "--diff-mix conv"),
+         f"--diff-mix {mix}"),
         (["--preset", "tiny-nohead", "--diff-mix", "conv", "--out", str(tmp_path / "n"), "--steps", "1"], "no head"),
     ]
     for argv, word in cases:
