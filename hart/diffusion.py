@@ -82,13 +82,15 @@ class GridAttention(nn.Module):
 
     Rows are whole images in raster order: (B * grid^2, W). Every token sees every other
     token of its image (none of another's), with a learned position per grid cell; heads of
-    64 channels. ``gate`` starts at zero, as :class:`TokenMix`'s: the per-token head at init.
+    about 64 channels (width // 64 of them, fewer where that does not divide the width). ``gate`` starts at zero, as :class:`TokenMix`'s: the per-token head at init.
     4 W^2 + (grid^2 + 5) W parameters.
     """
 
     def __init__(self, width: int, grid: int):
         super().__init__()
         self.grid, self.heads = grid, max(1, width // 64)
+        while width % self.heads:
+            self.heads -= 1
         self.ln = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.pos = nn.Parameter(torch.zeros(grid * grid, width))
         self.qkv = nn.Linear(width, 3 * width)

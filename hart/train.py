@@ -175,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "image's whole grid denoised jointly, neighbours seeing each other) or attn (the "
                         "same, every token attending to the whole grid); default: the preset's (or "
                         "--init's); new parameters start as the per-token head")
+    p.add_argument("--diff-width", type=int, default=None,
+                   help="the residual head's width (default: the preset's, or --init's); with --init, the head "
+                        "then starts fresh on the loaded transformer")
+    p.add_argument("--diff-depth", type=int, default=None,
+                   help="the residual head's number of blocks (as --diff-width)")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="autocast dtype (auto: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default 500)")
@@ -207,7 +212,9 @@ class GeneratorTrainer:
             raise UserError("--attention flex needs a GPU (PyTorch's FlexAttention has no CPU backward); "
                             "use --attention sdpa")
         self.model.set_attention(attention)
-        self.fresh = init_weights(self.model, args.init, dist.is_main) if args.init and not args.resume else []
+        resized = getattr(args, "diff_width", None) or getattr(args, "diff_depth", None)
+        self.fresh = (init_weights(self.model, args.init, dist.is_main, ("diffusion.",) if resized else ())
+                      if args.init and not args.resume else [])
         if args.freeze_transformer:
             for name, p in self.model.named_parameters():
                 p.requires_grad_(name.startswith(HEAD_PREFIXES))
@@ -330,12 +337,13 @@ def generator_dir(folder) -> Path:
     return resolve_dir(folder / "generator") if (folder / "generator").exists() else folder
 
 
-def init_weights(model: HARTGenerator, folder, verbose: bool = True) -> list[str]:
+def init_weights(model: HARTGenerator, folder, verbose: bool = True, skip: tuple[str, ...] = ()) -> list[str]:
     """Load the tensors of ``folder``'s generator whose names exist in ``model``; the rest start fresh.
 
-    A tensor of another shape is refused with one line. Returns the names that start fresh.
+    A tensor of another shape is refused with one line. Names starting with a ``skip`` prefix
+    are not loaded (a head of another size: ``("diffusion.",)``). Returns the names that start fresh.
     """
-    src = read_weights(generator_dir(folder) / WEIGHTS_NAME)
+    src = {k: v for k, v in read_weights(generator_dir(folder) / WEIGHTS_NAME).items() if not k.startswith(skip)}
     own = model.state_dict()
     bad = [f"{k} {tuple(v.shape)} (here {tuple(own[k].shape)})" for k, v in src.items()
            if k in own and v.shape != own[k].shape]
@@ -395,6 +403,10 @@ def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gen
             raise UserError(f"the run in {out} trains the head on --residual-target {was}; resume it the same way")
         if getattr(args, "diff_mix", None) and args.diff_mix != saved.diff_mix:
             raise UserError(f"the run in {out} has --diff-mix {saved.diff_mix}; resume it the same way")
+        for name in ("diff_width", "diff_depth"):
+            if getattr(args, name, None) and getattr(args, name) != getattr(saved, name):
+                raise UserError(f"the run in {out} has --{name.replace('_', '-')} {getattr(saved, name)}; "
+                                "resume it the same way")
         return saved
     if args.init and not args.preset:
         config = HARTGenerator.load_config(generator_dir(args.init))
@@ -408,6 +420,11 @@ def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gen
         if not config.diff_head:
             raise UserError("--diff-mix shapes the residual head's draws; this model has no head")
         config = config.replace(diff_mix=args.diff_mix)
+    sized = {k: getattr(args, k) for k in ("diff_width", "diff_depth") if getattr(args, k, None)}
+    if sized:
+        if not config.diff_head:
+            raise UserError("--diff-width / --diff-depth size the residual head; this model has no head")
+        config = config.replace(**sized)
     return config.replace(diff_temperature=1.0)  # a measured temperature belongs to the weights it came with
 
 
@@ -511,6 +528,9 @@ def main(argv=None, sampler=None):
     if args.image_every is None:
         args.image_every = args.save_every
     check_positive(args, "steps", "batch_size", "save_every", "log_every", "image_every")
+    for name in ("diff_width", "diff_depth"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
     if getattr(args, "workers", 0) < 0:
         raise UserError(f"--workers must be 0 or more, not {args.workers}")
     dist = init_distributed(args.device)

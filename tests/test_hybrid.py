@@ -506,3 +506,26 @@ def test_train_diff_mix_is_saved_resumed_and_refused_without_a_head(tokdir, gend
             train_main(argv + ["--tokenizer", str(tokdir), "--data", "synthetic", "--batch-size", "8"])
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and word in err[0], err
+
+
+def test_train_a_head_of_another_size_on_an_init_transformer(tokdir, gendir, tmp_path, capsys):
+    """--diff-width / --diff-depth: a fresh head of that size on the --init transformer (kept
+    bit-identical under --freeze-transformer), saved in the config; a resume must keep them."""
+    init = HARTGenerator.from_pretrained(gendir / "generator")
+    out = tmp_path / "wide"
+    train_main(["--init", str(gendir), "--freeze-transformer", "--residual-target", "true", "--diff-mix", "attn",
+                "--diff-width", "96", "--diff-depth", "1", "--tokenizer", str(tokdir), "--data", "synthetic",
+                "--out", str(out), "--batch-size", "8", "--steps", "2"])
+    assert "starting fresh: diffusion" in capsys.readouterr().out
+    gen = HARTGenerator.from_pretrained(out / "generator")
+    assert (gen.config.diff_width, gen.config.diff_depth) == (96, 1) and len(gen.diffusion.res_blocks) == 1
+    assert gen.diffusion.input_proj.weight.shape[0] == 96 and gen.diffusion.res_blocks[0].mix.heads == 1
+    a, b = init.state_dict(), gen.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith(("diffusion.", "decoder_norm.")))
+    for argv, word in [(["--diff-width", "64", "--resume"], "--diff-width 96"),
+                       (["--diff-depth", "0"], "at least 1")]:
+        with pytest.raises(SystemExit):
+            train_main(["--freeze-transformer", "--tokenizer", str(tokdir), "--data", "synthetic", "--out", str(out),
+                        "--batch-size", "8", "--steps", "3"] + argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and word in err[0], err
