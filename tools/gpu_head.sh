@@ -3,6 +3,7 @@
 # (issue 12). Not installed; run from the repository root there:
 #
 #   OUT=... STEPS=3000 TRAIN_TIMEOUT=400 tools/gpu_head.sh
+#   OUT=... EXTRA="--diff-width 1024 --diff-depth 6" tools/gpu_head.sh     # a fresh head of HART's size
 #
 # Head-only, as session 15's joint head: from the bundled model (frozen transformer), true
 # ids, Fashion-MNIST from .ext/fm (the Debian package's train files, carried along), the
@@ -22,7 +23,7 @@ echo "=== training ($(date +%T))"
 timeout "${TRAIN_TIMEOUT:-400}" bash -c "$(declare -f hart); hart train --init sampling/default_model --freeze-transformer \
   --residual-target true --diff-mix ${MIX:-attn} --tokenizer sampling/default_model/tokenizer --data fashion-mnist \
   --data-dir ${DATA_DIR:-.ext/fm} --out $W/gen --steps ${STEPS:-3000} --batch-size ${BATCH:-256} --lr ${LR:-1e-3} \
-  --save-every ${SAVE_EVERY:-250} --log-every 50 --dtype bf16 --no-tensorboard --device ${DEVICE:-cuda}" 2>&1 \
+  --save-every ${SAVE_EVERY:-250} --log-every 50 --dtype bf16 --no-tensorboard --device ${DEVICE:-cuda} ${EXTRA:-}" 2>&1 \
   | tr '\r' '\n' | grep -v '^$' > "$W.log"
 tail -3 "$W.log"; tail -1 "$W/gen/metrics.jsonl"
 echo "=== export ($(date +%T))"
