@@ -243,7 +243,7 @@ GeneratorConfig.PRESETS.update({
         cond="text", text_encoder="minilm", context_tokens=16, context_dim=384,
         norm="rms", mlp="swiglu", pos="rope",
     ),
-    # the same layout, deeper and wider (12 blocks of width 384, 33M parameters): a GPU model
+    # the same layout, deeper and wider (12 blocks of width 384, 34M parameters): a GPU model
     "shapes-t2i-l": dict(
         depth=12, width=384, heads=6, num_classes=1, patch_nums=FM_PATCH_NUMS, codebook_size=512,
         z_channels=16, attn_l2_norm=True, diff_head=True, diff_width=256, diff_depth=3, diff_keep_frac=0.5,

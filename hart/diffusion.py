@@ -82,7 +82,8 @@ class GridAttention(nn.Module):
 
     Rows are whole images in raster order: (B * grid^2, W). Every token sees every other
     token of its image (none of another's), with a learned position per grid cell; heads of
-    about 64 channels (width // 64 of them, fewer where that does not divide the width). ``gate`` starts at zero, as :class:`TokenMix`'s: the per-token head at init.
+    about 64 channels (width // 64 of them, fewer where that does not divide the width).
+    ``gate`` starts at zero, as :class:`TokenMix`'s: the per-token head at init.
     4 W^2 + (grid^2 + 5) W parameters.
     """
 
