@@ -14,12 +14,20 @@ with ``--seed``, so a row does not depend on which rows run beside it. A fourth 
 zeroes the other (``benchmarks/residual_oracle.py --neighbours``: with true residuals, half
 and zeros give the whole hybrid gain), e.g. ``ddim:8:0.6:half``.
 
-One line per decode: ``name psnr=X fd=X r2=X code_corr=X recovered=X`` with
+One line per decode: ``name psnr=X fd=X r2=X code_corr=X lat_fd=X var=X recovered=X`` with
 ``recovered = (fd_discrete - fd) / (fd_discrete - fd_hybrid)`` and ``code_corr`` the
 correlation (over all tokens and channels) of the drawn residual with the last-scale code's
 own contribution to f_hat; the hybrid row gives it for the true residual. A head trained on
 its own drawn ids (``residual_from_sampled``) learns to pull back the code it is given, which
 is right where the code was a wrong draw and wrong where it is the true one.
+
+``lat_fd`` judges the draws as a distribution before any decoding: the Frechet distance
+between the drawn and the true residuals (divided by the model's ``residual_scale``), taken
+over 2x2 patches of the last-scale grid (4 z-vectors side by side: the joint form of
+neighbours, not only each token's), 0 for a perfect sampler up to sampling noise (the
+``hybrid`` row gives that noise: the true residuals of the first half of the images against
+those of the second). ``var`` is the draws' total variance over the true residual's (1 for
+a perfect sampler; the conditional mean has less).
 """
 from __future__ import annotations
 
@@ -31,6 +39,19 @@ from decode_scores import DecodeScores  # benchmarks/ is on the path when run as
 from hart.common.data import make_dataset
 from residual_oracle import second_colour
 from sampling.eval_residual import NUM_MEAN, _R2, head_draws, load_models
+from sampling.fid.stats import FeatureStats, frechet_distance
+
+
+def patches(res: torch.Tensor) -> torch.Tensor:
+    """(B, z, n, n) residuals -> (B * (n // 2)^2, 4 z) non-overlapping 2x2 patches."""
+    B, z, n, _ = res.shape
+    m = n // 2
+    p = res[:, :, : 2 * m, : 2 * m].reshape(B, z, m, 2, m, 2).permute(0, 2, 4, 1, 3, 5)
+    return p.reshape(B * m * m, z * 4)
+
+
+def lat_fd(a: FeatureStats, b: FeatureStats) -> float:
+    return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
 
 def parse_setting(text: str) -> tuple[str, int, float, bool]:
@@ -66,6 +87,13 @@ def main(argv=None) -> int:
     dots = {k: torch.zeros(3, dtype=torch.float64) for k in ["hybrid"] + args.settings}  # <s, c>, |s|^2, |c|^2
     gens = {k: torch.Generator().manual_seed(args.seed) for k in args.settings}
     n_lat = tok.config.latent_size
+    scale = float(gen.config.target_scale)
+    dim = tok.config.z_channels * 4
+    lat = {k: FeatureStats(dim, kid_max=0) for k in ["true", "true_a", "true_b"] + args.settings}
+
+    def add_lat(name, res):
+        lat[name].add((patches(res.double()) / scale).numpy())
+
     N = n_lat * n_lat
     num = min(args.num, len(ds))
     for start in tqdm(range(0, num, args.batch_size), desc="head-sweep"):
@@ -84,6 +112,8 @@ def main(argv=None) -> int:
             dots[name] += torch.stack([(res * c_last).sum(), res.pow(2).sum(), c_last.pow(2).sum()])
 
         add_dots("hybrid", r)
+        add_lat("true", r)
+        add_lat("true_a" if start < num // 2 else "true_b", r)
         for name, (sampler, steps, temp, half) in zip(args.settings, settings):
             if sampler == "mean":
                 s = head_draws(gen, cond, NUM_MEAN, gens[name], steps, temp, "ddim").mean(0)
@@ -93,6 +123,7 @@ def main(argv=None) -> int:
                 s = s * (~second_colour(n_lat)).view(n_lat, n_lat).to(s.dtype)
             r2[name].add(r, s)
             add_dots(name, s)
+            add_lat(name, s)
             dec[name] = tok.decode_latent(f_hat + s)
         for k, img in dec.items():
             scores.add(k, img, x)
@@ -105,6 +136,9 @@ def main(argv=None) -> int:
         if k in dots:
             sc, ss, cc = dots[k].tolist()
             extra += (f" r2={r2[k].value():.3f}" if k in r2 else "") + f" code_corr={sc / (ss * cc) ** 0.5:.3f}"
+            a, b = (lat["true_a"], lat["true_b"]) if k == "hybrid" else (lat[k], lat["true"])
+            var = float(lat[k].sigma.trace() / lat["true"].sigma.trace()) if k in lat else 1.0
+            extra += f" lat_fd={lat_fd(a, b):.3f} var={var:.3f}"
         if k in r2:
             extra += f" recovered={(fd['discrete'] - fd[k]) / gain:.3f}"
         print(f"{k:>14} psnr={scores.psnr(k):.2f} fd={fd[k]:.3f}{extra}")
