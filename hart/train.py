@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hart.config import GeneratorConfig
-from hart.common.data import SPEC_HELP, infinite_batches, make_dataset
+from hart.common.data import SPEC_HELP, add_workers_argument, infinite_batches, make_dataset
 from hart.diffusion import diffusion_loss, make_train_scheduler
 from hart.common.dist import DTYPE_CHOICES, DistInfo, autocast, init_distributed, resolve_dtype
 from hart.common.ema import EMA
@@ -148,9 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data", help=SPEC_HELP + " (encoded on the fly)")
     src.add_argument("--tokens", help="token cache folder from hart extract-tokens (faster)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
-    p.add_argument("--workers", type=int, default=0,
-                   help="with --data: processes that load (render, decode) the images in the background, "
-                        "the same batches in the same order (default 0: in the training process)")
+    add_workers_argument(p)  # with --data
     p.add_argument("--text-encoder", default=None, help="text models: the frozen prompt encoder, minilm or "
                    "qwen2 (default: the preset's)")
     p.add_argument("--text-encoder-path", default=None, help="text models: the encoder's folder (needed for qwen2)")
@@ -531,8 +529,6 @@ def main(argv=None, sampler=None):
     for name in ("diff_width", "diff_depth"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
-    if getattr(args, "workers", 0) < 0:
-        raise UserError(f"--workers must be 0 or more, not {args.workers}")
     dist = init_distributed(args.device)
     try:
         return run(args, dist, sampler)

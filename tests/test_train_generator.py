@@ -55,11 +55,12 @@ def test_training_objective_drops_conditions_uniformly(tokdir):
     assert abs(seen[0].float().mean().item() - 0.1) < 0.02
 
 
-def test_cli_writes_model_folder_and_resumes_exactly(tokdir, tmp_path):
-    train_cli(tokdir, tmp_path / "a", "--steps", "4", "--save-every", "4")
-    train_cli(tokdir, tmp_path / "b", "--steps", "2", "--save-every", "2")
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_cli_writes_model_folder_and_resumes_exactly(tokdir, tmp_path, workers):
+    train_cli(tokdir, tmp_path / "a", "--steps", "4", "--save-every", "4")  # in process
+    train_cli(tokdir, tmp_path / "b", "--steps", "2", "--save-every", "2", "--workers", workers)
     torch.manual_seed(1234)  # the run must restore its own RNG
-    train_cli(tokdir, tmp_path / "b", "--steps", "4", "--save-every", "4", "--resume")
+    train_cli(tokdir, tmp_path / "b", "--steps", "4", "--save-every", "4", "--resume", "--workers", workers)
     for name in ("model.safetensors", "ema.safetensors"):
         a = load_file(str(tmp_path / "a" / "train_state" / name))
         b = load_file(str(tmp_path / "b" / "train_state" / name))

@@ -65,8 +65,18 @@ def test_nan_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch, caps
     assert all(torch.equal(good[k], after[k]) for k in good)
 
 
+def test_workers_train_the_same_weights(tmp_path):
+    """--workers loads the same batches and leaves the training's RNG alone: same weights."""
+    for name, workers in (("a", "0"), ("b", "2")):
+        torch.manual_seed(123)
+        run(tmp_path / name, "--steps", "3", "--save-every", "3", "--workers", workers)
+    a, b = (load_file(str(tmp_path / n / "train_state" / "model.safetensors")) for n in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("argv, msg", [
     (["--preset", "nope", "--data", "synthetic"], "unknown tokenizer preset 'nope'; choose one of: var-256"),
+    (["--data", "synthetic", "--workers", "-1"], "--workers must be 0 or more, not -1"),
     (["--data", "folder:/no/such/dir"], "data folder /no/such/dir does not exist"),
     (["--data", "synthetic", "--resume"], "no run to resume"),
     (["--data", "synthetic", "--hybrid-share", "1.5"], "--hybrid-share is a share of the batches, from 0 to 1"),

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from hart.common.data import add_data_arguments, infinite_batches, make_dataset
+from hart.common.data import add_data_arguments, add_workers_argument, infinite_batches, make_dataset
 from hart.common.ema import EMA
 from hart.common.errors import UserError, cli_entry
 from hart.common.images import grid, save_grid
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help=f"tokenizer preset: {', '.join(TokenizerConfig.PRESETS)} "
                    "(default fm-32; on --resume, the saved one)")
     add_data_arguments(p)
+    add_workers_argument(p)
     p.add_argument("--out", required=True, help="output tokenizer folder")
     p.add_argument("--steps", type=int, default=3000, help="total optimizer steps (default 3000)")
     p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
@@ -268,7 +269,7 @@ def main(argv=None):
             print(f"{out} is already at step {trainer.step} >= --steps {args.steps}; nothing to do")
             return 0
     batches = infinite_batches(train_set, args.batch_size, torch.Generator().manual_seed(args.seed),
-                               start_step=trainer.step)
+                               start_step=trainer.step, workers=args.workers)
     usage = torch.zeros(config.codebook_size, dtype=torch.long)
     window, speed = Window(), Throughput()
     log = RunLog(out, start_step=trainer.step, resume=args.resume, tensorboard=not args.no_tensorboard)

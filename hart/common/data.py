@@ -520,6 +520,13 @@ def add_data_arguments(parser, split_default: str | None = None) -> None:
                             help="heldout: shapes only")
 
 
+def add_workers_argument(parser) -> None:
+    """``--workers N`` for a training CLI (see :func:`infinite_batches`)."""
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes that load (render, decode) the images in the background, the same "
+                             "batches in the same order (default 0: in the training process)")
+
+
 def make_dataset(spec: str, split: str = "train", resolution: int = 32, data_dir=None):
     """Build the dataset named by ``spec`` (see :func:`parse_spec`). ``split`` (train or test;
     heldout for shapes) applies to named datasets, unless the spec names its own."""
@@ -564,11 +571,16 @@ def infinite_batches(dataset, batch_size: int, generator: torch.Generator, start
     :class:`torch.utils.data.DataLoader`): for data made on the fly (``shapes``) or decoded
     from files, when the accelerator would otherwise wait for it.
     """
+    if workers < 0:
+        raise UserError(f"--workers must be 0 or more, not {workers}")
     batches = _index_batches(len(dataset), batch_size, generator, start_step, rank, world_size)
-    if workers <= 0:
+    if workers == 0:
         for idx in batches:
             yield default_collate([dataset[j] for j in idx])
         return
+    # its own generator: the loader draws its workers' base seed from it, not from the global
+    # RNG, whose stream the training (and an exact resume) owns
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                                         collate_fn=default_collate, prefetch_factor=4)
+                                         collate_fn=default_collate, prefetch_factor=4,
+                                         generator=torch.Generator().manual_seed(int(generator.initial_seed())))
     yield from loader
