@@ -38,7 +38,14 @@ noise smoothed over the grid by a 3x3 box filter and rescaled to the same varian
 
     python benchmarks/residual_oracle.py --num 2000 --bank 10000
     python benchmarks/residual_oracle.py --num 2000 --bank 10000 --neighbours
+``--nearest`` adds whole residual maps of other images chosen by their codes: the true
+residual map of the bank image whose f_hat is nearest (L2 over the whole n x n x z map) to the
+query's f_hat (``nearest-1``), or of one drawn at random among the K nearest
+(``nearest-K``): coherent detail, drawn given the codes of the whole image, as a sampler of
+r given f_hat that returns real residual maps would draw it.
+
     python benchmarks/residual_oracle.py --num 2000 --bank 10000 --errors
+    python benchmarks/residual_oracle.py --num 2000 --bank 60000 --nearest
 """
 from __future__ import annotations
 
@@ -54,6 +61,21 @@ from tokenizer.model import HybridTokenizer
 ORACLES = ("same-id", "same-id-pos", "shuffled", "other-image")
 HALF = ("half-zero", "half-same-id", "half-neighbours")
 ERRORS = ("noisy-0.25", "noisy-0.6", "noisy-1", "smooth-0.6")
+NEAREST = (1, 8, 64)
+
+
+def nearest_maps(bank_fhat: torch.Tensor, fhat: torch.Tensor, k: int, g: torch.Generator,
+                 chunk: int = 250) -> torch.Tensor:
+    """(Q,) indices into the bank: for each query f_hat (Q, z, n, n), one of the ``k`` bank
+    maps (T, z, n, n) nearest in L2, drawn uniformly."""
+    b = bank_fhat.flatten(1)
+    out = []
+    for s in range(0, fhat.shape[0], chunk):
+        d = torch.cdist(fhat[s:s + chunk].flatten(1), b)  # (q, T)
+        top = d.topk(k, largest=False).indices  # (q, k)
+        pick = (torch.rand(top.shape[0], generator=g) * k).long()
+        out.append(top[torch.arange(top.shape[0]), pick])
+    return torch.cat(out)
 
 
 def error_draw(res: torch.Tensor, var: torch.Tensor, name: str, n: int, g: torch.Generator) -> torch.Tensor:
@@ -160,6 +182,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--neighbours", action="store_true",
                    help="also the checkerboard rows: half true, half zero / same-id / nearest-neighbours draws")
+    p.add_argument("--nearest", action="store_true",
+                   help="also the rows of whole residual maps of the bank images nearest in f_hat")
     p.add_argument("--errors", action="store_true",
                    help="also the true residual plus noise rows: independent (noisy-K) and smooth (smooth-K)")
     args = p.parse_args(argv)
@@ -169,7 +193,7 @@ def main(argv=None) -> int:
     n = tok.config.latent_size
     train = make_dataset(args.data, "train", tok.config.resolution, args.data_dir)
     test = make_dataset(args.data, "test", tok.config.resolution, args.data_dir)
-    bank_ids, bank_res, _, _ = encode_tokens(tok, train, min(args.bank, len(train)), args.batch_size)
+    bank_ids, bank_res, bank_fhat, _ = encode_tokens(tok, train, min(args.bank, len(train)), args.batch_size)
     num = min(args.num, len(test))
     ids, res, f_hat, xs = encode_tokens(tok, test, num, args.batch_size)
     g = torch.Generator().manual_seed(args.seed)
@@ -201,6 +225,10 @@ def main(argv=None) -> int:
         for name in ERRORS:
             draws[name] = error_draw(res, var, name, n, g)
         oracles = oracles + ERRORS
+    if args.nearest:  # after the other draws, so that their rows do not change
+        for k in NEAREST:
+            draws[f"nearest-{k}"] = bank_res[nearest_maps(bank_fhat, f_hat, k, g)]
+        oracles = oracles + tuple(f"nearest-{k}" for k in NEAREST)
     names = ["discrete", "hybrid", *oracles]
     scores = DecodeScores(names, args.data, tok.config.resolution, args.ref_num, args.data_dir)
     as_map = lambda r: r.transpose(1, 2).reshape(r.shape[0], z, n, n)  # noqa: E731

@@ -529,3 +529,76 @@ def test_train_a_head_of_another_size_on_an_init_transformer(tokdir, gendir, tmp
                         "--batch-size", "8", "--steps", "3"] + argv)
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and word in err[0], err
+
+
+def _head_draws_tool():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "head_draws.py"
+    spec = importlib.util.spec_from_file_location("head_draws", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_decoder_stage_on_head_draws(tokdir, gendir, tmp_path, capsys):
+    """tools/head_draws.py writes one draw per training image; --draws decodes f_hat + draw in
+    --draw-share of the batches, the frozen parts stay bit-identical, and the run refuses
+    what cannot work in one line."""
+    from tokenizer.train import main as tok_main
+
+    draws = tmp_path / "draws.safetensors"
+    _head_draws_tool().main(["--model", str(gendir), "--data", "synthetic", "--num", "24", "--batch-size", "10",
+                             "--out", str(draws)])
+    d = load_file(str(draws))["draws"]
+    tok = HybridTokenizer.from_pretrained(tokdir)
+    assert d.shape == (24, tok.config.z_channels, tok.config.latent_size, tok.config.latent_size)
+    assert d.float().std() > 0
+    # the training pass decodes exactly f_hat + draws
+    x = torch.stack([make_dataset("synthetic", "train", 16)[i][0] for i in range(3)])
+    with torch.no_grad():
+        out = tok.eval()(x, draws=d[:3].float())
+        want = tok.to_image(tok.decoder(tok.post_quant_conv(tok.encode(x).f_hat + d[:3].float())))
+    assert torch.allclose(out.recon, want, atol=1e-5)
+
+    out_dir = tmp_path / "tok-d"
+    base = ["--init", str(tokdir), "--freeze-codebook", "--data", "synthetic", "--out", str(out_dir),
+            "--batch-size", "8", "--disc-start", "2", "--save-every", "2", "--log-every", "1",
+            "--no-tensorboard", "--draws", str(draws), "--draw-share", "1"]
+    tok_main(base + ["--steps", "2"])
+    assert "first 24 of" in capsys.readouterr().out
+    tok_main(["--data", "synthetic", "--out", str(out_dir), "--batch-size", "8",
+                "--resume", "--steps", "3", "--draws", str(draws), "--draw-share", "1",
+                "--log-every", "1", "--no-tensorboard", "--freeze-codebook"])
+    lines = [json.loads(s) for s in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3]
+    assert all("psnr/draw" in m and "psnr/hybrid" not in m and "psnr/discrete" not in m for m in lines)
+    before = load_file(str(tokdir / "model.safetensors"))
+    raw = load_file(str(out_dir / "train_state" / "model.safetensors"))
+    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv.", "quantize."))]
+    assert frozen and all(torch.equal(before[k], raw[k]) for k in frozen)
+    assert any(not torch.equal(before[k], raw[k]) for k in before if k.startswith("decoder."))
+
+    bad = tmp_path / "bad.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"draws": torch.zeros(4, 3, 2, 2)}, str(bad))
+    cases = [
+        (["--init", str(tokdir), "--data", "synthetic", "--out", str(tmp_path / "a"), "--draws", str(draws)],
+         "--draws needs --init DIR --freeze-codebook"),
+        (["--init", str(tokdir), "--freeze-codebook", "--data", "synthetic", "--out", str(tmp_path / "b"),
+          "--draws", str(bad)], "this tokenizer's latent needs"),
+        (["--init", str(tokdir), "--freeze-codebook", "--data", "synthetic", "--out", str(tmp_path / "c"),
+          "--draws", str(tmp_path / "none.safetensors")], "no such file"),
+        (["--data", "synthetic", "--out", str(out_dir), "--resume", "--steps", "4", "--freeze-codebook"],
+         "resume it with --draws"),
+        (["--init", str(tokdir), "--freeze-codebook", "--data", "synthetic", "--out", str(tmp_path / "e"),
+          "--draws", str(draws), "--draw-share", "2"], "--draw-share is a share of the batches"),
+    ]
+    for argv, msg in cases:
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            tok_main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], (msg, err)

@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hybrid-share", type=float, default=0.5,
                    help="share of the batches that decode the exact latent (discrete + residual); the rest "
                         "decode the discrete-only latent (default 0.5, HART's alternation)")
+    p.add_argument("--draws", default=None, metavar="FILE",
+                   help="a residual head's draws for the training images (tools/head_draws.py): a share of the "
+                        "batches (--draw-share) decodes f_hat + the image's draw, so that the decoder learns to "
+                        "render what the generator's head gives it; needs --freeze-codebook (the draws belong "
+                        "to the --init tokenizer's ids)")
+    p.add_argument("--draw-share", type=float, default=1 / 3,
+                   help="with --draws: share of the batches that decode f_hat + draw (default 1/3); the rest "
+                        "split by --hybrid-share")
     p.add_argument("--lpips-weights", default=None, help="VGG16+LPIPS weights file; LPIPS is off without it")
     p.add_argument("--init", default=None, metavar="DIR",
                    help="start from the weights (and config) of this tokenizer folder")
@@ -114,16 +122,19 @@ class Trainer:
         for m in self.frozen:
             m.eval()
 
-    def train_step(self, x: torch.Tensor) -> dict:
+    def train_step(self, x: torch.Tensor, draws: torch.Tensor | None = None) -> dict:
+        """One step. ``draws`` (B, z, n, n): the batch's head draws (with ``--draws``); a coin
+        with ``--draw-share`` decides whether this batch decodes f_hat + draws."""
         args, step = self.args, self.step
         # linear warm-up over 2% of the run, then cosine to 10% of the peak
         set_lr((self.opt_g, self.opt_d), warmup_cosine(step, args.steps, args.lr, max(1, args.steps // 50)))
+        use_draws = draws is not None and bool(torch.rand((), generator=self.gen) < args.draw_share)
         # HART's hybrid training: half the batches (1 - --hybrid-share) decode the discrete-only latent
         discrete = bool(torch.rand((), generator=self.gen) < 1.0 - args.hybrid_share)
         mask = torch.full((x.shape[0],), discrete, device=x.device)
         use_gan = step >= args.disc_start
         with autocast(self.device, self.amp_dtype):
-            out = self.model(x, mask)
+            out = self.model(x, mask, draws if use_draws else None)
             loss_rec = reconstruction_loss(out.recon, x)
             loss = loss_rec + (out.vq_loss if not self.frozen else 0.0)  # frozen: vq_loss has no gradient
             if self.lpips is not None:
@@ -148,7 +159,7 @@ class Trainer:
         self.ema.update(self.model, self.ema.warmup_decay(step))
         self.step += 1
         return dict(loss=loss.item(), rec=loss_rec.item(), vq=out.vq_loss.item(), d=d_loss.item(),
-                    psnr=psnr(out.recon, x).mean().item(), discrete=discrete, grad_norm=grad_norm.item(),
+                    psnr=psnr(out.recon, x).mean().item(), kind="draw" if use_draws else "discrete" if discrete else "hybrid", grad_norm=grad_norm.item(),
                     ids=torch.cat([i.flatten() for i in out.ids]))
 
     # ------------------------------------------------------------------ checkpoints
@@ -161,7 +172,8 @@ class Trainer:
                  {"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                   "torch_rng": torch.get_rng_state(), "gen": self.gen.get_state()},
                  {"step": self.step, "config": self.config.to_dict(), "seed": self.args.seed,
-                  "steps": self.args.steps, "freeze_codebook": bool(self.frozen)})
+                  "steps": self.args.steps, "freeze_codebook": bool(self.frozen),
+                  "draws": self.args.draws, "draw_share": self.args.draw_share})
         self.ema.shadow.save_pretrained(out)  # the EMA weights are the model later commands read
         self.saved_step = self.step
         write_recon_grid(self.ema.shadow, preview, out / "recon.png")
@@ -191,6 +203,41 @@ def is_grayscale(dataset, num: int = 512, seed: int = 0) -> bool:
     return True
 
 
+class WithIndex(torch.utils.data.Dataset):
+    """``dataset``'s items with the item's index appended: (image, label, index)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return (*self.dataset[i], i)
+
+
+def load_draws(path, config: TokenizerConfig, num_images: int) -> torch.Tensor:
+    """The ``draws`` tensor (M, z, n, n) of a file written by tools/head_draws.py, checked
+    against the tokenizer's latent and the training set (M <= its size: the first M images)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise UserError(f"--draws {path}: no such file (write one with tools/head_draws.py)")
+    try:
+        d = load_file(str(path)).get("draws")
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"--draws {path} is not a safetensors file ({e}); write one with tools/head_draws.py")
+    want = (config.z_channels, config.latent_size, config.latent_size)
+    if d is None or d.dim() != 4 or tuple(d.shape[1:]) != want:
+        got = "no 'draws' tensor" if d is None else f"draws of shape {tuple(d.shape)}"
+        raise UserError(f"--draws {path} holds {got}; this tokenizer's latent needs (N, {', '.join(map(str, want))})")
+    if len(d) > num_images:
+        raise UserError(f"--draws {path} holds {len(d)} draws for a training set of {num_images} images: "
+                        "were they written for another --data?")
+    return d
+
+
 RECON_LABELS = ["input", "discrete", "hybrid"]
 
 
@@ -215,6 +262,9 @@ def resolve_config(args, out: Path) -> TokenizerConfig:
     --preset that differs is refused, as is a --freeze-codebook that differs from the run's."""
     if args.freeze_codebook and not args.init and not args.resume:
         raise UserError("--freeze-codebook needs --init DIR: the trained tokenizer whose encoder and codebook to keep")
+    if args.draws and not args.freeze_codebook:
+        raise UserError("--draws needs --init DIR --freeze-codebook: the draws belong to that tokenizer's ids, "
+                        "which only a frozen encoder and codebook keep")
     meta = run_meta(out, args.resume, WEIGHTS_NAME)
     if meta is None:
         if args.init:
@@ -226,6 +276,8 @@ def resolve_config(args, out: Path) -> TokenizerConfig:
     if args.init:
         raise UserError("--resume continues from the run's own checkpoint; drop --init")
     args.freeze_codebook = args.freeze_codebook or bool(meta.get("freeze_codebook", False))
+    if meta.get("draws") and not args.draws:
+        raise UserError(f"the run in {out} decodes head draws: resume it with --draws {meta['draws']}")
     if bool(meta.get("freeze_codebook", False)) != args.freeze_codebook:
         raise UserError(f"the run in {out} was started without --freeze-codebook; resume it without the flag")
     check_preset(args.preset, args.preset and TokenizerConfig.from_name(args.preset), saved, out)
@@ -238,8 +290,10 @@ def main(argv=None):
     if args.image_every is None:
         args.image_every = args.save_every
     check_positive(args, "steps", "batch_size", "save_every", "log_every", "image_every")
-    if not 0.0 <= args.hybrid_share <= 1.0:
-        raise UserError(f"--hybrid-share is a share of the batches, from 0 to 1; got {args.hybrid_share}")
+    for name in ("hybrid_share", "draw_share"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} is a share of the batches, from 0 to 1; got {getattr(args, name)}")
     out = Path(args.out)
     config = resolve_config(args, out)
     if args.disc_start is None:
@@ -268,6 +322,14 @@ def main(argv=None):
         if trainer.step >= args.steps:
             print(f"{out} is already at step {trainer.step} >= --steps {args.steps}; nothing to do")
             return 0
+    draws = None
+    if args.draws:
+        draws = load_draws(args.draws, config, len(train_set))
+        if len(draws) < len(train_set):
+            print(f"{args.draws} holds draws for the first {len(draws)} of {len(train_set)} training images: "
+                  "the stage trains on those")
+            train_set = torch.utils.data.Subset(train_set, range(len(draws)))
+        train_set = WithIndex(train_set)
     batches = infinite_batches(train_set, args.batch_size, torch.Generator().manual_seed(args.seed),
                                start_step=trainer.step, workers=args.workers)
     usage = torch.zeros(config.codebook_size, dtype=torch.long)
@@ -276,19 +338,20 @@ def main(argv=None):
     with log, tqdm(total=args.steps, initial=trainer.step, desc="tokenizer", dynamic_ncols=True) as bar:
         while trainer.step < args.steps:
             t0 = time.perf_counter()
-            x, _ = next(batches)
-            m = trainer.train_step(x.to(device))
+            batch = next(batches)
+            x = batch[0]
+            m = trainer.train_step(x.to(device), None if draws is None else draws[batch[2]].float().to(device))
             speed.add(x.shape[0], time.perf_counter() - t0)
             usage += torch.bincount(m["ids"].cpu(), minlength=config.codebook_size)
             window.add(**{k: m[k] for k in ("loss", "rec", "vq", "d", "psnr", "grad_norm")})
-            window.add(**{"psnr/discrete" if m["discrete"] else "psnr/hybrid": m["psnr"]})
+            window.add(**{f"psnr/{m['kind']}": m["psnr"]})
             step = trainer.step
             if step % args.log_every == 0 or step == args.steps:
                 frac = (usage > 0).float().mean().item()  # share of the codebook used in the window
                 usage.zero_()
                 mean = window.means()
                 names = {"loss": "loss/total", "rec": "loss/rec", "vq": "loss/vq", "d": "loss/disc"}
-                split = {k: mean[k] for k in ("psnr/discrete", "psnr/hybrid") if k in mean}
+                split = {k: mean[k] for k in ("psnr/discrete", "psnr/hybrid", "psnr/draw") if k in mean}
                 log.scalars(step, {**{tag: mean[k] for k, tag in names.items()}, **split},
                             psnr=mean["psnr"], grad_norm=mean["grad_norm"], **{"codebook/usage": frac},
                             lr=trainer.opt_g.param_groups[0]["lr"], **{"throughput/images_per_s": speed.rate()})
