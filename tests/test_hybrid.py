@@ -126,6 +126,10 @@ def test_a_decoder_stage_measures_grayscale_data_and_export_accepts_it(tokdir, g
               str(out), "--steps", "2", "--batch-size", "4", "--save-every", "2"])
     assert HybridTokenizer.load_config(out).grayscale
     assert "grayscale output on" in capsys.readouterr().out
+    # --grayscale off trains every channel on gray data (export --grayscale on ships the mean)
+    tok_main(["--init", str(out), "--freeze-codebook", "--data", f"images:{folder}", "--out",
+              str(tmp_path / "tokc"), "--steps", "1", "--batch-size", "4", "--grayscale", "off"])
+    assert not HybridTokenizer.load_config(tmp_path / "tokc").grayscale
     export_main(["--model", str(gendir), "--tokenizer", str(out), "--out", str(tmp_path / "m"), "--storage", "fp32"])
     assert HybridTokenizer.load_config(tmp_path / "m" / "tokenizer").grayscale
     # export --grayscale sets it on a tokenizer trained before it existed; the weights stay

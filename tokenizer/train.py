@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draw-share", type=float, default=1 / 3,
                    help="with --draws: share of the batches that decode f_hat + draw (default 1/3); the rest "
                         "split by --hybrid-share")
+    p.add_argument("--grayscale", choices=["auto", "on", "off"], default="auto",
+                   help="the decoder's output while training: auto (default) measures the data, and gray data "
+                        "trains through the channel mean; off trains every channel against the target "
+                        "(hart export --grayscale on still ships the mean)")
     p.add_argument("--lpips-weights", default=None, help="VGG16+LPIPS weights file; LPIPS is off without it")
     p.add_argument("--init", default=None, metavar="DIR",
                    help="start from the weights (and config) of this tokenizer folder")
@@ -308,8 +312,8 @@ def main(argv=None):
     if len(train_set) < args.batch_size:
         raise UserError(f"the dataset has {len(train_set)} images, fewer than --batch-size {args.batch_size}")
     if not args.resume:  # a new run or an --init stage measures it; a resumed run keeps its own
-        gray = is_grayscale(train_set)
-        if gray != config.grayscale:
+        gray = is_grayscale(train_set) if args.grayscale == "auto" else args.grayscale == "on"
+        if gray != config.grayscale and args.grayscale == "auto":
             print(f"the training images {'have no' if gray else 'have'} colour: grayscale output "
                   f"{'on' if gray else 'off'}")
         config = config.replace(grayscale=gray)
