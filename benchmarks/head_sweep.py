@@ -38,7 +38,7 @@ import torch
 from decode_scores import DecodeScores  # benchmarks/ is on the path when run as a script
 from hart.common.data import make_dataset
 from residual_oracle import second_colour
-from sampling.eval_residual import NUM_MEAN, _R2, head_draws, load_models
+from sampling.eval_residual import NUM_MEAN, _R2, head_draws, load_models, true_ids_cond
 from sampling.fid.stats import FeatureStats, frechet_distance
 
 
@@ -94,7 +94,6 @@ def main(argv=None) -> int:
     def add_lat(name, res):
         lat[name].add((patches(res.double()) / scale).numpy())
 
-    N = n_lat * n_lat
     num = min(args.num, len(ds))
     for start in tqdm(range(0, num, args.batch_size), desc="head-sweep"):
         idx = range(start, min(num, start + args.batch_size))
@@ -102,8 +101,7 @@ def main(argv=None) -> int:
         labels = torch.tensor([int(ds[i][1]) for i in idx])
         code = tok.encode(x)
         f_hat, r = code.f_hat, code.residual
-        out = gen(labels, tok.teacher_inputs(code.ids))
-        cond = gen.diffusion_cond(out.hidden[:, -N:], tok.code_vectors(code.ids[-1]))
+        cond = true_ids_cond(tok, gen, code, labels)
         dec = {"discrete": tok.decode_latent(f_hat), "hybrid": tok.decode_latent(f_hat + r)}
         c_last = tok.quantize.contribution(code.ids[-1], len(code.ids) - 1, n_lat).double()
 

@@ -97,6 +97,14 @@ def head_draws(gen, head_cond: torch.Tensor, draws: int, g: torch.Generator, ste
     return x.permute(0, 1, 3, 2).reshape(draws, B, -1, n, n)
 
 
+def true_ids_cond(tok, gen, code, labels: torch.Tensor) -> torch.Tensor:
+    """The head's condition for every last-scale token given the true ids: the transformer
+    teacher-forced on ``code.ids`` with ``labels``, and the true last-scale codes. -> (B, N, C)"""
+    N = tok.config.latent_size ** 2
+    hidden = gen(labels, tok.teacher_inputs(code.ids)).hidden[:, -N:]
+    return gen.diffusion_cond(hidden, tok.code_vectors(code.ids[-1]))
+
+
 @torch.no_grad()
 def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, fd_extractor=None,
              preview: int = 8, progress: bool = True, diff_steps: int | None = None,

@@ -163,7 +163,8 @@ class Trainer:
         self.ema.update(self.model, self.ema.warmup_decay(step))
         self.step += 1
         return dict(loss=loss.item(), rec=loss_rec.item(), vq=out.vq_loss.item(), d=d_loss.item(),
-                    psnr=psnr(out.recon, x).mean().item(), kind="draw" if use_draws else "discrete" if discrete else "hybrid", grad_norm=grad_norm.item(),
+                    psnr=psnr(out.recon, x).mean().item(), grad_norm=grad_norm.item(),
+                    kind="draw" if use_draws else "discrete" if discrete else "hybrid",
                     ids=torch.cat([i.flatten() for i in out.ids]))
 
     # ------------------------------------------------------------------ checkpoints

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hart.common.data import SPLITS, make_dataset  # noqa: E402
-from sampling.eval_residual import head_draws, load_models  # noqa: E402
+from sampling.eval_residual import head_draws, load_models, true_ids_cond  # noqa: E402
 
 
 @torch.no_grad()
@@ -46,7 +46,6 @@ def main(argv=None) -> int:
     ds = make_dataset(args.data, args.split, tok.config.resolution, args.data_dir)
     num = len(ds) if args.num is None else min(args.num, len(ds))
     n = tok.config.latent_size
-    N = n * n
     g = torch.Generator().manual_seed(args.seed)
     out = torch.empty(num, tok.config.z_channels, n, n, dtype=torch.float16)
     for b, start in enumerate(tqdm(range(0, num, args.batch_size), desc="head-draws")):
@@ -54,8 +53,7 @@ def main(argv=None) -> int:
         x = torch.stack([ds[i][0] for i in idx])
         labels = torch.tensor([int(ds[i][1]) for i in idx])
         code = tok.encode(x)
-        hidden = gen(labels, tok.teacher_inputs(code.ids)).hidden[:, -N:]
-        cond = gen.diffusion_cond(hidden, tok.code_vectors(code.ids[-1]))
+        cond = true_ids_cond(tok, gen, code, labels)
         s = head_draws(gen, cond, 1, g, args.steps, temps[b % len(temps)], args.sampler)[0]
         out[start:start + len(idx)] = s.half()
     meta = {"model": str(folder), "data": args.data, "split": args.split, "sampler": args.sampler,
