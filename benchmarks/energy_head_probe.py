@@ -1,9 +1,9 @@
 """Probe: a residual head trained as a one-step generator with the energy score of its decodes.
 
-    python benchmarks/energy_head_probe.py train --steps 1500 --out runs/energy-head     # 28 min, 2 threads
-    python benchmarks/energy_head_probe.py eval runs/energy-head/head1500.pt --num 500 --temps 1,0.5
+    python benchmarks/energy_head_probe.py train --steps 1000 --out runs/energy-head --dtype fp32   # 27 min, 2 threads
+    python benchmarks/energy_head_probe.py eval runs/energy-head/head1000.pt --num 2000 --temps 1,0.5,0  # 20 min
 
-Session 18's experiment for #12 (not a model the CLI can ship). Every diffusion head so far
+Sessions 18-19's experiment for #12 (README: "An energy-score head") (not a model the CLI can ship). Every diffusion head so far
 learned the part of the residual the codes predict and recovered at most 0.10 of the hybrid FD
 gain; the gain needs draws from p(residual | codes) that the *decoder* cannot tell from true
 ones. So this head is judged where it matters during training: a whole-grid head (the
@@ -14,9 +14,10 @@ decoder and scored with the energy score against the hybrid decode:
 ``E|D(f_hat + r1) - y| - 0.5 E|D(f_hat + r1) - D(f_hat + r2)|`` (a strictly proper scoring
 rule: its minimum is the true conditional distribution; Gneiting & Raftery 2007, and the
 energy-score AR heads of Shao et al. 2025). ``train`` caches the codes, conditions and targets
-of the first ``--num`` training images once (bf16), then trains (AdamW, bf16 autocast).
+of the first ``--num`` training images once (bf16), then trains (AdamW, ``--dtype`` autocast).
 ``eval`` prints PSNR, FD-EffNet (first ``--num`` test images against 10,000 train images, the
-statistics cached as ``hart fid`` caches them), r2 and ``recovered`` as head_sweep.py does.
+statistics cached as ``hart fid`` caches them), r2 and ``recovered`` as head_sweep.py does, and
+the held-out energy score (two draws per image).
 """
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from decode_scores import DecodeScores  # benchmarks/ is on the path when run as a script
-from hart.common.data import make_dataset
+from hart.common.data import labelled_batch, make_dataset
+from hart.common.io import atomic_file
 from hart.diffusion import DiffusionHead
 from sampling.eval_residual import _R2, load_models, true_ids_cond
 
@@ -65,17 +68,16 @@ def train(args) -> None:
     else:
         F, C, Y = [], [], []
         with torch.no_grad():
-            for s in range(0, args.num, 100):
-                idx = range(s, min(args.num, s + 100))
-                x = torch.stack([ds[i][0] for i in idx])
-                lab = torch.tensor([int(ds[i][1]) for i in idx])
+            for s in tqdm(range(0, args.num, 100), desc="cache"):
+                x, lab = labelled_batch(ds, range(s, min(args.num, s + 100)))
                 code = tok.encode(x)
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     C.append(true_ids_cond(tok, gen, code, lab).to(torch.bfloat16))
                 F.append(code.f_hat)
                 Y.append(tok.decode_latent(code.f_hat + code.residual).to(torch.bfloat16))
         F, C, Y = map(torch.cat, (F, C, Y))
-        torch.save((F, C, Y), cache)
+        with atomic_file(cache) as tmp:
+            torch.save((F, C, Y), tmp)
     torch.manual_seed(args.seed)
     head = make_head(gen, args.mix)
     opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=0)
@@ -100,7 +102,8 @@ def train(args) -> None:
             print(f"{step} loss {loss.item():.4f} fit {fit.item():.3f} spread {spread.item():.3f} "
                   f"{time.time() - t0:.0f}s", flush=True)
         if (step + 1) % 250 == 0:
-            torch.save(head.state_dict(), out / f"head{step + 1}.pt")
+            with atomic_file(out / f"head{step + 1}.pt") as tmp:
+                torch.save(head.state_dict(), tmp)
 
 
 @torch.no_grad()
@@ -114,12 +117,10 @@ def evaluate(args) -> None:
     names = ["discrete", "hybrid"] + [f"T{t:g}" for t in temps]
     scores = DecodeScores(names, "fashion-mnist", tok.config.resolution, 10000)
     r2 = {k: _R2() for k in names[2:]}
-    energy = {k: [0.0, 0.0] for k in names}  # summed fit, spread per name (discrete: spread 0)
+    energy = {k: [0.0, 0.0] for k in names if k != "hybrid"}  # summed fit, spread (discrete: spread 0)
     g = torch.Generator().manual_seed(args.seed)
-    for s in range(0, args.num, 100):
-        idx = range(s, min(args.num, s + 100))
-        x = torch.stack([ds[i][0] for i in idx])
-        lab = torch.tensor([int(ds[i][1]) for i in idx])
+    for s in tqdm(range(0, args.num, 100), desc="eval"):
+        x, lab = labelled_batch(ds, range(s, min(args.num, s + 100)))
         code = tok.encode(x)
         cond = true_ids_cond(tok, gen, code, lab).flatten(0, 1)
         dec = {"discrete": tok.decode_latent(code.f_hat), "hybrid": tok.decode_latent(code.f_hat + code.residual)}
@@ -139,8 +140,10 @@ def evaluate(args) -> None:
     gain = fd["discrete"] - fd["hybrid"]
     for k in names:
         extra = f" r2={r2[k].value():.3f} recovered={(fd['discrete'] - fd[k]) / gain:.3f}" if k in r2 else ""
-        fit, spread = (v / args.num for v in energy[k])
-        es = f" energy={fit - 0.5 * spread:.3f} (fit {fit:.3f} spread {spread:.3f})" if k != "hybrid" else ""
+        es = ""
+        if k in energy:
+            fit, spread = (v / args.num for v in energy[k])
+            es = f" energy={fit - 0.5 * spread:.3f} (fit {fit:.3f} spread {spread:.3f})"
         print(f"{k:>9} psnr={scores.psnr(k):.2f} fd={fd[k]:.3f}{extra}{es}")
 
 

@@ -36,7 +36,7 @@ import argparse
 import torch
 
 from decode_scores import DecodeScores  # benchmarks/ is on the path when run as a script
-from hart.common.data import make_dataset
+from hart.common.data import labelled_batch, make_dataset
 from residual_oracle import second_colour
 from sampling.eval_residual import NUM_MEAN, _R2, head_draws, load_models, true_ids_cond
 from sampling.fid.stats import FeatureStats, frechet_distance
@@ -97,8 +97,7 @@ def main(argv=None) -> int:
     num = min(args.num, len(ds))
     for start in tqdm(range(0, num, args.batch_size), desc="head-sweep"):
         idx = range(start, min(num, start + args.batch_size))
-        x = torch.stack([ds[i][0] for i in idx])
-        labels = torch.tensor([int(ds[i][1]) for i in idx])
+        x, labels = labelled_batch(ds, idx)
         code = tok.encode(x)
         f_hat, r = code.f_hat, code.residual
         cond = true_ids_cond(tok, gen, code, labels)

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from hart.common.data import SPLITS, make_dataset
+from hart.common.data import SPLITS, labelled_batch, make_dataset
 from hart.diffusion import sample_residual
 from hart.kernels import sample_from_logits
 from hart.common.errors import UserError, cli_entry
@@ -128,8 +128,7 @@ def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, f
     rows = None
     for start in tqdm(range(0, num, batch_size), desc="eval-residual", disable=not progress):
         idx = range(start, min(num, start + batch_size))
-        x = torch.stack([dataset[i][0] for i in idx])
-        labels = torch.tensor([int(dataset[i][1]) for i in idx])
+        x, labels = labelled_batch(dataset, idx)
         code = tok.encode(x)
         f_hat, r = code.f_hat, code.residual  # (B, z, n, n)
         out = gen(labels, tok.teacher_inputs(code.ids))

@@ -546,6 +546,12 @@ def make_dataset(spec: str, split: str = "train", resolution: int = 32, data_dir
     return DATASETS[d.name](split, resolution)
 
 
+def labelled_batch(dataset, idx) -> tuple[torch.Tensor, torch.Tensor]:
+    """The items ``idx`` of a labelled dataset -> images (B, C, H, W) and labels (B,) long."""
+    items = [dataset[i] for i in idx]
+    return torch.stack([it[0] for it in items]), torch.tensor([int(it[1]) for it in items])
+
+
 def _index_batches(n: int, batch_size: int, generator: torch.Generator, start_step: int,
                    rank: int, world_size: int):
     """The index lists :func:`infinite_batches` loads, forever (see there)."""
