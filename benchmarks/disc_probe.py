@@ -11,6 +11,9 @@ each of these ways, and reports on held-out images:
   ``hart train-tokenizer`` did up to session 11, as taming-transformers does);
 - ``batch/joint``: BatchNorm, real and fake in one forward pass (shared batch statistics);
 - ``none``: no normalization layers;
+- ``detail`` (session 20): ``tokenizer.losses.detail_critic``, what ``hart train-tokenizer
+  --disc-input detail`` trains: a conditional critic given each image's discrete decode beside
+  the detail (image or decode, minus the discrete decode, x10, on the 8-bit grid);
 - ``control``: ``batch/separate`` against a Gaussian blur (``--control-blur`` pixels) of the
   real images instead of the decodes, to show the probe can succeed.
 
@@ -29,7 +32,7 @@ import torch
 from hart.common.data import make_dataset
 from fd_sensitivity import gaussian_blur  # benchmarks/ is on the path when run as a script
 from tokenizer import HybridTokenizer
-from tokenizer.losses import PatchDiscriminator, hinge_d_loss
+from tokenizer.losses import PatchDiscriminator, detail_critic, detail_input, hinge_d_loss
 
 
 @torch.no_grad()
@@ -57,6 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--disc-gain", type=float, default=10.0, help="the detail critic's amplification")
     p.add_argument("--control-blur", type=float, default=0.6)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -70,13 +74,20 @@ def main(argv=None) -> int:
     xr = load(train, torch.randperm(len(train), generator=g)[:a.train_num])
     xt = load(test, torch.arange(min(a.num, len(test))))
     fr, ft = decode_all(tok, xr, a.decode), decode_all(tok, xt, a.decode)
+    br, bt = decode_all(tok, xr, "discrete"), decode_all(tok, xt, "discrete")  # the detail critic's condition
     nl = 3 if res >= 64 else 2
     blurred = (gaussian_blur(xr, a.control_blur), gaussian_blur(xt, a.control_blur))
     runs = [("batch/separate", "batch", False, fr, ft), ("batch/joint", "batch", True, fr, ft),
-            ("none", "none", False, fr, ft), (f"control blur {a.control_blur:g}", "batch", False, *blurred)]
+            ("none", "none", False, fr, ft), ("detail", "detail", False, fr, ft),
+            (f"control blur {a.control_blur:g}", "batch", False, *blurred)]
     for name, norm, joint, fake_train, fake_test in runs:
         torch.manual_seed(a.seed)
-        disc = PatchDiscriminator(tok.config.in_channels, ndf=64, n_layers=nl, norm=norm).train()
+        if norm == "detail":
+            disc = detail_critic(res).train()
+            judge = lambda x, i, base: disc(detail_input(base[i], x, a.disc_gain))  # noqa: E731
+        else:
+            disc = PatchDiscriminator(tok.config.in_channels, ndf=64, n_layers=nl, norm=norm).train()
+            judge = lambda x, i, base: disc(x)  # noqa: E731
         opt = torch.optim.AdamW(disc.parameters(), lr=a.lr, betas=(0.5, 0.9), weight_decay=0.0)
         losses = []
         for _ in range(a.steps):
@@ -86,7 +97,7 @@ def main(argv=None) -> int:
             if joint:
                 lr_, lf = disc(torch.cat([real, fake])).chunk(2)
             else:
-                lr_, lf = disc(real), disc(fake)
+                lr_, lf = judge(real, i, br), judge(fake, j, br)
             loss = hinge_d_loss(lr_, lf)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -96,7 +107,8 @@ def main(argv=None) -> int:
             if joint:
                 sr, sf = disc(torch.cat([xt, fake_test])).mean(dim=(1, 2, 3)).chunk(2)
             else:
-                sr, sf = disc(xt).mean(dim=(1, 2, 3)), disc(fake_test).mean(dim=(1, 2, 3))
+                every = torch.arange(len(xt))
+                sr, sf = judge(xt, every, bt).mean(dim=(1, 2, 3)), judge(fake_test, every, bt).mean(dim=(1, 2, 3))
         acc = 0.5 * ((sr > 0).float().mean() + (sf <= 0).float().mean()).item()
         tail = losses[-50:]
         print(f"{name} d_loss={sum(tail) / len(tail):.4f} acc={acc:.3f}", flush=True)

@@ -2,6 +2,8 @@
 
     python benchmarks/energy_head_probe.py train --steps 1000 --out runs/energy-head --dtype fp32   # 27 min, 2 threads
     python benchmarks/energy_head_probe.py eval runs/energy-head/head1000.pt --num 2000 --temps 1,0.5,0  # 20 min
+    python benchmarks/energy_head_probe.py train --steps 1000 --out runs/gan-head --dtype fp32 --adv 1   # session 20, stopped at 400
+    python benchmarks/energy_head_probe.py eval runs/gan-head/head250.pt --num 1000 --temps 1,0     # 9 min, 1 thread
 
 Sessions 18-19's experiment for #12 (README: "An energy-score head") (not a model the CLI can ship). Every diffusion head so far
 learned the part of the residual the codes predict and recovered at most 0.10 of the hybrid FD
@@ -17,7 +19,10 @@ energy-score AR heads of Shao et al. 2025). ``train`` caches the codes, conditio
 of the first ``--num`` training images once (bf16), then trains (AdamW, ``--dtype`` autocast).
 ``eval`` prints PSNR, FD-EffNet (first ``--num`` test images against 10,000 train images, the
 statistics cached as ``hart fid`` caches them), r2 and ``recovered`` as head_sweep.py does, and
-the held-out energy score (two draws per image).
+the held-out energy score (two draws per image). ``--adv W`` (session 20) adds W times the
+hinge loss of a conditional critic (``tokenizer.losses.detail_critic``) that is trained beside
+the head to tell the hybrid decode from the decodes of f_hat + draw, given the discrete decode
+and the detail each adds.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from hart.common.data import labelled_batch, make_dataset
 from hart.common.io import atomic_file
 from hart.diffusion import DiffusionHead
 from sampling.eval_residual import _R2, load_models, true_ids_cond
+from tokenizer.losses import detail_critic, detail_input, hinge_d_loss, hinge_g_loss
 
 
 def make_head(gen, mix: str) -> DiffusionHead:
@@ -84,6 +90,9 @@ def train(args) -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
     g = torch.Generator().manual_seed(args.seed)
     B, L, zc = args.batch_size, C.shape[1], gen.config.z_channels
+    if args.adv > 0:
+        critic = detail_critic()
+        opt_d = torch.optim.Adam(critic.parameters(), lr=args.disc_lr, betas=(0.5, 0.9))
     t0 = time.time()
     for step in range(args.steps):
         idx = torch.randint(0, F.shape[0], (B,), generator=g)
@@ -91,16 +100,29 @@ def train(args) -> None:
         z = torch.randn(2 * B * L, zc, generator=g)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
             r = draw(head, gen, cond.repeat(2, 1), z)  # (2B, zc, n, n)
-            X = tok.decode_latent(f_hat.repeat(2, 1, 1, 1) + r).float().view(2, B, -1)
-        fit, spread = energy_terms(X, y.view(B, -1))
-        loss = fit - 0.5 * spread
+            img = tok.decode_latent(f_hat.repeat(2, 1, 1, 1) + r).float()  # (2B, 3, R, R)
+        fit, spread = energy_terms(img.view(2, B, -1), y.view(B, -1))
+        loss = args.energy * (fit - 0.5 * spread)
+        log = f"energy {fit.item() - 0.5 * spread.item():.4f} fit {fit.item():.3f} spread {spread.item():.3f}"
+        if args.adv > 0:
+            with torch.no_grad():
+                base = tok.decode_latent(f_hat).repeat(2, 1, 1, 1)
+            real = critic(detail_input(base[:B], y, args.critic_gain))
+            fake = critic(detail_input(base, img.detach(), args.critic_gain))
+            d_loss = hinge_d_loss(real, fake)
+            opt_d.zero_grad()
+            d_loss.backward()
+            opt_d.step()
+            g_loss = hinge_g_loss(critic(detail_input(base, img, args.critic_gain)))
+            loss = loss + args.adv * g_loss
+            log += (f" d {d_loss.item():.3f} g {g_loss.item():.3f}"
+                    f" real {real.mean().item():+.2f} fake {fake.mean().item():+.2f}")
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         if step % 25 == 0:
-            print(f"{step} loss {loss.item():.4f} fit {fit.item():.3f} spread {spread.item():.3f} "
-                  f"{time.time() - t0:.0f}s", flush=True)
+            print(f"{step} loss {loss.item():.4f} {log} {time.time() - t0:.0f}s", flush=True)
         if (step + 1) % 250 == 0:
             with atomic_file(out / f"head{step + 1}.pt") as tmp:
                 torch.save(head.state_dict(), tmp)
@@ -156,6 +178,11 @@ def main(argv=None) -> int:
     t.add_argument("--num", type=int, default=12000, help="training images cached")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--energy", type=float, default=1.0, help="weight of the energy score")
+    t.add_argument("--adv", type=float, default=0.0,
+                   help="weight of a conditional PatchGAN's hinge loss on (discrete decode, decode) pairs (0: off)")
+    t.add_argument("--disc-lr", type=float, default=2e-4)
+    t.add_argument("--critic-gain", type=float, default=10.0, help="how much the critic's detail input is amplified")
     t.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"),
                    help="autocast dtype of the training step (bf16 pays only on CPUs with avx512_bf16 or AMX)")
     e = sub.add_parser("eval", help="score a checkpoint on the test split")

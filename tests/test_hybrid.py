@@ -606,3 +606,54 @@ def test_a_decoder_stage_on_head_draws(tokdir, gendir, tmp_path, capsys):
             tok_main(argv)
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and msg in err[0], (msg, err)
+
+
+def test_detail_input_is_the_amplified_detail_on_the_8bit_grid():
+    """The detail critic sees the discrete decode beside gain * (candidate - discrete decode), the
+    candidate rounded to 8-bit levels with the gradient passed straight through."""
+    from tokenizer.losses import detail_critic, detail_input
+
+    g = torch.Generator().manual_seed(0)
+    base = (torch.randint(0, 250, (2, 1, 32, 32), generator=g).float() / 127.5 - 1).expand(2, 3, 32, 32)
+    same = detail_input(base, base.clone(), 10.0)
+    assert same.shape == (2, 2, 32, 32) and torch.allclose(same[:, 0], base[:, 0]) and same[:, 1].abs().max() < 1e-5
+    cand = (base + 0.9 / 255 * (2 * torch.rand(base.shape, generator=g) - 1)).requires_grad_()
+    out = detail_input(base, cand, 10.0)
+    assert out[:, 1].abs().max() < 1e-5  # less than half a level off the grid: no detail to see
+    cand2 = base + 4 / 127.5
+    assert torch.allclose(detail_input(base, cand2, 10.0)[:, 1], torch.full((2, 32, 32), 40 / 127.5), atol=1e-5)
+    out[:, 1].sum().backward()
+    assert torch.allclose(cand.grad, torch.full_like(cand, 10.0 / 3))
+    assert detail_critic(32)(out.detach()).shape[-1] >= 2 and detail_critic(16)(out.detach()[..., :16, :16]).shape[-1] >= 2
+
+
+def test_a_decoder_stage_with_the_detail_critic(tokdir, tmp_path, capsys):
+    """--disc-input detail: the critic trains on the hybrid batches only, the frozen parts stay
+    bit-identical, and a resume with the other discriminator is refused in one line."""
+    from tokenizer.train import main as tok_main
+
+    out_dir = tmp_path / "tok-detail"
+    base = ["--init", str(tokdir), "--freeze-codebook", "--data", "synthetic", "--out", str(out_dir),
+            "--batch-size", "8", "--disc-start", "0", "--save-every", "3", "--log-every", "1",
+            "--no-tensorboard", "--disc-input", "detail"]
+    tok_main(base + ["--steps", "3", "--hybrid-share", "1"])
+    lines = [json.loads(s) for s in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and all(m["loss/disc"] > 0 for m in lines)
+    before = load_file(str(tokdir / "model.safetensors"))
+    raw = load_file(str(out_dir / "train_state" / "model.safetensors"))
+    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv.", "quantize."))]
+    assert frozen and all(torch.equal(before[k], raw[k]) for k in frozen)
+    assert any(not torch.equal(before[k], raw[k]) for k in before if k.startswith("decoder."))
+    disc = load_file(str(out_dir / "train_state" / "disc.safetensors"))
+    assert any(k.endswith("parametrizations.weight.original") for k in disc)  # spectral norm
+
+    only_discrete = tmp_path / "tok-discrete"
+    tok_main([*base[:6], str(only_discrete), *base[7:], "--steps", "2", "--hybrid-share", "0"])
+    lines = [json.loads(s) for s in (only_discrete / "metrics.jsonl").read_text().splitlines()]
+    assert [m["loss/disc"] for m in lines] == [0.0, 0.0]  # no detail to judge in a discrete batch
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        tok_main(["--data", "synthetic", "--out", str(out_dir), "--resume", "--steps", "4", "--freeze-codebook"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--disc-input detail" in err[0], err

@@ -43,7 +43,8 @@ from hart.common.loop import (check_positive, check_preset, load_run, nonfinite_
                               warmup_cosine)
 from hart.common.metrics import RunLog, Throughput, Window
 from tokenizer.config import TokenizerConfig
-from tokenizer.losses import LPIPS, PatchDiscriminator, hinge_d_loss, hinge_g_loss, psnr, reconstruction_loss
+from tokenizer.losses import (LPIPS, PatchDiscriminator, detail_critic, detail_input, hinge_d_loss, hinge_g_loss, psnr,
+                             reconstruction_loss)
 from tokenizer.model import HybridTokenizer
 
 
@@ -62,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disc-start", type=int, default=None,
                    help="step at which the PatchGAN loss starts (default: half of --steps)")
     p.add_argument("--disc-weight", type=float, default=0.1, help="weight of the generator's GAN loss")
+    p.add_argument("--disc-input", default="image", choices=("image", "detail"),
+                   help="what the discriminator sees: 'image', the decode alone (a PatchGAN, as HART); "
+                        "'detail', a conditional critic given the discrete decode beside the detail "
+                        "(decode - discrete decode, x --disc-gain) of the hybrid batches and of the real "
+                        "images (session 20: the image PatchGAN never learned on this data)")
+    p.add_argument("--disc-gain", type=float, default=10.0,
+                   help="with --disc-input detail: how much the detail is amplified (default 10)")
     p.add_argument("--hybrid-share", type=float, default=0.5,
                    help="share of the batches that decode the exact latent (discrete + residual); the rest "
                         "decode the discrete-only latent (default 0.5, HART's alternation)")
@@ -111,7 +119,8 @@ class Trainer:
         self.set_train()
         self.ema = EMA(self.model, decay=0.999)
         nl = 3 if config.resolution >= 64 else 2
-        self.disc = PatchDiscriminator(config.in_channels, ndf=64, n_layers=nl).to(device).train()
+        self.disc = (detail_critic(config.resolution) if args.disc_input == "detail"
+                     else PatchDiscriminator(config.in_channels, ndf=64, n_layers=nl)).to(device).train()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.opt_g = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0)
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0)
@@ -137,15 +146,24 @@ class Trainer:
         discrete = bool(torch.rand((), generator=self.gen) < 1.0 - args.hybrid_share)
         mask = torch.full((x.shape[0],), discrete, device=x.device)
         use_gan = step >= args.disc_start
+        detail = args.disc_input == "detail"
+        if detail:  # the critic judges the detail that the residual adds: only where there is some
+            use_gan = use_gan and not discrete and not use_draws
         with autocast(self.device, self.amp_dtype):
             out = self.model(x, mask, draws if use_draws else None)
+            if use_gan and detail:
+                with torch.no_grad():
+                    base = self.model.decode_latent(out.f_hat)
+                judge = lambda img: self.disc(detail_input(base, img, args.disc_gain))  # noqa: E731
+            else:
+                judge = self.disc
             loss_rec = reconstruction_loss(out.recon, x)
             loss = loss_rec + (out.vq_loss if not self.frozen else 0.0)  # frozen: vq_loss has no gradient
             if self.lpips is not None:
                 loss = loss + self.lpips(out.recon, x).mean()
             if use_gan:
                 self.disc.requires_grad_(False)
-                loss = loss + args.disc_weight * hinge_g_loss(self.disc(out.recon))
+                loss = loss + args.disc_weight * hinge_g_loss(judge(out.recon))
                 self.disc.requires_grad_(True)
         if not torch.isfinite(loss):
             raise nonfinite_loss(loss.item(), step, args.out, self.saved_step)
@@ -156,7 +174,7 @@ class Trainer:
         d_loss = torch.zeros(())
         if use_gan:
             with autocast(self.device, self.amp_dtype):
-                d_loss = hinge_d_loss(self.disc(x), self.disc(out.recon.detach()))
+                d_loss = hinge_d_loss(judge(x), judge(out.recon.detach()))
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()
@@ -178,7 +196,8 @@ class Trainer:
                   "torch_rng": torch.get_rng_state(), "gen": self.gen.get_state()},
                  {"step": self.step, "config": self.config.to_dict(), "seed": self.args.seed,
                   "steps": self.args.steps, "freeze_codebook": bool(self.frozen),
-                  "draws": self.args.draws, "draw_share": self.args.draw_share})
+                  "draws": self.args.draws, "draw_share": self.args.draw_share,
+                  "disc_input": self.args.disc_input})
         self.ema.shadow.save_pretrained(out)  # the EMA weights are the model later commands read
         self.saved_step = self.step
         write_recon_grid(self.ema.shadow, preview, out / "recon.png")
@@ -283,6 +302,9 @@ def resolve_config(args, out: Path) -> TokenizerConfig:
     args.freeze_codebook = args.freeze_codebook or bool(meta.get("freeze_codebook", False))
     if meta.get("draws") and not args.draws:
         raise UserError(f"the run in {out} decodes head draws: resume it with --draws {meta['draws']}")
+    if meta.get("disc_input", "image") != args.disc_input:
+        raise UserError(f"the run in {out} was trained with --disc-input {meta.get('disc_input', 'image')}; "
+                        f"resume it with that")
     if bool(meta.get("freeze_codebook", False)) != args.freeze_codebook:
         raise UserError(f"the run in {out} was started without --freeze-codebook; resume it without the flag")
     check_preset(args.preset, args.preset and TokenizerConfig.from_name(args.preset), saved, out)
