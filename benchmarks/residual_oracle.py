@@ -46,6 +46,14 @@ r given f_hat that returns real residual maps would draw it.
 
     python benchmarks/residual_oracle.py --num 2000 --bank 10000 --errors
     python benchmarks/residual_oracle.py --num 2000 --bank 60000 --nearest
+
+``--structure`` asks which part of the true residual carries the gain: its means over K x K
+blocks of the grid (``pool-K``, K = 8: one vector per image), the rest (``highpass-2``), its
+projection onto the top K channel components per token (``cpca-K``), or of the whole map onto
+the top K principal components of the bank's maps (``gpca-K``). A part that keeps the gain in
+few numbers is what a head could draw jointly.
+
+    python benchmarks/residual_oracle.py --num 2000 --bank 10000 --structure
 """
 from __future__ import annotations
 
@@ -62,6 +70,29 @@ ORACLES = ("same-id", "same-id-pos", "shuffled", "other-image")
 HALF = ("half-zero", "half-same-id", "half-neighbours")
 ERRORS = ("noisy-0.25", "noisy-0.6", "noisy-1", "smooth-0.6")
 NEAREST = (1, 8, 64)
+STRUCTURE = ("pool-2", "pool-4", "pool-8", "highpass-2", "cpca-4", "cpca-8", "gpca-16", "gpca-64", "gpca-256")
+
+
+def structure_part(res: torch.Tensor, bank_res: torch.Tensor, name: str, n: int) -> torch.Tensor:
+    """The part of the true residuals (M, N, z) that ``name`` keeps: ``pool-K`` its means over
+    K x K blocks of the grid (broadcast back), ``highpass-K`` the rest, ``cpca-K`` its
+    projection per token onto the bank's top K channel components, ``gpca-K`` the projection
+    of the whole n*n*z map onto the bank's top K principal components (both about the bank's mean)."""
+    kind, k = name.rsplit("-", 1)
+    k = int(k)
+    M, N, z = res.shape
+    if kind in ("pool", "highpass"):
+        m = res.transpose(1, 2).reshape(M, z, n, n)
+        low = torch.nn.functional.avg_pool2d(m, k).repeat_interleave(k, 2).repeat_interleave(k, 3)
+        low = low.reshape(M, z, N).transpose(1, 2)
+        return low if kind == "pool" else res - low
+    flat_bank = bank_res.reshape(-1, z) if kind == "cpca" else bank_res.reshape(bank_res.shape[0], -1)
+    q = res.reshape(-1, z) if kind == "cpca" else res.reshape(M, -1)
+    mu = flat_bank.mean(0)
+    c = flat_bank - mu
+    _, vec = torch.linalg.eigh(c.T @ c / c.shape[0])  # ascending eigenvalues
+    top = vec[:, -k:]
+    return ((q - mu) @ top @ top.T + mu).reshape(M, N, z)
 
 
 def nearest_maps(bank_fhat: torch.Tensor, fhat: torch.Tensor, k: int, g: torch.Generator,
@@ -184,6 +215,10 @@ def main(argv=None) -> int:
                    help="also the checkerboard rows: half true, half zero / same-id / nearest-neighbours draws")
     p.add_argument("--nearest", action="store_true",
                    help="also the rows of whole residual maps of the bank images nearest in f_hat")
+    p.add_argument("--structure", action="store_true",
+                   help="also the rows of parts of the true residual: block means, the rest, channel and whole-map PCA")
+    p.add_argument("--rows", default=None,
+                   help="comma-separated oracle rows to decode (default: all that the flags ask for)")
     p.add_argument("--errors", action="store_true",
                    help="also the true residual plus noise rows: independent (noisy-K) and smooth (smooth-K)")
     args = p.parse_args(argv)
@@ -229,6 +264,16 @@ def main(argv=None) -> int:
         for k in NEAREST:
             draws[f"nearest-{k}"] = bank_res[nearest_maps(bank_fhat, f_hat, k, g)]
         oracles = oracles + tuple(f"nearest-{k}" for k in NEAREST)
+    if args.structure:  # after the other draws, so that their rows do not change
+        for name in STRUCTURE:
+            draws[name] = structure_part(res, bank_res, name, n)
+        oracles = oracles + STRUCTURE
+    if args.rows:
+        keep = args.rows.split(",")
+        unknown = sorted(set(keep) - set(oracles))
+        if unknown:
+            p.error(f"--rows: unknown {', '.join(unknown)}; the flags given make {', '.join(oracles)}")
+        oracles = tuple(k for k in oracles if k in keep)
     names = ["discrete", "hybrid", *oracles]
     scores = DecodeScores(names, args.data, tok.config.resolution, args.ref_num, args.data_dir)
     as_map = lambda r: r.transpose(1, 2).reshape(r.shape[0], z, n, n)  # noqa: E731
