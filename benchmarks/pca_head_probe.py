@@ -25,14 +25,14 @@ and the head's draws at each ``--temps`` (the DDIM start noise scaled by T; 0: o
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from decode_scores import DecodeScores  # benchmarks/ is on the path when run as a script
+from decode_scores import score_residual_draws  # benchmarks/ is on the path when run as a script
+from probe_train import train_loop
 from hart.common.data import make_dataset
 from hart.common.io import atomic_file
 from hart.diffusion import DiffusionHead, diffusion_loss, make_sample_scheduler, make_train_scheduler
@@ -85,6 +85,19 @@ class PCAHead(nn.Module):
         return x
 
 
+def load_projector(path):
+    """A ``train`` checkpoint -> the function that projects residual maps (B, z, n, n) onto its
+    K principal components (mu + P P^T (r - mu)): what a head's draws keep of those directions."""
+    st = torch.load(path)["state"]
+    mu, basis = st["mu"], st["basis"]  # (z n n,), (z n n, K) orthonormal columns
+
+    def project(maps: torch.Tensor) -> torch.Tensor:
+        flat = maps.flatten(1).float() - mu.to(maps.device)
+        return ((flat @ basis.to(maps.device)) @ basis.T.to(maps.device) + mu.to(maps.device)).view_as(maps).to(maps.dtype)
+
+    return project
+
+
 @torch.no_grad()
 def encode(tok, ds, num: int, batch: int = 200):
     F, R = [], []
@@ -133,32 +146,19 @@ def train(args) -> None:
     with torch.no_grad():
         Ct = model.to_coef(Rt.float())
         Cv = model.to_coef(Rv.float())
-    opt = torch.optim.AdamW([q for nm, q in model.named_parameters()], lr=args.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + torch.cos(torch.tensor(s / args.steps * 3.14159)).item()))
     g = torch.Generator().manual_seed(args.seed)
     tr = make_train_scheduler()
-    t0 = time.time()
-    run = 0.0
-    for step in tqdm(range(args.steps), desc="train"):
-        idx = torch.randint(0, Ft.shape[0], (args.batch_size,), generator=g)
-        loss = diffusion_loss(model.head, Ct[idx], model.enc(Ft[idx].float()), batch_mul=args.batch_mul,
-                              scheduler=tr, generator=g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        run = 0.98 * run + 0.02 * loss.item() if step else loss.item()
-        if (step + 1) % 250 == 0:
-            with torch.no_grad():
-                gv = torch.Generator().manual_seed(1)
-                val = sum(diffusion_loss(model.head, Cv[s:s + 500], model.enc(Fv[s:s + 500].float()), batch_mul=2,
-                                         scheduler=tr, generator=gv).item() for s in range(0, 2000, 500)) / 4
-            tqdm.write(f"step {step + 1} loss {run:.4f} test {val:.4f} {time.time() - t0:.0f}s")
-        if (step + 1) % 500 == 0 or step + 1 == args.steps:
-            with atomic_file(Path(args.out) / f"head{step + 1}.pt") as tmp:
-                torch.save({"state": model.state_dict(), "k": args.k, "width": args.width, "depth": args.depth,
-                            "z": z, "n": n}, tmp)
+
+    def loss_on(C, Fh, gen, training):
+        return diffusion_loss(model.head, C, model.enc(Fh.float()), batch_mul=args.batch_mul if training else 2,
+                              scheduler=tr, generator=gen)
+
+    def save(step):
+        with atomic_file(Path(args.out) / f"head{step}.pt") as tmp:
+            torch.save({"state": model.state_dict(), "k": args.k, "width": args.width, "depth": args.depth,
+                        "z": z, "n": n}, tmp)
+
+    train_loop(list(model.parameters()), loss_on, (Ct, Ft), (Cv, Fv), args.steps, args.batch_size, args.lr, g, save)
 
 
 def coef_fd(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -177,9 +177,6 @@ def evaluate(args) -> None:
     data = torch.load(Path(args.ckpt).parent / "cache.pt")
     Fv, Rv = (t[:args.num].float() for t in data["test"])
     shape = Fv.shape[1:]
-    tok = HybridTokenizer.from_pretrained(model_folder(args.model) / "tokenizer").eval()
-    test = make_dataset("fashion-mnist", "test", tok.config.resolution, None)
-    xs = torch.stack([test[i][0] for i in range(args.num)])
     C = model.to_coef(Rv)
     temps = [float(t) for t in args.temps.split(",")]
     draws = {}
@@ -192,21 +189,9 @@ def evaluate(args) -> None:
         var = D.pow(2).sum(1).mean() / C.pow(2).sum(1).mean()
         print(f"T {t}: r2 {r2:.3f} coef_fd {coef_fd(D, C):.3f} var {var:.3f}", flush=True)
         draws[f"draw-T{t}"] = model.from_coef(D, shape)
-    draws["oracle"] = model.from_coef(C, shape)
-    names = ["discrete", "hybrid", "oracle", *[f"draw-T{t}" for t in temps]]
-    scores = DecodeScores(names, "fashion-mnist", tok.config.resolution, 10000)
-    for s in tqdm(range(0, args.num, 200), desc="decode"):
-        sl = slice(s, min(args.num, s + 200))
-        fh = Fv[sl]
-        scores.add("discrete", tok.decode_latent(fh), xs[sl])
-        scores.add("hybrid", tok.decode_latent(fh + Rv[sl]), xs[sl])
-        for k, r in draws.items():
-            scores.add(k, tok.decode_latent(fh + r[sl]), xs[sl])
-    fd = scores.fd()
-    gain = fd["discrete"] - fd["hybrid"]
-    for k in names:
-        rec = f" recovered={(fd['discrete'] - fd[k]) / gain:.3f}" if k not in ("discrete", "hybrid") else ""
-        print(f"{k:>10} psnr={scores.psnr(k):.2f} fd={fd[k]:.3f}{rec}")
+    if args.oracle:
+        draws = {"oracle": model.from_coef(C, shape), **draws}
+    score_residual_draws(args.model, Fv, Rv, draws)
 
 
 def main(argv=None) -> int:
@@ -232,6 +217,8 @@ def main(argv=None) -> int:
     e.add_argument("--num", type=int, default=1000)
     e.add_argument("--temps", default="1,0")
     e.add_argument("--ddim-steps", type=int, default=50)
+    e.add_argument("--no-oracle", dest="oracle", action="store_false",
+                   help="skip the decode of the true residual's K-component projection")
     e.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     {"cache": cache, "train": train, "eval": evaluate}[args.cmd](args)
