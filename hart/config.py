@@ -82,6 +82,11 @@ class GeneratorConfig(ConfigBase):
     # tokens (diff_keep_frac unused) with one timestep per image. "attn": the same, with
     # self-attention over the whole grid in each block instead of the 3x3 mix
     diff_mix: str = "none"
+    # K > 0: the head's draws are projected onto the top K principal components of the
+    # tokenizer's residual maps (the buffers residual_mean / residual_basis, fitted on training
+    # data by `hart export --residual-pca K`), the rest of each draw dropped: what a head
+    # predicts outside the residual's principal directions costs FD (README, session 22)
+    residual_pca: int = 0
     class_names: tuple[str, ...] = ()  # shown by the CLI and the demo; set by `hart train`
     sampling: str = ""  # the sampling preset the model samples with unless told otherwise ("": var-fid; HART's: hart)
     # conditioning: "class" (class_emb) or "text" (a prefix of encoder tokens, HART)
@@ -153,8 +158,18 @@ class GeneratorConfig(ConfigBase):
                 raise UserError(f"generator config: diff_temperature must be > 0, got {self.diff_temperature}")
             if self.diff_sample_steps > self.diff_train_steps:
                 raise UserError("generator config: diff_sample_steps cannot exceed diff_train_steps")
+        if not 0 <= self.residual_pca <= self.residual_dim:
+            raise UserError(f"generator config: residual_pca must be in [0, {self.residual_dim}] (the residual "
+                            f"map's z x n x n values), got {self.residual_pca}")
+        if self.residual_pca and not self.diff_head:
+            raise UserError("generator config: residual_pca projects the residual head's draws; this model has no head")
 
     # ------------------------------------------------------------------ derived (not saved)
+
+    @property
+    def residual_dim(self) -> int:
+        """Values in one last-scale residual map: z x n x n."""
+        return self.z_channels * self.patch_nums[-1] ** 2
 
     @property
     def head_dim(self) -> int:

@@ -322,6 +322,9 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         # HART's decoder_norm: a learnable norm *after* hidden + word_embed(code), so the head sees
         # the drawn code (without it the code term is ~1% of the sum's RMS and is drowned out)
         self.decoder_norm = make_norm(config, C) if config.diff_head else None
+        if config.residual_pca:  # see project_residual; filled by `hart export --residual-pca`
+            self.register_buffer("residual_mean", torch.zeros(config.residual_dim))  # (D,)
+            self.register_buffer("residual_basis", torch.zeros(config.residual_dim, config.residual_pca))  # (D, K)
         self.kernel_backend = "auto"  # fused kernels of the cached (sampling) path; see setup_caches
         self.attention_impl = "sdpa"  # whole-sequence attention; see set_attention
         self._block_masks: dict = {}
@@ -584,6 +587,15 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         if start == 0:  # the level-0 tokens: the last one predicts the 1x1 scale
             h = h[:, -1:]
         return self.head_logits(h, cond.vec, self.kernel_backend)[0], h
+
+    def project_residual(self, residual: torch.Tensor) -> torch.Tensor:
+        """(B, z, n, n) head draws -> their projection mean + P P^T (r - mean) onto the top
+        ``residual_pca`` principal components of the residual maps (unchanged when 0)."""
+        if not self.config.residual_pca:
+            return residual
+        flat = residual.flatten(1).float() - self.residual_mean
+        out = (flat @ self.residual_basis) @ self.residual_basis.T + self.residual_mean
+        return out.view_as(residual).to(residual.dtype)
 
     def diffusion_cond(self, hidden_last: torch.Tensor, code_vectors: torch.Tensor) -> torch.Tensor:
         """Per-token condition of the diffusion head (HART):

@@ -266,4 +266,4 @@ class SamplingEngine:
         )  # (B*N, z); DDIM (eta 0) is deterministic given the start noise
         n = self.tokenizer.config.latent_size
         res = (x.float() * c.target_scale).view(B, N, -1)  # target units -> latent units
-        return res.transpose(1, 2).reshape(B, -1, n, n)
+        return gen.project_residual(res.transpose(1, 2).reshape(B, -1, n, n))  # (no-op unless residual_pca)

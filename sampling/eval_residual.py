@@ -94,7 +94,8 @@ def head_draws(gen, head_cond: torch.Tensor, draws: int, g: torch.Generator, ste
     x = sample_residual(gen.diffusion, cond, steps=steps, generator=g, sampler=sampler or c.diff_sampler,
                         num_train_timesteps=c.diff_train_steps, temperature=temperature)  # (draws*B*N, z)
     x = x.float().view(draws, B, N, -1) * c.target_scale
-    return x.permute(0, 1, 3, 2).reshape(draws, B, -1, n, n)
+    x = x.permute(0, 1, 3, 2).reshape(draws * B, -1, n, n)
+    return gen.project_residual(x).view(draws, B, -1, n, n)  # as the model samples (residual_pca)
 
 
 def true_ids_cond(tok, gen, code, labels: torch.Tensor) -> torch.Tensor:

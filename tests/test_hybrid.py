@@ -657,3 +657,46 @@ def test_a_decoder_stage_with_the_detail_critic(tokdir, tmp_path, capsys):
         tok_main(["--data", "synthetic", "--out", str(out_dir), "--resume", "--steps", "4", "--freeze-codebook"])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--disc-input detail" in err[0], err
+
+
+def test_export_residual_pca_projects_every_draw_of_the_head(gendir, tmp_path, capsys):
+    from hart.export import main as export_main
+    from sampling import HARTPipeline
+
+    export_main(["--model", str(gendir), "--out", str(tmp_path / "p"), "--storage", "fp32",
+                 "--residual-pca", "4", "--data", "synthetic", "--pca-num", "96"])
+    base, pca = HARTPipeline.from_pretrained(str(gendir)), HARTPipeline.from_pretrained(str(tmp_path / "p"))
+    gen = pca.generator
+    D = gen.config.residual_dim
+    assert gen.config.residual_pca == 4 and gen.residual_basis.shape == (D, 4)
+    assert torch.allclose(gen.residual_basis.T @ gen.residual_basis, torch.eye(4), atol=1e-5)  # orthonormal
+    # the fitted directions are the maps' principal ones: they keep more variance than a random 4-D subspace
+    ds = make_dataset("synthetic", "train", 16)
+    with torch.no_grad():
+        maps = pca.tokenizer.encode(torch.stack([ds[i][0] for i in range(96)])).residual.flatten(1)
+    c = maps - gen.residual_mean
+    rand = torch.linalg.qr(torch.randn(D, 4, generator=torch.Generator().manual_seed(0)))[0]
+    assert (c @ gen.residual_basis).pow(2).sum() > 2 * (c @ rand).pow(2).sum()
+    # sampling draws the same residual as the unprojected model, then projects it
+    a, b = base.sample([0, 1], seed=3), pca.sample([0, 1], seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.ids, b.ids))
+    assert torch.allclose(b.residual, gen.project_residual(a.residual), atol=1e-5)
+    assert torch.allclose(gen.project_residual(b.residual), b.residual, atol=1e-5)  # idempotent
+    assert not torch.allclose(a.residual, b.residual, atol=1e-3)
+    # --residual-pca 0 removes the basis: back to the model's own draws
+    export_main(["--model", str(tmp_path / "p"), "--out", str(tmp_path / "q"), "--storage", "fp32", "--residual-pca", "0"])
+    assert "residual_basis" not in load_file(str(tmp_path / "q" / "generator" / "model.safetensors"))
+    assert torch.equal(HARTPipeline.from_pretrained(str(tmp_path / "q")).sample([0, 1], seed=3).residual, a.residual)
+    capsys.readouterr()
+    for argv, word in ((["--residual-pca", "4"], "--data"),
+                       (["--residual-pca", str(D + 1), "--data", "synthetic"], "--residual-pca must be"),
+                       (["--residual-pca", "4", "--data", "synthetic", "--pca-num", "0"], "--pca-num")):
+        with pytest.raises(SystemExit):
+            export_main(["--model", str(gendir), "--out", str(tmp_path / "x"), "--overwrite", *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and word in err[0], err
+    with pytest.raises(SystemExit):
+        export_main(["--model", str(gendir / "generator"), "--out", str(tmp_path / "y"), "--residual-pca", "4",
+                     "--data", "synthetic"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tokenizer/ + generator/" in err[0], err
