@@ -3,6 +3,7 @@ bookkeeping that the decode probes (head_sweep.py, residual_oracle.py) share."""
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
 
 from hart.common.images import to_uint8
 from sampling.features import clean_batch, load_extractor
@@ -54,7 +55,7 @@ def score_residual_draws(model, f_hat: torch.Tensor, residual: torch.Tensor, dra
     num = f_hat.shape[0]
     names = ["discrete", "hybrid", *draws]
     scores = DecodeScores(names, "fashion-mnist", tok.config.resolution, 10000)
-    for s in range(0, num, batch):
+    for s in tqdm(range(0, num, batch), desc="decode", leave=False, dynamic_ncols=True):
         sl = slice(s, min(num, s + batch))
         xs = torch.stack([test[i][0] for i in range(sl.start, sl.stop)])
         fh = f_hat[sl]

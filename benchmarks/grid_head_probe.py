@@ -19,7 +19,7 @@ variance. Epsilon prediction (or v, ``--prediction``) on
 ``hart.diffusion``'s 1000-step cosine schedule (diffusers); sampled with DDIM (``ddim``) or
 diffusers' ancestral DDPM (``ddpm``). An epsilon head's DDIM draws blow up with many steps
 (at the first step, t 981 of 50, the x0 estimate multiplies the epsilon error by 34: the
-first run's draws had 3.4 times the residual's variance at 50 steps, 0.84 at 8).
+first run's draws had 3.4 times the residual's variance at 50 steps); use 8.
 
 ``eval`` prints the draws' r2 and variance against the true residual, then PSNR, FD-EffNet
 (2,000 test images max, against 10,000 train images, as ``hart eval-residual --fd``) and
@@ -201,11 +201,7 @@ def train(args) -> None:
 def evaluate(args) -> None:
     ck = torch.load(args.ckpt)
     model = GridHead(ck["z"], ck["width"], ck["depth"], prediction=ck.get("prediction", "epsilon"))
-    state = ck["state"]
-    if "r_std" in state:  # the first run's checkpoints: per-channel std, before the metric option
-        r_std = state.pop("r_std")
-        state["A"], state["A_inv"] = torch.diag(1 / r_std), torch.diag(r_std)
-    model.load_state_dict(state)
+    model.load_state_dict(ck["state"])
     model.eval()
     Fv, Rv = (t[:args.num].float() for t in torch.load(args.cache or ck["cache"])["test"])
     project = load_projector(args.project) if args.project else None
