@@ -41,10 +41,10 @@ class DecodeScores:
 
 @torch.no_grad()
 def score_residual_draws(model, f_hat: torch.Tensor, residual: torch.Tensor, draws: dict,
-                         batch: int = 200) -> dict:
+                         batch: int = 200, start: int = 0) -> dict:
     """Decode f_hat, f_hat + the true residual and f_hat + each named draw with ``model``'s
-    tokenizer (a model folder; None: the bundled default), for the first ``len(f_hat)`` test
-    images of Fashion-MNIST (whose encodings f_hat and residual are); print and return
+    tokenizer (a model folder; None: the bundled default), for the ``len(f_hat)`` test images of
+    Fashion-MNIST from ``start`` on (whose encodings f_hat and residual are); print and return
     ``{name: (psnr, fd, recovered)}``, recovered = (fd_discrete - fd) / (fd_discrete - fd_hybrid)."""
     from hart.common.data import make_dataset
     from sampling.pipeline import model_folder
@@ -57,7 +57,7 @@ def score_residual_draws(model, f_hat: torch.Tensor, residual: torch.Tensor, dra
     scores = DecodeScores(names, "fashion-mnist", tok.config.resolution, 10000)
     for s in tqdm(range(0, num, batch), desc="decode", leave=False, dynamic_ncols=True):
         sl = slice(s, min(num, s + batch))
-        xs = torch.stack([test[i][0] for i in range(sl.start, sl.stop)])
+        xs = torch.stack([test[start + i][0] for i in range(sl.start, sl.stop)])
         fh = f_hat[sl]
         scores.add("discrete", tok.decode_latent(fh), xs)
         scores.add("hybrid", tok.decode_latent(fh + residual[sl]), xs)

@@ -203,8 +203,10 @@ def evaluate(args) -> None:
     model = GridHead(ck["z"], ck["width"], ck["depth"], prediction=ck.get("prediction", "epsilon"))
     model.load_state_dict(ck["state"])
     model.eval()
-    Fv, Rv = (t[:args.num].float() for t in torch.load(args.cache or ck["cache"])["test"])
-    project = load_projector(args.project) if args.project else None
+    data = torch.load(args.cache or ck["cache"])
+    Fv, Rv = (t[:args.num].float() for t in data["test"])
+    ks = [int(k) for k in args.project_k.split(",")] if args.project_k else [None]
+    projectors = {(f":pca{k}" if k else ":pca"): load_projector(args.project, k) for k in ks} if args.project else {}
     draws = {}
     for spec in args.draws.split(","):
         sampler, steps, temp = spec.split(":")
@@ -215,10 +217,10 @@ def evaluate(args) -> None:
         var = D.pow(2).sum() / Rv.pow(2).sum()
         print(f"{spec}: r2 {r2:.3f} var {var:.3f}", flush=True)
         draws[spec] = D
-        if project is not None:  # the same draw projected onto the top K principal components of the maps
-            draws[f"{spec}:pca"] = project(D)
-            print(f"{spec}:pca: r2 {1 - (draws[f'{spec}:pca'] - Rv).pow(2).sum() / Rv.pow(2).sum():.3f}", flush=True)
-    score_residual_draws(args.model, Fv, Rv, draws)
+        for tag, project in projectors.items():  # the same draw projected onto the top K principal components
+            draws[spec + tag] = project(D)
+            print(f"{spec}{tag}: r2 {1 - (draws[spec + tag] - Rv).pow(2).sum() / Rv.pow(2).sum():.3f}", flush=True)
+    score_residual_draws(args.model, Fv, Rv, draws, start=data.get("test_start", 0))
 
 
 def main(argv=None) -> int:
@@ -247,6 +249,8 @@ def main(argv=None) -> int:
     e.add_argument("--draws", default="ddim:8:1,ddpm:50:1", help="comma-separated sampler:steps:temperature")
     e.add_argument("--project", default=None,
                    help="a pca_head_probe.py checkpoint: also score each draw projected onto its K components")
+    e.add_argument("--project-k", default=None,
+                   help="comma-separated numbers of components to project on (default: all of --project's)")
     e.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     {"train": train, "eval": evaluate}[args.cmd](args)

@@ -85,11 +85,16 @@ class PCAHead(nn.Module):
         return x
 
 
-def load_projector(path):
+def load_projector(path, k: int | None = None):
     """A ``train`` checkpoint -> the function that projects residual maps (B, z, n, n) onto its
-    K principal components (mu + P P^T (r - mu)): what a head's draws keep of those directions."""
+    first ``k`` (default: all K) principal components (mu + P P^T (r - mu)): what a head's draws
+    keep of those directions."""
     st = torch.load(path)["state"]
-    mu, basis = st["mu"], st["basis"]  # (z n n,), (z n n, K) orthonormal columns
+    mu, basis = st["mu"], st["basis"]  # (z n n,), (z n n, K) orthonormal columns, by variance
+    if k is not None:
+        if not 0 < k <= basis.shape[1]:
+            raise SystemExit(f"error: --project-k {k}: the checkpoint {path} has {basis.shape[1]} components")
+        basis = basis[:, :k]
 
     def project(maps: torch.Tensor) -> torch.Tensor:
         flat = maps.flatten(1).float() - mu.to(maps.device)
@@ -99,10 +104,10 @@ def load_projector(path):
 
 
 @torch.no_grad()
-def encode(tok, ds, num: int, batch: int = 200):
+def encode(tok, ds, num: int, batch: int = 200, start: int = 0):
     F, R = [], []
-    for s in tqdm(range(0, num, batch), desc="encode"):
-        x = torch.stack([ds[i][0] for i in range(s, min(num, s + batch))])
+    for s in tqdm(range(start, start + num, batch), desc="encode"):
+        x = torch.stack([ds[i][0] for i in range(s, min(start + num, s + batch))])
         code = tok.encode(x)
         F.append(code.f_hat.half())
         R.append(code.residual.half())
@@ -116,10 +121,14 @@ def cache(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     train = make_dataset("fashion-mnist", "train", r, None)
     test = make_dataset("fashion-mnist", "test", r, None)
-    Ft, Rt = encode(tok, train, min(args.num, len(train)))
-    Fv, Rv = encode(tok, test, 2000)
+    if not 0 <= args.test_start <= len(test) - args.test_num:
+        raise SystemExit(f"error: --test-start {args.test_start}: the test split has {len(test)} images")
+    Fv, Rv = encode(tok, test, args.test_num, start=args.test_start)
+    data = {"test": (Fv, Rv), "test_start": args.test_start}
+    if args.num:  # --num 0: a held-out test cache only (eval --cache)
+        data["train"] = encode(tok, train, min(args.num, len(train)))
     with atomic_file(out / "cache.pt") as tmp:
-        torch.save({"train": (Ft, Rt), "test": (Fv, Rv)}, tmp)
+        torch.save(data, tmp)
 
 
 def fit_pca(model: PCAHead, R: torch.Tensor) -> None:
@@ -191,7 +200,7 @@ def evaluate(args) -> None:
         draws[f"draw-T{t}"] = model.from_coef(D, shape)
     if args.oracle:
         draws = {"oracle": model.from_coef(C, shape), **draws}
-    score_residual_draws(args.model, Fv, Rv, draws)
+    score_residual_draws(args.model, Fv, Rv, draws, start=data.get("test_start", 0))
 
 
 def main(argv=None) -> int:
@@ -199,7 +208,9 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("cache")
     c.add_argument("--model", default=None)
-    c.add_argument("--num", type=int, default=30000)
+    c.add_argument("--num", type=int, default=30000, help="training images (0: a test cache only)")
+    c.add_argument("--test-start", type=int, default=0, help="first test image (default 0)")
+    c.add_argument("--test-num", type=int, default=2000)
     c.add_argument("--out", default="runs/pca-head")
     t = sub.add_parser("train")
     t.add_argument("--out", default="runs/pca-head")

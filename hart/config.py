@@ -80,8 +80,21 @@ class GeneratorConfig(ConfigBase):
     # "conv": the head denoises an image's whole last-scale grid jointly (a depthwise 3x3
     # token mix in each block), so that a draw is coherent across neighbours; trained on all
     # tokens (diff_keep_frac unused) with one timestep per image. "attn": the same, with
-    # self-attention over the whole grid in each block instead of the 3x3 mix
+    # self-attention over the whole grid in each block instead of the 3x3 mix. "map" (ours,
+    # hart.diffusion.MapHead): a convolutional denoiser of the whole residual map that also
+    # takes f_hat (the drawn ids' discrete latent) as input channels; diff_width is its
+    # channel count then (a multiple of 8, e.g. 96)
     diff_mix: str = "none"
+    # what the head predicts: "epsilon" (HART, MAR) or "v_prediction" (ddim sampler only)
+    diff_prediction: str = "epsilon"
+    # the head's target units: "scale" (residual / residual_scale) or "decoder" (each token's
+    # residual times A = G^(1/2), G = E[J^T J] of the tokenizer decoder's Jacobian on one cell's
+    # channels, scaled to unit variance: the loss weighs each direction by how much it moves the
+    # pixels); A is the buffer residual_metric, measured when a run starts
+    diff_metric: str = "scale"
+    # "map" heads: f_hat enters divided by fhat_scale (its RMS on the training data, measured
+    # with residual_scale when a run starts)
+    fhat_scale: float | None = None
     # K > 0: the head's draws are projected onto the top K principal components of the
     # tokenizer's residual maps (the buffers residual_mean / residual_basis, fitted on training
     # data by `hart export --residual-pca K`), the rest of each draw dropped: what a head
@@ -136,7 +149,8 @@ class GeneratorConfig(ConfigBase):
         choices = {"cond": ("class", "text"), "context_pool": ("max", "mean"), "norm": ("layer", "rms"),
                    "mlp": ("gelu", "swiglu"), "pos": ("absolute", "rope"), "rope_2d": ("axial", "hart"),
                    "level_embed": ("table", "timestep"), "diff_sampler": ("ddim", "iddpm"),
-                   "diff_mix": ("none", "conv", "attn")}
+                   "diff_mix": ("none", "conv", "attn", "map"),
+                   "diff_prediction": ("epsilon", "v_prediction"), "diff_metric": ("scale", "decoder")}
         for name, ok in choices.items():
             if getattr(self, name) not in ok:
                 raise UserError(f"generator config: {name} must be one of {', '.join(ok)}, got {getattr(self, name)!r}")
@@ -158,6 +172,13 @@ class GeneratorConfig(ConfigBase):
                 raise UserError(f"generator config: diff_temperature must be > 0, got {self.diff_temperature}")
             if self.diff_sample_steps > self.diff_train_steps:
                 raise UserError("generator config: diff_sample_steps cannot exceed diff_train_steps")
+            if self.diff_prediction != "epsilon" and self.diff_sampler != "ddim":
+                raise UserError("generator config: a v_prediction head samples with diff_sampler ddim")
+            if self.diff_mix == "map" and (self.diff_width % 8 or self.diff_learn_sigma):
+                raise UserError("generator config: a map head needs diff_width a multiple of 8 and no "
+                                f"diff_learn_sigma (got {self.diff_width}, {self.diff_learn_sigma})")
+            if self.fhat_scale is not None and not self.fhat_scale > 0:
+                raise UserError(f"generator config: fhat_scale must be positive, got {self.fhat_scale}")
         if not 0 <= self.residual_pca <= self.residual_dim:
             raise UserError(f"generator config: residual_pca must be in [0, {self.residual_dim}] (the residual "
                             f"map's z x n x n values), got {self.residual_pca}")

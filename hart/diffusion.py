@@ -212,6 +212,105 @@ class DiffusionHead(nn.Module):
         return self.final_layer(h, y)
 
 
+class MapBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv3x3 -> timestep scale/shift -> GroupNorm -> SiLU -> conv3x3, + x.
+    The second conv starts at zero: the identity at init."""
+
+    def __init__(self, width: int, temb: int):
+        super().__init__()
+        self.n1, self.c1 = nn.GroupNorm(8, width), nn.Conv2d(width, width, 3, padding=1)
+        self.t = nn.Linear(temb, 2 * width)
+        self.n2, self.c2 = nn.GroupNorm(8, width), nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # (B, W, n, n), (B, T)
+        scale, shift = self.t(t)[:, :, None, None].chunk(2, 1)
+        h = self.n2(self.c1(F.silu(self.n1(x)))) * (1 + scale) + shift
+        return x + self.c2(F.silu(h))
+
+
+class MapAttention(nn.Module):
+    """x + self-attention over the n*n cells of one map (output projection zero at init)."""
+
+    def __init__(self, width: int, heads: int = 4):
+        super().__init__()
+        self.norm = nn.GroupNorm(8, width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, W, n, n)
+        B, W, H, V = x.shape
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, n*n, W)
+        return x + self.attn(h, h, h, need_weights=False)[0].transpose(1, 2).reshape(B, W, H, V)
+
+
+class MapHead(nn.Module):
+    """Denoiser of a whole n x n residual map given f_hat (ours, issue 12; ``diff_mix="map"``).
+
+    What image diffusion models use for such a map, in place of HART's per-token MLP: dense
+    3x3 convolutions over the grid (every block mixes space and channels), self-attention
+    over the grid every third block, and f_hat, the discrete latent of the drawn ids, as input
+    channels beside the noisy residual; the transformer's per-token condition enters through a
+    1x1 convolution. Measured (README, session 23): the only head that recovers a share of the
+    hybrid FD gain on this data, where every per-token head's draws cost FD.
+
+    Same interface as :class:`DiffusionHead` with ``grid``: rows are whole n x n grids in
+    raster order; ``cond`` (N, C + z) is the transformer condition with f_hat's z channels
+    (already divided by ``fhat_scale``) appended (:meth:`HARTGenerator.diffusion_cond`).
+    """
+
+    learn_sigma = False
+
+    def __init__(self, channels: int, cond_channels: int, width: int, depth: int, grid: int, attn_every: int = 3):
+        super().__init__()
+        if width % 8:
+            raise ValueError(f"a map head's width must be a multiple of 8 (GroupNorm), got {width}")
+        self.channels, self.cond_channels, self.grid, self.width = channels, cond_channels, grid, width
+        self.time_embed = TimestepEmbedder(4 * width)
+        self.input_conv = nn.Conv2d(2 * channels, width, 3, padding=1)  # [x_t, f_hat]
+        self.cond_conv = nn.Conv2d(cond_channels, width, 1)
+        self.blocks = nn.ModuleList(MapBlock(width, 4 * width) for _ in range(depth))
+        self.attns = nn.ModuleDict({str(i): MapAttention(width, max(1, width // 64))
+                                    for i in range(depth) if (i + 1) % attn_every == 0})
+        self.out_norm = nn.GroupNorm(8, width)
+        self.out_conv = nn.Conv2d(width, channels, 3, padding=1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
+        nn.init.zeros_(self.cond_conv.weight)  # the transformer's condition starts silent
+        nn.init.zeros_(self.cond_conv.bias)
+        for blk in self.blocks:  # every block, attention and the output start as the identity / zero
+            nn.init.zeros_(blk.c2.weight)
+            nn.init.zeros_(blk.c2.bias)
+        for a in self.attns.values():
+            nn.init.zeros_(a.attn.out_proj.weight)
+            nn.init.zeros_(a.attn.out_proj.bias)
+        nn.init.zeros_(self.out_conv.weight)
+        nn.init.zeros_(self.out_conv.bias)
+
+    def _maps(self, rows: torch.Tensor) -> torch.Tensor:  # (B n n, c) -> (B, c, n, n)
+        n = self.grid
+        if rows.shape[0] % (n * n):
+            raise ValueError(f"a map head takes whole {n}x{n} token grids; got {rows.shape[0]} rows")
+        return rows.view(-1, n, n, rows.shape[1]).permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """x (N, z) noisy target rows, t (N,) timesteps (one per grid), cond (N, C + z) -> (N, z)."""
+        n2, z = self.grid ** 2, self.channels
+        if cond.shape[1] != self.cond_channels + z:
+            raise ValueError(f"a map head's condition has {self.cond_channels} + {z} (f_hat) channels, "
+                             f"got {cond.shape[1]}")
+        te = self.time_embed(t[::n2])  # (B, 4W)
+        h = self.input_conv(self._maps(torch.cat([x, cond[:, -z:]], 1).to(self.input_conv.weight.dtype)))
+        h = h + self.cond_conv(self._maps(cond[:, :-z].to(h.dtype)))
+        for i, blk in enumerate(self.blocks):
+            h = blk(h, te)
+            if str(i) in self.attns:
+                h = self.attns[str(i)](h)
+        out = self.out_conv(F.silu(self.out_norm(h)))  # (B, z, n, n)
+        return out.permute(0, 2, 3, 1).reshape(-1, z)
+
+
 # ----------------------------------------------------------------------------- schedules
 
 def make_train_scheduler(num_train_timesteps: int = 1000):
@@ -221,8 +320,10 @@ def make_train_scheduler(num_train_timesteps: int = 1000):
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=BETA_SCHEDULE, clip_sample=False)
 
 
-def make_sample_scheduler(num_train_timesteps: int = 1000, timestep_spacing: str = "leading"):
-    """diffusers DDIMScheduler with the same betas as training.
+def make_sample_scheduler(num_train_timesteps: int = 1000, timestep_spacing: str = "leading",
+                          prediction: str = "epsilon"):
+    """diffusers DDIMScheduler with the same betas as training, for a head that predicts
+    ``prediction`` (``epsilon`` or ``v_prediction``).
 
     ``leading`` with ``steps_offset=1`` (8 steps: 876, 751, ..., 1) keeps the first step off
     the near-zero-SNR end of the capped cosine schedule: at t=999 alpha_bar is ~2e-9 and an
@@ -233,7 +334,7 @@ def make_sample_scheduler(num_train_timesteps: int = 1000, timestep_spacing: str
     return DDIMScheduler(
         num_train_timesteps=num_train_timesteps, beta_schedule=BETA_SCHEDULE, clip_sample=False,
         set_alpha_to_one=True, timestep_spacing=timestep_spacing,
-        steps_offset=1 if timestep_spacing == "leading" else 0, prediction_type="epsilon",
+        steps_offset=1 if timestep_spacing == "leading" else 0, prediction_type=prediction,
     )
 
 
@@ -251,8 +352,9 @@ def diffusion_loss(
     batch_mul: int = 4,
     scheduler=None,
     generator: torch.Generator | None = None,
+    prediction: str = "epsilon",
 ) -> torch.Tensor:
-    """Epsilon-prediction MSE, ``batch_mul`` noise draws per token (MAR's diffusion_batch_mul).
+    """Epsilon- (or v-) prediction MSE, ``batch_mul`` noise draws per token (MAR's diffusion_batch_mul).
 
     Args:
         head: the :class:`DiffusionHead`.
@@ -262,6 +364,8 @@ def diffusion_loss(
         cond: (N, C) per-token condition (gradients flow into it).
         scheduler: a diffusers DDPMScheduler (default: :func:`make_train_scheduler`).
         generator: source of timesteps and noise (its device may differ from the inputs').
+        prediction: what the head predicts: ``epsilon`` (HART, MAR) or ``v_prediction``
+            (sqrt(abar) eps - sqrt(1 - abar) x0: no blow-up of the x0 estimate near zero SNR).
     Returns:
         scalar loss (mean over tokens, draws and channels).
     """
@@ -276,8 +380,9 @@ def diffusion_loss(
     t = t.to(target.device).repeat_interleave(group)
     noise = _randn(target.shape, target, generator)
     x_t = scheduler.add_noise(target, noise, t)  # sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
-    eps = head(x_t, t, cond)[:, :head.channels]  # a learned variance (converted HART heads) is not trained here
-    return F.mse_loss(eps.float(), noise.float())
+    out = head(x_t, t, cond)[:, :head.channels]  # a learned variance (converted HART heads) is not trained here
+    want = noise if prediction == "epsilon" else scheduler.get_velocity(target, noise, t)
+    return F.mse_loss(out.float(), want.float())
 
 
 # ----------------------------------------------------------------------------- sampler
@@ -356,8 +461,9 @@ def sample_residual(
     sampler: str = "ddim",
     step_noise: list | None = None,
     num_train_timesteps: int = 1000,
+    prediction: str = "epsilon",
 ) -> torch.Tensor:
-    """Draw one token per condition row; guidance on the noise prediction.
+    """Draw one token per condition row; guidance on the noise (or v) prediction.
 
     Args:
         cond: (N, C) conditions.
@@ -375,6 +481,7 @@ def sample_residual(
         sampler: ``"ddim"`` (diffusers' DDIM) or ``"iddpm"`` (HART's: ancestral steps on
             :func:`iddpm_timesteps`, x0 clipped, learned-range variance when the head has one).
         step_noise: ``iddpm``: one (N, z) noise per step (the last is unused), per-image RNGs.
+        prediction: the head's output, ``epsilon`` or ``v_prediction`` (``ddim`` only).
     Returns:
         (N, z) samples in target units (multiply by ``residual_scale`` for the residual).
     """
@@ -395,6 +502,8 @@ def sample_residual(
         return torch.cat([eps, oc[:, head.channels:]], 1)
 
     if sampler == "iddpm":
+        if prediction != "epsilon":
+            raise ValueError("the iddpm sampler takes an epsilon head; sample a v head with ddim")
         ac = cosine_alphas_cumprod(num_train_timesteps)
         ts = iddpm_timesteps(num_train_timesteps, steps)
         x = noise.to(cond.device, torch.float32)
@@ -408,7 +517,9 @@ def sample_residual(
     if sampler != "ddim":
         raise ValueError(f"sampler must be ddim or iddpm, got {sampler!r}")
     if scheduler is None:
-        scheduler = make_sample_scheduler(num_train_timesteps)
+        scheduler = make_sample_scheduler(num_train_timesteps, prediction=prediction)
+    elif scheduler.config.prediction_type != prediction:
+        raise ValueError(f"the scheduler predicts {scheduler.config.prediction_type}, the head {prediction}")
     scheduler.set_timesteps(steps)
     x = noise.to(cond.device, torch.float32) * temperature  # (N, z)
     for t in scheduler.timesteps:

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from hart import kernels
 from hart.config import GeneratorConfig
 from hart.rope import apply_rope_tables, rope_1d, rope_2d, rotation, scale_coords
-from hart.diffusion import DiffusionHead, TimestepEmbedder
+from hart.diffusion import DiffusionHead, MapHead, TimestepEmbedder
 from hart.common.errors import UserError
 from hart.common.io import PretrainedMixin
 
@@ -313,15 +313,20 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         self.head = nn.Linear(C, config.codebook_size)
         self._init_var_weights()
         # own init (xavier, zeroed AdaLN/output), after the VAR init so that one does not touch it
-        self.diffusion = (
-            DiffusionHead(config.z_channels, C, config.diff_width, config.diff_depth, config.diff_learn_sigma,
-                          grid=config.patch_nums[-1] if config.diff_mix != "none" else 0,
-                          mix=config.diff_mix if config.diff_mix != "none" else "conv")
-            if config.diff_head else None
-        )
+        if not config.diff_head:
+            self.diffusion = None
+        elif config.diff_mix == "map":
+            self.diffusion = MapHead(config.z_channels, C, config.diff_width, config.diff_depth, config.patch_nums[-1])
+        else:
+            self.diffusion = DiffusionHead(config.z_channels, C, config.diff_width, config.diff_depth,
+                                           config.diff_learn_sigma,
+                                           grid=config.patch_nums[-1] if config.diff_mix != "none" else 0,
+                                           mix=config.diff_mix if config.diff_mix != "none" else "conv")
         # HART's decoder_norm: a learnable norm *after* hidden + word_embed(code), so the head sees
         # the drawn code (without it the code term is ~1% of the sum's RMS and is drowned out)
         self.decoder_norm = make_norm(config, C) if config.diff_head else None
+        if config.diff_head and config.diff_metric == "decoder":  # see to_target; measured by `hart train`
+            self.register_buffer("residual_metric", torch.eye(config.z_channels))  # (z, z)
         if config.residual_pca:  # see project_residual; filled by `hart export --residual-pca`
             self.register_buffer("residual_mean", torch.zeros(config.residual_dim))  # (D,)
             self.register_buffer("residual_basis", torch.zeros(config.residual_dim, config.residual_pca))  # (D, K)
@@ -588,6 +593,19 @@ class HARTGenerator(nn.Module, PretrainedMixin):
             h = h[:, -1:]
         return self.head_logits(h, cond.vec, self.kernel_backend)[0], h
 
+    def to_target(self, residual: torch.Tensor) -> torch.Tensor:
+        """(..., z) residual tokens in latent units -> the head's target units: divided by
+        ``residual_scale``, or (``diff_metric="decoder"``) times ``residual_metric`` A."""
+        if self.config.diff_metric == "decoder":
+            return residual @ self.residual_metric.T.to(residual.dtype)
+        return residual / self.config.target_scale
+
+    def from_target(self, target: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`to_target`: (..., z) head draws -> latent units."""
+        if self.config.diff_metric == "decoder":
+            return target @ torch.linalg.inv(self.residual_metric.double()).T.to(target.dtype)
+        return target * self.config.target_scale
+
     def project_residual(self, residual: torch.Tensor) -> torch.Tensor:
         """(B, z, n, n) head draws -> their projection mean + P P^T (r - mean) onto the top
         ``residual_pca`` principal components of the residual maps (unchanged when 0)."""
@@ -597,18 +615,26 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         out = (flat @ self.residual_basis) @ self.residual_basis.T + self.residual_mean
         return out.view_as(residual).to(residual.dtype)
 
-    def diffusion_cond(self, hidden_last: torch.Tensor, code_vectors: torch.Tensor) -> torch.Tensor:
+    def diffusion_cond(self, hidden_last: torch.Tensor, code_vectors: torch.Tensor,
+                       f_hat: torch.Tensor | None = None) -> torch.Tensor:
         """Per-token condition of the diffusion head (HART):
-        decoder_norm(hidden + word_embed(codebook vector of the drawn id)).
+        decoder_norm(hidden + word_embed(codebook vector of the drawn id)); a map head
+        (``diff_mix="map"``) also gets f_hat / fhat_scale, appended per token.
 
         Args:
             hidden_last: (B, N, C) :attr:`GeneratorOutput.hidden` (last block output) of last-scale tokens.
             code_vectors: (B, N, z) codebook vectors of the chosen last-scale ids.
+            f_hat: (B, z, n, n) the discrete latent of the drawn ids; needed by a map head only.
         Returns:
-            (B, N, C)
+            (B, N, C), or (B, N, C + z) for a map head
         """
-        h = hidden_last + self.word_embed(code_vectors.to(self.word_embed.weight.dtype))
-        return self.decoder_norm(h)
+        h = self.decoder_norm(hidden_last + self.word_embed(code_vectors.to(self.word_embed.weight.dtype)))
+        if self.config.diff_mix != "map":
+            return h
+        if f_hat is None:
+            raise ValueError("a map head is conditioned on f_hat; pass the drawn ids' discrete latent")
+        scale = self.config.fhat_scale if self.config.fhat_scale is not None else 1.0
+        return torch.cat([h, (f_hat.flatten(2).transpose(1, 2) / scale).to(h.dtype)], -1)
 
     # ------------------------------------------------------------------ teacher forcing
 

@@ -116,24 +116,30 @@ class TrainingObjective(nn.Module):
         N = n * n
         last_logits = out.logits[:, -N:].detach().float()  # (B, N, V)
         gt = ids[-1]
+        f_hat = None
+        if c.diff_mix == "map":  # a map head sees the discrete latent of the ids it corrects
+            with torch.no_grad():
+                f_hat = tok.ids_to_fhat(ids)
         if c.residual_from_sampled:
             # HART: the head corrects the transformer's own choice at the last scale, so the
             # target is latent - (discrete prefix + contribution of the *sampled* ids)
             u = torch.rand(gt.numel(), generator=generator).to(gt.device)
             chosen = sample_from_logits(last_logits.flatten(0, 1), u).view_as(gt)
             with torch.no_grad():
-                residual = residual + tok.quantize.contribution(gt, K - 1, n) - tok.quantize.contribution(chosen, K - 1, n)
+                swap = tok.quantize.contribution(gt, K - 1, n) - tok.quantize.contribution(chosen, K - 1, n)
+                residual = residual + swap
+                f_hat = f_hat - swap if f_hat is not None else None
         else:
             chosen = gt
-        target = residual.flatten(2).transpose(1, 2) / c.target_scale  # (B, N, z)
-        cond = self.model.diffusion_cond(out.hidden[:, -N:], tok.code_vectors(chosen))  # (B, N, C)
+        target = self.model.to_target(residual.flatten(2).transpose(1, 2))  # (B, N, z)
+        cond = self.model.diffusion_cond(out.hidden[:, -N:], tok.code_vectors(chosen), f_hat)  # (B, N, C[+z])
         if c.diff_mix != "none":  # a mixing head denoises whole grids: every token, in order
             keep = torch.ones(target.shape[:2], dtype=torch.bool, device=target.device)
         else:
             keep = torch.rand(target.shape[:2], generator=generator).to(target.device) < c.diff_keep_frac
             keep[:, 0] = True  # never an empty subset
         dl = diffusion_loss(self.model.diffusion, target[keep], cond[keep], c.diff_batch_mul,
-                            self.train_scheduler, generator)
+                            self.train_scheduler, generator, c.diff_prediction)
         metrics["diff"] = dl.detach()
         return dl
 
@@ -168,16 +174,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--residual-target", choices=("sampled", "true"), default=None,
                    help="the head's target: latent minus the transformer's own last-scale draws (sampled, "
                         "HART's) or minus the true codes (true); default: the preset's (or --init's)")
-    p.add_argument("--diff-mix", choices=("none", "conv", "attn"), default=None,
+    p.add_argument("--diff-mix", choices=("none", "conv", "attn", "map"), default=None,
                    help="the head's draws: none (HART's: each last-scale token on its own), conv (an "
-                        "image's whole grid denoised jointly, neighbours seeing each other) or attn (the "
-                        "same, every token attending to the whole grid); default: the preset's (or "
-                        "--init's); new parameters start as the per-token head")
+                        "image's whole grid denoised jointly, neighbours seeing each other), attn (the "
+                        "same, every token attending to the whole grid) or map (ours: a convolutional "
+                        "denoiser of the whole residual map given f_hat; --diff-width is its channels, "
+                        "e.g. 96; a head of another kind from --init starts fresh); default: the "
+                        "preset's (or --init's); conv and attn start as the per-token head")
+    p.add_argument("--diff-metric", choices=("scale", "decoder"), default=None,
+                   help="the head's target units: scale (the residual over its RMS) or decoder (each token's "
+                        "residual in the tokenizer decoder's pixel metric, measured when the run starts); "
+                        "default: the preset's (or --init's)")
+    p.add_argument("--diff-prediction", choices=("epsilon", "v_prediction"), default=None,
+                   help="what the head predicts: epsilon (HART's) or v_prediction; default: the preset's "
+                        "(or --init's)")
     p.add_argument("--diff-width", type=int, default=None,
                    help="the residual head's width (default: the preset's, or --init's); with --init, the head "
                         "then starts fresh on the loaded transformer")
     p.add_argument("--diff-depth", type=int, default=None,
                    help="the residual head's number of blocks (as --diff-width)")
+    p.add_argument("--diff-batch-mul", type=int, default=None,
+                   help="noise draws per token (per map) in the head's loss (default: the preset's, 4, or --init's)")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="autocast dtype (auto: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default 500)")
@@ -211,6 +228,12 @@ class GeneratorTrainer:
                             "use --attention sdpa")
         self.model.set_attention(attention)
         resized = getattr(args, "diff_width", None) or getattr(args, "diff_depth", None)
+        if args.init and not args.resume and config.diff_head:
+            # a map head has other tensors than a token head; a head of another output or target
+            # units has learned another function: these start fresh on the loaded transformer
+            ic = HARTGenerator.load_config(generator_dir(args.init))
+            resized = resized or ((ic.diff_mix == "map", ic.diff_prediction, ic.diff_metric)
+                                  != (config.diff_mix == "map", config.diff_prediction, config.diff_metric))
         self.fresh = (init_weights(self.model, args.init, dist.is_main, ("diffusion.",) if resized else ())
                       if args.init and not args.resume else [])
         if args.freeze_transformer:
@@ -369,6 +392,49 @@ def measure_residual_scale(batches, max_images: int = 2048) -> float:
     return float((total / max(count, 1)) ** 0.5)
 
 
+@torch.no_grad()
+def measure_fhat_scale(batches, tokenizer: HybridTokenizer, max_images: int = 2048) -> float:
+    """RMS of f_hat (the discrete latent of the true ids) over the first ``max_images`` training
+    images: what a map head divides its f_hat input by."""
+    total, count = 0.0, 0
+    for ids, _, _ in batches:
+        f_hat = tokenizer.ids_to_fhat(ids)
+        total += f_hat.double().pow(2).sum().item()
+        count += f_hat.numel()
+        if count >= max_images * f_hat[0].numel():
+            break
+    return float((total / max(count, 1)) ** 0.5)
+
+
+def measure_decoder_metric(batches, tokenizer: HybridTokenizer, max_images: int = 512, draws: int = 4,
+                           seed: int = 0) -> torch.Tensor:
+    """A (z, z) = G^(1/2), scaled so that A r has unit mean square over the residual tokens r of
+    the first ``max_images`` training images; G = E[J_c^T J_c], the decoder's pixel metric on
+    one latent cell's channels, from vector-Jacobian products with ``draws`` Gaussian pixel
+    vectors at each image's exact latent (the cross-cell terms left out)."""
+    g = torch.Generator().manual_seed(seed)
+    G, res, seen = 0.0, [], 0
+    for ids, residual, _ in batches:
+        with torch.no_grad():
+            f = (tokenizer.ids_to_fhat(ids) + residual).float()
+        f.requires_grad_(True)
+        with torch.enable_grad():
+            img = tokenizer.decode_latent(f)
+            for k in range(draws):
+                v = torch.randn(img.shape, generator=g).to(img)
+                (gr,) = torch.autograd.grad(img, f, v, retain_graph=k < draws - 1)
+                gg = gr.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).double()
+                G = G + gg.T @ gg
+        res.append(residual.detach().double().permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
+        seen += f.shape[0]
+        if seen >= max_images:
+            break
+    lam, U = torch.linalg.eigh(G / G.trace())
+    A = U @ torch.diag(lam.clamp_min(1e-12).sqrt()) @ U.T
+    A = A / (torch.cat(res) @ A.T).pow(2).mean().sqrt()
+    return A.float()
+
+
 def resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> GeneratorConfig:
     config = _resolve_config(args, out, tokenizer, classes)
     captioned = classes is None
@@ -394,14 +460,17 @@ def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gen
             raise UserError(f"the run in {out} was started {flag} --freeze-transformer; resume it the same way")
         fitted = args.preset and fit_preset(args.preset, tc, classes, args).replace(
             residual_scale=saved.residual_scale, example_prompts=saved.example_prompts,
-            residual_from_sampled=saved.residual_from_sampled, diff_mix=saved.diff_mix)
+            residual_from_sampled=saved.residual_from_sampled, diff_mix=saved.diff_mix,
+            diff_prediction=saved.diff_prediction, diff_metric=saved.diff_metric, fhat_scale=saved.fhat_scale)
         check_preset(args.preset, fitted, saved, out)
         if args.residual_target and (args.residual_target == "sampled") != saved.residual_from_sampled:
             was = "sampled" if saved.residual_from_sampled else "true"
             raise UserError(f"the run in {out} trains the head on --residual-target {was}; resume it the same way")
-        if getattr(args, "diff_mix", None) and args.diff_mix != saved.diff_mix:
-            raise UserError(f"the run in {out} has --diff-mix {saved.diff_mix}; resume it the same way")
-        for name in ("diff_width", "diff_depth"):
+        for name in ("diff_mix", "diff_prediction", "diff_metric"):
+            if getattr(args, name, None) and getattr(args, name) != getattr(saved, name):
+                raise UserError(f"the run in {out} has --{name.replace('_', '-')} {getattr(saved, name)}; "
+                                "resume it the same way")
+        for name in ("diff_width", "diff_depth", "diff_batch_mul"):
             if getattr(args, name, None) and getattr(args, name) != getattr(saved, name):
                 raise UserError(f"the run in {out} has --{name.replace('_', '-')} {getattr(saved, name)}; "
                                 "resume it the same way")
@@ -418,11 +487,20 @@ def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gen
         if not config.diff_head:
             raise UserError("--diff-mix shapes the residual head's draws; this model has no head")
         config = config.replace(diff_mix=args.diff_mix)
+    for name in ("diff_prediction", "diff_metric"):
+        if getattr(args, name, None):
+            if not config.diff_head:
+                raise UserError(f"--{name.replace('_', '-')} is about the residual head; this model has no head")
+            config = config.replace(**{name: getattr(args, name)})
     sized = {k: getattr(args, k) for k in ("diff_width", "diff_depth") if getattr(args, k, None)}
     if sized:
         if not config.diff_head:
             raise UserError("--diff-width / --diff-depth size the residual head; this model has no head")
         config = config.replace(**sized)
+    if getattr(args, "diff_batch_mul", None):
+        if not config.diff_head:
+            raise UserError("--diff-batch-mul is the residual head's loss; this model has no head")
+        config = config.replace(diff_batch_mul=args.diff_batch_mul)
     return config.replace(diff_temperature=1.0)  # a measured temperature belongs to the weights it came with
 
 
@@ -526,8 +604,8 @@ def main(argv=None, sampler=None):
     if args.image_every is None:
         args.image_every = args.save_every
     check_positive(args, "steps", "batch_size", "save_every", "log_every", "image_every")
-    for name in ("diff_width", "diff_depth"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
+    for name in ("diff_width", "diff_depth", "diff_batch_mul"):
+        if getattr(args, name, None) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
     dist = init_distributed(args.device)
     try:
@@ -552,14 +630,29 @@ def run(args, dist: DistInfo, sampler=None) -> int:
     if dist.is_main:
         copy_tokenizer(args.tokenizer, out)
     trainer = GeneratorTrainer(config, tokenizer, args, dist)
-    fresh_head = any(k.startswith(HEAD_PREFIXES) for k in trainer.fresh)
+    fresh_head = any(k.startswith(HEAD_PREFIXES) or k == "residual_metric" for k in trainer.fresh)
     if config.diff_head and not args.resume and (config.residual_scale is None or fresh_head):
         # the head's target scale is a fact about this tokenizer's latents: measure it
         scale = measure_residual_scale(batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, 0, config))
         scale = dist.all_reduce_mean(torch.tensor(scale, device=dist.device)).item()
-        trainer.set_config(config.replace(residual_scale=scale))
+        config = config.replace(residual_scale=scale)
         if dist.is_main:
             print(f"residual scale (RMS of the residual on the training data): {scale:.4f}")
+        if config.diff_mix == "map":
+            fs = measure_fhat_scale(batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, 0, config),
+                                    tokenizer)
+            config = config.replace(fhat_scale=dist.all_reduce_mean(torch.tensor(fs, device=dist.device)).item())
+            if dist.is_main:
+                print(f"f_hat scale (its RMS on the training data): {config.fhat_scale:.4f}")
+        if config.diff_metric == "decoder":  # the decoder's pixel metric on this tokenizer's latents
+            A = measure_decoder_metric(batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, 0,
+                                                    config), tokenizer).to(dist.device)
+            A = dist.all_reduce_mean(A)
+            for m in (trainer.model, trainer.ema.shadow):
+                m.residual_metric.copy_(A)
+            if dist.is_main:
+                print(f"decoder metric: condition number {torch.linalg.cond(A.double()).item():.1f}")
+        trainer.set_config(config)
     if args.resume:
         trainer.load(out)
         if trainer.step >= args.steps:

@@ -224,7 +224,7 @@ class SamplingEngine:
                 if nxt is not None:
                     e = gen.embed_inputs(nxt, end)  # (B, T', C)
                     x = torch.cat([e, e]) if use_cfg else e  # both halves see the same ids
-            residual = self._residual(hidden, ids[-1], B, generators, opt, use_cfg)
+            residual = self._residual(hidden, ids[-1], B, generators, opt, use_cfg, f_hat.float())
         images = None
         if decode or previews:  # in fp32: the decoder is not part of the autocast step
             images = tok.decode(TokenizerCode(ids=ids, residual=residual, f_hat=f_hat.float())).float()
@@ -235,8 +235,9 @@ class SamplingEngine:
             previews=preview_imgs if previews else None, logits=logits_out if return_logits else None,
         )
 
-    def _residual(self, hidden, ids_last, B, generators, opt: SamplingOptions, use_cfg: bool):
+    def _residual(self, hidden, ids_last, B, generators, opt: SamplingOptions, use_cfg: bool, f_hat=None):
         """HART's residual for the last scale: DDIM with the diffusion head, CFG on eps.
+        ``f_hat`` (B, z, n, n), the drawn ids' discrete latent, conditions a map head.
 
         Returns (B, z, n, n) in latent units, or None without a head.
         """
@@ -246,8 +247,8 @@ class SamplingEngine:
             return None
         N = ids_last.shape[1]
         vec = self.tokenizer.code_vectors(ids_last)  # (B, N, z)
-        conds = gen.diffusion_cond(hidden[:B], vec).reshape(B * N, -1)
-        unconds = gen.diffusion_cond(hidden[B:], vec).reshape(B * N, -1) if use_cfg else None
+        conds = gen.diffusion_cond(hidden[:B], vec, f_hat).reshape(B * N, -1)
+        unconds = gen.diffusion_cond(hidden[B:], vec, f_hat).reshape(B * N, -1) if use_cfg else None
         steps, temperature = head_settings(opt.diff_steps, opt.diff_temperature, c)
         t = opt.guidance(c.num_scales - 1, c.num_scales) if opt.head_cfg is None else opt.head_cfg
         if opt.last_scale_ratio == "previous" and t == 1.0:
@@ -260,10 +261,10 @@ class SamplingEngine:
         x = sample_residual(
             head, conds, unconds, cfg=t, steps=steps,
             temperature=temperature,
-            scheduler=make_sample_scheduler(c.diff_train_steps) if c.diff_sampler == "ddim" else None,
+            scheduler=make_sample_scheduler(c.diff_train_steps, prediction=c.diff_prediction) if c.diff_sampler == "ddim" else None,
             noise=noise[0], sampler=c.diff_sampler, step_noise=list(noise[1:]) or None,
-            num_train_timesteps=c.diff_train_steps,
+            num_train_timesteps=c.diff_train_steps, prediction=c.diff_prediction,
         )  # (B*N, z); DDIM (eta 0) is deterministic given the start noise
         n = self.tokenizer.config.latent_size
-        res = (x.float() * c.target_scale).view(B, N, -1)  # target units -> latent units
+        res = gen.from_target(x.float()).view(B, N, -1)  # target units -> latent units
         return gen.project_residual(res.transpose(1, 2).reshape(B, -1, n, n))  # (no-op unless residual_pca)

@@ -92,8 +92,9 @@ def head_draws(gen, head_cond: torch.Tensor, draws: int, g: torch.Generator, ste
     cond = head_cond.reshape(B * N, -1).repeat(draws, 1)
     steps, temperature = head_settings(steps, temperature, c)
     x = sample_residual(gen.diffusion, cond, steps=steps, generator=g, sampler=sampler or c.diff_sampler,
-                        num_train_timesteps=c.diff_train_steps, temperature=temperature)  # (draws*B*N, z)
-    x = x.float().view(draws, B, N, -1) * c.target_scale
+                        num_train_timesteps=c.diff_train_steps, temperature=temperature,
+                        prediction=c.diff_prediction)  # (draws*B*N, z)
+    x = gen.from_target(x.float()).view(draws, B, N, -1)
     x = x.permute(0, 1, 3, 2).reshape(draws * B, -1, n, n)
     return gen.project_residual(x).view(draws, B, -1, n, n)  # as the model samples (residual_pca)
 
@@ -103,7 +104,7 @@ def true_ids_cond(tok, gen, code, labels: torch.Tensor) -> torch.Tensor:
     teacher-forced on ``code.ids`` with ``labels``, and the true last-scale codes. -> (B, N, C)"""
     N = tok.config.latent_size ** 2
     hidden = gen(labels, tok.teacher_inputs(code.ids)).hidden[:, -N:]
-    return gen.diffusion_cond(hidden, tok.code_vectors(code.ids[-1]))
+    return gen.diffusion_cond(hidden, tok.code_vectors(code.ids[-1]), code.f_hat)
 
 
 @torch.no_grad()
@@ -135,7 +136,7 @@ def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, f
         out = gen(labels, tok.teacher_inputs(code.ids))
         N = n_lat * n_lat
         hidden = out.hidden[:, -N:]  # (B, N, C)
-        draws = head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(code.ids[-1])), NUM_MEAN, g,
+        draws = head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(code.ids[-1]), f_hat), NUM_MEAN, g,
                            diff_steps, diff_temperature)
         one, mean = draws[0], draws.mean(0)
         r2_mean.add(r, mean)
@@ -144,7 +145,7 @@ def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, f
         u = torch.rand(code.ids[-1].numel(), generator=g)
         own = sample_from_logits(out.logits[:, -N:].flatten(0, 1), u).view(-1, N)
         f_own = f_hat - tok.quantize.contribution(code.ids[-1], K - 1, n_lat) + tok.quantize.contribution(own, K - 1, n_lat)
-        own_draws = head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(own)), NUM_MEAN, g,
+        own_draws = head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(own), f_own), NUM_MEAN, g,
                                diff_steps, diff_temperature)
         r2_own.add(f_hat + r - f_own, own_draws.mean(0))
         dec = {

@@ -700,3 +700,134 @@ def test_export_residual_pca_projects_every_draw_of_the_head(gendir, tmp_path, c
                      "--data", "synthetic"])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "tokenizer/ + generator/" in err[0], err
+
+
+# ----------------------------------------------------------------------------- map head (diff_mix map)
+
+def _map_head(seed=0):
+    from hart.diffusion import MapHead
+
+    torch.manual_seed(seed)
+    return MapHead(channels=2, cond_channels=4, width=16, depth=3, grid=4)
+
+
+def test_map_head_sees_f_hat_and_the_condition_and_only_its_own_image():
+    n, B = 4, 3
+    head = _map_head()
+    x, cond = torch.randn(B * n * n, 2), torch.randn(B * n * n, 4 + 2)  # condition | f_hat
+    t = torch.randint(0, 1000, (B,)).repeat_interleave(n * n)
+    with torch.no_grad():
+        assert head(x, t, cond).abs().max() == 0  # the output conv starts at zero
+        for p in head.parameters():  # trained-looking weights
+            p.normal_(std=0.2)
+        y = head(x, t, cond)
+        for col in (-1, 0):  # f_hat of image 0 at cell (1, 1); its transformer condition there
+            c2 = cond.clone()
+            c2[n + 1, col] += 1.0
+            changed = (head(x, t, c2) - y).abs().sum(1).view(B, n, n) > 0
+            # convs and attention over the whole grid move all of image 0, no other image
+            assert changed[0].all() and not changed[1:].any()
+    with pytest.raises(ValueError, match="whole 4x4"):
+        head(x[:-1], t[:-1], cond[:-1])
+    with pytest.raises(ValueError, match="f_hat"):
+        head(x, t, cond[:, :4])
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_loss_and_sampler_read_the_heads_prediction_type(prediction):
+    """An oracle head for a point mass at c (it knows x0 = c) has zero loss exactly when the
+    loss reads its output as the type it predicts, and DDIM lands on c; a scheduler of the
+    other type is refused. (DDIM's last step, at t = 1, nearly returns x itself, so a
+    misread sampler lands close to c too: the loss is the test that tells the types apart.)"""
+    from hart.diffusion import make_sample_scheduler
+    from hart.diffusion import diffusion_loss, make_train_scheduler, sample_residual
+
+    ab, c = make_train_scheduler().alphas_cumprod, torch.tensor([0.7, -1.3])
+
+    class Oracle(torch.nn.Module):
+        channels, grid, learn_sigma = 2, 0, False
+
+        def forward(self, x, t, cond):
+            a = ab[t].unsqueeze(1).to(x)
+            eps = (x - a.sqrt() * c) / (1 - a).sqrt()
+            return eps if prediction == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * c
+
+    other = "epsilon" if prediction == "v_prediction" else "v_prediction"
+    cond, target = torch.zeros(6, 1), c.expand(6, 2)
+    losses = {p: diffusion_loss(Oracle(), target, cond, 2, None, torch.Generator().manual_seed(0), p).item()
+              for p in (prediction, other)}
+    assert losses[prediction] < 1e-6 and losses[other] > 1e-2, losses
+    d = sample_residual(Oracle(), cond, steps=8, generator=torch.Generator().manual_seed(0), prediction=prediction)
+    assert torch.allclose(d, target, atol=1e-4)
+    with pytest.raises(ValueError, match="predicts"):
+        sample_residual(Oracle(), cond, steps=8, scheduler=make_sample_scheduler(prediction=other), prediction=prediction)
+    with pytest.raises(ValueError, match="iddpm"):
+        sample_residual(Oracle(), cond, steps=8, sampler="iddpm", prediction="v_prediction")
+
+
+@pytest.mark.parametrize("bad, word", [(dict(diff_prediction="v_prediction", diff_sampler="iddpm"), "ddim"),
+                                       (dict(diff_mix="map", diff_width=20), "multiple of 8"),
+                                       (dict(fhat_scale=0.0), "fhat_scale"),
+                                       (dict(diff_metric="pixels"), "diff_metric")])
+def test_map_and_v_head_configs_are_checked(bad, word):
+    from hart.common.errors import UserError
+    from hart.config import GeneratorConfig
+
+    with pytest.raises(UserError, match=word):
+        GeneratorConfig(**{**GeneratorConfig.PRESETS["tiny"], **bad})
+
+
+def test_train_a_map_head_with_v_prediction_in_the_decoders_metric(tokdir, gendir, tmp_path, capsys):
+    """--diff-mix map --diff-prediction v_prediction --diff-metric decoder on an --init
+    transformer: a fresh map head; f_hat's scale and the decoder metric measured and saved
+    (symmetric positive definite, the target of unit RMS on the training data, inverted
+    exactly); the transformer kept bit-identical; eval-residual and sampling condition the
+    head on f_hat; a resume must keep the prediction type and the metric."""
+    from hart.diffusion import MapHead
+    from sampling import HARTPipeline
+    from sampling.eval_residual import main as eval_main
+
+    out = tmp_path / "map"
+    train_main(["--init", str(gendir), "--freeze-transformer", "--residual-target", "true", "--diff-mix", "map",
+                "--diff-prediction", "v_prediction", "--diff-metric", "decoder", "--diff-width", "16", "--diff-depth", "2",
+                "--diff-batch-mul", "2",
+                "--tokenizer", str(tokdir), "--data", "synthetic", "--out", str(out), "--batch-size", "8", "--steps", "2"])
+    printed = capsys.readouterr().out
+    assert "starting fresh: diffusion" in printed and "f_hat scale" in printed and "decoder metric" in printed
+    gen = HARTGenerator.from_pretrained(out / "generator")
+    c = gen.config
+    assert isinstance(gen.diffusion, MapHead) and (c.diff_mix, c.diff_prediction) == ("map", "v_prediction")
+    assert c.diff_batch_mul == 2
+    tok = HybridTokenizer.from_pretrained(tokdir)
+    ds = make_dataset("synthetic", "train", 16)
+    with torch.no_grad():
+        code = tok.encode(torch.stack([ds[i][0] for i in range(min(2048, len(ds)))]))
+    assert c.fhat_scale == pytest.approx(code.f_hat.double().pow(2).mean().sqrt().item(), rel=0.1)
+    A, r = gen.residual_metric.double(), code.residual.permute(0, 2, 3, 1).reshape(-1, c.z_channels)
+    assert c.diff_metric == "decoder" and torch.allclose(A, A.T, atol=1e-4) and torch.linalg.eigvalsh(A).min() > 0
+    assert not torch.allclose(A / A.diag().mean(), torch.eye(c.z_channels, dtype=A.dtype), atol=0.05)  # not a plain scale
+    assert gen.to_target(r).pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=0.2)
+    assert torch.allclose(gen.from_target(gen.to_target(r)), r, atol=1e-5)
+    init = HARTGenerator.from_pretrained(gendir / "generator").state_dict()
+    assert all(torch.equal(v, gen.state_dict()[k]) for k, v in init.items() if not k.startswith(("diffusion.", "decoder_norm.")))
+    with torch.no_grad():
+        for p in gen.diffusion.out_conv.parameters():  # a head whose draws depend on f_hat
+            p.normal_(std=0.5)
+    pipe = HARTPipeline.from_pretrained(str(out))
+    pipe.generator.load_state_dict(gen.state_dict())
+    a = pipe.sample([0, 1], seed=3)
+    assert a.residual.shape == a.f_hat.shape and a.residual.abs().sum() > 0
+    assert torch.equal(pipe.sample([0, 1], seed=3).residual, a.residual)
+    assert eval_main(["--model", str(out), "--data", "synthetic", "--num", "6", "--batch-size", "4",
+                      "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        train_main(["--freeze-transformer", "--diff-prediction", "epsilon", "--tokenizer", str(tokdir),
+                    "--data", "synthetic", "--out", str(out), "--batch-size", "8", "--steps", "3", "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--diff-prediction v_prediction" in err[0], err
+    with pytest.raises(SystemExit):
+        train_main(["--freeze-transformer", "--diff-metric", "scale", "--tokenizer", str(tokdir),
+                    "--data", "synthetic", "--out", str(out), "--batch-size", "8", "--steps", "3", "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--diff-metric decoder" in err[0], err
