@@ -168,8 +168,8 @@ class GeneratorConfig(ConfigBase):
                     raise UserError(f"generator config: {name} must be positive, got {getattr(self, name)}")
             if self.residual_scale is not None and not self.residual_scale > 0:
                 raise UserError(f"generator config: residual_scale must be positive, got {self.residual_scale}")
-            if not (self.diff_temperature > 0 and math.isfinite(self.diff_temperature)):
-                raise UserError(f"generator config: diff_temperature must be > 0, got {self.diff_temperature}")
+            if not (self.diff_temperature >= 0 and math.isfinite(self.diff_temperature)):
+                raise UserError(f"generator config: diff_temperature must be >= 0, got {self.diff_temperature}")
             if self.diff_sample_steps > self.diff_train_steps:
                 raise UserError("generator config: diff_sample_steps cannot exceed diff_train_steps")
             if self.diff_prediction != "epsilon" and self.diff_sampler != "ddim":

@@ -111,8 +111,8 @@ def export(model, out, storage: str = "int8", overwrite: bool = False, tokenizer
            data_dir=None) -> Path:
     from hart.common.io import prepare_out_dir, resolve_dir, write_models
 
-    if diff_temperature is not None and not (diff_temperature > 0 and math.isfinite(diff_temperature)):
-        raise UserError(f"--diff-temperature must be > 0, got {diff_temperature}")
+    if diff_temperature is not None and not (diff_temperature >= 0 and math.isfinite(diff_temperature)):
+        raise UserError(f"--diff-temperature must be >= 0, got {diff_temperature}")
     src = resolve_dir(model)
     out = prepare_out_dir(out, overwrite)
     if out.resolve() == src.resolve():

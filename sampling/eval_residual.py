@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the head's draws and of the own-id draws")
     p.add_argument("--diff-steps", type=int, default=None, help="the head's sampling steps (default: the model's)")
     p.add_argument("--diff-temperature", type=float, default=None,
-                   help="the head's temperature, > 0 (default: the model's diff_temperature; below 1 draws colder)")
+                   help="the head's temperature, >= 0 (default: the model's diff_temperature; below 1 draws colder)")
     return p
 
 
@@ -213,8 +213,8 @@ def main(argv=None):
     check_positive(args, "num", "batch_size", "ref_num")
     if args.diff_steps is not None and args.diff_steps < 1:
         raise UserError(f"--diff-steps must be >= 1, got {args.diff_steps}")
-    if args.diff_temperature is not None and not (0 < args.diff_temperature < float("inf")):
-        raise UserError(f"--diff-temperature must be > 0, got {args.diff_temperature}")
+    if args.diff_temperature is not None and not (0 <= args.diff_temperature < float("inf")):
+        raise UserError(f"--diff-temperature must be >= 0, got {args.diff_temperature}")
     if args.split not in SPLITS:
         raise UserError(f"unknown split {args.split!r}; choose one of: {', '.join(SPLITS)}")
     tok, gen, folder = load_models(args.model)

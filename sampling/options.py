@@ -88,8 +88,8 @@ class SamplingOptions:
             raise UserError(f"diffusion steps must be >= 1, got {self.diff_steps}")
         if self.head_cfg is not None and not (math.isfinite(self.head_cfg) and self.head_cfg >= 0):
             raise UserError(f"head-cfg must be >= 0, got {self.head_cfg}")
-        if self.diff_temperature is not None and not (self.diff_temperature > 0 and math.isfinite(self.diff_temperature)):
-            raise UserError(f"diff-temperature must be > 0, got {self.diff_temperature}")
+        if self.diff_temperature is not None and not (self.diff_temperature >= 0 and math.isfinite(self.diff_temperature)):
+            raise UserError(f"diff-temperature must be >= 0, got {self.diff_temperature}")
         if self.cfg_schedule not in CFG_SCHEDULES:
             raise UserError(f"cfg-schedule must be one of {', '.join(CFG_SCHEDULES)}, got {self.cfg_schedule!r}")
         if self.last_scale_ratio not in ("last", "previous"):
@@ -128,8 +128,9 @@ def add_sampling_arguments(p) -> None:
     p.add_argument("--head-cfg", type=float, default=None,
                    help="guidance of the residual head (default 0, measured best; the hart preset: --cfg)")
     p.add_argument("--diff-temperature", type=float, default=None,
-                   help="scale of the residual head's start noise (and iDDPM's step noise), > 0 (default: the "
-                        "model's own, 1 unless its export recorded another; below 1 draws colder detail)")
+                   help="scale of the residual head's start noise (and iDDPM's step noise), >= 0 (default: the "
+                        "model's own, 1 unless its export recorded another; below 1 draws colder detail; 0: "
+                        "the deterministic draw from the zero start)")
 
 
 def head_settings(diff_steps, diff_temperature, config) -> tuple:

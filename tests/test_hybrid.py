@@ -313,7 +313,7 @@ def test_eval_residual_one_line_errors(tokdir, gendir, tmp_path, capsys, case):
     elif case == "split":
         argv, word = ["--model", str(gendir), "--split", "validation"], "unknown split"
     else:
-        argv, word = ["--model", str(gendir), "--diff-temperature", "0"], "--diff-temperature must be > 0"
+        argv, word = ["--model", str(gendir), "--diff-temperature", "-1"], "--diff-temperature must be >= 0"
     capsys.readouterr()
     with pytest.raises(SystemExit):
         eval_main(argv + ["--data", "synthetic", "--out", str(tmp_path / "o")])
@@ -363,7 +363,7 @@ def test_export_records_the_heads_temperature(gendir, tmp_path, capsys):
     assert torch.allclose(own.residual, src.sample([1, 2], diff_temperature=0.5, **kw).residual)
     assert torch.allclose(cold.sample([1, 2], diff_temperature=1.0, **kw).residual, warm.residual)
     assert not torch.allclose(own.residual, warm.residual)
-    for argv, word in ((["--diff-temperature", "0"], "--diff-temperature must be > 0"),
+    for argv, word in ((["--diff-temperature", "-0.5"], "--diff-temperature must be >= 0"),
                        (["--diff-temperature", "0.5", "--model", str(gendir / "tokenizer")], "residual head")):
         capsys.readouterr()
         with pytest.raises(SystemExit):

@@ -330,8 +330,9 @@ def test_diff_temperature_flag_cools_only_the_residual():
     opts = sampling_options(parse(["--class", "1", "--diff-temperature", "0.5"]))
     assert opts.diff_temperature == 0.5
     assert sampling_options(parse(["--class", "1"])).diff_temperature is None  # the model's own
-    for bad in ("0", "-1", "nan", "inf"):
-        with pytest.raises(UserError, match="^--diff-temperature must be > 0"):
+    assert sampling_options(parse(["--class", "1", "--diff-temperature", "0"])).diff_temperature == 0.0  # cold
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(UserError, match="^--diff-temperature must be >= 0"):
             sampling_options(parse(["--class", "1", "--diff-temperature", bad]))
     tok, gen = _models()
     with torch.no_grad():
