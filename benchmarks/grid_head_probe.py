@@ -41,52 +41,26 @@ from decode_scores import score_residual_draws  # benchmarks/ is on the path whe
 from pca_head_probe import load_projector
 from probe_train import train_loop
 from hart.common.io import atomic_file
-from hart.diffusion import make_sample_scheduler, make_train_scheduler, timestep_embedding
-
-
-class Block(nn.Module):
-    """GroupNorm -> SiLU -> conv3x3, timestep scale/shift, GroupNorm -> SiLU -> conv3x3, residual."""
-
-    def __init__(self, c: int, temb: int):
-        super().__init__()
-        self.n1, self.c1 = nn.GroupNorm(8, c), nn.Conv2d(c, c, 3, padding=1)
-        self.t = nn.Linear(temb, 2 * c)
-        self.n2, self.c2 = nn.GroupNorm(8, c), nn.Conv2d(c, c, 3, padding=1)
-        nn.init.zeros_(self.c2.weight)
-        nn.init.zeros_(self.c2.bias)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # (B, C, n, n), (B, T)
-        h = self.c1(F.silu(self.n1(x)))
-        scale, shift = self.t(t)[:, :, None, None].chunk(2, 1)
-        h = self.n2(h) * (1 + scale) + shift
-        return x + self.c2(F.silu(h))
-
-
-class Attn(nn.Module):
-    """Self-attention over the n*n cells of one map (learned nothing positional: the convs are)."""
-
-    def __init__(self, c: int, heads: int = 4):
-        super().__init__()
-        self.n = nn.GroupNorm(8, c)
-        self.attn = nn.MultiheadAttention(c, heads, batch_first=True)
-        nn.init.zeros_(self.attn.out_proj.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        h = self.n(x).flatten(2).transpose(1, 2)  # (B, HW, C)
-        return x + self.attn(h, h, h, need_weights=False)[0].transpose(1, 2).view(B, C, H, W)
+from hart.diffusion import MapAttention, MapBlock, make_sample_scheduler, make_train_scheduler, timestep_embedding
 
 
 class GridHead(nn.Module):
-    """eps(noisy residual map, t, f_hat): (B, z, n, n) x2 -> (B, z, n, n)."""
+    """eps(noisy residual map, t, f_hat): (B, z, n, n) x2 -> (B, z, n, n). The blocks are
+    ``hart.diffusion.MapHead``'s (the head this probe became in the model, ``--diff-mix map``),
+    conditioned on f_hat alone."""
 
     def __init__(self, z: int, width: int = 96, depth: int = 6, attn_every: int = 3, prediction: str = "epsilon"):
         super().__init__()
         self.width, self.prediction = width, prediction
         self.temb = nn.Sequential(nn.Linear(width, 4 * width), nn.SiLU(), nn.Linear(4 * width, 4 * width))
         self.inp = nn.Conv2d(2 * z, width, 3, padding=1)
-        self.blocks = nn.ModuleList(Block(width, 4 * width) for _ in range(depth))
-        self.attns = nn.ModuleDict({str(i): Attn(width) for i in range(depth) if (i + 1) % attn_every == 0})
+        self.blocks = nn.ModuleList(MapBlock(width, 4 * width) for _ in range(depth))
+        self.attns = nn.ModuleDict({str(i): MapAttention(width) for i in range(depth) if (i + 1) % attn_every == 0})
+        for blk in self.blocks:  # the identity at init, as hart.diffusion.MapHead's
+            nn.init.zeros_(blk.c2.weight)
+            nn.init.zeros_(blk.c2.bias)
+        for a in self.attns.values():
+            nn.init.zeros_(a.attn.out_proj.weight)
         self.out_n = nn.GroupNorm(8, width)
         self.out = nn.Conv2d(width, z, 3, padding=1)
         nn.init.zeros_(self.out.weight)
