@@ -158,10 +158,11 @@ def set_residual_pca(models: dict, k: int, data: str | None, num: int, data_dir=
         raise UserError(f"--residual-pca must be in 0..{gen.config.residual_dim} (the residual map's values), not {k}")
     if num < 1:
         raise UserError(f"--pca-num must be at least 1, not {num}")
-    state = {n: v for n, v in gen.state_dict().items() if not n.startswith("residual_")}
+    basis = ("residual_mean", "residual_basis")  # the rest (a map head's residual_metric too) is kept
+    state = {n: v for n, v in gen.state_dict().items() if n not in basis}
     new = HARTGenerator(gen.config.replace(residual_pca=k))
     missing, unexpected = new.load_state_dict(state, strict=False)
-    if unexpected or any(not n.startswith("residual_") for n in missing):
+    if unexpected or any(n not in basis for n in missing):
         raise UserError(f"the generator's weights do not fit its config: {(unexpected or missing)[:3]}")
     if k:
         if not data:

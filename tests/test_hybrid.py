@@ -820,6 +820,11 @@ def test_train_a_map_head_with_v_prediction_in_the_decoders_metric(tokdir, gendi
     assert torch.equal(pipe.sample([0, 1], seed=3).residual, a.residual)
     assert eval_main(["--model", str(out), "--data", "synthetic", "--num", "6", "--batch-size", "4",
                       "--out", str(tmp_path / "r")]) == 0
+    from hart.export import main as export_main  # a residual basis added keeps the measured metric
+
+    export_main(["--model", str(out), "--out", str(tmp_path / "p"), "--storage", "fp32", "--residual-pca", "4",
+                 "--data", "synthetic", "--pca-num", "16"])
+    assert torch.equal(HARTGenerator.from_pretrained(tmp_path / "p" / "generator").residual_metric, gen.residual_metric)
     capsys.readouterr()
     with pytest.raises(SystemExit):
         train_main(["--freeze-transformer", "--diff-prediction", "epsilon", "--tokenizer", str(tokdir),
