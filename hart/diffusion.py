@@ -249,8 +249,8 @@ class MapHead(nn.Module):
     3x3 convolutions over the grid (every block mixes space and channels), self-attention
     over the grid every third block, and f_hat, the discrete latent of the drawn ids, as input
     channels beside the noisy residual; the transformer's per-token condition enters through a
-    1x1 convolution. Measured (README, session 23): the only head that recovers a share of the
-    hybrid FD gain on this data, where every per-token head's draws cost FD.
+    1x1 convolution. Measured (README, session 23): its deterministic draws recover 0.36 of the
+    hybrid FD gain on 2,000 test images, where no per-token head recovered more than 0.12.
 
     Same interface as :class:`DiffusionHead` with ``grid``: rows are whole n x n grids in
     raster order; ``cond`` (N, C + z) is the transformer condition with f_hat's z channels

@@ -381,29 +381,21 @@ def init_weights(model: HARTGenerator, folder, verbose: bool = True, skip: tuple
 
 
 @torch.no_grad()
-def measure_residual_scale(batches, max_images: int = 2048) -> float:
-    """RMS of the residual over the first ``max_images`` training images (the head's target scale)."""
-    total, count = 0.0, 0
-    for _, residual, _ in batches:
-        total += residual.double().pow(2).sum().item()
+def measure_latent_scales(batches, tokenizer: HybridTokenizer | None = None,
+                          max_images: int = 2048) -> tuple[float, float | None]:
+    """RMS of the residual (the head's target scale) and, given ``tokenizer``, of f_hat (the
+    discrete latent of the true ids: what a map head divides its f_hat input by), in one pass
+    over the first ``max_images`` training images; (residual_rms, None) without a tokenizer."""
+    sums, count = [0.0, 0.0], 0
+    for ids, residual, _ in batches:
+        sums[0] += residual.double().pow(2).sum().item()
+        if tokenizer is not None:
+            sums[1] += tokenizer.ids_to_fhat(ids).double().pow(2).sum().item()
         count += residual.numel()
         if count >= max_images * residual[0].numel():
             break
-    return float((total / max(count, 1)) ** 0.5)
-
-
-@torch.no_grad()
-def measure_fhat_scale(batches, tokenizer: HybridTokenizer, max_images: int = 2048) -> float:
-    """RMS of f_hat (the discrete latent of the true ids) over the first ``max_images`` training
-    images: what a map head divides its f_hat input by."""
-    total, count = 0.0, 0
-    for ids, _, _ in batches:
-        f_hat = tokenizer.ids_to_fhat(ids)
-        total += f_hat.double().pow(2).sum().item()
-        count += f_hat.numel()
-        if count >= max_images * f_hat[0].numel():
-            break
-    return float((total / max(count, 1)) ** 0.5)
+    rms = [float((v / max(count, 1)) ** 0.5) for v in sums]
+    return rms[0], rms[1] if tokenizer is not None else None
 
 
 def measure_decoder_metric(batches, tokenizer: HybridTokenizer, max_images: int = 512, draws: int = 4,
@@ -633,14 +625,14 @@ def run(args, dist: DistInfo, sampler=None) -> int:
     fresh_head = any(k.startswith(HEAD_PREFIXES) or k == "residual_metric" for k in trainer.fresh)
     if config.diff_head and not args.resume and (config.residual_scale is None or fresh_head):
         # the head's target scale is a fact about this tokenizer's latents: measure it
-        scale = measure_residual_scale(batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, 0, config))
+        map_head = config.diff_mix == "map"  # it also divides its f_hat input by f_hat's RMS
+        scale, fs = measure_latent_scales(batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, 0,
+                                                       config), tokenizer if map_head else None)
         scale = dist.all_reduce_mean(torch.tensor(scale, device=dist.device)).item()
         config = config.replace(residual_scale=scale)
         if dist.is_main:
             print(f"residual scale (RMS of the residual on the training data): {scale:.4f}")
-        if config.diff_mix == "map":
-            fs = measure_fhat_scale(batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, 0, config),
-                                    tokenizer)
+        if map_head:
             config = config.replace(fhat_scale=dist.all_reduce_mean(torch.tensor(fs, device=dist.device)).item())
             if dist.is_main:
                 print(f"f_hat scale (its RMS on the training data): {config.fhat_scale:.4f}")
