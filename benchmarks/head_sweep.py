@@ -12,7 +12,16 @@ conditional mean's decode, for reference). Each setting draws from its own gener
 with ``--seed``, so a row does not depend on which rows run beside it. A fourth field
 ``half`` keeps the draw on one checkerboard colour of the last-scale grid (i + j even) and
 zeroes the other (``benchmarks/residual_oracle.py --neighbours``: with true residuals, half
-and zeros give the whole hybrid gain), e.g. ``ddim:8:0.6:half``.
+and zeros give the whole hybrid gain), e.g. ``ddim:8:0.6:half``. A field ``pcaK`` projects the
+draw onto the top K principal components of the residual maps, as ``hart export --residual-pca
+K`` makes the model do (``ddim:8:0:pca256``; the basis is fitted once on ``--pca-num`` training
+images with ``hart.export.fit_residual_pca``, the largest K asked for, and truncated for the
+others: principal directions nest). Settings that differ only in ``half`` / ``pcaK`` share
+one draw, so a K sweep costs decodes, not head samples.
+
+``--start S`` scores test images S .. S+num-1: pick settings on one range (e.g. ``--start
+2000``) and report the chosen one on another (``--start 0``), so the reported row is not the
+best of several tries on the same images.
 
 One line per decode: ``name psnr=X fd=X r2=X code_corr=X lat_fd=X var=X recovered=X`` with
 ``recovered = (fd_discrete - fd) / (fd_discrete - fd_hybrid)`` and ``code_corr`` the
@@ -54,14 +63,34 @@ def lat_fd(a: FeatureStats, b: FeatureStats) -> float:
     return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
 
-def parse_setting(text: str) -> tuple[str, int, float, bool]:
+def parse_setting(text: str) -> tuple[str, int, float, bool, int]:
+    """``SAMPLER:STEPS:TEMPERATURE[:half][:pcaK]`` -> (sampler, steps, temperature, half, K or 0)."""
+    usage = f"setting {text!r}: SAMPLER:STEPS:TEMPERATURE[:half][:pcaK]"
     parts = text.split(":")
-    if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "half"):
-        raise SystemExit(f"setting {text!r}: SAMPLER:STEPS:TEMPERATURE[:half]")
+    if len(parts) < 3:
+        raise SystemExit(usage)
     sampler, steps, temp = parts[:3]
     if sampler not in ("ddim", "iddpm", "mean"):
         raise SystemExit(f"setting {text!r}: sampler must be ddim, iddpm or mean")
-    return sampler, int(steps), float(temp), len(parts) == 4
+    half, k = False, 0
+    for extra in parts[3:]:
+        if extra == "half" and not half:
+            half = True
+        elif extra.startswith("pca") and extra[3:].isdigit() and int(extra[3:]) > 0 and not k:
+            k = int(extra[3:])
+        else:
+            raise SystemExit(usage)
+    try:
+        return sampler, int(steps), float(temp), half, k
+    except ValueError:
+        raise SystemExit(usage) from None
+
+
+def project(s: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, z, n, n) draws -> mean + P P^T (s - mean), P the first k columns of basis (D, K)."""
+    p = basis[:, :k]
+    flat = s.flatten(1).float() - mean
+    return ((flat @ p) @ p.T + mean).view_as(s).to(s.dtype)
 
 
 @torch.no_grad()
@@ -75,17 +104,31 @@ def main(argv=None) -> int:
     p.add_argument("--ref-num", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start", type=int, default=0, help="first test image (default 0)")
+    p.add_argument("--pca-num", type=int, default=10000,
+                   help="training images the pcaK basis is fitted on (default 10000)")
     args = p.parse_args(argv)
     settings = [parse_setting(s) for s in args.settings]
     from tqdm import tqdm
 
     tok, gen, folder = load_models(args.model)
     ds = make_dataset(args.data, "test", tok.config.resolution, args.data_dir)
+    if not 0 <= args.start < len(ds):
+        raise SystemExit(f"--start must be in 0..{len(ds) - 1}, not {args.start}")
+    k_max = max(k for *_, k in settings)
+    if k_max:
+        from hart.export import fit_residual_pca
+
+        if k_max > gen.config.residual_dim:
+            raise SystemExit(f"pcaK: K must be at most {gen.config.residual_dim} (the residual map's values)")
+        train = make_dataset(args.data, "train", tok.config.resolution, args.data_dir)
+        pca_mean, pca_basis = fit_residual_pca(tok, train, args.pca_num, k_max)
     names = ["discrete", "hybrid"] + args.settings
     scores = DecodeScores(names, args.data, tok.config.resolution, args.ref_num, args.data_dir)
     r2 = {k: _R2() for k in args.settings}
     dots = {k: torch.zeros(3, dtype=torch.float64) for k in ["hybrid"] + args.settings}  # <s, c>, |s|^2, |c|^2
-    gens = {k: torch.Generator().manual_seed(args.seed) for k in args.settings}
+    draw_key = {name: st[:3] for name, st in zip(args.settings, settings)}  # settings sharing a draw
+    gens = {key: torch.Generator().manual_seed(args.seed) for key in set(draw_key.values())}
     n_lat = tok.config.latent_size
     scale = float(gen.config.target_scale)
     dim = tok.config.z_channels * 4
@@ -94,9 +137,9 @@ def main(argv=None) -> int:
     def add_lat(name, res):
         lat[name].add((patches(res.double()) / scale).numpy())
 
-    num = min(args.num, len(ds))
+    num = min(args.num, len(ds) - args.start)
     for start in tqdm(range(0, num, args.batch_size), desc="head-sweep"):
-        idx = range(start, min(num, start + args.batch_size))
+        idx = range(args.start + start, args.start + min(num, start + args.batch_size))
         x, labels = labelled_batch(ds, idx)
         code = tok.encode(x)
         f_hat, r = code.f_hat, code.residual
@@ -111,11 +154,17 @@ def main(argv=None) -> int:
         add_dots("hybrid", r)
         add_lat("true", r)
         add_lat("true_a" if start < num // 2 else "true_b", r)
-        for name, (sampler, steps, temp, half) in zip(args.settings, settings):
+        draws = {}
+        for key in dict.fromkeys(draw_key.values()):  # each shared draw once, in a fixed order
+            sampler, steps, temp = key
             if sampler == "mean":
-                s = head_draws(gen, cond, NUM_MEAN, gens[name], steps, temp, "ddim").mean(0)
+                draws[key] = head_draws(gen, cond, NUM_MEAN, gens[key], steps, temp, "ddim").mean(0)
             else:
-                s = head_draws(gen, cond, 1, gens[name], steps, temp, sampler)[0]
+                draws[key] = head_draws(gen, cond, 1, gens[key], steps, temp, sampler)[0]
+        for name, (sampler, steps, temp, half, k) in zip(args.settings, settings):
+            s = draws[draw_key[name]]
+            if k:
+                s = project(s, pca_mean, pca_basis, k)
             if half:  # (B, z, n, n): zero the second checkerboard colour
                 s = s * (~second_colour(n_lat)).view(n_lat, n_lat).to(s.dtype)
             r2[name].add(r, s)
@@ -126,7 +175,7 @@ def main(argv=None) -> int:
             scores.add(k, img, x)
     fd = scores.fd()
     gain = fd["discrete"] - fd["hybrid"]
-    print(f"model={folder} num={num} residual_scale={gen.config.residual_scale:.4g} "
+    print(f"model={folder} test images {args.start}..{args.start + num - 1} residual_scale={gen.config.residual_scale:.4g} "
           f"model's head: {gen.config.diff_sampler}:{gen.config.diff_sample_steps}:{gen.config.diff_temperature}")
     for k in names:
         extra = ""

@@ -112,7 +112,7 @@ class TrainingObjective(nn.Module):
     def residual_loss(self, ids, residual, out, generator, metrics):
         """Diffusion loss on the last-scale residual (HART), on a random subset of its tokens."""
         c, tok = self.model.config, self.tokenizer
-        K, n = len(ids), tok.config.latent_size
+        n = tok.config.latent_size
         N = n * n
         last_logits = out.logits[:, -N:].detach().float()  # (B, N, V)
         gt = ids[-1]
@@ -126,9 +126,9 @@ class TrainingObjective(nn.Module):
             u = torch.rand(gt.numel(), generator=generator).to(gt.device)
             chosen = sample_from_logits(last_logits.flatten(0, 1), u).view_as(gt)
             with torch.no_grad():
-                swap = tok.quantize.contribution(gt, K - 1, n) - tok.quantize.contribution(chosen, K - 1, n)
-                residual = residual + swap
-                f_hat = f_hat - swap if f_hat is not None else None
+                change = tok.last_scale_change(gt, chosen)
+                residual = residual - change
+                f_hat = f_hat + change if f_hat is not None else None
         else:
             chosen = gt
         target = self.model.to_target(residual.flatten(2).transpose(1, 2))  # (B, N, z)

@@ -117,7 +117,6 @@ def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, f
     ``diff_temperature``: the head's DDIM steps and temperature (None: the model's)."""
     from tqdm import tqdm
 
-    K = len(tok.config.patch_nums)
     n_lat = tok.config.latent_size
     g = torch.Generator().manual_seed(seed)
     sums = dict.fromkeys(DECODES, 0.0)
@@ -144,7 +143,7 @@ def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, f
         # the model's own last-scale ids, as HART trains the head and as sampling feeds it
         u = torch.rand(code.ids[-1].numel(), generator=g)
         own = sample_from_logits(out.logits[:, -N:].flatten(0, 1), u).view(-1, N)
-        f_own = f_hat - tok.quantize.contribution(code.ids[-1], K - 1, n_lat) + tok.quantize.contribution(own, K - 1, n_lat)
+        f_own = f_hat + tok.last_scale_change(code.ids[-1], own)
         own_draws = head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(own), f_own), NUM_MEAN, g,
                                diff_steps, diff_temperature)
         r2_own.add(f_hat + r - f_own, own_draws.mean(0))

@@ -47,6 +47,19 @@ def test_fhat_plus_residual_is_latent(phi_last):
     assert code.residual.pow(2).mean() < f.pow(2).mean()
 
 
+@pytest.mark.parametrize("phi_last", [False, True])
+def test_last_scale_change_is_the_fhat_of_swapped_ids(phi_last):
+    m = trained_a_bit(make(phi_last))
+    with torch.no_grad():
+        code = m.encode(torch.rand(3, 3, 16, 16) * 2 - 1)
+        new = torch.randint(0, m.config.codebook_size, code.ids[-1].shape, generator=torch.Generator().manual_seed(1))
+        change = m.last_scale_change(code.ids[-1], new)
+        swapped = m.ids_to_fhat(code.ids[:-1] + [new])
+    assert change.abs().max() > 0
+    torch.testing.assert_close(code.f_hat + change, swapped, atol=1e-5, rtol=1e-5)
+    assert m.last_scale_change(new, new).abs().max() == 0
+
+
 def test_teacher_inputs_match_incremental_helper_and_quantizer():
     m = trained_a_bit(make())
     x = torch.rand(2, 3, 16, 16) * 2 - 1

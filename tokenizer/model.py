@@ -120,6 +120,12 @@ class HybridTokenizer(nn.Module, PretrainedMixin):
             f_hat, _ = self.next_scale_input(k, f_hat, ids_k)
         return f_hat
 
+    def last_scale_change(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """How f_hat changes when the last scale's ids ``old`` are replaced by ``new`` (both
+        (B, n*n)): h_K(new) - h_K(old) -> (B, z, n, n). The scales before do not depend on it."""
+        K, n = len(self.config.patch_nums), self.config.latent_size
+        return self.quantize.contribution(new, K - 1, n) - self.quantize.contribution(old, K - 1, n)
+
     def teacher_inputs(self, ids: list) -> torch.Tensor:
         """Teacher-forcing inputs for scales 1..K-1: (B, L - 1, z), L = sum pn^2."""
         f_hat, out = None, []
