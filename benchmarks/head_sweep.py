@@ -16,7 +16,9 @@ and zeros give the whole hybrid gain), e.g. ``ddim:8:0.6:half``. A field ``pcaK`
 draw onto the top K principal components of the residual maps, as ``hart export --residual-pca
 K`` makes the model do (``ddim:8:0:pca256``; the basis is fitted once on ``--pca-num`` training
 images with ``hart.export.fit_residual_pca``, the largest K asked for, and truncated for the
-others: principal directions nest). Settings that differ only in ``half`` / ``pcaK`` share
+others: principal directions nest); ``mpcaK`` does the same in the head's target units (the
+decoder metric of ``--diff-metric decoder``: directions that matter to the decoder count
+more), which no exported model does yet. Settings that differ only in ``half`` / ``pcaK`` share
 one draw, so a K sweep costs decodes, not head samples.
 
 ``--start S`` scores test images S .. S+num-1: pick settings on one range (e.g. ``--start
@@ -63,25 +65,28 @@ def lat_fd(a: FeatureStats, b: FeatureStats) -> float:
     return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
 
-def parse_setting(text: str) -> tuple[str, int, float, bool, int]:
-    """``SAMPLER:STEPS:TEMPERATURE[:half][:pcaK]`` -> (sampler, steps, temperature, half, K or 0)."""
-    usage = f"setting {text!r}: SAMPLER:STEPS:TEMPERATURE[:half][:pcaK]"
+def parse_setting(text: str) -> tuple[str, int, float, bool, int, bool]:
+    """``SAMPLER:STEPS:TEMPERATURE[:half][:pcaK|:mpcaK]`` -> (sampler, steps, temperature, half,
+    K or 0, whether the projection is in target units)."""
+    usage = f"setting {text!r}: SAMPLER:STEPS:TEMPERATURE[:half][:pcaK|:mpcaK]"
     parts = text.split(":")
     if len(parts) < 3:
         raise SystemExit(usage)
     sampler, steps, temp = parts[:3]
     if sampler not in ("ddim", "iddpm", "mean"):
         raise SystemExit(f"setting {text!r}: sampler must be ddim, iddpm or mean")
-    half, k = False, 0
+    half, k, metric = False, 0, False
     for extra in parts[3:]:
+        m = extra.startswith("mpca")
+        digits = extra[4:] if m else extra[3:]
         if extra == "half" and not half:
             half = True
-        elif extra.startswith("pca") and extra[3:].isdigit() and int(extra[3:]) > 0 and not k:
-            k = int(extra[3:])
+        elif extra.startswith(("pca", "mpca")) and digits.isdigit() and int(digits) > 0 and not k:
+            k, metric = int(digits), m
         else:
             raise SystemExit(usage)
     try:
-        return sampler, int(steps), float(temp), half, k
+        return sampler, int(steps), float(temp), half, k, metric
     except ValueError:
         raise SystemExit(usage) from None
 
@@ -115,14 +120,23 @@ def main(argv=None) -> int:
     ds = make_dataset(args.data, "test", tok.config.resolution, args.data_dir)
     if not 0 <= args.start < len(ds):
         raise SystemExit(f"--start must be in 0..{len(ds) - 1}, not {args.start}")
-    k_max = max(k for *_, k in settings)
-    if k_max:
-        from hart.export import fit_residual_pca
+    from hart.export import fit_residual_pca
 
+    def target_maps(r):  # (B, z, n, n) latent units <-> the head's target units
+        return gen.to_target(r.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(r.shape)
+
+    def latent_maps(t):
+        return gen.from_target(t.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(t.shape)
+
+    pca = {}  # metric? -> (mean, basis) for the largest K asked for
+    for metric in (False, True):
+        k_max = max((st[4] for st in settings if st[5] == metric), default=0)
         if k_max > gen.config.residual_dim:
             raise SystemExit(f"pcaK: K must be at most {gen.config.residual_dim} (the residual map's values)")
-        train = make_dataset(args.data, "train", tok.config.resolution, args.data_dir)
-        pca_mean, pca_basis = fit_residual_pca(tok, train, args.pca_num, k_max)
+        if k_max:
+            train = make_dataset(args.data, "train", tok.config.resolution, args.data_dir)
+            pca[metric] = fit_residual_pca(tok, train, args.pca_num, k_max,
+                                           transform=target_maps if metric else None)
     names = ["discrete", "hybrid"] + args.settings
     scores = DecodeScores(names, args.data, tok.config.resolution, args.ref_num, args.data_dir)
     r2 = {k: _R2() for k in args.settings}
@@ -161,10 +175,12 @@ def main(argv=None) -> int:
                 draws[key] = head_draws(gen, cond, NUM_MEAN, gens[key], steps, temp, "ddim").mean(0)
             else:
                 draws[key] = head_draws(gen, cond, 1, gens[key], steps, temp, sampler)[0]
-        for name, (sampler, steps, temp, half, k) in zip(args.settings, settings):
+        for name, (sampler, steps, temp, half, k, metric) in zip(args.settings, settings):
             s = draws[draw_key[name]]
-            if k:
-                s = project(s, pca_mean, pca_basis, k)
+            if k and metric:
+                s = latent_maps(project(target_maps(s), *pca[True], k))
+            elif k:
+                s = project(s, *pca[False], k)
             if half:  # (B, z, n, n): zero the second checkerboard colour
                 s = s * (~second_colour(n_lat)).view(n_lat, n_lat).to(s.dtype)
             r2[name].add(r, s)

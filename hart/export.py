@@ -86,9 +86,12 @@ def check_same_tokens(a, b, where: str) -> None:
 
 
 @torch.no_grad()
-def fit_residual_pca(tok, dataset, num: int, k: int, batch_size: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_residual_pca(tok, dataset, num: int, k: int, batch_size: int = 200,
+                     transform=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean (D,) and the top ``k`` principal directions (D, k), orthonormal columns, of the
-    residual maps of ``num`` images of ``dataset`` (evenly spaced), D = z x n x n."""
+    residual maps of ``num`` images of ``dataset`` (evenly spaced), D = z x n x n.
+    ``transform``, when given, maps each batch of residual maps (B, z, n, n) first (e.g. into
+    a head's target units)."""
     from tqdm import tqdm
 
     num = min(num, len(dataset))
@@ -96,7 +99,8 @@ def fit_residual_pca(tok, dataset, num: int, k: int, batch_size: int = 200) -> t
     total, outer = None, None
     for s in tqdm(range(0, num, batch_size), desc="residual maps", leave=False, dynamic_ncols=True):
         x = torch.stack([dataset[i][0] for i in idx[s:s + batch_size]])
-        r = tok.encode(x).residual.flatten(1).double()  # (B, D)
+        r = tok.encode(x).residual
+        r = (transform(r) if transform is not None else r).flatten(1).double()  # (B, D)
         total = r.sum(0) if total is None else total + r.sum(0)
         outer = r.T @ r if outer is None else outer + r.T @ r
     mean = total / num
