@@ -48,6 +48,7 @@ import torch
 
 from decode_scores import DecodeScores  # benchmarks/ is on the path when run as a script
 from hart.common.data import labelled_batch, make_dataset
+from hart.model import project_on_basis
 from residual_oracle import second_colour
 from sampling.eval_residual import NUM_MEAN, _R2, head_draws, load_models, true_ids_cond
 from sampling.fid.stats import FeatureStats, frechet_distance
@@ -92,10 +93,9 @@ def parse_setting(text: str) -> tuple[str, int, float, bool, int, bool]:
 
 
 def project(s: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, z, n, n) draws -> mean + P P^T (s - mean), P the first k columns of basis (D, K)."""
-    p = basis[:, :k]
-    flat = s.flatten(1).float() - mean
-    return ((flat @ p) @ p.T + mean).view_as(s).to(s.dtype)
+    """(B, z, n, n) draws -> their projection on the first k columns of basis (D, K), as the
+    model's ``project_residual`` does with a basis of k columns."""
+    return project_on_basis(s, mean, basis[:, :k].contiguous())
 
 
 @torch.no_grad()

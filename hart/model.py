@@ -275,6 +275,13 @@ class AdaLNBeforeHead(nn.Module):
 
 # ----------------------------------------------------------------------------- model
 
+def project_on_basis(x: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """(B, ...) maps, flattened to D values each -> mean + P P^T (x - mean), P = basis (D, K)
+    with orthonormal columns; same shape and dtype as x."""
+    flat = x.flatten(1).float() - mean
+    return ((flat @ basis) @ basis.T + mean).view_as(x).to(x.dtype)
+
+
 class HARTGenerator(nn.Module, PretrainedMixin):
     """Class-conditional next-scale transformer; optional residual diffusion head (``diffusion``)."""
 
@@ -611,9 +618,7 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         ``residual_pca`` principal components of the residual maps (unchanged when 0)."""
         if not self.config.residual_pca:
             return residual
-        flat = residual.flatten(1).float() - self.residual_mean
-        out = (flat @ self.residual_basis) @ self.residual_basis.T + self.residual_mean
-        return out.view_as(residual).to(residual.dtype)
+        return project_on_basis(residual, self.residual_mean, self.residual_basis)
 
     def diffusion_cond(self, hidden_last: torch.Tensor, code_vectors: torch.Tensor,
                        f_hat: torch.Tensor | None = None) -> torch.Tensor:
