@@ -129,12 +129,14 @@ def main(argv=None) -> int:
         return gen.from_target(t.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(t.shape)
 
     pca = {}  # metric? -> (mean, basis) for the largest K asked for
+    train = None
     for metric in (False, True):
         k_max = max((st[4] for st in settings if st[5] == metric), default=0)
         if k_max > gen.config.residual_dim:
             raise SystemExit(f"pcaK: K must be at most {gen.config.residual_dim} (the residual map's values)")
         if k_max:
-            train = make_dataset(args.data, "train", tok.config.resolution, args.data_dir)
+            if train is None:
+                train = make_dataset(args.data, "train", tok.config.resolution, args.data_dir)
             pca[metric] = fit_residual_pca(tok, train, args.pca_num, k_max,
                                            transform=target_maps if metric else None)
     names = ["discrete", "hybrid"] + args.settings
