@@ -15,7 +15,7 @@ import sys
 import torch
 
 from disc_probe import decode_all  # benchmarks/ is on the path when run as a script
-from fd_sensitivity import laplacian_energy
+from tokenizer.losses import laplacian_energy
 from hart.common.data import make_dataset
 from tokenizer import HybridTokenizer
 

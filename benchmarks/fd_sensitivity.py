@@ -33,7 +33,7 @@ from sampling.features import clean_batch, load_extractor
 from sampling.fid.embed import default_cache_dir, reference_stats
 from sampling.fid.sources import parse_source
 from sampling.fid.stats import FeatureStats, frechet_distance
-from tokenizer.losses import psnr
+from tokenizer.losses import laplacian_energy, psnr
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -61,12 +61,6 @@ def stretch(x: torch.Tensor) -> torch.Tensor:
     """Each image mapped affinely so that -1 stays and its brightest value becomes 1."""
     top = x.clamp(-1, 1).amax(dim=(1, 2, 3), keepdim=True)
     return -1 + (x + 1) * (2 / (top + 1).clamp_min(1e-3))
-
-
-def laplacian_energy(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) in [-1, 1] -> (B,) mean squared 3x3 Laplacian of the channel mean."""
-    k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=x.dtype).view(1, 1, 3, 3)
-    return F.conv2d(x.mean(1, keepdim=True), k).pow(2).mean(dim=(1, 2, 3))
 
 
 def main(argv=None) -> int:

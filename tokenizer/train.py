@@ -44,7 +44,7 @@ from hart.common.loop import (check_positive, check_preset, load_run, nonfinite_
 from hart.common.metrics import RunLog, Throughput, Window
 from tokenizer.config import TokenizerConfig
 from tokenizer.losses import (LPIPS, PatchDiscriminator, detail_critic, detail_input, hinge_d_loss, hinge_g_loss, psnr,
-                             reconstruction_loss)
+                             reconstruction_loss, sharpness_loss)
 from tokenizer.model import HybridTokenizer
 
 
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the decoder's output while training: auto (default) measures the data, and gray data "
                         "trains through the channel mean; off trains every channel against the target "
                         "(hart export --grayscale on still ships the mean)")
+    p.add_argument("--sharpness-weight", type=float, default=0.0,
+                   help="weight of a loss that holds each decode's fine detail (Laplacian energy) at its "
+                        "image's (default 0: off)")
     p.add_argument("--lpips-weights", default=None, help="VGG16+LPIPS weights file; LPIPS is off without it")
     p.add_argument("--init", default=None, metavar="DIR",
                    help="start from the weights (and config) of this tokenizer folder")
@@ -161,6 +164,8 @@ class Trainer:
             loss = loss_rec + (out.vq_loss if not self.frozen else 0.0)  # frozen: vq_loss has no gradient
             if self.lpips is not None:
                 loss = loss + self.lpips(out.recon, x).mean()
+            loss_sharp = sharpness_loss(out.recon, x) if args.sharpness_weight else torch.zeros(())
+            loss = loss + args.sharpness_weight * loss_sharp
             if use_gan:
                 self.disc.requires_grad_(False)
                 loss = loss + args.disc_weight * hinge_g_loss(judge(out.recon))
@@ -181,6 +186,7 @@ class Trainer:
         self.ema.update(self.model, self.ema.warmup_decay(step))
         self.step += 1
         return dict(loss=loss.item(), rec=loss_rec.item(), vq=out.vq_loss.item(), d=d_loss.item(),
+                    sharp=loss_sharp.item(),
                     psnr=psnr(out.recon, x).mean().item(), grad_norm=grad_norm.item(),
                     kind="draw" if use_draws else "discrete" if discrete else "hybrid",
                     ids=torch.cat([i.flatten() for i in out.ids]))
@@ -197,7 +203,7 @@ class Trainer:
                  {"step": self.step, "config": self.config.to_dict(), "seed": self.args.seed,
                   "steps": self.args.steps, "freeze_codebook": bool(self.frozen),
                   "draws": self.args.draws, "draw_share": self.args.draw_share,
-                  "disc_input": self.args.disc_input})
+                  "disc_input": self.args.disc_input, "sharpness_weight": self.args.sharpness_weight})
         self.ema.shadow.save_pretrained(out)  # the EMA weights are the model later commands read
         self.saved_step = self.step
         write_recon_grid(self.ema.shadow, preview, out / "recon.png")
@@ -370,14 +376,14 @@ def main(argv=None):
             m = trainer.train_step(x.to(device), None if draws is None else draws[batch[2]].float().to(device))
             speed.add(x.shape[0], time.perf_counter() - t0)
             usage += torch.bincount(m["ids"].cpu(), minlength=config.codebook_size)
-            window.add(**{k: m[k] for k in ("loss", "rec", "vq", "d", "psnr", "grad_norm")})
+            window.add(**{k: m[k] for k in ("loss", "rec", "vq", "d", "sharp", "psnr", "grad_norm")})
             window.add(**{f"psnr/{m['kind']}": m["psnr"]})
             step = trainer.step
             if step % args.log_every == 0 or step == args.steps:
                 frac = (usage > 0).float().mean().item()  # share of the codebook used in the window
                 usage.zero_()
                 mean = window.means()
-                names = {"loss": "loss/total", "rec": "loss/rec", "vq": "loss/vq", "d": "loss/disc"}
+                names = {"loss": "loss/total", "rec": "loss/rec", "vq": "loss/vq", "d": "loss/disc", "sharp": "loss/sharp"}
                 split = {k: mean[k] for k in ("psnr/discrete", "psnr/hybrid", "psnr/draw") if k in mean}
                 log.scalars(step, {**{tag: mean[k] for k, tag in names.items()}, **split},
                             psnr=mean["psnr"], grad_norm=mean["grad_norm"], **{"codebook/usage": frac},
