@@ -253,7 +253,10 @@ def main(argv=None):
 
     def fmt(k):
         v = res[k]
-        return f"{k}=n/a" if v is None else f"{k}={v:.2f}" if "psnr" in k else f"{k}={v:.4g}"
+        if v is None:
+            return f"{k}=n/a"
+        digits = 2 if "psnr" in k else 3 if k.startswith("fd_") and "recovered" not in k else 4
+        return f"{k}={v:.{digits}f}"  # fixed digits: an FD of 10.0002 reads 10.000, not 10
 
     own = ["psnr_own_discrete", "psnr_own_head", "r2_own_mean"]
     if stats is not None:
