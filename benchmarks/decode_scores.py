@@ -38,6 +38,10 @@ class DecodeScores:
     def fd(self) -> dict:
         return {k: frechet_distance(s.mu, s.sigma, self.ref.mu, self.ref.sigma) for k, s in self.stats.items()}
 
+    def mean_term(self) -> dict:
+        """FD's first term per name: the squared distance between its feature mean and the reference's."""
+        return {k: float(((s.mu - self.ref.mu) ** 2).sum()) for k, s in self.stats.items()}
+
 
 @torch.no_grad()
 def score_residual_draws(model, f_hat: torch.Tensor, residual: torch.Tensor, draws: dict,

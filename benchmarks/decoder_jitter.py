@@ -20,14 +20,10 @@ import copy
 import torch
 from tqdm import tqdm
 
+from decode_scores import DecodeScores  # benchmarks/ is on the path when run as a script
 from hart.common.data import make_dataset
 from hart.common.images import to_uint8
-from sampling.features import clean_batch, load_extractor
-from sampling.fid.embed import default_cache_dir, reference_stats
-from sampling.fid.sources import parse_source
-from sampling.fid.stats import FeatureStats, frechet_distance
 from tokenizer import HybridTokenizer
-from tokenizer.losses import psnr
 
 
 def perturbed(tok: HybridTokenizer, scale: float, seed: int) -> HybridTokenizer:
@@ -57,30 +53,23 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     tok = HybridTokenizer.from_pretrained(a.tokenizer).requires_grad_(False).eval()
-    extractor = load_extractor("effnet-lite0")
-    ref, _ = reference_stats(parse_source(f"{a.data}:train", allow_stats=False), extractor, tok.config.resolution,
-                             a.ref_num, batch_size=100, data_dir=a.data_dir, cache_dir=default_cache_dir())
     data = make_dataset(a.data, "test", tok.config.resolution, a.data_dir)
     num = min(a.num, len(data))
     rows = {"as shipped": tok}
     rows.update({f"scale {s:g} seed {i}": perturbed(tok, s, 1000 + i) for s in a.scales for i in range(a.seeds)})
-    stats = {k: FeatureStats(extractor.dim) for k in rows}
-    sums = dict.fromkeys(rows, 0.0)
+    scores = DecodeScores(list(rows), a.data, tok.config.resolution, a.ref_num, a.data_dir)
     with torch.no_grad():
         for start in tqdm(range(0, num, a.batch_size), desc="decoder-jitter"):
             x = torch.stack([data[i][0] for i in range(start, min(num, start + a.batch_size))])
             code = tok.encode(x)  # the encoder is shared: the same latents for every row
             lat = code.f_hat + code.residual if a.decode == "hybrid" else code.f_hat
             for k, t in rows.items():
-                img = t.decode_latent(lat).clamp(-1, 1)
-                u8 = to_uint8(img)
-                sums[k] += psnr(torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 127.5 - 1, x).sum().item()
-                stats[k].add(extractor(clean_batch(list(u8), extractor.input_size)))
-    print(f"{num} test images ({a.decode} decode) vs {ref.n} train images, FD-EffNet")
+                u8 = to_uint8(t.decode_latent(lat).clamp(-1, 1))  # PSNR of what FD sees: the 8-bit image
+                scores.add(k, torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 127.5 - 1, x)
+    fd, mean = scores.fd(), scores.mean_term()
+    print(f"{num} test images ({a.decode} decode) vs {scores.ref.n} train images, FD-EffNet")
     for k in rows:
-        fd = frechet_distance(stats[k].mu, stats[k].sigma, ref.mu, ref.sigma)
-        mean = float(((stats[k].mu - ref.mu) ** 2).sum())
-        print(f"{k:20s} psnr={sums[k] / num:.2f} fd={fd:.3f} mean={mean:.3f}")
+        print(f"{k:20s} psnr={scores.psnr(k):.2f} fd={fd[k]:.3f} mean={mean[k]:.3f}")
     return 0
 
 

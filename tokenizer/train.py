@@ -164,8 +164,10 @@ class Trainer:
             loss = loss_rec + (out.vq_loss if not self.frozen else 0.0)  # frozen: vq_loss has no gradient
             if self.lpips is not None:
                 loss = loss + self.lpips(out.recon, x).mean()
-            loss_sharp = sharpness_loss(out.recon, x) if args.sharpness_weight else torch.zeros(())
-            loss = loss + args.sharpness_weight * loss_sharp
+            loss_sharp = None
+            if args.sharpness_weight:
+                loss_sharp = sharpness_loss(out.recon, x)
+                loss = loss + args.sharpness_weight * loss_sharp
             if use_gan:
                 self.disc.requires_grad_(False)
                 loss = loss + args.disc_weight * hinge_g_loss(judge(out.recon))
@@ -186,7 +188,7 @@ class Trainer:
         self.ema.update(self.model, self.ema.warmup_decay(step))
         self.step += 1
         return dict(loss=loss.item(), rec=loss_rec.item(), vq=out.vq_loss.item(), d=d_loss.item(),
-                    sharp=loss_sharp.item(),
+                    sharp=0.0 if loss_sharp is None else loss_sharp.item(),
                     psnr=psnr(out.recon, x).mean().item(), grad_norm=grad_norm.item(),
                     kind="draw" if use_draws else "discrete" if discrete else "hybrid",
                     ids=torch.cat([i.flatten() for i in out.ids]))
