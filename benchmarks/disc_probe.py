@@ -14,6 +14,8 @@ each of these ways, and reports on held-out images:
 - ``detail`` (session 20): ``tokenizer.losses.detail_critic``, what ``hart train-tokenizer
   --disc-input detail`` trains: a conditional critic given each image's discrete decode beside
   the detail (image or decode, minus the discrete decode, x10, on the 8-bit grid);
+- ``features`` (session 26, with ``--lpips-weights FILE``): ``tokenizer.losses.FeatureDiscriminator``,
+  what ``--disc-input features`` trains: heads on the frozen VGG16 features of that file;
 - ``control``: ``batch/separate`` against a Gaussian blur (``--control-blur`` pixels) of the
   real images instead of the decodes, to show the probe can succeed.
 
@@ -32,7 +34,7 @@ import torch
 from hart.common.data import make_dataset
 from fd_sensitivity import gaussian_blur  # benchmarks/ is on the path when run as a script
 from tokenizer import HybridTokenizer
-from tokenizer.losses import PatchDiscriminator, detail_critic, detail_input, hinge_d_loss
+from tokenizer.losses import LPIPS, FeatureDiscriminator, PatchDiscriminator, detail_critic, detail_input, hinge_d_loss
 
 
 @torch.no_grad()
@@ -63,6 +65,9 @@ def main(argv=None) -> int:
     p.add_argument("--disc-gain", type=float, default=10.0, help="the detail critic's amplification")
     p.add_argument("--control-blur", type=float, default=0.6)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lpips-weights", default=None, help="adds the 'features' variant on this file's VGG16")
+    p.add_argument("--variants", nargs="*", default=None,
+                   help="run only these (batch/separate batch/joint none detail features control); default all")
     a = p.parse_args(argv)
 
     torch.manual_seed(a.seed)
@@ -80,9 +85,18 @@ def main(argv=None) -> int:
     runs = [("batch/separate", "batch", False, fr, ft), ("batch/joint", "batch", True, fr, ft),
             ("none", "none", False, fr, ft), ("detail", "detail", False, fr, ft),
             (f"control blur {a.control_blur:g}", "batch", False, *blurred)]
+    if a.lpips_weights:
+        runs.insert(4, ("features", "features", False, fr, ft))
+        lpips = LPIPS.from_file(a.lpips_weights)
+    if a.variants is not None:
+        runs = [r for r in runs if r[0].split(" ")[0] in a.variants]
     for name, norm, joint, fake_train, fake_test in runs:
         torch.manual_seed(a.seed)
-        if norm == "detail":
+        if norm == "features":
+            disc = FeatureDiscriminator(lpips).train()
+            disc.fit(xr[:1024])
+            judge = lambda x, i, base: disc(x)  # noqa: E731
+        elif norm == "detail":
             disc = detail_critic(res).train()
             judge = lambda x, i, base: disc(detail_input(base[i], x, a.disc_gain))  # noqa: E731
         else:
@@ -105,10 +119,10 @@ def main(argv=None) -> int:
             losses.append(loss.item())
         with torch.no_grad():  # scored as it trains (BatchNorm on batch statistics, the same passes)
             if joint:
-                sr, sf = disc(torch.cat([xt, fake_test])).mean(dim=(1, 2, 3)).chunk(2)
+                sr, sf = disc(torch.cat([xt, fake_test])).flatten(1).mean(1).chunk(2)
             else:
                 every = torch.arange(len(xt))
-                sr, sf = judge(xt, every, bt).mean(dim=(1, 2, 3)), judge(fake_test, every, bt).mean(dim=(1, 2, 3))
+                sr, sf = judge(xt, every, bt).flatten(1).mean(1), judge(fake_test, every, bt).flatten(1).mean(1)
         acc = 0.5 * ((sr > 0).float().mean() + (sf <= 0).float().mean()).item()
         tail = losses[-50:]
         print(f"{name} d_loss={sum(tail) / len(tail):.4f} acc={acc:.3f}", flush=True)

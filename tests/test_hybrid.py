@@ -659,6 +659,76 @@ def test_a_decoder_stage_with_the_detail_critic(tokdir, tmp_path, capsys):
     assert len(err) == 1 and "--disc-input detail" in err[0], err
 
 
+def _random_lpips_file(path):
+    from safetensors.torch import save_file
+
+    from tokenizer.losses import LPIPS
+
+    torch.manual_seed(0)
+    ref = LPIPS()
+    state = {k: torch.randn_like(v) * 0.05 for k, v in ref.state_dict().items() if k.startswith("features.")}
+    state.update({f"lin{i}.model.1.weight": torch.ones_like(ref.lins[i].weight) for i in range(5)})
+    save_file(state, str(path))
+    return path
+
+
+def test_feature_discriminator_standardises_and_passes_gradients(tmp_path):
+    """FeatureDiscriminator: after ``fit`` the real images' pooled features are standardised
+    (mean 0, std 1), the VGG16 is neither a parameter nor in the state, and the decoder gets a
+    gradient through it."""
+    from tokenizer.losses import LPIPS, FeatureDiscriminator
+
+    lp = LPIPS.from_file(_random_lpips_file(tmp_path / "f.safetensors"))
+    disc = FeatureDiscriminator(lp)
+    assert set(disc.state_dict()) == {"mu", "sd", "head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias"}
+    assert all(p.requires_grad for p in disc.parameters()) and not any(p.requires_grad for p in lp.parameters())
+    x = torch.rand(64, 3, 16, 16) * 2 - 1
+    disc.fit(x, batch=24)
+    z = (disc.pooled(x) - disc.mu) / disc.sd
+    assert z.shape == (64, 1920)
+    live = disc.sd > 1e-3 * disc.sd.max()  # a channel that ReLU keeps at 0 for every image has nothing to standardise
+    assert live.float().mean() > 0.5
+    assert z.mean(0).abs().max() < 1e-3 and (z.std(0)[live] - 1).abs().max() < 1e-2
+    y = x[:4].clone().requires_grad_()
+    out = disc(y)
+    assert out.shape == (4, 1)
+    out.sum().backward()
+    assert y.grad is not None and y.grad.abs().sum() > 0
+
+
+def test_a_decoder_stage_with_the_feature_discriminator(tokdir, tmp_path, capsys):
+    """--disc-input features: the discriminator is fit to real images before the first step,
+    keeps that standardisation on --resume, saves only its head, and the run refuses to start
+    without --lpips-weights in one line."""
+    from tokenizer.train import main as tok_main
+
+    f = _random_lpips_file(tmp_path / "f.safetensors")
+    out_dir = tmp_path / "tok-feat"
+    base = ["--init", str(tokdir), "--freeze-codebook", "--data", "synthetic", "--out", str(out_dir),
+            "--batch-size", "8", "--disc-start", "0", "--save-every", "2", "--log-every", "1",
+            "--no-tensorboard", "--disc-input", "features", "--lpips-weights", str(f)]
+    tok_main(base + ["--steps", "2"])
+    disc = load_file(str(out_dir / "train_state" / "disc.safetensors"))
+    assert set(disc) == {"mu", "sd", "head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias"}
+    assert disc["sd"].min() > 0 and disc["mu"].abs().sum() > 0
+    before = load_file(str(tokdir / "model.safetensors"))
+    raw = load_file(str(out_dir / "train_state" / "model.safetensors"))
+    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv.", "quantize."))]
+    assert frozen and all(torch.equal(before[k], raw[k]) for k in frozen)
+    tok_main(["--data", "synthetic", "--out", str(out_dir), "--resume", "--steps", "3", "--batch-size", "8",
+              "--save-every", "1", "--log-every", "1", "--no-tensorboard", "--disc-input", "features",
+              "--lpips-weights", str(f)])
+    again = load_file(str(out_dir / "train_state" / "disc.safetensors"))
+    assert torch.equal(again["mu"], disc["mu"]) and torch.equal(again["sd"], disc["sd"])
+    lines = [json.loads(s) for s in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3] and all(m["loss/disc"] > 0 for m in lines)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        tok_main([a for a in base if a not in ("--lpips-weights", str(f))] + ["--steps", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--lpips-weights" in err[0], err
+
+
 def test_export_residual_pca_projects_every_draw_of_the_head(gendir, tmp_path, capsys):
     from hart.export import main as export_main
     from sampling import HARTPipeline

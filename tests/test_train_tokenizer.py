@@ -171,3 +171,54 @@ def test_hybrid_share_picks_the_decoder_input(tmp_path, share, only):
         "--hybrid-share", str(share))
     lines = [json.loads(x) for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 6 and all(only in x and x[only] == x["psnr"] for x in lines)
+
+
+def _feature_net_tool():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "feature_net.py"
+    spec = importlib.util.spec_from_file_location("feature_net", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_feature_net_folds_batchnorm_into_lpips(tmp_path, capsys):
+    """tools/feature_net.py: the folded plain VGG16 gives the BatchNorm net's features (eval), the
+    file loads with --lpips-weights' loader, and unlabelled data is refused in one line."""
+    from safetensors.torch import save_file
+
+    from tokenizer.losses import LPIPS
+
+    tool = _feature_net_tool()
+    torch.manual_seed(0)
+    net = tool.vgg16_bn(4)
+    for m in net.modules():  # BatchNorm statistics and affine far from the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    net.eval()
+    save_file(tool.fold_to_lpips(net, 0.5), str(tmp_path / "f.safetensors"))
+    lp = LPIPS.from_file(tmp_path / "f.safetensors")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        want = net[0]((x - lp.shift) / lp.scale)
+        got = lp.features((x - lp.shift) / lp.scale)
+    assert torch.allclose(want, got, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+    assert torch.equal(lp.lins[4].weight, torch.full((1, 512, 1, 1), 0.5))
+
+    out = tmp_path / "net.safetensors"
+    tool.main(["--data", "synthetic", "--resolution", "16", "--epochs", "0.02", "--batch-size", "16",
+               "--out", str(out)])
+    assert "test accuracy" in capsys.readouterr().out
+    lp = LPIPS.from_file(out)
+    y = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert (lp(y, y.flip(-1)) > 0).all() and torch.allclose(lp(y, y), torch.zeros(2), atol=1e-6)
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "imgs" / "a.png")
+    with pytest.raises(SystemExit):
+        tool.main(["--data", "images:" + str(tmp_path / "imgs"), "--out", str(tmp_path / "x.safetensors")])
+    assert "has no classes to learn" in capsys.readouterr().err

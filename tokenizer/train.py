@@ -43,8 +43,8 @@ from hart.common.loop import (check_positive, check_preset, load_run, nonfinite_
                               warmup_cosine)
 from hart.common.metrics import RunLog, Throughput, Window
 from tokenizer.config import TokenizerConfig
-from tokenizer.losses import (LPIPS, PatchDiscriminator, detail_critic, detail_input, hinge_d_loss, hinge_g_loss, psnr,
-                             reconstruction_loss, sharpness_loss)
+from tokenizer.losses import (LPIPS, FeatureDiscriminator, PatchDiscriminator, detail_critic, detail_input,
+                             hinge_d_loss, hinge_g_loss, psnr, reconstruction_loss, sharpness_loss)
 from tokenizer.model import HybridTokenizer
 
 
@@ -63,11 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disc-start", type=int, default=None,
                    help="step at which the PatchGAN loss starts (default: half of --steps)")
     p.add_argument("--disc-weight", type=float, default=0.1, help="weight of the generator's GAN loss")
-    p.add_argument("--disc-input", default="image", choices=("image", "detail"),
+    p.add_argument("--disc-input", default="image", choices=("image", "detail", "features"),
                    help="what the discriminator sees: 'image', the decode alone (a PatchGAN, as HART); "
                         "'detail', a conditional critic given the discrete decode beside the detail "
                         "(decode - discrete decode, x --disc-gain) of the hybrid batches and of the real "
-                        "images (session 20: the image PatchGAN never learned on this data)")
+                        "images (session 20: the image PatchGAN never learned on this data); 'features', "
+                        "heads on the frozen VGG16 features of --lpips-weights (a Projected GAN)")
     p.add_argument("--disc-gain", type=float, default=10.0,
                    help="with --disc-input detail: how much the detail is amplified (default 10)")
     p.add_argument("--hybrid-share", type=float, default=0.5,
@@ -121,13 +122,18 @@ class Trainer:
             m.requires_grad_(False)
         self.set_train()
         self.ema = EMA(self.model, decay=0.999)
+        self.lpips = LPIPS.from_file(args.lpips_weights).to(device) if args.lpips_weights else None
         nl = 3 if config.resolution >= 64 else 2
-        self.disc = (detail_critic(config.resolution) if args.disc_input == "detail"
-                     else PatchDiscriminator(config.in_channels, ndf=64, n_layers=nl)).to(device).train()
+        if args.disc_input == "features":
+            self.disc = FeatureDiscriminator(self.lpips)
+        elif args.disc_input == "detail":
+            self.disc = detail_critic(config.resolution)
+        else:
+            self.disc = PatchDiscriminator(config.in_channels, ndf=64, n_layers=nl)
+        self.disc = self.disc.to(device).train()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.opt_g = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0)
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0)
-        self.lpips = LPIPS.from_file(args.lpips_weights).to(device) if args.lpips_weights else None
         self.gen = torch.Generator().manual_seed(args.seed)  # hybrid coin flips
         self.amp_dtype = resolve_dtype(args.dtype, device)
         self.step = self.saved_step = 0
@@ -294,6 +300,9 @@ def resolve_config(args, out: Path) -> TokenizerConfig:
     --preset that differs is refused, as is a --freeze-codebook that differs from the run's."""
     if args.freeze_codebook and not args.init and not args.resume:
         raise UserError("--freeze-codebook needs --init DIR: the trained tokenizer whose encoder and codebook to keep")
+    if args.disc_input == "features" and not args.lpips_weights:
+        raise UserError("--disc-input features judges the VGG16 features of --lpips-weights FILE; give one "
+                        "(python tools/feature_net.py trains it on your labelled images)")
     if args.draws and not args.freeze_codebook:
         raise UserError("--draws needs --init DIR --freeze-codebook: the draws belong to that tokenizer's ids, "
                         "which only a frozen encoder and codebook keep")
@@ -352,6 +361,9 @@ def main(argv=None):
     preview = torch.stack([held_out[i * (len(held_out) // n_prev)][0] for i in range(n_prev)]).to(device)
 
     trainer = Trainer(config, args, device)
+    if args.disc_input == "features" and not args.resume:  # a resumed run keeps its standardisation
+        idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed))[:1024]
+        trainer.disc.fit(torch.stack([train_set[i][0] for i in idx.tolist()]).to(device))
     if args.resume:
         trainer.load(out)
         if trainer.step >= args.steps:
