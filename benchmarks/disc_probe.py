@@ -15,7 +15,8 @@ each of these ways, and reports on held-out images:
   --disc-input detail`` trains: a conditional critic given each image's discrete decode beside
   the detail (image or decode, minus the discrete decode, x10, on the 8-bit grid);
 - ``features`` (session 26, with ``--lpips-weights FILE``): ``tokenizer.losses.FeatureDiscriminator``,
-  what ``--disc-input features`` trains: heads on the frozen VGG16 features of that file;
+  what ``--disc-input features`` trains: an MLP on the standardised channel means and stds of
+  that file's frozen VGG16 features (fit to 1,024 of the train images first);
 - ``control``: ``batch/separate`` against a Gaussian blur (``--control-blur`` pixels) of the
   real images instead of the decodes, to show the probe can succeed.
 

@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "'detail', a conditional critic given the discrete decode beside the detail "
                         "(decode - discrete decode, x --disc-gain) of the hybrid batches and of the real "
                         "images (session 20: the image PatchGAN never learned on this data); 'features', "
-                        "heads on the frozen VGG16 features of --lpips-weights (a Projected GAN)")
+                        "an MLP on the channel means and stds of the frozen VGG16 features of --lpips-weights "
+                        "(tools/feature_net.py trains them on your labelled images)")
     p.add_argument("--disc-gain", type=float, default=10.0,
                    help="with --disc-input detail: how much the detail is amplified (default 10)")
     p.add_argument("--hybrid-share", type=float, default=0.5,
