@@ -21,6 +21,20 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture
+def load_tool():
+    """``load_tool("head_draws")`` -> the module of ``tools/head_draws.py`` (tools/ is not a package)."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
+
+
+@pytest.fixture
 def tiny_tokenizer():
     from tokenizer import HybridTokenizer, TokenizerConfig
 

@@ -535,25 +535,14 @@ def test_train_a_head_of_another_size_on_an_init_transformer(tokdir, gendir, tmp
         assert len(err) == 1 and word in err[0], err
 
 
-def _head_draws_tool():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "tools" / "head_draws.py"
-    spec = importlib.util.spec_from_file_location("head_draws", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_a_decoder_stage_on_head_draws(tokdir, gendir, tmp_path, capsys):
+def test_a_decoder_stage_on_head_draws(tokdir, gendir, tmp_path, capsys, load_tool):
     """tools/head_draws.py writes one draw per training image; --draws decodes f_hat + draw in
     --draw-share of the batches, the frozen parts stay bit-identical, and the run refuses
     what cannot work in one line."""
     from tokenizer.train import main as tok_main
 
     draws = tmp_path / "draws.safetensors"
-    _head_draws_tool().main(["--model", str(gendir), "--data", "synthetic", "--num", "24", "--batch-size", "10",
+    load_tool("head_draws").main(["--model", str(gendir), "--data", "synthetic", "--num", "24", "--batch-size", "10",
                              "--out", str(draws)])
     d = load_file(str(draws))["draws"]
     tok = HybridTokenizer.from_pretrained(tokdir)

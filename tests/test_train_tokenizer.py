@@ -173,25 +173,14 @@ def test_hybrid_share_picks_the_decoder_input(tmp_path, share, only):
     assert len(lines) == 6 and all(only in x and x[only] == x["psnr"] for x in lines)
 
 
-def _feature_net_tool():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "tools" / "feature_net.py"
-    spec = importlib.util.spec_from_file_location("feature_net", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_feature_net_folds_batchnorm_into_lpips(tmp_path, capsys):
+def test_feature_net_folds_batchnorm_into_lpips(tmp_path, capsys, load_tool):
     """tools/feature_net.py: the folded plain VGG16 gives the BatchNorm net's features (eval), the
     file loads with --lpips-weights' loader, and unlabelled data is refused in one line."""
     from safetensors.torch import save_file
 
     from tokenizer.losses import LPIPS
 
-    tool = _feature_net_tool()
+    tool = load_tool("feature_net")
     torch.manual_seed(0)
     net = tool.vgg16_bn(4)
     for m in net.modules():  # BatchNorm statistics and affine far from the identity

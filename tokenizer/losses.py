@@ -185,6 +185,12 @@ class LPIPS(nn.Module):
             from hart.common.io import load_state
 
             state = load_state(path)
+        return cls.from_state(state, str(path))
+
+    @classmethod
+    def from_state(cls, state: dict, where: str = "the LPIPS weights") -> "LPIPS":
+        """The file's key layout (torchvision's ``features.N.*``, lpips' ``linK.model.1.weight``)
+        -> a loaded model; missing or misshapen keys are refused in one line naming ``where``."""
         model = cls()
         remap = {}
         for k, v in state.items():
@@ -194,7 +200,7 @@ class LPIPS(nn.Module):
                 remap[k] = v
         from hart.common.io import check_state_matches
 
-        check_state_matches(model.state_dict(), remap, str(path))
+        check_state_matches(model.state_dict(), remap, where)
         model.load_state_dict(remap)
         return model
 

@@ -134,8 +134,7 @@ def main(argv=None) -> int:
     acc = correct / len(test)
     state = fold_to_lpips(net, args.lin)
     # the folded plain VGG16 must give the BN net's features: check on a test batch before writing
-    lp = LPIPS()
-    lp.load_state_dict({("lins.%d.weight" % int(k[3]) if k.startswith("lin") else k): v for k, v in state.items()})
+    lp = LPIPS.from_state(state, "the folded features")
     x = torch.stack([test[i][0] for i in range(16)])
     with torch.no_grad():
         ref = net[0]((x - norm.shift) / norm.scale)
