@@ -52,8 +52,17 @@ def main(argv=None):
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
-    module = importlib.import_module(COMMANDS[name][0])
-    return module.main(rest, **{k: _load(v) for k, v in WIRING.get(name, {}).items()})
+    from hart.common.errors import UserError, fault_line
+
+    try:  # each main already says its own errors in one line (cli_entry); this catches the rest
+        module = importlib.import_module(COMMANDS[name][0])
+        return module.main(rest, **{k: _load(v) for k, v in WIRING.get(name, {}).items()})
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    except OSError as e:  # permission denied, a full disk, a read-only file system: one line, exit 1
+        print(f"error: {fault_line(e)}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _load(target: str):

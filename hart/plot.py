@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from hart.common.errors import UserError, cli_entry
+from hart.common.fs import output_file
 from hart.common.io import atomic_file
 from hart.common.metrics import METRICS_NAME, read_metrics
 
@@ -122,6 +123,7 @@ def main(argv=None):
         raise UserError(f"--smooth must be in [0, 1), got {args.smooth}")
     if not args.out.lower().endswith(".png"):
         raise UserError(f"--out must name a .png file, got {args.out}")
+    output_file(args.out)
     runs = load_runs(args.runs)
     metrics = metric_names(runs, args.metrics)
     if not metrics:

@@ -17,13 +17,13 @@ Two encoders:
   them and its positions are dropped again; the context is the last hidden state (after the
   final norm), in fp32.
 
-Prompts longer than ``max_length`` tokens are truncated, with one warning naming how many
-(HART truncates silently). The encoder is frozen (eval mode, no gradients).
+Prompts longer than ``max_length`` tokens are truncated, with one warning line on stderr (once
+per encoder) naming how many prompts and how many tokens are kept (HART truncates silently). The encoder is frozen (eval mode, no gradients).
 """
 from __future__ import annotations
 
 import os
-import warnings
+import sys
 from pathlib import Path
 
 import torch
@@ -110,6 +110,7 @@ class TextEncoder:
         self.name, self.path, self.max_length = name, path, int(max_length)
         self.dim = int(self.model.config.hidden_size)
         self._system_ids = None
+        self._warned = False  # the truncation warning is said once
         if name == "qwen2":
             self._system_ids = self.tokenizer(QWEN_SYSTEM_PROMPT, return_tensors="pt").input_ids  # (1, S)
 
@@ -121,6 +122,19 @@ class TextEncoder:
         """Tokens per prompt before truncation (special tokens included)."""
         return [len(ids) for ids in self.tokenizer(list(prompts)).input_ids]
 
+    def warn_long(self, prompts, what: str = "prompts") -> None:
+        """One line on stderr, the first time some of ``prompts`` are longer than ``max_length``
+        tokens: how many, and that only their first ``max_length`` tokens are kept."""
+        if self._warned:
+            return
+        distinct = list(dict.fromkeys(prompts))
+        long = [n for n in self.token_counts(distinct) if n > self.max_length]
+        if long:
+            self._warned = True
+            print(f"warning: {len(long)} of {len(distinct)} {what} are longer than the text encoder's "
+                  f"{self.max_length} tokens (up to {max(long)}); only their first {self.max_length} tokens "
+                  "are kept", file=sys.stderr)
+
     @torch.no_grad()
     def encode(self, prompts, warn: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts -> (tokens (B, T, D) float32, mask (B, T) bool), T = ``max_length``.
@@ -130,10 +144,7 @@ class TextEncoder:
         """
         prompts = check_prompts(prompts)
         if warn:
-            long = [n for n in self.token_counts(prompts) if n > self.max_length]
-            if long:
-                warnings.warn(f"{len(long)} prompt(s) longer than the model's {self.max_length} tokens "
-                              f"(up to {max(long)}) were truncated", stacklevel=2)
+            self.warn_long(prompts)
         b = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
                            return_tensors="pt")
         ids, mask = b.input_ids.to(self.device), b.attention_mask.to(self.device).bool()
@@ -173,6 +184,7 @@ class PromptCache:
         if new:
             if len(self._store) + len(new) > self.max_items:
                 self._store.clear()
+            self.encoder.warn_long(new, "captions")
             tok, mask = self.encoder.encode(new, warn=False)
             for p, t, m in zip(new, tok.half(), mask):
                 self._store[p] = (t, m)
@@ -185,11 +197,7 @@ def encode_all(encoder: TextEncoder, prompts, batch_size: int = 256, progress: b
     from tqdm import tqdm
 
     prompts = check_prompts(prompts)
-    counts = encoder.token_counts(prompts)
-    long = sum(n > encoder.max_length for n in counts)
-    if long:
-        warnings.warn(f"{long} of {len(prompts)} captions are longer than {encoder.max_length} tokens "
-                      f"(up to {max(counts)}) and were truncated", stacklevel=2)
+    encoder.warn_long(prompts, "captions")
     toks, masks = [], []
     for s in tqdm(range(0, len(prompts), batch_size), desc="encode prompts", disable=not progress):
         t, m = encoder.encode(prompts[s:s + batch_size], warn=False)

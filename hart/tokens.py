@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from hart.common.data import add_data_arguments, make_dataset
 from hart.common.errors import UserError, cli_entry
+from hart.common.fs import output_dir
 from hart.common.io import WEIGHTS_NAME, atomic_dir, read_json, resolve_dir, write_json
 from tokenizer import HybridTokenizer
 
@@ -125,6 +126,7 @@ def main(argv=None):
     p.add_argument("--context-tokens", type=int, default=16,
                    help="captioned data: prompt length T in tokens (the model's context_tokens; default 16)")
     args = p.parse_args(argv)
+    output_dir(args.out, create=False)  # written aside and renamed into place at the end
     tok = HybridTokenizer.from_pretrained(args.tokenizer)
     dataset = make_dataset(args.data, args.split, tok.config.resolution, args.data_dir)
     if args.limit is not None:

@@ -63,8 +63,8 @@ from hart.common.io import CONFIG_NAME, WEIGHTS_NAME, atomic_dir, atomic_file, r
 from hart.common.metrics import RunLog, Throughput, Window
 from hart.model import HARTGenerator
 from hart.kernels import ATTENTION_IMPLS, sample_from_logits
-from hart.common.loop import (check_positive, check_preset, load_run, nonfinite_loss, run_meta, save_run, set_lr,
-                              warmup_cosine)
+from hart.common.loop import (check_positive, check_preset, load_run, nonfinite_loss, run_faults, run_meta, save_run,
+                              set_lr, warmup_cosine)
 from hart.tokens import TokenCache, split_scales, tokenizer_fingerprint
 from tokenizer import HybridTokenizer
 
@@ -663,8 +663,8 @@ def run(args, dist: DistInfo, sampler=None) -> int:
         from hart.text import text_encoder_for
 
         encoder = text_encoder_for(config, args.text_encoder_path, dist.device)
-    with log, tqdm(total=args.steps, initial=trainer.step, desc=desc, dynamic_ncols=True,
-                   disable=not dist.is_main) as bar:
+    with run_faults(out, "train"), log, tqdm(total=args.steps, initial=trainer.step, desc=desc, dynamic_ncols=True,
+                                             disable=not dist.is_main) as bar:
         while trainer.step < args.steps:
             t0 = time.perf_counter()
             ids, residual, labels = next(batches)

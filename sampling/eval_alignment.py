@@ -30,6 +30,7 @@ import dataclasses
 import json
 
 from hart.common.errors import UserError, cli_entry
+from hart.common.fs import output_file
 from sampling.options import add_sampling_arguments, as_sampled, sampling_options
 
 ATTRIBUTES = ("object", "colour", "size", "count", "position", "all")
@@ -87,6 +88,9 @@ def main(argv=None):
         raise UserError(f"--data {args.data}: only shapes has a checker (hart.common.shapes)")
     if args.num < 1 or args.batch_size < 1:
         raise UserError("--num and --batch-size must be positive")
+    for flag, path in (("--out", args.out), ("--grid", args.grid)):
+        if path:
+            output_file(path, flag)
     opts = dataclasses.asdict(sampling_options(args))
 
     import torch

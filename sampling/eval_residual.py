@@ -46,6 +46,7 @@ from hart.common.data import SPLITS, labelled_batch, make_dataset
 from hart.diffusion import sample_residual
 from hart.kernels import sample_from_logits
 from hart.common.errors import UserError, cli_entry
+from hart.common.fs import output_dir
 from hart.common.images import save_grid, to_uint8
 from hart.common.io import write_json
 from hart.common.loop import check_positive
@@ -216,6 +217,7 @@ def main(argv=None):
         raise UserError(f"--diff-temperature must be >= 0, got {args.diff_temperature}")
     if args.split not in SPLITS:
         raise UserError(f"unknown split {args.split!r}; choose one of: {', '.join(SPLITS)}")
+    output_dir(args.out)
     tok, gen, folder = load_models(args.model)
     dataset = make_dataset(args.data, args.split, tok.config.resolution, args.data_dir)
     num = min(args.num, len(dataset))

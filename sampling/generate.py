@@ -24,6 +24,7 @@ import dataclasses
 from pathlib import Path
 
 from hart.common.errors import UserError, cli_entry
+from hart.common.fs import output_dir, output_file, read_text
 from sampling.options import add_sampling_arguments, sampling_options
 
 
@@ -57,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args) -> None:
-    """One clear line per bad value, before anything is loaded."""
+    """One clear line per bad value (an unreadable prompts file, an --out that cannot be
+    written), before anything is loaded."""
     if args.num < 1:
         raise UserError(f"--num must be a positive count, got {args.num}")
     if args.batch_size < 1:
@@ -66,6 +68,9 @@ def _check_args(args) -> None:
         raise UserError(f"--scale must be positive, got {args.scale}")
     if args.prompts_file:
         args.prompts = args.prompts + read_prompts(args.prompts_file)
+    output_file(args.out)  # a path that cannot be written is one line now, not after the sampling
+    if args.save_each:
+        output_dir(args.save_each, "--save-each")
     if (args.classes or args.all_classes) and args.prompts:
         raise UserError("give classes (--class) or prompts (--prompt), not both")
     if not args.classes and not args.all_classes and not args.prompts:
@@ -76,9 +81,7 @@ def _check_args(args) -> None:
 def read_prompts(path) -> list[str]:
     """One prompt per line; blank lines and ``#`` comments skipped; one line if none is left."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"prompts file {p} does not exist")
-    prompts = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    prompts = [ln.strip() for ln in read_text(p, "prompts file").splitlines()]
     prompts = [ln for ln in prompts if ln and not ln.startswith("#")]
     if not prompts:
         raise UserError(f"prompts file {p} has no prompts (one per line)")
@@ -130,7 +133,7 @@ def main(argv=None):
             raise UserError("this model is class-conditional: give it --class, not --prompt")
         row_keys, row_labels = args.prompts, args.prompts
         key = "prompts"
-        pipe.text_encoder  # load it now: a missing encoder is one line before any work starts
+        pipe.text_encoder.warn_long(row_keys)  # load it now: a missing encoder is one line before any work
     else:
         args.classes = resolve_classes(args, config)
         pipe.check_class_ids(args.classes)

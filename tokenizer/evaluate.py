@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from hart.common.data import add_data_arguments, make_dataset
 from hart.common.errors import UserError, cli_entry
+from hart.common.fs import output_dir, output_file
 from hart.common.images import to_pil
 from hart.common.io import write_json
 from tokenizer.losses import psnr
@@ -73,6 +74,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.num is not None and args.num < 1:
         raise UserError("--num must be positive")
+    if args.out:
+        output_file(args.out)
+    if args.save_recon:
+        output_dir(args.save_recon, "--save-recon")
     model = HybridTokenizer.from_pretrained(args.model)
     dataset = make_dataset(args.data, args.split, model.config.resolution, args.data_dir)
     t0 = time.time()

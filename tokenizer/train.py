@@ -39,8 +39,8 @@ from hart.common.errors import UserError, cli_entry
 from hart.common.images import grid, save_grid
 from hart.common.dist import DTYPE_CHOICES, autocast, resolve_device, resolve_dtype
 from hart.common.io import WEIGHTS_NAME, load_weights, resolve_dir
-from hart.common.loop import (check_positive, check_preset, load_run, nonfinite_loss, run_meta, save_run, set_lr,
-                              warmup_cosine)
+from hart.common.loop import (check_positive, check_preset, load_run, nonfinite_loss, run_faults, run_meta, save_run,
+                              set_lr, warmup_cosine)
 from hart.common.metrics import RunLog, Throughput, Window
 from tokenizer.config import TokenizerConfig
 from tokenizer.losses import (LPIPS, FeatureDiscriminator, PatchDiscriminator, detail_critic, detail_input,
@@ -383,7 +383,8 @@ def main(argv=None):
     usage = torch.zeros(config.codebook_size, dtype=torch.long)
     window, speed = Window(), Throughput()
     log = RunLog(out, start_step=trainer.step, resume=args.resume, tensorboard=not args.no_tensorboard)
-    with log, tqdm(total=args.steps, initial=trainer.step, desc="tokenizer", dynamic_ncols=True) as bar:
+    with run_faults(out, "train-tokenizer"), log, \
+            tqdm(total=args.steps, initial=trainer.step, desc="tokenizer", dynamic_ncols=True) as bar:
         while trainer.step < args.steps:
             t0 = time.perf_counter()
             batch = next(batches)

@@ -17,7 +17,7 @@ A split is train or test (heldout: shapes only). Class datasets yield ``(image, 
 captioned ones (``captioned = True``, see :func:`is_captioned`) ``(image, caption)``, with
 image a float tensor (3, R, R) in [-1, 1]; every dataset has ``.classes`` (class names,
 empty for captioned ones). Plumbing leaf: imports nothing else of the project except
-:mod:`hart.common.errors` and :mod:`hart.common.shapes`.
+:mod:`hart.common.errors`, :mod:`hart.common.fs` and :mod:`hart.common.shapes`.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from torch.utils.data import default_collate
 
 from hart.common import shapes as _shapes
 from hart.common.errors import UserError
+from hart.common.fs import decode_utf8
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -289,7 +290,8 @@ class CaptionFiles(torch.utils.data.Dataset):
     """``captions:PATH``: every image under PATH with a same-name ``.txt`` caption beside it,
     or the ``PATH/captions.jsonl`` manifest (lines ``{"file": ..., "text": ...}``, files
     relative to PATH) when there is one. Unreadable or missing images and bad or missing
-    captions are skipped and counted in one warning."""
+    captions are skipped and counted in one warning (which names the first caption that is not
+    UTF-8); a manifest that is not UTF-8 is one error line."""
 
     classes = ()
     captioned = True
@@ -300,7 +302,8 @@ class CaptionFiles(torch.utils.data.Dataset):
         if not root.is_dir():
             raise UserError(f"caption folder {root} does not exist")
         self.resolution = resolution
-        self.counts = {"unreadable image": 0, "missing image": 0, "bad caption": 0}
+        self.counts = {"unreadable image": 0, "missing image": 0, "bad caption": 0, "caption not UTF-8": 0}
+        self.first_not_utf8 = None  # (caption file, byte offset)
         manifest = root / self.MANIFEST
         pairs = self._manifest(root, manifest) if manifest.is_file() else self._txt(root)
         self.items = []
@@ -318,6 +321,9 @@ class CaptionFiles(torch.utils.data.Dataset):
         self.skipped = sum(self.counts.values())
         if self.skipped:
             what = ", ".join(f"{v} {k}(s)" for k, v in self.counts.items() if v)
+            if self.first_not_utf8:
+                what += (f" (the first: {self.first_not_utf8[0]}, a bad byte at offset {self.first_not_utf8[1]}; "
+                         "save captions as UTF-8)")
             warnings.warn(f"{root}: skipped {self.skipped} item(s): {what}", stacklevel=2)
         if not self.items:
             how = f"lines of {manifest}" if manifest.is_file() else "images with a same-name .txt caption"
@@ -325,20 +331,19 @@ class CaptionFiles(torch.utils.data.Dataset):
 
     def _manifest(self, root: Path, manifest: Path) -> list:
         out = []
-        with open(manifest, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                    file, text = rec["file"], _clean_caption(rec["text"])
-                except (ValueError, KeyError, TypeError):
-                    self.counts["bad caption"] += 1
-                    continue
-                if not isinstance(file, str) or not file or not text:
-                    self.counts["bad caption"] += 1
-                    continue
-                out.append((root / file, text))
+        for line in decode_utf8(manifest.read_bytes(), manifest, "caption manifest").split("\n"):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                file, text = rec["file"], _clean_caption(rec["text"])
+            except (ValueError, KeyError, TypeError):
+                self.counts["bad caption"] += 1
+                continue
+            if not isinstance(file, str) or not file or not text:
+                self.counts["bad caption"] += 1
+                continue
+            out.append((root / file, text))
         return out
 
     def _txt(self, root: Path) -> list:
@@ -346,7 +351,11 @@ class CaptionFiles(torch.utils.data.Dataset):
         for path in list_images(root):
             try:
                 text = _clean_caption(path.with_suffix(".txt").read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError):
+            except UnicodeDecodeError as e:
+                self.counts["caption not UTF-8"] += 1
+                self.first_not_utf8 = self.first_not_utf8 or (path.with_suffix(".txt"), e.start)
+                continue
+            except OSError:
                 text = ""
             if not text:
                 self.counts["bad caption"] += 1

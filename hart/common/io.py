@@ -6,16 +6,23 @@ Whole folders (training state) go through :func:`atomic_dir`: written to a sibli
 folder, then swapped in with two renames; a kill between them leaves ``<dir>.old``, which
 :func:`resolve_dir` picks up. Never a half-written checkpoint.
 
+A write that fails (a full disk, a read-only folder) leaves no temp file behind and is raised
+as an :class:`OSError` naming the file it was for, also where the writer wraps the OS error in
+its own type (safetensors' ``SafetensorError``, ``torch.save``'s ``RuntimeError: unexpected
+pos``): the CLI turns it into one line (:func:`hart.common.errors.cli_entry`).
+
 Training state that safetensors cannot hold (optimizer state, RNG states) is written with
 ``torch.save`` and always read back with ``weights_only=True``, so loading a checkpoint
 can never run code.
 
-Plumbing leaf: imports nothing else of the project except :mod:`hart.common.errors`.
+Plumbing leaf: imports nothing else of the project except :mod:`hart.common.errors` and
+:mod:`hart.common.fs`.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -26,7 +33,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from hart.common.errors import UserError
+from hart.common.errors import UserError, is_disk_full
+from hart.common.fs import output_dir
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -84,6 +92,25 @@ def resolve_dir(path) -> Path:
     raise UserError(f"no such folder: {path}")
 
 
+def _write_fault(e: BaseException, tmp: Path, path: Path) -> OSError | None:
+    """A failed write under the temp name ``tmp`` as an OSError naming ``path``, the name the
+    user knows; None when ``e`` is no fault of the file system."""
+    def known(name):
+        if name is not None and str(name) == str(tmp):
+            return str(path)
+        if name is not None and str(name).startswith(str(tmp) + os.sep):  # a file inside a temp folder
+            return str(path / Path(name).relative_to(tmp))
+        return name
+
+    if isinstance(e, OSError) and e.errno is not None:
+        name, name2 = known(e.filename), known(e.filename2)
+        # the errno's subclass (PermissionError...); a write with no file named is one to path
+        return OSError(e.errno, e.strerror, str(path) if name is None else name, None, name2)
+    if is_disk_full(e):  # a writer's own wrapper around ENOSPC
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return None
+
+
 @contextlib.contextmanager
 def atomic_dir(path):
     """Yield a temp folder; on success it replaces ``path`` atomically (see module doc)."""
@@ -104,6 +131,11 @@ def atomic_dir(path):
             os.replace(path, old)
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
+    except Exception as e:
+        fault = _write_fault(e, tmp, path)
+        if fault is None:
+            raise
+        raise fault from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -120,6 +152,11 @@ def atomic_file(path):
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except Exception as e:
+        fault = _write_fault(e, tmp, path)
+        if fault is None:
+            raise
+        raise fault from e
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -334,11 +371,12 @@ def load_state(path) -> dict:
 # ----------------------------------------------------------------------------- model folders
 
 def prepare_out_dir(out, overwrite: bool) -> Path:
-    """``out`` for a new model folder: refused if it holds anything, unless ``overwrite``."""
+    """``out`` for a new model folder: refused if it holds anything, unless ``overwrite``, or if
+    it cannot be written (:func:`hart.common.fs.output_dir`)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UserError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
-    return out
+    return output_dir(out, create=False)  # its parent made and writable before any work starts
 
 
 def write_models(out, models: dict, storage: str = "fp32") -> None:

@@ -1,13 +1,16 @@
-"""Small pieces both trainers share: LR schedule, positive-count checks, the NaN stop, and the
-run folder's training state (``--resume``). Plumbing leaf."""
+"""Small pieces both trainers share: LR schedule, positive-count checks, the NaN and disk-fault
+stops, and the run folder's training state (``--resume``). Plumbing leaf."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
+import os
 from pathlib import Path
 
 import torch
 
-from hart.common.errors import UserError
+from hart.common.errors import FaultError, UserError, is_disk_full, os_error_line
 from hart.common.io import (atomic_dir, load_state, load_weights, read_json, resolve_dir, save_state, save_weights,
                             write_json)
 
@@ -74,6 +77,43 @@ def save_run(out, modules: dict, state: dict, meta: dict) -> None:
             save_weights(module, tmp / f"{name}.safetensors")
         save_state(state, tmp / "optim.pt")
         write_json(tmp / "meta.json", meta)
+
+
+def saved_step(out) -> int | None:
+    """The step of the checkpoint in OUT/train_state (None when there is none or it is unreadable)."""
+    try:
+        return int(read_json(resolve_dir(Path(out) / STATE) / "meta.json")["step"])
+    except (UserError, OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def write_fault(e: BaseException, out, command: str) -> FaultError:
+    """The one-line stop for a run whose disk fails it (full, read-only, permission): what, where,
+    the checkpoint that is still intact (the writes are atomic) and how to go on."""
+    if not isinstance(e, OSError):  # a writer's own wrapper around ENOSPC
+        e = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out))
+    elif e.filename is None:  # a write to an open file (metrics.jsonl) names none: the run folder
+        e = OSError(e.errno, e.strerror or str(e), str(out))
+    fix = "free some space" if is_disk_full(e) else "fix that"
+    step = saved_step(out)
+    if step is None:
+        return FaultError(f"{os_error_line(e)}; no checkpoint of this run was saved yet: {fix}, "
+                          f"then run the same `hart {command}` command again")
+    return FaultError(f"{os_error_line(e)}; the last checkpoint in {Path(out) / STATE} (step {step}) is intact: "
+                      f"{fix}, then run the same `hart {command}` command again with --resume")
+
+
+@contextlib.contextmanager
+def run_faults(out, command: str):
+    """Around a training loop: a disk fault becomes :func:`write_fault` (exit status 1)."""
+    try:
+        yield
+    except OSError as e:
+        raise write_fault(e, out, command) from None
+    except Exception as e:  # torch.save's RuntimeError / SafetensorError outside an atomic write
+        if isinstance(e, UserError) or not is_disk_full(e):
+            raise
+        raise write_fault(e, out, command) from None
 
 
 def load_run(out, modules: dict) -> tuple[dict, dict]:

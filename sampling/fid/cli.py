@@ -39,6 +39,7 @@ import sys
 from dataclasses import asdict
 
 from hart.common.errors import UserError, cli_entry
+from hart.common.fs import output_file
 from sampling.fid.embed import default_cache_dir, reference_stats, stats_from_generator, stats_from_images
 from sampling.fid.sources import first_image_size, image_set, parse_source
 from sampling.fid.stats import FeatureStats, check_compatible, require_samples, score
@@ -95,6 +96,9 @@ def _check_args(args) -> None:
         raise UserError(f"--min-samples must be >= 2 (a covariance needs two images), got {args.min_samples}")
     if args.workers < 0:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
+    output_file(args.out)  # writable before any image is embedded
+    if args.save_stats:
+        output_file(args.save_stats, "--save-stats")
 
 
 def _print_result(result: dict) -> None:
@@ -141,6 +145,7 @@ def main(argv=None):
                 from sampling.generate import read_prompts
 
                 prompts = read_prompts(args.prompts)
+                pipe.text_encoder.warn_long(prompts)  # once, for the whole file
                 settings["prompts"] = args.prompts
             resolution = pipe.tokenizer.config.resolution
             if args.resolution and args.resolution != resolution:
