@@ -160,7 +160,7 @@ def tiny_random_model(folder: Path) -> str:
     tok = HybridTokenizer(TokenizerConfig.from_name("tiny"))
     tok.save_pretrained(folder / "tokenizer")
     c = tok.config
-    HARTGenerator(GeneratorConfig.from_name("tiny", num_classes=3, class_names=("a", "b", "c"),
+    HARTGenerator(GeneratorConfig.from_name("tiny", num_classes=3, display=dict(class_names=("a", "b", "c")),
                                             patch_nums=c.patch_nums, codebook_size=c.codebook_size,
                                             z_channels=c.z_channels)).save_pretrained(folder / "generator")
     return str(folder)

@@ -40,7 +40,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     tok = HybridTokenizer(TokenizerConfig.from_name("fm-32")).eval()
     tc = tok.config
-    fit = dict(patch_nums=tc.patch_nums, codebook_size=tc.codebook_size, z_channels=tc.z_channels, residual_scale=0.1)
+    fit = dict(patch_nums=tc.patch_nums, codebook_size=tc.codebook_size, z_channels=tc.z_channels, stats=dict(residual_scale=0.1))
     cls = HARTGenerator(GeneratorConfig.from_name("fm-s", **fit)).eval()
     t2i = HARTGenerator(GeneratorConfig.from_name("shapes-t2i", **fit)).eval()
     from hart.text import load_text_encoder

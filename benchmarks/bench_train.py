@@ -86,11 +86,11 @@ def forward_flops_per_sample(c: GeneratorConfig) -> float:
     attn = 2 * 2 * L * C  # q k^T and p v over the full L x L matrix
     per_token = c.depth * (per_token_block + attn) + 2 * C * V + 2 * c.z_channels * C
     flops = L * per_token
-    if c.diff_head:  # head MLP on the kept last-scale tokens, batch_mul draws
+    if c.has_head:  # head MLP on the kept last-scale tokens, batch_mul draws
         n_last = c.patch_nums[-1] ** 2
-        w = c.diff_width
-        head = 2 * (c.z_channels * w + C * w + c.diff_depth * (2 * w * w + 3 * w * w) + 2 * w * w + w * c.z_channels)
-        flops += n_last * c.diff_keep_frac * c.diff_batch_mul * head
+        w = c.head.width
+        head = 2 * (c.z_channels * w + C * w + c.head.depth * (2 * w * w + 3 * w * w) + 2 * w * w + w * c.z_channels)
+        flops += n_last * c.training.diff_keep_frac * c.training.diff_batch_mul * head
     return flops
 
 

@@ -358,9 +358,9 @@ def run_variant(H, name, model, vae, ckpt_dir, ids_tf, res):
     gen = HARTGenerator.from_pretrained(os.path.join(out_path, "generator")).eval()
     tok = HybridTokenizer.from_pretrained(os.path.join(out_path, "tokenizer")).eval()
     gc = gen.config
-    res[p + "our_config"] = {k: getattr(gc, k) for k in (
-        "level_embed", "attn_l2_norm", "rope_2d", "mask_pads", "context_pool", "context_norm", "diff_sampler",
-        "diff_learn_sigma", "target_scale") if hasattr(gc, k)}
+    res[p + "our_config"] = {**{k: getattr(gc, k) for k in (
+        "level_embed", "attn_l2_norm", "rope_2d", "mask_pads", "context_pool", "context_norm", "target_scale")},
+        "head_sampler": gc.head.sampler, "head_learn_sigma": gc.head.learn_sigma}
 
     with torch.no_grad():
         # 1. teacher forcing: a padded prompt, a full prompt, the null row
@@ -398,7 +398,7 @@ def run_variant(H, name, model, vae, ckpt_dir, ids_tf, res):
             s_off = model.diffloss.sample(z=torch.cat([c, cu]), temperature=1.0, cfg=3.0)[:N]
         start, steps = split_diffusion_draws(draws, N)
         s_our = sample_residual(gen.diffusion, c, cu, cfg=3.0, steps=8, noise=start, step_noise=steps,
-                                sampler=gen.config.diff_sampler) * gen.config.target_scale
+                                sampler=gen.config.head.sampler) * gen.config.target_scale
         res[p + "iddpm_sampler_maxdiff"] = mad(s_off, s_our)
         res[p + "iddpm_sampler_absmax"] = s_off.abs().max().item()
         res[p + "iddpm_sampler_clipped_share"] = (s_off.abs() >= 0.6 - 1e-6).float().mean().item()

@@ -12,10 +12,6 @@ spread of the sets says how large a difference noise makes. Prints one line per 
 summary line ``fd_head=... fd_head_spread=... fd_nohead=... fd_nohead_spread=... delta=...
 delta_min=... delta_max=...``.
 
-``--project FILE`` (a ``pca_head_probe.py train`` checkpoint) adds a third decode of the same
-ids, ``proj``: f_hat + the head's residual projected onto that checkpoint's K principal
-components of the tokenizer's residual maps (the rest of the draw dropped).
-
 A model without a head (an ablation trained without one, e.g. preset ``fm-s-nohead``) is
 scored the same way with the ``nohead`` column only, so that its sets compare with the
 head model's sets of the same seeds.
@@ -34,10 +30,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sampling.features import clean_batch, load_extractor  # noqa: E402
-from sampling.fid.embed import default_cache_dir, reference_stats  # noqa: E402
-from sampling.fid.sources import parse_source  # noqa: E402
-from sampling.fid.stats import FeatureStats, frechet_distance  # noqa: E402
+from sampling.eval.features import clean_batch, load_extractor  # noqa: E402
+from sampling.eval.fid.embed import default_cache_dir, reference_stats  # noqa: E402
+from sampling.eval.fid.sources import parse_source  # noqa: E402
+from sampling.eval.fid.stats import FeatureStats, frechet_distance  # noqa: E402
 from sampling.options import SamplingOptions, as_sampled  # noqa: E402
 from sampling.pipeline import HARTPipeline  # noqa: E402
 from hart.common.images import to_uint8  # noqa: E402
@@ -59,18 +55,10 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="also write the numbers as JSON here")
     p.add_argument("--save-stats", default=None, metavar="DIR",
                    help="keep each set's statistics (DIR/set{S}_{head,nohead}.npz), to merge sets run apart")
-    p.add_argument("--project", default=None, metavar="FILE",
-                   help="pca_head_probe.py checkpoint: also score the head's residual projected onto its components")
     args = p.parse_args(argv)
 
     pipe = HARTPipeline.from_pretrained(args.model)
     kinds = ("head", "nohead") if pipe.generator.diffusion is not None else ("nohead",)
-    project = None
-    if args.project and "head" in kinds:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from pca_head_probe import load_projector
-
-        project, kinds = load_projector(args.project), kinds + ("proj",)
     opts = vars(SamplingOptions.preset(args.sampling, head_cfg=args.head_cfg, diff_temperature=args.diff_temperature))
     ext = load_extractor("effnet-lite0")
     res = pipe.tokenizer.config.resolution
@@ -86,8 +74,7 @@ def main(argv=None):
             with torch.no_grad():
                 out = pipe.sample([j % K for j in js], seed=list(js), **opts)
                 plain = pipe.tokenizer.decode_latent(out.f_hat) if "head" in st else out.images
-                proj = pipe.tokenizer.decode_latent(out.f_hat + project(out.residual)) if project else None
-            for name, img in (("head", out.images), ("nohead", plain), ("proj", proj)):
+            for name, img in (("head", out.images), ("nohead", plain)):
                 if name in st:
                     st[name].add(ext(clean_batch(list(to_uint8(img)), ext.input_size)))
         fd = {k: frechet_distance(v.mu, v.sigma, ref.mu, ref.sigma) for k, v in st.items()}
@@ -100,7 +87,7 @@ def main(argv=None):
         r = rows[-1]
         if "head" in fd:
             r["delta"] = fd["nohead"] - fd["head"]
-        print(f"set={s} seeds={r['seeds']} " + " ".join(f"{k}={r[k]:.3f}" for k in ("fd_head", "fd_nohead", "fd_proj", "delta")
+        print(f"set={s} seeds={r['seeds']} " + " ".join(f"{k}={r[k]:.3f}" for k in ("fd_head", "fd_nohead", "delta")
                                                         if k in r) + f" ({r['seconds']} s)", flush=True)
     if len(rows) < 2:
         return

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sampling.fid.stats import FeatureStats, frechet_distance  # noqa: E402
+from sampling.eval.fid.stats import FeatureStats, frechet_distance  # noqa: E402
 
 
 def main(argv=None):

@@ -142,7 +142,7 @@ class Job:
 def class_names(pipeline: HARTPipeline) -> list[str]:
     """Names from the generator config, or ``class 0`` .. when the config has none."""
     cfg = pipeline.generator.config
-    names = list(getattr(cfg, "class_names", ()) or ())
+    names = list(cfg.display.class_names)
     if len(names) != cfg.num_classes:
         names = [f"class {i}" for i in range(cfg.num_classes)]
     return names
@@ -343,7 +343,7 @@ SHAPES_EXAMPLES = (
 def prompt_examples(pipeline: HARTPipeline) -> list[str]:
     """Example prompts for a text model: captions of its training data (saved in its config by
     ``hart train``), else prompts of the ``shapes`` grammar."""
-    return list(pipeline.generator.config.example_prompts) or list(SHAPES_EXAMPLES)
+    return list(pipeline.generator.config.display.example_prompts) or list(SHAPES_EXAMPLES)
 
 
 def build_demo(pipeline: HARTPipeline, *, max_images: int = 16, time_limit: float | None = 60.0,
@@ -495,7 +495,7 @@ def main(argv=None):
     blocks = build_demo(pipeline, max_images=args.max_images, time_limit=args.time_limit or None,
                         queue_size=args.queue_size, max_batch_size=args.max_batch_size,
                         max_batch_images=args.max_batch_images, batch_wait=args.batch_wait,
-                        sampling=args.sampling or pipeline.generator.config.sampling or DEFAULT_PRESET)
+                        sampling=args.sampling or pipeline.generator.config.display.sampling or DEFAULT_PRESET)
     try:
         blocks.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
     except OSError as e:

@@ -265,7 +265,7 @@ def generator_config_from_state(state: dict, path, patch_nums=None):
     return GeneratorConfig(
         depth=depth, width=C, heads=heads, mlp_ratio=fc1.shape[0] / C, num_classes=int(cls_emb.shape[0]) - 1,
         patch_nums=tuple(patch_nums), codebook_size=int(head.shape[0]), z_channels=int(word.shape[1]),
-        attn_l2_norm=l2, drop_path=0.1 * depth / 24, diff_head=False,
+        attn_l2_norm=l2, drop_path=0.1 * depth / 24,
     )
 
 
@@ -381,16 +381,16 @@ def hart_generator_config(state: dict, cfg: dict, path, text_encoder: str = ""):
         patch_nums=tuple(cfg["patch_nums"]), codebook_size=int(head.shape[0]), z_channels=z,
         attn_l2_norm="blocks.0.attn.scale_mul_1H11" in state, norm_eps=float(cfg.get("norm_eps", 1e-6)),
         dropout=float(cfg.get("drop_rate", 0.0)), drop_path=float(cfg.get("drop_path_rate", 0.0)),
-        cond_drop=float(cfg.get("cond_drop_rate", 0.1)),
-        diff_head=True, diff_width=int(diff_width), diff_depth=len(_indices(state, r"diffloss\.net\.res_blocks\.(\d+)\.")),
-        diff_batch_mul=int(cfg.get("diffusion_batch_mul", 4)), residual_scale=0.6,  # DiffLoss.vae_scale
-        diff_sample_steps=int(cfg.get("num_sampling_steps", "8")), diff_sampler="iddpm",
-        diff_learn_sigma=out == 2 * z,
+        head=dict(width=int(diff_width), depth=len(_indices(state, r"diffloss\.net\.res_blocks\.(\d+)\.")),
+                  sample_steps=int(cfg.get("num_sampling_steps", "8")), sampler="iddpm", learn_sigma=out == 2 * z),
+        stats=dict(residual_scale=0.6),  # DiffLoss.vae_scale
+        training=dict(cond_drop=float(cfg.get("cond_drop_rate", 0.1)),
+                      diff_batch_mul=int(cfg.get("diffusion_batch_mul", 4))),
         cond="text", text_encoder="qwen2", text_encoder_path=str(text_encoder or ""),
         context_tokens=int(cfg["context_token"]), context_dim=int(ctx.shape[1]),
         context_norm="context_norm.weight" in state, context_pool=pool, mask_pads=False,
         norm="rms", mlp="swiglu", pos="rope", rope_2d="hart",
-        level_embed="timestep" if "lvl_embed.mlp.0.weight" in state else "table", sampling="hart",
+        level_embed="timestep" if "lvl_embed.mlp.0.weight" in state else "table", display=dict(sampling="hart"),
     )
 
 

@@ -152,6 +152,13 @@ def _next_pow2(n: int) -> int:
 
 # ----------------------------------------------------------------------------- AdaLN + LayerNorm
 
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """AdaLN's modulation x * (1 + scale) + shift (scale / shift broadcast against x): the one
+    PyTorch form, used by the blocks, the heads and :func:`adaln_layernorm_ref` (the Triton
+    kernel computes the same inside its pass)."""
+    return x * (1 + scale) + shift
+
+
 def adaln_layernorm_ref(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float) -> torch.Tensor:
     """PyTorch reference: LN(x) (no affine) * (1 + scale) + shift.
 
@@ -163,7 +170,7 @@ def adaln_layernorm_ref(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tenso
     """
     if scale.dim() == 2:
         scale, shift = scale.unsqueeze(1), shift.unsqueeze(1)
-    return F.layer_norm(x, (x.shape[-1],), eps=eps) * (1 + scale) + shift
+    return modulate(F.layer_norm(x, (x.shape[-1],), eps=eps), shift, scale)
 
 
 def adaln_layernorm_triton(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float) -> torch.Tensor:

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from hart import kernels
 from hart.config import GeneratorConfig
 from hart.rope import apply_rope_tables, rope_1d, rope_2d, rotation, scale_coords
-from hart.diffusion import DiffusionHead, MapHead, TimestepEmbedder
+from hart.heads import TimestepEmbedder, build_head, from_target, head_condition, to_target
 from hart.common.errors import UserError
 from hart.common.io import PretrainedMixin
 
@@ -230,7 +230,7 @@ class ModulatedNorm(nn.Module):
     def forward(self, x, scale, shift, backend: str = "torch"):
         if self.ln_wo_grad is None:
             return kernels.adaln_layernorm(x, scale, shift, self.eps, backend)
-        return self.ln_wo_grad(x) * (1 + scale) + shift
+        return kernels.modulate(self.ln_wo_grad(x), shift, scale)
 
 
 def make_norm(config: GeneratorConfig, dim: int) -> nn.Module:
@@ -275,13 +275,6 @@ class AdaLNBeforeHead(nn.Module):
 
 # ----------------------------------------------------------------------------- model
 
-def project_on_basis(x: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """(B, ...) maps, flattened to D values each -> mean + P P^T (x - mean), P = basis (D, K)
-    with orthonormal columns; same shape and dtype as x."""
-    flat = x.flatten(1).float() - mean
-    return ((flat @ basis) @ basis.T + mean).view_as(x).to(x.dtype)
-
-
 class HARTGenerator(nn.Module, PretrainedMixin):
     """Class-conditional next-scale transformer; optional residual diffusion head (``diffusion``)."""
 
@@ -320,23 +313,12 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         self.head = nn.Linear(C, config.codebook_size)
         self._init_var_weights()
         # own init (xavier, zeroed AdaLN/output), after the VAR init so that one does not touch it
-        if not config.diff_head:
-            self.diffusion = None
-        elif config.diff_mix == "map":
-            self.diffusion = MapHead(config.z_channels, C, config.diff_width, config.diff_depth, config.patch_nums[-1])
-        else:
-            self.diffusion = DiffusionHead(config.z_channels, C, config.diff_width, config.diff_depth,
-                                           config.diff_learn_sigma,
-                                           grid=config.patch_nums[-1] if config.diff_mix != "none" else 0,
-                                           mix=config.diff_mix if config.diff_mix != "none" else "conv")
+        self.diffusion = build_head(config.head, config.z_channels, C, config.patch_nums[-1]) if config.head else None
         # HART's decoder_norm: a learnable norm *after* hidden + word_embed(code), so the head sees
         # the drawn code (without it the code term is ~1% of the sum's RMS and is drowned out)
-        self.decoder_norm = make_norm(config, C) if config.diff_head else None
-        if config.diff_head and config.diff_metric == "decoder":  # see to_target; measured by `hart train`
+        self.decoder_norm = make_norm(config, C) if config.head else None
+        if config.head and config.head.metric == "decoder":  # see to_target; measured by `hart train`
             self.register_buffer("residual_metric", torch.eye(config.z_channels))  # (z, z)
-        if config.residual_pca:  # see project_residual; filled by `hart export --residual-pca`
-            self.register_buffer("residual_mean", torch.zeros(config.residual_dim))  # (D,)
-            self.register_buffer("residual_basis", torch.zeros(config.residual_dim, config.residual_pca))  # (D, K)
         self.kernel_backend = "auto"  # fused kernels of the cached (sampling) path; see setup_caches
         self.attention_impl = "sdpa"  # whole-sequence attention; see set_attention
         self._block_masks: dict = {}
@@ -391,7 +373,7 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         from hart.common.io import WEIGHTS_NAME, resolve_dir
 
         folder = resolve_dir(path)
-        if cls.load_config(folder).diff_head and (folder / WEIGHTS_NAME).is_file():
+        if cls.load_config(folder).head and (folder / WEIGHTS_NAME).is_file():
             with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:
                 if not any(k.startswith("decoder_norm.") for k in f.keys()):
                     raise UserError(
@@ -403,8 +385,8 @@ class HARTGenerator(nn.Module, PretrainedMixin):
     # ------------------------------------------------------------------ pieces for the sampler
 
     def drop_labels(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B,) -> (B,): labels replaced by the null class with probability ``config.cond_drop``."""
-        return drop_labels(labels, self.config.cond_drop, self.config.null_class, generator)
+        """(B,) -> (B,): labels replaced by the null class with probability ``config.training.cond_drop``."""
+        return drop_labels(labels, self.config.training.cond_drop, self.config.null_class, generator)
 
     def null_inputs(self, batch: int, device=None):
         """The unconditional inputs of ``batch`` rows: the null class, or HART's null context
@@ -601,45 +583,24 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         return self.head_logits(h, cond.vec, self.kernel_backend)[0], h
 
     def to_target(self, residual: torch.Tensor) -> torch.Tensor:
-        """(..., z) residual tokens in latent units -> the head's target units: divided by
-        ``residual_scale``, or (``diff_metric="decoder"``) times ``residual_metric`` A."""
-        if self.config.diff_metric == "decoder":
-            return residual @ self.residual_metric.T.to(residual.dtype)
-        return residual / self.config.target_scale
+        """(..., z) residual tokens in latent units -> the head's target units (:func:`hart.heads.to_target`)."""
+        return to_target(residual, getattr(self, "residual_metric", None), self.config.target_scale)
 
     def from_target(self, target: torch.Tensor) -> torch.Tensor:
         """The inverse of :meth:`to_target`: (..., z) head draws -> latent units."""
-        if self.config.diff_metric == "decoder":
-            return target @ torch.linalg.inv(self.residual_metric.double()).T.to(target.dtype)
-        return target * self.config.target_scale
-
-    def project_residual(self, residual: torch.Tensor) -> torch.Tensor:
-        """(B, z, n, n) head draws -> their projection mean + P P^T (r - mean) onto the top
-        ``residual_pca`` principal components of the residual maps (unchanged when 0)."""
-        if not self.config.residual_pca:
-            return residual
-        return project_on_basis(residual, self.residual_mean, self.residual_basis)
+        return from_target(target, getattr(self, "residual_metric", None), self.config.target_scale)
 
     def diffusion_cond(self, hidden_last: torch.Tensor, code_vectors: torch.Tensor,
                        f_hat: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-token condition of the diffusion head (HART):
-        decoder_norm(hidden + word_embed(codebook vector of the drawn id)); a map head
-        (``diff_mix="map"``) also gets f_hat / fhat_scale, appended per token.
-
-        Args:
-            hidden_last: (B, N, C) :attr:`GeneratorOutput.hidden` (last block output) of last-scale tokens.
-            code_vectors: (B, N, z) codebook vectors of the chosen last-scale ids.
-            f_hat: (B, z, n, n) the discrete latent of the drawn ids; needed by a map head only.
-        Returns:
-            (B, N, C), or (B, N, C + z) for a map head
-        """
-        h = self.decoder_norm(hidden_last + self.word_embed(code_vectors.to(self.word_embed.weight.dtype)))
-        if self.config.diff_mix != "map":
-            return h
+        """The head's per-token condition (:func:`hart.heads.head_condition`) of the last-scale
+        tokens' block output (B, N, C) and their drawn codebook vectors (B, N, z); a map head
+        also needs f_hat (B, z, n, n) of the drawn ids. -> (B, N, C), or (B, N, C + z)."""
+        code = self.word_embed(code_vectors.to(self.word_embed.weight.dtype))
+        if self.config.head.mix != "map":
+            return head_condition(hidden_last, code, self.decoder_norm)
         if f_hat is None:
             raise ValueError("a map head is conditioned on f_hat; pass the drawn ids' discrete latent")
-        scale = self.config.fhat_scale if self.config.fhat_scale is not None else 1.0
-        return torch.cat([h, (f_hat.flatten(2).transpose(1, 2) / scale).to(h.dtype)], -1)
+        return head_condition(hidden_last, code, self.decoder_norm, f_hat, self.config.stats.fhat_scale)
 
     # ------------------------------------------------------------------ teacher forcing
 
@@ -650,7 +611,7 @@ class HARTGenerator(nn.Module, PretrainedMixin):
             inputs: condition inputs (see :meth:`condition`): (B,) class ids, or (tokens, mask).
             teacher_inputs: (B, L-1, z) inputs of scales 1..K-1 (area-downsampled f_hat).
             cond_drop_mask: optional (B,) bool; True rows get the null condition (CFG dropout
-                drawn by the caller, e.g. a uniform draw < ``config.cond_drop``).
+                drawn by the caller, e.g. a uniform draw < ``config.training.cond_drop``).
         Returns:
             :class:`GeneratorOutput` with logits (B, L, V) and hidden (B, L, C).
         """

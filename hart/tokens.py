@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from hart.common.data import add_data_arguments, make_dataset
+from hart.data.datasets import add_data_arguments, make_dataset
 from hart.common.errors import UserError, cli_entry
 from hart.common.fs import output_dir
 from hart.common.io import WEIGHTS_NAME, atomic_dir, read_json, resolve_dir, write_json

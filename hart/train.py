@@ -11,13 +11,13 @@ Examples:
 Text-to-image: a text preset (``shapes-t2i``) on captioned data (``shapes``, ``emoji``,
 ``captions:PATH``); the frozen encoder (``--text-encoder``, default the preset's) encodes
 each distinct caption once (in the token cache of ``hart extract-tokens``, or in memory when
-encoding on the fly). Condition dropout for CFG is a uniform draw (``cond_drop``, 10%).
+encoding on the fly). Condition dropout for CFG is a uniform draw (``training.cond_drop``, 10%).
 
 ``--init DIR`` starts from the weights of a model folder's generator (fine-tuning); with
 ``--preset`` the preset's shape is used and the parameters DIR lacks (a residual head added to
 a plain VAR model, say) start fresh. ``--freeze-transformer`` trains only the residual head
 (the diffusion MLP and its ``decoder_norm``) on top of a trained transformer.
-The head's target scale (``residual_scale``) is measured on the training data when a run
+The head's target scale (``stats.residual_scale``) is measured on the training data when a run
 starts, unless ``--init`` brings a trained head, whose scale is kept. ``--residual-target``
 picks what the head learns to add: ``sampled`` (HART's, the presets' default) the latent
 minus the codes the transformer itself draws at the last scale, so that the head corrects
@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hart.config import GeneratorConfig
-from hart.common.data import SPEC_HELP, add_workers_argument, infinite_batches, make_dataset
+from hart.data.datasets import SPEC_HELP, add_workers_argument, infinite_batches, make_dataset
 from hart.diffusion import diffusion_loss, make_train_scheduler
 from hart.common.dist import DTYPE_CHOICES, DistInfo, autocast, init_distributed, resolve_dtype
 from hart.common.ema import EMA
@@ -84,7 +84,7 @@ class TrainingObjective(nn.Module):
         self._tokenizer = (tokenizer,)
         self.label_smoothing = label_smoothing
         c = model.config
-        self.train_scheduler = make_train_scheduler(c.diff_train_steps) if c.diff_head else None
+        self.train_scheduler = make_train_scheduler(c.head.train_steps) if c.has_head else None
 
     @property
     def tokenizer(self) -> HybridTokenizer:
@@ -97,7 +97,7 @@ class TrainingObjective(nn.Module):
         with torch.no_grad():
             teacher = tok.teacher_inputs(ids)  # (B, L-1, z)
         # condition dropout for CFG: uniform draw (HART's code draws from a normal by mistake)
-        drop = torch.rand(residual.shape[0], generator=generator).to(residual.device) < c.cond_drop
+        drop = torch.rand(residual.shape[0], generator=generator).to(residual.device) < c.training.cond_drop
         with torch.no_grad() if self.freeze_transformer else contextlib.nullcontext():
             out = self.model(cond, teacher, drop)
         target = torch.cat(ids, 1)  # (B, L)
@@ -105,7 +105,7 @@ class TrainingObjective(nn.Module):
         ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), label_smoothing=self.label_smoothing)
         metrics = {"ce": ce.detach(), "acc": (logits.argmax(-1) == target).float().mean()}
         loss = ce if not self.freeze_transformer else 0.0
-        if c.diff_head:
+        if c.has_head:
             loss = loss + self.residual_loss(ids, residual, out, generator, metrics)
         return loss, metrics
 
@@ -117,10 +117,10 @@ class TrainingObjective(nn.Module):
         last_logits = out.logits[:, -N:].detach().float()  # (B, N, V)
         gt = ids[-1]
         f_hat = None
-        if c.diff_mix == "map":  # a map head sees the discrete latent of the ids it corrects
+        if c.head.mix == "map":  # a map head sees the discrete latent of the ids it corrects
             with torch.no_grad():
                 f_hat = tok.ids_to_fhat(ids)
-        if c.residual_from_sampled:
+        if c.training.residual_from_sampled:
             # HART: the head corrects the transformer's own choice at the last scale, so the
             # target is latent - (discrete prefix + contribution of the *sampled* ids)
             u = torch.rand(gt.numel(), generator=generator).to(gt.device)
@@ -133,13 +133,13 @@ class TrainingObjective(nn.Module):
             chosen = gt
         target = self.model.to_target(residual.flatten(2).transpose(1, 2))  # (B, N, z)
         cond = self.model.diffusion_cond(out.hidden[:, -N:], tok.code_vectors(chosen), f_hat)  # (B, N, C[+z])
-        if c.diff_mix != "none":  # a mixing head denoises whole grids: every token, in order
+        if c.head.mix == "map":  # a map head denoises whole grids: every token, in order
             keep = torch.ones(target.shape[:2], dtype=torch.bool, device=target.device)
         else:
-            keep = torch.rand(target.shape[:2], generator=generator).to(target.device) < c.diff_keep_frac
+            keep = torch.rand(target.shape[:2], generator=generator).to(target.device) < c.training.diff_keep_frac
             keep[:, 0] = True  # never an empty subset
-        dl = diffusion_loss(self.model.diffusion, target[keep], cond[keep], c.diff_batch_mul,
-                            self.train_scheduler, generator, c.diff_prediction)
+        dl = diffusion_loss(self.model.diffusion, target[keep], cond[keep], c.training.diff_batch_mul,
+                            self.train_scheduler, generator, c.head.prediction)
         metrics["diff"] = dl.detach()
         return dl
 
@@ -174,13 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--residual-target", choices=("sampled", "true"), default=None,
                    help="the head's target: latent minus the transformer's own last-scale draws (sampled, "
                         "HART's) or minus the true codes (true); default: the preset's (or --init's)")
-    p.add_argument("--diff-mix", choices=("none", "conv", "attn", "map"), default=None,
-                   help="the head's draws: none (HART's: each last-scale token on its own), conv (an "
-                        "image's whole grid denoised jointly, neighbours seeing each other), attn (the "
-                        "same, every token attending to the whole grid) or map (ours: a convolutional "
-                        "denoiser of the whole residual map given f_hat; --diff-width is its channels, "
-                        "e.g. 96; a head of another kind from --init starts fresh); default: the "
-                        "preset's (or --init's); conv and attn start as the per-token head")
+    p.add_argument("--diff-mix", choices=("none", "map"), default=None,
+                   help="the head: none (HART's: each last-scale token denoised on its own) or map (ours: a "
+                        "convolutional denoiser of the whole residual map given f_hat; --diff-width is its "
+                        "channels, e.g. 96; a head of another kind from --init starts fresh); default: the "
+                        "preset's (or --init's)")
     p.add_argument("--diff-metric", choices=("scale", "decoder"), default=None,
                    help="the head's target units: scale (the residual over its RMS) or decoder (each token's "
                         "residual in the tokenizer decoder's pixel metric, measured when the run starts); "
@@ -228,12 +226,12 @@ class GeneratorTrainer:
                             "use --attention sdpa")
         self.model.set_attention(attention)
         resized = getattr(args, "diff_width", None) or getattr(args, "diff_depth", None)
-        if args.init and not args.resume and config.diff_head:
+        if args.init and not args.resume and config.has_head:
             # a map head has other tensors than a token head; a head of another output or target
             # units has learned another function: these start fresh on the loaded transformer
-            ic = HARTGenerator.load_config(generator_dir(args.init))
-            resized = resized or ((ic.diff_mix == "map", ic.diff_prediction, ic.diff_metric)
-                                  != (config.diff_mix == "map", config.diff_prediction, config.diff_metric))
+            ih = HARTGenerator.load_config(generator_dir(args.init)).head
+            resized = resized or ih is None or ((ih.mix, ih.prediction, ih.metric)
+                                                != (config.head.mix, config.head.prediction, config.head.metric))
         self.fresh = (init_weights(self.model, args.init, dist.is_main, ("diffusion.",) if resized else ())
                       if args.init and not args.resume else [])
         if args.freeze_transformer:
@@ -311,14 +309,14 @@ SAMPLE_COLS = 4  # images per class: seeds 0..3, the same at every grid
 
 def sample_grid(sampler, generator: HARTGenerator, tokenizer: HybridTokenizer, encoder=None):
     """A PIL grid: one labelled row per class (at most :data:`SAMPLE_ROWS`), seeds 0..3; for a
-    text model one row per example prompt (``config.example_prompts``, encoded by ``encoder``).
+    text model one row per example prompt (``config.display.example_prompts``, encoded by ``encoder``).
 
     ``sampler(generator, tokenizer, inputs, seeds)`` returns (B, 3, R, R) images in [-1, 1]
     (:func:`sampling.previews.sample_images`, handed in by the ``hart`` router); ``inputs``
     are class ids, or the encoded prompts (tokens, mask)."""
     c = generator.config
     if c.is_text:
-        prompts = list(c.example_prompts)[:SAMPLE_ROWS]
+        prompts = list(c.display.example_prompts)[:SAMPLE_ROWS]
         inputs = encoder.encode([p for p in prompts for _ in range(SAMPLE_COLS)], warn=False)
         seeds = [j for _ in prompts for j in range(SAMPLE_COLS)]
         images = sampler(generator, tokenizer, inputs, seeds).float().cpu()
@@ -332,7 +330,7 @@ def sample_grid(sampler, generator: HARTGenerator, tokenizer: HybridTokenizer, e
     ids = [k for k in rows for _ in range(SAMPLE_COLS)]
     seeds = [j for _ in rows for j in range(SAMPLE_COLS)]
     images = sampler(generator, tokenizer, ids, seeds).float().cpu()
-    names = list(c.class_names) if len(c.class_names or ()) == n else [str(k) for k in range(n)]
+    names = list(c.display.class_names) if len(c.display.class_names or ()) == n else [str(k) for k in range(n)]
     return grid([images[i * SAMPLE_COLS:(i + 1) * SAMPLE_COLS] for i in range(len(rows))],
                 [names[k] for k in rows], scale=max(1, 64 // tokenizer.config.resolution))
 
@@ -450,50 +448,46 @@ def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gen
         if bool(meta.get("freeze_transformer", False)) != args.freeze_transformer:
             flag = "with" if meta.get("freeze_transformer") else "without"
             raise UserError(f"the run in {out} was started {flag} --freeze-transformer; resume it the same way")
+        # the preset gives the transformer's shape; the sections are the run's own
         fitted = args.preset and fit_preset(args.preset, tc, classes, args).replace(
-            residual_scale=saved.residual_scale, example_prompts=saved.example_prompts,
-            residual_from_sampled=saved.residual_from_sampled, diff_mix=saved.diff_mix,
-            diff_prediction=saved.diff_prediction, diff_metric=saved.diff_metric, fhat_scale=saved.fhat_scale)
+            head=saved.head, stats=saved.stats, display=saved.display, training=saved.training)
         check_preset(args.preset, fitted, saved, out)
-        if args.residual_target and (args.residual_target == "sampled") != saved.residual_from_sampled:
-            was = "sampled" if saved.residual_from_sampled else "true"
+        if args.residual_target and (args.residual_target == "sampled") != saved.training.residual_from_sampled:
+            was = "sampled" if saved.training.residual_from_sampled else "true"
             raise UserError(f"the run in {out} trains the head on --residual-target {was}; resume it the same way")
-        for name in ("diff_mix", "diff_prediction", "diff_metric"):
-            if getattr(args, name, None) and getattr(args, name) != getattr(saved, name):
-                raise UserError(f"the run in {out} has --{name.replace('_', '-')} {getattr(saved, name)}; "
-                                "resume it the same way")
-        for name in ("diff_width", "diff_depth", "diff_batch_mul"):
-            if getattr(args, name, None) and getattr(args, name) != getattr(saved, name):
-                raise UserError(f"the run in {out} has --{name.replace('_', '-')} {getattr(saved, name)}; "
-                                "resume it the same way")
+        for name, value in flag_values(saved).items():
+            if getattr(args, name, None) and getattr(args, name) != value:
+                raise UserError(f"the run in {out} has --{name.replace('_', '-')} {value}; resume it the same way")
         return saved
     if args.init and not args.preset:
         config = HARTGenerator.load_config(generator_dir(args.init))
     else:
         config = fit_preset(args.preset or "fm-s", tc, classes, args)
     if args.residual_target:
-        if not config.diff_head:
+        if not config.has_head:
             raise UserError("--residual-target is the residual head's target; this model has no head")
-        config = config.replace(residual_from_sampled=args.residual_target == "sampled")
-    if getattr(args, "diff_mix", None):
-        if not config.diff_head:
-            raise UserError("--diff-mix shapes the residual head's draws; this model has no head")
-        config = config.replace(diff_mix=args.diff_mix)
-    for name in ("diff_prediction", "diff_metric"):
+        config = config.replace_in("training", residual_from_sampled=args.residual_target == "sampled")
+    for name, (section, field) in HEAD_FLAGS.items():
         if getattr(args, name, None):
-            if not config.diff_head:
+            if not config.has_head:
                 raise UserError(f"--{name.replace('_', '-')} is about the residual head; this model has no head")
-            config = config.replace(**{name: getattr(args, name)})
-    sized = {k: getattr(args, k) for k in ("diff_width", "diff_depth") if getattr(args, k, None)}
-    if sized:
-        if not config.diff_head:
-            raise UserError("--diff-width / --diff-depth size the residual head; this model has no head")
-        config = config.replace(**sized)
-    if getattr(args, "diff_batch_mul", None):
-        if not config.diff_head:
-            raise UserError("--diff-batch-mul is the residual head's loss; this model has no head")
-        config = config.replace(diff_batch_mul=args.diff_batch_mul)
-    return config.replace(diff_temperature=1.0)  # a measured temperature belongs to the weights it came with
+            config = config.replace_in(section, **{field: getattr(args, name)})
+    if not config.has_head:
+        return config
+    return config.replace_in("head", temperature=1.0)  # a measured temperature belongs to the weights it came with
+
+
+# flags of `hart train` that set the residual head's config: flag name -> (section, field)
+HEAD_FLAGS = {"diff_mix": ("head", "mix"), "diff_prediction": ("head", "prediction"), "diff_metric": ("head", "metric"),
+              "diff_width": ("head", "width"), "diff_depth": ("head", "depth"),
+              "diff_batch_mul": ("training", "diff_batch_mul")}
+
+
+def flag_values(config: GeneratorConfig) -> dict:
+    """The values of :data:`HEAD_FLAGS` in ``config`` (empty without a head)."""
+    if not config.has_head:
+        return {}
+    return {name: getattr(getattr(config, section), field) for name, (section, field) in HEAD_FLAGS.items()}
 
 
 def fit_preset(name: str, tc, classes, args=None) -> GeneratorConfig:
@@ -504,7 +498,8 @@ def fit_preset(name: str, tc, classes, args=None) -> GeneratorConfig:
     fit = dict(patch_nums=tc.patch_nums, codebook_size=tc.codebook_size, z_channels=tc.z_channels)
     preset = GeneratorConfig.from_name(name)
     if not preset.is_text:
-        return preset.replace(**fit, num_classes=len(classes or ()) or 1, class_names=tuple(classes or ()))
+        return preset.replace(**fit, num_classes=len(classes or ()) or 1,
+                              display=preset.display.replace(class_names=tuple(classes or ())))
     enc = getattr(args, "text_encoder", None) or preset.text_encoder
     if enc not in DIMS:
         raise UserError(f"unknown text encoder {enc!r}; choose one of: {', '.join(DIMS)}")
@@ -617,26 +612,26 @@ def run(args, dist: DistInfo, sampler=None) -> int:
     torch.manual_seed(args.seed)
     tokenizer = HybridTokenizer.from_pretrained(args.tokenizer, device=dist.device).requires_grad_(False)
     config = resolve_config(args, out, tokenizer, dataset_classes(args, tokenizer))
-    if config.is_text and not args.resume and not config.example_prompts:
-        config = config.replace(example_prompts=dataset_examples(args, tokenizer))
+    if config.is_text and not args.resume and not config.display.example_prompts:
+        config = config.replace_in("display", example_prompts=dataset_examples(args, tokenizer))
     if dist.is_main:
         copy_tokenizer(args.tokenizer, out)
     trainer = GeneratorTrainer(config, tokenizer, args, dist)
     fresh_head = any(k.startswith(HEAD_PREFIXES) or k == "residual_metric" for k in trainer.fresh)
-    if config.diff_head and not args.resume and (config.residual_scale is None or fresh_head):
+    if config.has_head and not args.resume and (config.stats.residual_scale is None or fresh_head):
         # the head's target scale is a fact about this tokenizer's latents: measure it
-        map_head = config.diff_mix == "map"  # it also divides its f_hat input by f_hat's RMS
+        map_head = config.head.mix == "map"  # it also divides its f_hat input by f_hat's RMS
         scale, fs = measure_latent_scales(batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, 0,
                                                        config), tokenizer if map_head else None)
         scale = dist.all_reduce_mean(torch.tensor(scale, device=dist.device)).item()
-        config = config.replace(residual_scale=scale)
+        config = config.replace_in("stats", residual_scale=scale)
         if dist.is_main:
             print(f"residual scale (RMS of the residual on the training data): {scale:.4f}")
         if map_head:
-            config = config.replace(fhat_scale=dist.all_reduce_mean(torch.tensor(fs, device=dist.device)).item())
+            config = config.replace_in("stats", fhat_scale=dist.all_reduce_mean(torch.tensor(fs, device=dist.device)).item())
             if dist.is_main:
-                print(f"f_hat scale (its RMS on the training data): {config.fhat_scale:.4f}")
-        if config.diff_metric == "decoder":  # the decoder's pixel metric on this tokenizer's latents
+                print(f"f_hat scale (its RMS on the training data): {config.stats.fhat_scale:.4f}")
+        if config.head.metric == "decoder":  # the decoder's pixel metric on this tokenizer's latents
             A = measure_decoder_metric(batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, 0,
                                                     config), tokenizer).to(dist.device)
             A = dist.all_reduce_mean(A)
@@ -657,7 +652,7 @@ def run(args, dist: DistInfo, sampler=None) -> int:
     log = RunLog(out, start_step=trainer.step, resume=args.resume, enabled=dist.is_main,
                  tensorboard=not args.no_tensorboard)
     # a grid per class, or per example prompt of a text model
-    grids = sampler is not None and dist.is_main and (not config.is_text or bool(trainer.config.example_prompts))
+    grids = sampler is not None and dist.is_main and (not config.is_text or bool(trainer.config.display.example_prompts))
     encoder = None
     if grids and config.is_text:
         from hart.text import text_encoder_for

@@ -255,16 +255,16 @@ class SamplingEngine:
             t = 0.0  # HART's DiffLoss.sample skips guidance when its cfg argument is exactly 1
         # noise per image from its own generator (batch independence): the start noise, then
         # (iddpm) one per step
-        draws = 1 + (steps if c.diff_sampler == "iddpm" else 0)
+        draws = 1 + (steps if c.head.sampler == "iddpm" else 0)
         noise = torch.stack([torch.randn(draws, N, head.channels, generator=g, device=g.device) for g in generators])
         noise = noise.to(self.device).transpose(0, 1).reshape(draws, B * N, -1)  # (draws, B*N, z)
         x = sample_residual(
             head, conds, unconds, cfg=t, steps=steps,
             temperature=temperature,
-            scheduler=make_sample_scheduler(c.diff_train_steps, prediction=c.diff_prediction) if c.diff_sampler == "ddim" else None,
-            noise=noise[0], sampler=c.diff_sampler, step_noise=list(noise[1:]) or None,
-            num_train_timesteps=c.diff_train_steps, prediction=c.diff_prediction,
+            scheduler=make_sample_scheduler(c.head.train_steps, prediction=c.head.prediction) if c.head.sampler == "ddim" else None,
+            noise=noise[0], sampler=c.head.sampler, step_noise=list(noise[1:]) or None,
+            num_train_timesteps=c.head.train_steps, prediction=c.head.prediction,
         )  # (B*N, z); DDIM (eta 0) is deterministic given the start noise
         n = self.tokenizer.config.latent_size
         res = gen.from_target(x.float()).view(B, N, -1)  # target units -> latent units
-        return gen.project_residual(res.transpose(1, 2).reshape(B, -1, n, n))  # (no-op unless residual_pca)
+        return res.transpose(1, 2).reshape(B, -1, n, n)

@@ -92,7 +92,7 @@ def resolve_classes(args, config) -> list[int]:
     """--class values (ids or names, case-insensitive) and --all-classes -> class ids."""
     if args.all_classes:
         return list(range(config.num_classes))
-    names = {n.lower(): i for i, n in enumerate(config.class_names)}
+    names = {n.lower(): i for i, n in enumerate(config.display.class_names)}
     out = []
     for c in args.classes:
         if c.lstrip("-").isdigit():
@@ -100,13 +100,13 @@ def resolve_classes(args, config) -> list[int]:
         elif c.lower() in names:
             out.append(names[c.lower()])
         else:
-            known = ", ".join(config.class_names) or "this model has no class names; use ids"
+            known = ", ".join(config.display.class_names) or "this model has no class names; use ids"
             raise UserError(f"unknown class {c!r}; choose an id or one of: {known}")
     return out
 
 
 def class_label(config, c: int) -> str:
-    return config.class_names[c] if c < len(config.class_names) else f"class {c}"
+    return config.display.class_names[c] if c < len(config.display.class_names) else f"class {c}"
 
 
 @cli_entry
@@ -126,8 +126,8 @@ def main(argv=None):
     pipe = HARTPipeline.from_pretrained(args.model, device=resolve_device(args.device), dtype=args.dtype,
                                         compile=args.compile, text_encoder_path=args.text_encoder_path)
     config = pipe.generator.config
-    if args.sampling is None and config.sampling:  # the model's own preset (a converted HART release: hart)
-        opts = dataclasses.asdict(sampling_options(args, config.sampling))
+    if args.sampling is None and config.display.sampling:  # the model's own preset (a converted HART release: hart)
+        opts = dataclasses.asdict(sampling_options(args, config.display.sampling))
     if args.prompts:
         if not config.is_text:
             raise UserError("this model is class-conditional: give it --class, not --prompt")

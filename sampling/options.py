@@ -28,7 +28,7 @@ class SamplingOptions:
     top_p: float = 0.96  # 1: off
     temperature: float = 1.0
     smooth: bool = False  # VAR's Gumbel smoothing of the f_hat update (ids stay hard)
-    diff_steps: int | None = None  # diffusion-head DDIM steps (None: config.diff_sample_steps)
+    diff_steps: int | None = None  # diffusion-head DDIM steps (None: config.head.sample_steps)
     diff_temperature: float | None = None  # scales the head's start noise (None: the model's, 1 unless exported otherwise)
     # guidance t of the residual head, (1 + t) eps_c - t eps_u (the logits' formula); None: the
     # last scale's ratio (= cfg, HART's choice). Default 0: measured best on the default model
@@ -136,8 +136,8 @@ def add_sampling_arguments(p) -> None:
 def head_settings(diff_steps, diff_temperature, config) -> tuple:
     """(steps, temperature) of the residual head as they run on a model of generator config
     ``config``: the model's own where the options leave them None."""
-    return (config.diff_sample_steps if diff_steps is None else diff_steps,
-            config.diff_temperature if diff_temperature is None else diff_temperature)
+    return (config.head.sample_steps if diff_steps is None else diff_steps,
+            config.head.temperature if diff_temperature is None else diff_temperature)
 
 
 def as_sampled(options: dict, config) -> dict:
@@ -153,7 +153,7 @@ def _describe(d: dict) -> str:
 
 
 def sampling_options(args, model_preset: str = "") -> SamplingOptions:
-    """The preset named by ``args.sampling`` (else the model's ``config.sampling``, else
+    """The preset named by ``args.sampling`` (else the model's ``config.display.sampling``, else
     :data:`DEFAULT_PRESET`) with the flags that were given; validated."""
     given = {k: getattr(args, k) for k in ("cfg", "top_k", "top_p", "temperature", "smooth", "head_cfg", "cfg_schedule",
                                    "diff_temperature")}

@@ -22,11 +22,11 @@ torch.set_num_threads(1)
 
 @pytest.fixture
 def load_tool():
-    """``load_tool("head_draws")`` -> the module of ``tools/head_draws.py`` (tools/ is not a package)."""
+    """``load_tool("feature_net")`` -> the module of ``scripts/feature_net.py`` (scripts/ is not a package)."""
     import importlib.util
 
     def load(name: str):
-        spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod
@@ -45,7 +45,7 @@ def tiny_tokenizer():
 @pytest.fixture(scope="module")
 def tokdir(tmp_path_factory):
     """A tiny tokenizer folder whose codebook has seen data (k-means init + EMA)."""
-    from hart.common.data import make_dataset
+    from hart.data.datasets import make_dataset
     from tokenizer import HybridTokenizer, TokenizerConfig
 
     torch.manual_seed(0)
@@ -71,6 +71,6 @@ def demo_model_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("demo_model")
     torch.manual_seed(0)
     HybridTokenizer(TokenizerConfig.from_name("tiny")).save_pretrained(d / "tokenizer")
-    HARTGenerator(GeneratorConfig.from_name("tiny", num_classes=3, class_names=DEMO_CLASS_NAMES)).save_pretrained(
+    HARTGenerator(GeneratorConfig.from_name("tiny", num_classes=3, display=dict(class_names=DEMO_CLASS_NAMES))).save_pretrained(
         d / "generator")
     return d

@@ -163,7 +163,7 @@ def test_converted_model_computes_harts_forward(release, converted):
     gen, c = pipe.generator, pipe.generator.config
     assert (c.depth, c.width, c.heads, c.context_tokens, c.context_dim) == (2, 64, 2, 8, 32)
     assert (c.norm, c.mlp, c.pos, c.rope_2d, c.mask_pads, c.level_embed) == ("rms", "swiglu", "rope", "hart", False, "timestep")
-    assert c.attn_l2_norm and c.diff_learn_sigma and c.diff_sampler == "iddpm" and c.residual_scale == 0.6
+    assert c.attn_l2_norm and c.head.learn_sigma and c.head.sampler == "iddpm" and c.stats.residual_scale == 0.6
     ctx, mask = _contexts()
     g = torch.Generator().manual_seed(6)
     teacher = torch.randn(3, c.seq_len - 1, c.z_channels, generator=g)
@@ -346,21 +346,21 @@ def test_converted_release_fine_tunes_on_captioned_data(converted, tmp_path, cap
     before = HARTGenerator.from_pretrained(converted / "generator")
     after = HARTGenerator.from_pretrained(run / "generator")
     c = after.config
-    assert (c.rope_2d, c.mask_pads, c.diff_sampler, c.residual_scale) == ("hart", False, "iddpm", 0.6)
+    assert (c.rope_2d, c.mask_pads, c.head.sampler, c.stats.residual_scale) == ("hart", False, "iddpm", 0.6)
     assert not torch.equal(before.head.weight, after.head.weight)  # it trained
 
 
 def test_a_converted_release_samples_harts_way_by_default(converted):
-    """The release records its preset (config.sampling = hart); --sampling still wins."""
+    """The release records its preset (config.display.sampling = hart); --sampling still wins."""
     from sampling.generate import build_parser
     from sampling.options import sampling_options
 
     c = HARTPipeline.from_pretrained(converted).generator.config
-    assert c.sampling == "hart"
+    assert c.display.sampling == "hart"
     plain = build_parser().parse_args(["--prompt", "x"])
-    assert sampling_options(plain, c.sampling).last_scale_ratio == "previous"
-    assert sampling_options(plain, c.sampling).smooth
+    assert sampling_options(plain, c.display.sampling).last_scale_ratio == "previous"
+    assert sampling_options(plain, c.display.sampling).smooth
     assert sampling_options(plain).cfg == 1.5  # a model without its own preset: var-fid
     chosen = build_parser().parse_args(["--prompt", "x", "--sampling", "var-fid", "--cfg", "2"])
-    opts = sampling_options(chosen, c.sampling)
+    opts = sampling_options(chosen, c.display.sampling)
     assert opts.last_scale_ratio == "last" and opts.cfg == 2.0

@@ -108,7 +108,7 @@ def tiny_pair():
 
     torch.manual_seed(0)
     tok = HybridTokenizer(TokenizerConfig.from_name("tiny")).eval()
-    return tok, _model(diff_head=True).cpu()
+    return tok, _model().cpu()
 
 
 def _engine(tiny_pair, device, **kw):

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hart.common.data import FASHION_MNIST_DIR, infinite_batches, make_dataset
+from hart.data.datasets import FASHION_MNIST_DIR, infinite_batches, make_dataset
 from hart.common.errors import UserError
 
 

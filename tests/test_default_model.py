@@ -26,8 +26,8 @@ def pipe():
 
 def test_default_model_loads_as_shipped(pipe):
     gc, tc = pipe.generator.config, pipe.tokenizer.config
-    assert gc.num_classes == 10 and tuple(gc.class_names) == FASHION
-    assert gc.diff_head and tc.resolution == 32 and gc.patch_nums == tc.patch_nums
+    assert gc.num_classes == 10 and tuple(gc.display.class_names) == FASHION
+    assert gc.has_head and tc.resolution == 32 and gc.patch_nums == tc.patch_nums
     for folder in (DEFAULT_MODEL_DIR, DEFAULT_T2I_MODEL_DIR):
         files = [f for f in folder.rglob("*") if f.is_file()]
         assert sorted(f.suffix for f in files) == [".json", ".json", ".safetensors", ".safetensors"]
@@ -35,7 +35,7 @@ def test_default_model_loads_as_shipped(pipe):
     assert all(n <= 25e6 for n in sizes) and sum(sizes) < 30e6  # each bundled model <= 25 MB (#12); the wheel small
     assert HARTPipeline.from_pretrained(None).generator.config == gc
     # the head's target scale was measured on the training data, and its condition is normed
-    assert gc.residual_scale is not None and 0.01 < gc.residual_scale < 1.0
+    assert gc.stats.residual_scale is not None and 0.01 < gc.stats.residual_scale < 1.0
     assert pipe.generator.decoder_norm is not None
     # Fashion-MNIST has no colour: the decoder's output is its channel mean
     assert tc.grayscale
@@ -90,8 +90,8 @@ def test_wheel_ships_the_default_model(tmp_path):
         for f in ("config.json", "model.safetensors"):
             assert f"sampling/default_model/{sub}/{f}" in names
             assert f"sampling/default_t2i_model/{sub}/{f}" in names
-    assert "sampling/fid/cli.py" in names and "hart/common/io.py" in names
-    assert not any("screenshot" in n for n in names)  # a dev tool (tools/), not installed
+    assert "sampling/eval/fid/cli.py" in names and "hart/common/io.py" in names
+    assert not any("screenshot" in n for n in names)  # a dev tool (scripts/), not installed
 
 
 # ----------------------------------------------------------------------------- default-t2i

@@ -18,7 +18,7 @@ gradio_client = pytest.importorskip("gradio_client")
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tools.screenshot import available, capture, free_port  # noqa: E402
+from scripts.screenshot import available, capture, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 from tests.conftest import DEMO_CLASS_NAMES as NAMES  # noqa: E402

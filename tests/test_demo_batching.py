@@ -246,7 +246,7 @@ def served(pipeline):
     """Launch ``build_demo(pipeline, **kw)`` on a free loopback port in this process."""
     gradio_client = pytest.importorskip("gradio_client")
     from demo.app import build_demo, launch_options
-    from tools.screenshot import free_port
+    from scripts.screenshot import free_port
 
     apps = []
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from hart.common.data import make_dataset
+from hart.data.datasets import make_dataset
 from hart.common.images import to_pil
-from sampling import features as F
-from sampling.fid.cli import main
-from sampling.fid.embed import stats_from_generator, stats_from_images
-from sampling.fid.sources import folder_source, image_set, parse_source
-from sampling.fid.stats import KID_MAX, FeatureStats, check_compatible, frechet_distance, kernel_distance, score
+from sampling.eval import features as F
+from sampling.eval.fid.cli import main
+from sampling.eval.fid.embed import stats_from_generator, stats_from_images
+from sampling.eval.fid.sources import folder_source, image_set, parse_source
+from sampling.eval.fid.stats import KID_MAX, FeatureStats, check_compatible, frechet_distance, kernel_distance, score
 from hart.common.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -448,9 +448,9 @@ RANK_WORKER = """
 import sys, torch
 sys.path.insert(0, sys.argv[1])
 from tests.test_fid import FakeExtractor
-import sampling.features
-sampling.features.load_extractor = lambda name, weights=None, device="cpu": FakeExtractor(name)
-from sampling.fid.cli import main
+import sampling.eval.features
+sampling.eval.features.load_extractor = lambda name, weights=None, device="cpu": FakeExtractor(name)
+from sampling.eval.fid.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from hart.config import GeneratorConfig
-from hart.diffusion import DiffusionHead, diffusion_loss, make_train_scheduler, sample_residual
+from hart.diffusion import diffusion_loss, make_train_scheduler, sample_residual
+from hart.heads import DiffusionHead
 from hart.common.errors import UserError
 from hart.model import HARTGenerator, drop_labels
 

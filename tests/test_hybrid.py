@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hart.common.data import make_dataset
+from hart.data.datasets import make_dataset
 from hart.model import HARTGenerator
 from hart.train import main as train_main
 from tokenizer import HybridTokenizer, TokenizerConfig
@@ -33,13 +33,13 @@ def _residual_rms(tokdir, n=2048):
 
 def test_residual_scale_is_measured_saved_and_loaded(tokdir, gendir):
     gen = HARTGenerator.from_pretrained(gendir / "generator")
-    assert gen.config.residual_scale is not None
+    assert gen.config.stats.residual_scale is not None
     # the first 2048 images the run drew are a shuffle of the same data: same RMS within sampling noise
-    assert gen.config.residual_scale == pytest.approx(_residual_rms(tokdir), rel=0.1)
+    assert gen.config.stats.residual_scale == pytest.approx(_residual_rms(tokdir), rel=0.1)
     saved = json.loads((gendir / "generator" / "config.json").read_text())
-    assert saved["residual_scale"] == gen.config.residual_scale
+    assert saved["stats"]["residual_scale"] == gen.config.stats.residual_scale
     state = json.loads((gendir / "train_state" / "meta.json").read_text())
-    assert state["config"]["residual_scale"] == gen.config.residual_scale
+    assert state["config"]["stats"]["residual_scale"] == gen.config.stats.residual_scale
 
 
 def test_head_condition_depends_on_the_drawn_code(gendir):
@@ -164,8 +164,8 @@ def test_head_only_training_keeps_the_transformer(tokdir, gendir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith(head))
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith(head))
     # a head kept from --init keeps its scale
-    assert (HARTGenerator.from_pretrained(out / "generator").config.residual_scale
-            == HARTGenerator.from_pretrained(gendir / "generator").config.residual_scale)
+    assert (HARTGenerator.from_pretrained(out / "generator").config.stats.residual_scale
+            == HARTGenerator.from_pretrained(gendir / "generator").config.stats.residual_scale)
 
 
 def test_residual_target_true_trains_the_head_on_the_tokenizers_residual(tokdir, gendir, tmp_path, capsys,
@@ -178,8 +178,8 @@ def test_residual_target_true_trains_the_head_on_the_tokenizers_residual(tokdir,
     out = tmp_path / "true"
     train_main(["--init", str(gendir), "--freeze-transformer", "--residual-target", "true", "--tokenizer",
                 str(tokdir), "--data", "synthetic", "--out", str(out), "--batch-size", "8", "--steps", "2"])
-    assert not HARTGenerator.from_pretrained(out / "generator").config.residual_from_sampled
-    assert HARTGenerator.from_pretrained(gendir / "generator").config.residual_from_sampled
+    assert not HARTGenerator.from_pretrained(out / "generator").config.training.residual_from_sampled
+    assert HARTGenerator.from_pretrained(gendir / "generator").config.training.residual_from_sampled
     capsys.readouterr()
     with pytest.raises(SystemExit):
         train_main(["--freeze-transformer", "--residual-target", "sampled", "--tokenizer", str(tokdir), "--data",
@@ -197,7 +197,7 @@ def test_residual_target_true_trains_the_head_on_the_tokenizers_residual(tokdir,
     targets = {}
     for sampled in (False, True):
         gen = HARTGenerator.from_pretrained(gendir / "generator")
-        gen.config = gen.config.replace(residual_from_sampled=sampled, diff_keep_frac=1.0)
+        gen.config = gen.config.replace_in("training", residual_from_sampled=sampled, diff_keep_frac=1.0)
         with torch.no_grad():  # a transformer that never draws the true last-scale codes
             gen.head.weight.zero_()
             gen.head.bias.fill_(-30.0)
@@ -214,7 +214,7 @@ def test_init_adds_a_head_to_a_model_without_one(tokdir, tmp_path, capsys):
     train_main(["--tokenizer", str(tokdir), "--preset", "tiny", "--data", "synthetic", "--out", str(plain),
                 "--batch-size", "8", "--steps", "2"])
     cfg = json.loads((plain / "generator" / "config.json").read_text())
-    cfg["diff_head"] = False  # pretend it was trained without a head
+    cfg["head"] = None  # pretend it was trained without a head
     (plain / "generator" / "config.json").write_text(json.dumps(cfg))
     state = {k: v for k, v in load_file(str(plain / "generator" / "model.safetensors")).items()
              if not k.startswith(("diffusion.", "decoder_norm."))}
@@ -230,7 +230,7 @@ def test_init_adds_a_head_to_a_model_without_one(tokdir, tmp_path, capsys):
 
 
 def test_eval_residual_runs_and_reports(tokdir, gendir, tmp_path, capsys):
-    from sampling.eval_residual import main as eval_main
+    from sampling.eval.residual import main as eval_main
 
     assert eval_main(["--model", str(gendir), "--data", "synthetic", "--num", "12", "--batch-size", "8",
                       "--out", str(tmp_path / "r")]) == 0
@@ -254,8 +254,8 @@ def test_eval_residual_runs_and_reports(tokdir, gendir, tmp_path, capsys):
 
 def test_eval_residual_fd_reports_true_and_own_ids(tokdir, gendir, tmp_path, capsys, monkeypatch):
     """--fd: FD of the five decodes and both recovered shares, each from its own FD values."""
-    import sampling.features as features
-    from sampling.eval_residual import main as eval_main
+    import sampling.eval.features as features
+    from sampling.eval.residual import main as eval_main
     from tests.test_fid import FakeExtractor
 
     monkeypatch.setenv("HART_CACHE", str(tmp_path / "cache"))  # fake statistics stay out of the real cache
@@ -275,7 +275,7 @@ def test_eval_residual_fd_reports_true_and_own_ids(tokdir, gendir, tmp_path, cap
 
 def test_eval_residual_head_settings(tokdir, gendir, tmp_path, capsys):
     """--diff-steps / --diff-temperature change the head's draws only, and are recorded."""
-    from sampling.eval_residual import main as eval_main
+    from sampling.eval.residual import main as eval_main
 
     base = ["--model", str(gendir), "--data", "synthetic", "--num", "8", "--batch-size", "8"]
     res = {}
@@ -283,7 +283,7 @@ def test_eval_residual_head_settings(tokdir, gendir, tmp_path, capsys):
         assert eval_main(base + extra + ["--out", str(tmp_path / name)]) == 0
         res[name] = json.loads((tmp_path / name / "residual.json").read_text())
     cfg = HARTGenerator.from_pretrained(gendir / "generator").config
-    assert (res["model"]["diff_steps"], res["model"]["diff_temperature"]) == (cfg.diff_sample_steps, cfg.diff_temperature)
+    assert (res["model"]["diff_steps"], res["model"]["diff_temperature"]) == (cfg.head.sample_steps, cfg.head.temperature)
     assert (res["cold"]["diff_steps"], res["cold"]["diff_temperature"]) == (4, 0.3)
     for k in ("psnr_discrete", "psnr_hybrid"):
         assert res["cold"][k] == res["model"][k]
@@ -293,14 +293,14 @@ def test_eval_residual_head_settings(tokdir, gendir, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["no-head", "tokenizer-only", "split", "temperature"])
 def test_eval_residual_one_line_errors(tokdir, gendir, tmp_path, capsys, case):
-    from sampling.eval_residual import main as eval_main
+    from sampling.eval.residual import main as eval_main
 
     if case == "no-head":
         model = tmp_path / "nohead"
         train_main(["--tokenizer", str(tokdir), "--preset", "tiny", "--data", "synthetic", "--out", str(model),
                     "--batch-size", "8", "--steps", "1", "--save-every", "1"])
         cfg = json.loads((model / "generator" / "config.json").read_text())
-        cfg["diff_head"] = False
+        cfg["head"] = None
         (model / "generator" / "config.json").write_text(json.dumps(cfg))
         st = {k: v for k, v in load_file(str(model / "generator" / "model.safetensors")).items()
               if not k.startswith(("diffusion.", "decoder_norm."))}
@@ -351,7 +351,7 @@ def test_export_records_the_heads_temperature(gendir, tmp_path, capsys):
     export_main(["--model", str(gendir), "--out", str(tmp_path / "cold"), "--storage", "fp32",
                  "--diff-temperature", "0.5"])
     src, cold = HARTPipeline.from_pretrained(gendir), HARTPipeline.from_pretrained(tmp_path / "cold")
-    assert src.generator.config.diff_temperature == 1.0 and cold.generator.config.diff_temperature == 0.5
+    assert src.generator.config.head.temperature == 1.0 and cold.generator.config.head.temperature == 0.5
     with torch.no_grad():  # a head whose prediction depends on its condition and start noise
         for pipe in (src, cold):
             torch.manual_seed(3)
@@ -375,12 +375,12 @@ def test_export_records_the_heads_temperature(gendir, tmp_path, capsys):
     from sampling.options import SamplingOptions, as_sampled
 
     rec = as_sampled(dataclasses.asdict(SamplingOptions()), cold.generator.config)
-    assert rec["diff_temperature"] == 0.5 and rec["diff_steps"] == cold.generator.config.diff_sample_steps
+    assert rec["diff_temperature"] == 0.5 and rec["diff_steps"] == cold.generator.config.head.sample_steps
     assert as_sampled(dataclasses.asdict(SamplingOptions(diff_temperature=2.0)), cold.generator.config)[
         "diff_temperature"] == 2.0
     train_main(["--init", str(tmp_path / "cold"), "--freeze-transformer", "--tokenizer", str(gendir / "tokenizer"),
                 "--data", "synthetic", "--out", str(tmp_path / "again"), "--batch-size", "8", "--steps", "1"])
-    assert HARTGenerator.from_pretrained(tmp_path / "again" / "generator").config.diff_temperature == 1.0
+    assert HARTGenerator.from_pretrained(tmp_path / "again" / "generator").config.head.temperature == 1.0
 
 
 def test_old_head_without_decoder_norm_is_refused_with_a_hint(gendir, tmp_path, capsys):
@@ -398,132 +398,18 @@ def test_old_head_without_decoder_norm_is_refused_with_a_hint(gendir, tmp_path, 
         HARTGenerator.from_pretrained(g)
 
 
-# ----------------------------------------------------------------------------- joint draws (diff_mix conv)
-
-def _grid_head(grid, seed=0, mix="conv"):
-    from hart.diffusion import DiffusionHead
-
-    torch.manual_seed(seed)
-    return DiffusionHead(channels=2, cond_channels=4, width=32, depth=2, grid=grid, mix=mix)
-
-
-@pytest.mark.parametrize("mix", ["conv", "attn"])
-def test_mixing_head_starts_as_the_per_token_head_and_sees_only_its_own_image(mix):
-    from hart.diffusion import DiffusionHead
-
-    n, B = 4, 3
-    mixed, plain = _grid_head(n, mix=mix), _grid_head(0)
-    plain.load_state_dict({k: v for k, v in mixed.state_dict().items() if ".mix." not in k})
-    x, cond = torch.randn(B * n * n, 2), torch.randn(B * n * n, 4)
-    t = torch.randint(0, 1000, (B * n * n,))
-    with torch.no_grad():
-        for h in (mixed, plain):  # trained-looking output and modulations
-            h.final_layer.linear.weight.normal_(std=0.3)
-            for blk in h.res_blocks:
-                blk.adaLN_modulation[-1].weight.normal_(std=0.3)
-        plain.load_state_dict({k: v for k, v in mixed.state_dict().items() if ".mix." not in k})
-        assert torch.equal(mixed(x, t, cond), plain(x, t, cond))  # gate at zero: the per-token head
-        for blk in mixed.res_blocks:
-            blk.mix.gate.normal_(std=0.5)
-        y = mixed(x, t, cond)
-        x2 = x.clone()
-        x2[n + 1] += 1.0  # image 0, token (1, 1)
-        changed = (mixed(x2, t, cond) - y).abs().sum(1).view(B, n, n) > 0
-    # two blocks of 3x3: a 5x5 window around (1, 1), clipped to the grid (attn: the whole
-    # grid); no other image moves
-    assert changed[0].all() and not changed[1:].any()
-    assert isinstance(plain, DiffusionHead) and plain.grid == 0
-    with pytest.raises(ValueError, match="whole 4x4"):
-        mixed(x[:-1], t[:-1], cond[:-1])
-
-
-def test_mixing_head_trains_one_timestep_per_grid(monkeypatch):
-    from hart.diffusion import diffusion_loss
-
-    n, B, m = 4, 3, 2
-    head, seen = _grid_head(n), []
-    forward = head.forward
-    monkeypatch.setattr(head, "forward", lambda x, t, c: seen.append(t) or forward(x, t, c))
-    diffusion_loss(head, torch.randn(B * n * n, 2), torch.randn(B * n * n, 4), m, None,
-                   torch.Generator().manual_seed(0))
-    t = seen[0].view(B * m, n * n)
-    assert (t == t[:, :1]).all() and t[:, 0].unique().numel() > 1
-    diffusion_loss(_grid_head(0), torch.randn(48, 2), torch.randn(48, 4), 1, None, torch.Generator().manual_seed(0))
-
-
-@pytest.mark.parametrize("mix", ["conv", "attn"])
-def test_mixing_head_draws_a_coherent_grid_where_the_per_token_head_cannot(mix):
-    """The target: every token of an image has the same sign, a fair coin per image, and
-    the condition says nothing. Per-token draws can only match the coin per token (half
-    the tokens agree with the first); joint draws of the whole grid can agree."""
-    from hart.diffusion import diffusion_loss, make_train_scheduler, sample_residual
-
-    n = 4
-    N = n * n
-    agree = {}
-    for grid in (0, n):
-        head = _grid_head(grid, mix=mix)
-        opt = torch.optim.AdamW(head.parameters(), lr=3e-3)
-        sched, g = make_train_scheduler(1000), torch.Generator().manual_seed(0)
-        for _ in range(300):
-            s = torch.randint(0, 2, (32, 1, 1), generator=g).float() * 2 - 1
-            x = (s.expand(32, N, 2) + 0.05 * torch.randn(32, N, 2, generator=g)).reshape(32 * N, 2)
-            loss = diffusion_loss(head, x, torch.zeros(32 * N, 4), 2, sched, g)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            d = sample_residual(head, torch.zeros(64 * N, 4), steps=8, generator=torch.Generator().manual_seed(1))
-        sign = torch.sign(d[:, 0]).view(64, N)
-        agree[grid] = (sign == sign[:, :1]).float().mean().item()
-    # measured over three seeds (model, data and draw seeds 0-2): per-token 0.53-0.56; conv
-    # 0.78-0.80 (0.75-0.82 in session 15's seeds), attn 0.99-1.00
-    assert agree[0] < 0.65 and agree[n] > 0.7, agree
-
-
-@pytest.mark.parametrize("mix", ["conv", "attn"])
-def test_train_diff_mix_is_saved_resumed_and_refused_without_a_head(tokdir, gendir, tmp_path, capsys,
-                                                                      monkeypatch, mix):
-    from hart.config import GeneratorConfig
-    from hart.diffusion import MIXES
-
-    out = tmp_path / "mix"
-    train_main(["--init", str(gendir), "--freeze-transformer", "--diff-mix", mix, "--tokenizer", str(tokdir),
-                "--data", "synthetic", "--out", str(out), "--batch-size", "8", "--steps", "2"])
-    gen = HARTGenerator.from_pretrained(out / "generator")
-    assert gen.config.diff_mix == mix and gen.diffusion.grid == gen.config.patch_nums[-1]
-    assert all(isinstance(blk.mix, MIXES[mix]) for blk in gen.diffusion.res_blocks)
-    assert any(".mix." in k for k in load_file(str(out / "generator" / "model.safetensors")))
-    from sampling.eval_residual import main as eval_main  # the probe draws whole grids
-
-    assert eval_main(["--model", str(out), "--data", "synthetic", "--num", "6", "--batch-size", "4",
-                      "--out", str(tmp_path / "r")]) == 0
-    monkeypatch.setitem(GeneratorConfig.PRESETS, "tiny-nohead", {**GeneratorConfig.PRESETS["tiny"], "diff_head": False})
-    cases = [
-        (["--freeze-transformer", "--diff-mix", "none", "--out", str(out), "--steps", "3", "--resume"],
-         f"--diff-mix {mix}"),
-        (["--preset", "tiny-nohead", "--diff-mix", "conv", "--out", str(tmp_path / "n"), "--steps", "1"], "no head"),
-    ]
-    for argv, word in cases:
-        capsys.readouterr()
-        with pytest.raises(SystemExit):
-            train_main(argv + ["--tokenizer", str(tokdir), "--data", "synthetic", "--batch-size", "8"])
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and word in err[0], err
-
-
 def test_train_a_head_of_another_size_on_an_init_transformer(tokdir, gendir, tmp_path, capsys):
     """--diff-width / --diff-depth: a fresh head of that size on the --init transformer (kept
     bit-identical under --freeze-transformer), saved in the config; a resume must keep them."""
     init = HARTGenerator.from_pretrained(gendir / "generator")
     out = tmp_path / "wide"
-    train_main(["--init", str(gendir), "--freeze-transformer", "--residual-target", "true", "--diff-mix", "attn",
+    train_main(["--init", str(gendir), "--freeze-transformer", "--residual-target", "true",
                 "--diff-width", "96", "--diff-depth", "1", "--tokenizer", str(tokdir), "--data", "synthetic",
                 "--out", str(out), "--batch-size", "8", "--steps", "2"])
     assert "starting fresh: diffusion" in capsys.readouterr().out
     gen = HARTGenerator.from_pretrained(out / "generator")
-    assert (gen.config.diff_width, gen.config.diff_depth) == (96, 1) and len(gen.diffusion.res_blocks) == 1
-    assert gen.diffusion.input_proj.weight.shape[0] == 96 and gen.diffusion.res_blocks[0].mix.heads == 1
+    assert (gen.config.head.width, gen.config.head.depth) == (96, 1) and len(gen.diffusion.res_blocks) == 1
+    assert gen.diffusion.input_proj.weight.shape[0] == 96
     a, b = init.state_dict(), gen.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith(("diffusion.", "decoder_norm.")))
     for argv, word in [(["--diff-width", "64", "--resume"], "--diff-width 96"),
@@ -533,119 +419,6 @@ def test_train_a_head_of_another_size_on_an_init_transformer(tokdir, gendir, tmp
                         "--batch-size", "8", "--steps", "3"] + argv)
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and word in err[0], err
-
-
-def test_a_decoder_stage_on_head_draws(tokdir, gendir, tmp_path, capsys, load_tool):
-    """tools/head_draws.py writes one draw per training image; --draws decodes f_hat + draw in
-    --draw-share of the batches, the frozen parts stay bit-identical, and the run refuses
-    what cannot work in one line."""
-    from tokenizer.train import main as tok_main
-
-    draws = tmp_path / "draws.safetensors"
-    load_tool("head_draws").main(["--model", str(gendir), "--data", "synthetic", "--num", "24", "--batch-size", "10",
-                             "--out", str(draws)])
-    d = load_file(str(draws))["draws"]
-    tok = HybridTokenizer.from_pretrained(tokdir)
-    assert d.shape == (24, tok.config.z_channels, tok.config.latent_size, tok.config.latent_size)
-    assert d.float().std() > 0
-    # the training pass decodes exactly f_hat + draws
-    x = torch.stack([make_dataset("synthetic", "train", 16)[i][0] for i in range(3)])
-    with torch.no_grad():
-        out = tok.eval()(x, draws=d[:3].float())
-        want = tok.to_image(tok.decoder(tok.post_quant_conv(tok.encode(x).f_hat + d[:3].float())))
-    assert torch.allclose(out.recon, want, atol=1e-5)
-
-    out_dir = tmp_path / "tok-d"
-    base = ["--init", str(tokdir), "--freeze-codebook", "--data", "synthetic", "--out", str(out_dir),
-            "--batch-size", "8", "--disc-start", "2", "--save-every", "2", "--log-every", "1",
-            "--no-tensorboard", "--draws", str(draws), "--draw-share", "1"]
-    tok_main(base + ["--steps", "2"])
-    assert "first 24 of" in capsys.readouterr().out
-    tok_main(["--data", "synthetic", "--out", str(out_dir), "--batch-size", "8",
-                "--resume", "--steps", "3", "--draws", str(draws), "--draw-share", "1",
-                "--log-every", "1", "--no-tensorboard", "--freeze-codebook"])
-    lines = [json.loads(s) for s in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in lines] == [1, 2, 3]
-    assert all("psnr/draw" in m and "psnr/hybrid" not in m and "psnr/discrete" not in m for m in lines)
-    before = load_file(str(tokdir / "model.safetensors"))
-    raw = load_file(str(out_dir / "train_state" / "model.safetensors"))
-    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv.", "quantize."))]
-    assert frozen and all(torch.equal(before[k], raw[k]) for k in frozen)
-    assert any(not torch.equal(before[k], raw[k]) for k in before if k.startswith("decoder."))
-
-    bad = tmp_path / "bad.safetensors"
-    from safetensors.torch import save_file
-
-    save_file({"draws": torch.zeros(4, 3, 2, 2)}, str(bad))
-    cases = [
-        (["--init", str(tokdir), "--data", "synthetic", "--out", str(tmp_path / "a"), "--draws", str(draws)],
-         "--draws needs --init DIR --freeze-codebook"),
-        (["--init", str(tokdir), "--freeze-codebook", "--data", "synthetic", "--out", str(tmp_path / "b"),
-          "--draws", str(bad)], "this tokenizer's latent needs"),
-        (["--init", str(tokdir), "--freeze-codebook", "--data", "synthetic", "--out", str(tmp_path / "c"),
-          "--draws", str(tmp_path / "none.safetensors")], "no such file"),
-        (["--data", "synthetic", "--out", str(out_dir), "--resume", "--steps", "4", "--freeze-codebook"],
-         "resume it with --draws"),
-        (["--init", str(tokdir), "--freeze-codebook", "--data", "synthetic", "--out", str(tmp_path / "e"),
-          "--draws", str(draws), "--draw-share", "2"], "--draw-share is a share of the batches"),
-    ]
-    for argv, msg in cases:
-        capsys.readouterr()
-        with pytest.raises(SystemExit):
-            tok_main(argv)
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and msg in err[0], (msg, err)
-
-
-def test_detail_input_is_the_amplified_detail_on_the_8bit_grid():
-    """The detail critic sees the discrete decode beside gain * (candidate - discrete decode), the
-    candidate rounded to 8-bit levels with the gradient passed straight through."""
-    from tokenizer.losses import detail_critic, detail_input
-
-    g = torch.Generator().manual_seed(0)
-    base = (torch.randint(0, 250, (2, 1, 32, 32), generator=g).float() / 127.5 - 1).expand(2, 3, 32, 32)
-    same = detail_input(base, base.clone(), 10.0)
-    assert same.shape == (2, 2, 32, 32) and torch.allclose(same[:, 0], base[:, 0]) and same[:, 1].abs().max() < 1e-5
-    cand = (base + 0.9 / 255 * (2 * torch.rand(base.shape, generator=g) - 1)).requires_grad_()
-    out = detail_input(base, cand, 10.0)
-    assert out[:, 1].abs().max() < 1e-5  # less than half a level off the grid: no detail to see
-    cand2 = base + 4 / 127.5
-    assert torch.allclose(detail_input(base, cand2, 10.0)[:, 1], torch.full((2, 32, 32), 40 / 127.5), atol=1e-5)
-    out[:, 1].sum().backward()
-    assert torch.allclose(cand.grad, torch.full_like(cand, 10.0 / 3))
-    assert detail_critic(32)(out.detach()).shape[-1] >= 2 and detail_critic(16)(out.detach()[..., :16, :16]).shape[-1] >= 2
-
-
-def test_a_decoder_stage_with_the_detail_critic(tokdir, tmp_path, capsys):
-    """--disc-input detail: the critic trains on the hybrid batches only, the frozen parts stay
-    bit-identical, and a resume with the other discriminator is refused in one line."""
-    from tokenizer.train import main as tok_main
-
-    out_dir = tmp_path / "tok-detail"
-    base = ["--init", str(tokdir), "--freeze-codebook", "--data", "synthetic", "--out", str(out_dir),
-            "--batch-size", "8", "--disc-start", "0", "--save-every", "3", "--log-every", "1",
-            "--no-tensorboard", "--disc-input", "detail"]
-    tok_main(base + ["--steps", "3", "--hybrid-share", "1"])
-    lines = [json.loads(s) for s in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    assert len(lines) == 3 and all(m["loss/disc"] > 0 for m in lines)
-    before = load_file(str(tokdir / "model.safetensors"))
-    raw = load_file(str(out_dir / "train_state" / "model.safetensors"))
-    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv.", "quantize."))]
-    assert frozen and all(torch.equal(before[k], raw[k]) for k in frozen)
-    assert any(not torch.equal(before[k], raw[k]) for k in before if k.startswith("decoder."))
-    disc = load_file(str(out_dir / "train_state" / "disc.safetensors"))
-    assert any(k.endswith("parametrizations.weight.original") for k in disc)  # spectral norm
-
-    only_discrete = tmp_path / "tok-discrete"
-    tok_main([*base[:6], str(only_discrete), *base[7:], "--steps", "2", "--hybrid-share", "0"])
-    lines = [json.loads(s) for s in (only_discrete / "metrics.jsonl").read_text().splitlines()]
-    assert [m["loss/disc"] for m in lines] == [0.0, 0.0]  # no detail to judge in a discrete batch
-
-    capsys.readouterr()
-    with pytest.raises(SystemExit):
-        tok_main(["--data", "synthetic", "--out", str(out_dir), "--resume", "--steps", "4", "--freeze-codebook"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--disc-input detail" in err[0], err
 
 
 def _random_lpips_file(path):
@@ -718,53 +491,10 @@ def test_a_decoder_stage_with_the_feature_discriminator(tokdir, tmp_path, capsys
     assert len(err) == 1 and "--lpips-weights" in err[0], err
 
 
-def test_export_residual_pca_projects_every_draw_of_the_head(gendir, tmp_path, capsys):
-    from hart.export import main as export_main
-    from sampling import HARTPipeline
-
-    export_main(["--model", str(gendir), "--out", str(tmp_path / "p"), "--storage", "fp32",
-                 "--residual-pca", "4", "--data", "synthetic", "--pca-num", "96"])
-    base, pca = HARTPipeline.from_pretrained(str(gendir)), HARTPipeline.from_pretrained(str(tmp_path / "p"))
-    gen = pca.generator
-    D = gen.config.residual_dim
-    assert gen.config.residual_pca == 4 and gen.residual_basis.shape == (D, 4)
-    assert torch.allclose(gen.residual_basis.T @ gen.residual_basis, torch.eye(4), atol=1e-5)  # orthonormal
-    # the fitted directions are the maps' principal ones: they keep more variance than a random 4-D subspace
-    ds = make_dataset("synthetic", "train", 16)
-    with torch.no_grad():
-        maps = pca.tokenizer.encode(torch.stack([ds[i][0] for i in range(96)])).residual.flatten(1)
-    c = maps - gen.residual_mean
-    rand = torch.linalg.qr(torch.randn(D, 4, generator=torch.Generator().manual_seed(0)))[0]
-    assert (c @ gen.residual_basis).pow(2).sum() > 2 * (c @ rand).pow(2).sum()
-    # sampling draws the same residual as the unprojected model, then projects it
-    a, b = base.sample([0, 1], seed=3), pca.sample([0, 1], seed=3)
-    assert all(torch.equal(x, y) for x, y in zip(a.ids, b.ids))
-    assert torch.allclose(b.residual, gen.project_residual(a.residual), atol=1e-5)
-    assert torch.allclose(gen.project_residual(b.residual), b.residual, atol=1e-5)  # idempotent
-    assert not torch.allclose(a.residual, b.residual, atol=1e-3)
-    # --residual-pca 0 removes the basis: back to the model's own draws
-    export_main(["--model", str(tmp_path / "p"), "--out", str(tmp_path / "q"), "--storage", "fp32", "--residual-pca", "0"])
-    assert "residual_basis" not in load_file(str(tmp_path / "q" / "generator" / "model.safetensors"))
-    assert torch.equal(HARTPipeline.from_pretrained(str(tmp_path / "q")).sample([0, 1], seed=3).residual, a.residual)
-    capsys.readouterr()
-    for argv, word in ((["--residual-pca", "4"], "--data"),
-                       (["--residual-pca", str(D + 1), "--data", "synthetic"], "--residual-pca must be"),
-                       (["--residual-pca", "4", "--data", "synthetic", "--pca-num", "0"], "--pca-num")):
-        with pytest.raises(SystemExit):
-            export_main(["--model", str(gendir), "--out", str(tmp_path / "x"), "--overwrite", *argv])
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and word in err[0], err
-    with pytest.raises(SystemExit):
-        export_main(["--model", str(gendir / "generator"), "--out", str(tmp_path / "y"), "--residual-pca", "4",
-                     "--data", "synthetic"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "tokenizer/ + generator/" in err[0], err
-
-
-# ----------------------------------------------------------------------------- map head (diff_mix map)
+# ----------------------------------------------------------------------------- map head (head.mix map)
 
 def _map_head(seed=0):
-    from hart.diffusion import MapHead
+    from hart.heads import MapHead
 
     torch.manual_seed(seed)
     return MapHead(channels=2, cond_channels=4, width=16, depth=3, grid=4)
@@ -824,10 +554,10 @@ def test_loss_and_sampler_read_the_heads_prediction_type(prediction):
         sample_residual(Oracle(), cond, steps=8, sampler="iddpm", prediction="v_prediction")
 
 
-@pytest.mark.parametrize("bad, word", [(dict(diff_prediction="v_prediction", diff_sampler="iddpm"), "ddim"),
-                                       (dict(diff_mix="map", diff_width=20), "multiple of 8"),
-                                       (dict(fhat_scale=0.0), "fhat_scale"),
-                                       (dict(diff_metric="pixels"), "diff_metric")])
+@pytest.mark.parametrize("bad, word", [(dict(head=dict(prediction="v_prediction", sampler="iddpm")), "ddim"),
+                                       (dict(head=dict(mix="map", width=20)), "multiple of 8"),
+                                       (dict(stats=dict(fhat_scale=0.0)), "fhat_scale"),
+                                       (dict(head=dict(metric="pixels")), "head.metric")])
 def test_map_and_v_head_configs_are_checked(bad, word):
     from hart.common.errors import UserError
     from hart.config import GeneratorConfig
@@ -842,9 +572,9 @@ def test_train_a_map_head_with_v_prediction_in_the_decoders_metric(tokdir, gendi
     (symmetric positive definite, the target of unit RMS on the training data, inverted
     exactly); the transformer kept bit-identical; eval-residual and sampling condition the
     head on f_hat; a resume must keep the prediction type and the metric."""
-    from hart.diffusion import MapHead
+    from hart.heads import MapHead
     from sampling import HARTPipeline
-    from sampling.eval_residual import main as eval_main
+    from sampling.eval.residual import main as eval_main
 
     out = tmp_path / "map"
     train_main(["--init", str(gendir), "--freeze-transformer", "--residual-target", "true", "--diff-mix", "map",
@@ -855,15 +585,15 @@ def test_train_a_map_head_with_v_prediction_in_the_decoders_metric(tokdir, gendi
     assert "starting fresh: diffusion" in printed and "f_hat scale" in printed and "decoder metric" in printed
     gen = HARTGenerator.from_pretrained(out / "generator")
     c = gen.config
-    assert isinstance(gen.diffusion, MapHead) and (c.diff_mix, c.diff_prediction) == ("map", "v_prediction")
-    assert c.diff_batch_mul == 2
+    assert isinstance(gen.diffusion, MapHead) and (c.head.mix, c.head.prediction) == ("map", "v_prediction")
+    assert c.training.diff_batch_mul == 2
     tok = HybridTokenizer.from_pretrained(tokdir)
     ds = make_dataset("synthetic", "train", 16)
     with torch.no_grad():
         code = tok.encode(torch.stack([ds[i][0] for i in range(min(2048, len(ds)))]))
-    assert c.fhat_scale == pytest.approx(code.f_hat.double().pow(2).mean().sqrt().item(), rel=0.1)
+    assert c.stats.fhat_scale == pytest.approx(code.f_hat.double().pow(2).mean().sqrt().item(), rel=0.1)
     A, r = gen.residual_metric.double(), code.residual.permute(0, 2, 3, 1).reshape(-1, c.z_channels)
-    assert c.diff_metric == "decoder" and torch.allclose(A, A.T, atol=1e-4) and torch.linalg.eigvalsh(A).min() > 0
+    assert c.head.metric == "decoder" and torch.allclose(A, A.T, atol=1e-4) and torch.linalg.eigvalsh(A).min() > 0
     assert not torch.allclose(A / A.diag().mean(), torch.eye(c.z_channels, dtype=A.dtype), atol=0.05)  # not a plain scale
     assert gen.to_target(r).pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=0.2)
     assert torch.allclose(gen.from_target(gen.to_target(r)), r, atol=1e-5)
@@ -879,10 +609,9 @@ def test_train_a_map_head_with_v_prediction_in_the_decoders_metric(tokdir, gendi
     assert torch.equal(pipe.sample([0, 1], seed=3).residual, a.residual)
     assert eval_main(["--model", str(out), "--data", "synthetic", "--num", "6", "--batch-size", "4",
                       "--out", str(tmp_path / "r")]) == 0
-    from hart.export import main as export_main  # a residual basis added keeps the measured metric
+    from hart.export import main as export_main  # an exported copy keeps the measured metric
 
-    export_main(["--model", str(out), "--out", str(tmp_path / "p"), "--storage", "fp32", "--residual-pca", "4",
-                 "--data", "synthetic", "--pca-num", "16"])
+    export_main(["--model", str(out), "--out", str(tmp_path / "p"), "--storage", "fp32"])
     assert torch.equal(HARTGenerator.from_pretrained(tmp_path / "p" / "generator").residual_metric, gen.residual_metric)
     capsys.readouterr()
     with pytest.raises(SystemExit):

@@ -1,4 +1,4 @@
-"""Captioned data: procedural scenes and their checker (hart.common.shapes), the shapes,
+"""Captioned data: procedural scenes (hart.data.shapes) and their checker (sampling.eval.checker), the shapes,
 captions:PATH and emoji datasets, and the data-spec grammar for them."""
 import json
 
@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from hart.common import shapes as S
-from hart.common.data import (EMOJI_FONT, SHAPES_SIZES, Emoji, infinite_batches, is_captioned, make_dataset,
+from hart.data import shapes as S
+from sampling.eval import checker as C
+from hart.data.datasets import (EMOJI_FONT, SHAPES_SIZES, Emoji, infinite_batches, is_captioned, make_dataset,
                               parse_spec)
 from hart.common.errors import UserError
 
@@ -119,19 +120,19 @@ def test_parse_prompt_errors(text, match):
 
 @pytest.mark.parametrize("split", ["train", "heldout"])
 def test_checker_calibration_32(split):
-    r = S.calibrate(300, 32, split)
+    r = C.calibrate(300, 32, split)
     assert r["all"] >= 0.99, r
     assert r["pairs"] > 50 and r["position"] >= 0.99
 
 
 def test_checker_calibration_64():
-    assert S.calibrate(100, 64, "heldout")["all"] >= 0.99
+    assert C.calibrate(100, 64, "heldout")["all"] >= 0.99
 
 
 def test_detect_reads_a_scene():
     sc = scene(("red", "circle", "small"), ("blue", "square", "large"), relation="left of",
                centres=[(0.2, 0.5), (0.7, 0.45)])
-    d = S.detect(S.render(sc, 32))
+    d = C.detect(S.render(sc, 32))
     assert [(x.colour, x.shape, x.size) for x in sorted(d, key=lambda x: x.x)] == [
         ("red", "circle", "small"), ("blue", "square", "large")]
     assert all(0 <= x.x <= 1 and 0 <= x.y <= 1 for x in d)
@@ -157,7 +158,7 @@ PAIR = "a small red circle left of a large blue square"
      [(0.2, 0.3), (0.7, 0.3), (0.5, 0.8)], {"count"}),
 ])
 def test_checker_rejects(objs, relation, centres, failing):
-    r = S.check(S.render(scene(*objs, relation=relation, centres=centres), 32), PAIR)
+    r = C.check(S.render(scene(*objs, relation=relation, centres=centres), 32), PAIR)
     assert {k for k in ("object", "colour", "size", "count", "position") if not r[k]} == failing, r
     assert r["all"] is False
 
@@ -165,21 +166,22 @@ def test_checker_rejects(objs, relation, centres, failing):
 def test_checker_counts_and_sizeless_prompts():
     three = scene(*[("green", "triangle", "small")] * 3, centres=[(0.2, 0.2), (0.7, 0.2), (0.45, 0.75)])
     img = S.render(three, 32)
-    assert S.check(img, "three small green triangles")["all"]
-    assert S.check(img, "three green triangles")["all"]
-    r = S.check(img, "two green triangles")
+    assert C.check(img, "three small green triangles")["all"]
+    assert C.check(img, "three green triangles")["all"]
+    r = C.check(img, "two green triangles")
     assert r["object"] and r["colour"] and not r["count"] and not r["all"]
-    r = S.check(img, "three large green triangles")
+    r = C.check(img, "three large green triangles")
     assert not r["size"] and r["position"] is None
     with pytest.raises(UserError, match="unknown word"):
-        S.check(img, "three green pyramids")
+        C.check(img, "three green pyramids")
 
 
 def test_grid_cli(tmp_path, capsys):
     out = tmp_path / "grid.png"
-    S.main(["--grid", str(out), "--num", "4", "--split", "heldout", "--calibrate", "20"])
+    S.main(["--grid", str(out), "--num", "4", "--split", "heldout"])
     with Image.open(out) as im:
         assert im.size[1] > 4 * 32
+    C.main(["--calibrate", "20", "--split", "heldout"])
     assert "all=1.0000" in capsys.readouterr().out
 
 
@@ -304,5 +306,5 @@ def test_checker_tolerates_mild_blur_and_noise():
         sc = S.sample_scene("train", i)
         a = np.asarray(S.render(sc, 32).filter(ImageFilter.GaussianBlur(0.6)), np.float32)
         a = (a + rng.normal(0, 12, a.shape)).clip(0, 255).astype(np.uint8)
-        ok += S.check(Image.fromarray(a), sc.spec)["all"]
+        ok += C.check(Image.fromarray(a), sc.spec)["all"]
     assert ok / 150 >= 0.97

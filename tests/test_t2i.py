@@ -217,7 +217,7 @@ def test_pipeline_with_prompts(encoder, tokdir):
     tc = tok.config
     gen = HARTGenerator(GeneratorConfig.from_name(
         "t2i-tiny", patch_nums=tc.patch_nums, codebook_size=tc.codebook_size, z_channels=tc.z_channels,
-        residual_scale=0.1))
+        stats=dict(residual_scale=0.1)))
     pipe = HARTPipeline(tok, gen, text_encoder=encoder)
     a = pipe.sample(prompts=["a red circle", "a blue square"], seed=[3, 4]).images
     b = pipe.sample(prompts=["a blue square"], seed=[4]).images
@@ -236,7 +236,7 @@ def test_save_load_and_int8_export_round_trip(tmp_path):
     from hart.export import main as export_main
 
     m = _model()
-    m.config.residual_scale = 0.1
+    m.config.stats.residual_scale = 0.1
     m.save_pretrained(tmp_path / "gen")
     again = HARTGenerator.from_pretrained(tmp_path / "gen").eval()
     assert again.config == m.config
@@ -251,7 +251,7 @@ def test_save_load_and_int8_export_round_trip(tmp_path):
 
 
 def test_fid_takes_captioned_references():
-    from sampling.fid.sources import parse_source
+    from sampling.eval.fid.sources import parse_source
 
     assert parse_source("captions:/data/my_captioned", allow_stats=True).spec == "captions:/data/my_captioned"
     assert parse_source("shapes:heldout", allow_stats=True).split == "heldout"
@@ -271,7 +271,7 @@ def test_demo_with_a_text_model(encoder, tokdir):
     torch.manual_seed(0)
     gen = HARTGenerator(GeneratorConfig.from_name(
         "t2i-tiny", patch_nums=tc.patch_nums, codebook_size=tc.codebook_size, z_channels=tc.z_channels,
-        residual_scale=0.1))
+        stats=dict(residual_scale=0.1)))
     pipe = HARTPipeline(tok, gen, text_encoder=encoder)
     model = DemoModel(pipe, max_images=4)
     r = model.generate("a large red circle", 1.5, 0, 1.0, 1.0, 5, 2)

@@ -68,7 +68,7 @@ def test_cli_writes_model_folder_and_resumes_exactly(tokdir, tmp_path, workers):
     from hart.model import HARTGenerator
 
     gen = HARTGenerator.from_pretrained(tmp_path / "a" / "generator")
-    assert gen.config.class_names[0] == "circle"
+    assert gen.config.display.class_names[0] == "circle"
     tok = HybridTokenizer.from_pretrained(tmp_path / "a" / "tokenizer")
     assert gen.config.patch_nums == tok.config.patch_nums
 
@@ -79,7 +79,7 @@ def test_token_cache_matches_on_the_fly(tokdir, tmp_path):
     extract_main(["--tokenizer", str(tokdir), "--data", "synthetic", "--out", str(tmp_path / "tc")])
     cache = TokenCache(tmp_path / "tc")
     tok = HybridTokenizer.from_pretrained(tokdir)
-    from hart.common.data import make_dataset
+    from hart.data.datasets import make_dataset
 
     ds = make_dataset("synthetic", "train", 16)
     x = torch.stack([ds[i][0] for i in range(4)])

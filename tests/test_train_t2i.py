@@ -44,8 +44,8 @@ def test_train_resume_and_generate(tokdir, cache, tmp_path):
     from hart.model import HARTGenerator
 
     cfg = HARTGenerator.load_config(tmp_path / "a" / "generator")
-    assert cfg.is_text and cfg.example_prompts == tuple(TokenCache(cache).meta["examples"])  # the demo's examples
-    assert len(set(cfg.example_prompts)) == len(cfg.example_prompts) > 0
+    assert cfg.is_text and cfg.display.example_prompts == tuple(TokenCache(cache).meta["examples"])  # the demo's examples
+    assert len(set(cfg.display.example_prompts)) == len(cfg.display.example_prompts) > 0
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a large red circle\n# a comment\n\ntwo blue squares\n")
     generate_main(["--model", str(tmp_path / "a"), "--prompts", str(prompts), "--prompt", "a small green cross",
@@ -58,7 +58,7 @@ def test_train_on_the_fly(tokdir, tmp_path):
     from hart.model import HARTGenerator
 
     cfg = HARTGenerator.load_config(tmp_path / "c" / "generator")
-    assert cfg.context_tokens == 8 and len(cfg.example_prompts) == 6
+    assert cfg.context_tokens == 8 and len(cfg.display.example_prompts) == 6
 
 
 def test_one_line_errors(tokdir, cache, tmp_path, capsys):
@@ -92,7 +92,7 @@ def test_one_line_errors(tokdir, cache, tmp_path, capsys):
 def test_eval_alignment_cli(tokdir, cache, tmp_path, capsys):
     import json
 
-    from sampling.eval_alignment import main as align_main, summarize
+    from sampling.eval.alignment import main as align_main, summarize
 
     assert summarize([{"object": True, "position": None, "all": True},
                       {"object": False, "position": True, "all": False}]) == {
@@ -122,6 +122,6 @@ def test_text_run_draws_a_sample_grid_per_example_prompt(tokdir, cache, tmp_path
     out = tmp_path / "g"
     hart_main(["train", "--tokenizer", str(tokdir), "--preset", "t2i-tiny", "--tokens", str(cache), "--out", str(out),
                "--batch-size", "8", "--steps", "1", "--image-every", "1", "--no-tensorboard"])
-    rows = len(HARTGenerator.load_config(out / "generator").example_prompts)
+    rows = len(HARTGenerator.load_config(out / "generator").display.example_prompts)
     with Image.open(out / "samples.png") as png:  # one row per example prompt, 16 px images drawn at 4x
         assert png.size[1] == rows * (64 + 2) + 2

@@ -93,7 +93,7 @@ def test_resume_with_other_shape_refused(tmp_path, capsys):
     out = tmp_path / "tok"
     run(out, "--steps", "1")
     with pytest.raises(SystemExit):
-        tok_train.main(["--preset", "fm-32-s", "--data", "synthetic", "--out", str(out), "--steps", "2", "--resume"])
+        tok_train.main(["--preset", "fm-32-h", "--data", "synthetic", "--out", str(out), "--steps", "2", "--resume"])
     assert "differs from the checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run(out, "--steps", "2")  # no --resume: never overwrites a run
@@ -174,7 +174,7 @@ def test_hybrid_share_picks_the_decoder_input(tmp_path, share, only):
 
 
 def test_feature_net_folds_batchnorm_into_lpips(tmp_path, capsys, load_tool):
-    """tools/feature_net.py: the folded plain VGG16 gives the BatchNorm net's features (eval), the
+    """scripts/feature_net.py: the folded plain VGG16 gives the BatchNorm net's features (eval), the
     file loads with --lpips-weights' loader, and unlabelled data is refused in one line."""
     from safetensors.torch import save_file
 

@@ -56,13 +56,10 @@ class TokenizerConfig(ConfigBase):
         # default 32x32 model (Fashion-MNIST): 8x8 latent, 7 scales, 130 tokens
         "fm-32": dict(resolution=32, ch=64, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16,
                       codebook_size=512, patch_nums=(1, 2, 3, 4, 5, 6, 8), phi_last=False),
-        # the hybrid-half tokenizer (issue 12): two res blocks per level, a 32-channel latent that
+        # the default model's tokenizer: two res blocks per level, a 32-channel latent that
         # carries detail past the codebook, 1024 codes
         "fm-32-h": dict(resolution=32, ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, z_channels=32,
                         codebook_size=1024, patch_nums=(1, 2, 3, 4, 5, 6, 8), phi_last=False),
-        # a lighter 32x32 variant for quick CPU runs
-        "fm-32-s": dict(resolution=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16,
-                        codebook_size=256, patch_nums=(1, 2, 3, 4, 6, 8), phi_last=False),
         # tests
         "tiny": dict(resolution=16, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=8,
                      codebook_size=64, patch_nums=(1, 2, 3, 4), phi_last=False),

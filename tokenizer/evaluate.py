@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from hart.common.data import add_data_arguments, make_dataset
+from hart.data.datasets import add_data_arguments, make_dataset
 from hart.common.errors import UserError, cli_entry
 from hart.common.fs import output_dir, output_file
 from hart.common.images import to_pil

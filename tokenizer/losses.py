@@ -56,27 +56,14 @@ class PatchDiscriminator(nn.Module):
         return self.main(x)
 
 
-def detail_critic(resolution: int = 32) -> PatchDiscriminator:
-    """A conditional PatchGAN that judges detail: input ``detail_input`` (B, 2, R, R); spectral
-    norm on every convolution, no normalization layers, 3 layers (2 below 32 px, so that a few
-    patches remain). Where the image PatchGAN separated
-    nothing from the 33 dB hybrid decodes (README, session 12), this one told them from the
-    real images on 71% of held-out images after 400 steps (benchmarks/disc_probe.py, session 20)."""
-    d = PatchDiscriminator(in_channels=2, n_layers=3 if resolution >= 32 else 2, norm="none")
-    for m in d.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.utils.parametrizations.spectral_norm(m)
-    return d
-
-
 class FeatureDiscriminator(nn.Module):
     """A discriminator on frozen VGG16 features (after Projected GAN, Sauer et al. 2021): each
     image is judged by the channel means and standard deviations of the LPIPS network's relu1_2,
     relu2_2, relu3_3 and relu4_3 maps (1,920 numbers), standardised with real images' statistics
     (``fit``, once, before training; buffers, so they travel with the discriminator's state),
     through a two-layer MLP. A linear probe on these numbers tells real images from the shipped
-    tokenizer's 33 dB decodes on 65% of held-out images (README, session 26), where a pixel
-    PatchGAN learns nothing (session 12). The VGG16 is held outside the module's parameters and
+    tokenizer's 33 dB decodes on 65% of held-out images, where a pixel PatchGAN learns nothing
+    (docs/experiments.md, "a discriminator for the decoder"). The VGG16 is held outside the module's parameters and
     state (frozen, never saved with the discriminator); gradients still flow through it to the
     decoder. Input in [-1, 1], put on the 8-bit grid first (real images lie on it).
     (B, 3, R, R) -> (B, 1) logits."""
@@ -115,15 +102,6 @@ def to_8bit_st(x: torch.Tensor) -> torch.Tensor:
     return x + (q - x).detach()
 
 
-def detail_input(base: torch.Tensor, cand: torch.Tensor, gain: float) -> torch.Tensor:
-    """base (B, C, R, R) the discrete decode, cand a candidate (a real image, the hybrid
-    decode, a decode of f_hat + draw) -> (B, 2, R, R): base's mean channel beside the detail
-    (cand - base) * gain, cand on the 8-bit grid. Given base and cand as they are, a critic
-    separated nothing; given the detail amplified 10x, it learns within a few hundred steps."""
-    b, c = base.float().mean(1, keepdim=True), to_8bit_st(cand).mean(1, keepdim=True)
-    return torch.cat([b, (c - b) * gain], 1)
-
-
 def laplacian_energy(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) in [-1, 1] -> (B,) mean squared 3x3 Laplacian of the channel mean: the
     image's fine detail (blur lowers it, added detail or noise raises it)."""
@@ -135,7 +113,7 @@ def sharpness_loss(recon: torch.Tensor, target: torch.Tensor, eps: float = 1e-4)
     """Mean over the batch of the squared log ratio of each reconstruction's Laplacian energy
     to its image's: zero when the decode has the image's amount of fine detail, whatever the
     detail is. L1 + L2 alone reward blur (E[x | latent] is smoother than x); a critic alone
-    over-sharpened (README, session 20); this term holds the amount in between."""
+    over-sharpened (docs/experiments.md); this term holds the amount in between."""
     r, t = laplacian_energy(recon.float()), laplacian_energy(target.float())
     return (torch.log(r + eps) - torch.log(t + eps)).pow(2).mean()
 

@@ -136,20 +136,15 @@ class HybridTokenizer(nn.Module, PretrainedMixin):
 
     # ------------------------------------------------------------------ training
 
-    def forward(self, images: torch.Tensor, discrete: Optional[torch.Tensor] = None,
-                draws: Optional[torch.Tensor] = None) -> TokenizerTrainOutput:
+    def forward(self, images: torch.Tensor, discrete: Optional[torch.Tensor] = None) -> TokenizerTrainOutput:
         """Training pass. ``discrete`` (B,) bool picks, per image, the decoder input:
         True -> discrete f_hat (straight-through to the encoder), False -> the exact latent
-        (f_hat + residual), HART's hybrid training. Default: all discrete. ``draws``
-        (B, z, n, n), when given, replaces the residual by these (a generator head's samples
-        for these images): the decoder input is f_hat + draws, and ``discrete`` is ignored.
+        (f_hat + residual), HART's hybrid training. Default: all discrete.
         """
         f = self.latent(images)
         q = self.quantize(f)
         f_st = f + (q.f_hat - f).detach()  # straight-through estimator
-        if draws is not None:
-            z = f_st + draws.to(f_st.dtype)
-        elif discrete is None:
+        if discrete is None:
             z = f_st
         else:
             z = torch.where(discrete.view(-1, 1, 1, 1), f_st, f)

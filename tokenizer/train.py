@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from hart.common.data import add_data_arguments, add_workers_argument, infinite_batches, make_dataset
+from hart.data.datasets import add_data_arguments, add_workers_argument, infinite_batches, make_dataset
 from hart.common.ema import EMA
 from hart.common.errors import UserError, cli_entry
 from hart.common.images import grid, save_grid
@@ -43,8 +43,8 @@ from hart.common.loop import (check_positive, check_preset, load_run, nonfinite_
                               set_lr, warmup_cosine)
 from hart.common.metrics import RunLog, Throughput, Window
 from tokenizer.config import TokenizerConfig
-from tokenizer.losses import (LPIPS, FeatureDiscriminator, PatchDiscriminator, detail_critic, detail_input,
-                             hinge_d_loss, hinge_g_loss, psnr, reconstruction_loss, sharpness_loss)
+from tokenizer.losses import (LPIPS, FeatureDiscriminator, PatchDiscriminator, hinge_d_loss, hinge_g_loss, psnr,
+                             reconstruction_loss, sharpness_loss)
 from tokenizer.model import HybridTokenizer
 
 
@@ -63,26 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disc-start", type=int, default=None,
                    help="step at which the PatchGAN loss starts (default: half of --steps)")
     p.add_argument("--disc-weight", type=float, default=0.1, help="weight of the generator's GAN loss")
-    p.add_argument("--disc-input", default="image", choices=("image", "detail", "features"),
+    p.add_argument("--disc-input", default="image", choices=("image", "features"),
                    help="what the discriminator sees: 'image', the decode alone (a PatchGAN, as HART); "
-                        "'detail', a conditional critic given the discrete decode beside the detail "
-                        "(decode - discrete decode, x --disc-gain) of the hybrid batches and of the real "
-                        "images (session 20: the image PatchGAN never learned on this data); 'features', "
-                        "an MLP on the channel means and stds of the frozen VGG16 features of --lpips-weights "
-                        "(tools/feature_net.py trains them on your labelled images)")
-    p.add_argument("--disc-gain", type=float, default=10.0,
-                   help="with --disc-input detail: how much the detail is amplified (default 10)")
+                        "'features', an MLP on the channel means and stds of the frozen VGG16 features of "
+                        "--lpips-weights (scripts/feature_net.py trains them on your labelled images)")
     p.add_argument("--hybrid-share", type=float, default=0.5,
                    help="share of the batches that decode the exact latent (discrete + residual); the rest "
                         "decode the discrete-only latent (default 0.5, HART's alternation)")
-    p.add_argument("--draws", default=None, metavar="FILE",
-                   help="a residual head's draws for the training images (tools/head_draws.py): a share of the "
-                        "batches (--draw-share) decodes f_hat + the image's draw, so that the decoder learns to "
-                        "render what the generator's head gives it; needs --freeze-codebook (the draws belong "
-                        "to the --init tokenizer's ids)")
-    p.add_argument("--draw-share", type=float, default=1 / 3,
-                   help="with --draws: share of the batches that decode f_hat + draw (default 1/3); the rest "
-                        "split by --hybrid-share")
     p.add_argument("--grayscale", choices=["auto", "on", "off"], default="auto",
                    help="the decoder's output while training: auto (default) measures the data, and gray data "
                         "trains through the channel mean; off trains every channel against the target "
@@ -127,8 +114,6 @@ class Trainer:
         nl = 3 if config.resolution >= 64 else 2
         if args.disc_input == "features":
             self.disc = FeatureDiscriminator(self.lpips)
-        elif args.disc_input == "detail":
-            self.disc = detail_critic(config.resolution)
         else:
             self.disc = PatchDiscriminator(config.in_channels, ndf=64, n_layers=nl)
         self.disc = self.disc.to(device).train()
@@ -145,28 +130,18 @@ class Trainer:
         for m in self.frozen:
             m.eval()
 
-    def train_step(self, x: torch.Tensor, draws: torch.Tensor | None = None) -> dict:
-        """One step. ``draws`` (B, z, n, n): the batch's head draws (with ``--draws``); a coin
-        with ``--draw-share`` decides whether this batch decodes f_hat + draws."""
+    def train_step(self, x: torch.Tensor) -> dict:
+        """One optimizer step (and one discriminator step once the GAN is on) on images x (B, 3, R, R)."""
         args, step = self.args, self.step
         # linear warm-up over 2% of the run, then cosine to 10% of the peak
         set_lr((self.opt_g, self.opt_d), warmup_cosine(step, args.steps, args.lr, max(1, args.steps // 50)))
-        use_draws = draws is not None and bool(torch.rand((), generator=self.gen) < args.draw_share)
         # HART's hybrid training: half the batches (1 - --hybrid-share) decode the discrete-only latent
         discrete = bool(torch.rand((), generator=self.gen) < 1.0 - args.hybrid_share)
         mask = torch.full((x.shape[0],), discrete, device=x.device)
         use_gan = step >= args.disc_start
-        detail = args.disc_input == "detail"
-        if detail:  # the critic judges the detail that the residual adds: only where there is some
-            use_gan = use_gan and not discrete and not use_draws
+        judge = self.disc
         with autocast(self.device, self.amp_dtype):
-            out = self.model(x, mask, draws if use_draws else None)
-            if use_gan and detail:
-                with torch.no_grad():
-                    base = self.model.decode_latent(out.f_hat)
-                judge = lambda img: self.disc(detail_input(base, img, args.disc_gain))  # noqa: E731
-            else:
-                judge = self.disc
+            out = self.model(x, mask)
             loss_rec = reconstruction_loss(out.recon, x)
             loss = loss_rec + (out.vq_loss if not self.frozen else 0.0)  # frozen: vq_loss has no gradient
             if self.lpips is not None:
@@ -197,7 +172,7 @@ class Trainer:
         return dict(loss=loss.item(), rec=loss_rec.item(), vq=out.vq_loss.item(), d=d_loss.item(),
                     sharp=0.0 if loss_sharp is None else loss_sharp.item(),
                     psnr=psnr(out.recon, x).mean().item(), grad_norm=grad_norm.item(),
-                    kind="draw" if use_draws else "discrete" if discrete else "hybrid",
+                    kind="discrete" if discrete else "hybrid",
                     ids=torch.cat([i.flatten() for i in out.ids]))
 
     # ------------------------------------------------------------------ checkpoints
@@ -211,7 +186,6 @@ class Trainer:
                   "torch_rng": torch.get_rng_state(), "gen": self.gen.get_state()},
                  {"step": self.step, "config": self.config.to_dict(), "seed": self.args.seed,
                   "steps": self.args.steps, "freeze_codebook": bool(self.frozen),
-                  "draws": self.args.draws, "draw_share": self.args.draw_share,
                   "disc_input": self.args.disc_input, "sharpness_weight": self.args.sharpness_weight})
         self.ema.shadow.save_pretrained(out)  # the EMA weights are the model later commands read
         self.saved_step = self.step
@@ -242,41 +216,6 @@ def is_grayscale(dataset, num: int = 512, seed: int = 0) -> bool:
     return True
 
 
-class WithIndex(torch.utils.data.Dataset):
-    """``dataset``'s items with the item's index appended: (image, label, index)."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return (*self.dataset[i], i)
-
-
-def load_draws(path, config: TokenizerConfig, num_images: int) -> torch.Tensor:
-    """The ``draws`` tensor (M, z, n, n) of a file written by tools/head_draws.py, checked
-    against the tokenizer's latent and the training set (M <= its size: the first M images)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not Path(path).is_file():
-        raise UserError(f"--draws {path}: no such file (write one with tools/head_draws.py)")
-    try:
-        d = load_file(str(path)).get("draws")
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"--draws {path} is not a safetensors file ({e}); write one with tools/head_draws.py")
-    want = (config.z_channels, config.latent_size, config.latent_size)
-    if d is None or d.dim() != 4 or tuple(d.shape[1:]) != want:
-        got = "no 'draws' tensor" if d is None else f"draws of shape {tuple(d.shape)}"
-        raise UserError(f"--draws {path} holds {got}; this tokenizer's latent needs (N, {', '.join(map(str, want))})")
-    if len(d) > num_images:
-        raise UserError(f"--draws {path} holds {len(d)} draws for a training set of {num_images} images: "
-                        "were they written for another --data?")
-    return d
-
-
 RECON_LABELS = ["input", "discrete", "hybrid"]
 
 
@@ -303,10 +242,7 @@ def resolve_config(args, out: Path) -> TokenizerConfig:
         raise UserError("--freeze-codebook needs --init DIR: the trained tokenizer whose encoder and codebook to keep")
     if args.disc_input == "features" and not args.lpips_weights:
         raise UserError("--disc-input features judges the VGG16 features of --lpips-weights FILE; give one "
-                        "(python tools/feature_net.py trains it on your labelled images)")
-    if args.draws and not args.freeze_codebook:
-        raise UserError("--draws needs --init DIR --freeze-codebook: the draws belong to that tokenizer's ids, "
-                        "which only a frozen encoder and codebook keep")
+                        "(python scripts/feature_net.py trains it on your labelled images)")
     meta = run_meta(out, args.resume, WEIGHTS_NAME)
     if meta is None:
         if args.init:
@@ -318,8 +254,12 @@ def resolve_config(args, out: Path) -> TokenizerConfig:
     if args.init:
         raise UserError("--resume continues from the run's own checkpoint; drop --init")
     args.freeze_codebook = args.freeze_codebook or bool(meta.get("freeze_codebook", False))
-    if meta.get("draws") and not args.draws:
-        raise UserError(f"the run in {out} decodes head draws: resume it with --draws {meta['draws']}")
+    if meta.get("draws"):
+        raise UserError(f"the run in {out} decodes head draws (--draws, an option that no longer exists); "
+                        "start a new stage with --init instead")
+    if meta.get("disc_input") == "detail":
+        raise UserError(f"the run in {out} was trained with --disc-input detail, an option that no longer "
+                        "exists; start a new stage with --init instead")
     if meta.get("disc_input", "image") != args.disc_input:
         raise UserError(f"the run in {out} was trained with --disc-input {meta.get('disc_input', 'image')}; "
                         f"resume it with that")
@@ -335,10 +275,8 @@ def main(argv=None):
     if args.image_every is None:
         args.image_every = args.save_every
     check_positive(args, "steps", "batch_size", "save_every", "log_every", "image_every")
-    for name in ("hybrid_share", "draw_share"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            flag = "--" + name.replace("_", "-")
-            raise UserError(f"{flag} is a share of the batches, from 0 to 1; got {getattr(args, name)}")
+    if not 0.0 <= args.hybrid_share <= 1.0:
+        raise UserError(f"--hybrid-share is a share of the batches, from 0 to 1; got {args.hybrid_share}")
     out = Path(args.out)
     config = resolve_config(args, out)
     if args.disc_start is None:
@@ -370,14 +308,6 @@ def main(argv=None):
         if trainer.step >= args.steps:
             print(f"{out} is already at step {trainer.step} >= --steps {args.steps}; nothing to do")
             return 0
-    draws = None
-    if args.draws:
-        draws = load_draws(args.draws, config, len(train_set))
-        if len(draws) < len(train_set):
-            print(f"{args.draws} holds draws for the first {len(draws)} of {len(train_set)} training images: "
-                  "the stage trains on those")
-            train_set = torch.utils.data.Subset(train_set, range(len(draws)))
-        train_set = WithIndex(train_set)
     batches = infinite_batches(train_set, args.batch_size, torch.Generator().manual_seed(args.seed),
                                start_step=trainer.step, workers=args.workers)
     usage = torch.zeros(config.codebook_size, dtype=torch.long)
@@ -387,9 +317,8 @@ def main(argv=None):
             tqdm(total=args.steps, initial=trainer.step, desc="tokenizer", dynamic_ncols=True) as bar:
         while trainer.step < args.steps:
             t0 = time.perf_counter()
-            batch = next(batches)
-            x = batch[0]
-            m = trainer.train_step(x.to(device), None if draws is None else draws[batch[2]].float().to(device))
+            x = next(batches)[0]
+            m = trainer.train_step(x.to(device))
             speed.add(x.shape[0], time.perf_counter() - t0)
             usage += torch.bincount(m["ids"].cpu(), minlength=config.codebook_size)
             window.add(**{k: m[k] for k in ("loss", "rec", "vq", "d", "sharp", "psnr", "grad_norm")})
@@ -400,7 +329,7 @@ def main(argv=None):
                 usage.zero_()
                 mean = window.means()
                 names = {"loss": "loss/total", "rec": "loss/rec", "vq": "loss/vq", "d": "loss/disc", "sharp": "loss/sharp"}
-                split = {k: mean[k] for k in ("psnr/discrete", "psnr/hybrid", "psnr/draw") if k in mean}
+                split = {k: mean[k] for k in ("psnr/discrete", "psnr/hybrid") if k in mean}
                 log.scalars(step, {**{tag: mean[k] for k, tag in names.items()}, **split},
                             psnr=mean["psnr"], grad_norm=mean["grad_norm"], **{"codebook/usage": frac},
                             lr=trainer.opt_g.param_groups[0]["lr"], **{"throughput/images_per_s": speed.rate()})

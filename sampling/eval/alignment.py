@@ -5,7 +5,7 @@ Examples::
     hart eval-alignment --model runs/shapes --data shapes --num 200 --out alignment.json --grid alignment.png
 
 In the spirit of GenEval, with the rule-based checker of the ``shapes`` data
-(:func:`hart.common.shapes.check`): one image per prompt (seed ``--seed + j``), and for each
+(:func:`sampling.eval.checker.check`): one image per prompt (seed ``--seed + j``), and for each
 the checker says whether every object, colour, size, count and relation of the prompt is
 there. Three prompt sets, ``--num`` each:
 
@@ -51,7 +51,7 @@ def reconstruct(tokenizer, images: list, batch_size: int) -> dict:
     "tokenizer_hybrid": discrete + the true residual}, lists of PIL images."""
     import torch
 
-    from hart.common.data import to_tensor
+    from hart.data.datasets import to_tensor
     from hart.common.images import to_pil
     from tokenizer.train import recon_rows
 
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.data.split(":")[0] != "shapes":
-        raise UserError(f"--data {args.data}: only shapes has a checker (hart.common.shapes)")
+        raise UserError(f"--data {args.data}: only shapes has a checker (hart.data.shapes)")
     if args.num < 1 or args.batch_size < 1:
         raise UserError("--num and --batch-size must be positive")
     for flag, path in (("--out", args.out), ("--grid", args.grid)):
@@ -98,14 +98,15 @@ def main(argv=None):
 
     from hart.common.dist import resolve_device
     from hart.common.images import save_grid
-    from hart.common.shapes import check, render, sample_scene
+    from hart.data.shapes import render, sample_scene
+    from sampling.eval.checker import check
     from sampling.pipeline import HARTPipeline
 
     pipe = HARTPipeline.from_pretrained(args.model, device=resolve_device(args.device))
     if not pipe.is_text:
         raise UserError(f"{args.model} is class-conditional; eval-alignment needs a text-to-image model")
-    if args.sampling is None and pipe.generator.config.sampling:  # the model's own preset
-        opts = dataclasses.asdict(sampling_options(args, pipe.generator.config.sampling))
+    if args.sampling is None and pipe.generator.config.display.sampling:  # the model's own preset
+        opts = dataclasses.asdict(sampling_options(args, pipe.generator.config.display.sampling))
     R = pipe.tokenizer.config.resolution
     sets = {name: [sample_scene(split, i) for i in range(args.num)] for name, split in
             (("seen", "train"), ("heldout", "heldout"))}
@@ -138,7 +139,7 @@ def main(argv=None):
 
         write_json(args.out, results)
     if args.grid and shown:
-        from hart.common.data import to_tensor
+        from hart.data.datasets import to_tensor
 
         rows = [to_tensor(img).unsqueeze(0) for img, _, _ in shown]
         labels = [("ok  " if r["all"] else "no  ") + p for _, p, r in shown]

@@ -5,7 +5,7 @@
     synthetic[:split]      procedural coloured shapes with class labels (tests)
     folder:PATH            one subfolder per class, any image Pillow reads
     images:PATH            every image file under PATH (recursively), no classes
-    shapes[:split]         captioned procedural scenes (hart.common.shapes); splits train,
+    shapes[:split]         captioned procedural scenes (hart.data.shapes); splits train,
                            test and heldout (held-out colour x shape and relation combinations);
                            train has 1,000,000 scenes (made on the fly: cache as many as you train on)
     emoji[:split]          Noto Color Emoji glyphs (Debian's fonts-noto-color-emoji), each
@@ -16,29 +16,28 @@
 A split is train or test (heldout: shapes only). Class datasets yield ``(image, label)``,
 captioned ones (``captioned = True``, see :func:`is_captioned`) ``(image, caption)``, with
 image a float tensor (3, R, R) in [-1, 1]; every dataset has ``.classes`` (class names,
-empty for captioned ones). Plumbing leaf: imports nothing else of the project except
-:mod:`hart.common.errors`, :mod:`hart.common.fs` and :mod:`hart.common.shapes`.
+empty for captioned ones). Bottom layer (hart.data): imports nothing of the project but
+:mod:`hart.common` and its own package.
 """
 from __future__ import annotations
 
-import functools
 import gzip
 import json
 import os
 import struct
-import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from torch.utils.data import default_collate
 
-from hart.common import shapes as _shapes
 from hart.common.errors import UserError
 from hart.common.fs import decode_utf8
+from hart.data import shapes as _shapes
+from hart.data.emoji import EMOJI_FONT, emoji_glyphs, render_emoji
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -258,7 +257,7 @@ SHAPES_SIZES = {"train": 1_000_000, "test": 2_000, "heldout": 2_000}
 
 
 class Shapes(torch.utils.data.Dataset):
-    """Captioned procedural scenes (:mod:`hart.common.shapes`), made on the fly, deterministic
+    """Captioned procedural scenes (:mod:`hart.data.shapes`), made on the fly, deterministic
     per (split, index). ``size`` defaults to SHAPES_SIZES[split]."""
 
     classes = ()
@@ -378,59 +377,6 @@ class CaptionFiles(torch.utils.data.Dataset):
         raise UserError("no image in the caption folder could be decoded")
 
 
-EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
-EMOJI_FONT_SIZE = 109  # the colour bitmap (CBDT) font renders at this size only
-EMOJI_BACKGROUND = (255, 255, 255)
-# where the font's single-codepoint emoji live (used when fontTools cannot read its cmap)
-EMOJI_RANGES = ((0x00A9, 0x00AF), (0x203C, 0x3300), (0x1F000, 0x1FB00))
-_EMOJI_SKIP_CATEGORIES = {"Cc", "Cf", "Cn", "Co", "Cs", "Mn", "Me", "Sk", "Zs"}  # marks, tags, skin tones
-
-
-@functools.lru_cache(maxsize=4)
-def _emoji_font(path: str):
-    if not Path(path).is_file():
-        raise UserError(f"emoji font {path} not found; install it with apt-get install fonts-noto-color-emoji")
-    try:
-        return ImageFont.truetype(path, EMOJI_FONT_SIZE)
-    except OSError as e:
-        raise UserError(f"cannot load the emoji font {path} at size {EMOJI_FONT_SIZE}: {e}") from None
-
-
-def _emoji_rgba(ch: str, font) -> Image.Image | None:
-    """The glyph cropped to its ink (RGBA), or None when the font draws nothing."""
-    x0, y0, x1, y1 = font.getbbox(ch)
-    if x1 <= x0 or y1 <= y0:
-        return None
-    im = Image.new("RGBA", (x1 + 4, y1 + 4), (0, 0, 0, 0))
-    ImageDraw.Draw(im).text((0, 0), ch, font=font, embedded_color=True)
-    box = im.getchannel("A").getbbox()
-    return im.crop(box) if box else None
-
-
-@functools.lru_cache(maxsize=4)
-def emoji_glyphs(font_path: str = str(EMOJI_FONT)) -> tuple:
-    """``(character, caption)`` for every single-codepoint emoji the font draws, in codepoint
-    order; caption = the lowercased Unicode name. Sequences (flags, ZWJ, keycaps) are left out."""
-    font = _emoji_font(font_path)
-    try:
-        from fontTools.ttLib import TTFont
-
-        cps = sorted(TTFont(font_path, lazy=True).getBestCmap())
-        drawn = None  # the cmap says which glyphs exist
-    except ImportError:
-        cps = [c for lo, hi in EMOJI_RANGES for c in range(lo, hi)]
-        drawn = lambda ch: _emoji_rgba(ch, font) is not None  # noqa: E731
-    out = []
-    for cp in cps:
-        ch = chr(cp)
-        name = unicodedata.name(ch, "")
-        if cp < 0x80 or not name or unicodedata.category(ch) in _EMOJI_SKIP_CATEGORIES:
-            continue
-        if drawn is None or drawn(ch):
-            out.append((ch, name.lower()))
-    return tuple(out)
-
-
 class Emoji(torch.utils.data.Dataset):
     """Noto Color Emoji glyphs (``emoji[:split]``) on white, cropped to their ink, padded to a
     square and resized; captions are their Unicode names. Every 10th glyph is in test."""
@@ -449,13 +395,7 @@ class Emoji(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         ch, caption = self.items[i]
-        im = _emoji_rgba(ch, _emoji_font(self.font_path))
-        w, h = im.size
-        side = round(max(w, h) * 1.0625)  # a thin border
-        canvas = Image.new("RGBA", (side, side), EMOJI_BACKGROUND + (255,))
-        canvas.alpha_composite(im, ((side - w) // 2, (side - h) // 2))
-        img = canvas.convert("RGB").resize((self.resolution, self.resolution), Image.LANCZOS)
-        return to_tensor(img), caption
+        return to_tensor(render_emoji(ch, self.resolution, self.font_path)), caption
 
 
 # ----------------------------------------------------------------------------- specs

@@ -8,8 +8,8 @@ under a site folder (the other rows zero, never read for these captions), which
 ``hart.text`` then loads as it loads the wheel. ``pack`` checks the result against the full
 encoder on captions of every split and prints the largest difference.
 
-    python tools/minilm_pack.py pack --out .ext/minilm-shapes       # here (.ext/ is git-ignored)
-    python tools/minilm_pack.py unpack --src .ext/minilm-shapes --site /tmp/site   # there
+    python scripts/minilm_pack.py pack --out .ext/minilm-shapes       # here (.ext/ is git-ignored)
+    python scripts/minilm_pack.py unpack --src .ext/minilm-shapes --site /tmp/site   # there
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ SMALL_FILES = ("config.json", "special_tokens_map.json", "tokenizer.json", "toke
 
 
 def shapes_captions(per_split: int) -> list[str]:
-    from hart.common.shapes import SPLITS, sample_scene
+    from hart.data.shapes import SPLITS, sample_scene
 
     return sorted({sample_scene(split, i).caption for split in SPLITS for i in range(per_split)})
 

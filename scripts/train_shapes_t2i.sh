@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the `shapes` text-to-image model end to end in one command (CPU or GPU):
-#   bash tools/train_shapes_t2i.sh [OUT=runs/shapes] [GENERATOR_STEPS=1200]
+#   bash scripts/train_shapes_t2i.sh [OUT=runs/shapes] [GENERATOR_STEPS=1200]
 # tokenizer (fm-32, 600 steps; then its decoder alone, 2,400 steps, HART's second stage: the
 # tokens stay the same) -> token cache with MiniLM prompt embeddings (150k scenes: at 30k a model memorises, see the README)
 # -> shapes-t2i generator -> alignment report. Each step resumes from its checkpoint when re-run.

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The GPU path, run and measured on a GPU machine (issue 17). Not installed; run from the repo root:
 #
-#   tools/gpu_check.sh tests    # tests/test_cuda.py, then the whole suite with CUDA visible (TRITON_INTERPRET=0)
-#   tools/gpu_check.sh suite    # the whole suite alone (xdist, WORKERS=8)
-#   tools/gpu_check.sh cli      # the commands as a user runs them: train-tokenizer (both stages), train
+#   scripts/gpu_check.sh tests    # tests/test_cuda.py, then the whole suite with CUDA visible (TRITON_INTERPRET=0)
+#   scripts/gpu_check.sh suite    # the whole suite alone (xdist, WORKERS=8)
+#   scripts/gpu_check.sh cli      # the commands as a user runs them: train-tokenizer (both stages), train
 #                               # (bf16, --resume, --attention flex, torchrun + NCCL), generate, fid
-#   tools/gpu_check.sh sample   # kernels vs references; var-d16 sampling: kernels / eager / compile / VAR
-#   tools/gpu_check.sh train    # var-d16 training step: SDPA / FlexAttention / VAR's step
-#   tools/gpu_check.sh demo     # the demo under load (issue 16): one-at-a-time vs batched
+#   scripts/gpu_check.sh sample   # kernels vs references; var-d16 sampling: kernels / eager / compile / VAR
+#   scripts/gpu_check.sh train    # var-d16 training step: SDPA / FlexAttention / VAR's step
+#   scripts/gpu_check.sh demo     # the demo under load (issue 16): one-at-a-time vs batched
 #
 # Logs go to $OUT (or ./gpu-out), written as they come (no filter in the pipe buffers them: a run
 # stopped by a time limit keeps what it printed). Python packages the machine lacks can come as a site folder:
@@ -84,7 +84,7 @@ demo)
   python benchmarks/bench_demo_load.py --device cuda --clients 20 --images 4 --modes 1 8 2>&1 | tee "$OUT/bench_demo.log"
   ;;
 *)
-  echo "usage: tools/gpu_check.sh tests|suite|cli|sample|train|demo" >&2
+  echo "usage: scripts/gpu_check.sh tests|suite|cli|sample|train|demo" >&2
   exit 2
   ;;
 esac

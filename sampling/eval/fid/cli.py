@@ -5,7 +5,7 @@ Examples::
     # 10k class-balanced samples of a model against fashion-mnist's train split (offline features)
     hart fid --model runs/fm --num 10000 --ref fashion-mnist:train --features effnet-lite0 --out fid.json
     # standard FID with clean-fid's Inception file, 50k samples on 8 GPUs (each rank does its slice)
-    torchrun --nproc_per_node 8 -m sampling.fid --model runs/fm --num 50000 --ref fashion-mnist \\
+    torchrun --nproc_per_node 8 -m sampling.eval.fid --model runs/fm --num 50000 --ref fashion-mnist \\
         --features inception --inception-weights ~/weights/inception-2015-12-05.pt
     # any folder of images against a folder, a dataset split, or saved statistics
     hart fid --images samples/ --ref real_images/ --features effnet-lite0
@@ -16,7 +16,7 @@ Examples::
     hart fid --images fashion-mnist:test --ref fashion-mnist:train --ref-num 10000 --resolution 32 \\
         --features effnet-lite0
 
-Protocol (clean-fid's "clean" mode, see :mod:`sampling.features`): uint8 RGB images, a PIL
+Protocol (clean-fid's "clean" mode, see :mod:`sampling.eval.features`): uint8 RGB images, a PIL
 bicubic resize of each channel to the extractor's input size (299 for Inception, 224 for
 EfficientNet-lite0), pooled features; mean and covariance are accumulated
 as float64 sums, so memory does not grow with the number of images. KID (cubic polynomial
@@ -40,14 +40,14 @@ from dataclasses import asdict
 
 from hart.common.errors import UserError, cli_entry
 from hart.common.fs import output_file
-from sampling.fid.embed import default_cache_dir, reference_stats, stats_from_generator, stats_from_images
-from sampling.fid.sources import first_image_size, image_set, parse_source
-from sampling.fid.stats import FeatureStats, check_compatible, require_samples, score
+from sampling.eval.fid.embed import default_cache_dir, reference_stats, stats_from_generator, stats_from_images
+from sampling.eval.fid.sources import first_image_size, image_set, parse_source
+from sampling.eval.fid.stats import FeatureStats, check_compatible, require_samples, score
 from sampling.options import add_sampling_arguments, as_sampled, sampling_options
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sampling.features import FEATURES
+    from sampling.eval.features import FEATURES
 
     p = argparse.ArgumentParser(
         prog="hart fid", description="Fréchet distance (FID with Inception, FD-EffNet with EfficientNet-lite0) "
@@ -118,7 +118,7 @@ def main(argv=None):
 
     from hart.common.dist import init_distributed
     from hart.common.io import write_json
-    from sampling.features import load_extractor
+    from sampling.eval.features import load_extractor
 
     dist = init_distributed(args.device)
     try:
@@ -136,8 +136,8 @@ def main(argv=None):
 
             pipe = HARTPipeline.from_pretrained(args.model, device=dist.device, dtype=args.dtype,
                                                 text_encoder_path=args.text_encoder_path)
-            if args.sampling is None and pipe.generator.config.sampling:  # the model's own preset
-                options = asdict(sampling_options(args, pipe.generator.config.sampling))
+            if args.sampling is None and pipe.generator.config.display.sampling:  # the model's own preset
+                options = asdict(sampling_options(args, pipe.generator.config.display.sampling))
             if pipe.is_text != bool(args.prompts):
                 raise UserError(f"{args.model} is text-conditioned: pass --prompts FILE" if pipe.is_text else
                                 f"{args.model} is class-conditional: drop --prompts")

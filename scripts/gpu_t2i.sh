@@ -2,9 +2,9 @@
 # Text-to-image on `shapes`, trained and measured on a GPU machine (issue 14). Not installed; run
 # from the repository root there, with the packages that machine lacks and MiniLM carried along:
 #
-#   python tools/minilm_pack.py pack --out .ext/minilm-shapes     # here: MiniLM for the shapes captions, 23 MB
+#   python scripts/minilm_pack.py pack --out .ext/minilm-shapes     # here: MiniLM for the shapes captions, 23 MB
 #   (site-train.tar.xz: diffusers, vector-quantize-pytorch and its needs as py3.12 wheels, unpacked; README)
-#   OUT=... BUDGET=400 tools/gpu_t2i.sh                           # there: both models at once, one GPU
+#   OUT=... BUDGET=400 scripts/gpu_t2i.sh                           # there: both models at once, one GPU
 #
 # It trains `shapes-t2i` (9.2M, the bundled size) and `shapes-t2i-l` (34M) side by side on the
 # bundled t2i model's tokenizer, scenes rendered on the fly by data workers (every batch new
@@ -19,7 +19,7 @@ SITE=/tmp/site
 mkdir -p "$SITE"
 tar xJf "${SITE_TAR:-.ext/site-train.tar.xz}" -C "$SITE" || exit 1
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-python tools/minilm_pack.py unpack --src "${MINILM:-.ext/minilm-shapes}" --site "$SITE" || exit 1
+python scripts/minilm_pack.py unpack --src "${MINILM:-.ext/minilm-shapes}" --site "$SITE" || exit 1
 hart() { python -c 'import sys; from hart.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
 step() { echo; echo "=== $* ($(date +%T))"; }
 W=/tmp/t2i

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from hart.common.errors import UserError
-from sampling.fid.sources import CleanImages, Source, image_set
-from sampling.fid.stats import KID_MAX, FeatureStats, require_samples
+from sampling.eval.fid.sources import CleanImages, Source, image_set
+from sampling.eval.fid.stats import KID_MAX, FeatureStats, require_samples
 
 
 def _gather(stats: FeatureStats, skipped: int, dist) -> tuple[FeatureStats, int]:
@@ -66,7 +66,7 @@ def stats_from_generator(pipe, num: int, extractor, num_classes: int, batch_size
     """
     import torch
 
-    from sampling.features import clean_batch
+    from sampling.eval.features import clean_batch
 
     device = dist.device if dist is not None else "cpu"
     mine = list(_rank_slice(num, dist))

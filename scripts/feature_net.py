@@ -1,6 +1,6 @@
 """Train LPIPS features on your own labelled images, for ``hart train-tokenizer --lpips-weights``.
 
-    python tools/feature_net.py --data fashion-mnist --out runs/lpips-fm.safetensors
+    python scripts/feature_net.py --data fashion-mnist --out runs/lpips-fm.safetensors
 
 LPIPS needs ImageNet VGG16 weights, which cannot be downloaded here. This trains the same
 VGG16 layout (with BatchNorm, for a plain 13-conv stack trains badly from scratch) as a
@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hart.common.data import make_dataset  # noqa: E402
+from hart.data.datasets import make_dataset  # noqa: E402
 from hart.common.errors import UserError, cli_entry  # noqa: E402
 from hart.common.io import atomic_file  # noqa: E402
 from tokenizer.losses import LPIPS, _VGG16_CFG  # noqa: E402

@@ -1,7 +1,7 @@
 """Drive the demo page in headless Chromium: click Generate, wait for the images, save a PNG.
 
-    python tools/screenshot.py --model runs/fm --out docs/demo.png
-    python tools/screenshot.py --url http://127.0.0.1:7860 --out shot.png   # a running demo
+    python scripts/screenshot.py --model runs/fm --out docs/demo.png
+    python scripts/screenshot.py --url http://127.0.0.1:7860 --out shot.png   # a running demo
 
 A developer tool (not installed with the package). Chromium is driven with Selenium through
 Debian's ``chromium`` and ``chromium-driver`` (``apt-get install chromium chromium-driver``;
@@ -121,7 +121,7 @@ def main(argv=None):
 
     @cli_entry
     def run(argv):
-        p = argparse.ArgumentParser(prog="python tools/screenshot.py", description=__doc__.split("\n\n")[0])
+        p = argparse.ArgumentParser(prog="python scripts/screenshot.py", description=__doc__.split("\n\n")[0])
         src = p.add_mutually_exclusive_group(required=True)
         src.add_argument("--model", metavar="DIR", help="start the demo on this model folder (in this process)")
         src.add_argument("--url", help="an already running demo")

@@ -1,5 +1,5 @@
 """Where ``hart fid`` reads images: a data spec (the grammar of ``--data``, see
-:mod:`hart.common.data`), a folder of image files taken as they are, or saved statistics;
+:mod:`hart.data.datasets`), a folder of image files taken as they are, or saved statistics;
 each image clean-resized for the feature extractor."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hart.common.data import IMAGE_SUFFIXES, list_images, make_dataset, parse_spec
+from hart.data.datasets import IMAGE_SUFFIXES, list_images, make_dataset, parse_spec
 from hart.common.errors import UserError
 
 
@@ -28,7 +28,7 @@ class Source:
 
 
 def parse_source(text: str, allow_stats: bool) -> Source:
-    """A data spec of :func:`hart.common.data.parse_spec` (the same grammar as ``--data``),
+    """A data spec of :func:`hart.data.datasets.parse_spec` (the same grammar as ``--data``),
     a bare folder (``images:``, its files as they are), or (if allowed) a ``.npz``."""
     if text.startswith("images:"):
         return folder_source(text[len("images:"):] or ".")
@@ -110,7 +110,7 @@ class CleanImages:
     def __getitem__(self, i):
         import torch
 
-        from sampling.features import clean_resize, to_uint8_hwc
+        from sampling.eval.features import clean_resize, to_uint8_hwc
 
         try:
             img = to_uint8_hwc(self.load(i))

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from hart.common.data import SPLITS, labelled_batch, make_dataset
+from hart.data.datasets import SPLITS, labelled_batch, make_dataset
 from hart.diffusion import sample_residual
 from hart.kernels import sample_from_logits
 from hart.common.errors import UserError, cli_entry
@@ -92,12 +92,12 @@ def head_draws(gen, head_cond: torch.Tensor, draws: int, g: torch.Generator, ste
     n = int(round(N ** 0.5))
     cond = head_cond.reshape(B * N, -1).repeat(draws, 1)
     steps, temperature = head_settings(steps, temperature, c)
-    x = sample_residual(gen.diffusion, cond, steps=steps, generator=g, sampler=sampler or c.diff_sampler,
-                        num_train_timesteps=c.diff_train_steps, temperature=temperature,
-                        prediction=c.diff_prediction)  # (draws*B*N, z)
+    x = sample_residual(gen.diffusion, cond, steps=steps, generator=g, sampler=sampler or c.head.sampler,
+                        num_train_timesteps=c.head.train_steps, temperature=temperature,
+                        prediction=c.head.prediction)  # (draws*B*N, z)
     x = gen.from_target(x.float()).view(draws, B, N, -1)
     x = x.permute(0, 1, 3, 2).reshape(draws * B, -1, n, n)
-    return gen.project_residual(x).view(draws, B, -1, n, n)  # as the model samples (residual_pca)
+    return x.view(draws, B, -1, n, n)
 
 
 def true_ids_cond(tok, gen, code, labels: torch.Tensor) -> torch.Tensor:
@@ -124,7 +124,7 @@ def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, f
     r2_mean, r2_one, r2_own = _R2(), _R2(), _R2()
     stats = None
     if fd_extractor is not None:
-        from sampling.fid.stats import FeatureStats
+        from sampling.eval.fid.stats import FeatureStats
 
         stats = {k: FeatureStats(fd_extractor.dim) for k in FD_DECODES}
     rows = None
@@ -156,7 +156,7 @@ def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, f
         for k, img in dec.items():
             sums[k] += psnr(img, x).sum().item()
         if stats is not None:
-            from sampling.features import clean_batch
+            from sampling.eval.features import clean_batch
 
             for k in FD_DECODES:
                 stats[k].add(fd_extractor(clean_batch(list(to_uint8(dec[k])), fd_extractor.input_size)))
@@ -164,7 +164,7 @@ def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, f
             rows = [t[:preview] for t in (x, dec["discrete"], dec["hybrid"], dec["head"])]
     result = {f"psnr_{k}": sums[k] / num for k in DECODES}
     result.update(r2_mean=r2_mean.value(), r2_one=r2_one.value(), r2_own_mean=r2_own.value(), num_images=num,
-                  residual_scale=gen.config.residual_scale, _preview=rows, _stats=stats)
+                  residual_scale=gen.config.stats.residual_scale, _preview=rows, _stats=stats)
     return result
 
 
@@ -223,9 +223,9 @@ def main(argv=None):
     num = min(args.num, len(dataset))
     extractor = ref = None
     if args.fd:
-        from sampling.features import load_extractor
-        from sampling.fid.embed import default_cache_dir, reference_stats
-        from sampling.fid.sources import parse_source
+        from sampling.eval.features import load_extractor
+        from sampling.eval.fid.embed import default_cache_dir, reference_stats
+        from sampling.eval.fid.sources import parse_source
 
         extractor = load_extractor("effnet-lite0")
         other = [s for s in SPLITS if s != args.split][0]
@@ -237,7 +237,7 @@ def main(argv=None):
     steps, temperature = head_settings(args.diff_steps, args.diff_temperature, gen.config)
     rows, stats = res.pop("_preview"), res.pop("_stats")
     if stats is not None:
-        from sampling.fid.stats import frechet_distance
+        from sampling.eval.fid.stats import frechet_distance
 
         for k in FD_DECODES:
             res[f"fd_{k}"] = frechet_distance(stats[k].mu, stats[k].sigma, ref.mu, ref.sigma)
@@ -264,7 +264,7 @@ def main(argv=None):
     if stats is not None:
         own += ["fd_own_discrete", "fd_own_head", "fd_recovered_own"]
     print(f"own ids: {' '.join(fmt(k) for k in own)}; one sample r2={res['r2_one']:.3f}; "
-          f"residual_scale={gen.config.residual_scale}; head: {steps} steps, temperature {temperature:g}")
+          f"residual_scale={gen.config.stats.residual_scale}; head: {steps} steps, temperature {temperature:g}")
     print(" ".join(fmt(k) for k in keys))
     return 0
 

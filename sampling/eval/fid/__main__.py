@@ -1,0 +1,3 @@
+from sampling.eval.fid.cli import main
+
+raise SystemExit(main())
