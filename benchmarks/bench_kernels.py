@@ -1,4 +1,4 @@
-"""Each fused kernel against its PyTorch reference, at the sampler's shapes (issue 17).
+"""Each fused kernel against its PyTorch reference, at the sampler's shapes.
 
 Shapes of a var-d16 sampler step (width 1024, codebook 4096, CFG doubles the batch), at
 batch B of images and T tokens of a scale (T = 1 for the 1x1 scale, 256 for the last, 16x16):

@@ -1,4 +1,4 @@
-"""Sampling speed against the dense compute floor (issue 4, section 6).
+"""Sampling speed against the dense compute floor.
 
 Fixed config: a VAR-shaped generator of depth 8 (width 512, 8 heads, 10 scales, codebook
 4096, z 32; preset ``var-d8``) and the VAR tokenizer shape, random weights, CFG on (VAR's

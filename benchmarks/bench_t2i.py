@@ -1,5 +1,5 @@
 """Sampling time of a text-conditioned generator against a class-conditional one of the same
-depth and width (issue 14, section 5), in the same process, alternating A/B.
+depth and width, in the same process, alternating A/B.
 
 Models: ``fm-s`` (class, VAR layout) and ``shapes-t2i`` (text, HART's layout: a 16-token
 MiniLM prefix, RMSNorm, SwiGLU, RoPE), both 6 blocks of width 256 on the fm-32 token layout

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU path, run and measured on a GPU machine (issue 17). Not installed; run from the repo root:
+# The GPU path, run and measured on a GPU machine. Not installed; run from the repo root:
 #
 #   scripts/gpu_check.sh tests    # tests/test_cuda.py, then the whole suite with CUDA visible (TRITON_INTERPRET=0)
 #   scripts/gpu_check.sh suite    # the whole suite alone (xdist, WORKERS=8)
@@ -7,7 +7,7 @@
 #                               # (bf16, --resume, --attention flex, torchrun + NCCL), generate, fid
 #   scripts/gpu_check.sh sample   # kernels vs references; var-d16 sampling: kernels / eager / compile / VAR
 #   scripts/gpu_check.sh train    # var-d16 training step: SDPA / FlexAttention / VAR's step
-#   scripts/gpu_check.sh demo     # the demo under load (issue 16): one-at-a-time vs batched
+#   scripts/gpu_check.sh demo     # the demo under load: one-at-a-time vs batched
 #
 # Logs go to $OUT (or ./gpu-out), written as they come (no filter in the pipe buffers them: a run
 # stopped by a time limit keeps what it printed). Python packages the machine lacks can come as a site folder:

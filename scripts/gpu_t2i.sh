@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Text-to-image on `shapes`, trained and measured on a GPU machine (issue 14). Not installed; run
+# Text-to-image on `shapes`, trained and measured on a GPU machine. Not installed; run
 # from the repository root there, with the packages that machine lacks and MiniLM carried along:
 #
 #   python scripts/minilm_pack.py pack --out .ext/minilm-shapes     # here: MiniLM for the shapes captions, 23 MB

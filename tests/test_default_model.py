@@ -32,7 +32,7 @@ def test_default_model_loads_as_shipped(pipe):
         files = [f for f in folder.rglob("*") if f.is_file()]
         assert sorted(f.suffix for f in files) == [".json", ".json", ".safetensors", ".safetensors"]
     sizes = [sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for d in (DEFAULT_MODEL_DIR, DEFAULT_T2I_MODEL_DIR)]
-    assert all(n <= 25e6 for n in sizes) and sum(sizes) < 30e6  # each bundled model <= 25 MB (#12); the wheel small
+    assert all(n <= 25e6 for n in sizes) and sum(sizes) < 30e6  # each bundled model <= 25 MB; the wheel small
     assert HARTPipeline.from_pretrained(None).generator.config == gc
     # the head's target scale was measured on the training data, and its condition is normed
     assert gc.stats.residual_scale is not None and 0.01 < gc.stats.residual_scale < 1.0
@@ -122,3 +122,94 @@ def test_generate_with_the_bundled_t2i_model(tmp_path):
     out = tmp_path / "t.png"
     assert main(["--model", "default-t2i", "--prompt", "three small green triangles", "--num", "2", "--out", str(out)]) == 0
     assert out.is_file()
+
+
+# ----------------------------------------------------------------------------- same images as before
+
+GOLDEN = ROOT / "tests" / "data" / "bundled_golden.safetensors"  # tests/data/make_bundled_golden.py at 4526d09
+
+
+def _golden_sample(kind: str, folder=None):
+    """The draws tests/data/make_bundled_golden.py recorded, from ``folder`` (default: the bundled one)."""
+    torch.set_num_threads(1)
+    if kind == "default":
+        p = HARTPipeline.from_pretrained(str(folder or DEFAULT_MODEL_DIR))
+        s = p.sample([0, 3, 7, 9], seed=[5, 6, 7, 8])
+    else:
+        p = HARTPipeline.from_pretrained(str(folder or DEFAULT_T2I_MODEL_DIR))
+        s = p.sample(prompts=["a small red circle", "two large blue squares"], seed=[1, 2])
+    return s
+
+
+def _assert_golden(kind: str, s) -> None:
+    from safetensors.torch import load_file
+
+    golden = load_file(str(GOLDEN))
+    assert torch.equal(torch.cat(s.ids, 1), golden[f"{kind}.ids"])
+    torch.testing.assert_close(s.residual, golden[f"{kind}.residual"], atol=1e-4, rtol=0)
+    img = ((s.images.clamp(-1, 1) + 1) * 127.5).round()
+    assert (img - golden[f"{kind}.images"].float()).abs().max() <= 1  # one 8-bit level
+
+
+@pytest.mark.skipif(not torch.__version__.startswith("2.13."),
+                    reason="the golden ids were recorded with the pinned torch 2.13")
+@pytest.mark.parametrize("kind", ["default", "t2i"])
+def test_bundled_models_give_the_images_of_the_reference_run(kind):
+    """Same seeds, same images as the code and folders before the config was split into
+    sections (tests/data/make_bundled_golden.py, run at commit 4526d09)."""
+    if kind == "t2i":
+        _needs_minilm()
+    _assert_golden(kind, _golden_sample(kind))
+
+
+def _flat(config: dict) -> dict:
+    """A nested generator config.json written back in the flat layout of earlier versions."""
+    from hart.config import LEGACY_FIELDS
+
+    out = {k: v for k, v in config.items() if k not in ("head", "stats", "display", "training")}
+    out["diff_head"] = config["head"] is not None
+    for old, (section, field) in LEGACY_FIELDS.items():
+        part = config[section]
+        if part is not None:
+            out[old] = part[field]
+    out["residual_pca"] = 0
+    return out
+
+
+@pytest.mark.skipif(not torch.__version__.startswith("2.13."),
+                    reason="the golden ids were recorded with the pinned torch 2.13")
+def test_a_folder_in_the_flat_layout_loads_with_a_note_and_the_same_images(tmp_path, capfd):
+    import shutil
+
+    import hart.config
+    from hart.common.io import read_json, write_json
+
+    old = tmp_path / "old"
+    shutil.copytree(DEFAULT_MODEL_DIR, old)
+    cfg = read_json(old / "generator" / "config.json")
+    write_json(old / "generator" / "config.json", _flat(cfg))
+    hart.config._legacy_noted = False
+    s = _golden_sample("default", old)
+    err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert err == [hart.config.LEGACY_NOTE]  # one line, once
+    _assert_golden("default", s)
+
+
+@pytest.mark.parametrize("option, value, word", [("residual_pca", 16, "residual_pca"),
+                                                 ("diff_mix", "conv", "diff_mix 'conv'"),
+                                                 ("diff_mix", "attn", "diff_mix 'attn'")])
+def test_a_folder_with_a_removed_option_is_refused_in_one_line(tmp_path, capsys, option, value, word):
+    import shutil
+
+    from hart.common.io import read_json, write_json
+    from sampling.generate import main
+
+    old = tmp_path / "old"
+    shutil.copytree(DEFAULT_MODEL_DIR, old)
+    flat = _flat(read_json(old / "generator" / "config.json"))
+    flat[option] = value
+    write_json(old / "generator" / "config.json", flat)
+    with pytest.raises(SystemExit):
+        main(["--model", str(old), "--class", "1", "--out", str(tmp_path / "x.png")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("note:")]
+    assert len(err) == 1 and word in err[0] and "no longer exists" in err[0], err

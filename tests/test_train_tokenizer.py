@@ -89,6 +89,26 @@ def test_bad_input_is_one_line(tmp_path, capsys, argv, msg):
     assert len(err) == 1 and msg in err[0]
 
 
+def test_resume_with_the_same_preset_on_gray_data(tmp_path):
+    """The grayscale output is measured on the data when a run starts: resuming with the
+    preset the run was started with is accepted on gray data too."""
+    from hart.data import datasets
+
+    ds = datasets.make_dataset("synthetic", "train", 16)
+    gray = tmp_path / "gray"
+    for i in range(40):
+        (gray / str(i % 2)).mkdir(parents=True, exist_ok=True)
+        x = ds[i][0].mean(0, keepdim=True).expand(3, -1, -1)
+        from PIL import Image
+
+        Image.fromarray(((x.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()).save(gray / str(i % 2) / f"{i}.png")
+    out = tmp_path / "tok"
+    argv = ["--preset", "tiny", "--data", f"folder:{gray}", "--out", str(out), "--batch-size", "8",
+            "--no-tensorboard", "--save-every", "1"]
+    assert tok_train.main(argv + ["--steps", "1"]) == 0
+    assert tok_train.main(argv + ["--steps", "2", "--resume"]) == 0
+
+
 def test_resume_with_other_shape_refused(tmp_path, capsys):
     out = tmp_path / "tok"
     run(out, "--steps", "1")

@@ -265,7 +265,9 @@ def resolve_config(args, out: Path) -> TokenizerConfig:
                         f"resume it with that")
     if bool(meta.get("freeze_codebook", False)) != args.freeze_codebook:
         raise UserError(f"the run in {out} was started without --freeze-codebook; resume it without the flag")
-    check_preset(args.preset, args.preset and TokenizerConfig.from_name(args.preset), saved, out)
+    # grayscale is measured on the data when a run starts, not part of a preset
+    preset = args.preset and TokenizerConfig.from_name(args.preset).replace(grayscale=saved.grayscale)
+    check_preset(args.preset, preset, saved, out)
     return saved
 
 
