@@ -187,8 +187,20 @@ class GeneratorConfig(ConfigBase):
     context_tokens: int = 0  # T: padded prompt length (the prefix), text models
     context_dim: int = 0  # D: the encoder's width
     context_norm: bool = True  # RMSNorm on the encoder tokens before context_embed (HART)
-    context_pool: str = "max"  # AdaLN condition = pool of the embedded prefix: "max" (HART) or "mean"
-    mask_pads: bool = True  # pads are neither attended to nor pooled; False = HART's released behaviour
+    # AdaLN condition of the blocks = pool of the embedded prefix: "max" (HART's default) or
+    # "mean" (HART's sep_aln_pooling_mode "avg"), over the real tokens (the mask) in either case
+    # of mask_pads
+    context_pool: str = "max"
+    # True: pads are neither attended to nor max-pooled, and their content is zeroed. False
+    # (HART's released behaviour, set by hart convert hart): pads are attended to and enter
+    # the max pool as the encoder left them, and the text RoPE positions are HART's
+    # cumsum(mask) - 1 as they are (-1 at left pads; with mask_pads they are clamped at 0,
+    # which no real token ever sees)
+    mask_pads: bool = True
+    # the AdaLN condition of the norm before the logits head: "same" (the blocks' pooled
+    # vector) or "max_unmasked" (HART's AdaLNBeforeHead: a max over every prefix position,
+    # pads included, whatever context_pool says; set by hart convert hart)
+    head_norm_pool: str = "same"
     # block layout: VAR ("layer", "gelu", "absolute") or HART's ("rms", "swiglu", "rope")
     norm: str = "layer"
     mlp: str = "gelu"
@@ -224,7 +236,8 @@ class GeneratorConfig(ConfigBase):
         for name in ("dropout", "drop_path"):
             v = getattr(self, name)
             _check(0.0 <= v < 1.0, f"{name} must be in [0, 1), got {v}")
-        choices = {"cond": ("class", "text"), "context_pool": ("max", "mean"), "norm": ("layer", "rms"),
+        choices = {"cond": ("class", "text"), "context_pool": ("max", "mean"),
+                   "head_norm_pool": ("same", "max_unmasked"), "norm": ("layer", "rms"),
                    "mlp": ("gelu", "swiglu"), "pos": ("absolute", "rope"), "rope_2d": ("axial", "hart"),
                    "level_embed": ("table", "timestep")}
         for name, ok in choices.items():
@@ -233,6 +246,8 @@ class GeneratorConfig(ConfigBase):
             for name in ("context_tokens", "context_dim"):
                 _check(int(getattr(self, name)) > 0, f"a text model needs a positive {name}, got {getattr(self, name)}")
             _check(self.context_tokens >= 2, "context_tokens must be at least 2")
+        _check(self.head_norm_pool == "same" or self.cond == "text",
+               f"head_norm_pool {self.head_norm_pool!r} pools a text prefix: it needs cond \"text\"")
         _check(self.pos != "rope" or self.head_dim % 4 == 0,
                f"2D RoPE needs a head dim divisible by 4, got {self.head_dim}")
 

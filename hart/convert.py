@@ -35,7 +35,11 @@ HART's transformer keeps its names but four: ``blocks.i.attn.qkv_proj`` -> ``mat
 ``blocks.i.ln_wo_grad`` -> ``blocks.i.norm.ln_wo_grad``, ``head_nm.ln_wo_grad`` ->
 ``head_nm.norm.ln_wo_grad``, ``diffloss.net.*`` -> ``diffusion.*``. Its saved buffers
 ``attn_bias_for_masking`` (L x L, 380 MB at 1024px; read memory-mapped and never
-materialised), ``lvl_1L`` and ``zero_k_bias`` are recomputed and left out.
+materialised), ``lvl_1L`` and ``zero_k_bias`` are recomputed and left out. The converted
+config keeps HART's conditioning as its code computes it: ``mask_pads=False`` (pads attended
+to and max-pooled, text positions ``cumsum(mask) - 1`` unclamped), ``context_pool`` from
+``sep_aln_pooling_mode`` (``avg`` -> ``mean``, over the mask), and ``head_norm_pool=
+"max_unmasked"`` (the head norm's condition is an unmasked max whatever that mode says).
 """
 from __future__ import annotations
 
@@ -369,6 +373,8 @@ def hart_generator_config(state: dict, cfg: dict, path, text_encoder: str = ""):
         raise UserError(f"{path}: the FFN width {gate.shape[0]} does not follow mlp_ratio {mlp_ratio} of config.json")
     if int(cfg.get("context_dim", ctx.shape[1])) != ctx.shape[1]:
         raise UserError(f"{path}: context_embed takes {ctx.shape[1]} channels but config.json says {cfg['context_dim']}")
+    # the blocks' AdaLN condition follows sep_aln_pooling_mode ("avg": the mean over the mask);
+    # HART's head norm (AdaLNBeforeHead) takes an unmasked max over the context in either mode
     pool = {"max": "max", "avg": "mean"}.get(cfg.get("sep_aln_pooling_mode", "max"))
     if pool is None:
         raise UserError(f"{path}: unknown sep_aln_pooling_mode {cfg['sep_aln_pooling_mode']!r}")
@@ -389,6 +395,7 @@ def hart_generator_config(state: dict, cfg: dict, path, text_encoder: str = ""):
         cond="text", text_encoder="qwen2", text_encoder_path=str(text_encoder or ""),
         context_tokens=int(cfg["context_token"]), context_dim=int(ctx.shape[1]),
         context_norm="context_norm.weight" in state, context_pool=pool, mask_pads=False,
+        head_norm_pool="max_unmasked",
         norm="rms", mlp="swiglu", pos="rope", rope_2d="hart",
         level_embed="timestep" if "lvl_embed.mlp.0.weight" in state else "table", display=dict(sampling="hart"),
     )

@@ -87,11 +87,13 @@ def causal_from_levels(lvl_1L: torch.Tensor) -> torch.Tensor:
 class Condition:
     """Everything the transformer needs besides the tokens, for B rows (either family).
 
-    vec:        (B, C) AdaLN condition (class embedding, or the pooled embedded prefix)
+    vec:        (B, C) AdaLN condition of the blocks (class embedding, or the pooled embedded prefix)
     prefix:     (B, P, C) the embedded level-0 tokens (with level / position embeddings)
     key_bias:   (B, 1, 1, P) additive 0 / -inf on the prefix's pad keys, or None (no masking)
     prefix_pos: (B, P) 1D RoPE positions of a text prefix, or None
     offset:     (B,) the 2D RoPE offset of image tokens (the last prefix position), or None (0)
+    head_vec:   (B, C) AdaLN condition of the norm before the logits head when it is pooled
+                otherwise than ``vec`` (``config.head_norm_pool``), or None (``vec``)
     """
 
     vec: torch.Tensor
@@ -99,6 +101,12 @@ class Condition:
     key_bias: torch.Tensor | None = None
     prefix_pos: torch.Tensor | None = None
     offset: torch.Tensor | None = None
+    head_vec: torch.Tensor | None = None
+
+    @property
+    def head_cond(self) -> torch.Tensor:
+        """(B, C) the AdaLN condition of the head norm (:meth:`HARTGenerator.head_logits`)."""
+        return self.vec if self.head_vec is None else self.head_vec
 
 
 @dataclasses.dataclass
@@ -441,12 +449,16 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         else:  # the mean over real tokens (HART's "avg" uses the mask too)
             w = mask.unsqueeze(-1).to(ctx.dtype)
             vec = (ctx * w).sum(1) / w.sum(1).clamp(min=1)
-        pos = (mask.long().cumsum(1) - 1).clamp(min=0)  # HART: cumsum(mask) - 1
+        # HART's head norm pools apart from the blocks: an unmasked max over every position
+        head_vec = ctx.amax(1) if c.head_norm_pool == "max_unmasked" else None
+        pos = mask.long().cumsum(1) - 1  # HART: cumsum(mask) - 1, so -1 at left pads
         key_bias = None
-        if c.mask_pads:
+        if c.mask_pads:  # pads are never attended to: their positions do not matter, kept >= 0
+            pos = pos.clamp(min=0)
             key_bias = torch.zeros(mask.shape, dtype=ctx.dtype, device=ctx.device).masked_fill(~mask, float("-inf"))
             key_bias = key_bias.view(mask.shape[0], 1, 1, -1)
-        return Condition(vec=vec, prefix=self._embed_level0(ctx), key_bias=key_bias, prefix_pos=pos, offset=pos[:, -1])
+        return Condition(vec=vec, prefix=self._embed_level0(ctx), key_bias=key_bias, prefix_pos=pos,
+                         offset=pos[:, -1], head_vec=head_vec)
 
     def level_embedding(self, start: int, end: int) -> torch.Tensor:
         """(1, end - start, C) level embeddings of sequence positions [start, end)."""
@@ -569,7 +581,8 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         return x
 
     def head_logits(self, h: torch.Tensor, cond: torch.Tensor, backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, C) block output, (B, C) cond -> (logits (B, T, V), normed hidden (B, T, C))."""
+        """(B, T, C) block output, (B, C) cond (a :class:`Condition`'s ``head_cond``) -> (logits
+        (B, T, V), normed hidden (B, T, C))."""
         hidden = self.head_nm(h, cond, backend)
         return self.head(hidden), hidden
 
@@ -580,7 +593,7 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         h = self.forward_tokens(x, cond, start, cached=True)
         if start == 0:  # the level-0 tokens: the last one predicts the 1x1 scale
             h = h[:, -1:]
-        return self.head_logits(h, cond.vec, self.kernel_backend)[0], h
+        return self.head_logits(h, cond.head_cond, self.kernel_backend)[0], h
 
     def to_target(self, residual: torch.Tensor) -> torch.Tensor:
         """(..., z) residual tokens in latent units -> the head's target units (:func:`hart.heads.to_target`)."""
@@ -619,5 +632,5 @@ class HARTGenerator(nn.Module, PretrainedMixin):
         P = self.config.prefix_len
         x = torch.cat([cond.prefix, self.embed_inputs(teacher_inputs, P)], dim=1)  # (B, S, C)
         h = self.forward_tokens(x, cond, 0)[:, P - 1:]  # (B, L, C): the 1x1 scale read at P - 1
-        logits, _ = self.head_logits(h, cond.vec)
+        logits, _ = self.head_logits(h, cond.head_cond)
         return GeneratorOutput(logits=logits, hidden=h)

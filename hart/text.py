@@ -19,6 +19,15 @@ Two encoders:
 
 Prompts longer than ``max_length`` tokens are truncated, with one warning line on stderr (once
 per encoder) naming how many prompts and how many tokens are kept (HART truncates silently). The encoder is frozen (eval mode, no gradients).
+
+Padding side: the tokenizer's own (``padding_side`` of its folder's tokenizer_config.json; not
+set here). Both encoders pad on the RIGHT: MiniLM's BERT tokenizer, and Qwen2-1.5B-Instruct's,
+which sets no ``padding_side`` so transformers' default "right" holds; HART's
+``encode_prompts`` (hart/utils/tools.py) calls the same tokenizer the same way, so it pads on
+the right too. The generator handles either side: text positions are HART's
+``cumsum(mask) - 1`` (:meth:`hart.model.HARTGenerator.condition`), which a converted release
+(``mask_pads=False``) keeps as they are (-1 at left pads, as in HART) and our own models
+(``mask_pads=True``, pads never attended to) clamp at 0.
 """
 from __future__ import annotations
 

@@ -2,12 +2,15 @@
 folder that computes HART's functions, samples the way HART samples, and runs on the CPU.
 
 The reference below is HART's forward written directly on the raw official tensors (from
-mit-han-lab/hart hart_transformer_t2i.py and basic_hart.py): RMSNorm, 1D RoPE on the text and
-HART's 2D RoPE on the image, SwiGLU, the context prefix, max-pooled AdaLN, the level
-embedding, the head. It never imports this project's model code.
+mit-han-lab/hart hart_transformer_t2i.py and basic_hart.py): RMSNorm, 1D RoPE on the text at
+cumsum(mask) - 1 (-1 at left pads) and HART's 2D RoPE on the image, SwiGLU, the context
+prefix, the blocks' AdaLN pooled by sep_aln_pooling_mode (max: unmasked; avg: the mean over
+the mask), the head norm's AdaLN an unmasked max in either mode, the level embedding, the
+head. It never imports this project's model code.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -100,7 +103,12 @@ def hart_reference(sd, cfg, ctx, mask, teacher):
         return q * ang.cos() + torch.cat([-q[..., hd // 2:], q[..., :hd // 2]], -1) * ang.sin()
 
     bias = torch.where(lvl.view(-1, 1) >= lvl.view(1, -1), 0.0, float("-inf"))
-    vec = F.silu(cond.max(1).values)  # unmasked max over the context
+    if cfg["sep_aln_pooling_mode"] == "avg":  # context_pooling: sum(tokens * mask) / max(sum(mask), 1)
+        w = mask.unsqueeze(-1).float()
+        vec = F.silu((cond * w).sum(1) / w.sum(1).clamp(min=1))
+    else:  # "max": over every position, pads included
+        vec = F.silu(cond.max(1).values)
+    head_vec = F.silu(cond.max(1).values)  # AdaLNBeforeHead: an unmasked max whatever the mode
     S = x.shape[1]
     for i in range(cfg["depth"]):
         b = f"blocks.{i}"
@@ -119,7 +127,7 @@ def hart_reference(sd, cfg, ctx, mask, teacher):
         ffn = F.silu(lin(h, f"{b}.ffn.gate_proj")) * lin(h, f"{b}.ffn.up_proj")
         x = x + lin(ffn, f"{b}.ffn.down_proj") * g2
     hidden = x[:, T - 1:]
-    s, sh = lin(vec, "head_nm.ada_lin.1").view(B, 1, 2, C).unbind(2)
+    s, sh = lin(head_vec, "head_nm.ada_lin.1").view(B, 1, 2, C).unbind(2)
     return lin(rms(hidden, sd["head_nm.ln_wo_grad.weight"]) * (1 + s) + sh, "head"), hidden
 
 
@@ -163,6 +171,7 @@ def test_converted_model_computes_harts_forward(release, converted):
     gen, c = pipe.generator, pipe.generator.config
     assert (c.depth, c.width, c.heads, c.context_tokens, c.context_dim) == (2, 64, 2, 8, 32)
     assert (c.norm, c.mlp, c.pos, c.rope_2d, c.mask_pads, c.level_embed) == ("rms", "swiglu", "rope", "hart", False, "timestep")
+    assert (c.context_pool, c.head_norm_pool) == ("max", "max_unmasked")
     assert c.attn_l2_norm and c.head.learn_sigma and c.head.sampler == "iddpm" and c.stats.residual_scale == 0.6
     ctx, mask = _contexts()
     g = torch.Generator().manual_seed(6)
@@ -178,6 +187,84 @@ def test_converted_model_computes_harts_forward(release, converted):
     x, t, cond = torch.randn(5, c.z_channels, generator=g), torch.tensor([0, 3, 143, 500, 999]), torch.randn(5, c.width, generator=g)
     with torch.no_grad():
         torch.testing.assert_close(gen.diffusion(x, t, cond), reference_head(sd, x, t, cond), atol=2e-5, rtol=1e-4)
+
+
+def _left_padded(seed=7):
+    """Prompts padded on the LEFT (a tokenizer with padding_side "left"; HART's Qwen2 pads on the
+    right): two short ones, a full one, and HART's null row. Pads keep the encoder's output, as
+    HART's encode_prompts leaves them."""
+    g = torch.Generator().manual_seed(seed)
+    T, D = CFG["context_token"], CFG["context_dim"]
+    ctx = torch.randn(4, T, D, generator=g)
+    mask = torch.zeros(4, T, dtype=torch.bool)
+    for i, n in enumerate((3, 6, T)):
+        mask[i, T - n:] = True
+    ctx[3], mask[3, 0] = 0, True
+    return ctx, mask
+
+
+@pytest.fixture(scope="module")
+def avg_release(tmp_path_factory):
+    """A release with sep_aln_pooling_mode "avg", converted (no text encoder needed)."""
+    cfg = hart_llm_config(attn_l2_norm=True, sep_aln_pooling_mode="avg")
+    d = tmp_path_factory.mktemp("hart-avg")
+    sd = write_hart_release(d / "rel", cfg, seed=11)
+    assert main(["hart", "--ckpt", str(d / "rel"), "--out", str(d / "model")]) == 0
+    return d / "model", sd, cfg
+
+
+def test_avg_pooling_and_left_padding_compute_harts_forward(avg_release):
+    """sep_aln_pooling_mode "avg": the blocks' AdaLN condition is the mean over the mask, while
+    the head norm's stays an unmasked max (HART's AdaLNBeforeHead); left pads sit at text
+    position -1 (cumsum(mask) - 1, unclamped). Teacher-forced and on the static cache."""
+    from hart.model import HARTGenerator
+
+    folder, sd, cfg = avg_release
+    gen = HARTGenerator.from_pretrained(folder / "generator")
+    c = gen.config
+    assert (c.context_pool, c.mask_pads, c.head_norm_pool) == ("mean", False, "max_unmasked")
+    ctx, mask = _left_padded()
+    g = torch.Generator().manual_seed(8)
+    teacher = torch.randn(4, c.seq_len - 1, c.z_channels, generator=g)
+    with torch.no_grad():
+        cond = gen.condition((ctx, mask))
+        ref_logits, ref_hidden = hart_reference(sd, cfg, ctx, mask, teacher)
+        out = gen((ctx, mask), teacher)
+    assert cond.prefix_pos.min().item() == -1 and cond.offset.tolist() == [2, 5, 7, 0]
+    assert ref_logits.std() > 0.1
+    torch.testing.assert_close(out.hidden, ref_hidden, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out.logits, ref_logits, atol=2e-5, rtol=1e-4)
+    # the comparison can tell: the head norm on the blocks' mean, or positions clamped at 0, differ
+    clamped = dataclasses.replace(cond, prefix_pos=cond.prefix_pos.clamp(min=0))
+    with torch.no_grad():
+        same_pool = gen.head_logits(out.hidden, cond.vec)[0]
+        x = torch.cat([cond.prefix, gen.embed_inputs(teacher, c.prefix_len)], 1)
+        h = gen.forward_tokens(x, clamped)[:, c.prefix_len - 1:]
+        at_zero = gen.head_logits(h, clamped.head_cond)[0]
+    assert (same_pool - ref_logits).abs().max() > 1 and (at_zero - ref_logits).abs().max() > 1e-2
+    # the cached per-scale path (what the sampler runs) computes the same logits
+    gen.setup_caches(4)
+    try:
+        with torch.no_grad():
+            x = torch.cat([cond.prefix, gen.embed_inputs(teacher, c.prefix_len)], 1)
+            got = [gen.step(x[:, s:e], cond, s)[0] for s, e in c.token_ranges]
+    finally:
+        gen.clear_caches()
+    torch.testing.assert_close(torch.cat(got, 1), ref_logits, atol=5e-5, rtol=1e-4)
+
+
+def test_own_text_models_keep_the_blocks_condition_at_the_head():
+    """Our own models pool the head norm's condition like the blocks' (the default), and a
+    config.json without the field loads that way; a class model has no prefix to pool."""
+    from hart.config import GeneratorConfig
+
+    c = GeneratorConfig.from_name("t2i-tiny")
+    assert c.head_norm_pool == "same" and c.mask_pads
+    d = c.to_dict()
+    d.pop("head_norm_pool")
+    assert GeneratorConfig.from_dict(d).head_norm_pool == "same"
+    with pytest.raises(UserError, match="head_norm_pool"):
+        GeneratorConfig.from_name("tiny").replace(head_norm_pool="max_unmasked")
 
 
 def test_buffers_are_dropped_and_the_mask_never_read(release, converted, tmp_path):
