@@ -173,7 +173,7 @@ def test_residual_target_true_trains_the_head_on_the_tokenizers_residual(tokdir,
     """--residual-target true: the head's target is the true residual whatever the transformer
     would draw; sampled (the default) shifts it by the drawn codes; the choice is saved and a
     resume that contradicts it is one line."""
-    import hart.train as train_mod
+    import hart.objective as train_mod
 
     out = tmp_path / "true"
     train_main(["--init", str(gendir), "--freeze-transformer", "--residual-target", "true", "--tokenizer",

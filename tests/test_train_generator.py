@@ -107,7 +107,7 @@ def test_cache_from_another_tokenizer_is_refused(tokdir, tmp_path, capsys):
 
 
 def test_nan_stops_cleanly(tokdir, tmp_path, monkeypatch, capsys):
-    import hart.train as ht
+    import hart.objective as ht
 
     train_cli(tokdir, tmp_path / "g", "--steps", "2", "--save-every", "2")
     monkeypatch.setattr(ht.F, "cross_entropy", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
