@@ -81,7 +81,7 @@ class _R2:
         return 1.0 - self.sse / max(sst, 1e-30)
 
 
-def head_draws(gen, head_cond: torch.Tensor, draws: int, g: torch.Generator, steps: int | None = None,
+def _head_draws(gen, head_cond: torch.Tensor, draws: int, g: torch.Generator, steps: int | None = None,
                temperature: float | None = None, sampler: str | None = None) -> torch.Tensor:
     """``draws`` head samples per token. head_cond (B, N, C) -> (draws, B, z, n, n) in latent units.
 
@@ -100,7 +100,7 @@ def head_draws(gen, head_cond: torch.Tensor, draws: int, g: torch.Generator, ste
     return x.view(draws, B, -1, n, n)
 
 
-def true_ids_cond(tok, gen, code, labels: torch.Tensor) -> torch.Tensor:
+def _true_ids_cond(tok, gen, code, labels: torch.Tensor) -> torch.Tensor:
     """The head's condition for every last-scale token given the true ids: the transformer
     teacher-forced on ``code.ids`` with ``labels``, and the true last-scale codes. -> (B, N, C)"""
     N = tok.config.latent_size ** 2
@@ -136,7 +136,7 @@ def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, f
         out = gen(labels, tok.teacher_inputs(code.ids))
         N = n_lat * n_lat
         hidden = out.hidden[:, -N:]  # (B, N, C)
-        draws = head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(code.ids[-1]), f_hat), NUM_MEAN, g,
+        draws = _head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(code.ids[-1]), f_hat), NUM_MEAN, g,
                            diff_steps, diff_temperature)
         one, mean = draws[0], draws.mean(0)
         r2_mean.add(r, mean)
@@ -145,7 +145,7 @@ def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, f
         u = torch.rand(code.ids[-1].numel(), generator=g)
         own = sample_from_logits(out.logits[:, -N:].flatten(0, 1), u).view(-1, N)
         f_own = f_hat + tok.last_scale_change(code.ids[-1], own)
-        own_draws = head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(own), f_own), NUM_MEAN, g,
+        own_draws = _head_draws(gen, gen.diffusion_cond(hidden, tok.code_vectors(own), f_own), NUM_MEAN, g,
                                diff_steps, diff_temperature)
         r2_own.add(f_hat + r - f_own, own_draws.mean(0))
         dec = {
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_models(model_dir):
+def _load_models(model_dir):
     """(tokenizer, generator) of a model folder, with one-line errors for what cannot be probed."""
     from hart.model import HARTGenerator
     from sampling.pipeline import model_folder
@@ -218,7 +218,7 @@ def main(argv=None):
     if args.split not in SPLITS:
         raise UserError(f"unknown split {args.split!r}; choose one of: {', '.join(SPLITS)}")
     output_dir(args.out)
-    tok, gen, folder = load_models(args.model)
+    tok, gen, folder = _load_models(args.model)
     dataset = make_dataset(args.data, args.split, tok.config.resolution, args.data_dir)
     num = min(args.num, len(dataset))
     extractor = ref = None
