@@ -24,26 +24,7 @@ PYTHON=${PYTHON:-$(dirname "$HART")/python}
 DRY_RUN=${DRY_RUN:-0}
 mkdir -p "$OUT"
 
-# the step of DIR's last checkpoint (0 when it has none)
-saved_step() {
-    local meta=$1/train_state/meta.json
-    if [ -f "$meta" ]; then "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["step"])' "$meta"
-    else echo 0; fi
-}
-# START=(--resume) when DIR holds a stopped run, else the given arguments (e.g. --init X)
-start_args() { local dir=$1; shift; if [ -d "$dir/train_state" ]; then START=(--resume); else START=("$@"); fi; }
-skip() { echo "== $1: done ($2)"; }
-# timed NAME CMD...: print and run CMD (only print it under DRY_RUN=1), then its wall time
-timed() {
-    local name=$1 t0=$SECONDS dt; shift
-    echo "== $name"
-    echo "+ $*"
-    [ "$DRY_RUN" = 1 ] && return 0
-    "$@"
-    dt=$((SECONDS - t0))
-    printf '== %s took %d min %02d s\n' "$name" $((dt / 60)) $((dt % 60))
-}
-exported() { [ -f "$1/generator/config.json" ] && [ -f "$1/tokenizer/config.json" ]; }
+. "$(dirname "${BASH_SOURCE[0]}")/recipe_lib.sh"
 # until_step STOP DIR CMD...: run a generator training command and stop it once DIR holds the
 # checkpoint of step STOP (the shipped fine-tune was stopped there, before the end of its
 # schedule); DIR/generator then gets that checkpoint's EMA weights, which it may not have
