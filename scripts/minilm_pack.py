@@ -25,9 +25,11 @@ SMALL_FILES = ("config.json", "special_tokens_map.json", "tokenizer.json", "toke
 
 
 def shapes_captions(per_split: int) -> list[str]:
-    from hart.data.shapes import SPLITS, sample_scene
+    """Canonical captions and drawn phrasings (training and held-out templates) of every split."""
+    from hart.data.shapes import PHRASINGS, SPLITS, sample_scene
 
-    return sorted({sample_scene(split, i).caption for split in SPLITS for i in range(per_split)})
+    scenes = [sample_scene(split, i, which) for split in SPLITS for i in range(per_split) for which in PHRASINGS]
+    return sorted({s.caption for s in scenes} | {s.phrasing for s in scenes})
 
 
 def pack(out: Path, per_split: int) -> None:

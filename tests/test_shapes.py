@@ -36,7 +36,11 @@ def test_deterministic_per_split_and_index():
     a, b = S.render(S.sample_scene("train", 5), 32), S.render(S.sample_scene("train", 5), 32)
     assert np.array_equal(np.asarray(a), np.asarray(b)) and a.size == (32, 32)
     ds = make_dataset("shapes", "train", 32)
-    assert torch.equal(ds[3][0], ds[3][0]) and ds[3][1] == S.sample_scene("train", 3).caption
+    assert torch.equal(ds[3][0], ds[3][0]) and ds[3][1] == S.sample_scene("train", 3).phrasing
+    for i in range(50):  # same index -> same caption; the phrasing set changes the caption, not the scene
+        a, b = S.sample_scene("train", i), S.sample_scene("train", i, "heldout")
+        assert ds[i][1] == a.phrasing and a.phrasing and (a.spec, a.centres) == (b.spec, b.centres)
+        assert S.parse_prompt(a.caption) == a.spec
 
 
 def test_heldout_never_in_train_always_in_heldout():
@@ -53,6 +57,101 @@ def test_heldout_never_in_train_always_in_heldout():
     assert seen_objs == S.HELDOUT_OBJECTS and seen_rels == S.HELDOUT_RELATIONS  # every element is tested
     assert len(S.HELDOUT_OBJECTS) == 5 and {s for _, s in S.HELDOUT_OBJECTS} == set(S.SHAPES)
     assert len({c for c, _ in S.HELDOUT_OBJECTS}) == 5
+
+
+def test_heldout_phrasings_never_caption_train_or_test():
+    held = {t.name for t in S.HELDOUT_TEMPLATES}
+    assert held and held.isdisjoint(t.name for t in S.TRAIN_TEMPLATES)
+    used = set()
+    for split, n in (("train", 5000), ("test", 1000), ("heldout", 1000)):
+        for i in range(n):
+            sc = S.sample_scene(split, i)
+            spec, template = S.read_prompt(sc.phrasing)
+            assert template.name == sc.template and not template.heldout, (split, i, sc.phrasing)
+            assert sc.phrasing not in {text for t in S.HELDOUT_TEMPLATES if t.applies(sc.spec)
+                                       for text, _ in S.phrasings(sc.spec, t)}
+            used.add(template.name)
+    assert used == {t.name for t in S.TRAIN_TEMPLATES}  # every training template captions scenes
+    drawn = {S.read_prompt(S.sample_scene("train", i, "heldout").phrasing)[1].name for i in range(500)}
+    assert drawn == held  # the held-out phrasing set draws only, and every one of, the held-out templates
+
+
+def specs_of_every_kind(n=6):
+    """Specs of train and heldout scenes: n of each kind and count, with an orange object (an "an")."""
+    out = {}
+    for split in ("train", "heldout"):
+        for i in range(3000):
+            spec = S.sample_scene(split, i).spec
+            key = (spec.kind, len(spec.objects), any(o.colour == "orange" for o in spec.objects))
+            if len(out.setdefault(key, [])) < n:
+                out[key].append(spec)
+    assert len(out) == 8
+    return [s for specs in out.values() for s in specs]
+
+
+def test_parser_reads_every_phrasing_of_every_template():
+    import re
+
+    n = 0
+    for spec in specs_of_every_kind():
+        assert re.sub(r"\ban\b", "a", S.phrase(spec, S.CANONICAL[spec.kind])) == spec.caption
+        for t in S.TEMPLATES:
+            if not t.applies(spec):
+                with pytest.raises(UserError, match="does not word"):
+                    S.phrase(spec, t)
+                continue
+            texts = S.phrasings(spec, t)
+            assert len({text for text, _ in texts}) == len(texts) and S.phrase(spec, t) == texts[0][0]
+            for text, meant in texts:  # sizes a wording leaves out are read as None
+                assert S.read_prompt(text) == (meant, t), (t.name, text)
+                assert S.read_prompt(text.capitalize() + ".") == (meant, t)
+                assert all(o.size in (None, p.size) for o, p in zip(meant.objects, spec.objects))
+                n += 1
+    assert n > 10_000
+    p = S.parse_prompt("A tiny red circle, and a big blue square beneath it.")
+    assert p == S.PromptSpec((S.ObjectSpec("red", "circle", "small"), S.ObjectSpec("blue", "square", "large")),
+                             "above")
+    assert S.parse_prompt("there are 3 green triangles") == S.parse_prompt("three green triangles")
+    assert S.parse_prompt("a pair of huge white crosses") == S.PromptSpec((S.ObjectSpec("white", "cross", "large"),) * 2)
+    with pytest.raises(UserError, match="unknown phrasing template 'nope'"):
+        S.phrase(p, "nope")
+
+
+def test_ground_truth_renders_of_every_phrasing_score_as_aligned(tmp_path):
+    """What eval-alignment --prompts does with a prompt file, on ground-truth renders: every
+    template's drawn wordings of train scenes read back and check as aligned."""
+    from sampling.eval.alignment import ceilings, prompt_set, read_prompt_file, summarize
+
+    lines = [S.sample_scene("train", i, which).phrasing for which in S.PHRASINGS for i in range(200)]
+    assert {S.read_prompt(t)[1].name for t in lines} == {t.name for t in S.TEMPLATES}
+    f = tmp_path / "prompts.txt"
+    f.write_text("# a comment\n\n" + "\n".join(lines) + "\na red circle next to a blue square\n")
+    readable, unreadable = read_prompt_file(f)
+    assert [t for _, t, _ in readable] == lines
+    assert unreadable == [(403, "a red circle next to a blue square",
+                           "unknown word 'next' in prompt 'a red circle next to a blue square'")]
+    items = prompt_set(readable, 2, 0)
+    assert len(items) == 800 and items[0].seed == 0 and items[1].seed == 1
+    r = summarize(ceilings(items, 32)["ceiling"])
+    assert r["all"] >= 0.99 and r["n"] == 800, r
+    for it in items[:50]:  # the scene fills the sizes a prompt leaves open, and keeps the rest
+        assert all(o.size in (None, p.size) for o, p in zip(it.spec.objects, it.scene.spec.objects))
+        assert all(p.size for p in it.scene.spec.objects)
+
+
+def test_prompt_file_errors(tmp_path):
+    from sampling.eval.alignment import read_prompt_file
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"a red circle\n\xe9 blue\n")
+    with pytest.raises(UserError, match="prompts file .*bad.txt is not UTF-8 text"):
+        read_prompt_file(bad)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n\n")
+    with pytest.raises(UserError, match="has no prompts"):
+        read_prompt_file(empty)
+    with pytest.raises(UserError, match="does not exist"):
+        read_prompt_file(tmp_path / "missing.txt")
 
 
 def box(o, c):
@@ -111,6 +210,10 @@ def test_parse_prompt_round_trip():
     ("a red circle left of", "outside the shapes grammar"),
     ("a red circle a blue square", "outside the shapes grammar"),
     ("", "outside the shapes grammar"),
+    ("there is two red circles", "outside the shapes grammar"),
+    ("a red circle and a blue square", "outside the shapes grammar"),
+    ("a pair of red circle", "outside the shapes grammar"),
+    ("4 red circles", "unknown word '4'"),
 ])
 def test_parse_prompt_errors(text, match):
     with pytest.raises(UserError, match=match) as e:
@@ -183,6 +286,9 @@ def test_grid_cli(tmp_path, capsys):
         assert im.size[1] > 4 * 32
     C.main(["--calibrate", "20", "--split", "heldout"])
     assert "all=1.0000" in capsys.readouterr().out
+    S.main(["--templates"])
+    out = capsys.readouterr().out
+    assert all(t.name in out for t in S.TEMPLATES) and "heldout  pair-of" in out
 
 
 # ----------------------------------------------------------------------------- datasets

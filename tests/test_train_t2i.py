@@ -104,13 +104,59 @@ def test_eval_alignment_cli(tokdir, cache, tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     report = json.loads((tmp_path / "a.json").read_text())
     assert last == (f"alignment={report['seen']['all']:.3f} heldout={report['heldout']['all']:.3f} "
+                    f"phrased={report['phrased']['all']:.3f} heldout_phrasing={report['heldout_phrasing']['all']:.3f} "
                     f"ceiling={report['ceiling']['all']:.3f} tokenizer={report['tokenizer']['all']:.3f} "
                     f"tokenizer_hybrid={report['tokenizer_hybrid']['all']:.3f}")
-    assert report["seen"]["n"] == report["heldout"]["n"] == 3 and report["ceiling"]["n"] == 6
-    assert report["tokenizer"]["n"] == report["tokenizer_hybrid"]["n"] == 6
+    assert all(report[k]["n"] == 3 for k in ("seen", "heldout", "phrased", "heldout_phrasing"))
+    assert report["ceiling"]["n"] == report["tokenizer"]["n"] == report["tokenizer_hybrid"]["n"] == 12
     assert (tmp_path / "a.png").is_file()
     with pytest.raises(SystemExit):
         align_main(["--model", str(tmp_path / "m"), "--data", "fashion-mnist"])
+
+    # --prompts FILE: the user's prompts, every one scored or listed as unreadable
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# mine\na big red circle\n\nthere are 3 blue squares\na pink elephant\n"
+                       "a red circle next to a blue square\n", encoding="utf-8")
+    capsys.readouterr()
+    align_main(["--model", str(tmp_path / "m"), "--prompts", str(prompts), "--num", "2", "--out", str(tmp_path / "p.json")])
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert out.startswith("unreadable: 2 of 4 prompts in") and "line 5: 'a pink elephant': unknown word 'pink'" in out
+    assert "line 6: 'a red circle next to a blue square': unknown word 'next'" in out
+    assert report["num_unreadable"] == 2 and [u["line"] for u in report["unreadable"]] == [5, 6]
+    assert report["prompts"]["n"] == report["ceiling"]["n"] == 4
+    assert [(p["line"], p["reads_as"], p["n"]) for p in report["per_prompt"]] == [
+        (2, "a large red circle", 2), (4, "three blue squares", 2)]
+    assert out.strip().splitlines()[-1] == (
+        f"prompts={report['prompts']['all']:.3f} ceiling={report['ceiling']['all']:.3f} "
+        f"tokenizer={report['tokenizer']['all']:.3f} tokenizer_hybrid={report['tokenizer_hybrid']['all']:.3f} "
+        "unreadable=2")
+    # a file of nothing readable: listed, then one error line
+    prompts.write_text("a pink elephant\n")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        align_main(["--model", str(tmp_path / "m"), "--prompts", str(prompts)])
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    assert "line 1: 'a pink elephant'" in captured.out and captured.err.startswith("error: no prompt in")
+    assert "\n" not in captured.err.strip()
+
+
+def test_every_phrasing_fits_the_default_context():
+    """The longest wordings (orange/purple objects, "... to the right of it") fit MiniLM's 16 tokens, the
+    context of the shapes-t2i presets and default-t2i: no phrasing is truncated."""
+    from transformers import AutoTokenizer
+
+    from hart.data import shapes as S
+    from hart.text import minilm_path
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
+    long = [S.ObjectSpec(c, s, "small") for c in ("orange", "purple") for s in S.SHAPES]
+    specs = [S.PromptSpec((a, S.ObjectSpec("orange", b.shape, "large")), r) for a in long for b in long[:5]
+             for r in S.RELATIONS if (a.colour, a.shape) != ("orange", b.shape)]
+    specs += [S.PromptSpec((o,) * n) for o in long for n in (2, 3)] + [S.PromptSpec((o,)) for o in long]
+    texts = [text for spec in specs for t in S.TEMPLATES if t.applies(spec) for text, _ in S.phrasings(spec, t)]
+    assert max(len(ids) for ids in tok(texts).input_ids) <= 16
 
 
 def test_text_run_draws_a_sample_grid_per_example_prompt(tokdir, cache, tmp_path):

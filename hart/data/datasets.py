@@ -7,7 +7,8 @@
     images:PATH            every image file under PATH (recursively), no classes
     shapes[:split]         captioned procedural scenes (hart.data.shapes); splits train,
                            test and heldout (held-out colour x shape and relation combinations);
-                           train has 1,000,000 scenes (made on the fly: cache as many as you train on)
+                           train has 1,000,000 scenes (made on the fly: cache as many as you train on);
+                           captions worded by the training phrasing templates, drawn per scene
     emoji[:split]          Noto Color Emoji glyphs (Debian's fonts-noto-color-emoji), each
                            captioned with its lowercased Unicode name
     captions:PATH          images under PATH with a same-name .txt caption beside each, or a
@@ -258,7 +259,8 @@ SHAPES_SIZES = {"train": 1_000_000, "test": 2_000, "heldout": 2_000}
 
 class Shapes(torch.utils.data.Dataset):
     """Captioned procedural scenes (:mod:`hart.data.shapes`), made on the fly, deterministic
-    per (split, index). ``size`` defaults to SHAPES_SIZES[split]."""
+    per (split, index); the caption is the scene's drawn phrasing (``Scene.phrasing``, a
+    training template). ``size`` defaults to SHAPES_SIZES[split]."""
 
     classes = ()
     captioned = True
@@ -278,7 +280,7 @@ class Shapes(torch.utils.data.Dataset):
         if not 0 <= i < self.size:
             raise IndexError(i)
         scene = self.scene(i)
-        return to_tensor(_shapes.render(scene, self.resolution)), scene.caption
+        return to_tensor(_shapes.render(scene, self.resolution)), scene.phrasing
 
 
 def _clean_caption(text) -> str:

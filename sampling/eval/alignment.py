@@ -3,37 +3,63 @@
 Examples::
 
     hart eval-alignment --model runs/shapes --data shapes --num 200 --out alignment.json --grid alignment.png
+    hart eval-alignment --model default-t2i --prompts my_prompts.txt --num 4
 
 In the spirit of GenEval, with the rule-based checker of the ``shapes`` data
 (:func:`sampling.eval.checker.check`): one image per prompt (seed ``--seed + j``), and for each
 the checker says whether every object, colour, size, count and relation of the prompt is
-there. Three prompt sets, ``--num`` each:
+there. Four prompt sets, ``--num`` each:
 
-- seen: captions of the train split (scenes the model was trained on);
-- held-out: captions of the ``heldout`` split (colour x shape pairs and relations that never
-  occur in training: composition);
-- ceiling: the checker on the real renders of the seen and held-out scenes;
+- seen: train-split scenes in their canonical caption ("a small red circle left of a large
+  blue square": ``Scene.caption``);
+- held-out: canonical captions of the ``heldout`` split (colour x shape pairs and relations
+  that never occur in training: composition);
+- phrased: the seen scenes in the wording the dataset draws for them (training phrasing
+  templates: size synonyms, relation first or last, digits...; ``Scene.phrasing``);
+- held-out phrasing: the seen scenes worded by the held-out templates ("there is ...",
+  "B with A to the left of it", "a pair of"), which caption no training scene;
+- ceiling: the checker on the real renders of these scenes, against each set's prompts;
 - tokenizer: the checker on the model's own tokenizer reconstructions of those renders,
   discrete-only (the true ids: the best any generator of these tokens can do without the
   residual) and hybrid (the exact latent). When these sit far below the real renders, the
   tokenizer, not the generator, is what limits alignment.
 
+The seen and phrasing sets share scenes and seeds, so their difference is the wording alone.
+A size a wording leaves out is not checked.
+
+``--prompts FILE`` scores your own prompts instead (UTF-8, one per line; blank lines and lines
+starting with # skipped): ``--num`` images each (seeds ``--seed + k``), with the ceiling on
+ground-truth renders laid out for each prompt. A prompt the parser cannot read is listed
+(line, prompt, why) and counted as unreadable, never dropped silently.
+
 Accuracy per attribute is the fraction of images where it holds (``position`` over the
 prompts with a relation); an image is aligned when all of them hold. The last line is
-``alignment=X heldout=X ceiling=X tokenizer=X tokenizer_hybrid=X`` (fractions of aligned
-images).
+``alignment=X heldout=X phrased=X heldout_phrasing=X ceiling=X tokenizer=X
+tokenizer_hybrid=X`` (fractions of aligned images), with ``--prompts`` ``prompts=X ceiling=X
+tokenizer=X tokenizer_hybrid=X unreadable=N``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 
 from hart.common.errors import UserError, cli_entry
-from hart.common.fs import output_file
+from hart.common.fs import output_file, read_text
 from sampling.options import add_sampling_arguments, as_sampled, sampling_options
 
 ATTRIBUTES = ("object", "colour", "size", "count", "position", "all")
+SETS = {"seen": "seen", "heldout": "heldout", "phrased": "phrased", "heldout_phrasing": "ho-phrase"}
+CEILINGS = {"ceiling": "real", "tokenizer": "tok-d", "tokenizer_hybrid": "tok-h"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One image to check: the prompt, the spec it asks for, the seed, the ground-truth scene."""
+
+    prompt: str
+    spec: object
+    seed: int
+    scene: object
 
 
 def summarize(results: list[dict]) -> dict:
@@ -65,13 +91,86 @@ def reconstruct(tokenizer, images: list, batch_size: int) -> dict:
     return out
 
 
+def read_prompt_file(path) -> tuple[list, list]:
+    """The prompts of a UTF-8 file (one a line; blank lines and # comments skipped), read by the
+    shapes parser: (readable [(line, prompt, spec)], unreadable [(line, prompt, why)])."""
+    from hart.data.shapes import parse_prompt
+
+    readable, unreadable = [], []
+    for n, line in enumerate(read_text(path, "prompts file").splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            readable.append((n, text, parse_prompt(text)))
+        except UserError as e:
+            unreadable.append((n, text, str(e).split("; ")[0]))
+    if not readable and not unreadable:
+        raise UserError(f"prompts file {path} has no prompts (one per line)")
+    return readable, unreadable
+
+
+def shapes_sets(num: int, seed: int) -> dict:
+    """The four prompt sets of ``--data shapes``: {name: [Item]} (the phrasing sets on the seen scenes)."""
+    from hart.data.shapes import parse_prompt, sample_scene
+
+    train = [sample_scene("train", j) for j in range(num)]
+    held = [sample_scene("heldout", j) for j in range(num)]
+    other = [sample_scene("train", j, "heldout") for j in range(num)]
+    return {
+        "seen": [Item(s.caption, s.spec, seed + j, s) for j, s in enumerate(train)],
+        "heldout": [Item(s.caption, s.spec, seed + j, s) for j, s in enumerate(held)],
+        "phrased": [Item(s.phrasing, parse_prompt(s.phrasing), seed + j, s) for j, s in enumerate(train)],
+        "heldout_phrasing": [Item(s.phrasing, parse_prompt(s.phrasing), seed + j, s) for j, s in enumerate(other)],
+    }
+
+
+def prompt_set(readable: list, num: int, seed: int) -> list:
+    """``num`` items per readable prompt (seeds ``seed + k``), each with a ground-truth scene laid
+    out for it (sizes the prompt leaves open drawn)."""
+    from hart.data.shapes import layout_scene
+
+    return [Item(text, spec, seed + k, layout_scene(spec, seed + k, text))
+            for _, text, spec in readable for k in range(num)]
+
+
+def score(images: list, items: list) -> list[dict]:
+    """The checker's verdict for each image against its item's spec."""
+    from sampling.eval.checker import check
+
+    return [check(img, it.spec) for img, it in zip(images, items)]
+
+
+def ceilings(items: list, resolution: int, tokenizer=None, batch_size: int = 50) -> dict:
+    """{"ceiling": verdicts on the ground-truth renders, "tokenizer"/"tokenizer_hybrid": on the
+    tokenizer's reconstructions of them (when a tokenizer is given)}; each distinct scene is
+    rendered (and reconstructed) once."""
+    from hart.data.shapes import render
+
+    index, scenes = {}, []
+    for it in items:
+        key = (it.scene.spec, it.scene.centres)
+        if key not in index:
+            index[key] = len(scenes)
+            scenes.append(it.scene)
+    renders = [render(s, resolution) for s in scenes]
+    images = {"ceiling": renders}
+    if tokenizer is not None:
+        images.update(reconstruct(tokenizer, renders, batch_size))
+    at = [index[(it.scene.spec, it.scene.centres)] for it in items]
+    return {name: score([imgs[k] for k in at], items) for name, imgs in images.items()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hart eval-alignment", description=__doc__.split("Examples::")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Examples::" + __doc__.split("Examples::")[1])
     p.add_argument("--model", required=True, help="a text-to-image model folder (tokenizer/ + generator/), or default-t2i (bundled)")
     p.add_argument("--data", default="shapes", help="prompt source with a checker: shapes (the only one)")
-    p.add_argument("--num", type=int, default=200, help="prompts per set (default 200)")
+    p.add_argument("--prompts", default=None, metavar="FILE",
+                   help="score these prompts (UTF-8, one per line) instead of the shapes sets")
+    p.add_argument("--num", type=int, default=None,
+                   help="prompts per set (default 200); with --prompts, images per prompt (default 4)")
     p.add_argument("--seed", type=int, default=0)
     add_sampling_arguments(p)
     p.add_argument("--batch-size", type=int, default=50)
@@ -81,25 +180,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _table(results: dict, columns: dict) -> None:
+    print(f"{'attribute':<10} " + " ".join(f"{h:>9}" for h in columns.values()))
+    for k in ATTRIBUTES:
+        row = [results[s][k] for s in columns]
+        print(f"{k:<10} " + " ".join(f"{'-' if v is None else f'{v:.3f}':>9}" for v in row))
+
+
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.data.split(":")[0] != "shapes":
         raise UserError(f"--data {args.data}: only shapes has a checker (hart.data.shapes)")
+    if args.num is None:
+        args.num = 4 if args.prompts else 200
     if args.num < 1 or args.batch_size < 1:
         raise UserError("--num and --batch-size must be positive")
     for flag, path in (("--out", args.out), ("--grid", args.grid)):
         if path:
             output_file(path, flag)
+    readable, unreadable = read_prompt_file(args.prompts) if args.prompts else ([], [])
+    if unreadable:
+        print(f"unreadable: {len(unreadable)} of {len(readable) + len(unreadable)} prompts in {args.prompts}")
+        for n, text, why in unreadable:
+            print(f"  line {n}: {text!r}: {why}")
+        if not readable:
+            raise UserError(f"no prompt in {args.prompts} is in the shapes grammar "
+                            "(python -m hart.data.shapes --templates lists its wordings)")
     opts = dataclasses.asdict(sampling_options(args))
 
-    import torch
     from tqdm import tqdm
 
     from hart.common.dist import resolve_device
     from hart.common.images import save_grid
-    from hart.data.shapes import render, sample_scene
-    from sampling.eval.checker import check
     from sampling.pipeline import HARTPipeline
 
     pipe = HARTPipeline.from_pretrained(args.model, device=resolve_device(args.device))
@@ -108,32 +221,41 @@ def main(argv=None):
     if args.sampling is None and pipe.generator.config.display.sampling:  # the model's own preset
         opts = dataclasses.asdict(sampling_options(args, pipe.generator.config.display.sampling))
     R = pipe.tokenizer.config.resolution
-    sets = {name: [sample_scene(split, i) for i in range(args.num)] for name, split in
-            (("seen", "train"), ("heldout", "heldout"))}
-    results, shown = {}, []
-    for name, scenes in sets.items():
-        prompts = [s.spec.caption for s in scenes]
+    sets = {"prompts": prompt_set(readable, args.num, args.seed)} if args.prompts else shapes_sets(args.num, args.seed)
+    results, verdicts, shown = {}, {}, []
+    for name, items in sets.items():
         res = []
-        for s in tqdm(range(0, len(prompts), args.batch_size), desc=f"generate {name}", unit="batch"):
-            batch = prompts[s:s + args.batch_size]
-            seeds = [args.seed + j for j in range(s, s + len(batch))]
-            images = pipe(prompts=batch, seed=seeds, **opts)
-            res += [check(img, p) for img, p in zip(images, batch)]
+        for s in tqdm(range(0, len(items), args.batch_size), desc=f"generate {name}", unit="batch"):
+            batch = items[s:s + args.batch_size]
+            images = pipe(prompts=[it.prompt for it in batch], seed=[it.seed for it in batch], **opts)
+            res += score(images, batch)
             if not shown:
-                shown = list(zip(images[:16], batch[:16], res[:16]))
+                shown = list(zip(images[:16], [it.prompt for it in batch[:16]], res[:16]))
+        results[name], verdicts[name] = summarize(res), res
+    all_items = [it for items in sets.values() for it in items]
+    for name, res in ceilings(all_items, R, pipe.tokenizer, args.batch_size).items():
         results[name] = summarize(res)
-    all_scenes = [s for scenes in sets.values() for s in scenes]
-    renders = [render(s, R) for s in all_scenes]
-    for name, images in {"ceiling": renders, **reconstruct(pipe.tokenizer, renders, args.batch_size)}.items():
-        results[name] = summarize([check(img, s.spec.caption) for img, s in zip(images, all_scenes)])
     results["model"], results["num"], results["seed"] = str(args.model), args.num, args.seed
     results["options"] = as_sampled(opts, pipe.generator.config)
 
-    columns = ("seen", "heldout", "ceiling", "tokenizer", "tokenizer_hybrid")
-    print(f"{'attribute':<10} {'seen':>7} {'heldout':>8} {'real':>7} {'tok-d':>7} {'tok-h':>7}")
-    for k in ATTRIBUTES:
-        row = [results[s][k] for s in columns]
-        print(f"{k:<10} " + " ".join(f"{'-' if v is None else f'{v:.3f}':>7}" for v in row))
+    if args.prompts:
+        from hart.data.shapes import CANONICAL, phrase
+
+        per_prompt = []
+        for j, (n, text, spec) in enumerate(readable):
+            res = verdicts["prompts"][j * args.num:(j + 1) * args.num]
+            per_prompt.append({"line": n, "prompt": text, "reads_as": phrase(spec, CANONICAL[spec.kind]),
+                               "aligned": sum(r["all"] for r in res) / len(res), "n": len(res)})
+        results["per_prompt"] = per_prompt
+        results["unreadable"] = [{"line": n, "prompt": text, "error": why} for n, text, why in unreadable]
+        results["num_unreadable"] = len(unreadable)
+        _table(results, {"prompts": "prompts", **CEILINGS})
+        print("aligned  prompt (read as)")
+        for r in per_prompt:
+            same = r["reads_as"] == r["prompt"].lower().strip(" .")
+            print(f"{r['aligned']:>7.3f}  {r['prompt']}" + ("" if same else f"  ({r['reads_as']})"))
+    else:
+        _table(results, {**SETS, **CEILINGS})
     if args.out:
         from hart.common.io import write_json
 
@@ -145,9 +267,14 @@ def main(argv=None):
         labels = [("ok  " if r["all"] else "no  ") + p for _, p, r in shown]
         save_grid(rows, args.grid, row_labels=labels, scale=3)
         print(f"wrote {args.grid}")
-    print(f"alignment={results['seen']['all']:.3f} heldout={results['heldout']['all']:.3f} "
-          f"ceiling={results['ceiling']['all']:.3f} tokenizer={results['tokenizer']['all']:.3f} "
-          f"tokenizer_hybrid={results['tokenizer_hybrid']['all']:.3f}")
+    tail = (f"ceiling={results['ceiling']['all']:.3f} tokenizer={results['tokenizer']['all']:.3f} "
+            f"tokenizer_hybrid={results['tokenizer_hybrid']['all']:.3f}")
+    if args.prompts:
+        print(f"prompts={results['prompts']['all']:.3f} {tail} unreadable={len(unreadable)}")
+    else:
+        print(f"alignment={results['seen']['all']:.3f} heldout={results['heldout']['all']:.3f} "
+              f"phrased={results['phrased']['all']:.3f} heldout_phrasing={results['heldout_phrasing']['all']:.3f} "
+              f"{tail}")
     return 0
 
 
