@@ -41,7 +41,7 @@ from hart.common.images import to_pil
 from hart.common.io import atomic_dir
 from hart.diffusion import make_head_scheduler
 from hart.model import HARTGenerator
-from sampling.engine import SamplingEngine, make_generators
+from sampling.engine import DTYPES, SamplingEngine, make_generators
 from sampling.options import SamplingOptions
 from sampling.pipeline import model_folder
 from tokenizer.model import HybridTokenizer
@@ -128,9 +128,16 @@ class HARTDiffusionPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ sampling
 
-    def _sampling_engine(self) -> SamplingEngine:
+    def _sampling_engine(self, dtype: str = "fp32") -> SamplingEngine:
+        if dtype not in DTYPES:
+            raise UserError(f"sampling_dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        weights = {m.dtype for m in (self.generator, self.tokenizer)}
+        if weights != {torch.float32}:
+            raise UserError(f"the models' weights are {', '.join(sorted(map(str, weights)))}: HART samples with fp32 "
+                            "weights; for bf16 / fp16 give sampling_dtype='bf16' / 'fp16' (autocast, as --dtype)")
         if self._engine is None or self._engine.generator is not self.generator:
             self._engine = SamplingEngine(self.generator.eval(), self.tokenizer.eval())
+        self._engine.dtype = dtype
         self._engine.head_scheduler = self.scheduler  # the one the pipeline holds (None: no head)
         return self._engine
 
@@ -172,7 +179,7 @@ class HARTDiffusionPipeline(DiffusionPipeline):
     def __call__(self, prompt=None, class_labels=None, num_inference_steps: int | None = None,
                  guidance_scale: float = 1.5, generator=None, output_type: str = "pil",
                  return_dict: bool = True, callback_on_step_end=None,
-                 callback_on_step_end_tensor_inputs=("ids", "f_hat"), **options):
+                 callback_on_step_end_tensor_inputs=("ids", "f_hat"), sampling_dtype: str = "fp32", **options):
         """Images for ``prompt`` (text models) or ``class_labels`` (class models).
 
         Args:
@@ -185,6 +192,8 @@ class HARTDiffusionPipeline(DiffusionPipeline):
             callback_on_step_end: called after each scale k as ``fn(pipe, k, k, kwargs)``,
                 ``kwargs`` holding ``ids`` (B, pn_k^2) and ``f_hat`` (the discrete latent so far)
                 as named by ``callback_on_step_end_tensor_inputs``; what it returns is not fed back.
+            sampling_dtype: ``"fp32"``, or ``"bf16"`` / ``"fp16"`` autocast of the transformer
+                step (``hart generate --dtype``); the weights stay fp32.
             options: the other :class:`SamplingOptions` fields (top_k, top_p, temperature,
                 smooth, diff_temperature, head_cfg, ...).
         Returns:
@@ -217,7 +226,8 @@ class HARTDiffusionPipeline(DiffusionPipeline):
                             callback_on_step_end(self, k, k, {t: tensors[t] for t in callback_on_step_end_tensor_inputs})
                         bar.update()
 
-                    images = self._sampling_engine().sample(inputs, gens, opts, on_scale=on_scale).images
+                    engine = self._sampling_engine(sampling_dtype)
+                    images = engine.sample(inputs, gens, opts, on_scale=on_scale).images
         finally:
             if self._offload_device is not None:
                 self.generator.to("cpu")

@@ -251,3 +251,33 @@ def test_the_iddpm_scheduler_takes_the_steps_of_iddpm_step():
     for i, t in enumerate(s.timesteps):
         b = s.step(outs[i], t, b, variance_noise=noises[i], temperature=0.9).prev_sample
     assert s.timesteps.tolist() == [999, 856, 714, 571, 428, 285, 143, 0] and torch.equal(a, b)
+
+
+def test_a_converted_var_release_is_a_pipeline_folder(tmp_path):
+    """A tiny VAR release in the official layout (tests/official_layout.py), converted by `hart convert var`."""
+    from hart.convert import main
+    from tests.official_layout import var_transformer_state, var_vae_state
+
+    torch.save(var_vae_state(), tmp_path / "vae.pth")
+    torch.save(var_transformer_state(), tmp_path / "var.pth")
+    assert main(["var", "--vae", str(tmp_path / "vae.pth"), "--var", str(tmp_path / "var.pth"),
+                 "--out", str(tmp_path / "model")]) == 0
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "model")
+    assert pipe.scheduler is None  # VAR has no residual head
+    ref = HARTPipeline.from_pretrained(tmp_path / "model")(class_ids=[5], seed=0, top_k=10)
+    assert same_pictures(pipe(class_labels=[5], generator=gens(0), top_k=10).images, ref)
+    pipe.save_pretrained(tmp_path / "again")
+    back = DiffusionPipeline.from_pretrained(tmp_path / "again")
+    for name in ("tokenizer", "generator"):
+        sa, sb = getattr(pipe, name).state_dict(), getattr(back, name).state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_precision_is_autocast_and_other_weights_are_refused_in_one_line():
+    pipe = tiny_pipe()
+    pipe.set_progress_bar_config(disable=True)
+    a = pipe(class_labels=[1], generator=gens(0), output_type="pt", sampling_dtype="bf16").images
+    assert a.shape == (1, 3, 16, 16) and torch.isfinite(a).all()
+    pipe.to(torch.bfloat16)
+    with pytest.raises(UserError, match="HART samples with fp32 weights"):
+        pipe(class_labels=[1], generator=gens(0))
