@@ -83,7 +83,7 @@ def test_guidance_steps_and_a_single_generator(pipe):
         pipe(prompt="a shirt")
 
 
-def test_the_callback_and_the_progress_bar_see_every_scale(pipe):
+def test_the_callback_sees_every_scale(pipe):
     seen = []
 
     def cb(p, step, timestep, kw):
