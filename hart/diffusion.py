@@ -4,8 +4,8 @@ The head models, per token, the continuous residual the discrete tokens miss
 (HART sec. 3.2), in target units (:func:`hart.heads.to_target`). It predicts the noise epsilon of a
 1000-step cosine schedule (``squaredcos_cap_v2``, beta capped at 0.999, as MAR). The
 schedules come from diffusers: :class:`diffusers.DDPMScheduler` for training (``add_noise``)
-and :class:`diffusers.DDIMScheduler` for the few-step sampler; diffusers is imported
-lazily, so importing this module (and :mod:`hart.model`) stays fast.
+and :class:`diffusers.DDIMScheduler` for the few-step sampler; HART's released heads sample
+with iDDPM's respaced ancestral chain, :class:`IDDPMHeadScheduler` (a diffusers scheduler).
 
 Pure module: no file I/O, device and dtype follow the inputs, randomness only from an
 explicit ``torch.Generator`` (or the default one when ``generator=None``).
@@ -17,6 +17,9 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from diffusers import ConfigMixin, SchedulerMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
 BETA_SCHEDULE = "squaredcos_cap_v2"  # MAR's "cosine": alpha_bar = cos^2((t/T + s)/(1 + s) pi/2)
 
@@ -156,6 +159,58 @@ def iddpm_step(x: torch.Tensor, out: torch.Tensor, t: int, prev: int, alphas_cum
     return mean + torch.exp(0.5 * log_var) * noise.to(x) * temperature
 
 
+class IDDPMHeadScheduler(SchedulerMixin, ConfigMixin):
+    """HART's head sampler as a diffusers scheduler: iDDPM's respacing of the capped cosine
+    schedule (:func:`iddpm_timesteps`, alpha_bar in float64 as iDDPM computes it) and its
+    ancestral step (:func:`iddpm_step`: x0 clipped to [-1, 1], learned-range variance when the
+    model outputs 2z channels, fixed-small otherwise).
+
+    diffusers' ``DDPMScheduler`` with these timesteps, ``clip_sample=True`` and
+    ``variance_type="learned_range"`` writes the same step, but its alpha_bar is float32 and it
+    draws the step noise from one RNG for the whole batch; here the caller passes the noise
+    (``variance_noise``), one draw per image, so an image depends on its own seed only.
+    """
+
+    config_name = "scheduler_config.json"
+    order = 1
+
+    @register_to_config
+    def __init__(self, num_train_timesteps: int = 1000, max_beta: float = 0.999):
+        self.alphas_cumprod = cosine_alphas_cumprod(num_train_timesteps, max_beta)
+        self.timesteps = torch.zeros(0, dtype=torch.long)
+        self.num_inference_steps = None
+
+    def set_timesteps(self, num_inference_steps: int, device=None) -> None:
+        self.num_inference_steps = num_inference_steps
+        ts = iddpm_timesteps(self.config.num_train_timesteps, num_inference_steps)
+        self.timesteps = torch.tensor(ts, dtype=torch.long, device=device)
+
+    def previous_timestep(self, timestep) -> int:
+        """The next timestep of the respaced chain after ``timestep``, -1 after the last."""
+        ts = self.timesteps.tolist()
+        i = ts.index(int(timestep))
+        return ts[i + 1] if i + 1 < len(ts) else -1
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             variance_noise: torch.Tensor | None = None, temperature: float = 1.0,
+             generator: torch.Generator | None = None, return_dict: bool = True):
+        """x_t -> x_prev. ``variance_noise`` (N, z), the step's standard normal noise (drawn
+        from ``generator`` when not given; unused at the last step), scaled by ``temperature``."""
+        prev = self.previous_timestep(timestep)
+        if prev >= 0 and variance_noise is None:
+            variance_noise = _randn(sample.shape, sample, generator)
+        x = iddpm_step(sample, model_output, int(timestep), prev, self.alphas_cumprod, variance_noise, temperature)
+        return SchedulerOutput(prev_sample=x) if return_dict else (x,)
+
+
+def make_head_scheduler(head):
+    """The sampling scheduler of a head config (``hart.config`` section ``head``): diffusers'
+    DDIM (:func:`make_sample_scheduler`) or :class:`IDDPMHeadScheduler`."""
+    if head.sampler == "iddpm":
+        return IDDPMHeadScheduler(head.train_steps)
+    return make_sample_scheduler(head.train_steps, prediction=head.prediction)
+
+
 @torch.no_grad()
 def sample_residual(
     head: nn.Module,
@@ -186,7 +241,8 @@ def sample_residual(
         temperature: ``ddim``: scales the start noise (and the per-step noise when ``eta > 0``);
             ``iddpm``: scales the per-step noise (iDDPM's / HART's meaning).
         eta: DDIM eta (0: deterministic ODE given the start noise; 1: ancestral).
-        scheduler: ``ddim`` only: a DDIMScheduler (default: :func:`make_sample_scheduler`).
+        scheduler: ``ddim``: a DDIMScheduler (default: :func:`make_sample_scheduler`);
+            ``iddpm``: an :class:`IDDPMHeadScheduler` (default: a new one).
         noise: (N, z) start noise, for callers that draw it per image from their own RNGs.
         sampler: ``"ddim"`` (diffusers' DDIM) or ``"iddpm"`` (HART's: ancestral steps on
             :func:`iddpm_timesteps`, x0 clipped, learned-range variance when the head has one).
@@ -214,20 +270,25 @@ def sample_residual(
     if sampler == "iddpm":
         if prediction != "epsilon":
             raise ValueError("the iddpm sampler takes an epsilon head; sample a v head with ddim")
-        ac = cosine_alphas_cumprod(num_train_timesteps)
-        ts = iddpm_timesteps(num_train_timesteps, steps)
+        if scheduler is None:
+            scheduler = IDDPMHeadScheduler(num_train_timesteps)
+        elif not isinstance(scheduler, IDDPMHeadScheduler):
+            raise ValueError(f"the iddpm sampler takes an IDDPMHeadScheduler, not a {type(scheduler).__name__}")
+        scheduler.set_timesteps(steps)
+        ts = scheduler.timesteps.tolist()
         x = noise.to(cond.device, torch.float32)
         for i, t in enumerate(ts):
-            prev = ts[i + 1] if i + 1 < len(ts) else -1
             nz = None
-            if prev >= 0:
+            if i + 1 < len(ts):
                 nz = step_noise[i] if step_noise is not None else _randn(x.shape, x, generator)
-            x = iddpm_step(x, predict(x, t), t, prev, ac, nz, temperature)
+            x = scheduler.step(predict(x, t), t, x, variance_noise=nz, temperature=temperature).prev_sample
         return x
     if sampler != "ddim":
         raise ValueError(f"sampler must be ddim or iddpm, got {sampler!r}")
     if scheduler is None:
         scheduler = make_sample_scheduler(num_train_timesteps, prediction=prediction)
+    elif not hasattr(scheduler.config, "prediction_type"):
+        raise ValueError(f"the ddim sampler takes a DDIMScheduler, not a {type(scheduler).__name__}")
     elif scheduler.config.prediction_type != prediction:
         raise ValueError(f"the scheduler predicts {scheduler.config.prediction_type}, the head {prediction}")
     scheduler.set_timesteps(steps)

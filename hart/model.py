@@ -48,7 +48,7 @@ from hart.config import GeneratorConfig
 from hart.heads import TimestepEmbedder, build_head, from_target, head_condition, to_target
 from hart.rope import rope_1d, rope_2d, rotation, scale_coords
 from hart.common.errors import UserError
-from hart.common.io import PretrainedMixin
+from hart.common.models import ConfigMixin, HARTModelMixin, ModelMixin  # noqa: F401 (diffusers finds the mixins here)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -115,14 +115,14 @@ class GeneratorOutput:
 
 # ----------------------------------------------------------------------------- model
 
-class HARTGenerator(nn.Module, PretrainedMixin):
+class HARTGenerator(HARTModelMixin):
     """Class-conditional next-scale transformer; optional residual diffusion head (``diffusion``)."""
 
     config_class = GeneratorConfig
 
-    def __init__(self, config: GeneratorConfig):
-        super().__init__()
-        self.config = config
+    def __init__(self, config: GeneratorConfig | None = None, **fields):
+        super().__init__(config, **fields)
+        config = self.config
         C, S, P = config.width, config.total_len, config.prefix_len
         self.num_classes = config.num_classes
         self.word_embed = nn.Linear(config.z_channels, C)
@@ -207,7 +207,7 @@ class HARTGenerator(nn.Module, PretrainedMixin):
                 w[:2 * C].mul_(init_adaln_gamma)  # gates start almost closed
 
     @classmethod
-    def from_pretrained(cls, path, device="cpu"):
+    def from_pretrained(cls, path, device="cpu", **hub_kwargs):
         from safetensors import safe_open
 
         from hart.common.io import WEIGHTS_NAME, resolve_dir
@@ -220,7 +220,7 @@ class HARTGenerator(nn.Module, PretrainedMixin):
                         f"the residual head in {folder} predates decoder_norm (the norm in the head's condition) "
                         "and cannot be used; retrain the head on its transformer: hart train --init DIR "
                         "--freeze-transformer --tokenizer DIR/tokenizer --tokens ... --out NEW")
-        return super().from_pretrained(path, device)
+        return super().from_pretrained(path, device, **hub_kwargs)
 
     # ------------------------------------------------------------------ pieces for the sampler
 

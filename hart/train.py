@@ -56,7 +56,8 @@ from hart.common.dist import DTYPE_CHOICES, DistInfo, autocast, init_distributed
 from hart.common.ema import EMA
 from hart.common.errors import UserError, cli_entry
 from hart.common.images import grid
-from hart.common.io import CONFIG_NAME, WEIGHTS_NAME, atomic_dir, atomic_file, read_weights, resolve_dir
+from hart.common.io import (CONFIG_NAME, WEIGHTS_NAME, atomic_dir, atomic_file, read_weights, resolve_dir,
+                            write_pipeline_index)
 from hart.common.metrics import RunLog, Throughput, Window
 from hart.model import HARTGenerator
 from hart.objective import TrainingObjective, measure_decoder_metric, measure_latent_scales
@@ -211,6 +212,8 @@ class GeneratorTrainer:
                      {"step": self.step, "config": self.config.to_dict(), "seed": self.args.seed,
                       "world_size": self.dist.world_size, "freeze_transformer": bool(self.args.freeze_transformer)})
             self.ema.shadow.save_pretrained(out / "generator")
+            if (out / "tokenizer").is_dir():  # also a diffusers pipeline folder
+                write_pipeline_index(out, {"tokenizer": HybridTokenizer, "generator": self.ema.shadow})
         self.saved_step = self.step
         self.dist.barrier()
 

@@ -30,7 +30,7 @@ import dataclasses
 
 import torch
 
-from hart.diffusion import make_sample_scheduler, sample_residual
+from hart.diffusion import make_head_scheduler, sample_residual
 from hart.common.errors import UserError
 from hart.model import HARTGenerator
 from hart import kernels
@@ -111,6 +111,8 @@ class SamplingEngine:
         self.kernels = "torch" if compile else kernels
         self._step = generator.step
         self._cudagraphs = False
+        # the residual head's sampler, made once (set_timesteps each draw: same steps, same state)
+        self.head_scheduler = make_head_scheduler(self.config.head) if generator.diffusion is not None else None
         if compile:
             import torch._dynamo
 
@@ -152,6 +154,7 @@ class SamplingEngine:
         decode: bool = True,
         previews: bool = False,
         return_logits: bool = False,
+        on_scale=None,
     ) -> SampleOutput:
         """Sample B images.
 
@@ -163,6 +166,8 @@ class SamplingEngine:
             decode: also decode the final images (the benchmark times it separately).
             previews: decode the discrete f_hat after every scale.
             return_logits: keep the raw per-scale head logits.
+            on_scale: called after each scale k as ``on_scale(k, ids_k, f_hat)`` (ids_k
+                (B, pn_k^2), f_hat the discrete latent so far); it observes, draws nothing.
         Returns:
             :class:`SampleOutput`.
         """
@@ -218,6 +223,8 @@ class SamplingEngine:
                     ).view(B, T)
                     f_hat, nxt = tok.next_scale_input(k, f_hat, ids_k)
                 ids.append(ids_k)
+                if on_scale is not None:
+                    on_scale(k, ids_k, f_hat)
                 if previews and k + 1 < K:
                     with torch.autocast(self.device.type, enabled=False):
                         preview_imgs.append(tok.decode_latent(f_hat.float()).float())
@@ -261,7 +268,7 @@ class SamplingEngine:
         x = sample_residual(
             head, conds, unconds, cfg=t, steps=steps,
             temperature=temperature,
-            scheduler=make_sample_scheduler(c.head.train_steps, prediction=c.head.prediction) if c.head.sampler == "ddim" else None,
+            scheduler=self.head_scheduler,
             noise=noise[0], sampler=c.head.sampler, step_noise=list(noise[1:]) or None,
             num_train_timesteps=c.head.train_steps, prediction=c.head.prediction,
         )  # (B*N, z); DDIM (eta 0) is deterministic given the start noise

@@ -30,7 +30,8 @@ def test_default_model_loads_as_shipped(pipe):
     assert gc.has_head and tc.resolution == 32 and gc.patch_nums == tc.patch_nums
     for folder in (DEFAULT_MODEL_DIR, DEFAULT_T2I_MODEL_DIR):
         files = [f for f in folder.rglob("*") if f.is_file()]
-        assert sorted(f.suffix for f in files) == [".json", ".json", ".safetensors", ".safetensors"]
+        assert sorted(f.suffix for f in files) == [".json", ".json", ".json", ".safetensors", ".safetensors"]
+        assert (folder / "model_index.json").is_file()  # also a diffusers pipeline folder
     sizes = [sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for d in (DEFAULT_MODEL_DIR, DEFAULT_T2I_MODEL_DIR)]
     assert all(n <= 25e6 for n in sizes) and sum(sizes) < 30e6  # each bundled model <= 25 MB; the wheel small
     assert HARTPipeline.from_pretrained(None).generator.config == gc
@@ -90,6 +91,7 @@ def test_wheel_ships_the_default_model(tmp_path):
         for f in ("config.json", "model.safetensors"):
             assert f"sampling/default_model/{sub}/{f}" in names
             assert f"sampling/default_t2i_model/{sub}/{f}" in names
+    assert {"sampling/default_model/model_index.json", "sampling/default_t2i_model/model_index.json"} <= names
     assert "sampling/eval/fid/cli.py" in names and "hart/common/io.py" in names
     assert not any("screenshot" in n for n in names)  # a dev tool (scripts/), not installed
 

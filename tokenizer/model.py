@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hart.common.io import PretrainedMixin
+from hart.common.models import ConfigMixin, HARTModelMixin, ModelMixin  # noqa: F401 (diffusers finds the mixins here)
 from tokenizer.config import TokenizerConfig
 from tokenizer.modules import Decoder, Encoder
 from tokenizer.quant import MultiScaleQuantizer
@@ -37,12 +37,14 @@ class TokenizerTrainOutput:
     vq_loss: torch.Tensor
 
 
-class HybridTokenizer(nn.Module, PretrainedMixin):
+class HybridTokenizer(HARTModelMixin):
+    """A diffusers model (:class:`hart.common.models.HARTModelMixin`): the ``vae`` of the pipeline."""
+
     config_class = TokenizerConfig
 
-    def __init__(self, config: TokenizerConfig):
-        super().__init__()
-        self.config = config
+    def __init__(self, config: TokenizerConfig | None = None, **fields):
+        super().__init__(config, **fields)
+        config = self.config
         z = config.z_channels
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)

@@ -1,0 +1,262 @@
+"""HART as a diffusers pipeline: ``DiffusionPipeline.from_pretrained`` / ``pipe(...)`` / ``save_pretrained``.
+
+    import sampling                                     # registers HARTDiffusionPipeline with diffusers
+    from diffusers import DiffusionPipeline
+    pipe = DiffusionPipeline.from_pretrained(sampling.default_model_dir())   # or a `hart train` folder
+    g = [torch.Generator().manual_seed(s) for s in (0, 1)]                   # one per image
+    images = pipe(class_labels=[3, 5], guidance_scale=1.5, generator=g).images
+    t2i = DiffusionPipeline.from_pretrained(sampling.default_model_dir("default-t2i"))
+    images = t2i(prompt=["a large red circle"], generator=g[:1]).images
+
+Components: ``tokenizer`` (:class:`tokenizer.model.HybridTokenizer`, the image tokenizer; also
+``pipe.vae``) and ``generator`` (:class:`hart.model.HARTGenerator`, the transformer with its
+residual head; also ``pipe.transformer``), and ``scheduler``, the head's sampler, made once
+per pipeline (diffusers' ``DDIMScheduler``, or :class:`hart.diffusion.IDDPMHeadScheduler` for
+HART's released heads; None without a head; optional: when a folder has none it is made from
+the generator's config). The models are named after the subfolders every model
+folder of the project already has, so a folder written by ``hart train`` / ``export`` /
+``convert`` (which now also write ``model_index.json``) is a pipeline folder, and a folder
+written by :meth:`HARTDiffusionPipeline.save_pretrained` is one ``HARTPipeline``,
+``hart generate --model`` and the demo read. A folder without ``model_index.json`` (written
+before) loads with :meth:`HARTDiffusionPipeline.from_pretrained`. A text model's encoder is
+not a component: it is loaded from its config on first use, as :class:`HARTPipeline` does.
+
+Sampling is the same engine as :class:`sampling.HARTPipeline`: the same seeds give the same
+images. ``generator`` is a list of ``torch.Generator``, one per image (an image depends on its
+own generator only); a single generator draws one seed per image from it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from hart.common.errors import UserError
+from hart.common.images import to_pil
+from hart.common.io import atomic_dir
+from hart.diffusion import make_head_scheduler
+from hart.model import HARTGenerator
+from sampling.engine import DTYPES, SamplingEngine, make_generators
+from sampling.options import SamplingOptions
+from sampling.pipeline import model_folder
+from tokenizer.model import HybridTokenizer
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+@dataclass
+class HARTPipelineOutput(BaseOutput):
+    """``images``: PIL images, a (B, R, R, 3) float array in [0, 1] (``np``) or a (B, 3, R, R)
+    tensor in [0, 1] (``pt``)."""
+
+    images: list | np.ndarray | torch.Tensor
+
+
+class HARTDiffusionPipeline(DiffusionPipeline):
+    """HART / VAR next-scale generation as a diffusers pipeline (see the module doc)."""
+
+    model_cpu_offload_seq = "generator->tokenizer"
+    _optional_components = ["scheduler"]
+
+    def __init__(self, tokenizer: HybridTokenizer, generator: HARTGenerator, scheduler=None):
+        super().__init__()
+        if generator.diffusion is None:
+            scheduler = None
+        else:
+            scheduler = _check_scheduler(scheduler, generator.config.head)
+        self.register_modules(tokenizer=tokenizer, generator=generator, scheduler=scheduler)
+        self._engine = None
+        self._text_encoder = None
+        self._offload_device = None
+
+    @property
+    def vae(self) -> HybridTokenizer:
+        return self.tokenizer
+
+    @property
+    def transformer(self) -> HARTGenerator:
+        return self.generator
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path=None, **kwargs):
+        """A pipeline folder (``model_index.json``), a model folder of ``hart train`` /
+        ``export`` / ``convert`` without one, or a bundled model's name (``default``,
+        ``default-t2i``)."""
+        folder = model_folder(pretrained_model_name_or_path)
+        if (folder / "model_index.json").is_file():
+            return super().from_pretrained(str(folder), **kwargs)
+        for sub in ("tokenizer", "generator"):
+            if not (folder / sub).is_dir():
+                raise UserError(f"{folder} is not a model folder: it has neither model_index.json nor {sub}/")
+        hub = {k: kwargs.pop(k) for k in ("torch_dtype", "dtype") if k in kwargs}
+        if kwargs:
+            raise UserError(f"unknown option {sorted(kwargs)[0]!r} for a model folder without model_index.json")
+        return cls(HybridTokenizer.from_pretrained(folder / "tokenizer", **hub),
+                   HARTGenerator.from_pretrained(folder / "generator", **hub))
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """diffusers' ``save_pretrained`` into a temp folder swapped in whole
+        (:func:`hart.common.io.atomic_dir`): a kill mid-save leaves the previous folder."""
+        with atomic_dir(save_directory) as tmp:
+            super().save_pretrained(str(tmp), **kwargs)
+
+    # ------------------------------------------------------------------ offload
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device = "cuda") -> None:
+        """Keep both models on the CPU between calls; a call moves them to ``device`` and back.
+
+        The sampler calls the models' per-scale methods (not ``forward``), which accelerate's
+        hooks would not see, so this is the project's own: whole-model, per call.
+        """
+        device = torch.device(device)
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise UserError("enable_model_cpu_offload needs a CUDA device; none is available here")
+            device = torch.device("cuda", gpu_id if gpu_id is not None else (device.index or 0))
+        self._offload_device = device
+        self.tokenizer.to("cpu")
+        self.generator.to("cpu")
+
+    @property
+    def _execution_device(self) -> torch.device:
+        return self._offload_device or self.generator.word_embed.weight.device
+
+    # ------------------------------------------------------------------ sampling
+
+    def _sampling_engine(self, dtype: str = "fp32") -> SamplingEngine:
+        if dtype not in DTYPES:
+            raise UserError(f"sampling_dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        weights = {m.dtype for m in (self.generator, self.tokenizer)}
+        if weights != {torch.float32}:
+            raise UserError(f"the models' weights are {', '.join(sorted(map(str, weights)))}: HART samples with fp32 "
+                            "weights; for bf16 / fp16 give sampling_dtype='bf16' / 'fp16' (autocast, as --dtype)")
+        if self._engine is None or self._engine.generator is not self.generator:
+            self._engine = SamplingEngine(self.generator.eval(), self.tokenizer.eval())
+        self._engine.dtype = dtype
+        self._engine.head_scheduler = self.scheduler  # the one the pipeline holds (None: no head)
+        return self._engine
+
+    def _encode(self, prompt, class_labels, device):
+        """(engine inputs, count) from exactly one of prompt / class_labels."""
+        if (prompt is None) == (class_labels is None):
+            raise UserError("give either prompt or class_labels" if prompt is None
+                            else "give prompt or class_labels, not both")
+        config = self.generator.config
+        if prompt is not None:
+            from hart.text import check_prompts, text_encoder_for
+
+            if not config.is_text:
+                raise UserError("this model is class-conditional: give it class_labels, not a prompt")
+            if self._text_encoder is None:
+                self._text_encoder = text_encoder_for(config, None, device)
+            enc = self._text_encoder.encode(check_prompts(prompt))
+            return enc, enc[0].shape[0]
+        if config.is_text:
+            raise UserError("this model is text-conditioned: give it a prompt, not class_labels")
+        if isinstance(class_labels, torch.Tensor):
+            class_labels = class_labels.view(-1).tolist()
+        elif isinstance(class_labels, int):
+            class_labels = [class_labels]
+        ids = config.check_class_ids(class_labels)
+        return ids, len(ids)
+
+    @staticmethod
+    def _generators(generator, n: int) -> list:
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != n:
+                raise UserError(f"got {len(generator)} generators for {n} images (give one per image)")
+            return list(generator)
+        # one generator (or None: torch's global RNG): one seed per image drawn from it
+        seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
+        return make_generators(seeds)
+
+    @torch.no_grad()
+    def __call__(self, prompt=None, class_labels=None, num_inference_steps: int | None = None,
+                 guidance_scale: float = 1.5, generator=None, output_type: str = "pil",
+                 return_dict: bool = True, callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs=("ids", "f_hat"), sampling_dtype: str = "fp32", **options):
+        """Images for ``prompt`` (text models) or ``class_labels`` (class models).
+
+        Args:
+            num_inference_steps: the residual head's denoising steps (None: the model's); the
+                transformer always runs one step per scale.
+            guidance_scale: classifier-free guidance at the last scale (``cfg``; 0: off).
+            generator: a list of ``torch.Generator``, one per image; one generator (or None)
+                draws one seed per image from it.
+            output_type: ``"pil"``, ``"np"`` or ``"pt"``.
+            callback_on_step_end: called after each scale k as ``fn(pipe, k, k, kwargs)``,
+                ``kwargs`` holding ``ids`` (B, pn_k^2) and ``f_hat`` (the discrete latent so far)
+                as named by ``callback_on_step_end_tensor_inputs``; what it returns is not fed back.
+            sampling_dtype: ``"fp32"``, or ``"bf16"`` / ``"fp16"`` autocast of the transformer
+                step (``hart generate --dtype``); the weights stay fp32.
+            options: the other :class:`SamplingOptions` fields (top_k, top_p, temperature,
+                smooth, diff_temperature, head_cfg, ...).
+        Returns:
+            :class:`HARTPipelineOutput`, or ``(images,)`` when ``return_dict`` is False.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise UserError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        unknown = sorted(set(callback_on_step_end_tensor_inputs) - {"ids", "f_hat"})
+        if unknown:
+            raise UserError(f"callback_on_step_end_tensor_inputs: unknown tensor {unknown[0]!r} (ids, f_hat)")
+        try:
+            opts = SamplingOptions(cfg=guidance_scale, diff_steps=num_inference_steps, **options).validate()
+        except TypeError as e:
+            raise UserError(f"unknown sampling option: {e}") from None
+        if self._offload_device is not None:
+            self.generator.to(self._offload_device)
+            self.tokenizer.to(self._offload_device)
+        try:
+            device = self._execution_device
+            inputs, n = self._encode(prompt, class_labels, device)
+            if n == 0:
+                images = torch.zeros(0, 3, self.tokenizer.config.resolution, self.tokenizer.config.resolution)
+            else:
+                gens = self._generators(generator, n)
+                K = self.generator.config.num_scales
+                with self.progress_bar(total=K) as bar:
+                    def on_scale(k, ids_k, f_hat):
+                        if callback_on_step_end is not None:
+                            tensors = {"ids": ids_k, "f_hat": f_hat}
+                            callback_on_step_end(self, k, k, {t: tensors[t] for t in callback_on_step_end_tensor_inputs})
+                        bar.update()
+
+                    engine = self._sampling_engine(sampling_dtype)
+                    images = engine.sample(inputs, gens, opts, on_scale=on_scale).images
+        finally:
+            if self._offload_device is not None:
+                self.generator.to("cpu")
+                self.tokenizer.to("cpu")
+        if output_type == "pil":
+            out = to_pil(images)
+        else:
+            out = images.float().clamp(-1, 1).add(1).div(2).cpu()
+            if output_type == "np":
+                out = out.permute(0, 2, 3, 1).numpy()
+        return HARTPipelineOutput(images=out) if return_dict else (out,)
+
+
+def _check_scheduler(scheduler, head):
+    """The residual head's scheduler: ``scheduler``, or the one its config names when None;
+    one line when it is not the kind the head samples with."""
+    own = make_head_scheduler(head)
+    if scheduler is None:
+        return own
+    if type(scheduler) is not type(own):
+        raise UserError(f"this model's residual head samples with a {type(own).__name__} "
+                        f"(sampler {head.sampler!r}), not a {type(scheduler).__name__}")
+    pred = getattr(scheduler.config, "prediction_type", None)
+    if pred is not None and pred != head.prediction:
+        raise UserError(f"the scheduler predicts {pred}, the residual head {head.prediction}")
+    return scheduler
+
+
+# DiffusionPipeline.from_pretrained finds a pipeline class among diffusers' attributes by the
+# name in model_index.json; this makes HART's one of them once the caller imports sampling
+if getattr(diffusers, HARTDiffusionPipeline.__name__, None) is None:
+    setattr(diffusers, HARTDiffusionPipeline.__name__, HARTDiffusionPipeline)

