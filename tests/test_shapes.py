@@ -63,7 +63,7 @@ def test_heldout_phrasings_never_caption_train_or_test():
     held = {t.name for t in S.HELDOUT_TEMPLATES}
     assert held and held.isdisjoint(t.name for t in S.TRAIN_TEMPLATES)
     used = set()
-    for split, n in (("train", 5000), ("test", 1000), ("heldout", 1000)):
+    for split, n in (("train", 2000), ("test", 500), ("heldout", 500)):
         for i in range(n):
             sc = S.sample_scene(split, i)
             spec, template = S.read_prompt(sc.phrasing)
