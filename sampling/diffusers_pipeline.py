@@ -1,11 +1,11 @@
 """HART as a diffusers pipeline: ``DiffusionPipeline.from_pretrained`` / ``pipe(...)`` / ``save_pretrained``.
 
-    import sampling                                     # registers HARTDiffusionPipeline with diffusers
+    import hart                                         # lets diffusers find HARTDiffusionPipeline
     from diffusers import DiffusionPipeline
-    pipe = DiffusionPipeline.from_pretrained(sampling.default_model_dir())   # or a `hart train` folder
+    pipe = DiffusionPipeline.from_pretrained("runs/fm")  # a `hart train` folder, or a bundled model's folder
     g = [torch.Generator().manual_seed(s) for s in (0, 1)]                   # one per image
     images = pipe(class_labels=[3, 5], guidance_scale=1.5, generator=g).images
-    t2i = DiffusionPipeline.from_pretrained(sampling.default_model_dir("default-t2i"))
+    t2i = HARTDiffusionPipeline.from_pretrained("default-t2i")              # bundled models by name
     images = t2i(prompt=["a large red circle"], generator=g[:1]).images
 
 Components: ``tokenizer`` (:class:`tokenizer.model.HybridTokenizer`, the image tokenizer; also
@@ -257,6 +257,5 @@ def _check_scheduler(scheduler, head):
 
 
 # DiffusionPipeline.from_pretrained finds a pipeline class among diffusers' attributes by the
-# name in model_index.json; this makes HART's one of them once the caller imports sampling
-if getattr(diffusers, HARTDiffusionPipeline.__name__, None) is None:
-    setattr(diffusers, HARTDiffusionPipeline.__name__, HARTDiffusionPipeline)
+# name in model_index.json: set here, and found lazily after a bare `import hart` (hart.registry)
+setattr(diffusers, HARTDiffusionPipeline.__name__, HARTDiffusionPipeline)

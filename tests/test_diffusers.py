@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import sampling  # noqa: F401 (registers HARTDiffusionPipeline with diffusers)
+import hart  # noqa: F401 (lets diffusers find HARTDiffusionPipeline)
 from diffusers import DiffusionPipeline, ModelMixin
 
 from hart.common.errors import UserError
@@ -57,6 +57,36 @@ def test_the_bundled_model_loads_with_diffusion_pipeline_and_gives_the_same_imag
     assert same_pictures(out, ref)
     # an image depends only on its own generator, not on its batch
     assert same_pictures(pipe(class_labels=[7], generator=gens(7)).images, ref[2:])
+
+
+def test_import_hart_alone_lets_diffusion_pipeline_load_a_model_folder(tmp_path):
+    """The issue's own lines in a fresh process: `import hart` (which imports neither torch nor
+    diffusers), then DiffusionPipeline.from_pretrained; the same images as HARTPipeline. And
+    with diffusers imported first."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import hart
+        assert not {{"torch", "diffusers", "sampling"}} & set(sys.modules), "import hart stays cheap"
+        from diffusers import DiffusionPipeline
+        import numpy as np, torch
+        pipe = DiffusionPipeline.from_pretrained({str(default_model_dir())!r})
+        g = [torch.Generator().manual_seed(s) for s in (5, 6)]
+        np.save({str(tmp_path / "a.npy")!r}, np.stack([np.asarray(i) for i in pipe(class_labels=[3, 7], generator=g).images]))
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ref = HARTPipeline.from_pretrained("default")(class_ids=[3, 7], seed=[5, 6])
+    got = np.load(tmp_path / "a.npy")
+    assert same_pictures(list(got), ref)
+    first = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import diffusers, hart
+        print(diffusers.HARTDiffusionPipeline.__module__)
+    """)
+    r = subprocess.run([sys.executable, "-c", first], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.split() == ["sampling.diffusers_pipeline"], r.stderr[-2000:]
 
 
 def test_output_types_and_return_dict(pipe):
