@@ -139,6 +139,66 @@ def test_ground_truth_renders_of_every_phrasing_score_as_aligned(tmp_path):
         assert all(p.size for p in it.scene.spec.objects)
 
 
+def test_alignment_per_kind_ground_truth_scores_one():
+    """Ground-truth renders are aligned in every kind column (singles, counts, pairs) of every
+    prompt set, and the kinds split each set's images without loss."""
+    from sampling.eval.alignment import KINDS, ceilings, kinds_of, shapes_sets, summarize
+
+    sets = shapes_sets(24, 0)
+    items = [it for v in sets.values() for it in v]
+    verdicts = ceilings(items, 32)["ceiling"]
+    columns = {"ceiling": summarize(verdicts, kinds_of(items))}
+    at = 0
+    for name, its in sets.items():
+        columns[name] = summarize(verdicts[at:at + len(its)], kinds_of(its))
+        at += len(its)
+    for name, r in columns.items():
+        assert sum(r["kinds"][k]["n"] for k in KINDS) == r["n"], name
+        for k in KINDS:
+            assert r["kinds"][k]["n"] > 0 and r["kinds"][k]["all"] >= 0.99, (name, k, r["kinds"][k])
+        assert r["kinds"]["pair"]["position"] == 1.0 and r["kinds"]["single"]["position"] is None
+    # the kind is the parsed scene's: the phrasing sets word the same scenes as the seen set
+    assert kinds_of(sets["phrased"]) == kinds_of(sets["seen"]) == [it.scene.spec.kind for it in sets["seen"]]
+
+
+def test_alignment_per_kind_is_the_all_fraction_over_that_kind():
+    from sampling.eval.alignment import KINDS, kinds_of, score, shapes_sets, summarize
+
+    # made-up verdicts: each kind's figure is "all" over its own results alone
+    res = [{"all": True, "position": None}, {"all": False, "position": None},  # singles: 1/2
+           {"all": True, "position": None},  # count: 1/1
+           {"all": False, "position": False}, {"all": False, "position": True}, {"all": True, "position": True}]
+    kinds = ["single", "single", "count", "pair", "pair", "pair"]
+    r = summarize(res, kinds)
+    assert r["all"] == 0.5 and r["n"] == 6
+    assert {k: (v["all"], v["n"]) for k, v in r["kinds"].items()} == {"single": (0.5, 2), "count": (1.0, 1),
+                                                                      "pair": (1 / 3, 3)}
+    assert r["kinds"]["pair"]["position"] == 2 / 3 and r["kinds"]["count"]["position"] is None
+    assert summarize(res[:2], kinds[:2])["kinds"]["pair"] == summarize([])  # no pair: None, n=0
+    assert "kinds" not in summarize(res)
+    with pytest.raises(ValueError):
+        summarize(res, kinds[:3])
+
+    # real checks: ground-truth renders, every other pair image blanked (nothing found, not aligned)
+    items = shapes_sets(16, 0)["seen"]
+    images, seen_pairs, blanked = [], 0, 0
+    for it in items:
+        blank = it.spec.kind == "pair" and seen_pairs % 2 == 0
+        seen_pairs += it.spec.kind == "pair"
+        blanked += blank
+        images.append(Image.new("RGB", (32, 32)) if blank else S.render(it.scene, 32))
+    verdicts = score(images, items)
+    r = summarize(verdicts, kinds_of(items))
+    pairs = r["kinds"]["pair"]["n"]
+    assert pairs >= 3 and blanked == (pairs + 1) // 2
+    assert r["kinds"]["pair"]["all"] == (pairs - blanked) / pairs
+    assert r["kinds"]["single"]["all"] == r["kinds"]["count"]["all"] == 1.0
+    for k in KINDS:
+        own = [v["all"] for v, it in zip(verdicts, items) if it.spec.kind == k]
+        assert r["kinds"][k]["all"] == sum(own) / len(own) and r["kinds"][k]["n"] == len(own)
+    assert r["all"] == pytest.approx(sum(r["kinds"][k]["all"] * r["kinds"][k]["n"] for k in KINDS) / r["n"])
+
+
 def test_prompt_file_errors(tmp_path):
     from sampling.eval.alignment import read_prompt_file
 

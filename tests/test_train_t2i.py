@@ -101,7 +101,8 @@ def test_eval_alignment_cli(tokdir, cache, tmp_path, capsys):
     capsys.readouterr()
     align_main(["--model", str(tmp_path / "m"), "--num", "3", "--out", str(tmp_path / "a.json"),
                 "--grid", str(tmp_path / "a.png")])
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    out = capsys.readouterr().out
+    last = out.strip().splitlines()[-1]
     report = json.loads((tmp_path / "a.json").read_text())
     assert last == (f"alignment={report['seen']['all']:.3f} heldout={report['heldout']['all']:.3f} "
                     f"phrased={report['phrased']['all']:.3f} heldout_phrasing={report['heldout_phrasing']['all']:.3f} "
@@ -109,6 +110,15 @@ def test_eval_alignment_cli(tokdir, cache, tmp_path, capsys):
                     f"tokenizer_hybrid={report['tokenizer_hybrid']['all']:.3f}")
     assert all(report[k]["n"] == 3 for k in ("seen", "heldout", "phrased", "heldout_phrasing"))
     assert report["ceiling"]["n"] == report["tokenizer"]["n"] == report["tokenizer_hybrid"]["n"] == 12
+    # per kind of scene in every column: the "all single"/"all count"/"all pair" and "n ..." rows
+    table = {line.split()[0] + " " + line.split()[1]: line.split()[2:] for line in out.splitlines()
+             if line.startswith(("all ", "n "))}
+    columns = ("seen", "heldout", "phrased", "heldout_phrasing", "ceiling", "tokenizer", "tokenizer_hybrid")
+    for kind in ("single", "count", "pair"):
+        got = [report[c]["kinds"][kind] for c in columns]
+        assert table[f"n {kind}"] == [str(g["n"]) for g in got]
+        assert table[f"all {kind}"] == ["-" if g["all"] is None else f"{g['all']:.3f}" for g in got]
+    assert all(sum(report[c]["kinds"][k]["n"] for k in ("single", "count", "pair")) == report[c]["n"] for c in columns)
     assert (tmp_path / "a.png").is_file()
     with pytest.raises(SystemExit):
         align_main(["--model", str(tmp_path / "m"), "--data", "fashion-mnist"])
@@ -125,8 +135,10 @@ def test_eval_alignment_cli(tokdir, cache, tmp_path, capsys):
     assert "line 6: 'a red circle next to a blue square': unknown word 'next'" in out
     assert report["num_unreadable"] == 2 and [u["line"] for u in report["unreadable"]] == [5, 6]
     assert report["prompts"]["n"] == report["ceiling"]["n"] == 4
-    assert [(p["line"], p["reads_as"], p["n"]) for p in report["per_prompt"]] == [
-        (2, "a large red circle", 2), (4, "three blue squares", 2)]
+    assert [(p["line"], p["reads_as"], p["kind"], p["n"]) for p in report["per_prompt"]] == [
+        (2, "a large red circle", "single", 2), (4, "three blue squares", "count", 2)]
+    assert [report["prompts"]["kinds"][k]["n"] for k in ("single", "count", "pair")] == [2, 2, 0]
+    assert report["prompts"]["kinds"]["pair"]["all"] is None
     assert out.strip().splitlines()[-1] == (
         f"prompts={report['prompts']['all']:.3f} ceiling={report['ceiling']['all']:.3f} "
         f"tokenizer={report['tokenizer']['all']:.3f} tokenizer_hybrid={report['tokenizer_hybrid']['all']:.3f} "

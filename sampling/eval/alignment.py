@@ -33,7 +33,11 @@ ground-truth renders laid out for each prompt. A prompt the parser cannot read i
 (line, prompt, why) and counted as unreadable, never dropped silently.
 
 Accuracy per attribute is the fraction of images where it holds (``position`` over the
-prompts with a relation); an image is aligned when all of them hold. The last line is
+prompts with a relation); an image is aligned when all of them hold. Each column is also split
+by the kind of scene its prompt parses to (``PromptSpec.kind``): single objects, counts (several
+of one object) and pairs with a relation: the rows ``all single``, ``all count``, ``all pair``
+(aligned fraction of that kind's images) and ``n single``... (their number); in ``--out``,
+``kinds`` of each column (every attribute, per kind). The last line is
 ``alignment=X heldout=X phrased=X heldout_phrasing=X ceiling=X tokenizer=X
 tokenizer_hybrid=X`` (fractions of aligned images), with ``--prompts`` ``prompts=X ceiling=X
 tokenizer=X tokenizer_hybrid=X unreadable=N``.
@@ -48,6 +52,7 @@ from hart.common.fs import output_file, read_text
 from sampling.options import add_sampling_arguments, as_sampled, sampling_options
 
 ATTRIBUTES = ("object", "colour", "size", "count", "position", "all")
+KINDS = ("single", "count", "pair")  # the values of PromptSpec.kind, in the order reported
 SETS = {"seen": "seen", "heldout": "heldout", "phrased": "phrased", "heldout_phrasing": "ho-phrase"}
 CEILINGS = {"ceiling": "real", "tokenizer": "tok-d", "tokenizer_hybrid": "tok-h"}
 
@@ -62,14 +67,25 @@ class Item:
     scene: object
 
 
-def summarize(results: list[dict]) -> dict:
-    """Per attribute: the fraction of results where it holds (None entries skipped)."""
+def summarize(results: list[dict], kinds: list | None = None) -> dict:
+    """Per attribute: the fraction of results where it holds (None entries skipped). With
+    ``kinds`` (the kind of scene of each result's prompt, ``PromptSpec.kind``), also ``kinds``:
+    {kind: the same summary over that kind's results alone} for every kind of ``KINDS``."""
     out = {}
     for k in ATTRIBUTES:
         vals = [r[k] for r in results if r.get(k) is not None]
         out[k] = sum(map(bool, vals)) / len(vals) if vals else None
     out["n"] = len(results)
+    if kinds is not None:
+        if len(kinds) != len(results):
+            raise ValueError(f"{len(kinds)} kinds for {len(results)} results")
+        out["kinds"] = {kind: summarize([r for r, k in zip(results, kinds) if k == kind]) for kind in KINDS}
     return out
+
+
+def kinds_of(items: list) -> list:
+    """The kind of scene (single, count or pair) each item's prompt asks for."""
+    return [it.spec.kind for it in items]
 
 
 def reconstruct(tokenizer, images: list, batch_size: int) -> dict:
@@ -185,6 +201,11 @@ def _table(results: dict, columns: dict) -> None:
     for k in ATTRIBUTES:
         row = [results[s][k] for s in columns]
         print(f"{k:<10} " + " ".join(f"{'-' if v is None else f'{v:.3f}':>9}" for v in row))
+    for kind in KINDS:  # "all" over the images of one kind of scene
+        row = [results[s]["kinds"][kind]["all"] for s in columns]
+        print(f"{'all ' + kind:<10} " + " ".join(f"{'-' if v is None else f'{v:.3f}':>9}" for v in row))
+    for kind in KINDS:
+        print(f"{'n ' + kind:<10} " + " ".join(f"{results[s]['kinds'][kind]['n']:>9}" for s in columns))
 
 
 @cli_entry
@@ -231,10 +252,10 @@ def main(argv=None):
             res += score(images, batch)
             if not shown:
                 shown = list(zip(images[:16], [it.prompt for it in batch[:16]], res[:16]))
-        results[name], verdicts[name] = summarize(res), res
+        results[name], verdicts[name] = summarize(res, kinds_of(items)), res
     all_items = [it for items in sets.values() for it in items]
     for name, res in ceilings(all_items, R, pipe.tokenizer, args.batch_size).items():
-        results[name] = summarize(res)
+        results[name] = summarize(res, kinds_of(all_items))
     results["model"], results["num"], results["seed"] = str(args.model), args.num, args.seed
     results["options"] = as_sampled(opts, pipe.generator.config)
 
@@ -245,7 +266,7 @@ def main(argv=None):
         for j, (n, text, spec) in enumerate(readable):
             res = verdicts["prompts"][j * args.num:(j + 1) * args.num]
             per_prompt.append({"line": n, "prompt": text, "reads_as": phrase(spec, CANONICAL[spec.kind]),
-                               "aligned": sum(r["all"] for r in res) / len(res), "n": len(res)})
+                               "kind": spec.kind, "aligned": sum(r["all"] for r in res) / len(res), "n": len(res)})
         results["per_prompt"] = per_prompt
         results["unreadable"] = [{"line": n, "prompt": text, "error": why} for n, text, why in unreadable]
         results["num_unreadable"] = len(unreadable)
