@@ -50,7 +50,8 @@ from pathlib import Path
 import torch
 
 from hart.common.errors import UserError, cli_entry
-from hart.common.io import key_mismatch, prepare_out_dir, write_models
+from hart.common.io import key_mismatch, prepare_out_dir
+from hart.common.models import write_models
 from tokenizer.config import PATCH_NUMS
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")

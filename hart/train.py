@@ -56,9 +56,9 @@ from hart.common.dist import DTYPE_CHOICES, DistInfo, autocast, init_distributed
 from hart.common.ema import EMA
 from hart.common.errors import UserError, cli_entry
 from hart.common.images import grid
-from hart.common.io import (CONFIG_NAME, WEIGHTS_NAME, atomic_dir, atomic_file, read_weights, resolve_dir,
-                            write_pipeline_index)
+from hart.common.io import CONFIG_NAME, WEIGHTS_NAME, atomic_dir, atomic_file, read_weights, resolve_dir
 from hart.common.metrics import RunLog, Throughput, Window
+from hart.common.models import write_pipeline_index
 from hart.model import HARTGenerator
 from hart.objective import TrainingObjective, measure_decoder_metric, measure_latent_scales
 from hart.kernels import ATTENTION_IMPLS
