@@ -10,18 +10,21 @@
 #   scripts/gpu_check.sh demo     # the demo under load: one-at-a-time vs batched
 #
 # Logs go to $OUT (or ./gpu-out), written as they come (no filter in the pipe buffers them: a run
-# stopped by a time limit keeps what it printed). Python packages the machine lacks can come as a site folder:
-# SITE_TAR=path/to/site.tar.xz is unpacked to /tmp/site and put on PYTHONPATH first. VAR_SRC
+# stopped by a time limit keeps what it printed). Python packages the machine lacks come as wheels in
+# .whl/ (scripts/gpu_wheels.sh, carried), installed to /tmp/site, or as a site folder SITE_TAR=site.tar.xz
+# unpacked there; /tmp/site goes first on PYTHONPATH. VAR_SRC
 # points at a FoundationVision/VAR checkout for the side-by-side timings (default .ext/VAR).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 VAR_SRC=${VAR_SRC:-.ext/VAR}
-if [ -n "${SITE_TAR:-}" ] && [ ! -d /tmp/site ]; then
-  mkdir -p /tmp/site && tar xJf "$SITE_TAR" -C /tmp/site
+if [ ! -d /tmp/site ] && { [ -d .whl ] || [ -n "${SITE_TAR:-}" ]; }; then
+  mkdir -p /tmp/site
+  if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+  else tar xJf "$SITE_TAR" -C /tmp/site || exit 1; fi
 fi
-export PYTHONPATH="${SITE_TAR:+/tmp/site:}$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 GRADIO_ANALYTICS_ENABLED=False
 hart() { python -c 'import sys; from hart.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
 step() { echo; echo "=== $* ($(date +%T))"; }

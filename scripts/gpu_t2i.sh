@@ -3,7 +3,7 @@
 # from the repository root there, with the packages that machine lacks and MiniLM carried along:
 #
 #   python scripts/minilm_pack.py pack --out .ext/minilm-shapes     # here: MiniLM for the shapes captions, 23 MB
-#   (site-train.tar.xz: diffusers, vector-quantize-pytorch and its needs as py3.12 wheels, unpacked; README)
+#   scripts/gpu_wheels.sh                                              # here: .whl/, what the machine lacks
 #   OUT=... BUDGET=400 scripts/gpu_t2i.sh                           # there: both models at once, one GPU
 #
 # It trains `shapes-t2i` (9.2M, the bundled size) and `shapes-t2i-l` (34M) side by side on the
@@ -17,7 +17,8 @@ OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 SITE=/tmp/site
 mkdir -p "$SITE"
-tar xJf "${SITE_TAR:-.ext/site-train.tar.xz}" -C "$SITE" || exit 1
+if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl || exit 1
+else tar xJf "${SITE_TAR:-.ext/site-train.tar.xz}" -C "$SITE" || exit 1; fi
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 python scripts/minilm_pack.py unpack --src "${MINILM:-.ext/minilm-shapes}" --site "$SITE" || exit 1
 hart() { python -c 'import sys; from hart.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
