@@ -79,6 +79,14 @@ def check_prompts(prompts) -> list[str]:
     return prompts
 
 
+def check_encoder(name: str, max_length: int) -> None:
+    """One line if ``name`` is no known encoder or ``max_length`` (T) is too short (nothing loaded)."""
+    if name not in ENCODERS:
+        raise UserError(f"unknown text encoder {name!r}; choose one of: {', '.join(ENCODERS)}")
+    if max_length < 2:
+        raise UserError(f"the context length must be at least 2 tokens, got {max_length}")
+
+
 class TextEncoder:
     """A frozen Hugging Face encoder: ``encode(prompts) -> (tokens (B, T, D), mask (B, T))``.
 
@@ -92,10 +100,7 @@ class TextEncoder:
     """
 
     def __init__(self, name: str, path=None, max_length: int = 16, device="cpu", model=None, tokenizer=None):
-        if name not in ENCODERS:
-            raise UserError(f"unknown text encoder {name!r}; choose one of: {', '.join(ENCODERS)}")
-        if max_length < 2:
-            raise UserError(f"the context length must be at least 2 tokens, got {max_length}")
+        check_encoder(name, max_length)
         if (model is None) != (tokenizer is None):
             raise UserError("a text encoder needs its model and its tokenizer together "
                             "(text_encoder and text_tokenizer)")
@@ -194,7 +199,10 @@ def text_encoder_for(config, path=None, device="cpu") -> TextEncoder:
 
 class PromptCache:
     """Encoded prompts kept by text (the encoder is frozen, so a prompt always encodes the same):
-    ``(tokens (B, T, D), mask (B, T))`` for a batch, encoding only the prompts not seen yet."""
+    ``(tokens (B, T, D), mask (B, T))`` for a batch, encoding only the prompts not seen yet.
+
+    ``max_items=0`` keeps nothing between batches: each batch encodes its own distinct prompts,
+    so what a step gets depends on that batch alone (a resumed run gets the same numbers)."""
 
     def __init__(self, encoder: TextEncoder, max_items: int = 200_000):
         self.encoder, self.max_items = encoder, max_items
@@ -202,10 +210,13 @@ class PromptCache:
 
     def __call__(self, prompts) -> tuple[torch.Tensor, torch.Tensor]:
         prompts = check_prompts(prompts)
+        if not self.max_items:
+            self._store.clear()
         new = sorted({p for p in prompts if p not in self._store})
         if new:
             if len(self._store) + len(new) > self.max_items:
-                self._store.clear()
+                self._store.clear()  # full: start again, this batch's prompts included
+                new = sorted(set(prompts))
             self.encoder.warn_long(new, "captions")
             tok, mask = self.encoder.encode(new, warn=False)
             for p, t, m in zip(new, tok.half(), mask):

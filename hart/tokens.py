@@ -11,9 +11,16 @@ A cache folder holds ``tokens.safetensors`` (``ids`` (N, L) with every scale's i
 concatenated, ``residual`` (N, z, n, n) float16, ``labels`` (N,)) and ``meta.json`` (the
 dataset, its class names, and a fingerprint of the tokenizer weights, so a cache is never
 used with a tokenizer that did not make it). A captioned dataset (``shapes``, ``emoji``,
-``captions:PATH``) also gets its prompt embeddings, once per distinct caption:
-``context`` (U, T, D) float16 and ``context_mask`` (U, T) from the frozen text encoder,
-and ``labels`` index them; ``meta.json`` names the encoder and T.
+``captions:PATH``) also gets ``captions.json``, its U distinct captions as text, which
+``labels`` index; ``meta.json`` names the text encoder and T (``--text-encoder``,
+``--context-tokens``), and ``hart train`` refuses a model with another encoder or T. The
+encoder is not loaded here: the trainer encodes each batch's captions in the step. With
+MiniLM at 16 tokens that made a ``shapes-t2i`` step (``--batch-size 32 --dtype fp32``) 4-6%
+slower (20.7-20.9 s -> 21.7-22.0 s, 2-core AMD EPYC shared with another job, 2026-12-07), and
+the cache of 2,000 scenes (1,751 distinct captions) 4.8 MB instead of 26.3 MB; with nearly
+every caption distinct, 150,000 scenes would otherwise hold up to 150,000 x 16 x 384 float16
+(1.8 GB) on disk and in memory. Caches written before hold the embeddings instead
+(``context`` (U, T, D) float16 and ``context_mask`` (U, T)); they load and train as they did.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ from hart.common.io import WEIGHTS_NAME, atomic_dir, read_json, resolve_dir, wri
 from tokenizer import HybridTokenizer
 
 TOKENS_NAME = "tokens.safetensors"
+CAPTIONS_NAME = "captions.json"
 EXAMPLES = 6  # distinct captions kept as a text model's example prompts
 
 
@@ -50,7 +58,9 @@ def split_scales(ids: torch.Tensor, patch_nums) -> list:
 
 class TokenCache(torch.utils.data.Dataset):
     """Items: (ids (L,) long, residual (z, n, n) float32, condition): the label (int), or for a
-    captioned cache the prompt's (tokens (T, D) float32, mask (T,) bool)."""
+    captioned cache its caption (str; ``encoded`` False), or for a cache that holds the prompt
+    embeddings (the earlier layout; ``encoded`` True) the prompt's (tokens (T, D) float32, mask
+    (T,) bool)."""
 
     def __init__(self, path):
         path = resolve_dir(path)
@@ -62,22 +72,31 @@ class TokenCache(torch.utils.data.Dataset):
         self.ids, self.residual, self.labels = t["ids"], t["residual"], t["labels"]
         self.classes = tuple(self.meta.get("classes", ()))
         self.context, self.context_mask = t.get("context"), t.get("context_mask")
-        self.captioned = self.context is not None
+        self.encoded = self.context is not None
+        self.captions = None
+        if not self.encoded and "text_encoder" in self.meta:
+            self.captions = read_json(path / CAPTIONS_NAME)
+            if not isinstance(self.captions, list) or len(self.captions) != self.meta.get("num_captions"):
+                raise UserError(f"{path / CAPTIONS_NAME} does not hold the cache's {self.meta.get('num_captions')} "
+                                "captions; re-run hart extract-tokens")
+        self.captioned = self.encoded or self.captions is not None
 
     def __len__(self):
         return len(self.labels)
 
     def __getitem__(self, i):
         j = int(self.labels[i])
-        if self.captioned:
+        if self.encoded:
             return self.ids[i].long(), self.residual[i].float(), (self.context[j].float(), self.context_mask[j].bool())
+        if self.captions is not None:
+            return self.ids[i].long(), self.residual[i].float(), self.captions[j]
         return self.ids[i].long(), self.residual[i].float(), j
 
     def check_text_encoder(self, name: str, context_tokens: int) -> None:
         """A captioned cache serves only a model with its encoder and prompt length."""
         got = (self.meta.get("text_encoder"), self.meta.get("context_tokens"))
         if got != (name, context_tokens):
-            raise UserError(f"the token cache holds prompts encoded by {got[0]} at {got[1]} tokens, the model "
+            raise UserError(f"the token cache is for prompts encoded by {got[0]} at {got[1]} tokens, the model "
                             f"wants {name} at {context_tokens}; re-run hart extract-tokens with --text-encoder "
                             f"{name} --context-tokens {context_tokens}")
 
@@ -121,8 +140,10 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--limit", type=int, default=None, help="encode only the first N images (default all)")
     p.add_argument("--text-encoder", default="minilm", help="captioned data: the frozen text encoder "
-                   "(minilm or qwen2; must be the one of the model to train; default minilm)")
-    p.add_argument("--text-encoder-path", default=None, help="the encoder's folder (needed for qwen2)")
+                   "(minilm or qwen2; must be the one of the model to train; default minilm); recorded, "
+                   "not run: hart train encodes the captions")
+    p.add_argument("--text-encoder-path", default=None, help="not needed (the encoder is not loaded here); "
+                   "accepted for older command lines")
     p.add_argument("--context-tokens", type=int, default=16,
                    help="captioned data: prompt length T in tokens (the model's context_tokens; default 16)")
     args = p.parse_args(argv)
@@ -144,16 +165,17 @@ def main(argv=None):
     }
     captions = tensors.pop("captions", None)
     if captions is not None:
-        from hart.text import encode_all, load_text_encoder
+        from hart.text import DIMS, check_encoder, check_prompts
 
-        enc = load_text_encoder(args.text_encoder, args.context_tokens, args.text_encoder_path)
-        tensors["context"], mask = encode_all(enc, captions)
-        tensors["context_mask"] = mask.to(torch.uint8)
-        meta.update(text_encoder=args.text_encoder, context_tokens=args.context_tokens, context_dim=enc.dim,
-                    examples=captions[:EXAMPLES],
+        check_encoder(args.text_encoder, args.context_tokens)
+        captions = check_prompts(captions)
+        meta.update(text_encoder=args.text_encoder, context_tokens=args.context_tokens,
+                    context_dim=DIMS[args.text_encoder], examples=captions[:EXAMPLES],
                     num_captions=len(captions))
     with atomic_dir(args.out) as tmp:
         save_file(tensors, str(tmp / TOKENS_NAME))
+        if captions is not None:
+            write_json(tmp / CAPTIONS_NAME, captions)
         write_json(tmp / "meta.json", meta)
     print(f"wrote {len(dataset)} token sequences ({tok.config.num_tokens} tokens each) to {args.out}")
     return 0

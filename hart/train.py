@@ -10,8 +10,10 @@ Examples:
 
 Text-to-image: a text preset (``shapes-t2i``) on captioned data (``shapes``, ``emoji``,
 ``captions:PATH``); the frozen encoder (``--text-encoder``, default the preset's) encodes
-each distinct caption once (in the token cache of ``hart extract-tokens``, or in memory when
-encoding on the fly). Condition dropout for CFG is a uniform draw (``training.cond_drop``, 10%).
+the captions: each batch's own in the step from a token cache of ``hart extract-tokens`` (one
+that holds the embeddings, as caches made before did, gives them instead), each distinct
+caption once, kept in memory, when encoding images on the fly. Condition dropout for CFG is a
+uniform draw (``training.cond_drop``, 10%).
 
 ``--init DIR`` starts from the weights of a model folder's generator (fine-tuning); with
 ``--preset`` the preset's shape is used and the parameters DIR lacks (a residual head added to
@@ -403,9 +405,20 @@ def _to(cond, dev):
     return [t.to(dev) for t in cond] if isinstance(cond, (list, tuple)) else cond.to(dev)
 
 
-def batch_source(args, tokenizer, dist: DistInfo, per_rank: int, start_step: int, config: GeneratorConfig | None = None):
+def _prompt_encoder(args, config: GeneratorConfig, dev, max_items: int = 200_000):
+    """Captions -> [tokens (B, T, D), mask (B, T)] with the model's frozen text encoder."""
+    from hart.text import PromptCache, text_encoder_for
+
+    return PromptCache(text_encoder_for(config, args.text_encoder_path, dev), max_items)
+
+
+def batch_source(args, tokenizer, dist: DistInfo, per_rank: int, start_step: int, config: GeneratorConfig | None = None,
+                 encode: bool = True):
     """Yield (ids list, residual, condition) on the device, from a token cache or encoded on the
-    fly; the condition is the labels (B,) or the encoded prompts [tokens (B, T, D), mask (B, T)]."""
+    fly; the condition is the labels (B,) or the encoded prompts [tokens (B, T, D), mask (B, T)].
+    A token cache of captions has them encoded here, each batch's own (no memory kept between
+    batches, so a resumed run gets the same numbers); ``encode=False`` leaves them as text, for
+    the passes that read only the latents."""
     dev = dist.device
     g = torch.Generator().manual_seed(args.seed)
     pns = tokenizer.config.patch_nums
@@ -414,15 +427,20 @@ def batch_source(args, tokenizer, dist: DistInfo, per_rank: int, start_step: int
         cache.check_tokenizer(args.tokenizer)
         if cache.captioned and config is not None:
             cache.check_text_encoder(config.text_encoder, config.context_tokens)
+        prompts = None
+        if cache.captions is not None and encode and config is not None and config.is_text:
+            prompts = _prompt_encoder(args, config, dev, max_items=0)
         for ids, res, y in infinite_batches(cache, per_rank, g, start_step, dist.rank, dist.world_size):
-            yield [i.to(dev) for i in split_scales(ids, pns)], res.to(dev), _to(y, dev)
+            if prompts is not None:
+                y = prompts(list(y))
+            if cache.captions is None or prompts is not None:
+                y = _to(y, dev)
+            yield [i.to(dev) for i in split_scales(ids, pns)], res.to(dev), y
     else:
         data = make_dataset(args.data, "train", tokenizer.config.resolution, args.data_dir)
         prompts = None
         if getattr(data, "captioned", False) and config is not None and config.is_text:
-            from hart.text import PromptCache, text_encoder_for
-
-            prompts = PromptCache(text_encoder_for(config, args.text_encoder_path, dev))
+            prompts = _prompt_encoder(args, config, dev)
         for x, y in infinite_batches(data, per_rank, g, start_step, dist.rank, dist.world_size,
                                      getattr(args, "workers", 0)):
             with torch.no_grad():
@@ -502,7 +520,7 @@ def run(args, dist: DistInfo, sampler=None) -> int:
         # the head's target scale is a fact about this tokenizer's latents: measure it
         map_head = config.head.mix == "map"  # it also divides its f_hat input by f_hat's RMS
         scale, fs = measure_latent_scales(batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, 0,
-                                                       config), tokenizer if map_head else None)
+                                                       config, encode=False), tokenizer if map_head else None)
         scale = dist.all_reduce_mean(torch.tensor(scale, device=dist.device)).item()
         config = config.replace_in("stats", residual_scale=scale)
         if dist.is_main:
@@ -513,7 +531,7 @@ def run(args, dist: DistInfo, sampler=None) -> int:
                 print(f"f_hat scale (its RMS on the training data): {config.stats.fhat_scale:.4f}")
         if config.head.metric == "decoder":  # the decoder's pixel metric on this tokenizer's latents
             A = measure_decoder_metric(batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, 0,
-                                                    config), tokenizer).to(dist.device)
+                                                    config, encode=False), tokenizer).to(dist.device)
             A = dist.all_reduce_mean(A)
             for m in (trainer.model, trainer.ema.shadow):
                 m.residual_metric.copy_(A)

@@ -1,5 +1,6 @@
-"""Text-to-image end to end on the tiny presets: token cache with prompt embeddings, hart train
-(cache and on the fly, resume), hart generate --prompt, and the one-line errors."""
+"""Text-to-image end to end on the tiny presets: token cache of captions (and the earlier layout
+with prompt embeddings), hart train (cache and on the fly, resume), hart generate --prompt, and
+the one-line errors."""
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -20,13 +21,85 @@ def cache(tokdir, tmp_path_factory):
     return out
 
 
-def test_token_cache_holds_prompt_embeddings(cache):
+@pytest.fixture(scope="module")
+def old_cache(cache, tmp_path_factory):
+    """The same scenes in the layout caches had before: every distinct caption's embedding
+    (``context`` float16, ``context_mask``) in tokens.safetensors, no captions.json."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from hart.text import encode_all, load_text_encoder
+
+    out = tmp_path_factory.mktemp("t2i-old") / "cache"
+    shutil.copytree(cache, out)
+    captions = json.loads((out / "captions.json").read_text())
+    (out / "captions.json").unlink()
+    t = load_file(str(out / "tokens.safetensors"))
+    t["context"], mask = encode_all(load_text_encoder("minilm", 8), captions, progress=False)
+    t["context_mask"] = mask.to(torch.uint8)
+    save_file(t, str(out / "tokens.safetensors"))
+    return out
+
+
+def test_token_cache_holds_captions_not_embeddings(cache, tmp_path):
+    import shutil
+
+    from hart.common.errors import UserError
+
     c = TokenCache(cache)
-    assert c.captioned and len(c) == 48
+    assert c.captioned and not c.encoded and len(c) == 48
+    assert set(load_file(str(cache / "tokens.safetensors"))) == {"ids", "residual", "labels"}  # no context
+    ids, res, caption = c[0]
+    assert isinstance(caption, str) and caption == c.captions[int(c.labels[0])]
+    assert c.meta["text_encoder"] == "minilm" and c.meta["context_tokens"] == 8 and c.meta["context_dim"] == 384
+    assert len(c.captions) == len(set(c.captions)) == c.meta["num_captions"] <= 48  # each distinct caption once
+    assert c.meta["examples"] == c.captions[:len(c.meta["examples"])]
+    broken = tmp_path / "broken"
+    shutil.copytree(cache, broken)
+    (broken / "captions.json").unlink()
+    with pytest.raises(UserError, match="missing captions.json"):
+        TokenCache(broken)
+
+
+def _batches(cache_dir, tokdir, encode=True):
+    import argparse
+
+    from hart.common.dist import DistInfo
+    from hart.config import GeneratorConfig
+    from hart.train import batch_source
+    from tokenizer import HybridTokenizer
+
+    args = argparse.Namespace(tokens=str(cache_dir), tokenizer=str(tokdir), seed=0, text_encoder_path=None)
+    return batch_source(args, HybridTokenizer.from_pretrained(tokdir), DistInfo(), 16, 0,
+                        GeneratorConfig.from_name("t2i-tiny"), encode=encode)
+
+
+def test_old_and_new_cache_give_the_trainer_the_same_batches(tokdir, cache, old_cache):
+    """The same scenes, the same order, the same encoder inputs: the embeddings an old cache stores
+    and the ones encoded in the step agree within float16 rounding (masks exactly); the old
+    cache's are its stored rows as they were."""
+    old, new = _batches(old_cache, tokdir), _batches(cache, tokdir)
+    stored = TokenCache(old_cache)
+    for _ in range(3):  # 48 scenes, 16 a batch: one epoch
+        (ids_o, res_o, (tok_o, mask_o)), (ids_n, res_n, (tok_n, mask_n)) = next(old), next(new)
+        assert all(torch.equal(a, b) for a, b in zip(ids_o, ids_n)) and torch.equal(res_o, res_n)
+        assert tok_n.shape == tok_o.shape == (16, 8, 384) and tok_n.dtype == tok_o.dtype == torch.float32
+        assert torch.equal(mask_o, mask_n)
+        torch.testing.assert_close(tok_n, tok_o, rtol=2e-3, atol=2e-3)
+        assert all(any(torch.equal(t, row.float()) for row in stored.context) for t in tok_o)  # stored rows
+    captions = next(_batches(cache, tokdir, encode=False))[2]  # the latent-only passes: text, not encoded
+    assert len(captions) == 16 and all(isinstance(c, str) for c in captions)
+
+
+def test_old_layout_cache_still_trains(tokdir, old_cache, tmp_path):
+    c = TokenCache(old_cache)
+    assert c.encoded and c.captions is None
     ids, res, (ctx, mask) = c[0]
     assert ctx.shape == (8, 384) and mask.dtype == torch.bool and mask[0]
-    assert c.meta["text_encoder"] == "minilm" and c.meta["context_tokens"] == 8
-    assert c.context.shape[0] == c.meta["num_captions"] <= 48  # one row per distinct caption
+    _train(tokdir, tmp_path / "o", "--tokens", str(old_cache), "--steps", "2")
+    assert (tmp_path / "o" / "generator" / "model.safetensors").is_file()
 
 
 def _train(tokdir, out, *extra):
