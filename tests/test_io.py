@@ -173,3 +173,24 @@ def test_export_int8_folder_is_smaller_and_loads(tmp_path, capsys):
     with pytest.raises(SystemExit):
         export_main(["--model", str(src), "--out", str(small)])
     assert "already exists" in capsys.readouterr().err
+
+
+def test_bf16_on_a_cpu_without_bf16_arithmetic_is_said_once(monkeypatch, capsys):
+    import torch
+
+    from hart.common import dist
+
+    x86 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
+    assert not dist.cpu_has_bf16(x86)
+    assert dist.cpu_has_bf16(x86.replace("avx2", "avx2 avx512f avx512_bf16"))
+    assert dist.cpu_has_bf16(x86.replace("avx2", "avx2 amx_bf16 amx_tile"))
+    assert dist.cpu_has_bf16("processor\t: 0\nFeatures\t: fp asimd bf16\n")  # not x86: nothing said
+    monkeypatch.setattr(dist, "cpu_has_bf16", lambda: False)
+    cpu = torch.device("cpu")
+    assert dist.resolve_dtype("bf16", cpu) == torch.bfloat16
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ") and "--dtype auto" in err[0]
+    assert dist.resolve_dtype("auto", cpu) == torch.float32 and dist.resolve_dtype("fp32", cpu) == torch.float32
+    monkeypatch.setattr(dist, "cpu_has_bf16", lambda: True)
+    assert dist.resolve_dtype("bf16", cpu) == torch.bfloat16
+    assert capsys.readouterr().err == ""
