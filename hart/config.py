@@ -378,18 +378,19 @@ GeneratorConfig.PRESETS.update({
         depth=6, width=256, heads=4, num_classes=10, patch_nums=FM_PATCH_NUMS, codebook_size=512,
         z_channels=16, attn_l2_norm=True,
     ),
-    # CPU text-to-image model for 32x32 `shapes` (MiniLM prompts, HART's layout); fm-s's size
+    # CPU text-to-image model for 32x32 `shapes` (MiniLM prompts, HART's layout); fm-s's size. 20
+    # context tokens: the longest `shapes` phrasings are 18 of MiniLM's (default-t2i has 16)
     "shapes-t2i": dict(
         depth=6, width=256, heads=4, num_classes=1, patch_nums=FM_PATCH_NUMS, codebook_size=512,
         z_channels=16, attn_l2_norm=True, head=dict(width=256, depth=3), training=dict(diff_keep_frac=0.5),
-        cond="text", text_encoder="minilm", context_tokens=16, context_dim=384,
+        cond="text", text_encoder="minilm", context_tokens=20, context_dim=384,
         norm="rms", mlp="swiglu", pos="rope",
     ),
     # the same layout, deeper and wider (12 blocks of width 384, 34M parameters): a GPU model
     "shapes-t2i-l": dict(
         depth=12, width=384, heads=6, num_classes=1, patch_nums=FM_PATCH_NUMS, codebook_size=512,
         z_channels=16, attn_l2_norm=True, head=dict(width=256, depth=3), training=dict(diff_keep_frac=0.5),
-        cond="text", text_encoder="minilm", context_tokens=16, context_dim=384,
+        cond="text", text_encoder="minilm", context_tokens=20, context_dim=384,
         norm="rms", mlp="swiglu", pos="rope",
     ),
     # tests

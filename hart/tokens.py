@@ -4,23 +4,22 @@ Examples:
     hart extract-tokens --tokenizer runs/tok --data fashion-mnist --split train --out runs/fm-tokens
     hart train --tokenizer runs/tok --tokens runs/fm-tokens --preset fm-s --out runs/gen
 
-    hart extract-tokens --tokenizer runs/shapes-tok --data shapes --text-encoder minilm \
-        --context-tokens 16 --out runs/shapes-tokens
+    hart extract-tokens --tokenizer runs/shapes-tok --data shapes --out runs/shapes-tokens
 
 A cache folder holds ``tokens.safetensors`` (``ids`` (N, L) with every scale's ids
 concatenated, ``residual`` (N, z, n, n) float16, ``labels`` (N,)) and ``meta.json`` (the
 dataset, its class names, and a fingerprint of the tokenizer weights, so a cache is never
 used with a tokenizer that did not make it). A captioned dataset (``shapes``, ``emoji``,
 ``captions:PATH``) also gets ``captions.json``, its U distinct captions as text, which
-``labels`` index; ``meta.json`` names the text encoder and T (``--text-encoder``,
-``--context-tokens``), and ``hart train`` refuses a model with another encoder or T. The
-encoder is not loaded here: the trainer encodes each batch's captions in the step. With
+``labels`` index. The encoder is not run here: the trainer encodes each batch's captions in
+the step with the model's own encoder and prompt length, so one cache serves any text model. With
 MiniLM at 16 tokens that made a ``shapes-t2i`` step (``--batch-size 32 --dtype fp32``) 4-6%
 slower (20.7-20.9 s -> 21.7-22.0 s, 2-core AMD EPYC shared with another job, 2026-12-07), and
 the cache of 2,000 scenes (1,751 distinct captions) 4.8 MB instead of 26.3 MB; with nearly
 every caption distinct, 150,000 scenes would otherwise hold up to 150,000 x 16 x 384 float16
 (1.8 GB) on disk and in memory. Caches written before hold the embeddings instead
-(``context`` (U, T, D) float16 and ``context_mask`` (U, T)); they load and train as they did.
+(``context`` (U, T, D) float16 and ``context_mask`` (U, T)); they load and train as they did,
+for a model of the encoder and T they were made with (``hart train`` refuses another in one line).
 """
 from __future__ import annotations
 
@@ -74,7 +73,7 @@ class TokenCache(torch.utils.data.Dataset):
         self.context, self.context_mask = t.get("context"), t.get("context_mask")
         self.encoded = self.context is not None
         self.captions = None
-        if not self.encoded and "text_encoder" in self.meta:
+        if not self.encoded and "num_captions" in self.meta:
             self.captions = read_json(path / CAPTIONS_NAME)
             if not isinstance(self.captions, list) or len(self.captions) != self.meta.get("num_captions"):
                 raise UserError(f"{path / CAPTIONS_NAME} does not hold the cache's {self.meta.get('num_captions')} "
@@ -93,12 +92,15 @@ class TokenCache(torch.utils.data.Dataset):
         return self.ids[i].long(), self.residual[i].float(), j
 
     def check_text_encoder(self, name: str, context_tokens: int) -> None:
-        """A captioned cache serves only a model with its encoder and prompt length."""
+        """A cache of encoded prompts (the earlier layout) serves only a model with its encoder and
+        prompt length; a cache of captions serves any."""
+        if not self.encoded:
+            return
         got = (self.meta.get("text_encoder"), self.meta.get("context_tokens"))
         if got != (name, context_tokens):
             raise UserError(f"the token cache is for prompts encoded by {got[0]} at {got[1]} tokens, the model "
-                            f"wants {name} at {context_tokens}; re-run hart extract-tokens with --text-encoder "
-                            f"{name} --context-tokens {context_tokens}")
+                            f"wants {name} at {context_tokens}; re-run hart extract-tokens (a cache of "
+                            "captions serves any text model)")
 
     def check_tokenizer(self, tokenizer_dir) -> None:
         fp = tokenizer_fingerprint(tokenizer_dir)
@@ -139,13 +141,8 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="cache folder to write")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--limit", type=int, default=None, help="encode only the first N images (default all)")
-    p.add_argument("--text-encoder", default="minilm", help="captioned data: the frozen text encoder "
-                   "(minilm or qwen2; must be the one of the model to train; default minilm); recorded, "
-                   "not run: hart train encodes the captions")
-    p.add_argument("--text-encoder-path", default=None, help="not needed (the encoder is not loaded here); "
-                   "accepted for older command lines")
-    p.add_argument("--context-tokens", type=int, default=16,
-                   help="captioned data: prompt length T in tokens (the model's context_tokens; default 16)")
+    for flag in ("--text-encoder", "--text-encoder-path", "--context-tokens"):  # older command lines: unused
+        p.add_argument(flag, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     output_dir(args.out, create=False)  # written aside and renamed into place at the end
     tok = HybridTokenizer.from_pretrained(args.tokenizer)
@@ -165,13 +162,10 @@ def main(argv=None):
     }
     captions = tensors.pop("captions", None)
     if captions is not None:
-        from hart.text import DIMS, check_encoder, check_prompts
+        from hart.text import check_prompts
 
-        check_encoder(args.text_encoder, args.context_tokens)
         captions = check_prompts(captions)
-        meta.update(text_encoder=args.text_encoder, context_tokens=args.context_tokens,
-                    context_dim=DIMS[args.text_encoder], examples=captions[:EXAMPLES],
-                    num_captions=len(captions))
+        meta.update(examples=captions[:EXAMPLES], num_captions=len(captions))
     with atomic_dir(args.out) as tmp:
         save_file(tensors, str(tmp / TOKENS_NAME))
         if captions is not None:

@@ -67,7 +67,7 @@ fi
 # 2. token cache: 30,000 scenes, their captions encoded once by MiniLM at 16 tokens (6 min)
 if [ -f "$OUT/shapes-tokens/tokens.safetensors" ]; then skip shapes-tokens "$OUT/shapes-tokens"; else
     timed shapes-tokens "$HART" extract-tokens --tokenizer "$OUT/tok-shapes" --data shapes --limit 30000 \
-        --text-encoder minilm --context-tokens 16 --out "$OUT/shapes-tokens"
+        --out "$OUT/shapes-tokens"
 fi
 
 # 3. generator: 1,200 steps (66 min), then continued to 1,800 (30 min) and to 3,400 (93 min).
@@ -76,7 +76,7 @@ for steps in 1200 1800 3400; do
     if [ "$(saved_step "$OUT/shapes")" -ge "$steps" ]; then skip "shapes-$steps" "$OUT/shapes"; continue; fi
     start_args "$OUT/shapes"
     timed "shapes-$steps" "$HART" train "${START[@]}" --tokenizer "$OUT/tok-shapes" --tokens "$OUT/shapes-tokens" \
-        --preset shapes-t2i --out "$OUT/shapes" --steps "$steps" --batch-size 64 --lr 1e-3 --save-every 100 --dtype bf16
+        --preset shapes-t2i --context-tokens 16 --out "$OUT/shapes" --steps "$steps" --batch-size 64 --lr 1e-3 --save-every 100 --dtype bf16
 done
 
 # 4. the tokenizer's second stage: decoder only, encoder and codebook frozen (so the tokens and
@@ -90,7 +90,7 @@ fi
 # 5. a token cache of 150,000 scenes from the second-stage tokenizer (17 min)
 if [ -f "$OUT/shapes-tokens150/tokens.safetensors" ]; then skip shapes-tokens150 "$OUT/shapes-tokens150"; else
     timed shapes-tokens150 "$HART" extract-tokens --tokenizer "$OUT/tok-shapes2" --data shapes --limit 150000 \
-        --text-encoder minilm --context-tokens 16 --out "$OUT/shapes-tokens150"
+        --out "$OUT/shapes-tokens150"
 fi
 
 # 6. fine-tuned from step 3,400 on it: scheduled for 1,800 steps at 5e-4, the shipped weights are
@@ -98,7 +98,7 @@ fi
 if [ "$(saved_step "$OUT/shapes7")" -ge 1600 ]; then skip shapes7 "$OUT/shapes7"; else
     start_args "$OUT/shapes7" --init "$OUT/shapes"
     timed shapes7 until_step 1600 "$OUT/shapes7" "$HART" train "${START[@]}" --tokenizer "$OUT/tok-shapes2" \
-        --tokens "$OUT/shapes-tokens150" --preset shapes-t2i --out "$OUT/shapes7" --steps 1800 --batch-size 64 \
+        --tokens "$OUT/shapes-tokens150" --preset shapes-t2i --context-tokens 16 --out "$OUT/shapes7" --steps 1800 --batch-size 64 \
         --lr 5e-4 --save-every 200 --dtype bf16
 fi
 

