@@ -192,6 +192,7 @@ def test_alignment_per_kind_is_the_all_fraction_over_that_kind():
     pairs = r["kinds"]["pair"]["n"]
     assert pairs >= 3 and blanked == (pairs + 1) // 2
     assert r["kinds"]["pair"]["all"] == (pairs - blanked) / pairs
+    assert r["blank"] == r["kinds"]["pair"]["blank"] == blanked and r["kinds"]["single"]["blank"] == 0
     assert r["kinds"]["single"]["all"] == r["kinds"]["count"]["all"] == 1.0
     for k in KINDS:
         own = [v["all"] for v, it in zip(verdicts, items) if it.spec.kind == k]

@@ -173,7 +173,7 @@ def test_eval_alignment_cli(tokdir, cache, tmp_path, capsys):
 
     assert summarize([{"object": True, "position": None, "all": True},
                       {"object": False, "position": True, "all": False}]) == {
-        "object": 0.5, "colour": None, "size": None, "count": None, "position": 1.0, "all": 0.5, "n": 2}
+        "object": 0.5, "colour": None, "size": None, "count": None, "position": 1.0, "all": 0.5, "n": 2, "blank": 0}
     _train(tokdir, tmp_path / "m", "--tokens", str(cache), "--steps", "1")
     capsys.readouterr()
     align_main(["--model", str(tmp_path / "m"), "--num", "3", "--out", str(tmp_path / "a.json"),
@@ -184,7 +184,8 @@ def test_eval_alignment_cli(tokdir, cache, tmp_path, capsys):
     assert last == (f"alignment={report['seen']['all']:.3f} heldout={report['heldout']['all']:.3f} "
                     f"phrased={report['phrased']['all']:.3f} heldout_phrasing={report['heldout_phrasing']['all']:.3f} "
                     f"ceiling={report['ceiling']['all']:.3f} tokenizer={report['tokenizer']['all']:.3f} "
-                    f"tokenizer_hybrid={report['tokenizer_hybrid']['all']:.3f}")
+                    f"tokenizer_hybrid={report['tokenizer_hybrid']['all']:.3f} "
+                    f"blank={sum(report[k]['blank'] for k in ('seen', 'heldout', 'phrased', 'heldout_phrasing'))}")
     assert all(report[k]["n"] == 3 for k in ("seen", "heldout", "phrased", "heldout_phrasing"))
     assert report["ceiling"]["n"] == report["tokenizer"]["n"] == report["tokenizer_hybrid"]["n"] == 12
     # per kind of scene in every column: the "all single"/"all count"/"all pair" and "n ..." rows
@@ -196,6 +197,8 @@ def test_eval_alignment_cli(tokdir, cache, tmp_path, capsys):
         assert table[f"n {kind}"] == [str(g["n"]) for g in got]
         assert table[f"all {kind}"] == ["-" if g["all"] is None else f"{g['all']:.3f}" for g in got]
     assert all(sum(report[c]["kinds"][k]["n"] for k in ("single", "count", "pair")) == report[c]["n"] for c in columns)
+    blank_row = next(line.split()[1:] for line in out.splitlines() if line.startswith("blank "))
+    assert blank_row == [str(report[c]["blank"]) for c in columns] and report["ceiling"]["blank"] == 0
     assert (tmp_path / "a.png").is_file()
     with pytest.raises(SystemExit):
         align_main(["--model", str(tmp_path / "m"), "--data", "fashion-mnist"])
@@ -219,7 +222,7 @@ def test_eval_alignment_cli(tokdir, cache, tmp_path, capsys):
     assert out.strip().splitlines()[-1] == (
         f"prompts={report['prompts']['all']:.3f} ceiling={report['ceiling']['all']:.3f} "
         f"tokenizer={report['tokenizer']['all']:.3f} tokenizer_hybrid={report['tokenizer_hybrid']['all']:.3f} "
-        "unreadable=2")
+        f"unreadable=2 blank={report['prompts']['blank']}")
     # a file of nothing readable: listed, then one error line
     prompts.write_text("a pink elephant\n")
     capsys.readouterr()

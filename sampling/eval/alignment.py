@@ -37,10 +37,12 @@ prompts with a relation); an image is aligned when all of them hold. Each column
 by the kind of scene its prompt parses to (``PromptSpec.kind``): single objects, counts (several
 of one object) and pairs with a relation: the rows ``all single``, ``all count``, ``all pair``
 (aligned fraction of that kind's images) and ``n single``... (their number); in ``--out``,
-``kinds`` of each column (every attribute, per kind). The last line is
+``kinds`` of each column (every attribute, per kind). The row ``blank`` counts the images where
+the checker found nothing at all (blank or near-blank frames). The last line is
 ``alignment=X heldout=X phrased=X heldout_phrasing=X ceiling=X tokenizer=X
-tokenizer_hybrid=X`` (fractions of aligned images), with ``--prompts`` ``prompts=X ceiling=X
-tokenizer=X tokenizer_hybrid=X unreadable=N``.
+tokenizer_hybrid=X blank=N`` (fractions of aligned images; N: blank frames among the generated
+images), with ``--prompts`` ``prompts=X ceiling=X tokenizer=X tokenizer_hybrid=X unreadable=N
+blank=N``.
 """
 from __future__ import annotations
 
@@ -68,7 +70,8 @@ class Item:
 
 
 def summarize(results: list[dict], kinds: list | None = None) -> dict:
-    """Per attribute: the fraction of results where it holds (None entries skipped). With
+    """Per attribute: the fraction of results where it holds (None entries skipped); ``n`` and
+    ``blank`` (how many results, how many found nothing: blank or near-blank frames). With
     ``kinds`` (the kind of scene of each result's prompt, ``PromptSpec.kind``), also ``kinds``:
     {kind: the same summary over that kind's results alone} for every kind of ``KINDS``."""
     out = {}
@@ -76,6 +79,7 @@ def summarize(results: list[dict], kinds: list | None = None) -> dict:
         vals = [r[k] for r in results if r.get(k) is not None]
         out[k] = sum(map(bool, vals)) / len(vals) if vals else None
     out["n"] = len(results)
+    out["blank"] = sum(bool(r.get("blank")) for r in results)  # frames where nothing was found
     if kinds is not None:
         if len(kinds) != len(results):
             raise ValueError(f"{len(kinds)} kinds for {len(results)} results")
@@ -206,6 +210,7 @@ def _table(results: dict, columns: dict) -> None:
         print(f"{'all ' + kind:<10} " + " ".join(f"{'-' if v is None else f'{v:.3f}':>9}" for v in row))
     for kind in KINDS:
         print(f"{'n ' + kind:<10} " + " ".join(f"{results[s]['kinds'][kind]['n']:>9}" for s in columns))
+    print(f"{'blank':<10} " + " ".join(f"{results[s]['blank']:>9}" for s in columns))
 
 
 @cli_entry
@@ -290,12 +295,13 @@ def main(argv=None):
         print(f"wrote {args.grid}")
     tail = (f"ceiling={results['ceiling']['all']:.3f} tokenizer={results['tokenizer']['all']:.3f} "
             f"tokenizer_hybrid={results['tokenizer_hybrid']['all']:.3f}")
+    blank = sum(results[name]["blank"] for name in sets)
     if args.prompts:
-        print(f"prompts={results['prompts']['all']:.3f} {tail} unreadable={len(unreadable)}")
+        print(f"prompts={results['prompts']['all']:.3f} {tail} unreadable={len(unreadable)} blank={blank}")
     else:
         print(f"alignment={results['seen']['all']:.3f} heldout={results['heldout']['all']:.3f} "
               f"phrased={results['phrased']['all']:.3f} heldout_phrasing={results['heldout_phrasing']['all']:.3f} "
-              f"{tail}")
+              f"{tail} blank={blank}")
     return 0
 
 

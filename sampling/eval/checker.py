@@ -190,7 +190,8 @@ def check(image: Image.Image, prompt) -> dict:
     """Whether each requirement of ``prompt`` (text or :class:`PromptSpec`) holds in ``image``:
     ``object`` (every required shape), ``colour`` (each shape in its colour), ``size`` (each
     shape in its size, where the prompt gives one), ``count`` (exactly the prompt's objects, no extra),
-    ``position`` (the relation, None without one) and ``all``."""
+    ``position`` (the relation, None without one) and ``all``; and ``blank`` (nothing found at
+    all: a blank or near-blank frame, counted apart; not one of the requirements)."""
     spec = parse_prompt(prompt) if isinstance(prompt, str) else prompt
     dets = detect(image)
     need = spec.objects
@@ -205,6 +206,7 @@ def check(image: Image.Image, prompt) -> dict:
         a_s, b_s = _candidates(need[0], dets), _candidates(need[1], dets)
         r["position"] = any(_relation_holds(a, b, spec.relation) for a in a_s for b in b_s if a is not b)
     r["all"] = all(v for k, v in r.items() if v is not None)
+    r["blank"] = not dets
     return r
 
 
