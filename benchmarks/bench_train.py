@@ -49,7 +49,7 @@ import torch
 
 from hart import kernels
 from hart.config import GeneratorConfig
-from hart.common.dist import DistInfo, autocast, resolve_dtype
+from hart.common.dist import DistInfo, autocast, cpu_has_bf16, resolve_dtype
 from hart.train import GeneratorTrainer, build_parser
 from tokenizer import HybridTokenizer, TokenizerConfig
 
@@ -204,10 +204,14 @@ def main(argv=None):
     device = torch.device(args.device)
     big = 8192 if device.type == "cuda" else 2048
     peak = matmul_peak(device=device, n=big)
-    bf16_peak = matmul_peak(torch.bfloat16, device=device, n=big)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu threads={torch.get_num_threads()}"
-    print(f"# {name} fp32_matmul_gflops={peak / 1e9:.0f} bf16_matmul_gflops={bf16_peak / 1e9:.0f} "
-          f"bf16_speedup={bf16_peak / peak:.2f}")
+    if device.type == "cpu" and not cpu_has_bf16():  # emulated: a 2048^3 bf16 product takes minutes
+        bf16_peak = None
+        print(f"# {name} fp32_matmul_gflops={peak / 1e9:.0f} bf16: emulated (no avx512_bf16 / amx_bf16)")
+    else:
+        bf16_peak = matmul_peak(torch.bfloat16, device=device, n=big)
+        print(f"# {name} fp32_matmul_gflops={peak / 1e9:.0f} bf16_matmul_gflops={bf16_peak / 1e9:.0f} "
+              f"bf16_speedup={bf16_peak / peak:.2f}")
     for name in args.configs:
         rate = {}
         for dtype in args.dtypes:
