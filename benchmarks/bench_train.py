@@ -5,10 +5,11 @@
 
 For each config and dtype it prints
     config=NAME dtype=DT tokens_per_s=X mfu=Y
-and, with both dtypes, ``config=NAME bf16_speedup_vs_fp32=R`` (the training step's ratio)
 where MFU = model FLOPs per second / the fp32 matmul peak this script measures on the same
 threads (a large square matmul). Model FLOPs = 3 x forward (matmuls of every token, the
-attention over the full L x L score matrix, the head), the usual accounting.
+attention over the full L x L score matrix, the head), the usual accounting. With both dtypes
+it adds ``config=NAME bf16_speedup_vs_fp32=R``, the ratio of the two steps' rates (far below 1
+on a CPU without avx512_bf16 or AMX, where autocast emulates bf16).
 
 The step timed is the real one from ``hart.train``: teacher inputs from random ids through a
 random tokenizer, forward, cross-entropy (+ the diffusion loss where the preset has the
