@@ -97,7 +97,7 @@ def forward_flops_per_sample(c: GeneratorConfig) -> float:
 
 
 def bench(name: str, dtype: str, steps: int, warmup: int, peak: float, var_src: str | None = None,
-          sdpa_only: bool = False, device=torch.device("cpu"), attentions=("sdpa",)) -> list[str]:
+          sdpa_only: bool = False, device=torch.device("cpu"), attentions=("sdpa",)) -> tuple[list[str], list[float]]:
     gen_preset, tok_preset, batch = BENCH[name]
     torch.manual_seed(0)
     official = None
@@ -168,10 +168,11 @@ def bench(name: str, dtype: str, steps: int, warmup: int, peak: float, var_src: 
             _sync(device)
             times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
-    lines = []
+    lines, rates = [], []
     for attention in attentions:
         dt = med[attention]
         tokens_per_s = batch * config.seq_len / dt
+        rates.append(tokens_per_s)
         mfu = 3 * forward_flops_per_sample(config) * batch / dt / peak
         line = f"config={name} dtype={dtype} batch={batch} "
         if device.type == "cuda" or len(attentions) > 1:
@@ -184,7 +185,7 @@ def bench(name: str, dtype: str, steps: int, warmup: int, peak: float, var_src: 
             dv = med["sdpa_only"]
             line += f" sdpa_only_tokens_per_s={batch * config.seq_len / dv:.0f} speedup_vs_sdpa_only={dv / dt:.3f}"
         lines.append(line)
-    return lines
+    return lines, rates
 
 
 def main(argv=None):
@@ -218,11 +219,11 @@ def main(argv=None):
         for dtype in args.dtypes:
             # MFU against the measured peak of the dtype's matmuls (fp32 on the CPU, as before)
             ref = bf16_peak if device.type == "cuda" and dtype == "bf16" else peak
-            lines = bench(name, dtype, args.steps, args.warmup, ref, args.var_src, args.sdpa_only, device,
-                          tuple(args.attention))
+            lines, rates = bench(name, dtype, args.steps, args.warmup, ref, args.var_src, args.sdpa_only, device,
+                                 tuple(args.attention))
             for line in lines:
                 print(line, flush=True)
-            rate[dtype] = float(lines[0].split("tokens_per_s=")[1].split()[0])
+            rate[dtype] = rates[0]
         if len(rate) == 2:  # where the CPU lacks bf16 arithmetic, autocast emulates it and this falls far below 1
             print(f"config={name} bf16_speedup_vs_fp32={rate['bf16'] / rate['fp32']:.2f}", flush=True)
 

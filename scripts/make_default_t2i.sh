@@ -121,11 +121,12 @@ fi
 if exported "$OUT/model"; then skip model "$OUT/model"; else
     timed model "$HART" export --model "$OUT/phrasings" --out "$OUT/model" --storage int4 --overwrite
     [ "$DRY_RUN" = 1 ] || "$PYTHON" - "$OUT/model/generator/config.json" <<'PY'
-import json, sys
-path = sys.argv[1]
-config = json.load(open(path))
-config["display"]["example_prompts"] = open("docs/t2i_prompts.txt").read().split("\n")[:-1]
-json.dump(config, open(path, "w"), indent=2)
+import sys
+from pathlib import Path
+from hart.common.io import read_json, write_json
+config = read_json(sys.argv[1])
+config["display"]["example_prompts"] = Path("docs/t2i_prompts.txt").read_text().splitlines()
+write_json(sys.argv[1], config)
 PY
 fi
 
