@@ -13,7 +13,9 @@ here): the same shapes, the same code path, random tensors.
 3. a random one-layer Qwen2 of width 1536 stands in for Qwen2-1.5B-Instruct (the prompt
    encoding is timed but is not the real encoder's cost);
 4. samples one image with the ``hart`` preset (cfg 4.5, smoothing, the residual head's 8 iDDPM
-   steps) and times the transformer + head and the decoder apart.
+   steps) and times the transformer + head and the decoder apart; on a GPU then the median of
+   ``--repeats`` warm runs (decode left out) of the eager engine and of the whole run as one
+   CUDA graph (``cuda_graph=True``), and their ratio.
 
 Size: depth 16, width 1536 (HART's C), 300 context tokens of width 1536, head width 1024 and
 depth 6 (HART's DiffLoss), heads 24 by default. HART's ``config.json`` is not at hand: depth 16
@@ -48,6 +50,8 @@ def main(argv=None):
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--keep", action="store_true", help="reuse an existing release / model folder in --work")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="GPU: warm runs timed for the eager engine and the one-CUDA-graph engine (median)")
     args = p.parse_args(argv)
 
     import torch
@@ -126,6 +130,23 @@ def main(argv=None):
     res["image"] = tuple(img.shape)
     res["image_finite"] = bool(torch.isfinite(img).all())
     res["total_s"] = round(res["transformer_and_head_s"] + res["decode_s"], 1)
+    if device.type == "cuda":  # the first run above compiled the kernels: warm runs, eager and as one graph
+        import statistics
+
+        graphed = SamplingEngine(gen, pipe.tokenizer, dtype=args.dtype, cuda_graph=True)
+        for name, eng in (("eager", engine), ("graph", graphed)):
+            # generators on the GPU: the smoothing's Gumbel noise (V per token) drawn there, as HART does
+            eng.sample(inputs, make_generators([0], device), opt, decode=False)  # warm-up (the graph engine captures)
+            times = []
+            for _ in range(args.repeats):
+                sync()
+                t = time.perf_counter()
+                eng.sample(inputs, make_generators([0], device), opt, decode=False)
+                sync()
+                times.append(time.perf_counter() - t)
+            res[f"warm_{name}_ms"] = round(1e3 * statistics.median(times), 1)
+        res["graph_speedup_vs_eager"] = round(res["warm_eager_ms"] / res["warm_graph_ms"], 3)
+        res["graph_replays"] = graphed.graphs.replays
     res["peak_rss_gb"] = round(peak_gb(), 2)
     if device.type == "cuda":
         res["peak_cuda_gb"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)

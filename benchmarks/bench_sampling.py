@@ -29,11 +29,13 @@ no bf16 path on the CPU).
 ``--config var-d16`` takes VAR's 256px shape (depth 16, width 1024, 310M) instead. On a GPU,
 ``--engines kernels eager compile`` times our engine with the Triton kernels, with eager
 PyTorch (``kernels="torch"``), and with ``--compile`` (inductor, ``mode="reduce-overhead"``:
-each scale's step captured into a CUDA graph, as gpt-fast does), one line each
-(``engine=NAME ... images_per_s=X``); VAR's sampler runs under the same autocast:
+each scale's step captured into a CUDA graph, as gpt-fast does), and ``graph`` the whole run
+as one CUDA graph with the Triton kernels (``cuda_graph=True``, :mod:`sampling.graphs`; the
+warm-up run captures, the timed runs replay), one line each (``engine=NAME ... images_per_s=X``);
+VAR's sampler runs under the same autocast:
 
     python benchmarks/bench_sampling.py --device cuda --config var-d16 --dtypes bf16 --batches 1 64 \
-        --engines kernels eager compile --skip-naive --var-src /path/to/VAR
+        --engines kernels eager compile graph --skip-naive --var-src /path/to/VAR
 """
 from __future__ import annotations
 
@@ -105,7 +107,8 @@ def naive_sample(gen: HARTGenerator, tok: HybridTokenizer, labels, gens, opt: Sa
     return ids, f_hat
 
 
-ENGINES = {"kernels": dict(kernels="auto"), "eager": dict(kernels="torch"), "compile": dict(compile=True)}
+ENGINES = {"kernels": dict(kernels="auto"), "eager": dict(kernels="torch"), "compile": dict(compile=True),
+           "graph": dict(kernels="auto", cuda_graph=True)}
 
 
 def main(argv=None) -> None:

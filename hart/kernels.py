@@ -19,8 +19,8 @@ Semantics shared by reference and kernel (tested for parity under ``TRITON_INTER
   cumulative probability is at most 1 - top_p is dropped, as in VAR); the first is
   always kept. Every logit at or above the smallest kept value survives.
 * the draw: ``id = #{j : cdf_j <= u * cdf_V}``, cdf = cumsum(exp(filtered logits - max))
-  in index order, i.e. P(id = j) = p_j for u ~ U[0, 1); clamped to the last index with
-  non-zero mass.
+  in index order, i.e. P(id = j) = p_j for u ~ U[0, 1); clamped to the first index
+  where the cdf reaches its total (an entry with mass: u * total may round up to the total).
 
 Attention (:func:`attention`) is PyTorch's SDPA, with one measured exception: bf16 training
 on the CPU over short sequences takes two matmuls around an fp32 softmax instead. Given a
@@ -139,8 +139,8 @@ def _kernels(interpret: bool):
         total = tl.sum(tl.where(cols == BLOCK_V - 1, cdf, 0.0), axis=0)  # the cumsum's last entry
         u = tl.load(U + row).to(tl.float32)
         idx = tl.sum((cdf <= u * total).to(tl.int32), axis=0)
-        last = tl.max(tl.where(e > 0, cols, -1), axis=0)
-        idx = tl.minimum(idx, last)
+        full = tl.sum((cdf < total).to(tl.int32), axis=0)  # the first entry where the cdf is whole
+        idx = tl.minimum(idx, full)
         tl.store(OUT + row, idx.to(tl.int64))
 
     return adaln_ln_kernel, cfg_sample_kernel
@@ -342,19 +342,19 @@ def _draw_(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     e = logits.sub_(logits.amax(-1, keepdim=True)).exp_()
     cdf = torch.cumsum(e, dim=-1)
     target = u.float().view(-1, 1) * cdf[:, -1:]
-    idx = torch.searchsorted(cdf, target, right=True).view(-1).clamp_(max=V - 1)  # #{j: cdf_j <= target}
-    dead = e.gather(-1, idx.view(-1, 1)).view(-1) == 0
-    if bool(dead.any()):  # u * total rounded past the last non-zero entry
-        cols = torch.arange(V, device=e.device)
-        idx[dead] = torch.minimum(idx[dead], torch.where(e[dead] > 0, cols, -1).amax(-1))
-    return idx
+    idx = torch.searchsorted(cdf, target, right=True).view(-1)  # #{j: cdf_j <= target}
+    # only u * total rounded up to the total counts past the end (a smaller target lands on an
+    # entry with mass): then the first entry where the cdf reaches its total, which has mass.
+    # Branch-free, as the kernel: no host sync, so a whole sampling run can be one CUDA graph
+    full = torch.searchsorted(cdf, cdf[:, -1:].contiguous()).view(-1)  # #{j: cdf_j < total}
+    return torch.minimum(idx, full)
 
 
 def sample_from_logits(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF draw over softmax(logits) in index order. (N, V), (N,) -> (N,) int64.
 
     id = #{j : cdf_j <= u * cdf_V} with cdf = cumsum(exp(logits - max)), clamped to the
-    last entry with non-zero mass.
+    first entry where the cdf reaches its total (an entry with non-zero mass).
     """
     return _draw_(logits.float().clone(), u)
 

@@ -49,12 +49,14 @@ def rotation(head_dim: int, layout: str, device=None) -> tuple[torch.Tensor, tor
     """(perm (hd,) int64, sign (hd,)) with ``rotate(x) = x[..., perm] * sign``: rotate_half over
     the whole head dimension (``hart``) or inside each half (``axial``)."""
     n = head_dim if layout == "hart" else head_dim // 2
-    half = torch.arange(n // 2)
+    # made on the device (no host-to-device copy: a sampling run stays capturable as a CUDA graph)
+    half = torch.arange(n // 2, device=device)
     perm = torch.cat([half + n // 2, half])  # [x2, x1]
-    sign = torch.cat([-torch.ones(n // 2), torch.ones(n // 2)])  # [-x2, x1]
+    ones = torch.ones(n // 2, device=device)
+    sign = torch.cat([-ones, ones])  # [-x2, x1]
     if layout != "hart":
         perm, sign = torch.cat([perm, perm + n]), sign.repeat(2)
-    return perm.to(device), sign.to(device)
+    return perm, sign
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str) -> torch.Tensor:

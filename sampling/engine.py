@@ -62,6 +62,27 @@ class SampleOutput:
     logits: list | None = None
 
 
+@dataclasses.dataclass
+class RunNoise:
+    """Every random number of one sampling run, drawn before the run starts (per image from its
+    own generator, in the order the module doc gives), so that the run itself draws nothing and
+    can be replayed as one CUDA graph (:mod:`sampling.graphs`). All on the engine's device.
+
+    uniforms: K tensors (B, pn_k^2), one per token: the draw of its id
+    gumbels:  K tensors (B, pn_k^2, V) of Gumbel noise (VAR's smoothing), or None when it is off
+    head:     (draws, B * N, z) standard normal noise of the residual head (the start noise, then
+              iDDPM's per-step noise), N = pn_{K-1}^2; None without a head
+    """
+
+    uniforms: list
+    gumbels: list | None = None
+    head: torch.Tensor | None = None
+
+    def tensors(self) -> list:
+        """The tensors in a fixed order (the graph's static inputs)."""
+        return [*self.uniforms, *(self.gumbels or []), *([] if self.head is None else [self.head])]
+
+
 def cfg_ratio(cfg: float, k: int, num_scales: int) -> float:
     """VAR's guidance schedule t_k = cfg * k / (K - 1), growing from 0 to cfg."""
     return SamplingOptions(cfg=cfg).guidance(k, num_scales)
@@ -97,10 +118,15 @@ class SamplingEngine:
             inductor runs with ``mode="reduce-overhead"``: each scale's step is captured into
             a CUDA graph and replayed (gpt-fast's recipe; the static KV cache has fixed
             addresses, so the graphs write into it in place).
+        cuda_graph: on a GPU, capture each whole sampling run (every scale, guidance, filtering,
+            the draws, the f_hat updates and the residual head; not the decode) as one CUDA
+            graph per batch size and options, and replay it (:mod:`sampling.graphs`): the same
+            ids as eager sampling for the same seeds. Elsewhere, or where a run cannot be
+            captured, it samples eagerly and says why in one line.
     """
 
     def __init__(self, generator: HARTGenerator, tokenizer: HybridTokenizer, dtype: str = "fp32",
-                 kernels: str = "auto", compile: bool | str = False):
+                 kernels: str = "auto", compile: bool | str = False, cuda_graph: bool = False):
         check_compatible(tokenizer, generator)
         if dtype not in DTYPES:
             raise UserError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -126,15 +152,22 @@ class SamplingEngine:
             # dynamic=None: static first, symbolic after a recompile (measured on the CPU: 3 graphs
             # per batch size instead of 10 for var's 10 scales)
             self._step = torch.compile(generator.step, backend=backend, dynamic=None, fullgraph=True, mode=mode)
+        self.graphs = None
+        if cuda_graph:
+            from sampling.graphs import GraphRunner
+
+            self.graphs = GraphRunner(self)
 
     @property
     def device(self) -> torch.device:
         return self.generator.word_embed.weight.device
 
-    def _autocast(self):
+    def _autocast(self, cache: bool = True):
+        """The run's autocast; ``cache=False`` under CUDA graph capture (autocast's cast cache
+        must not outlive the capture)."""
         if self.dtype == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=DTYPES[self.dtype])
+        return torch.autocast(self.device.type, dtype=DTYPES[self.dtype], cache_enabled=cache)
 
     def _uniforms(self, gens: list[torch.Generator], n: int) -> torch.Tensor:
         """(B, n) uniforms, row i from image i's generator."""
@@ -143,6 +176,46 @@ class SamplingEngine:
     def _gumbel(self, gens: list[torch.Generator], n: int, V: int) -> torch.Tensor:
         u = torch.stack([torch.rand(n, V, generator=g, device=g.device) for g in gens]).to(self.device)
         return -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))  # (B, n, V)
+
+    def draw_noise(self, generators: list[torch.Generator], options: SamplingOptions) -> RunNoise:
+        """The run's random numbers, per image from its own generator: per scale one uniform per
+        token, then (smoothing) its Gumbel noise; then the residual head's noise."""
+        c, opt = self.config, options
+        sizes = [pn * pn for pn in c.patch_nums]
+        uniforms, gumbels = [], [] if opt.smooth else None
+        if opt.smooth:
+            for n in sizes:
+                uniforms.append(self._uniforms(generators, n))
+                gumbels.append(self._gumbel(generators, n, c.codebook_size))
+        else:  # one draw and one copy to the device for every scale (a CPU generator draws the
+            # same numbers in one call as in one call per scale)
+            uniforms = list(self._uniforms(generators, sum(sizes)).split(sizes, dim=1))
+        head = None
+        if self.generator.diffusion is not None:
+            N, z = c.patch_nums[-1] ** 2, self.generator.diffusion.channels
+            steps, _ = head_settings(opt.diff_steps, opt.diff_temperature, c)
+            draws = 1 + (steps if c.head.sampler == "iddpm" else 0)  # the start noise, then iddpm's per step
+            head = torch.stack([torch.randn(draws, N, z, generator=g, device=g.device) for g in generators])
+            head = head.to(self.device).transpose(0, 1).reshape(draws, len(generators) * N, z)
+        return RunNoise(uniforms, gumbels, head)
+
+    def prepare(self, inputs, generators: list[torch.Generator], options: SamplingOptions | None = None):
+        """Check the inputs; -> (rows: the conditions of the run's rows, conditional first and
+        then the null ones when guidance is on; B; validated options)."""
+        opt = (options or SamplingOptions()).validate()
+        gen, c = self.generator, self.config
+        if c.is_text:
+            if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
+                raise UserError("this model is text-conditioned: give it prompts, not classes")
+            inputs = (inputs[0].to(self.device).float(), inputs[1].to(self.device).bool())
+            B = inputs[0].shape[0]
+        else:
+            inputs = torch.as_tensor(inputs, dtype=torch.long, device=self.device).view(-1)
+            c.check_class_ids(inputs.tolist())
+            B = inputs.numel()
+        if len(generators) != B:
+            raise ValueError(f"need one generator per image: {B} conditions, {len(generators)} generators")
+        return (gen.with_null(inputs) if opt.cfg > 0 else inputs), B, opt
 
     @torch.no_grad()
     def sample(
@@ -171,30 +244,54 @@ class SamplingEngine:
         Returns:
             :class:`SampleOutput`.
         """
-        opt = (options or SamplingOptions()).validate()
-        gen, tok, c = self.generator, self.tokenizer, self.config
-        if c.is_text:
-            if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
-                raise UserError("this model is text-conditioned: give it prompts, not classes")
-            inputs = (inputs[0].to(self.device).float(), inputs[1].to(self.device).bool())
-            B = inputs[0].shape[0]
+        rows, B, opt = self.prepare(inputs, generators, options)
+        noise = self.draw_noise(generators, opt)
+        tok = self.tokenizer
+        graphed = None
+        if self.graphs is not None:
+            eager_only = [n for n, on in (("previews", previews), ("return_logits", return_logits),
+                                          ("on_scale", on_scale is not None)) if on]
+            graphed = self.graphs.run(rows, noise, opt, B, eager_only)
+        if graphed is not None:
+            ids, residual, f_hat = graphed
+            logits_out, preview_imgs = None, None
         else:
-            inputs = torch.as_tensor(inputs, dtype=torch.long, device=self.device).view(-1)
-            c.check_class_ids(inputs.tolist())
-            B = inputs.numel()
-        if len(generators) != B:
-            raise ValueError(f"need one generator per image: {B} conditions, {len(generators)} generators")
-        use_cfg = opt.cfg > 0
-        K, V = c.num_scales, c.codebook_size
-        ranges = c.token_ranges
-        rows = gen.with_null(inputs) if use_cfg else inputs
-        gen.setup_caches(2 * B if use_cfg else B, DTYPES[self.dtype], self.device, self.kernels)
+            self.setup_caches(rows, opt)
+            ids, residual, f_hat, logits_out, preview_imgs = self.run(
+                rows, noise, opt, B, return_logits=return_logits, previews=previews, on_scale=on_scale)
+        images = None
+        if decode or previews:  # in fp32: the decoder is not part of the autocast step
+            images = tok.decode(TokenizerCode(ids=ids, residual=residual, f_hat=f_hat)).float()
+        if previews:
+            preview_imgs.append(images)
+        return SampleOutput(
+            ids=ids, residual=residual, f_hat=f_hat, images=images if decode else None,
+            previews=preview_imgs if previews else None, logits=logits_out if return_logits else None,
+        )
+
+    def setup_caches(self, rows, opt: SamplingOptions) -> None:
+        """The generator's static KV cache for the run's rows (2B with guidance, else B)."""
+        n = (rows[0] if self.config.is_text else rows).shape[0]
+        self.generator.setup_caches(n, DTYPES[self.dtype], self.device, self.kernels)
         if self._cudagraphs:  # a new run of the per-scale graphs: earlier outputs may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
 
+    def run(self, rows, noise: RunNoise, opt: SamplingOptions, B: int, *, return_logits: bool = False,
+            previews: bool = False, on_scale=None, autocast_cache: bool = True):
+        """The sampling run proper, after :meth:`prepare`, :meth:`draw_noise` and
+        :meth:`setup_caches`: tensor work only (no host sync, no random draw, no allocation
+        that depends on values), so that :mod:`sampling.graphs` can capture it.
+
+        Returns (ids: K (B, pn_k^2), residual (B, z, n, n) or None, f_hat (B, z, n, n) fp32,
+        logits or None, previews or None).
+        """
+        gen, tok, c = self.generator, self.tokenizer, self.config
+        use_cfg = opt.cfg > 0
+        K, V = c.num_scales, c.codebook_size
+        ranges = c.token_ranges
         ids, logits_out, preview_imgs = [], [], []
         f_hat = None
-        with self._autocast():
+        with self._autocast(cache=autocast_cache):
             cond = gen.condition(rows)  # Condition of 2B rows
             x = cond.prefix  # (2B, P, C)
             for k in range(K):
@@ -207,15 +304,14 @@ class SamplingEngine:
                 t = opt.guidance(k, K)  # cfg * r (linear schedule) or cfg (constant)
                 lc = logits[:B].reshape(B * T, V)
                 lu = logits[B:].reshape(B * T, V) if use_cfg else None
-                u = self._uniforms(generators, T).reshape(B * T)
+                u = noise.uniforms[k].reshape(B * T)
                 if opt.smooth:
                     filtered = kernels.filter_logits(
                         kernels.guided_logits(lc, lu, t, opt.temperature), opt.top_k_at(k), opt.top_p)
                     ids_k = kernels.sample_from_logits(filtered, u).view(B, T)
                     tau = max(0.27 * (1 - 0.95 * r), 0.005)  # VAR's smoothing temperature
-                    noise = self._gumbel(generators, T, V).view(B * T, V)
-                    w = torch.softmax((filtered * (1 + r) + noise) / tau, dim=-1).view(B, T, V)
-                    soft = w.float() @ tok.codebook.float()  # (B, T, z): a soft mix of codes
+                    w = torch.softmax((filtered * (1 + r) + noise.gumbels[k].view(B * T, V)) / tau, dim=-1)
+                    soft = w.view(B, T, V).float() @ tok.codebook.float()  # (B, T, z): a soft mix of codes
                     f_hat, nxt = tok.next_scale_input(k, f_hat, ids_k, vectors=soft)
                 else:
                     ids_k = kernels.cfg_sample(
@@ -231,20 +327,15 @@ class SamplingEngine:
                 if nxt is not None:
                     e = gen.embed_inputs(nxt, end)  # (B, T', C)
                     x = torch.cat([e, e]) if use_cfg else e  # both halves see the same ids
-            residual = self._residual(hidden, ids[-1], B, generators, opt, use_cfg, f_hat.float())
-        images = None
-        if decode or previews:  # in fp32: the decoder is not part of the autocast step
-            images = tok.decode(TokenizerCode(ids=ids, residual=residual, f_hat=f_hat.float())).float()
-        if previews:
-            preview_imgs.append(images)
-        return SampleOutput(
-            ids=ids, residual=residual, f_hat=f_hat.float(), images=images if decode else None,
-            previews=preview_imgs if previews else None, logits=logits_out if return_logits else None,
-        )
+            f_hat = f_hat.float()
+            residual = self._residual(hidden, ids[-1], B, noise.head, opt, use_cfg, f_hat)
+        return (ids, residual, f_hat, logits_out if return_logits else None,
+                preview_imgs if previews else None)
 
-    def _residual(self, hidden, ids_last, B, generators, opt: SamplingOptions, use_cfg: bool, f_hat=None):
+    def _residual(self, hidden, ids_last, B, noise, opt: SamplingOptions, use_cfg: bool, f_hat=None):
         """HART's residual for the last scale: DDIM with the diffusion head, CFG on eps.
-        ``f_hat`` (B, z, n, n), the drawn ids' discrete latent, conditions a map head.
+        ``noise`` is :attr:`RunNoise.head`; ``f_hat`` (B, z, n, n), the drawn ids' discrete
+        latent, conditions a map head.
 
         Returns (B, z, n, n) in latent units, or None without a head.
         """
@@ -260,11 +351,6 @@ class SamplingEngine:
         t = opt.guidance(c.num_scales - 1, c.num_scales) if opt.head_cfg is None else opt.head_cfg
         if opt.last_scale_ratio == "previous" and t == 1.0:
             t = 0.0  # HART's DiffLoss.sample skips guidance when its cfg argument is exactly 1
-        # noise per image from its own generator (batch independence): the start noise, then
-        # (iddpm) one per step
-        draws = 1 + (steps if c.head.sampler == "iddpm" else 0)
-        noise = torch.stack([torch.randn(draws, N, head.channels, generator=g, device=g.device) for g in generators])
-        noise = noise.to(self.device).transpose(0, 1).reshape(draws, B * N, -1)  # (draws, B*N, z)
         x = sample_residual(
             head, conds, unconds, cfg=t, steps=steps,
             temperature=temperature,

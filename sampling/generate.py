@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="compute dtype (default fp32; fp16 is HART's, for GPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the per-scale step")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="GPU: replay each batch's whole sampling run as one CUDA graph (captured once per batch size)")
     p.add_argument("--scale", type=int, default=1, help="integer upscaling of the grid (default 1)")
     return p
 
@@ -124,7 +126,8 @@ def main(argv=None):
     from hart.common.dist import resolve_device
 
     pipe = HARTPipeline.from_pretrained(args.model, device=resolve_device(args.device), dtype=args.dtype,
-                                        compile=args.compile, text_encoder_path=args.text_encoder_path)
+                                        compile=args.compile, cuda_graph=args.cuda_graph,
+                                        text_encoder_path=args.text_encoder_path)
     config = pipe.generator.config
     if args.sampling is None and config.display.sampling:  # the model's own preset (a converted HART release: hart)
         opts = dataclasses.asdict(sampling_options(args, config.display.sampling))

@@ -93,17 +93,20 @@ class HARTPipeline:
         dtype: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast for the transformer step.
         kernels: fused-kernel backend, ``"auto"`` / ``"torch"`` / ``"triton"``.
         compile: ``torch.compile`` the per-scale step (a string names the backend).
+        cuda_graph: on a GPU, replay each sampling run as one CUDA graph (captured once per
+            batch size and options; :mod:`sampling.graphs`): for repeated batches of one size.
     """
 
     def __init__(self, tokenizer: HybridTokenizer, generator: HARTGenerator, device=None,
                  dtype: str = "fp32", kernels: str = "auto", compile: bool | str = False,
-                 text_encoder=None, text_encoder_path=None):
+                 cuda_graph: bool = False, text_encoder=None, text_encoder_path=None):
         device = torch.device(device) if device is not None else generator.word_embed.weight.device
         self._text_encoder, self.text_encoder_path = text_encoder, text_encoder_path
         self.tokenizer = tokenizer.to(device).eval()
         self.generator = generator.to(device).eval()
         self.device = device
-        self.engine = SamplingEngine(self.generator, self.tokenizer, dtype=dtype, kernels=kernels, compile=compile)
+        self.engine = SamplingEngine(self.generator, self.tokenizer, dtype=dtype, kernels=kernels, compile=compile,
+                                     cuda_graph=cuda_graph)
 
     @classmethod
     def from_pretrained(cls, model_dir=None, device="cpu", **kw) -> "HARTPipeline":

@@ -8,6 +8,10 @@
 #   scripts/gpu_check.sh sample   # kernels vs references; var-d16 sampling: kernels / eager / compile / VAR
 #   scripts/gpu_check.sh train    # var-d16 training step: SDPA / FlexAttention / VAR's step
 #   scripts/gpu_check.sh demo     # the demo under load: one-at-a-time vs batched
+#   scripts/gpu_check.sh all      # one call of at most 9 minutes: the CUDA tests, the sampler table
+#                               # (one CUDA graph per run beside VAR), the training table, the demo
+#                               # table, HART-0.7B at 1024 px (eager and one graph); each part under
+#                               # its own time limit, so one that hangs does not take the others
 #
 # Logs go to $OUT (or ./gpu-out), written as they come (no filter in the pipe buffers them: a run
 # stopped by a time limit keeps what it printed). Python packages the machine lacks come as wheels in
@@ -75,7 +79,7 @@ sample)
   python benchmarks/bench_kernels.py --device cuda 2>&1 | tee "$OUT/bench_kernels.log"
   step "var-d16 sampling, bf16"
   python benchmarks/bench_sampling.py --device cuda --config var-d16 --dtypes bf16 --batches 1 64 --repeats 5 \
-    --engines kernels eager compile --skip-naive --var-src "$VAR_SRC" 2>&1 | tee "$OUT/bench_sampling.log"
+    --engines kernels eager compile graph --skip-naive --var-src "$VAR_SRC" 2>&1 | tee "$OUT/bench_sampling.log"
   ;;
 train)
   step "var-d16 training step, bf16"
@@ -86,8 +90,27 @@ demo)
   step "the demo under load"
   python benchmarks/bench_demo_load.py --device cuda --clients 20 --images 4 --modes 1 8 2>&1 | tee "$OUT/bench_demo.log"
   ;;
+all)
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name())'
+  [ -d "$VAR_SRC" ] || echo "note: no VAR checkout at $VAR_SRC: the sampler and training tables run without VAR's columns"
+  V=(); [ -d "$VAR_SRC" ] && V=(--var-src "$VAR_SRC")
+  step "CUDA tests"
+  TRITON_INTERPRET=0 timeout 120 python -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py 2>&1 | tee "$OUT/tests_cuda.log" | tail -15
+  step "var-d16 sampling, bf16: Triton kernels eager / the whole run as one CUDA graph"
+  timeout 140 python benchmarks/bench_sampling.py --device cuda --config var-d16 --dtypes bf16 --batches 1 64 \
+    --repeats 5 --engines kernels graph --skip-naive "${V[@]}" 2>&1 | tee "$OUT/bench_sampling.log"
+  step "var-d16 training step, bf16"
+  timeout 90 python benchmarks/bench_train.py --device cuda --configs var-d16 --dtypes bf16 --attention sdpa sdpa+compile \
+    "${V[@]}" --steps 10 --warmup 3 2>&1 | tee "$OUT/bench_train.log"
+  step "the demo under load"
+  timeout 60 python benchmarks/bench_demo_load.py --device cuda --clients 20 --images 4 --modes 1 8 2>&1 | tee "$OUT/bench_demo.log"
+  step "HART-0.7B at 1024 px, fp16, random weights in the official layout"
+  timeout 130 python benchmarks/bench_hart_1024.py --work /tmp/hart-full --device cuda --dtype fp16 2>&1 \
+    | tee "$OUT/bench_hart_1024.log"
+  ;;
 *)
-  echo "usage: scripts/gpu_check.sh tests|suite|cli|sample|train|demo" >&2
+  echo "usage: scripts/gpu_check.sh tests|suite|cli|sample|train|demo|all" >&2
   exit 2
   ;;
 esac

@@ -177,6 +177,78 @@ def test_compiled_step_with_cuda_graphs_matches_eager(tiny_pair):
             torch.testing.assert_close(x, y, atol=1e-3, rtol=0)
 
 
+# ----------------------------------------------------------------------------- one CUDA graph per run
+
+def _same_run(a, b):
+    assert all(torch.equal(x, y) for x, y in zip(a.ids, b.ids))
+    torch.testing.assert_close(a.residual, b.residual, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(a.images, b.images, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_whole_run_graph_replays_eagers_ids_at_two_batch_sizes(tiny_pair, dtype):
+    """cuda_graph=True: the first run of a (batch, options) captures, the next ones replay; the
+    ids are eager's for the same seeds (sampled, greedy), whatever ran in between."""
+    from sampling import SamplingOptions
+    from sampling.engine import make_generators
+
+    eager = _engine(tiny_pair, CUDA, dtype=dtype)
+    graphed = _engine(tiny_pair, CUDA, dtype=dtype, cuda_graph=True)
+    sampled, greedy = SamplingOptions(cfg=2.0, top_k=10, top_p=0.9), SamplingOptions(cfg=1.5, top_k=1)
+    runs = [([1, 2], [0, 1], sampled), ([3, 4, 5], [2, 3, 4], sampled), ([1, 2], [5, 6], sampled),
+            ([3, 4, 5], [7, 8, 9], sampled), ([6, 7], [0, 1], greedy), ([6, 7], [2, 3], greedy), ([1, 2], [0, 1], sampled)]
+    for classes, seeds, opts in runs:
+        _same_run(graphed.sample(classes, make_generators(seeds), opts), eager.sample(classes, make_generators(seeds), opts))
+    assert len(graphed.graphs.graphs) == 3 and graphed.graphs.replays == 4
+
+
+def test_whole_run_graph_of_a_text_model():
+    from sampling import SamplingEngine, SamplingOptions
+    from sampling.engine import make_generators
+    from tests.test_t2i import _model as _t2i_model, _prompts
+    from tokenizer import HybridTokenizer, TokenizerConfig
+
+    tok = HybridTokenizer(TokenizerConfig.from_name("tiny")).eval().to(CUDA)
+    gen = _t2i_model().to(CUDA)
+    eager, graphed = SamplingEngine(gen, tok), SamplingEngine(gen, tok, cuda_graph=True)
+    opts = SamplingOptions(cfg=1.5, top_k=10, head_cfg=None)
+    for seed in (1, 2, 3):
+        prompts = tuple(t.to(CUDA) for t in _prompts(gen.config, B=3, seed=seed))
+        gens = list(range(3 * seed, 3 * seed + 3))
+        _same_run(graphed.sample(prompts, make_generators(gens), opts), eager.sample(prompts, make_generators(gens), opts))
+    assert graphed.graphs.replays == 2
+
+
+def test_whole_run_graph_falls_back_to_eager_with_one_line(tiny_pair, capsys, monkeypatch):
+    """Previews asked for, or a capture that fails (a host sync slipped into the run): eager
+    sampling, the same ids, one line per reason, and no retry of a failed capture."""
+    from sampling import SamplingOptions
+    from sampling.engine import make_generators
+
+    opts = SamplingOptions(cfg=2.0, top_k=10, top_p=0.9)
+    eager = _engine(tiny_pair, CUDA)
+    graphed = _engine(tiny_pair, CUDA, cuda_graph=True)
+    ref = eager.sample([1, 2], make_generators([0, 1]), opts)
+    _same_run(graphed.sample([1, 2], make_generators([0, 1]), opts, previews=True), ref)
+    assert "not as one CUDA graph: previews asked for" in capsys.readouterr().err
+    real = graphed.generator.condition
+
+    def syncing(rows, *a, **kw):
+        cond = real(rows, *a, **kw)
+        cond.vec.sum().item()  # not capturable
+        return cond
+
+    monkeypatch.setattr(graphed.generator, "condition", syncing)
+    for _ in range(2):
+        _same_run(graphed.sample([1, 2], make_generators([0, 1]), opts), ref)
+    err = capsys.readouterr().err.splitlines()
+    assert len([e for e in err if "capture failed" in e]) == 1
+    assert graphed.graphs.replays == 0
+    monkeypatch.undo()
+    _same_run(graphed.sample([3, 4, 5], make_generators([0, 1, 2]), opts),
+              eager.sample([3, 4, 5], make_generators([0, 1, 2]), opts))  # the GPU still works after it
+
+
 # ----------------------------------------------------------------------------- FlexAttention
 
 def test_flex_attention_matches_sdpa_forward_and_backward():

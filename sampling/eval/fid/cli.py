@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text models: one prompt per line; sample j draws prompt j %% P")
     add_sampling_arguments(g)
     g.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="transformer compute dtype")
+    g.add_argument("--cuda-graph", action="store_true",
+                   help="GPU: replay each batch's whole sampling run as one CUDA graph (captured once per batch size)")
     g.add_argument("--text-encoder-path", default=None, help="text models: the encoder's folder (default: the config's)")
     return p
 
@@ -135,7 +137,7 @@ def main(argv=None):
             from sampling import HARTPipeline
 
             pipe = HARTPipeline.from_pretrained(args.model, device=dist.device, dtype=args.dtype,
-                                                text_encoder_path=args.text_encoder_path)
+                                                cuda_graph=args.cuda_graph, text_encoder_path=args.text_encoder_path)
             if args.sampling is None and pipe.generator.config.display.sampling:  # the model's own preset
                 options = asdict(sampling_options(args, pipe.generator.config.display.sampling))
             if pipe.is_text != bool(args.prompts):
