@@ -130,6 +130,9 @@ class SamplingEngine:
         check_compatible(tokenizer, generator)
         if dtype not in DTYPES:
             raise UserError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if compile and cuda_graph:
+            raise UserError("--compile and --cuda-graph do not go together (a compiled step makes CUDA graphs "
+                            "of its own): pick one")
         self.generator = generator
         self.tokenizer = tokenizer
         self.config = generator.config

@@ -8,6 +8,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from hart.common.errors import UserError
 from sampling import SamplingEngine, SamplingOptions
 from sampling.engine import make_generators
 from tests.test_sampling import _models
@@ -103,6 +104,8 @@ def test_cuda_graph_off_a_gpu_samples_eagerly_and_says_why_once(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["note: sampling eagerly, not as one CUDA graph: CUDA graphs need a CUDA device"]
     assert graphed.graphs.replays == 0
+    with pytest.raises(UserError, match="--compile and --cuda-graph do not go together"):
+        SamplingEngine(gen, tok, compile=True, cuda_graph=True)
 
 
 def test_generate_cuda_graph_flag_off_a_gpu(demo_model_dir, tmp_path, capsys):
