@@ -266,8 +266,16 @@ def to_target(residual: torch.Tensor, metric: torch.Tensor | None, scale: float)
     return residual / scale
 
 
-def from_target(target: torch.Tensor, metric: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """The inverse of :func:`to_target`: (..., z) head draws -> latent units."""
+def from_target(target: torch.Tensor, metric: torch.Tensor | None, scale: float,
+                inverse: torch.Tensor | None = None) -> torch.Tensor:
+    """The inverse of :func:`to_target`: (..., z) head draws -> latent units. ``inverse``: A^-1
+    made beforehand (:func:`metric_inverse`; ``linalg.inv`` checks its result on the host, which
+    a CUDA graph cannot capture)."""
     if metric is not None:
-        return target @ torch.linalg.inv(metric.double()).T.to(target.dtype)
+        return target @ (metric_inverse(metric) if inverse is None else inverse).T.to(target.dtype)
     return target * scale
+
+
+def metric_inverse(metric: torch.Tensor) -> torch.Tensor:
+    """A^-1 (z, z) in float64 of the decoder metric."""
+    return torch.linalg.inv(metric.double())

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from hart import kernels
 from hart.blocks import AdaLNBeforeHead, AdaLNBlock, SwiGLU, make_norm
 from hart.config import GeneratorConfig
-from hart.heads import TimestepEmbedder, build_head, from_target, head_condition, to_target
+from hart.heads import TimestepEmbedder, build_head, from_target, head_condition, metric_inverse, to_target
 from hart.rope import rope_1d, rope_2d, rotation, scale_coords
 from hart.common.errors import UserError
 from hart.common.models import ConfigMixin, HARTModelMixin, ModelMixin  # noqa: F401 (diffusers finds the mixins here)
@@ -431,9 +431,15 @@ class HARTGenerator(HARTModelMixin):
         """(..., z) residual tokens in latent units -> the head's target units (:func:`hart.heads.to_target`)."""
         return to_target(residual, getattr(self, "residual_metric", None), self.config.target_scale)
 
-    def from_target(self, target: torch.Tensor) -> torch.Tensor:
-        """The inverse of :meth:`to_target`: (..., z) head draws -> latent units."""
-        return from_target(target, getattr(self, "residual_metric", None), self.config.target_scale)
+    def from_target(self, target: torch.Tensor, inverse: torch.Tensor | None = None) -> torch.Tensor:
+        """The inverse of :meth:`to_target`: (..., z) head draws -> latent units (``inverse``: the
+        metric's inverse made beforehand, :meth:`target_inverse`)."""
+        return from_target(target, getattr(self, "residual_metric", None), self.config.target_scale, inverse)
+
+    def target_inverse(self) -> torch.Tensor | None:
+        """The decoder metric's inverse (z, z) float64 where the head has one, else None."""
+        metric = getattr(self, "residual_metric", None)
+        return None if metric is None else metric_inverse(metric)
 
     def diffusion_cond(self, hidden_last: torch.Tensor, code_vectors: torch.Tensor,
                        f_hat: torch.Tensor | None = None) -> torch.Tensor:

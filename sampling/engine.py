@@ -155,6 +155,7 @@ class SamplingEngine:
             # dynamic=None: static first, symbolic after a recompile (measured on the CPU: 3 graphs
             # per batch size instead of 10 for var's 10 scales)
             self._step = torch.compile(generator.step, backend=backend, dynamic=None, fullgraph=True, mode=mode)
+        self.target_inverse = None  # set by setup_caches
         self.graphs = None
         if cuda_graph:
             from sampling.graphs import GraphRunner
@@ -273,9 +274,11 @@ class SamplingEngine:
         )
 
     def setup_caches(self, rows, opt: SamplingOptions) -> None:
-        """The generator's static KV cache for the run's rows (2B with guidance, else B)."""
+        """The generator's static KV cache for the run's rows (2B with guidance, else B), and
+        what the run reads but must not compute (the head's metric inverse)."""
         n = (rows[0] if self.config.is_text else rows).shape[0]
         self.generator.setup_caches(n, DTYPES[self.dtype], self.device, self.kernels)
+        self.target_inverse = self.generator.target_inverse()
         if self._cudagraphs:  # a new run of the per-scale graphs: earlier outputs may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
 
@@ -362,5 +365,5 @@ class SamplingEngine:
             num_train_timesteps=c.head.train_steps, prediction=c.head.prediction,
         )  # (B*N, z); DDIM (eta 0) is deterministic given the start noise
         n = self.tokenizer.config.latent_size
-        res = gen.from_target(x.float()).view(B, N, -1)  # target units -> latent units
+        res = gen.from_target(x.float(), self.target_inverse).view(B, N, -1)  # target units -> latent units
         return res.transpose(1, 2).reshape(B, -1, n, n)

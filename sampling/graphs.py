@@ -15,11 +15,14 @@ one launch. What makes it capturable (:meth:`sampling.engine.SamplingEngine.run`
   and puts it back on the generator before a replay.
 
 A graph is keyed by everything that shapes it: rows, the conditions' shapes, options,
-dtype and kernels. The first run of a key runs eagerly on a side stream (it warms the
-kernels and is this call's result), then captures; later runs of the key replay.
-:data:`MAX_GRAPHS` graphs are kept (each holds its cache and memory pool), the least
-recently used dropped first. Where a run cannot be captured (no GPU, previews, logits or a
-per-scale callback asked for, or the capture fails) the engine samples eagerly and this
+dtype and kernels. The first run of a key runs eagerly on the runner's own stream (it warms
+the kernels and libraries there and is this call's result), then captures on that stream;
+later runs of the key replay. At most :data:`MAX_GRAPHS` graphs are kept (each holds its
+cache and memory pool); a new key beyond them drops them all at once, never one alone: the
+graphs of one capture stream share cuBLAS's workspace, which destroying any one of them
+releases (pytorch/pytorch#193402). :meth:`GraphRunner.clear` drops them too (after the
+model's weights change or move). Where a run cannot be captured (no GPU, previews, logits or
+a per-scale callback asked for, or the capture fails) the engine samples eagerly and this
 module says why in one line, once per reason.
 """
 from __future__ import annotations
@@ -40,6 +43,7 @@ class _Graph:
     noise: list  # static noise tensors (RunNoise.tensors order)
     caches: list  # the blocks' (K, V) cache tensors it was captured with
     out: tuple  # static outputs: (ids list, residual or None, f_hat)
+    keep: object  # other tensors the graph reads (the head's metric inverse), kept alive
 
 
 def _clone_inputs(x):
@@ -64,6 +68,12 @@ class GraphRunner:
         self.failed: dict = {}  # key -> why its capture failed (sampled eagerly from then on)
         self.said: set = set()
         self.replays = 0  # runs served by a replay (for tests and benchmarks)
+        self.captures = 0
+        self.stream = None  # the runner's own stream: warm-ups and captures (made on first use)
+
+    def clear(self) -> None:
+        """Drop every graph (all at once; see the module doc)."""
+        self.graphs.clear()
 
     def say(self, why: str) -> None:
         """One line on stderr per reason."""
@@ -86,10 +96,14 @@ class GraphRunner:
         key = self.key(rows, opt, B)
         if key in self.failed:
             return self.say(self.failed[key])
-        g = self.graphs.get(key)
-        if g is None:
-            return self.capture(key, rows, noise, opt, B)
-        self.graphs.move_to_end(key)
+        with torch.cuda.device(e.device):
+            g = self.graphs.get(key)
+            if g is None:
+                return self.capture(key, rows, noise, opt, B)
+            return self.replay(g, rows, noise)
+
+    def replay(self, g: _Graph, rows, noise):
+        e = self.engine
         _copy_inputs(g.rows, rows)
         for d, s in zip(g.noise, noise.tensors()):
             d.copy_(s)
@@ -104,6 +118,10 @@ class GraphRunner:
     def capture(self, key, rows, noise, opt, B: int):
         """Warm up and capture a new key; returns the warm-up's (eager) result."""
         e = self.engine
+        if len(self.graphs) >= MAX_GRAPHS:
+            self.clear()
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(device=e.device)
         static_rows = _clone_inputs(rows)
         static_noise = type(noise)(**{f.name: _clone_inputs(getattr(noise, f.name))
                                       for f in dataclasses.fields(noise) if getattr(noise, f.name) is not None})
@@ -116,23 +134,28 @@ class GraphRunner:
         def body():
             return e.run(static_rows, static_noise, opt, B, autocast_cache=False)[:3]
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up: kernels compiled, libraries initialised
-            ids, residual, f_hat = body()
-            result = ([t.clone() for t in ids], None if residual is None else residual.clone(), f_hat.clone())
-        torch.cuda.current_stream().wait_stream(side)
+        current, side = torch.cuda.current_stream(), self.stream
+        side.wait_stream(current)
+        with torch.cuda.stream(side):  # warm-up: kernels compiled, libraries initialised on this stream
+            warm = body()
+        current.wait_stream(side)
+        ids, residual, f_hat = warm  # cloned on the current stream, which owns the clones
+        result = ([t.clone() for t in ids], None if residual is None else residual.clone(), f_hat.clone())
+        del warm, ids, residual, f_hat
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            # the outer stream context restores the current stream even when capture_end raises
+            with torch.cuda.stream(side), torch.cuda.graph(graph, stream=side):
                 out = body()
         except Exception as err:  # noqa: BLE001 - any capture fault: eager from now on, said once
-            why = f"capture failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-            self.failed[key] = why
-            self.say(why)
+            root = err.__context__ or err  # capture_end's error hides the op that broke the capture
+            text = str(root).splitlines()[0] if str(root) else ""
+            self.failed[key] = f"capture failed ({type(root).__name__}: {text})"
+            self.say(self.failed[key])
             torch.cuda.synchronize()
+            self.clear()  # a failed capture may have reset the stream's shared workspace
             return result
-        self.graphs[key] = _Graph(graph, static_rows, flat, [blk.attn.cache for blk in e.generator.blocks], out)
-        while len(self.graphs) > MAX_GRAPHS:
-            self.graphs.popitem(last=False)
+        self.captures += 1
+        self.graphs[key] = _Graph(graph, static_rows, flat, [blk.attn.cache for blk in e.generator.blocks], out,
+                                  keep=e.target_inverse)
         return result

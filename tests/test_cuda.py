@@ -202,6 +202,32 @@ def test_whole_run_graph_replays_eagers_ids_at_two_batch_sizes(tiny_pair, dtype)
     assert len(graphed.graphs.graphs) == 3 and graphed.graphs.replays == 4
 
 
+def test_whole_run_graph_past_its_limit_and_every_head():
+    """More keys than MAX_GRAPHS (all dropped at once, then captured again: the kept graphs
+    still replay right), and the heads that read more than the ids: smoothing, a map head with
+    the decoder metric (whose inverse is made outside the run), iDDPM with a learned variance."""
+    from sampling import SamplingOptions
+    from sampling.engine import make_generators
+    from sampling.graphs import MAX_GRAPHS
+    from tests.test_graphs import CASES, _engine as _cpu_engine
+
+    for case in ("class, ddim head", "class, smoothing", "class, map head, decoder metric", "class, iddpm head, no cfg"):
+        cpu = _cpu_engine(CASES[case][0])
+        gen, tok, opts = cpu.generator.to(CUDA), cpu.tokenizer.to(CUDA), CASES[case][1]
+        from sampling import SamplingEngine
+
+        eager, graphed = SamplingEngine(gen, tok), SamplingEngine(gen, tok, cuda_graph=True)
+        # ddim: MAX_GRAPHS + 2 batch sizes (the fifth drops the first four), then the last two again
+        sizes = [1, 2, 1, 2] if case != "class, ddim head" else list(range(1, MAX_GRAPHS + 3)) + [MAX_GRAPHS + 1,
+                                                                                                 MAX_GRAPHS + 2] * 2
+        for i, b in enumerate(sizes):
+            classes, seeds = [(3 * j + i) % 10 for j in range(b)], list(range(10 * i, 10 * i + b))
+            _same_run(graphed.sample(classes, make_generators(seeds), opts),
+                      eager.sample(classes, make_generators(seeds), opts))
+        assert graphed.graphs.replays == (2 if case != "class, ddim head" else 4), case
+        assert len(graphed.graphs.graphs) == 2 and graphed.graphs.captures == len(set(sizes)), case
+
+
 def test_whole_run_graph_of_a_text_model():
     from sampling import SamplingEngine, SamplingOptions
     from sampling.engine import make_generators

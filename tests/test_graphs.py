@@ -9,6 +9,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from hart.common.errors import UserError
+from hart.config import GeneratorConfig
+from hart.model import HARTGenerator
 from sampling import SamplingEngine, SamplingOptions
 from sampling.engine import make_generators
 from tests.test_sampling import _models
@@ -19,13 +21,19 @@ CASES = {
     "class, ddim head": (dict(), SamplingOptions(cfg=1.5, top_k=10, top_p=0.9)),
     "class, smoothing": (dict(), SamplingOptions(cfg=2.0, top_k=5, smooth=True)),
     "class, iddpm head, no cfg": (dict(head=dict(width=64, depth=2, sampler="iddpm", learn_sigma=True)), SamplingOptions(cfg=0.0)),
+    "class, map head, decoder metric": (dict(head=dict(width=64, depth=2, mix="map", metric="decoder",
+                                                      prediction="v_prediction")), SamplingOptions(cfg=1.5)),
     "text": (None, SamplingOptions(cfg=1.5, top_p=0.8, head_cfg=None)),
 }
+# ops that read a value back to the host on a GPU (the meta device skips some of these checks:
+# linalg's error check returns early on meta tensors)
+SYNC_OPS = ("_local_scalar_dense", "_linalg_check_errors", "nonzero", "is_nonzero", "equal")
 
 
 class HostCopies(TorchDispatchMode):
-    """Records the ops that bring a host tensor (more than a scalar) to the device: a copy
-    from pageable memory syncs the stream, which a CUDA graph capture refuses."""
+    """Records the ops that bring a host tensor (more than a scalar) to the device (a copy
+    from pageable memory syncs the stream, which a CUDA graph capture refuses) and the ops
+    that read a device value back (:data:`SYNC_OPS`)."""
 
     def __init__(self):
         super().__init__()
@@ -34,6 +42,8 @@ class HostCopies(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
+        if any(t.device.type == "meta" for t in tensors) and str(func).split(".")[1] in SYNC_OPS:
+            self.ops.append(str(func))
         if any(t.device.type == "meta" for t in tensors) and any(t.device.type == "cpu" and t.dim() > 0 for t in tensors):
             self.ops.append(str(func))
         return out
@@ -43,7 +53,14 @@ def _engine(kw):
     if kw is None:
         tok = HybridTokenizer(TokenizerConfig.from_name("tiny")).eval()
         return SamplingEngine(_text_model(), tok, kernels="torch")
-    tok, gen = _models(**kw)
+    if kw.get("head", {}).get("mix") == "map":
+        torch.manual_seed(0)
+        tok = HybridTokenizer(TokenizerConfig.from_name("tiny")).eval()
+        gen = HARTGenerator(GeneratorConfig.from_name("tiny", **kw)).eval()
+        with torch.no_grad():  # a metric whose inverse matters
+            gen.residual_metric.add_(0.3 * torch.randn_like(gen.residual_metric))
+    else:
+        tok, gen = _models(**kw)
     return SamplingEngine(gen, tok, kernels="torch")
 
 
