@@ -13,9 +13,16 @@ here): the same shapes, the same code path, random tensors.
 3. a random one-layer Qwen2 of width 1536 stands in for Qwen2-1.5B-Instruct (the prompt
    encoding is timed but is not the real encoder's cost);
 4. samples one image with the ``hart`` preset (cfg 4.5, smoothing, the residual head's 8 iDDPM
-   steps) and times the transformer + head and the decoder apart; on a GPU then the median of
-   ``--repeats`` warm runs (decode left out) of the eager engine and of the whole run as one
-   CUDA graph (``cuda_graph=True``), and their ratio.
+   steps) and times the transformer + head and the decoder apart;
+5. on a GPU (or with ``--repeats`` on a CPU): the median of warm runs of one image, decode
+   included, with the eager engine, with the whole run as one CUDA graph (``cuda_graph=True``),
+   and, with ``--hart-src``, with HART's own ``autoregressive_infer_cfg`` on the same release and
+   the same encoded prompt (its model built by its constructors, imported from the checkout as
+   ``benchmarks/hart_parity.py`` does: hart_backend's CUDA RMSNorm replaced by PyTorch, SDPA
+   where flash-attn is not installed, a stand-in for scipy's ``truncnorm`` where scipy is
+   missing), each with its peak GPU memory, and the ratios:
+
+       python benchmarks/bench_hart_1024.py --work /tmp/hart-full --device cuda --dtype fp16 --hart-src .ext/hart
 
 Size: depth 16, width 1536 (HART's C), 300 context tokens of width 1536, head width 1024 and
 depth 6 (HART's DiffLoss), heads 24 by default. HART's ``config.json`` is not at hand: depth 16
@@ -39,6 +46,94 @@ def peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
 
 
+def timed(fn, repeats, sync, device, res, name):
+    """Median ms of ``repeats`` runs of ``fn`` after one warm-up, and the peak GPU memory of them."""
+    import statistics
+
+    import torch
+
+    fn()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    res[f"{name}_ms"] = round(1e3 * statistics.median(times), 1)
+    if device.type == "cuda":
+        res[f"{name}_peak_cuda_gb"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+
+
+def warm_runs(args, res, repeats, pipe, inputs, opt, device, sync, pns, release, work):
+    """One image, decode included, warm: our engine eager and as one CUDA graph; with
+    ``--hart-src`` HART's own ``autoregressive_infer_cfg`` on the same release and context."""
+    import torch
+
+    from sampling.engine import SamplingEngine, make_generators
+
+    def ours(engine):
+        # generators on the device: the smoothing's Gumbel noise (V per token) drawn there, as HART does
+        return lambda: engine.sample(inputs, make_generators([0], device), opt, decode=True)
+
+    graphed = SamplingEngine(pipe.generator, pipe.tokenizer, dtype=args.dtype, cuda_graph=True)
+    timed(ours(SamplingEngine(pipe.generator, pipe.tokenizer, dtype=args.dtype)), repeats, sync, device, res, "warm_eager")
+    timed(ours(graphed), repeats, sync, device, res, "warm_graph")
+    res["graph_replays"] = graphed.graphs.replays
+    res["graph_speedup_vs_eager"] = round(res["warm_eager_ms"] / res["warm_graph_ms"], 3)
+    if not args.hart_src:
+        return
+    hart_model = official_model(args, device, pns, release, work)
+    ctx, mask = (t.to(device) for t in inputs)
+    dt = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.dtype)
+
+    def official():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dt, enabled=dt is not None, cache_enabled=True):
+            return hart_model.autoregressive_infer_cfg(  # HART's sample.py: cfg 4.5, more_smooth, top-k 600 / 300
+                B=1, label_B=ctx, cfg=opt.cfg, g_seed=0, more_smooth=opt.smooth,
+                context_position_ids=mask.long().cumsum(1) - 1, context_mask=mask)
+
+    timed(official, repeats, sync, device, res, "warm_official_hart")
+    res["official_hart_runs_with"] = ("PyTorch stand-ins for hart_backend's CUDA RMSNorm, SDPA for flash-attn "
+                                      "(not installed)")
+    for name in ("eager", "graph"):
+        res[f"speedup_vs_official_hart_{name}"] = round(res["warm_official_hart_ms"] / res[f"warm_{name}_ms"], 3)
+
+
+def official_model(args, device, pns, release, work):
+    """HART's HARTForT2I built with its own constructors from the release, moved to ``device``.
+    Its tokenizer folder gets a full HART config and the release's ``vae.*`` weights (the
+    release's discriminator is a stand-in of another shape; HART's own, untrained, is kept)."""
+    import contextlib
+    import io
+    import json
+
+    import torch
+    from hart_parity import import_official_hart, official_namespace
+
+    H = import_official_hart(args.hart_src, args.pydeps, cpu=device.type != "cuda", scipy_stand_in=True)
+    tok_dir = work / "official-tokenizer"
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    tok_cfg = {"vocab_size": 4096, "z_channels": 32, "ch": 160, "v_patch_nums": list(pns),
+               "quantizer_type": "var_hybrid", "hybrid": True, "test_mode": True}
+    (tok_dir / "config.json").write_text(json.dumps({"model_type": "hart_autoencoder_with_disc", **tok_cfg}))
+    with official_namespace(H.official), contextlib.redirect_stdout(io.StringIO()):
+        disc = {k: v for k, v in H.AE.HARTAutoEncoderWithDisc(H.AEC.HARTAutoEncoderWithDiscConfig(**tok_cfg))
+                .state_dict().items() if k.startswith("disc.")}
+    vae = {k: v for k, v in torch.load(release / "tokenizer" / "pytorch_model.bin", map_location="cpu",
+                                       weights_only=True).items() if k.startswith("vae.")}
+    torch.save({**vae, **disc}, tok_dir / "pytorch_model.bin")
+    llm = json.loads((release / "llm" / "config.json").read_text())
+    fields = {k: v for k, v in llm.items() if k not in ("model_type", "architectures")}
+    with official_namespace(H.official), contextlib.redirect_stdout(io.StringIO()):
+        model = H.T.HARTForT2I(H.TC.HARTForT2IConfig(**fields, vae_path=str(tok_dir)))
+    state = torch.load(release / "llm" / "ema_model.bin", map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", required=True, help="folder for the release and the converted model (about 7 GB)")
@@ -50,8 +145,12 @@ def main(argv=None):
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--keep", action="store_true", help="reuse an existing release / model folder in --work")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="GPU: warm runs timed for the eager engine and the one-CUDA-graph engine (median)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="warm runs timed (median) of one image, decode included, for the eager engine, the "
+                        "one-CUDA-graph engine and HART's sampler (default: 3 on a GPU, none on a CPU)")
+    p.add_argument("--hart-src", default=None, metavar="PATH",
+                   help="a mit-han-lab/hart checkout: time its own sampler on the same release (imported, not copied)")
+    p.add_argument("--pydeps", default=None, metavar="DIR", help="extra site folder for HART's imports (scipy)")
     args = p.parse_args(argv)
 
     import torch
@@ -130,23 +229,9 @@ def main(argv=None):
     res["image"] = tuple(img.shape)
     res["image_finite"] = bool(torch.isfinite(img).all())
     res["total_s"] = round(res["transformer_and_head_s"] + res["decode_s"], 1)
-    if device.type == "cuda":  # the first run above compiled the kernels: warm runs, eager and as one graph
-        import statistics
-
-        graphed = SamplingEngine(gen, pipe.tokenizer, dtype=args.dtype, cuda_graph=True)
-        for name, eng in (("eager", engine), ("graph", graphed)):
-            # generators on the GPU: the smoothing's Gumbel noise (V per token) drawn there, as HART does
-            eng.sample(inputs, make_generators([0], device), opt, decode=False)  # warm-up (the graph engine captures)
-            times = []
-            for _ in range(args.repeats):
-                sync()
-                t = time.perf_counter()
-                eng.sample(inputs, make_generators([0], device), opt, decode=False)
-                sync()
-                times.append(time.perf_counter() - t)
-            res[f"warm_{name}_ms"] = round(1e3 * statistics.median(times), 1)
-        res["graph_speedup_vs_eager"] = round(res["warm_eager_ms"] / res["warm_graph_ms"], 3)
-        res["graph_replays"] = graphed.graphs.replays
+    repeats = args.repeats if args.repeats is not None else (3 if device.type == "cuda" else 0)
+    if repeats:  # warm runs (the first run above compiled the kernels), one image with its decode
+        warm_runs(args, res, repeats, pipe, inputs, opt, device, sync, pns, release, work)
     res["peak_rss_gb"] = round(peak_gb(), 2)
     if device.type == "cuda":
         res["peak_cuda_gb"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)

@@ -123,15 +123,32 @@ def _rms_norm(out, x, weight, eps, use_quant):
     out.copy_((xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight)
 
 
-def _install_cpu_stand_ins():
+def _install_stand_ins(cpu: bool = True):
+    """hart_backend's RMSNorm in PyTorch; on a CPU also ``.cuda()`` as a no-op."""
     fk = types.ModuleType("hart_backend.fused_kernels")
     fk.rms_norm = _rms_norm
     hb = types.ModuleType("hart_backend")
     hb.fused_kernels = fk
     sys.modules.setdefault("hart_backend", hb)
     sys.modules.setdefault("hart_backend.fused_kernels", fk)
-    torch.Tensor.cuda = lambda self, *a, **k: self
-    torch.nn.Module.cuda = lambda self, *a, **k: self
+    if cpu:
+        torch.Tensor.cuda = lambda self, *a, **k: self
+        torch.nn.Module.cuda = lambda self, *a, **k: self
+
+
+def _scipy_stand_in():
+    """``scipy.stats.truncnorm``, which HARTForT2I only builds for its training masks: a stand-in
+    that refuses to be drawn from, for timing HART's sampler where scipy is not installed."""
+    def truncnorm(*a, **k):
+        return types.SimpleNamespace(rvs=lambda *a, **k: (_ for _ in ()).throw(
+            RuntimeError("scipy stand-in: HART's training masks are not available")))
+
+    stats = types.ModuleType("scipy.stats")
+    stats.truncnorm = truncnorm
+    scipy = types.ModuleType("scipy")
+    scipy.stats = stats
+    sys.modules.setdefault("scipy", scipy)
+    sys.modules.setdefault("scipy.stats", stats)
 
 
 def _take_hart_modules() -> dict:
@@ -150,8 +167,11 @@ def official_namespace(official: dict):
         sys.modules.update(ours)
 
 
-def import_official_hart(hart_src: str, pydeps: str | None = None) -> types.SimpleNamespace:
-    """HART's modules (imported from ``hart_src``, never copied) on a CPU; see the module doc."""
+def import_official_hart(hart_src: str, pydeps: str | None = None, cpu: bool = True,
+                         scipy_stand_in: bool = False) -> types.SimpleNamespace:
+    """HART's modules (imported from ``hart_src``, never copied) on a CPU (``cpu=False``: on a
+    GPU, with its ``.cuda()`` calls as they are); see the module doc. ``scipy_stand_in``: where
+    scipy is missing, a stand-in for the one name HART's transformer takes from it (sampling only)."""
     src = os.path.abspath(hart_src)
     if not os.path.isfile(os.path.join(src, "hart", "modules", "models", "transformer", "hart_transformer_t2i.py")):
         raise SystemExit(f"--hart-src {hart_src}: not a mit-han-lab/hart checkout "
@@ -161,9 +181,12 @@ def import_official_hart(hart_src: str, pydeps: str | None = None) -> types.Simp
     try:
         import scipy.stats  # noqa: F401
     except ImportError:
-        raise SystemExit("HART's code imports scipy, which is not installed here: pip install --target DIR scipy "
-                         "and pass --pydeps DIR (or PYTHONPATH=DIR)") from None
-    _install_cpu_stand_ins()
+        if scipy_stand_in:
+            _scipy_stand_in()
+        else:
+            raise SystemExit("HART's code imports scipy, which is not installed here: pip install --target DIR "
+                             "scipy and pass --pydeps DIR (or PYTHONPATH=DIR)") from None
+    _install_stand_ins(cpu)
     official: dict = {}
     with official_namespace(official):
         pkg = types.ModuleType("hart")

@@ -17,12 +17,14 @@
 # stopped by a time limit keeps what it printed). Python packages the machine lacks come as wheels in
 # .whl/ (scripts/gpu_wheels.sh, carried), installed to /tmp/site, or as a site folder SITE_TAR=site.tar.xz
 # unpacked there; /tmp/site goes first on PYTHONPATH. VAR_SRC
-# points at a FoundationVision/VAR checkout for the side-by-side timings (default .ext/VAR).
+# points at a FoundationVision/VAR checkout for the side-by-side timings (default .ext/VAR), HART_SRC
+# at a mit-han-lab/hart one (default .ext/hart; `all` only).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 VAR_SRC=${VAR_SRC:-.ext/VAR}
+HART_SRC=${HART_SRC:-.ext/hart}  # a mit-han-lab/hart checkout (its hart/ folder is enough), for `all`
 if [ ! -d /tmp/site ] && { [ -d .whl ] || [ -n "${SITE_TAR:-}" ]; }; then
   mkdir -p /tmp/site
   if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
@@ -94,6 +96,7 @@ all)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name())'
   [ -d "$VAR_SRC" ] || echo "note: no VAR checkout at $VAR_SRC: the sampler and training tables run without VAR's columns"
+  [ -d "$HART_SRC/hart" ] || echo "note: no HART checkout at $HART_SRC: the 1024 px line runs without HART's sampler"
   V=(); [ -d "$VAR_SRC" ] && V=(--var-src "$VAR_SRC")
   step "CUDA tests: one graph per sampling run, then the others"
   TRITON_INTERPRET=0 timeout 60 python -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py -k whole_run_graph 2>&1 \
@@ -104,12 +107,13 @@ all)
   timeout 140 python benchmarks/bench_sampling.py --device cuda --config var-d16 --dtypes bf16 --batches 1 64 \
     --repeats 5 --engines kernels graph --skip-naive "${V[@]}" 2>&1 | tee "$OUT/bench_sampling.log"
   step "var-d16 training step, bf16"
-  timeout 90 python benchmarks/bench_train.py --device cuda --configs var-d16 --dtypes bf16 --attention sdpa sdpa+compile \
+  timeout 80 python benchmarks/bench_train.py --device cuda --configs var-d16 --dtypes bf16 --attention sdpa sdpa+compile \
     "${V[@]}" --steps 10 --warmup 3 2>&1 | tee "$OUT/bench_train.log"
   step "the demo under load"
-  timeout 50 python benchmarks/bench_demo_load.py --device cuda --clients 20 --images 4 --modes 1 8 2>&1 | tee "$OUT/bench_demo.log"
-  step "HART-0.7B at 1024 px, fp16, random weights in the official layout"
-  timeout 120 python benchmarks/bench_hart_1024.py --work /tmp/hart-full --device cuda --dtype fp16 2>&1 \
+  timeout 40 python benchmarks/bench_demo_load.py --device cuda --clients 20 --images 4 --modes 1 8 2>&1 | tee "$OUT/bench_demo.log"
+  step "HART-0.7B at 1024 px, fp16, random weights in the official layout (beside HART's sampler: HART_SRC)"
+  H=(); [ -d "$HART_SRC/hart" ] && H=(--hart-src "$HART_SRC")
+  timeout 140 python benchmarks/bench_hart_1024.py --work /tmp/hart-full --device cuda --dtype fp16 --repeats 2 "${H[@]}" 2>&1 \
     | tee "$OUT/bench_hart_1024.log"
   ;;
 *)
