@@ -33,7 +33,8 @@ adding ``sdpa_only_tokens_per_s=X speedup_vs_sdpa_only=Y``:
 On a GPU (``--device cuda``) the peak is the measured bf16 (or fp32) matmul rate of the GPU
 (8192^3 products), CUDA is synchronized around every step, and ``--attention sdpa flex``
 times our step with each whole-sequence attention (flex: FlexAttention with a block-causal
-``BlockMask``, ``hart train --attention flex``; ``+compile``: with ``hart train --compile``),
+``BlockMask``, ``hart train --attention flex``; ``+compile``: with ``hart train --compile``, each
+block compiled; ``+compile-all``: the whole forward and loss compiled as one graph, a probe),
 alternating with VAR's step where
 ``--var-src`` is given (var-d8 / var-d16 built with VAR's constructors):
 
@@ -126,8 +127,10 @@ def bench(name: str, dtype: str, steps: int, warmup: int, peak: float, var_src: 
         impl, _, compiled = attention.partition("+")
         args = build_parser().parse_args(["--tokenizer", "x", "--data", "synthetic", "--out", "x", "--dtype", dtype,
                                           "--steps", str(steps + warmup), "--device", str(device),
-                                          "--attention", impl] + (["--compile"] if compiled else []))
+                                          "--attention", impl] + (["--compile"] if compiled == "compile" else []))
         trainer = GeneratorTrainer(config, tok, args, DistInfo(device=device))
+        if compiled == "compile-all":  # the probe of a whole compiled forward + loss (not a hart train option)
+            trainer.ddp = torch.compile(trainer.objective)
         if official is not None:
             trainer.model.load_state_dict(gen.state_dict())  # the converted official weights
         elif state is None:
@@ -196,8 +199,9 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--attention", nargs="+", default=["sdpa"],
-                   choices=[a + c for a in kernels.ATTENTION_IMPLS for c in ("", "+compile")],
-                   help="whole-sequence attention(s) of our step (flex needs a GPU); +compile: hart train --compile")
+                   choices=[a + c for a in kernels.ATTENTION_IMPLS for c in ("", "+compile", "+compile-all")],
+                   help="whole-sequence attention(s) of our step (flex needs a GPU); +compile: hart train "
+                        "--compile (each block); +compile-all: forward and loss compiled as one (a probe)")
     p.add_argument("--var-src", default=None, metavar="PATH",
                    help="a FoundationVision/VAR checkout: time its training step beside ours (var-d8/var-d16, same dtype)")
     p.add_argument("--sdpa-only", action="store_true",

@@ -85,7 +85,7 @@ sample)
   ;;
 train)
   step "var-d16 training step, bf16"
-  python benchmarks/bench_train.py --device cuda --configs var-d16 --dtypes bf16 --attention sdpa flex sdpa+compile \
+  python benchmarks/bench_train.py --device cuda --configs var-d16 --dtypes bf16 --attention sdpa flex sdpa+compile sdpa+compile-all \
     --var-src "$VAR_SRC" --steps 10 --warmup 3 2>&1 | tee "$OUT/bench_train.log"
   ;;
 demo)
