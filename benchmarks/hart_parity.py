@@ -123,14 +123,19 @@ def _rms_norm(out, x, weight, eps, use_quant):
     out.copy_((xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight)
 
 
+def _stand_in_module(parent: str, child: str, **names) -> None:
+    """A module ``parent.child`` holding ``names``, in ``sys.modules`` unless the real one is."""
+    sub = types.ModuleType(f"{parent}.{child}")
+    sub.__dict__.update(names)
+    pkg = types.ModuleType(parent)
+    setattr(pkg, child, sub)
+    sys.modules.setdefault(parent, pkg)
+    sys.modules.setdefault(f"{parent}.{child}", sub)
+
+
 def _install_stand_ins(cpu: bool = True):
     """hart_backend's RMSNorm in PyTorch; on a CPU also ``.cuda()`` as a no-op."""
-    fk = types.ModuleType("hart_backend.fused_kernels")
-    fk.rms_norm = _rms_norm
-    hb = types.ModuleType("hart_backend")
-    hb.fused_kernels = fk
-    sys.modules.setdefault("hart_backend", hb)
-    sys.modules.setdefault("hart_backend.fused_kernels", fk)
+    _stand_in_module("hart_backend", "fused_kernels", rms_norm=_rms_norm)
     if cpu:
         torch.Tensor.cuda = lambda self, *a, **k: self
         torch.nn.Module.cuda = lambda self, *a, **k: self
@@ -143,12 +148,7 @@ def _scipy_stand_in():
         return types.SimpleNamespace(rvs=lambda *a, **k: (_ for _ in ()).throw(
             RuntimeError("scipy stand-in: HART's training masks are not available")))
 
-    stats = types.ModuleType("scipy.stats")
-    stats.truncnorm = truncnorm
-    scipy = types.ModuleType("scipy")
-    scipy.stats = stats
-    sys.modules.setdefault("scipy", scipy)
-    sys.modules.setdefault("scipy.stats", stats)
+    _stand_in_module("scipy", "stats", truncnorm=truncnorm)
 
 
 def _take_hart_modules() -> dict:
