@@ -123,8 +123,17 @@ def _rms_norm(out, x, weight, eps, use_quant):
     out.copy_((xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight)
 
 
+STAND_INS = []  # the modules stood in for in this process
+
+
 def _stand_in_module(parent: str, child: str, **names) -> None:
-    """A module ``parent.child`` holding ``names``, in ``sys.modules`` unless the real one is."""
+    """A module ``parent.child`` holding ``names``, in ``sys.modules`` unless the real one is
+    importable."""
+    import importlib.util
+
+    if parent in sys.modules or importlib.util.find_spec(parent) is not None:
+        return
+    STAND_INS.append(f"{parent}.{child}")
     sub = types.ModuleType(f"{parent}.{child}")
     sub.__dict__.update(names)
     pkg = types.ModuleType(parent)

@@ -338,7 +338,6 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 def _draw_(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """:func:`sample_from_logits` that overwrites ``logits`` (it becomes exp(logits - max))."""
-    V = logits.shape[-1]
     e = logits.sub_(logits.amax(-1, keepdim=True)).exp_()
     cdf = torch.cumsum(e, dim=-1)
     target = u.float().view(-1, 1) * cdf[:, -1:]

@@ -22,6 +22,12 @@ through the one :func:`hart.diffusion.sample_residual`.
 Randomness comes only from explicit ``torch.Generator`` objects, one per image, drawn in
 a fixed order (per scale: one uniform per token, then the smoothing noise if on; then the
 diffusion start noise), so an image depends on its own seed only, not on its batch.
+
+:meth:`SamplingEngine.sample` is :meth:`~SamplingEngine.prepare` (checks, the rows with their
+null conditions), :meth:`~SamplingEngine.draw_noise` (the run's random numbers: all before the
+run, or, with smoothing in an eager run, each scale's as the run reaches it, which keeps one
+scale's V-wide Gumbel noise in memory instead of every scale's) and :meth:`~SamplingEngine.run`,
+tensor work only, which :mod:`sampling.graphs` captures as one CUDA graph.
 """
 from __future__ import annotations
 
@@ -77,6 +83,19 @@ class RunNoise:
     uniforms: list
     gumbels: list | None = None
     head: torch.Tensor | None = None
+    # drawn as the run goes instead (an eager run with smoothing): k -> (uniforms, gumbels) of
+    # scale k, then () -> head; called in that order, the order of the draws
+    draw_scale: object = None
+    draw_head: object = None
+
+    def scale(self, k: int):
+        """(uniforms (B, pn_k^2), Gumbel noise (B, pn_k^2, V) or None) of scale k."""
+        if self.draw_scale is not None:
+            return self.draw_scale(k)
+        return self.uniforms[k], None if self.gumbels is None else self.gumbels[k]
+
+    def head_noise(self):
+        return self.draw_head() if self.draw_head is not None else self.head
 
     def tensors(self) -> list:
         """The tensors in a fixed order (the graph's static inputs)."""
@@ -181,27 +200,44 @@ class SamplingEngine:
         u = torch.stack([torch.rand(n, V, generator=g, device=g.device) for g in gens]).to(self.device)
         return -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))  # (B, n, V)
 
-    def draw_noise(self, generators: list[torch.Generator], options: SamplingOptions) -> RunNoise:
+    def draw_noise(self, generators: list[torch.Generator], options: SamplingOptions,
+                   ahead: bool = True) -> RunNoise:
         """The run's random numbers, per image from its own generator: per scale one uniform per
-        token, then (smoothing) its Gumbel noise; then the residual head's noise."""
+        token, then (smoothing) its Gumbel noise; then the residual head's noise. ``ahead=False``
+        with smoothing: drawn as the run reaches them (the same numbers, one scale's noise held)."""
         c, opt = self.config, options
         sizes = [pn * pn for pn in c.patch_nums]
+
+        def scale(k):
+            n = sizes[k]
+            return self._uniforms(generators, n), self._gumbel(generators, n, c.codebook_size)
+
+        if opt.smooth and not ahead:
+            return RunNoise([], draw_scale=scale, draw_head=lambda: self._head_noise(generators, opt))
         uniforms, gumbels = [], [] if opt.smooth else None
         if opt.smooth:
-            for n in sizes:
-                uniforms.append(self._uniforms(generators, n))
-                gumbels.append(self._gumbel(generators, n, c.codebook_size))
-        else:  # one draw and one copy to the device for every scale (a CPU generator draws the
-            # same numbers in one call as in one call per scale)
+            for k in range(len(sizes)):
+                u, g = scale(k)
+                uniforms.append(u)
+                gumbels.append(g)
+        elif all(g.device.type == "cpu" for g in generators):
+            # one draw and one copy to the device for every scale: a CPU generator draws the
+            # same numbers in one call as in one call per scale (a CUDA one does not)
             uniforms = list(self._uniforms(generators, sum(sizes)).split(sizes, dim=1))
-        head = None
-        if self.generator.diffusion is not None:
-            N, z = c.patch_nums[-1] ** 2, self.generator.diffusion.channels
-            steps, _ = head_settings(opt.diff_steps, opt.diff_temperature, c)
-            draws = 1 + (steps if c.head.sampler == "iddpm" else 0)  # the start noise, then iddpm's per step
-            head = torch.stack([torch.randn(draws, N, z, generator=g, device=g.device) for g in generators])
-            head = head.to(self.device).transpose(0, 1).reshape(draws, len(generators) * N, z)
-        return RunNoise(uniforms, gumbels, head)
+        else:
+            uniforms = [self._uniforms(generators, n) for n in sizes]
+        return RunNoise(uniforms, gumbels, self._head_noise(generators, opt))
+
+    def _head_noise(self, generators, opt: SamplingOptions):
+        """(draws, B * N, z): the head's start noise, then (iddpm) one per step; None without a head."""
+        c = self.config
+        if self.generator.diffusion is None:
+            return None
+        N, z = c.patch_nums[-1] ** 2, self.generator.diffusion.channels
+        steps, _ = head_settings(opt.diff_steps, opt.diff_temperature, c)
+        draws = 1 + (steps if c.head.sampler == "iddpm" else 0)
+        head = torch.stack([torch.randn(draws, N, z, generator=g, device=g.device) for g in generators])
+        return head.to(self.device).transpose(0, 1).reshape(draws, len(generators) * N, z)
 
     def prepare(self, inputs, generators: list[torch.Generator], options: SamplingOptions | None = None):
         """Check the inputs; -> (rows: the conditions of the run's rows, conditional first and
@@ -249,17 +285,17 @@ class SamplingEngine:
             :class:`SampleOutput`.
         """
         rows, B, opt = self.prepare(inputs, generators, options)
-        noise = self.draw_noise(generators, opt)
         tok = self.tokenizer
         graphed = None
         if self.graphs is not None:
             eager_only = [n for n, on in (("previews", previews), ("return_logits", return_logits),
                                           ("on_scale", on_scale is not None)) if on]
-            graphed = self.graphs.run(rows, noise, opt, B, eager_only)
+            graphed = self.graphs.run(rows, lambda: self.draw_noise(generators, opt), opt, B, eager_only)
         if graphed is not None:
             ids, residual, f_hat = graphed
             logits_out, preview_imgs = None, None
         else:
+            noise = self.draw_noise(generators, opt, ahead=False)
             self.setup_caches(rows, opt)
             ids, residual, f_hat, logits_out, preview_imgs = self.run(
                 rows, noise, opt, B, return_logits=return_logits, previews=previews, on_scale=on_scale)
@@ -310,13 +346,14 @@ class SamplingEngine:
                 t = opt.guidance(k, K)  # cfg * r (linear schedule) or cfg (constant)
                 lc = logits[:B].reshape(B * T, V)
                 lu = logits[B:].reshape(B * T, V) if use_cfg else None
-                u = noise.uniforms[k].reshape(B * T)
+                u, gumbel = noise.scale(k)
+                u = u.reshape(B * T)
                 if opt.smooth:
                     filtered = kernels.filter_logits(
                         kernels.guided_logits(lc, lu, t, opt.temperature), opt.top_k_at(k), opt.top_p)
                     ids_k = kernels.sample_from_logits(filtered, u).view(B, T)
                     tau = max(0.27 * (1 - 0.95 * r), 0.005)  # VAR's smoothing temperature
-                    w = torch.softmax((filtered * (1 + r) + noise.gumbels[k].view(B * T, V)) / tau, dim=-1)
+                    w = torch.softmax((filtered * (1 + r) + gumbel.view(B * T, V)) / tau, dim=-1)
                     soft = w.view(B, T, V).float() @ tok.codebook.float()  # (B, T, z): a soft mix of codes
                     f_hat, nxt = tok.next_scale_input(k, f_hat, ids_k, vectors=soft)
                 else:
@@ -334,7 +371,7 @@ class SamplingEngine:
                     e = gen.embed_inputs(nxt, end)  # (B, T', C)
                     x = torch.cat([e, e]) if use_cfg else e  # both halves see the same ids
             f_hat = f_hat.float()
-            residual = self._residual(hidden, ids[-1], B, noise.head, opt, use_cfg, f_hat)
+            residual = self._residual(hidden, ids[-1], B, noise.head_noise(), opt, use_cfg, f_hat)
         return (ids, residual, f_hat, logits_out if return_logits else None,
                 preview_imgs if previews else None)
 

@@ -20,7 +20,7 @@ the kernels and libraries there and is this call's result), then captures on tha
 later runs of the key replay. At most :data:`MAX_GRAPHS` graphs are kept (each holds its
 cache and memory pool); a new key beyond them drops them all at once, never one alone: the
 graphs of one capture stream share cuBLAS's workspace, which destroying any one of them
-releases (pytorch/pytorch#193402). :meth:`GraphRunner.clear` drops them too (after the
+releases (https://github.com/pytorch/pytorch/issues/193402). :meth:`GraphRunner.clear` drops them too (after the
 model's weights change or move). Where a run cannot be captured (no GPU, previews, logits or
 a per-scale callback asked for, or the capture fails) the engine samples eagerly and this
 module says why in one line, once per reason.
@@ -86,8 +86,9 @@ class GraphRunner:
         shapes = tuple(tuple(t.shape) for t in rows) if isinstance(rows, (tuple, list)) else (tuple(rows.shape),)
         return (B, shapes, repr(opt), e.dtype, e.kernels, str(e.device))
 
-    def run(self, rows, noise, opt, B: int, eager_only=()):
-        """(ids, residual, f_hat) from a graph, or None: the caller samples eagerly."""
+    def run(self, rows, draw_noise, opt, B: int, eager_only=()):
+        """(ids, residual, f_hat) from a graph, or None: the caller samples eagerly.
+        ``draw_noise()`` gives the run's :class:`~sampling.engine.RunNoise`, all drawn ahead."""
         e = self.engine
         if e.device.type != "cuda":
             return self.say("CUDA graphs need a CUDA device")
@@ -96,6 +97,7 @@ class GraphRunner:
         key = self.key(rows, opt, B)
         if key in self.failed:
             return self.say(self.failed[key])
+        noise = draw_noise()
         with torch.cuda.device(e.device):
             g = self.graphs.get(key)
             if g is None:
@@ -154,6 +156,7 @@ class GraphRunner:
             self.say(self.failed[key])
             torch.cuda.synchronize()
             self.clear()  # a failed capture may have reset the stream's shared workspace
+            self.stream = None  # and later captures start on a fresh stream
             return result
         self.captures += 1
         self.graphs[key] = _Graph(graph, static_rows, flat, [blk.attn.cache for blk in e.generator.blocks], out,

@@ -8,7 +8,7 @@
 #   scripts/gpu_check.sh sample   # kernels vs references; var-d16 sampling: kernels / eager / compile / VAR
 #   scripts/gpu_check.sh train    # var-d16 training step: SDPA / FlexAttention / VAR's step
 #   scripts/gpu_check.sh demo     # the demo under load: one-at-a-time vs batched
-#   scripts/gpu_check.sh all      # one call of at most 9 minutes: the CUDA tests, the sampler table
+#   scripts/gpu_check.sh all      # one call of about 9 minutes: the CUDA tests, the sampler table
 #                               # (one CUDA graph per run beside VAR), the training table, the demo
 #                               # table, HART-0.7B at 1024 px (eager and one graph); each part under
 #                               # its own time limit, so one that hangs does not take the others
@@ -99,21 +99,21 @@ all)
   [ -d "$HART_SRC/hart" ] || echo "note: no HART checkout at $HART_SRC: the 1024 px line runs without HART's sampler"
   V=(); [ -d "$VAR_SRC" ] && V=(--var-src "$VAR_SRC")
   step "CUDA tests: one graph per sampling run, then the others"
-  TRITON_INTERPRET=0 timeout 60 python -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py -k whole_run_graph 2>&1 \
+  TRITON_INTERPRET=0 timeout -k 10 60 python -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py -k whole_run_graph 2>&1 \
     | tee "$OUT/tests_cuda_graph.log" | tail -8
-  TRITON_INTERPRET=0 timeout 80 python -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py -k "not whole_run_graph" 2>&1 \
+  TRITON_INTERPRET=0 timeout -k 10 80 python -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py -k "not whole_run_graph" 2>&1 \
     | tee "$OUT/tests_cuda.log" | tail -8
   step "var-d16 sampling, bf16: Triton kernels eager / the whole run as one CUDA graph"
-  timeout 140 python benchmarks/bench_sampling.py --device cuda --config var-d16 --dtypes bf16 --batches 1 64 \
-    --repeats 5 --engines kernels graph --skip-naive "${V[@]}" 2>&1 | tee "$OUT/bench_sampling.log"
+  timeout -k 10 140 python benchmarks/bench_sampling.py --device cuda --config var-d16 --dtypes bf16 --batches 1 64 \
+    --repeats 5 --engines kernels graph --skip-naive ${V[@]+"${V[@]}"} 2>&1 | tee "$OUT/bench_sampling.log"
   step "var-d16 training step, bf16"
-  timeout 80 python benchmarks/bench_train.py --device cuda --configs var-d16 --dtypes bf16 --attention sdpa sdpa+compile \
-    "${V[@]}" --steps 10 --warmup 3 2>&1 | tee "$OUT/bench_train.log"
+  timeout -k 10 80 python benchmarks/bench_train.py --device cuda --configs var-d16 --dtypes bf16 --attention sdpa sdpa+compile \
+    ${V[@]+"${V[@]}"} --steps 10 --warmup 3 2>&1 | tee "$OUT/bench_train.log"
   step "the demo under load"
-  timeout 40 python benchmarks/bench_demo_load.py --device cuda --clients 20 --images 4 --modes 1 8 2>&1 | tee "$OUT/bench_demo.log"
+  timeout -k 10 40 python benchmarks/bench_demo_load.py --device cuda --clients 20 --images 4 --modes 1 8 2>&1 | tee "$OUT/bench_demo.log"
   step "HART-0.7B at 1024 px, fp16, random weights in the official layout (beside HART's sampler: HART_SRC)"
   H=(); [ -d "$HART_SRC/hart" ] && H=(--hart-src "$HART_SRC")
-  timeout 140 python benchmarks/bench_hart_1024.py --work /tmp/hart-full --device cuda --dtype fp16 --repeats 2 "${H[@]}" 2>&1 \
+  timeout -k 10 140 python benchmarks/bench_hart_1024.py --work /tmp/hart-full --device cuda --dtype fp16 --repeats 2 ${H[@]+"${H[@]}"} 2>&1 \
     | tee "$OUT/bench_hart_1024.log"
   ;;
 *)

@@ -203,10 +203,9 @@ def test_whole_run_graph_replays_eagers_ids_at_two_batch_sizes(tiny_pair, dtype)
 
 
 def test_whole_run_graph_past_its_limit_and_every_head():
-    """More keys than MAX_GRAPHS (all dropped at once, then captured again: the kept graphs
-    still replay right), and the heads that read more than the ids: smoothing, a map head with
-    the decoder metric (whose inverse is made outside the run), iDDPM with a learned variance."""
-    from sampling import SamplingOptions
+    """More keys than MAX_GRAPHS (the fifth drops all four at once; the graphs captured after it
+    replay right), and the heads that read more than the ids: smoothing, a map head with the
+    decoder metric (whose inverse is made outside the run), iDDPM with a learned variance."""
     from sampling.engine import make_generators
     from sampling.graphs import MAX_GRAPHS
     from tests.test_graphs import CASES, _engine as _cpu_engine
@@ -238,8 +237,8 @@ def test_whole_run_graph_of_a_text_model():
     gen = _t2i_model().to(CUDA)
     eager, graphed = SamplingEngine(gen, tok), SamplingEngine(gen, tok, cuda_graph=True)
     opts = SamplingOptions(cfg=1.5, top_k=10, head_cfg=None)
-    for seed in (1, 2, 3):
-        prompts = tuple(t.to(CUDA) for t in _prompts(gen.config, B=3, seed=seed))
+    for seed, lengths in ((1, (3, 5, 8)), (2, (8, 1, 4)), (3, (2, 2, 8))):  # the replays see other masks
+        prompts = tuple(t.to(CUDA) for t in _prompts(gen.config, B=3, seed=seed, lengths=lengths))
         gens = list(range(3 * seed, 3 * seed + 3))
         _same_run(graphed.sample(prompts, make_generators(gens), opts), eager.sample(prompts, make_generators(gens), opts))
     assert graphed.graphs.replays == 2

@@ -42,7 +42,11 @@ class HostCopies(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
-        if any(t.device.type == "meta" for t in tensors) and str(func).split(".")[1] in SYNC_OPS:
+        name = str(func).split(".")[1]
+        if any(t.device.type == "meta" for t in tensors) and name in SYNC_OPS:
+            self.ops.append(str(func))
+        if name in ("_to_copy", "copy_") and any(t.device.type == "cpu" for t in tensors) and any(
+                t.device.type == "meta" for t in tensors):  # a host tensor copied in, whatever its size
             self.ops.append(str(func))
         if any(t.device.type == "meta" for t in tensors) and any(t.device.type == "cpu" and t.dim() > 0 for t in tensors):
             self.ops.append(str(func))
@@ -107,6 +111,25 @@ def test_the_run_uses_only_the_noise_drawn_before_it():
     assert not all(torch.equal(x, y) for x, y in zip(a[0], b[0]))
     sampled = eng.sample([3, 1], make_generators([5, 6]), opt, decode=False)  # the same draw order
     assert all(torch.equal(x, y) for x, y in zip(a[0], sampled.ids)) and torch.equal(a[1], sampled.residual)
+
+
+def test_smoothing_noise_drawn_as_the_run_goes_is_the_noise_drawn_ahead():
+    """An eager run with smoothing draws each scale's Gumbel noise when it gets there (one
+    scale's V-wide noise in memory): the same numbers, in the same order, as drawn ahead."""
+    kw, opt = CASES["class, smoothing"]
+    eng = _engine(kw)
+    rows, B, opt = eng.prepare([3, 1], make_generators([5, 6]), opt)
+    ahead = eng.draw_noise(make_generators([5, 6]), opt)
+    lazy = eng.draw_noise(make_generators([5, 6]), opt, ahead=False)
+    assert lazy.uniforms == [] and lazy.gumbels is None
+    for k in range(len(eng.config.patch_nums)):
+        assert all(torch.equal(x, y) for x, y in zip(ahead.scale(k), lazy.scale(k)))
+    assert torch.equal(ahead.head_noise(), lazy.head_noise())
+    eng.setup_caches(rows, opt)
+    with torch.no_grad():
+        run = eng.run(rows, eng.draw_noise(make_generators([5, 6]), opt), opt, B)
+    sampled = eng.sample([3, 1], make_generators([5, 6]), opt, decode=False)
+    assert all(torch.equal(x, y) for x, y in zip(run[0], sampled.ids)) and torch.equal(run[1], sampled.residual)
 
 
 def test_cuda_graph_off_a_gpu_samples_eagerly_and_says_why_once(capsys):
