@@ -62,6 +62,9 @@ class HARTPipelineOutput(BaseOutput):
     images: list | np.ndarray | torch.Tensor
 
 
+_GRAPH_AND_OFFLOAD = ("CUDA graphs replay the weights where they were captured, CPU offload moves them every "
+                      "call: use enable_cuda_graph or enable_model_cpu_offload, not both")
+
 class HARTDiffusionPipeline(DiffusionPipeline):
     """HART / VAR next-scale generation as a diffusers pipeline (see the module doc)."""
 
@@ -81,6 +84,7 @@ class HARTDiffusionPipeline(DiffusionPipeline):
         self._engine = None
         self._text_encoder = None
         self._offload_device = None
+        self._cuda_graph = False
 
     @property
     def vae(self) -> HybridTokenizer:
@@ -121,6 +125,8 @@ class HARTDiffusionPipeline(DiffusionPipeline):
         The sampler calls the models' per-scale methods (not ``forward``), which accelerate's
         hooks would not see, so this is the project's own: whole-model, per call.
         """
+        if self._cuda_graph:
+            raise UserError(_GRAPH_AND_OFFLOAD)
         device = torch.device(device)
         if device.type == "cuda":
             if not torch.cuda.is_available():
@@ -129,6 +135,15 @@ class HARTDiffusionPipeline(DiffusionPipeline):
         self._offload_device = device
         for model in self._offloaded():
             model.to("cpu")
+
+    def enable_cuda_graph(self) -> None:
+        """On a GPU, replay each call's whole sampling run as one CUDA graph, captured once per
+        batch size and options (:mod:`sampling.graphs`): the same images. Without a step-end
+        callback (a per-scale callback runs eagerly; the progress bar then moves once at the
+        end). Elsewhere it samples eagerly and says why in one line."""
+        if self._offload_device is not None:
+            raise UserError(_GRAPH_AND_OFFLOAD)
+        self._cuda_graph, self._engine = True, None
 
     def _offloaded(self) -> list:
         return [m for m in (self.text_encoder, self.generator, self.tokenizer) if m is not None]
@@ -147,7 +162,7 @@ class HARTDiffusionPipeline(DiffusionPipeline):
             raise UserError(f"the models' weights are {', '.join(sorted(map(str, weights)))}: HART samples with fp32 "
                             "weights; for bf16 / fp16 give sampling_dtype='bf16' / 'fp16' (autocast, as --dtype)")
         if self._engine is None or self._engine.generator is not self.generator:
-            self._engine = SamplingEngine(self.generator.eval(), self.tokenizer.eval())
+            self._engine = SamplingEngine(self.generator.eval(), self.tokenizer.eval(), cuda_graph=self._cuda_graph)
         self._engine.dtype = dtype
         self._engine.head_scheduler = self.scheduler  # the one the pipeline holds (None: no head)
         return self._engine
@@ -232,7 +247,10 @@ class HARTDiffusionPipeline(DiffusionPipeline):
                         bar.update()
 
                     engine = self._sampling_engine(sampling_dtype)
-                    images = engine.sample(inputs, gens, opts, on_scale=on_scale).images
+                    graph = self._cuda_graph and callback_on_step_end is None  # one graph: no per-scale call
+                    images = engine.sample(inputs, gens, opts, on_scale=None if graph else on_scale).images
+                    if graph:
+                        bar.update(K)
         finally:
             if self._offload_device is not None:
                 for model in self._offloaded():

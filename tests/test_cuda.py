@@ -227,6 +227,18 @@ def test_whole_run_graph_past_its_limit_and_every_head():
         assert len(graphed.graphs.graphs) == 2 and graphed.graphs.captures == len(set(sizes)), case
 
 
+def test_whole_run_graph_through_the_diffusers_pipeline():
+    from tests.test_diffusers import gens, tiny_pipe
+
+    p = tiny_pipe().to("cuda")
+    ref = p(class_labels=[1, 4], generator=gens(0, 1), output_type="pt").images
+    p.enable_cuda_graph()
+    for _ in range(2):  # a capture, then a replay
+        torch.testing.assert_close(p(class_labels=[1, 4], generator=gens(0, 1), output_type="pt").images, ref,
+                                   atol=1e-4, rtol=1e-4)
+    assert p._engine.graphs.replays == 1
+
+
 def test_whole_run_graph_of_a_text_model():
     from sampling import SamplingEngine, SamplingOptions
     from sampling.engine import make_generators

@@ -257,6 +257,21 @@ def test_cpu_offload_moves_the_models_per_call_or_is_refused_in_one_line(pipe):
     assert p.generator.device.type == "cpu"
 
 
+def test_cuda_graph_gives_the_same_images_and_is_refused_with_offload(capsys):
+    p = tiny_pipe()
+    ref = p(class_labels=[1, 4], generator=gens(0, 1), output_type="pt").images
+    p.enable_cuda_graph()
+    for _ in range(2):  # off a GPU: eager, said once
+        assert torch.equal(p(class_labels=[1, 4], generator=gens(0, 1), output_type="pt").images, ref)
+    assert capsys.readouterr().err.count("not as one CUDA graph: CUDA graphs need a CUDA device") == 1
+    with pytest.raises(UserError, match="not both"):
+        p.enable_model_cpu_offload(device="cpu")
+    q = tiny_pipe()
+    q.enable_model_cpu_offload(device="cpu")
+    with pytest.raises(UserError, match="not both"):
+        q.enable_cuda_graph()
+
+
 def test_a_killed_save_pretrained_leaves_the_previous_folder_loadable(tmp_path):
     """The save is killed (os._exit, as a SIGKILL would) after half the weights are written."""
     first = tiny_pipe()
