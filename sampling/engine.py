@@ -212,14 +212,11 @@ class SamplingEngine:
             n = sizes[k]
             return self._uniforms(generators, n), self._gumbel(generators, n, c.codebook_size)
 
+        gumbels = None
         if opt.smooth and not ahead:
             return RunNoise([], draw_scale=scale, draw_head=lambda: self._head_noise(generators, opt))
-        uniforms, gumbels = [], [] if opt.smooth else None
-        if opt.smooth:
-            for k in range(len(sizes)):
-                u, g = scale(k)
-                uniforms.append(u)
-                gumbels.append(g)
+        if opt.smooth:  # scale by scale, in the order of the draws
+            uniforms, gumbels = (list(t) for t in zip(*map(scale, range(len(sizes)))))
         elif all(g.device.type == "cpu" for g in generators):
             # one draw and one copy to the device for every scale: a CPU generator draws the
             # same numbers in one call as in one call per scale (a CUDA one does not)
