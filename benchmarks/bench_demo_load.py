@@ -1,46 +1,54 @@
 """The demo under load: many concurrent API clients, one request at a time vs merged batches.
 
 For each mode it starts ``python -m demo`` (the bundled default model unless ``--model``) on a
-free port of 127.0.0.1, makes one ``gradio_client.Client`` per client, sends one warm-up
-request, then fires every client's request at once (each asks for ``--images`` images with its
-own seed and class, the demo's default sampling settings) and prints one row per mode:
+free port of 127.0.0.1, sends one warm-up request, then fires every client's request at once
+(each asks for ``--images`` images with its own seed and class, the demo's default sampling
+settings) and prints one row per mode:
 
     | mode | completed | refused | wall s | images/s | median latency s | max latency s |
+      server CPU ms / request | client CPU s |
 
-and the throughput ratio of the last mode over the first. Before the modes it times the
-sampler alone in this process at the modes' batch sizes (requests x images, previews on):
-the per-image gain that merging can give at most on this machine. Latency: from the common start to
-the client's result. ``--max-batch-size 1`` is the one-at-a-time demo; every other setting
-(queue size, time limit) is the demo's default in both modes unless given here. Each client
-checks that its images carry its own seeds' captions, and the images of a request are
-compared across modes (same seeds: the same images, up to the decoder's float rounding).
+and the throughput ratio of the last mode over the first. The clients are what a browser does,
+written on asyncio and httpx in one thread: gradio's REST call (``POST
+/gradio_api/call/generate``, then its event stream), then every file of the answer fetched at
+once. They are light on purpose: one ``gradio_client.Client`` per visitor costs the load
+generator about twice the server's CPU per request, so on a small machine the benchmark would
+time its own clients. Server CPU is the demo process's user + system time over the timed
+requests (Linux), divided by the completed requests: the serving cost per request, sampling
+included; ``--model tiny-random`` (a tiny random 16x16 model, sampling in milliseconds) leaves
+mostly the serving.
+
+Before the modes it times the sampler alone in this process at the modes' batch sizes
+(requests x images, previews on): the per-image gain that merging can give at most on this
+machine. Latency: from the common start to the client's last file. ``--max-batch-size 1`` is
+the one-at-a-time demo; every other setting (queue size, time limit) is the demo's default in
+both modes unless given here. Each client checks that its images carry its own seeds'
+captions, and the images of a request are compared across modes (same seeds: the same images,
+up to the decoder's float rounding). ``--no-downloads``: the clients skip the files (and the
+pixel checks).
 
 Loopback only; the request count is bounded (one request per client and mode).
 
-What the serving costs apart from the sampler: ``--model tiny-random`` serves a tiny random
-model (16x16, sampling in milliseconds), and ``--no-downloads`` makes the clients skip
-fetching their response's files (``gradio_client``'s ``download_files=False``; the pixel
-checks are then skipped):
-
     OMP_NUM_THREADS=1 python benchmarks/bench_demo_load.py --model tiny-random --clients 16
-    OMP_NUM_THREADS=1 python benchmarks/bench_demo_load.py --model tiny-random --clients 16 --no-downloads
-
     OMP_NUM_THREADS=1 python benchmarks/bench_demo_load.py
     python benchmarks/bench_demo_load.py --clients 20 --images 4 --modes 1 8 --queue-size 16
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
+import io
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
@@ -83,55 +91,85 @@ def start_demo(args, batch: int, tmp: Path):
         time.sleep(0.3)
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def one_request(http, url: str, data: list, download: bool) -> dict:
+    """One visitor as a browser would be: gradio's REST call (join, then the event stream), then
+    every file of the answer fetched at once. Returns the outputs or the refusal's message."""
+    r = await http.post(f"{url}gradio_api/call/generate", json={"data": data})
+    if r.status_code != 200:
+        return dict(ok=False, error=(r.text.strip().splitlines() or [f"HTTP {r.status_code}"])[0])
+    event, payload = None, None
+    async with http.stream("GET", f"{url}gradio_api/call/generate/{r.json()['event_id']}") as s:
+        async for line in s.aiter_lines():
+            if line.startswith("event:"):
+                event = line[len("event:"):].strip()
+            elif line.startswith("data:") and event in ("complete", "error"):
+                payload = json.loads(line[len("data:"):])
+                break
+    if event != "complete":
+        msg = payload.get("error") if isinstance(payload, dict) else payload
+        return dict(ok=False, error=str(msg or f"stream ended with {event!r}").strip().splitlines()[0])
+    gallery, strip, timing = payload
+    out = dict(ok=True, captions=[g["caption"] for g in gallery], timing=timing, pixels=None)
+    if download:
+        files = [g["image"]["url"] for g in gallery] + [strip["url"]]
+        got = await asyncio.gather(*(http.get(f) for f in files))
+        for f, g in zip(files, got):
+            if g.status_code != 200:
+                return dict(ok=False, error=f"HTTP {g.status_code} fetching {f}")
+        out["pixels"] = [np.asarray(Image.open(io.BytesIO(g.content)).convert("RGB"), dtype=np.int16)
+                         for g in got[:-1]]
+    return out
+
+
 def run_mode(args, batch: int, tmp: Path) -> dict:
-    from gradio_client import Client
-    from PIL import Image
+    import httpx
 
     proc, log, url = start_demo(args, batch, tmp)
     try:
-        clients = [Client(url, verbose=False, analytics_enabled=False,
-                          download_files=False if args.no_downloads else str(tmp / f"dl-{batch}-{i}"))
-                   for i in range(args.clients)]
-        info = clients[0].view_api(return_format="dict", print_info=False)
-        names = info["named_endpoints"]["/generate"]["parameters"][0]["type"]["enum"]
-        defaults = {p["parameter_name"]: p["parameter_default"]
-                    for p in info["named_endpoints"]["/generate"]["parameters"]}
+        info = httpx.get(f"{url}gradio_api/info", timeout=30).json()
+        params = info["named_endpoints"]["/generate"]["parameters"]
+        names = params[0]["type"]["enum"]
+        defaults = {p["parameter_name"]: p["parameter_default"] for p in params}
 
-        def request(i: int):
-            seed = 1000 * i
-            return dict(class_name=names[i % len(names)], cfg=defaults["cfg"], top_k=defaults["top_k"],
-                        top_p=defaults["top_p"], temperature=defaults["temperature"], seed=seed,
-                        num_images=args.images)
+        def request(i: int) -> list:
+            return [names[i % len(names)], defaults["cfg"], defaults["top_k"], defaults["top_p"],
+                    defaults["temperature"], 1000 * i, args.images]
 
-        clients[0].predict(**request(0), api_name="/generate")  # warm-up, not timed
-        results: dict[int, dict] = {}
-        barrier = threading.Barrier(args.clients + 1)
+        async def timed(http, i: int, t_start: float) -> tuple[int, dict]:
+            res = await one_request(http, url, request(i), not args.no_downloads)
+            res["end"] = time.perf_counter() - t_start
+            if res["ok"]:
+                want = [f"{names[i % len(names)]}, seed {1000 * i + j}" for j in range(args.images)]
+                if res["captions"] != want:
+                    raise RuntimeError(f"client {i} got {res['captions']}, expected {want}")
+            return i, res
 
-        def one(i: int):
-            kw = request(i)
-            barrier.wait()
-            t0 = time.perf_counter()
-            try:
-                gallery, _strip, timing = clients[i].predict(**kw, api_name="/generate")
-                captions = [g["caption"] for g in gallery]
-                want = [f"{kw['class_name']}, seed {kw['seed'] + j}" for j in range(args.images)]
-                if captions != want:
-                    raise RuntimeError(f"client {i} got {captions}, expected {want}")
-                pixels = None if args.no_downloads else [
-                    np.asarray(Image.open(g["image"]).convert("RGB"), dtype=np.int16) for g in gallery]
-                results[i] = dict(ok=True, end=time.perf_counter(), start=t0, pixels=pixels, timing=timing)
-            except Exception as e:  # a refusal: keep its message
-                results[i] = dict(ok=False, end=time.perf_counter(), start=t0, error=str(e).strip().splitlines()[0])
+        async def all_clients() -> tuple[dict, float, float, float | None]:
+            limits = httpx.Limits(max_connections=8 * args.clients, max_keepalive_connections=8 * args.clients)
+            async with httpx.AsyncClient(timeout=args.timeout, limits=limits) as http:
+                warm = await one_request(http, url, request(0), not args.no_downloads)  # not timed
+                if not warm["ok"]:
+                    raise SystemExit(f"mode max-batch-size {batch}: the warm-up request failed: {warm['error']}")
+                server0, client0, t_start = process_cpu_seconds(proc.pid), time.process_time(), time.perf_counter()
+                done = await asyncio.wait_for(asyncio.gather(*(timed(http, i, t_start) for i in range(args.clients))),
+                                              args.timeout)
+                server1 = process_cpu_seconds(proc.pid)
+                return (dict(done), time.process_time() - client0,
+                        None if server0 is None or server1 is None else server1 - server0)
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(args.clients)]
-        for t in threads:
-            t.start()
-        barrier.wait()
-        t_start = time.perf_counter()
-        for t in threads:
-            t.join(timeout=args.timeout)
-        if any(t.is_alive() for t in threads):
-            raise SystemExit(f"mode max-batch-size {batch}: a client did not return in {args.timeout} s (a hang)")
+        try:
+            results, client_cpu, server_cpu = asyncio.run(all_clients())
+        except asyncio.TimeoutError:
+            raise SystemExit(f"mode max-batch-size {batch}: the clients did not finish in {args.timeout} s (a hang)")
     finally:
         proc.terminate()
         try:
@@ -140,11 +178,11 @@ def run_mode(args, batch: int, tmp: Path) -> dict:
             proc.kill()
         log.close()
     done = [r for r in results.values() if r["ok"]]
-    wall = max(r["end"] for r in results.values()) - t_start
-    lat = [r["end"] - t_start for r in done]
+    wall = max(r["end"] for r in results.values())
+    lat = [r["end"] for r in done]
     return dict(batch=batch, results=results, completed=len(done), refused=args.clients - len(done), wall=wall,
                 ips=len(done) * args.images / wall, median=statistics.median(lat) if lat else float("nan"),
-                max=max(lat) if lat else float("nan"),
+                max=max(lat) if lat else float("nan"), client_cpu=client_cpu, server_cpu=server_cpu,
                 errors=sorted({r["error"] for r in results.values() if not r["ok"]}))
 
 
@@ -191,6 +229,12 @@ def sampler_ms_per_image(model, batches: list[int], repeats: int = 2, device: st
     return out
 
 
+def server_ms(row: dict) -> str:
+    if row["server_cpu"] is None or not row["completed"]:
+        return "n/a"
+    return f"{1000 * row['server_cpu'] / row['completed']:.0f}"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model folder (default: the bundled default model)")
@@ -202,7 +246,7 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=600, help="seconds before a client counts as hung")
     p.add_argument("--device", default="cpu", help="where the demo and the in-process sampler run: cpu or cuda")
     p.add_argument("--no-downloads", action="store_true",
-                   help="clients do not fetch their response's files (what the downloads cost)")
+                   help="clients do not fetch their answer's files (what the downloads cost)")
     args = p.parse_args(argv)
     if args.clients < 1 or args.images < 1 or args.clients > 64:
         p.error("--clients must be in 1..64 and --images >= 1")
@@ -219,12 +263,13 @@ def main(argv=None):
               + ", ".join(f"batch {b}: {ms:.1f} ms/image" for b, ms in ceiling.items())
               + f"; batch {sizes[-1]} vs {sizes[0]}: {ceiling[sizes[0]] / ceiling[sizes[-1]]:.2f}x per image")
         rows = [run_mode(args, b, Path(d)) for b in args.modes]
-    print("\n| mode | completed | refused | wall s | images/s | median latency s | max latency s |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| mode | completed | refused | wall s | images/s | median latency s | max latency s "
+          "| server CPU ms / request | client CPU s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mode = "one at a time (--max-batch-size 1)" if r["batch"] == 1 else f"batched (--max-batch-size {r['batch']})"
         print(f"| {mode} | {r['completed']}/{args.clients} | {r['refused']} | {r['wall']:.2f} | {r['ips']:.2f} "
-              f"| {r['median']:.2f} | {r['max']:.2f} |")
+              f"| {r['median']:.2f} | {r['max']:.2f} | {server_ms(r)} | {r['client_cpu']:.2f} |")
     for r in rows:
         for e in r["errors"]:
             print(f"max-batch-size {r['batch']}: refused with: {e}")
