@@ -48,7 +48,6 @@ from demo.batching import BatchInfo, Batcher  # noqa: E402
 from hart.common.images import to_pil  # noqa: E402
 from sampling import HARTPipeline  # noqa: E402
 from sampling.options import DEFAULT_PRESET, SAMPLING_PRESETS, SamplingOptions  # noqa: E402
-from tokenizer.model import TokenizerCode  # noqa: E402
 
 MAX_SEED = 2**31 - 1
 CFG_MAX = 20.0
@@ -58,6 +57,7 @@ STRIP_MAX_ROWS = 4  # the per-scale strip shows at most this many of the images
 # and admits twice --max-batch-size at once
 MAX_BATCH_REQUESTS = 16
 CELL_MIN = 96  # strip cells are upscaled (nearest) to at least this many pixels
+CELL_MAX = 128  # and larger images shrunk to this many
 
 # passed to launch() (gradio 6 takes theme and css there, not in Blocks()); system fonts so
 # the page asks no font server
@@ -72,10 +72,10 @@ class RequestTimeout(Exception):
 class Deadline:
     """A per-thread time limit checked at module boundaries of the pipeline.
 
-    Forward pre-hooks on the tokenizer's decoder (called after every scale when previews are
-    on) and on the diffusion head (every denoising step) raise :class:`RequestTimeout` once
-    the calling thread's deadline has passed, so a long request stops between scales instead
-    of running to the end. Threads without a deadline (other users of the same pipeline)
+    :meth:`check` (which :class:`DemoModel` calls after every scale) and forward pre-hooks on
+    the tokenizer's decoder and on the diffusion head (every denoising step) raise
+    :class:`RequestTimeout` once the calling thread's deadline has passed, so a long request
+    stops between scales instead of running to the end. Threads without a deadline (other users of the same pipeline)
     are not affected. Nothing inside the (possibly compiled) transformer step is hooked.
     """
 
@@ -262,6 +262,18 @@ class DemoModel:
 
     # ------------------------------------------------------------------ sampling
 
+    @property
+    def cell(self) -> int:
+        """Side of a strip cell: small images upscaled (nearest) to at least ``CELL_MIN``, large
+        ones shrunk to ``CELL_MAX`` (a 1024 px model's strip would be 63 Mpx, 12 s of PNG)."""
+        R = self.resolution
+        return R * math.ceil(CELL_MIN / R) if R < CELL_MIN else min(R, CELL_MAX)
+
+    def _cell(self, images: torch.Tensor) -> torch.Tensor:
+        """(n, 3, R, R) -> (n, 3, c, c) with c = min(R, cell): area-averaged where it shrinks."""
+        c = min(self.resolution, self.cell)
+        return images if c == images.shape[-1] else torch.nn.functional.interpolate(images, size=(c, c), mode="area")
+
     def strip_labels(self) -> list[str]:
         labels = [f"{p}x{p}" for p in self.patch_nums]
         if self.has_residual:
@@ -286,17 +298,22 @@ class DemoModel:
             try:
                 with self.deadline.limit(self.time_limit), torch.inference_mode():
                     self.deadline.check()
+                    idx = torch.tensor(strip_rows, device=pipe.device)
+                    latents = []  # the discrete f_hat of the strip's rows after each scale but the last
+
+                    def on_scale(k, ids_k, f_hat):
+                        self.deadline.check()  # a long request stops between scales
+                        if k + 1 < len(self.patch_nums):
+                            latents.append(f_hat[idx].float())
+
                     cond = {"prompts": labels} if self.is_text else {"class_ids": labels}
-                    out = pipe.sample(seed=seeds, previews=True, **cond, **options)
-                    # previews: K-1 discrete decodes, then the final image (with the residual);
-                    # the last scale without the residual is decoded here from the public pieces
-                    idx = torch.tensor(strip_rows, device=out.f_hat.device)
-                    columns = [p[idx] for p in out.previews[:-1]]
-                    if self.has_residual:
-                        code = TokenizerCode(ids=[i[idx] for i in out.ids], residual=out.residual[idx],
-                                             f_hat=out.f_hat[idx])
-                        columns.append(pipe.tokenizer.decode(code, use_residual=False).float())
-                    columns.append(out.images[idx])
+                    out = pipe.sample(seed=seeds, on_scale=on_scale, **cond, **options)
+                    # the strip's columns, decoded for its rows only (not every image of the
+                    # batch) and shrunk on the device to the cell size
+                    if self.has_residual:  # the last scale also without the residual
+                        latents.append(out.f_hat[idx])
+                    columns = [self._cell(pipe.tokenizer.decode_latent(f).float()) for f in latents]
+                    columns.append(self._cell(out.images[idx]))
             except RequestTimeout:
                 others = len(jobs) - 1
                 shared = f" (sampled together with {others} other{'s' if others > 1 else ''})" if others else ""
@@ -322,8 +339,7 @@ class DemoModel:
         images = to_pil(images)
         per_col = [to_pil(c) for c in columns]  # columns x rows
         rows = [list(r) for r in zip(*per_col)]
-        cell = self.resolution * max(1, math.ceil(CELL_MIN / self.resolution))
-        strip = per_scale_strip(rows, self.strip_labels(), cell)
+        strip = per_scale_strip(rows, self.strip_labels(), self.cell)
         name = label if self.is_text else self.names[label]
         captions = [f"{name}, seed {s}" for s in job.seeds]
         shared = (f"; sampled with {info.requests - 1} other request{'s' if info.requests > 2 else ''} "

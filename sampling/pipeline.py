@@ -153,17 +153,19 @@ class HARTPipeline:
                                 ("class ids (--class)", "prompts (--prompt)"))
 
     def sample(self, class_ids=None, seed=0, *, prompts=None, previews: bool = False, decode: bool = True,
-               return_logits: bool = False, **options) -> SampleOutput:
+               return_logits: bool = False, on_scale=None, **options) -> SampleOutput:
         """Tensors out: ids, residual, images (B, 3, R, R) in [-1, 1], optional previews.
 
         ``class_ids`` (class models) or ``prompts`` (text models). ``options`` are
         :class:`SamplingOptions` fields (cfg, top_k, top_p, temperature, smooth, diff_steps,
-        diff_temperature).
+        diff_temperature). ``on_scale(k, ids_k, f_hat)`` observes each scale
+        (:meth:`SamplingEngine.sample`).
         """
         inputs, n = self._inputs(class_ids, prompts)
         opts = SamplingOptions(**options).validate()
         gens = make_generators(_seeds(seed, n))
-        return self.engine.sample(inputs, gens, opts, decode=decode, previews=previews, return_logits=return_logits)
+        return self.engine.sample(inputs, gens, opts, decode=decode, previews=previews, return_logits=return_logits,
+                                  on_scale=on_scale)
 
     def __call__(self, class_ids=None, seed=0, *, prompts=None, **options) -> list:
         """Class ids or prompts -> list of PIL images (one each). See :meth:`sample` for options."""

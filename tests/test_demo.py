@@ -194,6 +194,30 @@ def test_strip_columns_and_time_limit(pipeline):
     model.deadline.remove()
 
 
+def test_the_strip_decodes_only_its_rows_and_bounds_its_cells(pipeline):
+    from demo.app import CELL_MAX, STRIP_MAX_ROWS, DemoModel
+
+    model = DemoModel(pipeline, time_limit=60)
+    seen = []  # rows of every decoder call
+    hook = pipeline.tokenizer.decoder.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[0]))
+    try:
+        r = model.generate(*dict(GOOD, num_images=8).values())
+    finally:
+        hook.remove()
+        model.deadline.remove()
+    K = len(model.patch_nums)
+    # the 8 images once, then the strip's 4 rows after each scale but the last, and the last
+    # scale without the residual: not 8 rows per scale
+    assert sorted(seen) == sorted([8] + [STRIP_MAX_ROWS] * K)
+    assert r.strip.size[1] == 18 + 4 + STRIP_MAX_ROWS * (model.cell + 4)
+    for res, cell in ((16, 96), (100, 100), (128, 128), (256, CELL_MAX), (1024, CELL_MAX)):
+        model.resolution = res
+        assert model.cell == cell
+    model.resolution = 256  # larger images are area-averaged to the cell on the device
+    x = torch.rand(2, 3, 256, 256)
+    torch.testing.assert_close(model._cell(x), torch.nn.functional.avg_pool2d(x, 2))
+
+
 def test_sampling_preset_sets_sliders_and_the_fixed_settings(pipeline):
     from demo.app import DemoModel
 
