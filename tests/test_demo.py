@@ -33,7 +33,7 @@ def model_dir(demo_model_dir):
 
 @pytest.fixture(scope="module")
 def pipeline(model_dir):
-    from demo.app import load_pipeline
+    from demo.model import load_pipeline
 
     return load_pipeline(model_dir)
 
@@ -146,7 +146,9 @@ def test_no_file_access_for_visitors(server):
 # ----------------------------------------------------------------------------- in process
 
 def test_import_demo_does_not_import_gradio():
-    code = "import sys, demo; assert callable(demo.build_demo); print('gradio' in sys.modules)"
+    # demo.model (the requests, the batches, the strip) works without gradio too
+    code = ("import sys, demo, demo.model; assert callable(demo.build_demo) and demo.model.DemoModel; "
+            "print('gradio' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env=dict(os.environ, OMP_NUM_THREADS="1"), check=True)
     assert out.stdout.strip() == "False"
@@ -173,7 +175,7 @@ def test_build_demo_returns_unlaunched_blocks_with_a_queue(pipeline):
 
 
 def test_strip_columns_and_time_limit(pipeline):
-    from demo.app import DemoModel
+    from demo.model import DemoModel
     from hart.common.errors import UserError
 
     model = DemoModel(pipeline, time_limit=60)
@@ -195,7 +197,7 @@ def test_strip_columns_and_time_limit(pipeline):
 
 
 def test_the_strip_decodes_only_its_rows_and_bounds_its_cells(pipeline):
-    from demo.app import CELL_MAX, STRIP_MAX_ROWS, DemoModel
+    from demo.model import CELL_MAX, STRIP_MAX_ROWS, DemoModel
 
     model = DemoModel(pipeline, time_limit=60)
     seen = []  # rows of every decoder call
@@ -219,7 +221,7 @@ def test_the_strip_decodes_only_its_rows_and_bounds_its_cells(pipeline):
 
 
 def test_sampling_preset_sets_sliders_and_the_fixed_settings(pipeline):
-    from demo.app import DemoModel
+    from demo.model import DemoModel
 
     model = DemoModel(pipeline, sampling="hart")
     assert model.defaults.cfg == 4.5  # the sliders start at the preset

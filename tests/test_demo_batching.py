@@ -140,7 +140,7 @@ def model_dir(demo_model_dir):
 @pytest.fixture(scope="module")
 def pipeline(model_dir):
     pytest.importorskip("gradio")
-    from demo.app import load_pipeline
+    from demo.model import load_pipeline
 
     return load_pipeline(model_dir)
 
@@ -153,7 +153,7 @@ REQUESTS = [("shoe", 1.5, 64, 0.96, 1.0, 3, 3), ("bag", 1.5, 64, 0.96, 1.0, 40, 
 
 def _alone(pipeline):
     """Each request run by itself, one at a time."""
-    from demo.app import DemoModel
+    from demo.model import DemoModel
 
     model = DemoModel(pipeline, max_batch_size=1)
     try:
@@ -186,7 +186,7 @@ def _same_image(a, b) -> bool:
 
 
 def test_concurrent_requests_merge_by_settings_and_each_gets_its_own_images(pipeline):
-    from demo.app import DemoModel
+    from demo.model import DemoModel
 
     reference = _alone(pipeline)
     model = DemoModel(pipeline, max_batch_size=8, batch_wait=1.0)
@@ -212,7 +212,7 @@ def test_concurrent_requests_merge_by_settings_and_each_gets_its_own_images(pipe
 
 
 def test_a_stopped_batch_tells_each_of_its_requests(pipeline):
-    from demo.app import DemoModel
+    from demo.model import DemoModel
     from hart.common.errors import UserError
 
     model = DemoModel(pipeline, max_batch_size=4, batch_wait=1.0, time_limit=0.5)

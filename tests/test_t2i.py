@@ -262,7 +262,8 @@ def test_demo_with_a_text_model(encoder, tokdir):
     import os
 
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    from demo.app import DemoModel, Job, build_demo
+    from demo.app import build_demo
+    from demo.model import DemoModel, Job
     from sampling.pipeline import HARTPipeline
     from tokenizer.model import HybridTokenizer
 
