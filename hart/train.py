@@ -44,7 +44,6 @@ train`` (and ``python -m hart.train``, which goes through the ``hart`` router) h
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
@@ -53,20 +52,20 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from hart.config import GeneratorConfig
-from hart.data.datasets import SPEC_HELP, add_workers_argument, infinite_batches, make_dataset
+from hart.batches import batch_source, dataset_classes, dataset_examples
+from hart.data.datasets import SPEC_HELP, add_workers_argument
 from hart.common.dist import DTYPE_CHOICES, DistInfo, autocast, init_distributed, resolve_dtype
 from hart.common.ema import EMA
 from hart.common.errors import UserError, cli_entry
 from hart.common.images import grid
-from hart.common.io import CONFIG_NAME, WEIGHTS_NAME, atomic_dir, atomic_file, read_weights, resolve_dir
+from hart.common.io import atomic_file
 from hart.common.metrics import RunLog, Throughput, Window
 from hart.common.models import write_pipeline_index
 from hart.model import HARTGenerator
 from hart.objective import TrainingObjective, measure_decoder_metric, measure_latent_scales
 from hart.kernels import ATTENTION_IMPLS
-from hart.common.loop import (check_positive, check_preset, load_run, nonfinite_loss, run_faults, run_meta, save_run,
-                              set_lr, warmup_cosine)
-from hart.tokens import TokenCache, split_scales, tokenizer_fingerprint
+from hart.common.loop import check_positive, load_run, nonfinite_loss, run_faults, save_run, set_lr, warmup_cosine
+from hart.run_config import copy_tokenizer, generator_dir, init_weights, resolve_config
 from tokenizer import HybridTokenizer
 
 
@@ -277,209 +276,6 @@ def write_samples(sampler, generator: HARTGenerator, tokenizer: HybridTokenizer,
     log.image("samples", image, step)
     with atomic_file(out / "samples.png") as tmp:
         image.save(tmp, format="PNG")
-
-
-def generator_dir(folder) -> Path:
-    """A generator folder: ``folder/generator`` of a model folder, or ``folder`` itself."""
-    folder = resolve_dir(folder)
-    return resolve_dir(folder / "generator") if (folder / "generator").exists() else folder
-
-
-def init_weights(model: HARTGenerator, folder, verbose: bool = True, skip: tuple[str, ...] = ()) -> list[str]:
-    """Load the tensors of ``folder``'s generator whose names exist in ``model``; the rest start fresh.
-
-    A tensor of another shape is refused with one line. Names starting with a ``skip`` prefix
-    are not loaded (a head of another size: ``("diffusion.",)``). Returns the names that start fresh.
-    """
-    src = {k: v for k, v in read_weights(generator_dir(folder) / WEIGHTS_NAME).items() if not k.startswith(skip)}
-    own = model.state_dict()
-    bad = [f"{k} {tuple(v.shape)} (here {tuple(own[k].shape)})" for k, v in src.items()
-           if k in own and v.shape != own[k].shape]
-    if bad:
-        raise UserError(f"--init {folder}: shapes differ from the chosen preset: {', '.join(bad[:4])}"
-                        + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else ""))
-    model.load_state_dict({k: v for k, v in src.items() if k in own}, strict=False)
-    fresh = sorted(k for k in own if k not in src)
-    if verbose:
-        heads = sorted({k.split(".")[0] for k in fresh})
-        print(f"--init {folder}: loaded {len(own) - len(fresh)} tensors"
-              + (f"; starting fresh: {', '.join(heads)} ({len(fresh)} tensors)" if fresh else ""))
-    return fresh
-
-
-def resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> GeneratorConfig:
-    config = _resolve_config(args, out, tokenizer, classes)
-    captioned = classes is None
-    if config.is_text != captioned:
-        raise UserError("a text model needs captioned data (shapes, emoji, captions:PATH)" if config.is_text else
-                        "this data has captions, not classes: choose a text preset (--preset shapes-t2i)")
-    return config
-
-
-def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> GeneratorConfig:
-    """New run: the preset (or --init's config), fitted to the tokenizer and the data.
-    Resume: the saved config."""
-    tc = tokenizer.config
-    if args.freeze_transformer and not (args.init or args.resume):
-        raise UserError("--freeze-transformer needs --init DIR: the trained transformer to put a head on")
-    meta = run_meta(out, args.resume, "generator")
-    if meta is not None:
-        if args.init:
-            raise UserError("--resume continues from the run's own checkpoint; drop --init")
-        saved = GeneratorConfig.from_dict(meta["config"])
-        if bool(meta.get("freeze_transformer", False)) != args.freeze_transformer:
-            flag = "with" if meta.get("freeze_transformer") else "without"
-            raise UserError(f"the run in {out} was started {flag} --freeze-transformer; resume it the same way")
-        # the preset gives the transformer's shape; the sections are the run's own
-        fitted = args.preset and fit_preset(args.preset, tc, classes, args).replace(
-            head=saved.head, stats=saved.stats, display=saved.display, training=saved.training)
-        check_preset(args.preset, fitted, saved, out)
-        if args.residual_target and (args.residual_target == "sampled") != saved.training.residual_from_sampled:
-            was = "sampled" if saved.training.residual_from_sampled else "true"
-            raise UserError(f"the run in {out} trains the head on --residual-target {was}; resume it the same way")
-        for name, value in flag_values(saved).items():
-            if getattr(args, name, None) and getattr(args, name) != value:
-                raise UserError(f"the run in {out} has --{name.replace('_', '-')} {value}; resume it the same way")
-        return saved
-    if args.init and not args.preset:
-        config = HARTGenerator.load_config(generator_dir(args.init))
-    else:
-        config = fit_preset(args.preset or "fm-s", tc, classes, args)
-    if args.residual_target:
-        if not config.has_head:
-            raise UserError("--residual-target is the residual head's target; this model has no head")
-        config = config.replace_in("training", residual_from_sampled=args.residual_target == "sampled")
-    for name, (section, field) in HEAD_FLAGS.items():
-        if getattr(args, name, None):
-            if not config.has_head:
-                raise UserError(f"--{name.replace('_', '-')} is about the residual head; this model has no head")
-            config = config.replace_in(section, **{field: getattr(args, name)})
-    if not config.has_head:
-        return config
-    return config.replace_in("head", temperature=1.0)  # a measured temperature belongs to the weights it came with
-
-
-# flags of `hart train` that set the residual head's config: flag name -> (section, field)
-HEAD_FLAGS = {"diff_mix": ("head", "mix"), "diff_prediction": ("head", "prediction"), "diff_metric": ("head", "metric"),
-              "diff_width": ("head", "width"), "diff_depth": ("head", "depth"),
-              "diff_batch_mul": ("training", "diff_batch_mul")}
-
-
-def flag_values(config: GeneratorConfig) -> dict:
-    """The values of :data:`HEAD_FLAGS` in ``config`` (empty without a head)."""
-    if not config.has_head:
-        return {}
-    return {name: getattr(getattr(config, section), field) for name, (section, field) in HEAD_FLAGS.items()}
-
-
-def fit_preset(name: str, tc, classes, args=None) -> GeneratorConfig:
-    """The preset's transformer shape, with the token layout of the tokenizer and the data's
-    classes (``classes`` None: captioned data, for a text preset: its encoder and prompt length)."""
-    from hart.text import DIMS
-
-    fit = dict(patch_nums=tc.patch_nums, codebook_size=tc.codebook_size, z_channels=tc.z_channels)
-    preset = GeneratorConfig.from_name(name)
-    if not preset.is_text:
-        return preset.replace(**fit, num_classes=len(classes or ()) or 1,
-                              display=preset.display.replace(class_names=tuple(classes or ())))
-    enc = getattr(args, "text_encoder", None) or preset.text_encoder
-    if enc not in DIMS:
-        raise UserError(f"unknown text encoder {enc!r}; choose one of: {', '.join(DIMS)}")
-    T = getattr(args, "context_tokens", None) or preset.context_tokens
-    return preset.replace(**fit, text_encoder=enc, context_dim=DIMS[enc], context_tokens=T)
-
-
-def copy_tokenizer(src, out: Path) -> None:
-    """Copy the tokenizer into ``out/tokenizer`` once; a run never switches tokenizers."""
-    dst = out / "tokenizer"
-    if dst.exists():
-        if tokenizer_fingerprint(dst) != tokenizer_fingerprint(src):
-            raise UserError(f"{dst} holds another tokenizer than {src}; a run keeps the tokenizer it started with")
-        return
-    with atomic_dir(dst) as tmp:
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            shutil.copy2(resolve_dir(src) / name, tmp / name)
-
-
-def _to(cond, dev):
-    return [t.to(dev) for t in cond] if isinstance(cond, (list, tuple)) else cond.to(dev)
-
-
-def _prompt_encoder(args, config: GeneratorConfig, dev, max_items: int = 200_000):
-    """Captions -> [tokens (B, T, D), mask (B, T)] with the model's frozen text encoder."""
-    from hart.text import PromptCache, text_encoder_for
-
-    return PromptCache(text_encoder_for(config, args.text_encoder_path, dev), max_items)
-
-
-def batch_source(args, tokenizer, dist: DistInfo, per_rank: int, start_step: int, config: GeneratorConfig | None = None,
-                 encode: bool = True):
-    """Yield (ids list, residual, condition) on the device, from a token cache or encoded on the
-    fly; the condition is the labels (B,) or the encoded prompts [tokens (B, T, D), mask (B, T)].
-    A token cache of captions has them encoded here, each batch's own (no memory kept between
-    batches, so a resumed run gets the same numbers); ``encode=False`` leaves them as text, for
-    the passes that read only the latents."""
-    dev = dist.device
-    g = torch.Generator().manual_seed(args.seed)
-    pns = tokenizer.config.patch_nums
-    if args.tokens:
-        cache = TokenCache(args.tokens)
-        cache.check_tokenizer(args.tokenizer)
-        if cache.captioned and config is not None:
-            cache.check_text_encoder(config.text_encoder, config.context_tokens)
-        prompts = None
-        if cache.captions is not None and encode and config is not None and config.is_text:
-            prompts = _prompt_encoder(args, config, dev, max_items=0)
-        for ids, res, y in infinite_batches(cache, per_rank, g, start_step, dist.rank, dist.world_size):
-            if prompts is not None:
-                y = prompts(list(y))
-            if cache.captions is None or prompts is not None:
-                y = _to(y, dev)
-            yield [i.to(dev) for i in split_scales(ids, pns)], res.to(dev), y
-    else:
-        data = make_dataset(args.data, "train", tokenizer.config.resolution, args.data_dir)
-        prompts = None
-        if getattr(data, "captioned", False) and config is not None and config.is_text:
-            prompts = _prompt_encoder(args, config, dev)
-        for x, y in infinite_batches(data, per_rank, g, start_step, dist.rank, dist.world_size,
-                                     getattr(args, "workers", 0)):
-            with torch.no_grad():
-                code = tokenizer.encode(x.to(dev))
-            yield code.ids, code.residual, (_to(prompts(list(y)), dev) if prompts is not None else _to(y, dev))
-
-
-def dataset_examples(args, tokenizer) -> tuple:
-    """Up to ``EXAMPLES`` distinct captions of captioned data (a text model's example prompts)."""
-    from hart.tokens import EXAMPLES
-
-    if args.tokens:
-        return tuple(TokenCache(args.tokens).meta.get("examples", ()))[:EXAMPLES]
-    data = make_dataset(args.data, "train", tokenizer.config.resolution, args.data_dir)
-    out = []
-    for i in range(min(len(data), 200)):
-        caption = data[i][1]
-        if caption not in out:
-            out.append(caption)
-        if len(out) == EXAMPLES:
-            break
-    return tuple(out)
-
-
-def dataset_classes(args, tokenizer) -> tuple | None:
-    """The data's class names, or None for captioned data (a text model's)."""
-    if args.tokens:
-        cache = TokenCache(args.tokens)
-        if cache.captioned:
-            return None
-        classes = cache.classes
-    else:
-        data = make_dataset(args.data, "train", tokenizer.config.resolution, args.data_dir)
-        if getattr(data, "captioned", False):
-            return None
-        classes = data.classes
-    if not classes:
-        raise UserError("the data has no class names; a class-conditional model needs them")
-    return tuple(classes)
 
 
 @cli_entry

@@ -71,7 +71,7 @@ def _batches(cache_dir, tokdir, encode=True):
 
     from hart.common.dist import DistInfo
     from hart.config import GeneratorConfig
-    from hart.train import batch_source
+    from hart.batches import batch_source
     from tokenizer import HybridTokenizer
 
     args = argparse.Namespace(tokens=str(cache_dir), tokenizer=str(tokdir), seed=0, text_encoder_path=None)

@@ -1,0 +1,138 @@
+"""What a generator run trains: its config (a preset fitted to the tokenizer and the data, an
+``--init`` folder's, or a resumed run's own, with the head flags checked against it), the
+weights it starts from, and the tokenizer copy it keeps. Used by :mod:`hart.train`.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from hart.common.errors import UserError
+from hart.common.io import CONFIG_NAME, WEIGHTS_NAME, atomic_dir, read_weights, resolve_dir
+from hart.common.loop import check_preset, run_meta
+from hart.config import GeneratorConfig
+from hart.model import HARTGenerator
+from hart.tokens import tokenizer_fingerprint
+from tokenizer import HybridTokenizer
+
+
+def generator_dir(folder) -> Path:
+    """A generator folder: ``folder/generator`` of a model folder, or ``folder`` itself."""
+    folder = resolve_dir(folder)
+    return resolve_dir(folder / "generator") if (folder / "generator").exists() else folder
+
+
+def init_weights(model: HARTGenerator, folder, verbose: bool = True, skip: tuple[str, ...] = ()) -> list[str]:
+    """Load the tensors of ``folder``'s generator whose names exist in ``model``; the rest start fresh.
+
+    A tensor of another shape is refused with one line. Names starting with a ``skip`` prefix
+    are not loaded (a head of another size: ``("diffusion.",)``). Returns the names that start fresh.
+    """
+    src = {k: v for k, v in read_weights(generator_dir(folder) / WEIGHTS_NAME).items() if not k.startswith(skip)}
+    own = model.state_dict()
+    bad = [f"{k} {tuple(v.shape)} (here {tuple(own[k].shape)})" for k, v in src.items()
+           if k in own and v.shape != own[k].shape]
+    if bad:
+        raise UserError(f"--init {folder}: shapes differ from the chosen preset: {', '.join(bad[:4])}"
+                        + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else ""))
+    model.load_state_dict({k: v for k, v in src.items() if k in own}, strict=False)
+    fresh = sorted(k for k in own if k not in src)
+    if verbose:
+        heads = sorted({k.split(".")[0] for k in fresh})
+        print(f"--init {folder}: loaded {len(own) - len(fresh)} tensors"
+              + (f"; starting fresh: {', '.join(heads)} ({len(fresh)} tensors)" if fresh else ""))
+    return fresh
+
+
+def resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> GeneratorConfig:
+    config = _resolve_config(args, out, tokenizer, classes)
+    captioned = classes is None
+    if config.is_text != captioned:
+        raise UserError("a text model needs captioned data (shapes, emoji, captions:PATH)" if config.is_text else
+                        "this data has captions, not classes: choose a text preset (--preset shapes-t2i)")
+    return config
+
+
+def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> GeneratorConfig:
+    """New run: the preset (or --init's config), fitted to the tokenizer and the data.
+    Resume: the saved config."""
+    tc = tokenizer.config
+    if args.freeze_transformer and not (args.init or args.resume):
+        raise UserError("--freeze-transformer needs --init DIR: the trained transformer to put a head on")
+    meta = run_meta(out, args.resume, "generator")
+    if meta is not None:
+        if args.init:
+            raise UserError("--resume continues from the run's own checkpoint; drop --init")
+        saved = GeneratorConfig.from_dict(meta["config"])
+        if bool(meta.get("freeze_transformer", False)) != args.freeze_transformer:
+            flag = "with" if meta.get("freeze_transformer") else "without"
+            raise UserError(f"the run in {out} was started {flag} --freeze-transformer; resume it the same way")
+        # the preset gives the transformer's shape; the sections are the run's own
+        fitted = args.preset and fit_preset(args.preset, tc, classes, args).replace(
+            head=saved.head, stats=saved.stats, display=saved.display, training=saved.training)
+        check_preset(args.preset, fitted, saved, out)
+        if args.residual_target and (args.residual_target == "sampled") != saved.training.residual_from_sampled:
+            was = "sampled" if saved.training.residual_from_sampled else "true"
+            raise UserError(f"the run in {out} trains the head on --residual-target {was}; resume it the same way")
+        for name, value in flag_values(saved).items():
+            if getattr(args, name, None) and getattr(args, name) != value:
+                raise UserError(f"the run in {out} has --{name.replace('_', '-')} {value}; resume it the same way")
+        return saved
+    if args.init and not args.preset:
+        config = HARTGenerator.load_config(generator_dir(args.init))
+    else:
+        config = fit_preset(args.preset or "fm-s", tc, classes, args)
+    if args.residual_target:
+        if not config.has_head:
+            raise UserError("--residual-target is the residual head's target; this model has no head")
+        config = config.replace_in("training", residual_from_sampled=args.residual_target == "sampled")
+    for name, (section, field) in HEAD_FLAGS.items():
+        if getattr(args, name, None):
+            if not config.has_head:
+                raise UserError(f"--{name.replace('_', '-')} is about the residual head; this model has no head")
+            config = config.replace_in(section, **{field: getattr(args, name)})
+    if not config.has_head:
+        return config
+    return config.replace_in("head", temperature=1.0)  # a measured temperature belongs to the weights it came with
+
+
+# flags of `hart train` that set the residual head's config: flag name -> (section, field)
+HEAD_FLAGS = {"diff_mix": ("head", "mix"), "diff_prediction": ("head", "prediction"), "diff_metric": ("head", "metric"),
+              "diff_width": ("head", "width"), "diff_depth": ("head", "depth"),
+              "diff_batch_mul": ("training", "diff_batch_mul")}
+
+
+def flag_values(config: GeneratorConfig) -> dict:
+    """The values of :data:`HEAD_FLAGS` in ``config`` (empty without a head)."""
+    if not config.has_head:
+        return {}
+    return {name: getattr(getattr(config, section), field) for name, (section, field) in HEAD_FLAGS.items()}
+
+
+def fit_preset(name: str, tc, classes, args=None) -> GeneratorConfig:
+    """The preset's transformer shape, with the token layout of the tokenizer and the data's
+    classes (``classes`` None: captioned data, for a text preset: its encoder and prompt length)."""
+    from hart.text import DIMS
+
+    fit = dict(patch_nums=tc.patch_nums, codebook_size=tc.codebook_size, z_channels=tc.z_channels)
+    preset = GeneratorConfig.from_name(name)
+    if not preset.is_text:
+        return preset.replace(**fit, num_classes=len(classes or ()) or 1,
+                              display=preset.display.replace(class_names=tuple(classes or ())))
+    enc = getattr(args, "text_encoder", None) or preset.text_encoder
+    if enc not in DIMS:
+        raise UserError(f"unknown text encoder {enc!r}; choose one of: {', '.join(DIMS)}")
+    T = getattr(args, "context_tokens", None) or preset.context_tokens
+    return preset.replace(**fit, text_encoder=enc, context_dim=DIMS[enc], context_tokens=T)
+
+
+def copy_tokenizer(src, out: Path) -> None:
+    """Copy the tokenizer into ``out/tokenizer`` once; a run never switches tokenizers."""
+    dst = out / "tokenizer"
+    if dst.exists():
+        if tokenizer_fingerprint(dst) != tokenizer_fingerprint(src):
+            raise UserError(f"{dst} holds another tokenizer than {src}; a run keeps the tokenizer it started with")
+        return
+    with atomic_dir(dst) as tmp:
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            shutil.copy2(resolve_dir(src) / name, tmp / name)
