@@ -32,7 +32,6 @@ is the depth whose parameter count matches the published 732M (printed below). P
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import sys
 import time
@@ -166,7 +165,7 @@ def main(argv=None):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from hart.convert import convert_hart
+    from hart.convert_hart import convert_hart
     from sampling.engine import SamplingEngine, make_generators
     from sampling.options import SamplingOptions
     from sampling.pipeline import HARTPipeline

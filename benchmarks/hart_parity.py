@@ -20,7 +20,7 @@ the released layout::
 
 for two variants: ``table`` (level embedding ``nn.Embedding``, l2-normalised attention) and
 ``timestep`` (HART's ``TimestepEmbedder`` level embedding, plain scaled attention), since the
-released config is not known here. Each is converted with ``hart.convert.convert_hart`` and
+released config is not known here. Each is converted with ``hart.convert_hart.convert_hart`` and
 compared (CPU, fp32, one thread; max abs differences), one ``variant.name: value`` line each:
 
 1. teacher-forced logits and last-block hidden states: HART's forward() draws a MaskGIT
@@ -377,7 +377,7 @@ def make_contexts(B, seed):
 
 
 def run_variant(H, name, model, vae, ckpt_dir, ids_tf, res):
-    from hart.convert import convert_hart
+    from hart.convert_hart import convert_hart
     from hart.diffusion import sample_residual
     from hart.model import HARTGenerator
     from tokenizer.model import HybridTokenizer
@@ -561,7 +561,7 @@ def run(hart_src: str, work: str | None = None, pydeps: str | None = None, varia
     res = {}
     tok_dir = os.path.join(work, "hart-tokenizer")
     res["tok.latent_std"] = build_official_tokenizer(H, tok_dir)
-    from hart.convert import convert_hart_tokenizer
+    from hart.convert_hart import convert_hart_tokenizer
     from tokenizer.model import HybridTokenizer
 
     tout = os.path.join(work, "converted-hart-tokenizer")

@@ -5,7 +5,7 @@ Parameter and buffer names follow FoundationVision/VAR's ``VAR`` module, so an o
 strictly with no renaming (the buffers ``lvl_1L``, ``attn_bias_for_masking`` and
 ``blocks.i.attn.zero_k_bias`` are persistent, as in VAR; they are recomputed from the config
 and loading them back is harmless). HART's text-to-image release loads after four renames
-(:func:`hart.convert.hart_to_ours`); text models keep neither ``lvl_1L`` nor the mask in their
+(:func:`hart.convert_hart.hart_to_ours`); text models keep neither ``lvl_1L`` nor the mask in their
 weights and build the mask only for a whole-sequence forward (:meth:`HARTGenerator.causal_bias`).
 
 Sequence layout (L = sum pn^2 tokens, scale k owns ``config.scale_ranges[k]``)::
