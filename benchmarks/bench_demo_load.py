@@ -18,8 +18,9 @@ requests (Linux), divided by the completed requests: the serving cost per reques
 included; ``--model tiny-random`` (a tiny random 16x16 model, sampling in milliseconds) leaves
 mostly the serving.
 
-Before the modes it times the sampler alone in this process at the modes' batch sizes
-(requests x images, previews on): the per-image gain that merging can give at most on this
+Before the modes it times the demo's sampling work alone in this process
+(``DemoModel.sample_batch`` of 1 and of ``B`` merged requests: the batch, its decode and each
+request's strip): the per-image gain that merging can give at most on this
 machine. Latency: from the common start to the client's last file. ``--max-batch-size 1`` is
 the one-at-a-time demo; every other setting (queue size, time limit) is the demo's default in
 both modes unless given here. Each client checks that its images carry its own seeds'
@@ -100,12 +101,31 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _refusal(r) -> str:
+    """The message of a refused call: gradio's JSON ``detail`` (a full queue: HTTP 503), else the text."""
+    try:
+        detail = r.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return str(detail or (r.text.strip().splitlines() or [f"HTTP {r.status_code}"])[0])
+
+
 async def one_request(http, url: str, data: list, download: bool) -> dict:
     """One visitor as a browser would be: gradio's REST call (join, then the event stream), then
-    every file of the answer fetched at once. Returns the outputs or the refusal's message."""
+    every file of the answer fetched at once. Returns the outputs, or the refusal's message (a
+    connection error counts as one)."""
+    import httpx
+
+    try:
+        return await _one_request(http, url, data, download)
+    except httpx.HTTPError as e:
+        return dict(ok=False, error=f"{type(e).__name__}: {e}".strip().splitlines()[0])
+
+
+async def _one_request(http, url: str, data: list, download: bool) -> dict:
     r = await http.post(f"{url}gradio_api/call/generate", json={"data": data})
     if r.status_code != 200:
-        return dict(ok=False, error=(r.text.strip().splitlines() or [f"HTTP {r.status_code}"])[0])
+        return dict(ok=False, error=_refusal(r))
     event, payload = None, None
     async with http.stream("GET", f"{url}gradio_api/call/generate/{r.json()['event_id']}") as s:
         async for line in s.aiter_lines():
@@ -116,7 +136,8 @@ async def one_request(http, url: str, data: list, download: bool) -> dict:
                 break
     if event != "complete":
         msg = payload.get("error") if isinstance(payload, dict) else payload
-        return dict(ok=False, error=str(msg or f"stream ended with {event!r}").strip().splitlines()[0])
+        fallback = "server error (message hidden)" if event == "error" else f"stream ended with {event!r}"
+        return dict(ok=False, error=str(msg or fallback).strip().splitlines()[0])
     gallery, strip, timing = payload
     out = dict(ok=True, captions=[g["caption"] for g in gallery], timing=timing, pixels=None)
     if download:
@@ -204,28 +225,37 @@ def tiny_random_model(folder: Path) -> str:
     return str(folder)
 
 
-def sampler_ms_per_image(model, batches: list[int], repeats: int = 2, device: str = "cpu") -> dict:
-    """The ceiling of merging on this machine: in-process ``pipeline.sample`` with the demo's
-    per-scale previews, best of ``repeats`` after a warm-up, ms per image at each batch size."""
+def sampler_ms_per_image(model, requests: list[int], images: int, repeats: int = 2, device: str = "cpu") -> dict:
+    """The ceiling of merging on this machine: the demo's own sampling work in process
+    (``DemoModel.sample_batch``: the batch, its final decode and each request's strip), for
+    ``r`` merged requests of ``images`` images each; best of ``repeats`` after a warm-up, ms per image."""
     import torch
 
+    from demo.model import DemoModel, Job, prompt_examples
     from sampling import HARTPipeline
 
     pipe = HARTPipeline.from_pretrained(model, device=device)
+    demo = DemoModel(pipe, time_limit=None)
+    d = demo.defaults
+    labels = prompt_examples(pipe) if demo.is_text else demo.names
     sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
     out = {}
-    with torch.inference_mode():
-        for b in batches:
-            labels, seeds = [i % pipe.num_classes for i in range(b)], list(range(b))
-            pipe.sample(labels, seeds, previews=True)
+    try:
+        for r in requests:
+            jobs = [demo.parse(labels[i % len(labels)], d.cfg, min(d.top_k, demo.codebook_size), d.top_p,
+                               d.temperature, 1000 * i, images) for i in range(r)]
+            jobs = [Job(*j) for j in jobs]
+            demo.sample_batch(jobs)
             best = float("inf")
             for _ in range(repeats):
                 sync()
                 t0 = time.perf_counter()
-                pipe.sample(labels, seeds, previews=True)
+                demo.sample_batch(jobs)
                 sync()
                 best = min(best, time.perf_counter() - t0)
-            out[b] = 1000 * best / b
+            out[r * images] = 1000 * best / (r * images)
+    finally:
+        demo.deadline.remove()
     return out
 
 
@@ -256,10 +286,10 @@ def main(argv=None):
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} torch={torch.__version__} device={args.device}")
     sizes = sorted({args.images * b for b in args.modes})
     with tempfile.TemporaryDirectory() as d:
-        if args.model == "tiny-random":  # made once, for the sampler alone and for the demo
+        if args.model == "tiny-random":  # made once, for the sampling alone and for the demo
             args.model = tiny_random_model(Path(d) / "tiny-random")
-        ceiling = sampler_ms_per_image(args.model, sizes, device=args.device)
-        print("sampler alone (in process, previews on): "
+        ceiling = sampler_ms_per_image(args.model, sorted(set(args.modes)), args.images, device=args.device)
+        print("the demo's sampling alone (in process: the batch, its decode and the strips): "
               + ", ".join(f"batch {b}: {ms:.1f} ms/image" for b, ms in ceiling.items())
               + f"; batch {sizes[-1]} vs {sizes[0]}: {ceiling[sizes[0]] / ceiling[sizes[-1]]:.2f}x per image")
         rows = [run_mode(args, b, Path(d)) for b in args.modes]

@@ -6,8 +6,8 @@
     hart demo --model runs/fm --share               # public gradio.live link (asked for only)
 
 The page has the class (by name), CFG, top-k, top-p, temperature, seed (with a randomise
-button) and the number of images; it shows the images, a strip of the image after every
-scale (1x1 .. full, the last scale with and without the continuous residual) and the time.
+button) and the number of images; it shows the images, a strip of the first four images after
+every scale (1x1 .. full, the last scale with and without the continuous residual) and the time.
 
 Many visitors at once: requests that wait for the sampler are merged into one sampler batch
 (:mod:`demo.batching`): up to ``--max-batch-size`` requests and ``--max-batch-images``

@@ -77,7 +77,7 @@ class Deadline:
 class Result:
     images: list  # PIL images, resolution x resolution
     captions: list  # one per image: class name and seed
-    strip: Image.Image  # per-scale strip (upscaled)
+    strip: Image.Image  # per-scale strip: small images upscaled, large ones shrunk to CELL_MAX
     timing: str
     batch: BatchInfo | None = None  # the sampler batch it ran in
 

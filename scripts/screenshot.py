@@ -136,7 +136,8 @@ def main(argv=None):
         if args.url:
             info = capture(args.url, args.out, class_name=args.class_name, seed=args.seed, width=args.width)
         else:
-            from demo.app import build_demo, launch_options, load_pipeline
+            from demo.app import build_demo, launch_options
+            from demo.model import load_pipeline
 
             blocks = build_demo(load_pipeline(args.model))
             port = free_port()

@@ -183,7 +183,7 @@ def test_strip_columns_and_time_limit(pipeline):
     r = model.generate(*GOOD.values())
     assert [im.size for im in r.images] == [(R, R)] * 3
     # a clock that advances 1 s per reading: the deadline (limit 3.5 s) passes mid-sampling,
-    # after the decoder hook has let scales 1 and 2 through
+    # after the per-scale check has let scales 1 and 2 through
     ticks = iter(range(10**6))
     model.deadline.clock = lambda: float(next(ticks))
     model.time_limit = 3.5
