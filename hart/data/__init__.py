@@ -1,3 +1,4 @@
 """Data at the bottom layer (beside the plumbing of :mod:`hart.common`): the dataset specs and
-datasets (:mod:`hart.data.datasets`), the `shapes` grammar and renderer
-(:mod:`hart.data.shapes`) and the emoji renderer (:mod:`hart.data.emoji`)."""
+datasets (:mod:`hart.data.datasets`), the `shapes` scenes and renderer
+(:mod:`hart.data.shapes`) and their prompt language (:mod:`hart.data.prompts`), and the emoji
+renderer (:mod:`hart.data.emoji`)."""
