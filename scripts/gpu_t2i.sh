@@ -11,6 +11,11 @@
 # scenes: 1M train scenes), sizes the runs from a 30-step probe so that both end within BUDGET
 # seconds, then runs `hart eval-alignment` (300 prompts per set) on each and exports them
 # (the small one in fp16, the large in int4) as tar parts of at most 15 MB under $OUT.
+#
+# Across GPU runs (what comes back from one is at most 64 MiB: no optimizer state), a later run
+# continues from the exported weights: export the large one in int8 (STORAGE_L=int8, 3 parts),
+# put the parts back together here (cat ship-l.tar.part-* | tar xf - -C .ext), carry .ext, and
+# start the next run with INIT=.ext/ship-l ONLY=l (hart train --init: weights, not the optimizer).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -29,13 +34,13 @@ TOK=${TOK:-sampling/default_t2i_model/tokenizer}
 BUDGET=${BUDGET:-400}
 PROBE=${PROBE:-30}  # DEVICE=cpu BATCH=8 PROBE=3 BUDGET=20 NUM=6: a dry run on a CPU
 [ "${DEVICE:-cuda}" = cpu ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'
+python -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")'
 
 # name preset batch lr storage (ONLY=l: the large one alone; STEPS=N: N steps, no probe)
 RUNS=()
 [ "${ONLY:-s}" = s ] && RUNS+=("s shapes-t2i ${BATCH:-256} 1.5e-3 fp16")
 [ "${ONLY:-l}" = l ] && RUNS+=("l shapes-t2i-l ${BATCH:-256} 1e-3 ${STORAGE_L:-int4}")
-common() { echo "--tokenizer $TOK --data shapes --workers ${WORKERS:-6} --dtype bf16 --no-tensorboard --device ${DEVICE:-cuda}"; }
+common() { echo "--tokenizer $TOK --data shapes --workers ${WORKERS:-6} --dtype bf16 --no-tensorboard --device ${DEVICE:-cuda}${INIT:+ --init $INIT}"; }
 
 declare -A STEPS
 [ -z "${STEPS:-}" ] && step "probe: $PROBE steps of each, side by side"
