@@ -49,7 +49,7 @@ def run_var(var_src: str, HERE: str) -> dict:
     from models.vqvae import VQVAE  # noqa: E402
     from models.var import VAR  # noqa: E402
 
-    from hart.convert import convert_var  # noqa: E402
+    from hart.convert_var import convert_var  # noqa: E402
     from hart.convert_hart import convert_hart_tokenizer  # noqa: E402
     from tokenizer.model import HybridTokenizer  # noqa: E402
     from hart.model import HARTGenerator  # noqa: E402

@@ -35,7 +35,7 @@ def build(var_src: str, depth: int, width: int, heads: int, vocab: int = 4096, z
     """Official VQVAE + VAR (VAR's init, AdaLN gates opened a little so the blocks matter),
     converted into ours. ``vae_ch`` only sizes the autoencoder's CNN, which the benchmarks
     leave out of their timings."""
-    from hart.convert import convert_var
+    from hart.convert_var import convert_var
     from hart.model import HARTGenerator
     from tokenizer.model import HybridTokenizer
 

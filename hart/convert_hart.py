@@ -1,5 +1,6 @@
 """HART's releases -> this project's model folders (``hart convert hart`` and ``hart convert
-hart-tokenizer``; the CLI and the readers of the official tensors are :mod:`hart.convert`).
+hart-tokenizer``; the CLI is :mod:`hart.convert`, the readers of the official tensors
+:mod:`hart.convert_var`).
 
 HART's transformer keeps its names but four: ``blocks.i.attn.qkv_proj`` -> ``mat_qkv``,
 ``blocks.i.ln_wo_grad`` -> ``blocks.i.norm.ln_wo_grad``, ``head_nm.ln_wo_grad`` ->
@@ -19,8 +20,8 @@ from pathlib import Path
 from hart.common.errors import UserError
 from hart.common.io import prepare_out_dir
 from hart.common.models import write_models
-from hart.convert import (block_indices, check_keys, need_tensor, published_schedule, read_checkpoint,
-                          tokenizer_from_state)
+from hart.convert_var import (block_indices, check_keys, need_tensor, published_schedule, read_checkpoint,
+                              tokenizer_from_state)
 
 
 # training-only parts of HART's checkpoint: the GAN discriminator and, when HART trained

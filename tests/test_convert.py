@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from hart.convert import PATCH_NUMS, convert_var, main, read_checkpoint
+from hart.convert import main
+from hart.convert_var import PATCH_NUMS, convert_var, read_checkpoint
 from hart.convert_hart import convert_hart_tokenizer
 from hart.common.errors import UserError
 from hart.model import HARTGenerator

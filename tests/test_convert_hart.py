@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from hart.common.errors import UserError
-from hart.convert import main, read_checkpoint
+from hart.convert import main
+from hart.convert_var import read_checkpoint
 from hart.diffusion import cosine_alphas_cumprod, iddpm_step, iddpm_timesteps
 from sampling.engine import SamplingEngine, make_generators
 from sampling.options import SamplingOptions
