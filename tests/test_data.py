@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hart.data.datasets import FASHION_MNIST_DIR, infinite_batches, make_dataset
+from hart.data.datasets import infinite_batches, make_dataset
+from hart.data.sources import FASHION_MNIST_DIR
 from hart.common.errors import UserError
 
 

@@ -9,8 +9,8 @@ from PIL import Image
 
 from hart.data import shapes as S
 from sampling.eval import checker as C
-from hart.data.datasets import (EMOJI_FONT, SHAPES_SIZES, Emoji, infinite_batches, is_captioned, make_dataset,
-                              parse_spec)
+from hart.data.datasets import infinite_batches, make_dataset, parse_spec
+from hart.data.sources import EMOJI_FONT, SHAPES_SIZES, Emoji, is_captioned
 from hart.common.errors import UserError
 
 has_font = pytest.mark.skipif(not EMOJI_FONT.is_file(), reason="Debian fonts-noto-color-emoji not installed")

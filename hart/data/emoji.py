@@ -1,6 +1,6 @@
 """The emoji renderer: Noto Color Emoji glyphs (Debian's fonts-noto-color-emoji) on white,
 cropped to their ink, padded to a square; captions are their lowercased Unicode names.
-The dataset over them is ``emoji[:split]`` (:class:`hart.data.datasets.Emoji`).
+The dataset over them is ``emoji[:split]`` (:class:`hart.data.sources.Emoji`).
 """
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ def reconstruct(tokenizer, images: list, batch_size: int) -> dict:
     "tokenizer_hybrid": discrete + the true residual}, lists of PIL images."""
     import torch
 
-    from hart.data.datasets import to_tensor
+    from hart.data.sources import to_tensor
     from hart.common.images import to_pil
     from tokenizer.train import recon_rows
 
@@ -287,7 +287,7 @@ def main(argv=None):
 
         write_json(args.out, results)
     if args.grid and shown:
-        from hart.data.datasets import to_tensor
+        from hart.data.sources import to_tensor
 
         rows = [to_tensor(img).unsqueeze(0) for img, _, _ in shown]
         labels = [("ok  " if r["all"] else "no  ") + p for _, p, r in shown]

@@ -42,7 +42,8 @@ from pathlib import Path
 
 import torch
 
-from hart.data.datasets import SPLITS, labelled_batch, make_dataset
+from hart.data.datasets import labelled_batch, make_dataset
+from hart.data.sources import SPLITS
 from hart.diffusion import sample_residual
 from hart.kernels import sample_from_logits
 from hart.common.errors import UserError, cli_entry

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hart.data.datasets import IMAGE_SUFFIXES, list_images, make_dataset, parse_spec
+from hart.data.datasets import make_dataset, parse_spec
+from hart.data.sources import IMAGE_SUFFIXES, list_images
 from hart.common.errors import UserError
 
 
