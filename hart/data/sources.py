@@ -73,6 +73,20 @@ def fit(img: Image.Image, resolution: int) -> Image.Image:
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
 
+def decodable_item(dataset, i: int, what: str):
+    """(image, target) of ``dataset.items[i]`` (path, target), or of the next item that decodes:
+    a file can pass verify() and still fail to decode (each such file counts in ``skipped``)."""
+    items = dataset.items
+    for j in range(len(items)):
+        path, target = items[(i + j) % len(items)]
+        try:
+            with Image.open(path) as im:
+                return to_tensor(fit(im.convert("RGB"), dataset.resolution)), target
+        except Exception:
+            dataset.skipped += 1
+    raise UserError(f"no image in the {what} could be decoded")
+
+
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
@@ -164,15 +178,7 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i):
-        # a file can pass verify() and still fail to decode: fall through to the next one
-        for j in range(len(self.items)):
-            path, label = self.items[(i + j) % len(self.items)]
-            try:
-                with Image.open(path) as im:
-                    return to_tensor(fit(im.convert("RGB"), self.resolution)), label
-            except Exception:
-                self.skipped += 1
-        raise UserError("no image in the folder could be decoded")
+        return decodable_item(self, i, "folder")
 
 
 def list_images(root) -> list[Path]:
@@ -367,15 +373,7 @@ class CaptionFiles(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i):
-        # a file can pass verify() and still fail to decode: fall through to the next one
-        for j in range(len(self.items)):
-            path, text = self.items[(i + j) % len(self.items)]
-            try:
-                with Image.open(path) as im:
-                    return to_tensor(fit(im.convert("RGB"), self.resolution)), text
-            except Exception:
-                self.skipped += 1
-        raise UserError("no image in the caption folder could be decoded")
+        return decodable_item(self, i, "caption folder")
 
 
 class Emoji(torch.utils.data.Dataset):
