@@ -10,7 +10,8 @@ from hart.config import GeneratorConfig
 from hart.diffusion import diffusion_loss, make_train_scheduler, sample_residual
 from hart.heads import DiffusionHead
 from hart.common.errors import UserError
-from hart.model import HARTGenerator, drop_labels
+from hart.condition import drop_labels
+from hart.model import HARTGenerator
 
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hart.model import drop_labels
+from hart.condition import drop_labels
 from hart.train import main as train_main
 from tests.gen_common import batch_for, make_trainer
 from tokenizer import HybridTokenizer, TokenizerConfig
