@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from hart.common.errors import UserError
-from hart.common.io import prepare_out_dir
+from hart.common.io import prepare_out_dir, read_json
 from hart.common.models import write_models
 from hart.convert_var import (block_indices, check_keys, need_tensor, published_schedule, read_checkpoint,
                               tokenizer_from_state)
@@ -82,14 +82,9 @@ def _weights_in(folder: Path, names, what: str) -> Path:
 
 
 def read_hart_config(path: Path) -> dict:
-    import json
-
     if not path.is_file():
         raise UserError(f"{path.parent} has no config.json: --ckpt must be HART's release folder (llm/ and tokenizer/)")
-    try:
-        cfg = json.loads(path.read_text())
-    except ValueError as e:
-        raise UserError(f"{path} is not valid JSON: {e}") from None
+    cfg = read_json(path)
     kind = cfg.get("model_type", "hart_transformer_t2i")
     if kind != "hart_transformer_t2i":
         raise UserError(f"{path}: model_type {kind!r} is not HART's text-to-image transformer (hart_transformer_t2i)")
@@ -179,7 +174,7 @@ def convert_hart(ckpt, out, text_encoder=None, overwrite: bool = False) -> tuple
             raise UserError(f"{ckpt} has no {sub}/: --ckpt must be HART's release folder (llm/ and tokenizer/)")
     if text_encoder is not None and not Path(text_encoder).is_dir():
         raise UserError(f"--text-encoder {text_encoder} is not a folder (HART's Qwen2-1.5B-Instruct)")
-    out = prepare_out_dir(out, overwrite)
+    out = prepare_out_dir(out, overwrite, sources=(ckpt, text_encoder))
     cfg = read_hart_config(ckpt / "llm" / "config.json")
     llm = _weights_in(ckpt / "llm", HART_LLM_WEIGHTS, "transformer")
     state = read_checkpoint(llm, skip=("attn_bias_for_masking",))
@@ -198,7 +193,7 @@ def convert_hart(ckpt, out, text_encoder=None, overwrite: bool = False) -> tuple
 
 def convert_hart_tokenizer(ckpt, out, resolution: int = 1024, patch_nums=None, overwrite: bool = False) -> tuple[Path, int]:
     """HART's hybrid tokenizer (``vae.*`` + ``disc.*``) -> a tokenizer folder (no Phi at the last scale)."""
-    out = prepare_out_dir(out, overwrite)
+    out = prepare_out_dir(out, overwrite, sources=(ckpt,))
     vae, dropped = split_hart_tokenizer(read_checkpoint(ckpt), ckpt)
     pns = tuple(patch_nums) if patch_nums else published_schedule(resolution)
     write_models(out, {"": tokenizer_from_state(vae, pns, phi_last=False, path=ckpt)})

@@ -243,7 +243,7 @@ def generator_from_state(state: dict, path, patch_nums=None):
 
 def convert_var(vae, out, var=None, resolution: int = 256, patch_nums=None, overwrite: bool = False) -> Path:
     """VAR's tokenizer (+ optional transformer) -> a tokenizer folder, or a full model folder."""
-    out = prepare_out_dir(out, overwrite)
+    out = prepare_out_dir(out, overwrite, sources=(vae, var))
     var_state = read_checkpoint(var) if var is not None else None
     if patch_nums is None and var_state is not None and "pos_1LC" in var_state:
         patch_nums = generator_config_from_state(var_state, var).patch_nums

@@ -85,9 +85,7 @@ def export(model, out, storage: str = "int8", overwrite: bool = False, tokenizer
     if diff_temperature is not None and not (diff_temperature >= 0 and math.isfinite(diff_temperature)):
         raise UserError(f"--diff-temperature must be >= 0, got {diff_temperature}")
     src = resolve_dir(model)
-    out = prepare_out_dir(out, overwrite)
-    if out.resolve() == src.resolve():
-        raise UserError("--out must differ from --model")
+    out = prepare_out_dir(out, overwrite, sources=(src, tokenizer))
     subs = [s for s in ("tokenizer", "generator") if (src / s).is_dir()]
     if subs:
         models = {s: load_folder(src / s) for s in subs}

@@ -174,13 +174,18 @@ class HARTGenerator(Conditioning, HARTModelMixin):
         from hart.common.io import WEIGHTS_NAME, resolve_dir
 
         folder = resolve_dir(path)
-        if cls.load_config(folder).head and (folder / WEIGHTS_NAME).is_file():
-            with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:
-                if not any(k.startswith("decoder_norm.") for k in f.keys()):
-                    raise UserError(
-                        f"the residual head in {folder} predates decoder_norm (the norm in the head's condition) "
-                        "and cannot be used; retrain the head on its transformer: hart train --init DIR "
-                        "--freeze-transformer --tokenizer DIR/tokenizer --tokens ... --out NEW")
+        weights = folder / WEIGHTS_NAME
+        if cls.load_config(folder).head and weights.is_file():
+            try:
+                with safe_open(str(weights), "pt") as f:
+                    keys = list(f.keys())
+            except Exception as e:  # safetensors raises its own error types on a damaged file
+                raise UserError(f"cannot read {weights}: {e}") from None
+            if not any(k.startswith("decoder_norm.") for k in keys):
+                raise UserError(
+                    f"the residual head in {folder} predates decoder_norm (the norm in the head's condition) "
+                    "and cannot be used; retrain the head on its transformer: hart train --init DIR "
+                    "--freeze-transformer --tokenizer DIR/tokenizer --tokens ... --out NEW")
         return super().from_pretrained(path, device, **hub_kwargs)
 
     # ------------------------------------------------------------------ pieces for the sampler

@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 from hart.common.errors import UserError
-from hart.common.io import CONFIG_NAME, WEIGHTS_NAME, atomic_dir, read_weights, resolve_dir
-from hart.common.loop import check_preset, run_meta
+from hart.common.io import CONFIG_NAME, WEIGHTS_NAME, atomic_dir, component_dir, read_weights, resolve_dir
+from hart.common.loop import check_preset, check_resume_flags, run_meta
 from hart.config import GeneratorConfig
 from hart.model import HARTGenerator
 from hart.tokens import tokenizer_fingerprint
@@ -18,8 +18,7 @@ from tokenizer import HybridTokenizer
 
 def generator_dir(folder) -> Path:
     """A generator folder: ``folder/generator`` of a model folder, or ``folder`` itself."""
-    folder = resolve_dir(folder)
-    return resolve_dir(folder / "generator") if (folder / "generator").exists() else folder
+    return component_dir(folder, "generator")
 
 
 def init_weights(model: HARTGenerator, folder, verbose: bool = True, skip: tuple[str, ...] = ()) -> list[str]:
@@ -63,6 +62,7 @@ def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gen
     if meta is not None:
         if args.init:
             raise UserError("--resume continues from the run's own checkpoint; drop --init")
+        check_resume_flags(meta, args, out)  # before the preset is fitted to what may be other data
         saved = GeneratorConfig.from_dict(meta["config"])
         if bool(meta.get("freeze_transformer", False)) != args.freeze_transformer:
             flag = "with" if meta.get("freeze_transformer") else "without"
@@ -82,6 +82,12 @@ def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gen
         config = HARTGenerator.load_config(generator_dir(args.init))
     else:
         config = fit_preset(args.preset or "fm-s", tc, classes, args)
+        if args.init:
+            init = HARTGenerator.load_config(generator_dir(args.init))
+            if init.is_text != config.is_text:
+                kinds = {True: "a text-to-image model", False: "a class-conditional model"}
+                raise UserError(f"--init {args.init} is {kinds[init.is_text]} and --preset {args.preset} "
+                                f"{kinds[config.is_text]}: --init starts from a model of the same kind")
     if args.residual_target:
         if not config.has_head:
             raise UserError("--residual-target is the residual head's target; this model has no head")

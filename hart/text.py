@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import sys
+import unicodedata
 from pathlib import Path
 
 import torch
@@ -74,7 +75,13 @@ def check_prompts(prompts) -> list[str]:
     if not prompts:
         raise UserError("no prompts given: pass at least one prompt")
     for i, p in enumerate(prompts):
-        if not p.strip():
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: bytes of another encoding on a command line
+            raise UserError(f"prompt {i + 1} is not valid text (it holds bytes that are not UTF-8): "
+                            "write it in UTF-8") from None
+        # only spaces, controls or invisible format characters (zero-width spaces...) count as empty
+        if not any(unicodedata.category(ch)[0] in "LNPS" for ch in p):
             raise UserError(f"prompt {i + 1} is empty: every prompt needs some text")
     return prompts
 

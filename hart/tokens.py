@@ -32,8 +32,7 @@ from tqdm import tqdm
 
 from hart.data.datasets import add_data_arguments, make_dataset
 from hart.common.errors import UserError, cli_entry
-from hart.common.fs import output_dir
-from hart.common.io import WEIGHTS_NAME, atomic_dir, read_json, resolve_dir, write_json
+from hart.common.io import WEIGHTS_NAME, atomic_dir, component_dir, prepare_out_dir, read_json, resolve_dir, write_json
 from tokenizer import HybridTokenizer
 
 TOKENS_NAME = "tokens.safetensors"
@@ -74,7 +73,7 @@ class TokenCache(torch.utils.data.Dataset):
         self.encoded = self.context is not None
         self.captions = None
         if not self.encoded and "num_captions" in self.meta:
-            self.captions = read_json(path / CAPTIONS_NAME)
+            self.captions = read_json(path / CAPTIONS_NAME, expect=list)
             if not isinstance(self.captions, list) or len(self.captions) != self.meta.get("num_captions"):
                 raise UserError(f"{path / CAPTIONS_NAME} does not hold the cache's {self.meta.get('num_captions')} "
                                 "captions; re-run hart extract-tokens")
@@ -136,15 +135,19 @@ def encode_dataset(tokenizer: HybridTokenizer, dataset, batch_size: int = 256, d
 def main(argv=None):
     p = argparse.ArgumentParser(prog="hart extract-tokens", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokenizer", required=True, help="tokenizer folder (from hart train-tokenizer)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder (from hart train-tokenizer), or a model folder: its tokenizer/")
     add_data_arguments(p, split_default="train")
-    p.add_argument("--out", required=True, help="cache folder to write")
+    p.add_argument("--out", required=True, help="cache folder to write (a new one, or see --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing token cache at --out")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--limit", type=int, default=None, help="encode only the first N images (default all)")
     for flag in ("--text-encoder", "--text-encoder-path", "--context-tokens"):  # older command lines: unused
         p.add_argument(flag, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    output_dir(args.out, create=False)  # written aside and renamed into place at the end
+    prepare_out_dir(args.out, args.overwrite, sources=(args.tokenizer,))  # written aside, renamed into place at the end
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    args.tokenizer = component_dir(args.tokenizer, "tokenizer")  # a model folder's tokenizer/ too
     tok = HybridTokenizer.from_pretrained(args.tokenizer)
     dataset = make_dataset(args.data, args.split, tok.config.resolution, args.data_dir)
     if args.limit is not None:

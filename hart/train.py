@@ -58,13 +58,15 @@ from hart.common.dist import DTYPE_CHOICES, DistInfo, autocast, init_distributed
 from hart.common.ema import EMA
 from hart.common.errors import UserError, cli_entry
 from hart.common.images import grid
-from hart.common.io import atomic_file
+from hart.common.fs import output_dir
+from hart.common.io import atomic_file, component_dir
 from hart.common.metrics import RunLog, Throughput, Window
 from hart.common.models import write_pipeline_index
 from hart.model import HARTGenerator
 from hart.objective import TrainingObjective, measure_decoder_metric, measure_latent_scales
 from hart.kernels import ATTENTION_IMPLS
-from hart.common.loop import check_positive, load_run, nonfinite_loss, run_faults, save_run, set_lr, warmup_cosine
+from hart.common.loop import (check_positive, check_range, load_run, nonfinite_loss, resume_flags, run_faults, save_run,
+                              set_lr, warmup_cosine)
 from hart.run_config import copy_tokenizer, generator_dir, init_weights, resolve_config
 from tokenizer import HybridTokenizer
 
@@ -73,7 +75,7 @@ from tokenizer import HybridTokenizer
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hart train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokenizer", required=True, help="tokenizer folder (from hart train-tokenizer)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder (from hart train-tokenizer), or a model folder: its tokenizer/")
     p.add_argument("--preset", default=None, help=f"generator preset: {', '.join(GeneratorConfig.PRESETS)} "
                    "(default fm-s; on --resume, the saved one)")
     src = p.add_mutually_exclusive_group(required=True)
@@ -210,7 +212,7 @@ class GeneratorTrainer:
         if self.dist.is_main:
             save_run(out, {"model": self.model, "ema": self.ema.shadow},
                      {"opt": self.opt.state_dict(), "torch_rng": torch.get_rng_state(), "gen": self.gen.get_state()},
-                     {"step": self.step, "config": self.config.to_dict(), "seed": self.args.seed,
+                     {"step": self.step, "config": self.config.to_dict(), **resume_flags(self.args),
                       "world_size": self.dist.world_size, "freeze_transformer": bool(self.args.freeze_transformer)})
             self.ema.shadow.save_pretrained(out / "generator")
             if (out / "tokenizer").is_dir():  # also a diffusers pipeline folder
@@ -284,7 +286,12 @@ def main(argv=None, sampler=None):
     args = build_parser().parse_args(argv)
     if args.image_every is None:
         args.image_every = args.save_every
+    output_dir(args.out, create=False)  # a file there, or a folder that cannot be made: one line now
     check_positive(args, "steps", "batch_size", "save_every", "log_every", "image_every")
+    check_range(args, "lr", 0, 1)
+    check_range(args, "weight_decay", 0, 10)
+    check_range(args, "label_smoothing", 0, 1, high_open=True)
+    check_range(args, "ema", 0, 1, high_open=True)
     for name in ("diff_width", "diff_depth", "diff_batch_mul"):
         if getattr(args, name, None) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
@@ -304,6 +311,7 @@ def run(args, dist: DistInfo, sampler=None) -> int:
 
         print(f"distributed: {tdist.get_backend()} process group of {dist.world_size}, rank 0 on {dist.device}")
     torch.manual_seed(args.seed)
+    args.tokenizer = component_dir(args.tokenizer, "tokenizer")  # a model folder's tokenizer/ too
     tokenizer = HybridTokenizer.from_pretrained(args.tokenizer, device=dist.device).requires_grad_(False)
     config = resolve_config(args, out, tokenizer, dataset_classes(args, tokenizer))
     if config.is_text and not args.resume and not config.display.example_prompts:

@@ -20,7 +20,7 @@ from hart.data.datasets import add_data_arguments, make_dataset
 from hart.common.errors import UserError, cli_entry
 from hart.common.fs import output_dir, output_file
 from hart.common.images import to_pil
-from hart.common.io import write_json
+from hart.common.io import component_dir, write_json
 from tokenizer.losses import psnr
 from tokenizer.model import HybridTokenizer
 
@@ -64,7 +64,7 @@ def evaluate(model: HybridTokenizer, dataset, num: int | None = None, batch_size
 def main(argv=None):
     p = argparse.ArgumentParser(prog="hart eval-tokenizer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="tokenizer folder (from hart train-tokenizer)")
+    p.add_argument("--model", required=True, help="tokenizer folder (from hart train-tokenizer), or a model folder: its tokenizer/")
     add_data_arguments(p, split_default="test")
     p.add_argument("--num", type=int, default=None, help="evaluate the first N images (default: all)")
     p.add_argument("--batch-size", type=int, default=100)
@@ -74,11 +74,13 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.num is not None and args.num < 1:
         raise UserError("--num must be positive")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     if args.out:
         output_file(args.out)
     if args.save_recon:
         output_dir(args.save_recon, "--save-recon")
-    model = HybridTokenizer.from_pretrained(args.model)
+    model = HybridTokenizer.from_pretrained(component_dir(args.model, "tokenizer"))  # a model folder's tokenizer/ too
     dataset = make_dataset(args.data, args.split, model.config.resolution, args.data_dir)
     t0 = time.time()
     result = evaluate(model, dataset, args.num, args.batch_size, save_recon=args.save_recon)

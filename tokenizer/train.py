@@ -38,9 +38,10 @@ from hart.common.ema import EMA
 from hart.common.errors import UserError, cli_entry
 from hart.common.images import grid, save_grid
 from hart.common.dist import DTYPE_CHOICES, autocast, resolve_device, resolve_dtype
+from hart.common.fs import output_dir
 from hart.common.io import WEIGHTS_NAME, load_weights, resolve_dir
-from hart.common.loop import (check_positive, check_preset, load_run, nonfinite_loss, run_faults, run_meta, save_run,
-                              set_lr, warmup_cosine)
+from hart.common.loop import (check_positive, check_preset, check_range, check_resume_flags, load_run, nonfinite_loss,
+                              resume_flags, run_faults, run_meta, save_run, set_lr, warmup_cosine)
 from hart.common.metrics import RunLog, Throughput, Window
 from tokenizer.config import TokenizerConfig
 from tokenizer.losses import (LPIPS, FeatureDiscriminator, PatchDiscriminator, hinge_d_loss, hinge_g_loss, psnr,
@@ -187,7 +188,7 @@ class Trainer:
         save_run(out, self.modules(),
                  {"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                   "torch_rng": torch.get_rng_state(), "gen": self.gen.get_state()},
-                 {"step": self.step, "config": self.config.to_dict(), "seed": self.args.seed,
+                 {"step": self.step, "config": self.config.to_dict(), **resume_flags(self.args),
                   "steps": self.args.steps, "freeze_codebook": bool(self.frozen),
                   "disc_input": self.args.disc_input, "sharpness_weight": self.args.sharpness_weight})
         self.ema.shadow.save_pretrained(out)  # the EMA weights are the model later commands read
@@ -271,6 +272,7 @@ def resolve_config(args, out: Path) -> TokenizerConfig:
     # grayscale is measured on the data when a run starts, not part of a preset
     preset = args.preset and TokenizerConfig.from_name(args.preset).replace(grayscale=saved.grayscale)
     check_preset(args.preset, preset, saved, out)
+    check_resume_flags(meta, args, out)
     return saved
 
 
@@ -279,9 +281,13 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.image_every is None:
         args.image_every = args.save_every
+    output_dir(args.out, create=False)  # a file there, or a folder that cannot be made: one line now
     check_positive(args, "steps", "batch_size", "save_every", "log_every", "image_every")
     if not 0.0 <= args.hybrid_share <= 1.0:
         raise UserError(f"--hybrid-share is a share of the batches, from 0 to 1; got {args.hybrid_share}")
+    check_range(args, "lr", 0, 1)
+    for name in ("disc_weight", "sharpness_weight"):
+        check_range(args, name, 0, 1e6)
     out = Path(args.out)
     config = resolve_config(args, out)
     if args.disc_start is None:

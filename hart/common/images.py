@@ -20,6 +20,20 @@ def to_pil(images: torch.Tensor) -> list:
     return [Image.fromarray(a) for a in to_uint8(images)]
 
 
+# the largest grid side written (px): beyond it image viewers and the PNG encoder's memory give out
+MAX_GRID_SIDE = 32768
+
+
+def _label_width(row_labels) -> int:
+    return 7 * max(len(s) for s in row_labels) + 8 if row_labels else 0
+
+
+def grid_size(nrows: int, ncol: int, size: int, row_labels=None, pad: int = 2, scale: int = 1) -> tuple[int, int]:
+    """(width, height) in px of :func:`grid` on ``nrows`` rows of ``ncol`` square images of ``size`` px."""
+    side = size * scale
+    return _label_width(row_labels) + ncol * (side + pad) + pad, nrows * (side + pad) + pad
+
+
 def grid(rows: list, row_labels=None, pad: int = 2, scale: int = 1) -> Image.Image:
     """Tile rows of images. ``rows``: list of (N, 3, H, W) tensors in [-1, 1] (same H, W);
     ``row_labels``: optional text drawn left of each row."""
@@ -27,9 +41,7 @@ def grid(rows: list, row_labels=None, pad: int = 2, scale: int = 1) -> Image.Ima
     H, W = arrs[0].shape[1:3]
     H, W = H * scale, W * scale
     ncol = max(len(a) for a in arrs)
-    label_w = 0
-    if row_labels:
-        label_w = 7 * max(len(s) for s in row_labels) + 8
+    label_w = _label_width(row_labels)
     canvas = Image.new("RGB", (label_w + ncol * (W + pad) + pad, len(arrs) * (H + pad) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for r, a in enumerate(arrs):

@@ -74,7 +74,14 @@ class ConfigBase:
         for k, v in d.items():
             origin = typing.get_origin(hints.get(k))
             kw[k] = tuple(v) if origin is tuple and isinstance(v, list) else v
-        return cls(**kw)
+        try:
+            return cls(**kw)
+        except UserError:
+            raise
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError, ZeroDivisionError) as e:
+            # a hand-edited or damaged config.json: a field of the wrong type or shape
+            raise UserError(f"{cls.KIND} config has a value of the wrong type or shape ({e}); "
+                            "restore its config.json or write it again with hart export") from None
 
     def replace(self, **kw):
         return dataclasses.replace(self, **kw)
@@ -90,7 +97,16 @@ def resolve_dir(path) -> Path:
     old = path.with_name(path.name + ".old")
     if old.is_dir():
         return old
+    if path.exists():
+        raise UserError(f"{path} is a file; a folder was expected here (a model, tokenizer or run folder)")
     raise UserError(f"no such folder: {path}")
+
+
+def component_dir(folder, name: str) -> Path:
+    """The folder of one model: ``folder/name`` of a model folder (tokenizer/ + generator/), or
+    ``folder`` itself; ``.old`` folders of an interrupted swap are followed."""
+    folder = resolve_dir(folder)
+    return resolve_dir(folder / name) if (folder / name).exists() or (folder / f"{name}.old").exists() else folder
 
 
 def _write_fault(e: BaseException, tmp: Path, path: Path) -> OSError | None:
@@ -167,13 +183,19 @@ def write_json(path, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def read_json(path) -> dict:
+def read_json(path, expect: type = dict):
+    """The JSON value of ``path``, which must be an ``expect`` (a dict unless told); one line when
+    the file is missing, not UTF-8 JSON, or holds another kind of value."""
     try:
-        return json.loads(Path(path).read_text())
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"missing {Path(path).name} in {Path(path).parent}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); the file is damaged: restore or rewrite it") from None
+    if not isinstance(value, expect):
+        raise UserError(f"{path} holds a JSON {type(value).__name__}, not the {expect.__name__} it should; "
+                        "the file is damaged: restore or rewrite it")
+    return value
 
 
 # ----------------------------------------------------------------------------- weights
@@ -336,10 +358,32 @@ def load_state(path) -> dict:
 
 # ----------------------------------------------------------------------------- model folders
 
-def prepare_out_dir(out, overwrite: bool) -> Path:
-    """``out`` for a new model folder: refused if it holds anything, unless ``overwrite``, or if
-    it cannot be written (:func:`hart.common.fs.output_dir`)."""
+# what a folder this package writes holds at its top (model folders, pipelines, token caches):
+# --overwrite replaces only a folder that has one of them
+WRITTEN_MARKERS = ("config.json", "model_index.json", "tokenizer", "generator", "meta.json", "tokens.safetensors")
+
+
+def prepare_out_dir(out, overwrite: bool, sources=(), flag: str = "--out") -> Path:
+    """``out`` for a new folder (written aside, then swapped in by :func:`atomic_dir`).
+
+    Refused when it holds anything, unless ``overwrite``; with ``overwrite``, refused still
+    when it is not a folder this package wrote (none of :data:`WRITTEN_MARKERS`: replacing it
+    would delete someone's files), and when it is, or holds, one of ``sources`` (the folders
+    or files the command reads: the swap would delete them). Also refused when it cannot be
+    written (:func:`hart.common.fs.output_dir`)."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
+    target = out.resolve()
+    for src in sources:
+        if src is None:
+            continue
+        s = Path(src).resolve()
+        if s == target or target in s.parents:
+            raise UserError(f"{flag} {out} is or holds {src}, which this command reads: writing it would delete its "
+                            f"input; choose an {flag} outside it")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise UserError(f"{out} already exists and is not empty; choose another {flag} or pass --overwrite")
+        if not out.is_dir() or not any((out / m).exists() for m in WRITTEN_MARKERS):
+            raise UserError(f"{out} is not a folder this tool wrote (no {', '.join(WRITTEN_MARKERS[:2])} or "
+                            f"tokens); --overwrite replaces only such a folder: choose another {flag}")
     return output_dir(out, create=False)  # its parent made and writable before any work starts

@@ -36,6 +36,16 @@ def check_positive(args, *names: str) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
 
 
+def check_range(args, name: str, low: float, high: float, high_open: bool = False) -> None:
+    """One line when ``args.<name>`` is not a finite number in [low, high] ([low, high) with
+    ``high_open``)."""
+    v = getattr(args, name)
+    ok = math.isfinite(v) and low <= v and (v < high if high_open else v <= high)
+    if not ok:
+        bound = f"{high})" if high_open else f"{high}]"
+        raise UserError(f"--{name.replace('_', '-')} must be in [{low}, {bound}, got {v}")
+
+
 def nonfinite_loss(value: float, step: int, out, saved_step: int) -> UserError:
     """The one-line stop for a NaN/inf loss; the last good checkpoint is untouched."""
     return UserError(
@@ -67,6 +77,26 @@ def check_preset(name: str | None, preset_config, saved_config, out) -> None:
     if name and preset_config != saved_config:
         raise UserError(f"--preset {name} differs from the checkpoint in {out}; "
                         "drop --preset to resume it, or choose another --out")
+
+
+# the options a resumed run must repeat: they decide the stream of batches and draws
+RESUME_FLAGS = ("seed", "batch_size", "data")
+
+
+def resume_flags(args) -> dict:
+    """The values of :data:`RESUME_FLAGS` in ``args``, for the run's meta.json."""
+    return {name: getattr(args, name, None) for name in RESUME_FLAGS}
+
+
+def check_resume_flags(meta: dict, args, out) -> None:
+    """On --resume, one line when an option of :data:`RESUME_FLAGS` differs from the saved run's
+    (runs saved before these were recorded are not checked)."""
+    for name in RESUME_FLAGS:
+        if name in meta and meta[name] != getattr(args, name, None):
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"the run in {out} was started with {flag} {meta[name]}, not {getattr(args, name, None)}; "
+                            f"resume it with the same {flag} (a resumed run continues exactly), or start a new "
+                            f"run from its weights with --init {out}")
 
 
 def save_run(out, modules: dict, state: dict, meta: dict) -> None:

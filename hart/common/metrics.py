@@ -34,7 +34,7 @@ def read_metrics(path) -> list[dict]:
     if path.is_dir():
         path = path / METRICS_NAME
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():  # damaged bytes: a skipped line
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:

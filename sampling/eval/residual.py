@@ -202,6 +202,10 @@ def _load_models(model_dir):
         raise UserError(f"{folder} is {what}: hart eval-residual needs a model folder with tokenizer/ and "
                         "generator/ (as written by hart train)")
     gen = HARTGenerator.from_pretrained(folder / "generator")
+    if gen.config.is_text:
+        raise UserError(f"the generator in {folder} is a text-to-image model: hart eval-residual probes class-"
+                        "conditional models (it conditions on the dataset's labels); for a text model use "
+                        "hart eval-alignment")
     if gen.diffusion is None:
         raise UserError(f"the generator in {folder} has no residual head (diff_head is off): there is nothing to "
                         "probe; train one with hart train --init ... --freeze-transformer and a preset with a head")

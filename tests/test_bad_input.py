@@ -1,0 +1,196 @@
+"""Bad input ends in one line naming the problem, before any work, and never costs the user a
+file: outputs that would delete what is there or what the command reads, damaged model files,
+out-of-range options, a resumed run whose options changed, prompts that are not text."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from hart.cli import main as hart_main
+
+
+def one_line(capsys, argv) -> str:
+    """Run ``hart ARGV``; it must stop with exit code 2 and exactly one ``error:`` line."""
+    with pytest.raises(SystemExit) as e:
+        hart_main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def t2i_model_dir(tmp_path_factory):
+    """A tiny random text-to-image model folder."""
+    from hart.config import GeneratorConfig
+    from hart.model import HARTGenerator
+    from tokenizer import HybridTokenizer, TokenizerConfig
+
+    d = tmp_path_factory.mktemp("t2i_model")
+    torch.manual_seed(0)
+    HybridTokenizer(TokenizerConfig.from_name("tiny")).save_pretrained(d / "tokenizer")
+    HARTGenerator(GeneratorConfig.from_name("t2i-tiny")).save_pretrained(d / "generator")
+    return d
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def test_extract_tokens_keeps_an_existing_folder(tokdir, tmp_path, capsys):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    args = ["extract-tokens", "--tokenizer", str(tokdir), "--data", "synthetic", "--limit", "4", "--out", str(out)]
+    assert "--overwrite" in one_line(capsys, args)
+    # --overwrite replaces a token cache, never a folder this tool did not write
+    assert "not a folder this tool wrote" in one_line(capsys, args + ["--overwrite"])
+    assert tree(out) == {"notes.txt": b"precious"}
+    cache = tmp_path / "cache"
+    assert hart_main(args[:-1] + [str(cache)]) == 0
+    assert "--overwrite" in one_line(capsys, args[:-1] + [str(cache)])
+    assert hart_main(args[:-1] + [str(cache), "--overwrite", "--limit", "2"]) == 0
+    assert json.loads((cache / "meta.json").read_text())["num"] == 2
+    assert "--batch-size must be >= 1" in one_line(capsys, args[:-1] + [str(tmp_path / "c2"), "--batch-size", "0"])
+
+
+def test_export_never_replaces_the_folder_it_reads(demo_model_dir, tmp_path, capsys):
+    parent = tmp_path / "x"
+    shutil.copytree(demo_model_dir, parent / "gen")
+    (parent / "config.json").write_text("{}")  # looks like a folder this tool wrote
+    before = tree(parent)
+    for out in (parent, parent / "gen"):
+        line = one_line(capsys, ["export", "--model", str(parent / "gen"), "--out", str(out), "--overwrite"])
+        assert "which this command reads" in line
+    assert tree(parent) == before
+    line = one_line(capsys, ["export", "--model", str(demo_model_dir), "--tokenizer", str(parent / "gen" / "tokenizer"),
+                             "--out", str(parent), "--overwrite"])
+    assert "which this command reads" in line and tree(parent) == before
+
+
+def test_train_out_that_is_a_file(tokdir, tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    line = one_line(capsys, ["train", "--tokenizer", str(tokdir), "--preset", "tiny", "--data", "synthetic",
+                             "--steps", "1", "--out", str(f)])
+    assert "is a file, not a folder" in line and f.read_text() == "x"
+
+
+# ----------------------------------------------------------------------------- damaged model files
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]), "cannot read"),
+    (lambda d: (d / "model.safetensors").write_bytes(bytes(range(256)) * 8), "cannot read"),
+    (lambda d: (d / "config.json").write_bytes(bytes(range(128, 256))), "not valid JSON"),
+    (lambda d: (d / "config.json").write_text("[1, 2]"), "holds a JSON list"),
+    (lambda d: (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()),
+                                                          "depth": "two"})), "wrong type"),
+    (lambda d: (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()),
+                                                          "patch_nums": None})), "wrong type"),
+])
+def test_damaged_generator_folder(demo_model_dir, tmp_path, capsys, damage, words):
+    model = tmp_path / "m"
+    shutil.copytree(demo_model_dir, model)
+    damage(model / "generator")
+    for argv in (["generate", "--model", str(model), "--class", "0", "--num", "1", "--out", str(tmp_path / "g.png")],
+                 ["export", "--model", str(model), "--out", str(tmp_path / "e")]):
+        assert words in one_line(capsys, argv)
+    assert not (tmp_path / "g.png").exists() and not (tmp_path / "e").exists()
+
+
+def test_damaged_run_files(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    good = json.dumps({"step": 1, "loss": 2.0})
+    (run / "metrics.jsonl").write_bytes(good.encode() + b"\n" + bytes(range(128, 256)) + b"\n" + good.replace("1", "2").encode())
+    assert hart_main(["plot", str(run), "--out", str(tmp_path / "p.png")]) == 0  # the damaged line is skipped
+    (tmp_path / "file").write_text("x")
+    assert "is a file; a folder was expected" in one_line(capsys, ["generate", "--model", str(tmp_path / "file"),
+                                                                   "--class", "0"])
+
+
+# ----------------------------------------------------------------------------- options
+
+@pytest.mark.parametrize("extra, words", [
+    (["--lr", "nan"], "--lr must be in"), (["--lr", "-1"], "--lr must be in"),
+    (["--label-smoothing", "2"], "--label-smoothing must be in"), (["--ema", "2"], "--ema must be in"),
+    (["--ema", "1"], "--ema must be in"), (["--weight-decay", "inf"], "--weight-decay must be in"),
+])
+def test_train_option_ranges(tokdir, tmp_path, capsys, extra, words):
+    out = tmp_path / "r"
+    line = one_line(capsys, ["train", "--tokenizer", str(tokdir), "--preset", "tiny", "--data", "synthetic",
+                             "--steps", "1", "--out", str(out), *extra])
+    assert words in line and not out.exists()
+
+
+def test_train_tokenizer_option_ranges(tmp_path, capsys):
+    for extra in (["--lr", "nan"], ["--disc-weight", "-1"]):
+        line = one_line(capsys, ["train-tokenizer", "--preset", "tiny", "--data", "synthetic", "--steps", "1",
+                                 "--out", str(tmp_path / "t"), *extra])
+        assert "must be in" in line
+
+
+def test_eval_tokenizer_batch_size_and_model_folder(demo_model_dir, tmp_path, capsys):
+    for bs in ("0", "-1"):
+        assert "--batch-size must be positive" in one_line(
+            capsys, ["eval-tokenizer", "--model", str(demo_model_dir), "--data", "synthetic", "--batch-size", bs])
+    # a model folder stands for its tokenizer/
+    out = tmp_path / "e.json"
+    assert hart_main(["eval-tokenizer", "--model", str(demo_model_dir), "--data", "synthetic", "--num", "4",
+                      "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["num_images"] == 4
+
+
+def test_eval_residual_refuses_a_text_model(t2i_model_dir, tmp_path, capsys):
+    line = one_line(capsys, ["eval-residual", "--model", str(t2i_model_dir), "--data", "shapes", "--num", "4",
+                             "--out", str(tmp_path / "r")])
+    assert "text-to-image model" in line and "eval-alignment" in line
+
+
+def test_generate_refuses_a_grid_too_large(demo_model_dir, tmp_path, capsys):
+    for extra in (["--num", "100000000"], ["--scale", "100000"]):
+        line = one_line(capsys, ["generate", "--model", str(demo_model_dir), "--class", "0", *extra,
+                                 "--out", str(tmp_path / "g.png")])
+        assert "px a side" in line
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_prompts_that_are_not_text():
+    from hart.common.errors import UserError
+    from hart.text import check_prompts
+
+    assert check_prompts(["a red circle", "\u2764 heart", "123"]) == ["a red circle", "\u2764 heart", "123"]
+    for bad, words in (("\ud800", "not valid text"), ("\u200b\u200b", "empty"), (" \t\n", "empty")):
+        with pytest.raises(UserError, match=words):
+            check_prompts(["a red circle", bad])
+
+
+# ----------------------------------------------------------------------------- runs
+
+def test_init_of_another_kind_and_resume_with_other_options(tokdir, t2i_model_dir, tmp_path, capsys, monkeypatch):
+    import hart.train as ht
+
+    monkeypatch.setattr(ht, "measure_latent_scales", lambda batches, tokenizer=None, **kw: (0.17, tokenizer and 1.0),
+                        raising=False)
+    base = ["train", "--tokenizer", str(tokdir), "--preset", "tiny", "--data", "synthetic", "--no-tensorboard"]
+    line = one_line(capsys, base + ["--steps", "1", "--out", str(tmp_path / "k"), "--init", str(t2i_model_dir)])
+    assert "text-to-image model" in line and "same kind" in line
+    out = tmp_path / "run"
+    assert hart_main(base + ["--steps", "2", "--batch-size", "4", "--seed", "3", "--out", str(out)]) == 0
+    state = tree(out / "train_state")
+    for extra, flag in ((["--batch-size", "8", "--seed", "3"], "--batch-size"),
+                        (["--batch-size", "4", "--seed", "9"], "--seed")):
+        line = one_line(capsys, base + ["--steps", "4", *extra, "--out", str(out), "--resume"])
+        assert f"started with {flag}" in line and "--init" in line
+    line = one_line(capsys, base[:5] + ["--data", "shapes", "--no-tensorboard", "--steps", "4", "--batch-size", "4",
+                                        "--seed", "3", "--out", str(out), "--resume"])
+    assert "started with --data synthetic" in line
+    assert tree(out / "train_state") == state
+    assert hart_main(base + ["--steps", "3", "--batch-size", "4", "--seed", "3", "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "train_state" / "meta.json").read_text())["step"] == 3
