@@ -24,7 +24,7 @@ COMMANDS = {
     "fid": ("sampling.eval.fid.cli", "Frechet distance (FID / FD-EffNet) of a model or an image folder"),
     "demo": ("demo.app", "Gradio demo on a model folder"),
     "convert": ("hart.convert", "convert official VAR / HART checkpoints into model folders"),
-    "export": ("hart.export", "copy a model folder with smaller (fp16 / int8) weight files"),
+    "export": ("hart.export", "copy a model folder with smaller (fp16 / int8 / int4) weight files"),
     "plot": ("hart.plot", "draw the training curves of one or more runs (metrics.jsonl) as a PNG"),
 }
 

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("hart", help="HART text-to-image release folder (llm/ + tokenizer/, e.g. hart-0.7b-1024px)")
     t.add_argument("--ckpt", required=True, help="the release folder: llm/ (config.json, ema_model.bin) and tokenizer/")
     t.add_argument("--text-encoder", default=None,
-                   help="the Qwen2-1.5B-Instruct folder, recorded in the model's config (--text-encoder-path "
+                   help="HART's Qwen2 text model folder (its Qwen2-VL-1.5B-Instruct download), recorded in the model's config (--text-encoder-path "
                         "overrides it when sampling)")
     for s in (v, h, t):
         s.add_argument("--out", required=True, help="output folder")
@@ -85,7 +85,7 @@ def main(argv=None):
         print(f"wrote model folder {out} (tokenizer/ + generator/); left out, recomputed or training-only: "
               f"{_summarise(dropped)}")
         if not args.text_encoder:
-            print("no --text-encoder given: pass --text-encoder-path PATH/Qwen2-1.5B-Instruct when sampling")
+            print("no --text-encoder given: pass --text-encoder-path PATH/Qwen2-VL-1.5B-Instruct when sampling")
         return 0
     pns = parse_patch_nums(args.patch_nums) if args.patch_nums else None
     if args.what == "var":

@@ -173,7 +173,7 @@ def convert_hart(ckpt, out, text_encoder=None, overwrite: bool = False) -> tuple
         if not (ckpt / sub).is_dir():
             raise UserError(f"{ckpt} has no {sub}/: --ckpt must be HART's release folder (llm/ and tokenizer/)")
     if text_encoder is not None and not Path(text_encoder).is_dir():
-        raise UserError(f"--text-encoder {text_encoder} is not a folder (HART's Qwen2-1.5B-Instruct)")
+        raise UserError(f"--text-encoder {text_encoder} is not a folder (HART's Qwen2 text model, its Qwen2-VL-1.5B-Instruct download)")
     out = prepare_out_dir(out, overwrite, sources=(ckpt, text_encoder))
     cfg = read_hart_config(ckpt / "llm" / "config.json")
     llm = _weights_in(ckpt / "llm", HART_LLM_WEIGHTS, "transformer")

@@ -57,9 +57,12 @@ def read_checkpoint(path, skip=()) -> dict:
             except RuntimeError:  # not a zip-format checkpoint: no mmap
                 state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:
+            if "Weights only load failed" not in str(e):  # truncated, empty, or not a checkpoint at all
+                raise UserError(f"cannot read {path}: it is damaged or not a PyTorch checkpoint "
+                                f"({_first_line(e)}); download or save it again") from None
             raise UserError(
                 f"refusing to load {path}: it is not a plain-tensor checkpoint and unpickling it could run "
-                f"code ({_first_line(e)}); re-save its state_dict or convert it to .safetensors"
+                f"code ({_unsafe_global(e)}); re-save its state_dict or convert it to .safetensors"
             ) from None
     else:
         raise UserError(f"{path}: unknown checkpoint type {path.suffix!r}; expected .pth, .pt, .bin, .ckpt or .safetensors")
@@ -77,8 +80,19 @@ def read_checkpoint(path, skip=()) -> dict:
 
 
 def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # torch colours some of its messages
+    line = text.splitlines()[0] if text else ""
+    if not line:
+        return type(e).__name__
+    return f"{type(e).__name__}: {line}" if len(line) < 12 else line
+
+
+def _unsafe_global(e: Exception) -> str:
+    """What a weights-only load refused, from torch's message (e.g. "Unsupported global: GLOBAL
+    argparse.Namespace"), without torch's advice to load it unsafely."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    found = re.search(r"(Unsupported global: [^\s]+ [^\s]+|Unsupported operand [^\s]+)", text)
+    return found.group(1) if found else "it needs code to unpickle"
 
 
 def need_tensor(state: dict, key: str, what: str, path) -> torch.Tensor:
@@ -243,6 +257,9 @@ def generator_from_state(state: dict, path, patch_nums=None):
 
 def convert_var(vae, out, var=None, resolution: int = 256, patch_nums=None, overwrite: bool = False) -> Path:
     """VAR's tokenizer (+ optional transformer) -> a tokenizer folder, or a full model folder."""
+    for f in (vae, var):
+        if f is not None and not Path(f).is_file():
+            raise UserError(f"no such checkpoint file: {f}")
     out = prepare_out_dir(out, overwrite, sources=(vae, var))
     var_state = read_checkpoint(var) if var is not None else None
     if patch_nums is None and var_state is not None and "pos_1LC" in var_state:

@@ -10,6 +10,7 @@ import contextlib
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from hart.diffusion import diffusion_loss, make_train_scheduler
 from hart.kernels import sample_from_logits
@@ -93,18 +94,21 @@ class TrainingObjective(nn.Module):
 
 @torch.no_grad()
 def measure_latent_scales(batches, tokenizer: HybridTokenizer | None = None,
-                          max_images: int = 2048) -> tuple[float, float | None]:
+                          max_images: int = 2048, progress: bool = True) -> tuple[float, float | None]:
     """RMS of the residual (the head's target scale) and, given ``tokenizer``, of f_hat (the
     discrete latent of the true ids: what a map head divides its f_hat input by), in one pass
     over the first ``max_images`` training images; (residual_rms, None) without a tokenizer."""
     sums, count = [0.0, 0.0], 0
-    for ids, residual, _ in batches:
+    bar = tqdm(total=max_images, desc="measuring the latent scales", unit="img", leave=False, disable=not progress)
+    for ids, residual, _ in batches:  # on the fly, these are images encoded now: minutes on a CPU
         sums[0] += residual.double().pow(2).sum().item()
         if tokenizer is not None:
             sums[1] += tokenizer.ids_to_fhat(ids).double().pow(2).sum().item()
         count += residual.numel()
+        bar.update(residual.shape[0])
         if count >= max_images * residual[0].numel():
             break
+    bar.close()
     rms = [float((v / max(count, 1)) ** 0.5) for v in sums]
     return rms[0], rms[1] if tokenizer is not None else None
 

@@ -172,7 +172,7 @@ def _load(name: str, path):
         path = Path(path) if path else minilm_path()
     elif not path:
         raise UserError("the qwen2 text encoder needs its folder: pass --text-encoder-path "
-                        "PATH/Qwen2-1.5B-Instruct (HART's text model; it is not downloaded)")
+                        "PATH/Qwen2-VL-1.5B-Instruct (HART's Qwen2 text model; it is not downloaded)")
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"text encoder folder {path} does not exist; pass --text-encoder-path PATH to the {name} folder")

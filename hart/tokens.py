@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from hart.data.datasets import add_data_arguments, make_dataset
+from hart.data.datasets import add_data_arguments, data_split, make_dataset
 from hart.common.errors import UserError, cli_entry
 from hart.common.io import WEIGHTS_NAME, atomic_dir, component_dir, prepare_out_dir, read_json, resolve_dir, write_json
 from tokenizer import HybridTokenizer
@@ -144,6 +144,7 @@ def main(argv=None):
     for flag in ("--text-encoder", "--text-encoder-path", "--context-tokens"):  # older command lines: unused
         p.add_argument(flag, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.split = data_split(args)
     prepare_out_dir(args.out, args.overwrite, sources=(args.tokenizer,))  # written aside, renamed into place at the end
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")

@@ -4,7 +4,7 @@ Examples:
     hart train --tokenizer runs/tok --preset fm-s --data fashion-mnist --out runs/gen --steps 4000
     hart extract-tokens --tokenizer runs/tok --data fashion-mnist --out runs/fm-tokens
     hart train --tokenizer runs/tok --preset fm-s --tokens runs/fm-tokens --out runs/gen --steps 8000 --resume
-    torchrun --nproc_per_node 2 -m hart.train --tokenizer runs/tok --preset fm-s --data fashion-mnist --out runs/gen
+    torchrun --nproc_per_node 2 -m hart.train -- --tokenizer runs/tok --preset fm-s --data fashion-mnist --out runs/gen
     hart train --init runs/gen --freeze-transformer --tokenizer runs/tok --tokens runs/fm-tokens --out runs/gen-head
     hart train --tokenizer runs/shapes-tok --preset shapes-t2i --data shapes --text-encoder minilm --out runs/shapes
 
@@ -324,7 +324,8 @@ def run(args, dist: DistInfo, sampler=None) -> int:
         # the head's target scale is a fact about this tokenizer's latents: measure it
         map_head = config.head.mix == "map"  # it also divides its f_hat input by f_hat's RMS
         scale, fs = measure_latent_scales(batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, 0,
-                                                       config, encode=False), tokenizer if map_head else None)
+                                                       config, encode=False), tokenizer if map_head else None,
+                                          progress=dist.is_main)
         scale = dist.all_reduce_mean(torch.tensor(scale, device=dist.device)).item()
         config = config.replace_in("stats", residual_scale=scale)
         if dist.is_main:

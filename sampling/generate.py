@@ -162,7 +162,7 @@ def main(argv=None):
         for j, img in enumerate(to_pil(images)):
             tag = f"p{j // args.num}" if args.prompts else f"c{items[j]}"
             img.save(d / f"{tag}_{j:04d}.png")
-    print(f"wrote {out} ({len(items)} images)")
+    print(f"wrote {out} ({len(items)} images)" + (f" and one PNG per image in {args.save_each}" if args.save_each else ""))
     return 0
 
 

@@ -147,6 +147,14 @@ def test_eval_tokenizer_batch_size_and_model_folder(demo_model_dir, tmp_path, ca
     assert json.loads(out.read_text())["num_images"] == 4
 
 
+def test_the_split_named_in_data_is_the_one_reported(demo_model_dir, tmp_path, capsys):
+    out = tmp_path / "e.json"
+    argv = ["eval-tokenizer", "--model", str(demo_model_dir), "--data", "synthetic:train", "--num", "4"]
+    assert hart_main(argv + ["--out", str(out)]) == 0
+    assert json.loads(out.read_text())["split"] == "train" and "4 train images" in capsys.readouterr().out
+    assert "names the train split and --split says test" in one_line(capsys, argv + ["--split", "test"])
+
+
 def test_eval_residual_refuses_a_text_model(t2i_model_dir, tmp_path, capsys):
     line = one_line(capsys, ["eval-residual", "--model", str(t2i_model_dir), "--data", "shapes", "--num", "4",
                              "--out", str(tmp_path / "r")])

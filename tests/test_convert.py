@@ -226,6 +226,21 @@ def test_pickle_needing_code_is_refused(tmp_path, capsys):
                   "refusing to load", "not a plain-tensor checkpoint")
 
 
+def test_damaged_checkpoint_is_not_called_unsafe(tmp_path, capsys, vae_sd):
+    torch.save(vae_sd, tmp_path / "vae.pth")
+    whole = (tmp_path / "vae.pth").read_bytes()
+    for name, data in (("cut.pth", whole[:len(whole) // 2]), ("empty.pth", b""), ("text.pth", b"hello")):
+        (tmp_path / name).write_bytes(data)
+        _expect_error(capsys, ["var", "--vae", str(tmp_path / name), "--out", str(tmp_path / "o")],
+                      "damaged or not a PyTorch checkpoint")
+    torch.save({"args": argparse.Namespace(lr=1.0), "w": torch.zeros(1)}, tmp_path / "evil.pth")
+    _expect_error(capsys, ["var", "--vae", str(tmp_path / "evil.pth"), "--out", str(tmp_path / "o")],
+                  "Unsupported global: GLOBAL argparse.Namespace")
+    _expect_error(capsys, ["var", "--vae", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "models" / "x")],
+                  "no such checkpoint file")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "models").exists()
+
+
 def test_existing_output_is_kept(tmp_path, capsys, vae_sd):
     torch.save(vae_sd, tmp_path / "vae.pth")
     (tmp_path / "o").mkdir()

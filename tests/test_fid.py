@@ -334,6 +334,16 @@ def test_cli_bad_input_one_line(tmp_path, capsys, fake_features):
     for argv, msg in cases:
         code, err = run_cli(argv + ["--out", str(tmp_path / "r.json")], capsys)
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, (argv, err)
+    # too few images is said before the reference set is embedded (the whole train split here)
+    import sampling.eval.fid.cli as fid_cli
+
+    def never(*a, **k):
+        raise AssertionError("the reference was embedded before the images were counted")
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(fid_cli, "reference_stats", never)
+        code, err = run_cli(["--images", str(a), "--ref", "synthetic:train", "--min-samples", "10"], capsys)
+    assert code == 2 and "needs at least 10" in err
     st = FeatureStats(7)
     st.add(np.random.default_rng(0).normal(size=(9, 7)))
     st.save(tmp_path / "other.npz")

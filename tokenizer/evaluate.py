@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from hart.data.datasets import add_data_arguments, make_dataset
+from hart.data.datasets import add_data_arguments, data_split, make_dataset
 from hart.common.errors import UserError, cli_entry
 from hart.common.fs import output_dir, output_file
 from hart.common.images import to_pil
@@ -72,6 +72,7 @@ def main(argv=None):
     p.add_argument("--save-recon", default=None, metavar="DIR",
                    help="write the reconstructions as DIR/discrete/*.png and DIR/hybrid/*.png (e.g. for hart fid)")
     args = p.parse_args(argv)
+    args.split = data_split(args)
     if args.num is not None and args.num < 1:
         raise UserError("--num must be positive")
     if args.batch_size < 1:

@@ -83,8 +83,20 @@ def add_data_arguments(parser, split_default: str | None = None) -> None:
     parser.add_argument("--data", required=True, help=SPEC_HELP)
     parser.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's)")
     if split_default is not None:
-        parser.add_argument("--split", default=split_default, choices=list(ALL_SPLITS),
-                            help="heldout: shapes only")
+        parser.add_argument("--split", default=None, choices=list(ALL_SPLITS),
+                            help=f"the split to read (default {split_default}, or the one in --data NAME:SPLIT; "
+                                 "heldout: shapes only)")
+        parser.set_defaults(split_default=split_default)
+
+
+def data_split(args) -> str:
+    """The split a command of :func:`add_data_arguments` reads: the one named in ``--data``
+    (``NAME:SPLIT``), else ``--split``, else the command's default; one line when the two name
+    different splits."""
+    named = parse_spec(args.data).split
+    if named and args.split and named != args.split:
+        raise UserError(f"--data {args.data} names the {named} split and --split says {args.split}; give one of them")
+    return named or args.split or args.split_default
 
 
 def add_workers_argument(parser) -> None:

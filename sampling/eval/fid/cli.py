@@ -5,7 +5,7 @@ Examples::
     # 10k class-balanced samples of a model against fashion-mnist's train split (offline features)
     hart fid --model runs/fm --num 10000 --ref fashion-mnist:train --features effnet-lite0 --out fid.json
     # standard FID with clean-fid's Inception file, 50k samples on 8 GPUs (each rank does its slice)
-    torchrun --nproc_per_node 8 -m sampling.eval.fid --model runs/fm --num 50000 --ref fashion-mnist \\
+    torchrun --nproc_per_node 8 -m sampling.eval.fid -- --model runs/fm --num 50000 --ref fashion-mnist \\
         --features inception --inception-weights ~/weights/inception-2015-12-05.pt
     # any folder of images against a folder, a dataset split, or saved statistics
     hart fid --images samples/ --ref real_images/ --features effnet-lite0
@@ -164,6 +164,9 @@ def main(argv=None):
             if resolution is None:
                 raise UserError("cannot tell the image size for the dataset: pass --resolution")
             settings.update(images=img_source.label, num=args.num)
+            # counted before the reference is embedded: too few images is one line at once
+            images = image_set(img_source, resolution, args.num, extractor.input_size, args.data_dir)
+            require_samples(len(images), min_samples, img_source.label, extractor.metric, extractor.dim)
         settings["resolution"] = resolution
 
         ref, ref_info = reference_stats(ref_source, extractor, resolution, args.ref_num, args.batch_size, dist,
@@ -176,8 +179,6 @@ def main(argv=None):
                                          args.seed, dist, options, prompts=prompts)
             skipped = 0
         else:
-            images = image_set(img_source, resolution, args.num, extractor.input_size, args.data_dir)
-            require_samples(len(images), min_samples, img_source.label, extractor.metric, extractor.dim)
             stats, skipped = stats_from_images(images, extractor, args.batch_size, dist, args.workers)
             if stats.n == 0:
                 raise UserError(f"no readable images in {img_source.label} ({skipped} unreadable)")
