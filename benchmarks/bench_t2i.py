@@ -1,7 +1,7 @@
 """Sampling time of a text-conditioned generator against a class-conditional one of the same
 depth and width, in the same process, alternating A/B.
 
-Models: ``fm-s`` (class, VAR layout) and ``shapes-t2i`` (text, HART's layout: a 16-token
+Models: ``fm-s`` (class, VAR layout) and ``shapes-t2i`` (text, HART's layout: a 20-token
 MiniLM prefix, RMSNorm, SwiGLU, RoPE), both 6 blocks of width 256 on the fm-32 token layout
 (7 scales, 8x8 latent), random weights, CFG on, residual head on, decode left out. Prints
 
