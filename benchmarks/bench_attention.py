@@ -1,12 +1,12 @@
 """Attention forward + backward on the CPU: PyTorch's fused SDPA against the explicit path
-(:func:`hart.kernels.attention_explicit`: two matmuls around an fp32 softmax), in the same process.
+(:func:`hart.attention.attention_explicit`: two matmuls around an fp32 softmax), in the same process.
 
     python benchmarks/bench_attention.py --batch 64 --heads 4 --tokens 155 --head-dim 64
 
 The calls alternate SDPA / explicit on the same tensors, under the block-causal mask of the
 fm-32 scales (1,2,3,4,5,6,8: 155 tokens), so a noisy machine slows both alike. Prints the
 median ms of each, per dtype, and the ratio SDPA / explicit; then the same for forward-only
-calls (no autograd: the sampler). ``kernels.attention`` keeps SDPA for fp32 and forward-only.
+calls (no autograd: the sampler). ``hart.attention.attention`` keeps SDPA for fp32 and forward-only.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from hart import kernels
+from hart import attention as attn
 
 
 def block_causal(T: int, dtype) -> torch.Tensor:
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
             return F.scaled_dot_product_attention(*leaves, attn_mask=bias, scale=scale)
 
         def explicit():
-            return kernels.attention_explicit(*leaves, bias, scale)
+            return attn.attention_explicit(*leaves, bias, scale)
 
         for grad in (True, False):
             times = {"sdpa": [], "explicit": []}

@@ -25,7 +25,7 @@ adding ``var_tokens_per_s=X speedup_vs_var=Y``:
     python benchmarks/bench_train.py --var-src /path/to/VAR --configs var-d8 --dtypes fp32 bf16
 
 With ``--sdpa-only``, the other step timed is ours with attention always through PyTorch's
-SDPA (``hart.kernels.attention`` takes an explicit path for short bf16 sequences on the CPU),
+SDPA (``hart.attention.attention`` takes an explicit path for short bf16 sequences on the CPU),
 adding ``sdpa_only_tokens_per_s=X speedup_vs_sdpa_only=Y``:
 
     python benchmarks/bench_train.py --configs fm-s --dtypes bf16 --sdpa-only
@@ -49,7 +49,7 @@ import time
 
 import torch
 
-from hart import kernels
+from hart import attention as attn
 from hart.config import GeneratorConfig
 from hart.common.dist import DistInfo, autocast, cpu_has_bf16, resolve_dtype
 from hart.train import GeneratorTrainer, build_parser
@@ -142,11 +142,11 @@ def bench(name: str, dtype: str, steps: int, warmup: int, peak: float, var_src: 
         ours = steps_of[attentions[0]]
 
         def sdpa_step():
-            saved, kernels.EXPLICIT_MAX_KEYS = kernels.EXPLICIT_MAX_KEYS, 0
+            saved, attn.EXPLICIT_MAX_KEYS = attn.EXPLICIT_MAX_KEYS, 0
             try:
                 return ours()
             finally:
-                kernels.EXPLICIT_MAX_KEYS = saved
+                attn.EXPLICIT_MAX_KEYS = saved
         steps_of["sdpa_only"] = sdpa_step
     if official is not None:
         from var_official import official_train_step
@@ -199,13 +199,13 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--attention", nargs="+", default=["sdpa"],
-                   choices=[a + c for a in kernels.ATTENTION_IMPLS for c in ("", "+compile", "+compile-all")],
+                   choices=[a + c for a in attn.ATTENTION_IMPLS for c in ("", "+compile", "+compile-all")],
                    help="whole-sequence attention(s) of our step (flex needs a GPU); +compile: hart train "
                         "--compile (each block); +compile-all: forward and loss compiled as one (a probe)")
     p.add_argument("--var-src", default=None, metavar="PATH",
                    help="a FoundationVision/VAR checkout: time its training step beside ours (var-d8/var-d16, same dtype)")
     p.add_argument("--sdpa-only", action="store_true",
-                   help="instead of VAR, time the same step with attention always through SDPA (hart.kernels.attention)")
+                   help="instead of VAR, time the same step with attention always through SDPA (hart.attention.attention)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     big = 8192 if device.type == "cuda" else 2048

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hart import kernels
+from hart.attention import attention
 from hart.config import GeneratorConfig
 from hart.rope import apply_rope_tables
 
@@ -96,7 +97,7 @@ class SelfAttention(nn.Module):
         # one cast rule for both paths: attention runs in the values' dtype (the cache's when
         # cached; the autocast dtype otherwise), so the fp32 learned scale never promotes it
         q, k = q.to(v.dtype), k.to(v.dtype)
-        out = kernels.attention(q, k, v, attn_bias, self.scale, self.dropout if self.training else 0.0)  # (B, H, T, hd)
+        out = attention(q, k, v, attn_bias, self.scale, self.dropout if self.training else 0.0)  # (B, H, T, hd)
         out = out.transpose(1, 2).reshape(B, T, C)
         return self.proj_drop(self.proj(out))
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from typing import ClassVar
 
 from hart.common.errors import UserError
@@ -352,10 +353,25 @@ class GeneratorConfig(ConfigBase):
         return self.num_classes
 
     def check_class_ids(self, class_ids) -> list[int]:
-        """The class ids as ints, or one line naming the first that is out of range."""
+        """The classes as ids: each an int (or an integer tensor / numpy scalar) or a class name
+        (``display.class_names``, any case); one line for anything else or out of range."""
         if self.is_text:
             raise UserError("this model is text-conditioned: give it prompts (--prompt), not classes")
-        ids = [int(c) for c in class_ids]
+        names = {n.lower(): i for i, n in enumerate(self.display.class_names)}
+        ids = []
+        for c in class_ids:
+            if isinstance(c, str):
+                if c.lower() not in names:
+                    known = ", ".join(self.display.class_names) or "this model has no class names; use ids"
+                    raise UserError(f"unknown class {c!r}; choose an id or one of: {known}")
+                ids.append(names[c.lower()])
+                continue
+            try:
+                if isinstance(c, bool):
+                    raise TypeError
+                ids.append(operator.index(c))
+            except TypeError:
+                raise UserError(f"class {c!r} is neither a class id (an integer) nor a class name") from None
         bad = [c for c in ids if not 0 <= c < self.num_classes]
         if bad:
             raise UserError(f"class id {bad[0]} is out of range: this model has classes 0..{self.num_classes - 1}")

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "overrides it when sampling)")
     for s in (v, h, t):
         s.add_argument("--out", required=True, help="output folder")
-        s.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+        s.add_argument("--overwrite", action="store_true", help="replace an existing --out that is a model folder written by this tool (never one it reads from)")
     return p
 
 

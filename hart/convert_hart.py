@@ -173,7 +173,8 @@ def convert_hart(ckpt, out, text_encoder=None, overwrite: bool = False) -> tuple
         if not (ckpt / sub).is_dir():
             raise UserError(f"{ckpt} has no {sub}/: --ckpt must be HART's release folder (llm/ and tokenizer/)")
     if text_encoder is not None and not Path(text_encoder).is_dir():
-        raise UserError(f"--text-encoder {text_encoder} is not a folder (HART's Qwen2 text model, its Qwen2-VL-1.5B-Instruct download)")
+        raise UserError(f"--text-encoder {text_encoder} is not a folder (HART's Qwen2 text model, its "
+                        "Qwen2-VL-1.5B-Instruct download)")
     out = prepare_out_dir(out, overwrite, sources=(ckpt, text_encoder))
     cfg = read_hart_config(ckpt / "llm" / "config.json")
     llm = _weights_in(ckpt / "llm", HART_LLM_WEIGHTS, "transformer")
@@ -193,6 +194,8 @@ def convert_hart(ckpt, out, text_encoder=None, overwrite: bool = False) -> tuple
 
 def convert_hart_tokenizer(ckpt, out, resolution: int = 1024, patch_nums=None, overwrite: bool = False) -> tuple[Path, int]:
     """HART's hybrid tokenizer (``vae.*`` + ``disc.*``) -> a tokenizer folder (no Phi at the last scale)."""
+    if not Path(ckpt).is_file():
+        raise UserError(f"{ckpt} is a folder, not a checkpoint file" if Path(ckpt).is_dir() else f"no such checkpoint file: {ckpt}")
     out = prepare_out_dir(out, overwrite, sources=(ckpt,))
     vae, dropped = split_hart_tokenizer(read_checkpoint(ckpt), ckpt)
     pns = tuple(patch_nums) if patch_nums else published_schedule(resolution)

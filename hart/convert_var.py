@@ -35,7 +35,7 @@ def read_checkpoint(path, skip=()) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"no such checkpoint file: {path}")
+        raise UserError(f"{path} is a folder, not a checkpoint file" if path.is_dir() else f"no such checkpoint file: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -57,12 +57,12 @@ def read_checkpoint(path, skip=()) -> dict:
             except RuntimeError:  # not a zip-format checkpoint: no mmap
                 state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:
-            if "Weights only load failed" not in str(e):  # truncated, empty, or not a checkpoint at all
+            if "Unsupported global" not in str(e):  # truncated, garbled, empty, or not a checkpoint at all
                 raise UserError(f"cannot read {path}: it is damaged or not a PyTorch checkpoint "
-                                f"({_first_line(e)}); download or save it again") from None
+                                f"({_load_failure(e)}); download or save it again") from None
             raise UserError(
                 f"refusing to load {path}: it is not a plain-tensor checkpoint and unpickling it could run "
-                f"code ({_unsafe_global(e)}); re-save its state_dict or convert it to .safetensors"
+                f"code ({_load_failure(e)}); re-save its state_dict or convert it to .safetensors"
             ) from None
     else:
         raise UserError(f"{path}: unknown checkpoint type {path.suffix!r}; expected .pth, .pt, .bin, .ckpt or .safetensors")
@@ -87,12 +87,12 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {line}" if len(line) < 12 else line
 
 
-def _unsafe_global(e: Exception) -> str:
-    """What a weights-only load refused, from torch's message (e.g. "Unsupported global: GLOBAL
-    argparse.Namespace"), without torch's advice to load it unsafely."""
+def _load_failure(e: Exception) -> str:
+    """Why torch's weights-only load refused a file ("Unsupported global: GLOBAL argparse.Namespace",
+    "Unsupported operand 148"), without torch's advice to load it unsafely; else its first line."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    found = re.search(r"(Unsupported global: [^\s]+ [^\s]+|Unsupported operand [^\s]+)", text)
-    return found.group(1) if found else "it needs code to unpickle"
+    found = re.search(r"Unsupported (global: \S+ \S+|operand \S+)", text)
+    return found.group(0) if found else _first_line(e)
 
 
 def need_tensor(state: dict, key: str, what: str, path) -> torch.Tensor:
@@ -259,7 +259,7 @@ def convert_var(vae, out, var=None, resolution: int = 256, patch_nums=None, over
     """VAR's tokenizer (+ optional transformer) -> a tokenizer folder, or a full model folder."""
     for f in (vae, var):
         if f is not None and not Path(f).is_file():
-            raise UserError(f"no such checkpoint file: {f}")
+            raise UserError(f"{f} is a folder, not a checkpoint file" if Path(f).is_dir() else f"no such checkpoint file: {f}")
     out = prepare_out_dir(out, overwrite, sources=(vae, var))
     var_state = read_checkpoint(var) if var is not None else None
     if patch_nums is None and var_state is not None and "pos_1LC" in var_state:

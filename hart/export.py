@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record the residual head's default start-noise scale in the generator's config")
     p.add_argument("--grayscale", choices=["on", "off"], default=None,
                    help="set the tokenizer's grayscale output (default: keep it)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out that is a model folder written by this tool (never one it reads from)")
     return p
 
 

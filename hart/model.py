@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hart import kernels
+from hart import attention
 from hart.blocks import AdaLNBeforeHead, AdaLNBlock, SwiGLU, make_norm
 from hart.condition import Condition, Conditioning
 from hart.config import GeneratorConfig
@@ -129,9 +129,9 @@ class HARTGenerator(Conditioning, HARTModelMixin):
         ``"flex"`` (FlexAttention with a block-causal ``BlockMask`` that skips the hidden
         blocks; its backward needs a GPU). Rows with masked pad keys (text models with
         ``mask_pads``) always take SDPA. A runtime choice, not part of the config."""
-        if impl not in kernels.ATTENTION_IMPLS:
-            raise ValueError(f"unknown attention {impl!r}; choose from {kernels.ATTENTION_IMPLS}")
-        if impl == "flex" and not kernels.flex_available():
+        if impl not in attention.ATTENTION_IMPLS:
+            raise ValueError(f"unknown attention {impl!r}; choose from {attention.ATTENTION_IMPLS}")
+        if impl == "flex" and not attention.flex_available():
             raise ValueError("this PyTorch has no FlexAttention (2.5 or later); use sdpa")
         self.attention_impl = impl
 
@@ -140,7 +140,7 @@ class HARTGenerator(Conditioning, HARTModelMixin):
         key = (T, str(device))
         if key not in self._block_masks:
             allowed = (self.causal_bias(T)[0, 0] == 0).to(device)  # (T, T) query may see key
-            self._block_masks[key] = kernels.block_mask(allowed)
+            self._block_masks[key] = attention.block_mask(allowed)
         return self._block_masks[key]
 
     def _init_var_weights(self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02):

@@ -98,9 +98,11 @@ def measure_latent_scales(batches, tokenizer: HybridTokenizer | None = None,
     """RMS of the residual (the head's target scale) and, given ``tokenizer``, of f_hat (the
     discrete latent of the true ids: what a map head divides its f_hat input by), in one pass
     over the first ``max_images`` training images; (residual_rms, None) without a tokenizer."""
-    sums, count = [0.0, 0.0], 0
-    bar = tqdm(total=max_images, desc="measuring the latent scales", unit="img", leave=False, disable=not progress)
+    sums, count, bar = [0.0, 0.0], 0, None
     for ids, residual, _ in batches:  # on the fly, these are images encoded now: minutes on a CPU
+        if bar is None:  # shown from the first batch on (a bad token cache stops before it)
+            bar = tqdm(total=max_images, desc="measuring the latent scales", unit="img", leave=False,
+                       disable=not progress)
         sums[0] += residual.double().pow(2).sum().item()
         if tokenizer is not None:
             sums[1] += tokenizer.ids_to_fhat(ids).double().pow(2).sum().item()
@@ -108,7 +110,8 @@ def measure_latent_scales(batches, tokenizer: HybridTokenizer | None = None,
         bar.update(residual.shape[0])
         if count >= max_images * residual[0].numel():
             break
-    bar.close()
+    if bar is not None:
+        bar.close()
     rms = [float((v / max(count, 1)) ** 0.5) for v in sums]
     return rms[0], rms[1] if tokenizer is not None else None
 

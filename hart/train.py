@@ -64,7 +64,7 @@ from hart.common.metrics import RunLog, Throughput, Window
 from hart.common.models import write_pipeline_index
 from hart.model import HARTGenerator
 from hart.objective import TrainingObjective, measure_decoder_metric, measure_latent_scales
-from hart.kernels import ATTENTION_IMPLS
+from hart.attention import ATTENTION_IMPLS
 from hart.common.loop import (check_positive, check_range, load_run, nonfinite_loss, resume_flags, run_faults, save_run,
                               set_lr, warmup_cosine)
 from hart.run_config import copy_tokenizer, generator_dir, init_weights, resolve_config
@@ -286,7 +286,6 @@ def main(argv=None, sampler=None):
     args = build_parser().parse_args(argv)
     if args.image_every is None:
         args.image_every = args.save_every
-    output_dir(args.out, create=False)  # a file there, or a folder that cannot be made: one line now
     check_positive(args, "steps", "batch_size", "save_every", "log_every", "image_every")
     check_range(args, "lr", 0, 1)
     check_range(args, "weight_decay", 0, 10)
@@ -295,6 +294,7 @@ def main(argv=None, sampler=None):
     for name in ("diff_width", "diff_depth", "diff_batch_mul"):
         if getattr(args, name, None) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    output_dir(args.out, create=False)  # a file there, or no way to make it: one line (after the checks)
     dist = init_distributed(args.device)
     try:
         return run(args, dist, sampler)

@@ -32,6 +32,9 @@ own generator only); a single generator draws one seed per image from it.
 """
 from __future__ import annotations
 
+import operator
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +46,7 @@ from diffusers.utils import BaseOutput
 
 from hart.common.errors import UserError
 from hart.common.images import to_pil
-from hart.common.io import atomic_dir
+from hart.common.io import swap_in
 from hart.diffusion import make_head_scheduler
 from hart.model import HARTGenerator
 from sampling.engine import DTYPES, SamplingEngine, make_generators
@@ -112,10 +115,25 @@ class HARTDiffusionPipeline(DiffusionPipeline):
                    HARTGenerator.from_pretrained(folder / "generator", **hub))
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
-        """diffusers' ``save_pretrained`` into a temp folder swapped in whole
-        (:func:`hart.common.io.atomic_dir`): a kill mid-save leaves the previous folder."""
-        with atomic_dir(save_directory) as tmp:
-            super().save_pretrained(str(tmp), **kwargs)
+        """diffusers' ``save_pretrained``: the components and ``model_index.json`` written into
+        ``save_directory``, whatever else it holds left alone (a ``hart train`` run keeps its
+        ``train_state/`` and logs). Each is written aside and swapped in whole
+        (:func:`hart.common.io.swap_in`), ``model_index.json`` last: a kill mid-save leaves
+        the previous pipeline, or the new one."""
+        if kwargs.get("variant") is not None:
+            raise UserError("save_pretrained: HART folders hold one weights file per model (model.safetensors); "
+                            "save without variant=")
+        target = Path(save_directory).resolve()
+        if target.exists() and not target.is_dir():
+            raise UserError(f"{save_directory} is a file; save_pretrained writes a folder")
+        target.mkdir(parents=True, exist_ok=True)
+        for stale in target.glob(".save-*"):  # left by a save that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        with tempfile.TemporaryDirectory(dir=target, prefix=".save-") as tmp:
+            super().save_pretrained(tmp, **kwargs)
+            entries = sorted(Path(tmp).iterdir(), key=lambda p: p.name == "model_index.json")
+            for entry in entries:
+                swap_in(entry, target / entry.name)
 
     # ------------------------------------------------------------------ offload
 
@@ -160,7 +178,8 @@ class HARTDiffusionPipeline(DiffusionPipeline):
         weights = {m.dtype for m in (self.generator, self.tokenizer)}
         if weights != {torch.float32}:
             raise UserError(f"the models' weights are {', '.join(sorted(map(str, weights)))}: HART samples with fp32 "
-                            "weights; for bf16 / fp16 give sampling_dtype='bf16' / 'fp16' (autocast, as --dtype)")
+                            "weights (the quantizer's nearest-code search needs them); load without torch_dtype "
+                            "(or pipe.to(torch.float32)) and give sampling_dtype='bf16' / 'fp16' for a 16-bit step")
         if self._engine is None or self._engine.generator is not self.generator:
             self._engine = SamplingEngine(self.generator.eval(), self.tokenizer.eval(), cuda_graph=self._cuda_graph)
         self._engine.dtype = dtype
@@ -189,24 +208,34 @@ class HARTDiffusionPipeline(DiffusionPipeline):
         if isinstance(generator, (list, tuple)):
             if len(generator) != n:
                 raise UserError(f"got {len(generator)} generators for {n} images (give one per image)")
+            if not all(isinstance(g, torch.Generator) for g in generator):
+                raise UserError("generator must be a torch.Generator or a list of them, one per image")
             return list(generator)
-        # one generator (or None: torch's global RNG): one seed per image drawn from it
-        seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise UserError(f"generator must be a torch.Generator or a list of them, not a {type(generator).__name__}")
+        # one generator (or None: torch's global RNG): one seed per image drawn from it, on its device
+        dev = generator.device if generator is not None else "cpu"
+        seeds = torch.randint(0, 2**62, (n,), generator=generator, device=dev).tolist()
         return make_generators(seeds)
 
     @torch.no_grad()
     def __call__(self, prompt=None, class_labels=None, num_inference_steps: int | None = None,
-                 guidance_scale: float = 1.5, generator=None, output_type: str = "pil",
+                 guidance_scale: float = 1.5, num_images_per_prompt: int = 1, generator=None, output_type: str = "pil",
                  return_dict: bool = True, callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs=("ids", "f_hat"), sampling_dtype: str = "fp32", **options):
         """Images for ``prompt`` (text models) or ``class_labels`` (class models).
 
         Args:
-            num_inference_steps: the residual head's denoising steps (None: the model's); the
-                transformer always runs one step per scale.
-            guidance_scale: classifier-free guidance at the last scale (``cfg``; 0: off).
+            prompt: a string or a list of strings (text models).
+            class_labels: an int, a class name (any case), or a list / tensor of them (class models).
+            num_inference_steps: the residual head's denoising steps (None: the model's; ignored
+                by a model without a head); the transformer always runs one step per scale.
+            guidance_scale: classifier-free guidance, VAR's and HART's form: the logits are
+                ``(1 + t) cond - t uncond`` with t rising linearly from 0 at the 1x1 scale to
+                ``guidance_scale`` at the last (0: off). diffusers' ``s`` is this ``t + 1``.
+            num_images_per_prompt: images per prompt or class (consecutive in the output).
             generator: a list of ``torch.Generator``, one per image; one generator (or None)
-                draws one seed per image from it.
+                draws one seed per image from it (so ``g`` and ``[g]`` give different images).
             output_type: ``"pil"``, ``"np"`` or ``"pt"``.
             callback_on_step_end: called after each scale k as ``fn(pipe, k, k, kwargs)``,
                 ``kwargs`` holding ``ids`` (B, pn_k^2) and ``f_hat`` (the discrete latent so far)
@@ -220,13 +249,24 @@ class HARTDiffusionPipeline(DiffusionPipeline):
         """
         if output_type not in OUTPUT_TYPES:
             raise UserError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise UserError("callback_on_step_end must be a function fn(pipe, step, timestep, tensors)")
+        if isinstance(callback_on_step_end_tensor_inputs, str):
+            callback_on_step_end_tensor_inputs = (callback_on_step_end_tensor_inputs,)
         unknown = sorted(set(callback_on_step_end_tensor_inputs) - {"ids", "f_hat"})
         if unknown:
             raise UserError(f"callback_on_step_end_tensor_inputs: unknown tensor {unknown[0]!r} (ids, f_hat)")
-        try:
-            opts = SamplingOptions(cfg=guidance_scale, diff_steps=num_inference_steps, **options).validate()
-        except TypeError as e:
-            raise UserError(f"unknown sampling option: {e}") from None
+        n_per = _count(num_images_per_prompt, "num_images_per_prompt", 1)
+        head = self.generator.config.head if self.generator.diffusion is not None else None
+        if head is not None:
+            _check_scheduler(self.scheduler, head)  # also when pipe.scheduler was assigned after loading
+            if num_inference_steps is not None:
+                _count(num_inference_steps, "num_inference_steps", 1, head.train_steps - 1)
+        else:
+            num_inference_steps = None  # a model without a head has no denoising steps to set
+        opts = sampling_options(cfg=guidance_scale, diff_steps=num_inference_steps, **options)
+        if n_per > 1:
+            prompt, class_labels = _repeat(prompt, n_per), _repeat(class_labels, n_per)
         if self._offload_device is not None:
             for model in self._offloaded():
                 model.to(self._offload_device)
@@ -264,6 +304,46 @@ class HARTDiffusionPipeline(DiffusionPipeline):
         return HARTPipelineOutput(images=out) if return_dict else (out,)
 
 
+def _count(value, name: str, low: int, high: int | None = None) -> int:
+    """``value`` as an int in [low, high], or one line."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)
+    except TypeError:
+        raise UserError(f"{name} must be an integer, got {value!r}") from None
+    if n < low or (high is not None and n > high):
+        raise UserError(f"{name} must be in {low}..{high}, got {n}" if high is not None else
+                        f"{name} must be at least {low}, got {n}")
+    return n
+
+
+def _repeat(items, n: int):
+    """Each prompt or class ``n`` times in a row (None stays None)."""
+    if items is None:
+        return None
+    if isinstance(items, torch.Tensor):
+        items = items.view(-1).tolist()
+    elif isinstance(items, (str, int)):
+        items = [items]
+    return [x for x in items for _ in range(n)]
+
+
+def sampling_options(**fields) -> SamplingOptions:
+    """:class:`SamplingOptions` from keyword arguments, checked; one line naming an unknown
+    option or a value of the wrong type."""
+    known = set(SamplingOptions.__dataclass_fields__)
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise UserError(f"unknown sampling option {unknown[0]!r} (this pipeline takes: prompt, class_labels, "
+                        "num_inference_steps, guidance_scale, num_images_per_prompt, generator, output_type, "
+                        f"return_dict, callback_on_step_end, sampling_dtype, {', '.join(sorted(known - {'cfg', 'diff_steps'}))})")
+    try:
+        return SamplingOptions(**fields).validate()
+    except TypeError as e:
+        raise UserError(f"a sampling option has a value of the wrong type ({e}); numbers are expected") from None
+
+
 def _check_text_components(config, text_encoder, text_tokenizer) -> None:
     """One line when the text components do not fit the generator: both or neither, a text
     model only, the width the generator was trained on."""
@@ -290,7 +370,8 @@ def _check_scheduler(scheduler, head):
                         f"(sampler {head.sampler!r}), not a {type(scheduler).__name__}")
     pred = getattr(scheduler.config, "prediction_type", None)
     if pred is not None and pred != head.prediction:
-        raise UserError(f"the scheduler predicts {pred}, the residual head {head.prediction}")
+        raise UserError(f"the scheduler predicts {pred}, the residual head {head.prediction}; keep the "
+                        "pipeline's own scheduler (or one made from its config)")
     return scheduler
 
 

@@ -120,7 +120,7 @@ def main(argv=None):
     import torch
     from tqdm import tqdm
 
-    from hart.common.images import MAX_GRID_SIDE, grid_size, save_grid, to_pil
+    from hart.common.images import MAX_GRID_PIXELS, grid_size, save_grid, to_pil
     from sampling.pipeline import HARTPipeline
 
     from hart.common.dist import resolve_device
@@ -143,9 +143,10 @@ def main(argv=None):
         row_keys, row_labels = args.classes, [class_label(config, c) for c in args.classes]
         key = "class_ids"
     w, h = grid_size(len(row_keys), args.num, pipe.tokenizer.config.resolution, row_labels, scale=args.scale)
-    if max(w, h) > MAX_GRID_SIDE:
-        raise UserError(f"the grid would be {w} x {h} px, more than {MAX_GRID_SIDE} px a side: lower --num "
-                        "(images per row) or --scale, or draw fewer rows per run")
+    if w * h > MAX_GRID_PIXELS:
+        raise UserError(f"the grid would be {w} x {h} px ({w * h / 1e6:,.0f} megapixels, more than "
+                        f"{MAX_GRID_PIXELS / 1e6:,.0f}): lower --num (images per row) or --scale, or draw fewer "
+                        "rows (classes, prompts) per run")
     items = [r for r in row_keys for _ in range(args.num)]
     seeds = [args.seed + j for j in range(len(items))]
     images = []

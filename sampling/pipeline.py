@@ -64,13 +64,14 @@ def condition_inputs(config, class_ids, prompts, text_encoder, names=("class ids
     if prompts is not None:
         if not config.is_text:
             raise UserError(f"this model is class-conditional: give it {ids_name}, not {text_name}")
-        enc = text_encoder().encode(check_prompts(prompts))
+        prompts = check_prompts(prompts)  # before the encoder loads: a bad prompt is one line at once
+        enc = text_encoder().encode(prompts)
         return enc, enc[0].shape[0]
     if config.is_text:
         raise UserError(f"this model is text-conditioned: give it {text_name}, not {ids_name}")
     if isinstance(class_ids, torch.Tensor):
         class_ids = class_ids.view(-1).tolist()
-    elif isinstance(class_ids, int):
+    elif isinstance(class_ids, (int, str)):
         class_ids = [class_ids]
     ids = config.check_class_ids(class_ids)
     return ids, len(ids)

@@ -64,7 +64,8 @@ if [ "$(saved_step "$OUT/tok-shapes")" -ge 600 ]; then skip tok-shapes "$OUT/tok
         --batch-size 32 --save-every 100
 fi
 
-# 2. token cache: 30,000 scenes, their captions encoded once by MiniLM at 16 tokens (6 min)
+# 2. token cache: 30,000 scenes (the shipped run stored MiniLM's encodings at 16 tokens; the cache now keeps
+#    the captions as text and hart train encodes them) (6 min)
 if [ -f "$OUT/shapes-tokens/tokens.safetensors" ]; then skip shapes-tokens "$OUT/shapes-tokens"; else
     timed shapes-tokens "$HART" extract-tokens --tokenizer "$OUT/tok-shapes" --data shapes --limit 30000 \
         --out "$OUT/shapes-tokens"

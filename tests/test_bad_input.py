@@ -43,15 +43,23 @@ def t2i_model_dir(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- outputs
 
-def test_extract_tokens_keeps_an_existing_folder(tokdir, tmp_path, capsys):
+def test_extract_tokens_keeps_an_existing_folder(tokdir, demo_model_dir, tmp_path, capsys):
     out = tmp_path / "notes"
     out.mkdir()
     (out / "notes.txt").write_text("precious")
     args = ["extract-tokens", "--tokenizer", str(tokdir), "--data", "synthetic", "--limit", "4", "--out", str(out)]
     assert "--overwrite" in one_line(capsys, args)
-    # --overwrite replaces a token cache, never a folder this tool did not write
-    assert "not a folder this tool wrote" in one_line(capsys, args + ["--overwrite"])
+    # --overwrite replaces a token cache, never a folder this tool did not write, nor a model folder
+    assert "not a token cache written by this tool" in one_line(capsys, args + ["--overwrite"])
     assert tree(out) == {"notes.txt": b"precious"}
+    model = tmp_path / "model"
+    shutil.copytree(demo_model_dir, model)
+    before = tree(model)
+    assert "not a token cache" in one_line(capsys, args[:-1] + [str(model), "--overwrite"])
+    # nor the folder it reads from: a model folder's tokenizer/ is the tokenizer it encodes with
+    line = one_line(capsys, ["extract-tokens", "--tokenizer", str(model), "--data", "synthetic", "--limit", "4",
+                             "--out", str(model / "tokenizer"), "--overwrite"])
+    assert "which this command reads" in line and tree(model) == before
     cache = tmp_path / "cache"
     assert hart_main(args[:-1] + [str(cache)]) == 0
     assert "--overwrite" in one_line(capsys, args[:-1] + [str(cache)])
@@ -63,9 +71,9 @@ def test_extract_tokens_keeps_an_existing_folder(tokdir, tmp_path, capsys):
 def test_export_never_replaces_the_folder_it_reads(demo_model_dir, tmp_path, capsys):
     parent = tmp_path / "x"
     shutil.copytree(demo_model_dir, parent / "gen")
-    (parent / "config.json").write_text("{}")  # looks like a folder this tool wrote
+    shutil.copytree(demo_model_dir / "generator", parent / "old-export")  # a folder this tool wrote
     before = tree(parent)
-    for out in (parent, parent / "gen"):
+    for out in (parent, parent / "gen", parent / "gen" / "generator"):
         line = one_line(capsys, ["export", "--model", str(parent / "gen"), "--out", str(out), "--overwrite"])
         assert "which this command reads" in line
     assert tree(parent) == before
@@ -107,9 +115,11 @@ def test_damaged_generator_folder(demo_model_dir, tmp_path, capsys, damage, word
 def test_damaged_run_files(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
+    from hart.common.metrics import read_metrics
+
     good = json.dumps({"step": 1, "loss": 2.0})
     (run / "metrics.jsonl").write_bytes(good.encode() + b"\n" + bytes(range(128, 256)) + b"\n" + good.replace("1", "2").encode())
-    assert hart_main(["plot", str(run), "--out", str(tmp_path / "p.png")]) == 0  # the damaged line is skipped
+    assert [r["step"] for r in read_metrics(run)] == [1, 2]  # the damaged line is skipped
     (tmp_path / "file").write_text("x")
     assert "is a file; a folder was expected" in one_line(capsys, ["generate", "--model", str(tmp_path / "file"),
                                                                    "--class", "0"])
@@ -123,10 +133,10 @@ def test_damaged_run_files(tmp_path, capsys):
     (["--ema", "1"], "--ema must be in"), (["--weight-decay", "inf"], "--weight-decay must be in"),
 ])
 def test_train_option_ranges(tokdir, tmp_path, capsys, extra, words):
-    out = tmp_path / "r"
+    out = tmp_path / "new" / "r"
     line = one_line(capsys, ["train", "--tokenizer", str(tokdir), "--preset", "tiny", "--data", "synthetic",
                              "--steps", "1", "--out", str(out), *extra])
-    assert words in line and not out.exists()
+    assert words in line and not (tmp_path / "new").exists()  # a bad command makes nothing
 
 
 def test_train_tokenizer_option_ranges(tmp_path, capsys):
@@ -165,7 +175,7 @@ def test_generate_refuses_a_grid_too_large(demo_model_dir, tmp_path, capsys):
     for extra in (["--num", "100000000"], ["--scale", "100000"]):
         line = one_line(capsys, ["generate", "--model", str(demo_model_dir), "--class", "0", *extra,
                                  "--out", str(tmp_path / "g.png")])
-        assert "px a side" in line
+        assert "megapixels" in line
     assert not (tmp_path / "g.png").exists()
 
 
@@ -174,6 +184,7 @@ def test_prompts_that_are_not_text():
     from hart.text import check_prompts
 
     assert check_prompts(["a red circle", "\u2764 heart", "123"]) == ["a red circle", "\u2764 heart", "123"]
+    assert check_prompts(["\U0001fae8", "e\u0301"])  # a character newer than Python's tables; a mark
     for bad, words in (("\ud800", "not valid text"), ("\u200b\u200b", "empty"), (" \t\n", "empty")):
         with pytest.raises(UserError, match=words):
             check_prompts(["a red circle", bad])
@@ -200,5 +211,12 @@ def test_init_of_another_kind_and_resume_with_other_options(tokdir, t2i_model_di
                                         "--seed", "3", "--out", str(out), "--resume"])
     assert "started with --data synthetic" in line
     assert tree(out / "train_state") == state
-    assert hart_main(base + ["--steps", "3", "--batch-size", "4", "--seed", "3", "--out", str(out), "--resume"]) == 0
-    assert json.loads((out / "train_state" / "meta.json").read_text())["step"] == 3
+    # the same data spelled another way is the same run
+    assert hart_main(base[:5] + ["--data", "synthetic:train", "--no-tensorboard", "--steps", "3", "--batch-size", "4",
+                                 "--seed", "3", "--out", str(out), "--resume"]) == 0
+    # a run saved before the batch size was recorded is not checked for it
+    meta = json.loads((out / "train_state" / "meta.json").read_text())
+    del meta["batch_size"]
+    (out / "train_state" / "meta.json").write_text(json.dumps(meta))
+    assert hart_main(base + ["--steps", "4", "--batch-size", "8", "--seed", "3", "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "train_state" / "meta.json").read_text())["step"] == 4

@@ -229,7 +229,9 @@ def test_pickle_needing_code_is_refused(tmp_path, capsys):
 def test_damaged_checkpoint_is_not_called_unsafe(tmp_path, capsys, vae_sd):
     torch.save(vae_sd, tmp_path / "vae.pth")
     whole = (tmp_path / "vae.pth").read_bytes()
-    for name, data in (("cut.pth", whole[:len(whole) // 2]), ("empty.pth", b""), ("text.pth", b"hello")):
+    garbled = b"\x80\x02\x94\x94\x94garbage"  # opcodes a weights-only load refuses: damage, not code
+    for name, data in (("cut.pth", whole[:len(whole) // 2]), ("empty.pth", b""), ("text.pth", b"hello"),
+                       ("garbled.pth", garbled)):
         (tmp_path / name).write_bytes(data)
         _expect_error(capsys, ["var", "--vae", str(tmp_path / name), "--out", str(tmp_path / "o")],
                       "damaged or not a PyTorch checkpoint")

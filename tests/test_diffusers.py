@@ -370,3 +370,69 @@ def test_precision_is_autocast_and_other_weights_are_refused_in_one_line():
     pipe.to(torch.bfloat16)
     with pytest.raises(UserError, match="HART samples with fp32 weights"):
         pipe(class_labels=[1], generator=gens(0))
+
+
+def test_save_pretrained_keeps_what_else_the_folder_holds(tmp_path):
+    run = tmp_path / "run"
+    (run / "train_state").mkdir(parents=True)
+    (run / "train_state" / "meta.json").write_text("{}")
+    (run / "metrics.jsonl").write_text("{}\n")
+    pipe = tiny_pipe()
+    pipe.save_pretrained(run)
+    pipe.save_pretrained(run)  # again, over its own components
+    assert (run / "train_state" / "meta.json").read_text() == "{}" and (run / "metrics.jsonl").is_file()
+    assert sorted(p.name for p in run.iterdir()) == ["generator", "metrics.jsonl", "model_index.json", "scheduler",
+                                                    "tokenizer", "train_state"]
+    back = DiffusionPipeline.from_pretrained(run)
+    assert torch.equal(back.generator.head.weight, pipe.generator.head.weight)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        pipe.save_pretrained(tmp_path / "file")
+    with pytest.raises(UserError, match="without variant"):
+        pipe.save_pretrained(tmp_path / "v", variant="fp16")
+
+
+def test_images_per_prompt_and_class_names(pipe):
+    small = tiny_pipe()
+    small.set_progress_bar_config(disable=True)
+    a = small(class_labels=[1, 2], num_images_per_prompt=2, generator=gens(0, 1, 2, 3), output_type="pt").images
+    b = small(class_labels=[1, 1, 2, 2], generator=gens(0, 1, 2, 3), output_type="pt").images
+    assert a.shape[0] == 4 and torch.equal(a, b)
+    pipe.set_progress_bar_config(disable=True)
+    names = pipe.generator.config.display.class_names
+    by_name = pipe(class_labels=names[3].upper(), generator=gens(0), output_type="pt").images
+    assert torch.equal(by_name, pipe(class_labels=torch.tensor([3]), generator=gens(0), output_type="pt").images)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(class_labels=[3.7]), "neither a class id"), (dict(class_labels=[True]), "neither a class id"),
+    (dict(class_labels=["no such class"]), "unknown class"),
+    (dict(class_labels=[1], generator=0), "torch.Generator"),
+    (dict(class_labels=[1], num_inference_steps=2.5), "num_inference_steps must be an integer"),
+    (dict(class_labels=[1], num_inference_steps=1000), "num_inference_steps must be in"),
+    (dict(class_labels=[1], num_images_per_prompt=0), "num_images_per_prompt must be at least 1"),
+    (dict(class_labels=[1], guidance_scale="2"), "wrong type"),
+    (dict(class_labels=[1], negative_prompt="blurry"), "unknown sampling option 'negative_prompt'"),
+    (dict(class_labels=[1], callback_on_step_end="print"), "must be a function"),
+])
+def test_bad_call_arguments_are_one_line(kwargs, words):
+    pipe = tiny_pipe()
+    with pytest.raises(UserError, match=words):
+        pipe(**kwargs)
+
+
+def test_prompts_that_are_not_strings_are_refused():
+    pipe = tiny_pipe(text=True)
+    for prompt, words in ((["a red circle", None], "prompt 2 is a NoneType"), (b"a red circle", "not a bytes"),
+                          ([5], "prompt 1 is a int"), (3, "not a int")):
+        with pytest.raises(UserError, match=words):
+            pipe(prompt=prompt)
+
+
+def test_a_scheduler_assigned_after_loading_is_checked():
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe = tiny_pipe()
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(UserError, match="samples with a DDIMScheduler"):
+        pipe(class_labels=[1], generator=gens(0))

@@ -317,9 +317,9 @@ def test_flex_attention_forward_matches_sdpa(preset, mask_pads):
     """--attention flex: the BlockMask made from the block-causal mask gives SDPA's logits
     (PyTorch's eager FlexAttention on the CPU, forward only; tests/test_cuda.py checks the
     compiled kernel and its gradients on a GPU). Rows with pad keys keep SDPA."""
-    from hart import kernels
+    from hart import attention as attn
 
-    if not kernels.flex_available():
+    if not attn.flex_available():
         pytest.skip("this PyTorch has no FlexAttention")
     torch.manual_seed(0)
     kw = {"mask_pads": mask_pads} if preset.startswith("t2i") else {}

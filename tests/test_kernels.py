@@ -13,6 +13,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from hart import attention as attn  # noqa: E402
 from hart import kernels  # noqa: E402
 
 needs_triton = pytest.mark.skipif(not kernels.triton_available(), reason="triton is not importable")
@@ -156,7 +157,7 @@ def test_attention_explicit_matches_sdpa(with_bias):
         level = torch.tensor([0] + [1] * 4 + [2] * 6)
         bias = torch.where(level[:, None] >= level[None, :], 0.0, float("-inf")).double().view(1, 1, T, T)
     results = []
-    for fn in (kernels.attention_explicit, kernels.attention):
+    for fn in (attn.attention_explicit, attn.attention):
         leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
         out = fn(*leaves, bias, 0.3)
         (out * torch.linspace(-1, 1, hd, dtype=torch.float64)).sum().backward()
@@ -172,12 +173,12 @@ def test_attention_dispatch():
     q, k, v = (torch.randn(2, 2, 7, 8, generator=g).bfloat16().requires_grad_(True) for _ in range(3))
     bias = torch.zeros(1, 1, 7, 7).bfloat16().masked_fill(torch.ones(7, 7, dtype=torch.bool).triu(1), float("-inf"))
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    assert torch.equal(kernels.attention(q, k, v, bias, 0.3), kernels.attention_explicit(q, k, v, bias, 0.3))
+    assert torch.equal(attn.attention(q, k, v, bias, 0.3), attn.attention_explicit(q, k, v, bias, 0.3))
     with torch.no_grad():
-        assert torch.equal(kernels.attention(q, k, v, bias, 0.3), sdpa(q, k, v, attn_mask=bias, scale=0.3))
-    long = [torch.randn(1, 1, kernels.EXPLICIT_MAX_KEYS + 1, 8, generator=g).bfloat16().requires_grad_(True)
+        assert torch.equal(attn.attention(q, k, v, bias, 0.3), sdpa(q, k, v, attn_mask=bias, scale=0.3))
+    long = [torch.randn(1, 1, attn.EXPLICIT_MAX_KEYS + 1, 8, generator=g).bfloat16().requires_grad_(True)
             for _ in range(3)]
-    assert torch.equal(kernels.attention(*long, None, 0.3), sdpa(*long, scale=0.3))
+    assert torch.equal(attn.attention(*long, None, 0.3), sdpa(*long, scale=0.3))
     q32, k32, v32 = (t.detach().float().requires_grad_(True) for t in (q, k, v))
-    assert torch.equal(kernels.attention(q32, k32, v32, bias.float(), 0.3),
+    assert torch.equal(attn.attention(q32, k32, v32, bias.float(), 0.3),
                        sdpa(q32, k32, v32, attn_mask=bias.float(), scale=0.3))

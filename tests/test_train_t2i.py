@@ -153,7 +153,7 @@ def test_one_line_errors(tokdir, cache, old_cache, tmp_path, capsys):
     assert "captioned data" in err(train_main, ["--tokenizer", str(tokdir), "--preset", "t2i-tiny", "--data",
                                                 "synthetic", "--out", str(tmp_path / "y"), "--steps", "1"])
     # a cache of embeddings (the earlier layout) made at another prompt length; one of captions serves any
-    assert "re-run hart extract-tokens" in err(train_main, ["--tokenizer", str(tokdir), "--preset", "t2i-tiny",
+    assert "make the cache again with hart extract-tokens" in err(train_main, ["--tokenizer", str(tokdir), "--preset", "t2i-tiny",
                                                             "--tokens", str(old_cache), "--context-tokens", "12",
                                                             "--out", str(tmp_path / "z"), "--steps", "1"])
     _train(tokdir, tmp_path / "z12", "--tokens", str(cache), "--context-tokens", "12", "--steps", "1")

@@ -281,13 +281,13 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.image_every is None:
         args.image_every = args.save_every
-    output_dir(args.out, create=False)  # a file there, or a folder that cannot be made: one line now
     check_positive(args, "steps", "batch_size", "save_every", "log_every", "image_every")
     if not 0.0 <= args.hybrid_share <= 1.0:
         raise UserError(f"--hybrid-share is a share of the batches, from 0 to 1; got {args.hybrid_share}")
     check_range(args, "lr", 0, 1)
     for name in ("disc_weight", "sharpness_weight"):
         check_range(args, name, 0, 1e6)
+    output_dir(args.out, create=False)  # a file there, or no way to make it: one line (after the checks)
     out = Path(args.out)
     config = resolve_config(args, out)
     if args.disc_start is None:

@@ -20,8 +20,9 @@ def to_pil(images: torch.Tensor) -> list:
     return [Image.fromarray(a) for a in to_uint8(images)]
 
 
-# the largest grid side written (px): beyond it image viewers and the PNG encoder's memory give out
-MAX_GRID_SIDE = 32768
+# the largest grid written, in pixels (400 megapixels: 1.2 GB of RGB in memory, and as much again
+# for the rows it is pasted from): beyond it the grid is a memory fault, not a picture
+MAX_GRID_PIXELS = 400_000_000
 
 
 def _label_width(row_labels) -> int:

@@ -80,8 +80,9 @@ class ConfigBase:
             raise
         except (TypeError, ValueError, AttributeError, KeyError, IndexError, ZeroDivisionError) as e:
             # a hand-edited or damaged config.json: a field of the wrong type or shape
-            raise UserError(f"{cls.KIND} config has a value of the wrong type or shape ({e}); "
-                            "restore its config.json or write it again with hart export") from None
+            raise UserError(f"{cls.KIND} config has a value of the wrong type or shape ({e}); the file was "
+                            "edited or damaged: restore it from a copy, or write it again from its source "
+                            "(hart train, hart export of the run it came from)") from None
 
     def replace(self, **kw):
         return dataclasses.replace(self, **kw)
@@ -98,7 +99,7 @@ def resolve_dir(path) -> Path:
     if old.is_dir():
         return old
     if path.exists():
-        raise UserError(f"{path} is a file; a folder was expected here (a model, tokenizer or run folder)")
+        raise UserError(f"{path} is a file; a folder was expected here (a model, run or token cache folder)")
     raise UserError(f"no such folder: {path}")
 
 
@@ -106,6 +107,8 @@ def component_dir(folder, name: str) -> Path:
     """The folder of one model: ``folder/name`` of a model folder (tokenizer/ + generator/), or
     ``folder`` itself; ``.old`` folders of an interrupted swap are followed."""
     folder = resolve_dir(folder)
+    if (folder / CONFIG_NAME).is_file():  # the model itself, whatever its subfolders
+        return folder
     return resolve_dir(folder / name) if (folder / name).exists() or (folder / f"{name}.old").exists() else folder
 
 
@@ -128,6 +131,34 @@ def _write_fault(e: BaseException, tmp: Path, path: Path) -> OSError | None:
     return None
 
 
+def swap_in(src: Path, path: Path) -> None:
+    """Put the file or folder ``src`` (on the same file system) at ``path``, replacing what is
+    there: its files made durable first, a file by one rename, a folder by two (the old one
+    kept as ``path.old`` until the new one is in place, which :func:`resolve_dir` follows)."""
+    src, path = Path(src), Path(path)
+    for f in ([src] if src.is_file() else src.iterdir()):  # the bytes durable before the rename publishes them
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    if src.is_file():
+        if path.is_dir():
+            shutil.rmtree(path)
+        os.replace(src, path)
+        return
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
+        os.replace(path, old)
+    os.replace(src, path)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old.exists():
+        old.unlink()
+
+
 @contextlib.contextmanager
 def atomic_dir(path):
     """Yield a temp folder; on success it replaces ``path`` atomically (see module doc)."""
@@ -137,17 +168,7 @@ def atomic_dir(path):
     tmp.mkdir()
     try:
         yield tmp
-        for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        old = path.with_name(path.name + ".old")
-        if old.exists() and path.exists():
-            shutil.rmtree(old)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, path)
     except Exception as e:
         fault = _write_fault(e, tmp, path)
         if fault is None:
@@ -358,32 +379,50 @@ def load_state(path) -> dict:
 
 # ----------------------------------------------------------------------------- model folders
 
-# what a folder this package writes holds at its top (model folders, pipelines, token caches):
-# --overwrite replaces only a folder that has one of them
-WRITTEN_MARKERS = ("config.json", "model_index.json", "tokenizer", "generator", "meta.json", "tokens.safetensors")
+def _model_config(folder: Path) -> bool:
+    """``folder`` holds a model this package wrote: a config.json naming one of its classes."""
+    try:
+        d = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and d.get("_class", d.get("_class_name")) in ("HybridTokenizer", "HARTGenerator")
 
 
-def prepare_out_dir(out, overwrite: bool, sources=(), flag: str = "--out") -> Path:
-    """``out`` for a new folder (written aside, then swapped in by :func:`atomic_dir`).
+def written_here(folder: Path, kind: str) -> bool:
+    """``folder`` is one this package writes: ``kind`` "model" (one model's folder, or a model
+    folder of tokenizer/ + generator/) or "tokens" (a token cache of ``hart extract-tokens``)."""
+    folder = Path(folder)
+    if kind == "tokens":
+        try:
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return (folder / "tokens.safetensors").is_file() and isinstance(meta, dict) and "tokenizer_fingerprint" in meta
+    return _model_config(folder) or all(_model_config(folder / sub) for sub in ("tokenizer", "generator"))
 
-    Refused when it holds anything, unless ``overwrite``; with ``overwrite``, refused still
-    when it is not a folder this package wrote (none of :data:`WRITTEN_MARKERS`: replacing it
-    would delete someone's files), and when it is, or holds, one of ``sources`` (the folders
-    or files the command reads: the swap would delete them). Also refused when it cannot be
-    written (:func:`hart.common.fs.output_dir`)."""
+
+def prepare_out_dir(out, overwrite: bool, sources=(), flag: str = "--out", kind: str = "model") -> Path:
+    """``out`` for a new folder of ``kind`` (written aside, then swapped in by :func:`atomic_dir`).
+
+    Refused when it holds anything, unless ``overwrite``; with ``overwrite``, refused still when
+    it is not a folder of that kind this package wrote (:func:`written_here`: replacing it would
+    delete someone's files), and always when it is, holds or lies inside one of ``sources`` (the
+    folders or files the command reads: the swap would delete them). Also refused when it
+    cannot be written (:func:`hart.common.fs.output_dir`: the parent is made now)."""
     out = Path(out)
     target = out.resolve()
     for src in sources:
         if src is None:
             continue
         s = Path(src).resolve()
-        if s == target or target in s.parents:
-            raise UserError(f"{flag} {out} is or holds {src}, which this command reads: writing it would delete its "
-                            f"input; choose an {flag} outside it")
+        if s == target or target in s.parents or s in target.parents:
+            raise UserError(f"{flag} {out} overlaps {src}, which this command reads: writing it would delete or "
+                            f"change its input; choose an {flag} outside it")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise UserError(f"{out} already exists and is not empty; choose another {flag} or pass --overwrite")
-        if not out.is_dir() or not any((out / m).exists() for m in WRITTEN_MARKERS):
-            raise UserError(f"{out} is not a folder this tool wrote (no {', '.join(WRITTEN_MARKERS[:2])} or "
-                            f"tokens); --overwrite replaces only such a folder: choose another {flag}")
+        if not out.is_dir() or not written_here(out, kind):
+            what = "token cache" if kind == "tokens" else "model folder"
+            raise UserError(f"{out} is not a {what} written by this tool; --overwrite replaces only such a folder: "
+                            f"choose another {flag}")
     return output_dir(out, create=False)  # its parent made and writable before any work starts

@@ -88,11 +88,22 @@ def resume_flags(args) -> dict:
     return {name: getattr(args, name, None) for name in RESUME_FLAGS}
 
 
+def _same_data(a: str, b: str) -> bool:
+    """Two ``--data`` specs of the same images (``NAME`` reads the train split)."""
+    return a.removesuffix(":train") == b.removesuffix(":train")
+
+
 def check_resume_flags(meta: dict, args, out) -> None:
-    """On --resume, one line when an option of :data:`RESUME_FLAGS` differs from the saved run's
-    (runs saved before these were recorded are not checked)."""
+    """On --resume, one line when an option of :data:`RESUME_FLAGS` differs from the saved run's.
+    An option the run's meta.json does not record (a run saved before it was) is not checked;
+    ``--data`` only when both runs read ``--data`` (not a token cache, whose path may move)."""
     for name in RESUME_FLAGS:
-        if name in meta and meta[name] != getattr(args, name, None):
+        if name not in meta:
+            continue
+        saved, now = meta[name], getattr(args, name, None)
+        if name == "data" and (saved is None or now is None or _same_data(saved, now)):
+            continue
+        if saved != now:
             flag = "--" + name.replace("_", "-")
             raise UserError(f"the run in {out} was started with {flag} {meta[name]}, not {getattr(args, name, None)}; "
                             f"resume it with the same {flag} (a resumed run continues exactly), or start a new "
