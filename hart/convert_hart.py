@@ -18,7 +18,8 @@ import re
 from pathlib import Path
 
 from hart.common.errors import UserError
-from hart.common.io import prepare_out_dir, read_json
+from hart.common.fs import prepare_out_dir
+from hart.common.io import read_json
 from hart.common.models import write_models
 from hart.convert_var import (block_indices, check_keys, need_tensor, published_schedule, read_checkpoint,
                               tokenizer_from_state)

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from hart.common.errors import UserError
-from hart.common.io import key_mismatch, prepare_out_dir
+from hart.common.fs import prepare_out_dir
+from hart.common.io import key_mismatch
 from hart.common.models import write_models
 from tokenizer.config import PATCH_NUMS
 

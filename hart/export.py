@@ -79,7 +79,8 @@ def check_same_tokens(a, b, where: str) -> None:
 
 def export(model, out, storage: str = "int8", overwrite: bool = False, tokenizer=None,
            diff_temperature: float | None = None, grayscale: bool | None = None) -> Path:
-    from hart.common.io import prepare_out_dir, resolve_dir
+    from hart.common.fs import prepare_out_dir
+    from hart.common.io import resolve_dir
     from hart.common.models import write_models
 
     if diff_temperature is not None and not (diff_temperature >= 0 and math.isfinite(diff_temperature)):

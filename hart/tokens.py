@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from hart.data.datasets import add_data_arguments, data_split, make_dataset
 from hart.common.errors import UserError, cli_entry
-from hart.common.io import WEIGHTS_NAME, atomic_dir, component_dir, prepare_out_dir, read_json, resolve_dir, write_json
+from hart.common.fs import prepare_out_dir
+from hart.common.io import WEIGHTS_NAME, atomic_dir, component_dir, read_json, resolve_dir, write_json
 from tokenizer import HybridTokenizer
 
 TOKENS_NAME = "tokens.safetensors"

@@ -1,15 +1,19 @@
 """Files the user hands in or asks for, checked before any work starts: text files must be
 UTF-8 (one line naming the file and the first bad byte), output paths must be writable (their
-folder is made when missing; one line when it cannot be).
+folder is made when missing; one line when it cannot be), and a folder that a command would
+replace must be one of its own kind, apart from what the command reads (:func:`prepare_out_dir`).
 
 Plumbing leaf: imports nothing else of the project except :mod:`hart.common.errors`.
 """
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
 from hart.common.errors import UserError, os_reason
+
+CONFIG_NAME = "config.json"  # a model folder's config (beside model.safetensors: hart.common.io)
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -73,3 +77,52 @@ def output_dir(path, flag: str = "--out", create: bool = True) -> Path:
         raise UserError(f"{flag} {p} is a file, not a folder")
     _writable_folder(p if create else p.parent, flag, p)
     return p
+
+
+def _model_config(folder: Path) -> bool:
+    """``folder`` holds a model this package wrote: a config.json naming one of its classes."""
+    try:
+        d = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and d.get("_class", d.get("_class_name")) in ("HybridTokenizer", "HARTGenerator")
+
+
+def written_here(folder: Path, kind: str) -> bool:
+    """``folder`` is one this package writes: ``kind`` "model" (one model's folder, or a model
+    folder of tokenizer/ + generator/) or "tokens" (a token cache of ``hart extract-tokens``)."""
+    folder = Path(folder)
+    if kind == "tokens":
+        try:
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return (folder / "tokens.safetensors").is_file() and isinstance(meta, dict) and "tokenizer_fingerprint" in meta
+    return _model_config(folder) or all(_model_config(folder / sub) for sub in ("tokenizer", "generator"))
+
+
+def prepare_out_dir(out, overwrite: bool, sources=(), flag: str = "--out", kind: str = "model") -> Path:
+    """``out`` for a new folder of ``kind`` (written aside, then swapped in by :func:`atomic_dir`).
+
+    Refused when it holds anything, unless ``overwrite``; with ``overwrite``, refused still when
+    it is not a folder of that kind this package wrote (:func:`written_here`: replacing it would
+    delete someone's files), and always when it is, holds or lies inside one of ``sources`` (the
+    folders or files the command reads: the swap would delete them). Also refused when it
+    cannot be written (:func:`output_dir`: the parent is made now)."""
+    out = Path(out)
+    target = out.resolve()
+    for src in sources:
+        if src is None:
+            continue
+        s = Path(src).resolve()
+        if s == target or target in s.parents or s in target.parents:
+            raise UserError(f"{flag} {out} overlaps {src}, which this command reads: writing it would delete or "
+                            f"change its input; choose an {flag} outside it")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise UserError(f"{out} already exists and is not empty; choose another {flag} or pass --overwrite")
+        if not out.is_dir() or not written_here(out, kind):
+            what = "token cache" if kind == "tokens" else "model folder"
+            raise UserError(f"{out} is not a {what} written by this tool; --overwrite replaces only such a folder: "
+                            f"choose another {flag}")
+    return output_dir(out, create=False)  # its parent made and writable before any work starts

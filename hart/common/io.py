@@ -35,9 +35,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hart.common.errors import UserError, is_disk_full
-from hart.common.fs import output_dir
+from hart.common.fs import CONFIG_NAME
 
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
@@ -378,51 +377,3 @@ def load_state(path) -> dict:
 
 
 # ----------------------------------------------------------------------------- model folders
-
-def _model_config(folder: Path) -> bool:
-    """``folder`` holds a model this package wrote: a config.json naming one of its classes."""
-    try:
-        d = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(d, dict) and d.get("_class", d.get("_class_name")) in ("HybridTokenizer", "HARTGenerator")
-
-
-def written_here(folder: Path, kind: str) -> bool:
-    """``folder`` is one this package writes: ``kind`` "model" (one model's folder, or a model
-    folder of tokenizer/ + generator/) or "tokens" (a token cache of ``hart extract-tokens``)."""
-    folder = Path(folder)
-    if kind == "tokens":
-        try:
-            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        return (folder / "tokens.safetensors").is_file() and isinstance(meta, dict) and "tokenizer_fingerprint" in meta
-    return _model_config(folder) or all(_model_config(folder / sub) for sub in ("tokenizer", "generator"))
-
-
-def prepare_out_dir(out, overwrite: bool, sources=(), flag: str = "--out", kind: str = "model") -> Path:
-    """``out`` for a new folder of ``kind`` (written aside, then swapped in by :func:`atomic_dir`).
-
-    Refused when it holds anything, unless ``overwrite``; with ``overwrite``, refused still when
-    it is not a folder of that kind this package wrote (:func:`written_here`: replacing it would
-    delete someone's files), and always when it is, holds or lies inside one of ``sources`` (the
-    folders or files the command reads: the swap would delete them). Also refused when it
-    cannot be written (:func:`hart.common.fs.output_dir`: the parent is made now)."""
-    out = Path(out)
-    target = out.resolve()
-    for src in sources:
-        if src is None:
-            continue
-        s = Path(src).resolve()
-        if s == target or target in s.parents or s in target.parents:
-            raise UserError(f"{flag} {out} overlaps {src}, which this command reads: writing it would delete or "
-                            f"change its input; choose an {flag} outside it")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise UserError(f"{out} already exists and is not empty; choose another {flag} or pass --overwrite")
-        if not out.is_dir() or not written_here(out, kind):
-            what = "token cache" if kind == "tokens" else "model folder"
-            raise UserError(f"{out} is not a {what} written by this tool; --overwrite replaces only such a folder: "
-                            f"choose another {flag}")
-    return output_dir(out, create=False)  # its parent made and writable before any work starts
