@@ -235,11 +235,12 @@ def test_unwritable_out_is_refused_before_sampling(tmp_path, monkeypatch, capsys
 
 def test_other_outputs_are_checked_first(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
+    (tmp_path / "m").mkdir()  # export's --model: an --out inside it would be refused for that
     bad = tmp_path / "f" / "x"
     for argv, flag in ((["plot", str(tmp_path), "--out", f"{bad}.png"], "--out"),
                        (["fid", "--images", str(tmp_path), "--ref", "synthetic", "--save-stats", f"{bad}.npz"],
                         "--save-stats"),
-                       (["export", "--model", str(tmp_path), "--out", str(bad)], "--out"),
+                       (["export", "--model", str(tmp_path / "m"), "--out", str(bad)], "--out"),
                        (["eval-tokenizer", "--model", str(tmp_path), "--data", "synthetic", "--save-recon", str(bad)],
                         "--save-recon")):
         with pytest.raises(SystemExit) as e:
