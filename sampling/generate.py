@@ -91,20 +91,11 @@ def read_prompts(path) -> list[str]:
 
 
 def resolve_classes(args, config) -> list[int]:
-    """--class values (ids or names, case-insensitive) and --all-classes -> class ids."""
+    """--class values (ids or names, case-insensitive: :meth:`GeneratorConfig.check_class_ids`)
+    and --all-classes -> class ids."""
     if args.all_classes:
         return list(range(config.num_classes))
-    names = {n.lower(): i for i, n in enumerate(config.display.class_names)}
-    out = []
-    for c in args.classes:
-        if c.lstrip("-").isdigit():
-            out.append(int(c))
-        elif c.lower() in names:
-            out.append(names[c.lower()])
-        else:
-            known = ", ".join(config.display.class_names) or "this model has no class names; use ids"
-            raise UserError(f"unknown class {c!r}; choose an id or one of: {known}")
-    return out
+    return config.check_class_ids([int(c) if c.lstrip("-").isdigit() else c for c in args.classes])
 
 
 def class_label(config, c: int) -> str:
