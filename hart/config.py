@@ -4,7 +4,7 @@
 (:class:`HeadConfig`, ``None`` for a plain VAR model), statistics measured from the training
 data (:class:`DataStats`), display metadata (:class:`DisplayConfig`) and the training knobs
 that travel with the weights (:class:`TrainingConfig`). config.json nests them the same way;
-the flat layout of earlier versions still loads (:meth:`GeneratorConfig.from_dict`).
+the flat layout of earlier versions still loads (:mod:`hart.config_legacy`).
 
 ``GeneratorConfig.from_name("var-d16")`` gives the official VAR-d16 shape (its checkpoint
 loads into :class:`hart.model.HARTGenerator` strictly, key for key). ``fm-s`` is the CPU
@@ -26,6 +26,7 @@ import math
 import operator
 from typing import ClassVar
 
+from hart import config_legacy
 from hart.common.errors import UserError
 from hart.common.io import ConfigBase
 from tokenizer.config import VAR_PATCH_NUMS  # one schedule table, the tokenizer's
@@ -39,25 +40,6 @@ def _var(depth: int) -> dict:
         depth=depth, width=64 * depth, heads=depth, num_classes=1000, patch_nums=VAR_PATCH_NUMS,
         codebook_size=4096, z_channels=32, attn_l2_norm=True, drop_path=0.1 * depth / 24,
     )
-
-
-LEGACY_NOTE = ("note: this generator config is in the flat layout of earlier versions; it loads as is "
-               "(hart export --storage fp32 writes it in the current layout)")
-# flat fields of earlier versions -> (section, field) of the current layout
-LEGACY_FIELDS = {
-    "diff_width": ("head", "width"), "diff_depth": ("head", "depth"), "diff_train_steps": ("head", "train_steps"),
-    "diff_sample_steps": ("head", "sample_steps"), "diff_temperature": ("head", "temperature"),
-    "diff_sampler": ("head", "sampler"), "diff_learn_sigma": ("head", "learn_sigma"), "diff_mix": ("head", "mix"),
-    "diff_prediction": ("head", "prediction"), "diff_metric": ("head", "metric"),
-    "residual_scale": ("stats", "residual_scale"), "fhat_scale": ("stats", "fhat_scale"),
-    "class_names": ("display", "class_names"), "example_prompts": ("display", "example_prompts"),
-    "sampling": ("display", "sampling"),
-    "cond_drop": ("training", "cond_drop"), "diff_keep_frac": ("training", "diff_keep_frac"),
-    "diff_batch_mul": ("training", "diff_batch_mul"), "residual_from_sampled": ("training", "residual_from_sampled"),
-}
-
-
-_legacy_noted = False
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -254,32 +236,9 @@ class GeneratorConfig(ConfigBase):
 
     @classmethod
     def from_dict(cls, d: dict):
-        """A config.json's fields; the flat layout of earlier versions is read with a note, and
-        an option that no longer exists is refused in one line naming it."""
-        d = dict(d)
-        legacy = [k for k in d if k in LEGACY_FIELDS or k in ("diff_head", "residual_pca")]
-        if not legacy:
-            return super().from_dict(d)
-        if d.pop("residual_pca", 0):
-            raise UserError("this generator uses residual_pca (a projection of the head's draws), an option that "
-                            "no longer exists; export the model again from its training run without it")
-        if d.get("diff_mix") in ("conv", "attn"):
-            raise UserError(f"this generator's head uses diff_mix {d['diff_mix']!r}, an option that no longer "
-                            "exists; retrain its head with --diff-mix none or map")
-        has_head = d.pop("diff_head", False)
-        sections: dict = {name: {} for name in SECTIONS}
-        for k in [k for k in d if k in LEGACY_FIELDS]:
-            section, field = LEGACY_FIELDS[k]
-            sections[section][field] = d.pop(k)
-        d.update({k: v for k, v in sections.items() if k != "head"})
-        d["head"] = sections["head"] if has_head else None
-        global _legacy_noted
-        if not _legacy_noted:  # once per process: a folder's config is read more than once
-            import sys
-
-            print(LEGACY_NOTE, file=sys.stderr)
-            _legacy_noted = True
-        return super().from_dict(d)
+        """A config.json's fields; the flat layout of earlier versions is read with a note
+        (:mod:`hart.config_legacy`), and an option that no longer exists is refused in one line."""
+        return super().from_dict(config_legacy.nest(d) if config_legacy.is_flat(d) else d)
 
     @property
     def has_head(self) -> bool:

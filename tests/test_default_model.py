@@ -169,7 +169,7 @@ def test_bundled_models_give_the_images_of_the_reference_run(kind):
 
 def _flat(config: dict) -> dict:
     """A nested generator config.json written back in the flat layout of earlier versions."""
-    from hart.config import LEGACY_FIELDS
+    from hart.config_legacy import LEGACY_FIELDS
 
     out = {k: v for k, v in config.items() if k not in ("head", "stats", "display", "training")}
     out["diff_head"] = config["head"] is not None
@@ -186,17 +186,17 @@ def _flat(config: dict) -> dict:
 def test_a_folder_in_the_flat_layout_loads_with_a_note_and_the_same_images(tmp_path, capfd):
     import shutil
 
-    import hart.config
+    import hart.config_legacy
     from hart.common.io import read_json, write_json
 
     old = tmp_path / "old"
     shutil.copytree(DEFAULT_MODEL_DIR, old)
     cfg = read_json(old / "generator" / "config.json")
     write_json(old / "generator" / "config.json", _flat(cfg))
-    hart.config._legacy_noted = False
+    hart.config_legacy._noted = False
     s = _golden_sample("default", old)
     err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
-    assert err == [hart.config.LEGACY_NOTE]  # one line, once
+    assert err == [hart.config_legacy.LEGACY_NOTE]  # one line, once
     _assert_golden("default", s)
 
 
