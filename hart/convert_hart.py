@@ -21,8 +21,8 @@ from hart.common.errors import UserError
 from hart.common.fs import prepare_out_dir
 from hart.common.io import read_json
 from hart.common.models import write_models
-from hart.convert_var import (block_indices, check_keys, need_tensor, published_schedule, read_checkpoint,
-                              tokenizer_from_state)
+from hart.convert_var import (block_indices, check_checkpoint_file, check_keys, need_tensor, published_schedule,
+                              read_checkpoint, tokenizer_from_state)
 
 
 # training-only parts of HART's checkpoint: the GAN discriminator and, when HART trained
@@ -195,8 +195,7 @@ def convert_hart(ckpt, out, text_encoder=None, overwrite: bool = False) -> tuple
 
 def convert_hart_tokenizer(ckpt, out, resolution: int = 1024, patch_nums=None, overwrite: bool = False) -> tuple[Path, int]:
     """HART's hybrid tokenizer (``vae.*`` + ``disc.*``) -> a tokenizer folder (no Phi at the last scale)."""
-    if not Path(ckpt).is_file():
-        raise UserError(f"{ckpt} is a folder, not a checkpoint file" if Path(ckpt).is_dir() else f"no such checkpoint file: {ckpt}")
+    check_checkpoint_file(ckpt)
     out = prepare_out_dir(out, overwrite, sources=(ckpt,))
     vae, dropped = split_hart_tokenizer(read_checkpoint(ckpt), ckpt)
     pns = tuple(patch_nums) if patch_nums else published_schedule(resolution)

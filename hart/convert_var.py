@@ -27,6 +27,17 @@ GENERATOR_BUFFERS = ("lvl_1L", "attn_bias_for_masking")  # recomputed from the c
 
 # ----------------------------------------------------------------------------- reading
 
+ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # torch colours some of its messages
+
+
+def check_checkpoint_file(path) -> Path:
+    """``path`` as a Path, or one line when it is a folder or does not exist (before anything is made)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is a folder, not a checkpoint file" if path.is_dir() else f"no such checkpoint file: {path}")
+    return path
+
+
 def read_checkpoint(path, skip=()) -> dict:
     """A checkpoint file -> flat {name: tensor}, without ever running pickled code.
 
@@ -34,9 +45,7 @@ def read_checkpoint(path, skip=()) -> dict:
     ``module`` is unwrapped. Names in ``skip`` come back as shape-only ``meta`` tensors and are
     never read into memory (pickles are memory-mapped; safetensors read only what is kept).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} is a folder, not a checkpoint file" if path.is_dir() else f"no such checkpoint file: {path}")
+    path = check_checkpoint_file(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -81,7 +90,7 @@ def read_checkpoint(path, skip=()) -> dict:
 
 
 def _first_line(e: Exception) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # torch colours some of its messages
+    text = ANSI_COLOUR.sub("", str(e)).strip()
     line = text.splitlines()[0] if text else ""
     if not line:
         return type(e).__name__
@@ -91,7 +100,7 @@ def _first_line(e: Exception) -> str:
 def _load_failure(e: Exception) -> str:
     """Why torch's weights-only load refused a file ("Unsupported global: GLOBAL argparse.Namespace",
     "Unsupported operand 148"), without torch's advice to load it unsafely; else its first line."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    text = ANSI_COLOUR.sub("", str(e))
     found = re.search(r"Unsupported (global: \S+ \S+|operand \S+)", text)
     return found.group(0) if found else _first_line(e)
 
@@ -259,8 +268,8 @@ def generator_from_state(state: dict, path, patch_nums=None):
 def convert_var(vae, out, var=None, resolution: int = 256, patch_nums=None, overwrite: bool = False) -> Path:
     """VAR's tokenizer (+ optional transformer) -> a tokenizer folder, or a full model folder."""
     for f in (vae, var):
-        if f is not None and not Path(f).is_file():
-            raise UserError(f"{f} is a folder, not a checkpoint file" if Path(f).is_dir() else f"no such checkpoint file: {f}")
+        if f is not None:
+            check_checkpoint_file(f)
     out = prepare_out_dir(out, overwrite, sources=(vae, var))
     var_state = read_checkpoint(var) if var is not None else None
     if patch_nums is None and var_state is not None and "pos_1LC" in var_state:

@@ -51,7 +51,7 @@ from hart.diffusion import make_head_scheduler
 from hart.model import HARTGenerator
 from sampling.engine import DTYPES, SamplingEngine, make_generators
 from sampling.options import SamplingOptions
-from sampling.pipeline import condition_inputs, model_folder
+from sampling.pipeline import as_list, condition_inputs, model_folder
 from tokenizer.model import HybridTokenizer
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -322,11 +322,7 @@ def _repeat(items, n: int):
     """Each prompt or class ``n`` times in a row (None stays None)."""
     if items is None:
         return None
-    if isinstance(items, torch.Tensor):
-        items = items.view(-1).tolist()
-    elif isinstance(items, (str, int)):
-        items = [items]
-    return [x for x in items for _ in range(n)]
+    return [x for x in as_list(items) for _ in range(n)]
 
 
 def sampling_options(**fields) -> SamplingOptions:

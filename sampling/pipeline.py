@@ -14,6 +14,8 @@ own ``torch.Generator``, so it is the same image whether generated alone or in a
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from pathlib import Path
 
 import torch
@@ -51,6 +53,15 @@ def model_folder(model_dir) -> Path:
     return resolve_dir(model_dir)
 
 
+def as_list(items) -> list:
+    """Classes or prompts as a list: a tensor's values, one id / name / prompt, or the items."""
+    if isinstance(items, torch.Tensor):
+        return items.view(-1).tolist()
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        return [items]
+    return list(items)
+
+
 def condition_inputs(config, class_ids, prompts, text_encoder, names=("class ids", "prompts")):
     """(engine inputs, count) from exactly one of ``class_ids`` / ``prompts``, checked against
     the generator's ``config``; ``text_encoder()`` gives a text model's encoder (loaded on first
@@ -69,11 +80,7 @@ def condition_inputs(config, class_ids, prompts, text_encoder, names=("class ids
         return enc, enc[0].shape[0]
     if config.is_text:
         raise UserError(f"this model is text-conditioned: give it {text_name}, not {ids_name}")
-    if isinstance(class_ids, torch.Tensor):
-        class_ids = class_ids.view(-1).tolist()
-    elif isinstance(class_ids, (int, str)):
-        class_ids = [class_ids]
-    ids = config.check_class_ids(class_ids)
+    ids = config.check_class_ids(as_list(class_ids))
     return ids, len(ids)
 
 

@@ -29,21 +29,22 @@ def _label_width(row_labels) -> int:
     return 7 * max(len(s) for s in row_labels) + 8 if row_labels else 0
 
 
-def grid_size(nrows: int, ncol: int, size: int, row_labels=None, pad: int = 2, scale: int = 1) -> tuple[int, int]:
-    """(width, height) in px of :func:`grid` on ``nrows`` rows of ``ncol`` square images of ``size`` px."""
-    side = size * scale
-    return _label_width(row_labels) + ncol * (side + pad) + pad, nrows * (side + pad) + pad
+def grid_size(nrows: int, ncol: int, size, row_labels=None, pad: int = 2, scale: int = 1) -> tuple[int, int]:
+    """(width, height) in px of :func:`grid` on ``nrows`` rows of ``ncol`` images of ``size`` px
+    (square) or ``(height, width)`` px."""
+    h, w = (size, size) if isinstance(size, int) else size
+    return _label_width(row_labels) + ncol * (w * scale + pad) + pad, nrows * (h * scale + pad) + pad
 
 
 def grid(rows: list, row_labels=None, pad: int = 2, scale: int = 1) -> Image.Image:
     """Tile rows of images. ``rows``: list of (N, 3, H, W) tensors in [-1, 1] (same H, W);
     ``row_labels``: optional text drawn left of each row."""
     arrs = [to_uint8(r) for r in rows]
-    H, W = arrs[0].shape[1:3]
-    H, W = H * scale, W * scale
     ncol = max(len(a) for a in arrs)
+    size = tuple(arrs[0].shape[1:3])
+    canvas = Image.new("RGB", grid_size(len(arrs), ncol, size, row_labels, pad, scale), (255, 255, 255))
+    H, W = size[0] * scale, size[1] * scale
     label_w = _label_width(row_labels)
-    canvas = Image.new("RGB", (label_w + ncol * (W + pad) + pad, len(arrs) * (H + pad) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for r, a in enumerate(arrs):
         y = pad + r * (H + pad)
