@@ -165,6 +165,28 @@ def test_the_split_named_in_data_is_the_one_reported(demo_model_dir, tmp_path, c
     assert "names the train split and --split says test" in one_line(capsys, argv + ["--split", "test"])
 
 
+def test_eval_tokenizer_on_a_class_folder_spreads_num_over_it_and_names_no_split(demo_model_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from hart.data.datasets import make_dataset
+    from tokenizer.evaluate import evaluate
+    from tokenizer.model import HybridTokenizer
+
+    for c, colour in (("a", (250, 0, 0)), ("b", (0, 0, 250))):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (32, 32), colour).save(tmp_path / "imgs" / c / f"{i}.png")
+    out = tmp_path / "e.json"
+    assert hart_main(["eval-tokenizer", "--model", str(demo_model_dir), "--data", f"folder:{tmp_path / 'imgs'}",
+                      "--num", "2", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["split"] is None and "(2 images)" in capsys.readouterr().out
+    tok = HybridTokenizer.from_pretrained(demo_model_dir / "tokenizer")
+    ds = make_dataset(f"folder:{tmp_path / 'imgs'}", "train", 32)
+    two = evaluate(tok, ds, num=2, progress=False)["psnr_hybrid"]
+    firsts = evaluate(tok, torch.utils.data.Subset(ds, [0, 6]), progress=False)["psnr_hybrid"]  # one of each class
+    assert two == pytest.approx(firsts)
+
+
 def test_eval_residual_refuses_a_text_model(t2i_model_dir, tmp_path, capsys):
     line = one_line(capsys, ["eval-residual", "--model", str(t2i_model_dir), "--data", "shapes", "--num", "4",
                              "--out", str(tmp_path / "r")])

@@ -17,15 +17,16 @@ def test_synthetic_shapes_and_range():
     assert not torch.equal(make_dataset("synthetic", "test", 24)[7][0], x)
 
 
-def test_folder_skips_corrupt_files(tmp_path):
+def test_folder_skips_corrupt_files(tmp_path, capsys):
     for cls in ("cats", "dogs"):
         (tmp_path / cls).mkdir()
         for i in range(3):
             Image.new("RGB", (40, 30), (i * 50, 10, 200)).save(tmp_path / cls / f"{i}.png")
     (tmp_path / "cats" / "broken.png").write_bytes(b"\x89PNG not really")
     (tmp_path / "dogs" / "notes.txt").write_text("hello")
-    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
-        ds = make_dataset(f"folder:{tmp_path}", "train", 16)
+    ds = make_dataset(f"folder:{tmp_path}", "train", 16)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "skipped 2 unreadable image file(s) (the first: " in err[0] and "broken.png" in err[0]
     assert ds.classes == ["cats", "dogs"] and len(ds) == 6
     xs = [ds[i][0] for i in range(len(ds))]
     assert all(x.shape == (3, 16, 16) and x.min() >= -1 and x.max() <= 1 for x in xs)
@@ -94,3 +95,62 @@ def test_infinite_batches_workers_same_batches():
         for _ in range(12):  # crosses an epoch boundary
             (x, y), (x2, y2) = next(plain), next(loaded)
             assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_folder_leaves_out_empty_classes_macosx_and_loose_images(tmp_path, capsys):
+    for cls in ("cats", "dogs", "empty", "__MACOSX/cats"):
+        (tmp_path / cls).mkdir(parents=True)
+    for cls in ("cats", "dogs"):
+        Image.new("RGB", (20, 20), (200, 10, 10)).save(tmp_path / cls / "a.png")
+    (tmp_path / "__MACOSX" / "cats" / "._a.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    Image.new("RGB", (20, 20)).save(tmp_path / "stray.png")
+    ds = make_dataset(f"folder:{tmp_path}", "train", 16)
+    assert ds.classes == ["cats", "dogs"] and [label for _, label in ds.items] == [0, 1]
+    err = capsys.readouterr().err
+    assert "1 class folder(s) without a readable image left out (no class made): empty" in err
+    assert "1 image(s) outside the class folders left out (the first: stray.png)" in err
+    assert "__MACOSX" not in err and "unreadable" not in err
+
+
+def test_image_files_are_read_upright_with_alpha_on_white_and_16_bit_scaled(tmp_path):
+    import numpy as np
+
+    (tmp_path / "c").mkdir()
+    Image.new("RGBA", (16, 16), (0, 0, 0, 0)).save(tmp_path / "c" / "clear.png")  # transparent black
+    Image.fromarray(np.full((16, 16), 32896, dtype=np.uint16)).save(tmp_path / "c" / "grey16.png")  # 50% grey
+    sideways = Image.new("RGB", (32, 16), (0, 0, 255))
+    sideways.paste((255, 0, 0), (0, 0, 16, 16))  # red on the left half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    sideways.save(tmp_path / "c" / "phone.jpg", exif=exif, quality=95)
+    Image.new("P", (16, 16), 0).save(tmp_path / "c" / "anim.gif")
+    for spec in (f"folder:{tmp_path}", f"images:{tmp_path}"):
+        ds = make_dataset(spec, "train", 16)
+        x = {p.name: ds[i][0] for i, (p, _) in enumerate(ds.items)}
+        assert sorted(x) == ["anim.gif", "clear.png", "grey16.png", "phone.jpg"]
+        assert torch.equal(x["clear.png"], torch.ones(3, 16, 16))  # white, not black
+        assert abs(x["grey16.png"].mean().item()) < 0.01  # 128 of 255, not clipped to white
+        top, bottom = x["phone.jpg"][:, :8].mean((1, 2)), x["phone.jpg"][:, 8:].mean((1, 2))
+        assert top[0] > 0.8 and bottom[2] > 0.8  # upright: red on top (centre crop of the turned image)
+
+
+def test_undecodable_files_are_skipped_and_named(tmp_path, capsys):
+    import io
+
+    for i in range(3):
+        Image.new("RGB", (20, 20), (60 * i, 10, 10)).save(tmp_path / f"{i}.jpg")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    buf = io.BytesIO()
+    Image.effect_noise((64, 64), 60).convert("RGB").save(buf, format="JPEG")
+    data = buf.getvalue()
+    (tmp_path / "truncated.jpg").write_bytes(data[:len(data) // 2])  # a header that verify() passes
+    ds = make_dataset(f"images:{tmp_path}", "train", 16)
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable image file(s) (the first: " in err and "empty.jpg" in err
+    assert len(ds) == 4
+    xs = [ds[i][0] for i in range(len(ds))]  # the truncated file: the next image in its place
+    assert all(x.shape == (3, 16, 16) for x in xs)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "truncated.jpg cannot be decoded" in err[0]
+    ds[3]  # said once
+    assert capsys.readouterr().err == ""

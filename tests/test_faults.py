@@ -4,6 +4,7 @@ UTF-8, output paths that cannot be written, prompts longer than the text encoder
 any OSError inside any `hart` command."""
 import errno
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -144,6 +145,27 @@ def test_run_faults_name_the_file_the_checkpoint_and_the_next_step(tmp_path):
         raise RuntimeError("shape mismatch")
 
 
+def test_ctrl_c_in_a_run_names_its_last_checkpoint_and_resume(tmp_path, capsys):
+    from hart.common.loop import run_faults
+
+    @cli_entry
+    def train(argv=None):
+        with run_faults(tmp_path, "train"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as e:
+        train([])
+    assert e.value.code == 130
+    assert capsys.readouterr().err == ("interrupted: no checkpoint of this run was saved yet; run the same "
+                                       "`hart train` command again to start it\n")
+    (tmp_path / "train_state").mkdir()
+    (tmp_path / "train_state" / "meta.json").write_text('{"step": 70}')
+    with pytest.raises(SystemExit):
+        train([])
+    assert capsys.readouterr().err == (f"interrupted: the last checkpoint in {tmp_path / 'train_state'} (step 70) is "
+                                       "intact: run the same `hart train` command with --resume to go on from it\n")
+
+
 # ----------------------------------------------------------------------------- model folders
 
 def test_model_folder_disk_full_is_one_line_and_leaves_nothing(tokdir, tmp_path, monkeypatch, capsys):
@@ -180,7 +202,7 @@ def test_prompts_file_not_utf8_is_one_line(tmp_path, capsys):
     assert read_prompts(f) == ["a red circle"]
 
 
-def test_caption_files_not_utf8(tmp_path):
+def test_caption_files_not_utf8(tmp_path, capsys):
     from PIL import Image
 
     from hart.data.datasets import make_dataset
@@ -189,9 +211,9 @@ def test_caption_files_not_utf8(tmp_path):
         Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / f"{name}.png")
     (tmp_path / "a.txt").write_text("a red square")
     (tmp_path / "b.txt").write_bytes("un carr\u00e9 rouge".encode("latin-1"))
-    with pytest.warns(UserWarning, match=r"1 caption not UTF-8\(s\) \(the first: .*b\.txt, a bad byte at offset 7; "
-                                         r"save captions as UTF-8\)"):
-        ds = make_dataset(f"captions:{tmp_path}", "train", 8)
+    ds = make_dataset(f"captions:{tmp_path}", "train", 8)
+    assert re.search(r"1 caption not UTF-8\(s\) \(the first: .*b\.txt, a bad byte at offset 7; save captions as UTF-8\)",
+                     capsys.readouterr().err)
     assert len(ds) == 1
     (tmp_path / "captions.jsonl").write_bytes(b'{"file": "a.png", "text": "caf\xe9"}\n')  # the byte at 30
     with pytest.raises(UserError, match=r"caption manifest .*captions\.jsonl is not UTF-8 text \(byte 0xe9 at "

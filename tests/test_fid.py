@@ -321,6 +321,28 @@ def test_cli_images_self_is_zero_and_cache(tmp_path, capsys, fake_features):
     assert "FD-Fake" in capsys.readouterr().out
 
 
+def test_a_changed_folder_reference_is_embedded_again(tmp_path, fake_features):
+    write_images(tmp_path / "ref" / "c", n=8)
+    write_images(tmp_path / "a", n=8, start=20)
+    out = tmp_path / "r.json"
+    argv = ["--images", str(tmp_path / "a"), "--ref", f"folder:{tmp_path / 'ref'}", "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(out)]
+    runs = []
+    for change in (None, None, "add", "rewrite"):
+        if change == "add":
+            write_images(tmp_path / "ref" / "c", n=4, start=40)
+            for i in range(4):  # new names beside the first eight
+                (tmp_path / "ref" / "c" / f"{i:04d}.png").rename(tmp_path / "ref" / "c" / f"new{i}.png")
+            write_images(tmp_path / "ref" / "c", n=4)  # the first four again, as they were
+        elif change == "rewrite":
+            write_images(tmp_path / "ref" / "c", n=1, start=60)  # 0000.png: another image, same name
+        assert main(argv) == 0
+        runs.append(json.loads(out.read_text()))
+    assert [r["ref"]["cached"] for r in runs] == [False, True, False, False]
+    assert [r["ref"]["n"] for r in runs] == [8, 8, 12, 12]
+    assert runs[1]["score"] == runs[0]["score"] and len({r["score"] for r in runs[1:]}) == 3
+
+
 def test_cli_bad_input_one_line(tmp_path, capsys, fake_features):
     a = write_images(tmp_path / "a", n=6)
     (tmp_path / "empty").mkdir()

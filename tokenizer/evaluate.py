@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from hart.data.datasets import add_data_arguments, data_split, make_dataset
+from hart.data.datasets import add_data_arguments, data_split, make_dataset, parse_spec
 from hart.common.errors import UserError, cli_entry
 from hart.common.fs import output_dir, output_file
 from hart.common.images import to_pil
@@ -29,7 +29,9 @@ from tokenizer.model import HybridTokenizer
 def evaluate(model: HybridTokenizer, dataset, num: int | None = None, batch_size: int = 100,
              device="cpu", progress: bool = True, save_recon=None) -> dict:
     """Mean PSNR (dB) of discrete-only and hybrid reconstructions, and codebook usage
-    (fraction of the codebook hit, overall and per scale) over the first ``num`` images.
+    (fraction of the codebook hit, overall and per scale) over ``num`` images spread evenly over
+    ``dataset`` (all of it by default; a folder of class folders is sorted by class, so its first
+    images would all be of one class).
     ``save_recon``: a folder that gets ``discrete/`` and ``hybrid/`` PNGs (for ``hart fid``)."""
     cfg = model.config
     n = len(dataset) if num is None else min(num, len(dataset))
@@ -37,8 +39,9 @@ def evaluate(model: HybridTokenizer, dataset, num: int | None = None, batch_size
         raise UserError("nothing to evaluate: the dataset is empty")
     sums = {"discrete": 0.0, "hybrid": 0.0}
     hits = torch.zeros(len(cfg.patch_nums), cfg.codebook_size, dtype=torch.long)
+    picks = [k * len(dataset) // n for k in range(n)]  # evenly spaced; every image when n = len
     for start in tqdm(range(0, n, batch_size), desc="eval", disable=not progress):
-        x = torch.stack([dataset[i][0] for i in range(start, min(n, start + batch_size))]).to(device)
+        x = torch.stack([dataset[i][0] for i in picks[start:start + batch_size]]).to(device)
         code = model.encode(x)
         for kind, use_res in (("discrete", False), ("hybrid", True)):
             rec = model.decode(code, use_residual=use_res)
@@ -66,7 +69,7 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="tokenizer folder (from hart train-tokenizer), or a model folder: its tokenizer/")
     add_data_arguments(p, split_default="test")
-    p.add_argument("--num", type=int, default=None, help="evaluate the first N images (default: all)")
+    p.add_argument("--num", type=int, default=None, help="evaluate N images spread evenly over the set (default: all)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--out", default=None, help="also write the result as JSON here")
     p.add_argument("--save-recon", default=None, metavar="DIR",
@@ -85,10 +88,11 @@ def main(argv=None):
     dataset = make_dataset(args.data, args.split, model.config.resolution, args.data_dir)
     t0 = time.time()
     result = evaluate(model, dataset, args.num, args.batch_size, save_recon=args.save_recon)
-    result.update(model=str(args.model), data=args.data, split=args.split, seconds=round(time.time() - t0, 1))
+    split = args.split if parse_spec(args.data).kind == "dataset" else None  # a folder has no splits
+    result.update(model=str(args.model), data=args.data, split=split, seconds=round(time.time() - t0, 1))
     print(f"PSNR discrete-only {result['psnr_discrete']:.2f} dB | hybrid {result['psnr_hybrid']:.2f} dB | "
           f"codebook usage {result['codebook_usage']:.1%} of {result['codebook_size']} "
-          f"({result['num_images']} {args.split} images)")
+          f"({result['num_images']} {split + ' ' if split else ''}images)")
     print("usage per scale: " + ", ".join(f"{k} {v:.1%}" for k, v in result["codebook_usage_per_scale"].items()))
     if args.out:
         write_json(args.out, result)

@@ -30,6 +30,10 @@ _DISK_FULL_TEXT = ("no space left on device", "storagefull", "disk quota exceede
                    "file write failed")
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C in a training loop, with what became of the run (its last checkpoint, how to go on)."""
+
+
 def is_disk_full(e: BaseException) -> bool:
     """Whether ``e`` (or an exception it was raised from) says the disk is full."""
     seen = set()
@@ -80,8 +84,8 @@ def cli_entry(main):
         except OSError as e:
             print(f"error: {fault_line(e)}", file=sys.stderr)
             raise SystemExit(1) from None
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+        except KeyboardInterrupt as e:
+            print(f"interrupted: {e}" if isinstance(e, Interrupted) and str(e) else "interrupted", file=sys.stderr)
             raise SystemExit(130) from None
 
     return wrapper

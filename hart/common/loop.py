@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from hart.common.errors import FaultError, UserError, is_disk_full, os_error_line
+from hart.common.errors import FaultError, Interrupted, UserError, is_disk_full, os_error_line
 from hart.common.io import (atomic_dir, load_state, load_weights, read_json, resolve_dir, save_state, save_weights,
                             write_json)
 
@@ -144,11 +144,25 @@ def write_fault(e: BaseException, out, command: str) -> FaultError:
                       f"{fix}, then run the same `hart {command}` command again with --resume")
 
 
+def interrupt_note(out, command: str) -> str:
+    """What a Ctrl-C left of a run: its last checkpoint and how to go on from it."""
+    step = saved_step(out)
+    if step is None:
+        return f"no checkpoint of this run was saved yet; run the same `hart {command}` command again to start it"
+    return (f"the last checkpoint in {Path(out) / STATE} (step {step}) is intact: run the same `hart {command}` "
+            "command with --resume to go on from it")
+
+
 @contextlib.contextmanager
 def run_faults(out, command: str):
-    """Around a training loop: a disk fault becomes :func:`write_fault` (exit status 1)."""
+    """Around a training loop: a disk fault becomes :func:`write_fault` (exit status 1), Ctrl-C
+    an :class:`~hart.common.errors.Interrupted` naming the last checkpoint (exit status 130)."""
     try:
         yield
+    except KeyboardInterrupt as e:
+        if isinstance(e, Interrupted):
+            raise
+        raise Interrupted(interrupt_note(out, command)) from None
     except OSError as e:
         raise write_fault(e, out, command) from None
     except Exception as e:  # torch.save's RuntimeError / SafetensorError outside an atomic write

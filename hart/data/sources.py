@@ -13,12 +13,12 @@ import gzip
 import json
 import os
 import struct
-import warnings
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from hart.common.errors import UserError
 from hart.common.fs import decode_utf8
@@ -31,7 +31,8 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 SPLITS = ("train", "test")
 DATASET_SPLITS = {"shapes": _shapes.SPLITS}  # datasets with splits other than SPLITS
 ALL_SPLITS = ("train", "test", "heldout")
-IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {".bmp", ".gif", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}
+SKIP_FOLDERS = {"__MACOSX"}  # macOS zip archives' resource forks: never images of a class
 
 
 def splits_of(name: str) -> tuple:
@@ -59,6 +60,36 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return a.permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
+def warn(message: str) -> None:
+    """One line on stderr: ``warning: message``."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image -> RGB as every dataset reads files: 16-bit and 32-bit grey scaled to 8 bits
+    (Pillow's own conversion clips them at 255), transparency laid on white."""
+    if img.mode.startswith("I") or img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        top = a.max() if a.size else 0.0
+        if img.mode == "F" and top <= 1.0:
+            a = a * 255.0
+        elif img.mode.startswith("I;16") or top > 255:
+            a = a / (257.0 if top <= 65535 else top / 255.0)
+        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def read_image(path) -> Image.Image:
+    """An image file as RGB (:func:`to_rgb`), turned upright by its EXIF orientation (a phone's
+    photo). Raises what Pillow raises for a file it cannot decode."""
+    with Image.open(path) as im:
+        return to_rgb(ImageOps.exif_transpose(im))
+
+
 def fit(img: Image.Image, resolution: int) -> Image.Image:
     """Resize the shorter side to ``resolution`` (bicubic) and centre-crop a square."""
     w, h = img.size
@@ -75,16 +106,44 @@ def fit(img: Image.Image, resolution: int) -> Image.Image:
 
 def decodable_item(dataset, i: int, what: str):
     """(image, target) of ``dataset.items[i]`` (path, target), or of the next item that decodes:
-    a file can pass verify() and still fail to decode (each such file counts in ``skipped``)."""
+    a file can pass verify() and still fail to decode (a truncated JPEG): each such file counts
+    in ``skipped`` and is named in one warning line, once per process."""
     items = dataset.items
     for j in range(len(items)):
         path, target = items[(i + j) % len(items)]
         try:
-            with Image.open(path) as im:
-                return to_tensor(fit(im.convert("RGB"), dataset.resolution)), target
-        except Exception:
-            dataset.skipped += 1
+            return to_tensor(fit(read_image(path), dataset.resolution)), target
+        except Exception as e:
+            if path not in dataset.undecodable:
+                dataset.undecodable.add(path)
+                dataset.skipped += 1
+                warn(f"{path} cannot be decoded ({_reason(e)}); another image is used in its place")
     raise UserError(f"no image in the {what} could be decoded")
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def readable_images(paths, skipped: list) -> list:
+    """The paths whose header Pillow reads (``verify()``); the others are appended to ``skipped``
+    as (path, reason)."""
+    ok = []
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+            ok.append(path)
+        except Exception as e:
+            skipped.append((path, _reason(e)))
+    return ok
+
+
+def skip_note(skipped: list) -> str:
+    """``N unreadable image file(s) (the first: PATH: why)`` of (path, reason) pairs."""
+    path, why = skipped[0]
+    return f"{len(skipped)} unreadable image file(s) (the first: {path}: {why})"
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -143,7 +202,10 @@ class FashionMNIST(torch.utils.data.Dataset):
 # ----------------------------------------------------------------------------- image folders
 
 class ImageFolder(torch.utils.data.Dataset):
-    """One subfolder per class. Unreadable files are skipped and counted in one warning."""
+    """One subfolder per class (``folder:PATH``), any image Pillow reads, nested folders too.
+    Hidden files and folders and ``__MACOSX`` are left out; unreadable files, class folders
+    without an image and images outside any class folder are skipped, each kind in one
+    warning line naming them."""
 
     captioned = False
 
@@ -152,27 +214,32 @@ class ImageFolder(torch.utils.data.Dataset):
         if not root.is_dir():
             raise UserError(f"data folder {root} does not exist")
         self.resolution = resolution
-        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        if not self.classes:
+        folders = sorted(d.name for d in root.iterdir()
+                         if d.is_dir() and not d.name.startswith(".") and d.name not in SKIP_FOLDERS)
+        if not folders:
             raise UserError(f"data folder {root} has no class subfolders (expected {root}/<class>/<image>)")
-        self.items, bad = [], 0
-        for label, name in enumerate(self.classes):
-            for dirpath, _, files in os.walk(root / name):
-                for fn in sorted(files):
-                    path = Path(dirpath) / fn
-                    if fn.startswith("."):
-                        continue
-                    try:
-                        with Image.open(path) as im:
-                            im.verify()
-                        self.items.append((path, label))
-                    except Exception:
-                        bad += 1
-        self.skipped = bad
-        if bad:
-            warnings.warn(f"{root}: skipped {bad} unreadable image file(s)", stacklevel=2)
+        skipped, per_class = [], {}
+        for name in folders:
+            files = []
+            for dirpath, dirs, names in os.walk(root / name):
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIP_FOLDERS)
+                files += [Path(dirpath) / fn for fn in sorted(names) if not fn.startswith(".")]
+            per_class[name] = readable_images(files, skipped)
+        empty = [n for n in folders if not per_class[n]]
+        self.classes = [n for n in folders if per_class[n]]
+        self.items = [(p, label) for label, n in enumerate(self.classes) for p in per_class[n]]
+        self.skipped, self.undecodable = len(skipped), set()
+        if skipped:
+            warn(f"{root}: skipped {skip_note(skipped)}")
+        if empty and self.items:
+            warn(f"{root}: {len(empty)} class folder(s) without a readable image left out (no class made): "
+                 f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}")
+        loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        if loose and self.items:
+            warn(f"{root}: {len(loose)} image(s) outside the class folders left out (the first: {sorted(loose)[0].name}); "
+                 "move them into a class folder, or read the folder as images:PATH (no classes)")
         if not self.items:
-            raise UserError(f"data folder {root} has no readable images")
+            raise UserError(f"data folder {root} has no readable images in its class folders")
 
     def __len__(self):
         return len(self.items)
@@ -189,7 +256,8 @@ def list_images(root) -> list[Path]:
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Every image under a folder (``images:PATH``), resized and centre-cropped; no classes (label 0)."""
+    """Every image under a folder (``images:PATH``), resized and centre-cropped; no classes
+    (label 0). Unreadable files are skipped, in one warning line naming the first."""
 
     classes = ()
     captioned = False
@@ -198,16 +266,24 @@ class ImageFiles(torch.utils.data.Dataset):
         root = Path(root)
         if not root.is_dir():
             raise UserError(f"image folder {root} does not exist")
-        self.files, self.resolution = list_images(root), resolution
-        if not self.files:
+        self.resolution = resolution
+        files = list_images(root)
+        if not files:
             raise UserError(f"{root} has no images (looked for {' '.join(sorted(IMAGE_SUFFIXES))}, recursively)")
+        skipped = []
+        self.files = readable_images(files, skipped)
+        self.items = [(p, 0) for p in self.files]
+        self.skipped, self.undecodable = len(skipped), set()
+        if skipped:
+            warn(f"{root}: skipped {skip_note(skipped)}")
+        if not self.files:
+            raise UserError(f"{root} has no readable images")
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, i):
-        with Image.open(self.files[i]) as im:
-            return to_tensor(fit(im.convert("RGB"), self.resolution)), 0
+        return decodable_item(self, i, "image folder")
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -312,25 +388,22 @@ class CaptionFiles(torch.utils.data.Dataset):
         self.first_not_utf8 = None  # (caption file, byte offset)
         manifest = root / self.MANIFEST
         pairs = self._manifest(root, manifest) if manifest.is_file() else self._txt(root)
-        self.items = []
+        self.items, unreadable = [], []
         for path, text in pairs:
             if not path.is_file():
                 self.counts["missing image"] += 1
-                continue
-            try:
-                with Image.open(path) as im:
-                    im.verify()
-            except Exception:
-                self.counts["unreadable image"] += 1
-                continue
-            self.items.append((path, text))
-        self.skipped = sum(self.counts.values())
+            elif readable_images([path], unreadable):
+                self.items.append((path, text))
+        self.counts["unreadable image"] = len(unreadable)
+        self.skipped, self.undecodable = sum(self.counts.values()), set()
         if self.skipped:
             what = ", ".join(f"{v} {k}(s)" for k, v in self.counts.items() if v)
             if self.first_not_utf8:
                 what += (f" (the first: {self.first_not_utf8[0]}, a bad byte at offset {self.first_not_utf8[1]}; "
                          "save captions as UTF-8)")
-            warnings.warn(f"{root}: skipped {self.skipped} item(s): {what}", stacklevel=2)
+            elif unreadable:
+                what += f" (the first unreadable: {unreadable[0][0]}: {unreadable[0][1]})"
+            warn(f"{root}: skipped {self.skipped} item(s): {what}")
         if not self.items:
             how = f"lines of {manifest}" if manifest.is_file() else "images with a same-name .txt caption"
             raise UserError(f"{root} has no usable captioned images (looked for {how})")

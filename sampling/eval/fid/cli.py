@@ -28,7 +28,8 @@ Inception features give FID; EfficientNet-lite0 features give FD-EffNet (not com
 or ``images:PATH`` / a bare folder: its image files (searched recursively) as they are;
 ``--ref`` also takes a ``.npz`` of statistics (this command's, or any file with ``mu`` and
 ``sigma``). Dataset statistics are cached in ``--cache-dir`` as .npz, keyed
-by dataset, split, resolution, extractor and count. ``--images`` takes a folder or a
+by dataset, split, resolution, extractor and count (a folder's also by its files' names, sizes
+and times, so a changed folder is embedded again). ``--images`` takes a folder or a
 ``DATASET[:split]``. A model's sample j has class ``j % num_classes`` and seed ``--seed + j``,
 whatever the batch size or the number of ranks.
 """

@@ -90,8 +90,30 @@ def default_cache_dir() -> Path:
     return (Path(root).expanduser() if root else Path("~/.cache/hart").expanduser()) / "fid"
 
 
+def folder_fingerprint(root) -> str:
+    """8 hex digits that change when any file under ``root`` is added, removed, resized or
+    rewritten (names, sizes and modification times; nothing is read)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    root = Path(root)
+    for dirpath, dirs, files in os.walk(root):
+        dirs.sort()
+        for fn in sorted(files):
+            st = os.stat(os.path.join(dirpath, fn))
+            rel = os.path.relpath(os.path.join(dirpath, fn), root)
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:8]
+
+
 def cache_path(cache_dir, source: Source, resolution: int, extractor_name: str, num) -> Path:
+    """Where a dataset's statistics are cached: named by spec, split, resolution, extractor and
+    count; a folder's (``folder:``, ``captions:``) also by :func:`folder_fingerprint`, so that
+    statistics of files since changed are never read back."""
     slug = re.sub(r"[^A-Za-z0-9.-]+", "_", source.spec)
+    kind, _, path = source.spec.partition(":")
+    if kind in ("folder", "captions", "images") and path:
+        slug += f"-{folder_fingerprint(path)}"
     return Path(cache_dir) / f"{slug}-{source.split}-{resolution}px-{extractor_name}-{num or 'all'}.npz"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from hart.data.datasets import make_dataset, parse_spec
-from hart.data.sources import IMAGE_SUFFIXES, list_images
+from hart.data.sources import IMAGE_SUFFIXES, list_images, read_image
 from hart.common.errors import UserError
 
 
@@ -81,10 +81,7 @@ class _ReadFile:
         self.files = files
 
     def __call__(self, i):
-        from PIL import Image
-
-        with Image.open(self.files[i]) as im:
-            return np.asarray(im.convert("RGB"))
+        return np.asarray(read_image(self.files[i]))  # as training reads files: upright, alpha on white
 
 
 class _ReadDataset:
