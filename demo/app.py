@@ -1,4 +1,4 @@
-"""Gradio demo: class-conditional generation with the per-scale view of next-scale prediction.
+"""Gradio demo: class- or text-conditional generation with the per-scale view of next-scale prediction.
 
     hart demo --model runs/fm                       # http://127.0.0.1:7860
     python -m demo --model runs/fm --port 8080
@@ -191,11 +191,41 @@ def main(argv=None):
                         queue_size=args.queue_size, max_batch_size=args.max_batch_size,
                         max_batch_images=args.max_batch_images, batch_wait=args.batch_wait,
                         sampling=args.sampling or pipeline.generator.config.display.sampling or DEFAULT_PRESET)
-    try:
-        blocks.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
+    check_bindable(args.host, args.port)
+    try:  # quiet: gradio's banner speaks of launch() arguments; the lines below speak of our flags
+        blocks.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True,
+                      prevent_thread_lock=True, **launch_options())
     except OSError as e:
-        raise UserError(f"cannot serve on {args.host}:{args.port}: {e}") from None
+        raise UserError(f"cannot serve on {args.host}:{args.port}: {e}; pick another --port") from None
+    print(f"serving on {blocks.local_url} (Ctrl-C stops it)", flush=True)
+    if blocks.share_url:
+        print(f"public link: {blocks.share_url}", flush=True)
+    blocks.block_thread()
     return 0
+
+
+def check_bindable(host: str, port: int) -> None:
+    """One line when ``host:port`` cannot be served on (an unknown host name, an address not of
+    this machine, a port in use), naming the flag to change; nothing is left bound."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise UserError(f"--host {host}: no such address or host name ({e.strerror})") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UserError(f"port {port} on {host} is in use: pick another with --port") from None
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise UserError(f"--host {host} is not an address of this machine: use 127.0.0.1 (this machine "
+                                "only) or 0.0.0.0 (every interface)") from None
+            raise UserError(f"cannot serve on {host}:{port}: {e.strerror}") from None
 
 
 if __name__ == "__main__":

@@ -115,8 +115,10 @@ def class_names(pipeline: HARTPipeline) -> list[str]:
 
 def _number(name: str, value, *, integer: bool = False, lo=None, hi=None, lo_open: bool = False) -> float:
     """A finite number in range, or a :class:`UserError` naming the control."""
-    if value is None or isinstance(value, bool) or isinstance(value, str) and not value.strip():
+    if value is None or isinstance(value, str) and not value.strip():
         raise UserError(f"{name} is missing")
+    if isinstance(value, bool):
+        raise UserError(f"{name} must be a number, got {value!r}")
     try:
         x = float(value)
     except (TypeError, ValueError):
@@ -128,10 +130,15 @@ def _number(name: str, value, *, integer: bool = False, lo=None, hi=None, lo_ope
             raise UserError(f"{name} must be a whole number, got {value!r}")
         x = int(x)
     if lo is not None and (x <= lo if lo_open else x < lo):
-        raise UserError(f"{name} must be {'>' if lo_open else '>='} {lo:g}, got {value!r}")
+        raise UserError(f"{name} must be {'>' if lo_open else '>='} {_shown(lo)}, got {value!r}")
     if hi is not None and x > hi:
-        raise UserError(f"{name} must be <= {hi:g}, got {value!r}")
+        raise UserError(f"{name} must be <= {_shown(hi)}, got {value!r}")
     return x
+
+
+def _shown(bound) -> str:
+    """A bound as people read it: 2147483647, not 2.14748e+09; 0.5 as 0.5."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 def _font(size: int = 12):
@@ -210,7 +217,7 @@ class DemoModel:
             if not prompt:
                 raise UserError("write a prompt first, e.g. one of the examples")
             if len(prompt) > self.max_prompt_chars:
-                raise UserError(f"the prompt is {len(prompt)} characters; keep it under {self.max_prompt_chars}")
+                raise UserError(f"the prompt is {len(prompt)} characters; keep it to {self.max_prompt_chars} at most")
         elif class_name not in self.names:
             shown = ", ".join(self.names[:10]) + (" ..." if len(self.names) > 10 else "")
             raise UserError(f"unknown class {class_name!r}; choose one of: {shown}")
@@ -312,6 +319,10 @@ class DemoModel:
         waited = f", {info.waited:.2f} s of it waiting" if info.waited >= 0.01 else ""
         timing = (f"{n} image{'s' if n > 1 else ''} of {self.resolution}x{self.resolution} in {seconds:.2f} s"
                   f"{waited} ({len(self.patch_nums)} scales, per-scale previews included{shared})")
+        kept = self.pipeline.text_encoder.kept(label) if self.is_text else None
+        if kept is not None:  # the visitor sees what the model read, not only the server's log
+            timing += (f"\nnote: the prompt is longer than the model's {self.pipeline.text_encoder.max_length} "
+                       f"tokens; it read only: \"{kept}\"")
         return Result(images, captions, strip, timing, info)
 
 

@@ -39,7 +39,7 @@ WIRING = {
 def usage() -> str:
     lines = ["usage: hart <command> [options]", "", "commands:"]
     lines += [f"  {name:<18} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "hart <command> --help shows the options of a command."]
+    lines += ["", "hart <command> --help shows the options of a command; hart --version the version."]
     return "\n".join(lines)
 
 
@@ -47,6 +47,14 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"hart {version('hart-open')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            print("hart (not installed: pip install -e .)")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

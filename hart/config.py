@@ -315,7 +315,7 @@ class GeneratorConfig(ConfigBase):
         """The classes as ids: each an int (or an integer tensor / numpy scalar) or a class name
         (``display.class_names``, any case); one line for anything else or out of range."""
         if self.is_text:
-            raise UserError("this model is text-conditioned: give it prompts (--prompt), not classes")
+            raise UserError("this model is text-conditioned: give it prompts, not classes")
         names = {n.lower(): i for i, n in enumerate(self.display.class_names)}
         ids = []
         for c in class_ids:

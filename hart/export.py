@@ -121,7 +121,7 @@ def folder_bytes(path: Path) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hart export", description="Copy a model folder with smaller weight files (fp16, int8 or int4).",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="examples:" + __doc__.split("Examples::", 1)[1].replace("``", ""),
     )
     p.add_argument("--model", required=True, help="model folder (tokenizer/ + generator/) or a single model folder")
     p.add_argument("--out", required=True, help="output folder")

@@ -138,6 +138,15 @@ class TextEncoder:
         """Tokens per prompt before truncation (special tokens included)."""
         return [len(ids) for ids in self.tokenizer(list(prompts)).input_ids]
 
+    def kept(self, prompt: str) -> str | None:
+        """The part of ``prompt`` the model reads when it is longer than ``max_length`` tokens
+        (decoded from the tokens kept), else None."""
+        ids = self.tokenizer(prompt).input_ids
+        if len(ids) <= self.max_length:
+            return None
+        kept = self.tokenizer(prompt, truncation=True, max_length=self.max_length).input_ids
+        return self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+
     def warn_long(self, prompts, what: str = "prompts") -> None:
         """One line on stderr, the first time some of ``prompts`` are longer than ``max_length``
         tokens: how many, and that only their first ``max_length`` tokens are kept."""

@@ -327,7 +327,7 @@ def _repeat(items, n: int):
 
 def sampling_options(**fields) -> SamplingOptions:
     """:class:`SamplingOptions` from keyword arguments, checked; one line naming an unknown
-    option or a value of the wrong type."""
+    option or a bad value (by the name the caller gave it)."""
     known = set(SamplingOptions.__dataclass_fields__)
     unknown = sorted(set(fields) - known)
     if unknown:
@@ -336,8 +336,17 @@ def sampling_options(**fields) -> SamplingOptions:
                         f"return_dict, callback_on_step_end, sampling_dtype, {', '.join(sorted(known - {'cfg', 'diff_steps'}))})")
     try:
         return SamplingOptions(**fields).validate()
-    except TypeError as e:
-        raise UserError(f"a sampling option has a value of the wrong type ({e}); numbers are expected") from None
+    except UserError as e:  # named as this pipeline's caller named them
+        message = str(e)
+        for ours, theirs in DIFFUSERS_NAMES.items():
+            if message.startswith(ours + " "):
+                message = theirs + message[len(ours):]
+        raise UserError(message) from None
+
+
+# SamplingOptions' names in its messages -> the arguments of HARTDiffusersPipeline.__call__
+DIFFUSERS_NAMES = {"cfg": "guidance_scale", "diff_steps": "num_inference_steps",
+                   "diffusion steps": "num_inference_steps"}
 
 
 def _check_text_components(config, text_encoder, text_tokenizer) -> None:

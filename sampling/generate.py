@@ -31,7 +31,7 @@ from sampling.options import add_sampling_arguments, sampling_options
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hart generate", description="Generate a PNG grid of class- or text-conditional samples.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="examples:" + __doc__.split("Examples::", 1)[1].replace("``", ""),
     )
     p.add_argument("--model", default=None, help="model folder made by `hart train` (tokenizer/ + generator/); "
                    "default: the bundled Fashion-MNIST model; default-t2i: the bundled text-to-image model")
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", dest="prompts_file", default=None, metavar="FILE",
                    help="text models: a file with one prompt per line")
     p.add_argument("--text-encoder-path", default=None, help="text models with the qwen2 encoder: its folder")
-    p.add_argument("--num", type=int, default=8, help="images per class (default 8)")
+    p.add_argument("--num", type=int, default=8, help="images per class or prompt: one row each (default 8)")
     add_sampling_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the first image (default 0)")
     p.add_argument("--out", default="grid.png", help="output PNG grid (default grid.png)")
@@ -68,6 +68,9 @@ def _check_args(args) -> None:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     if args.scale < 1:
         raise UserError(f"--scale must be positive, got {args.scale}")
+    from sampling.engine import check_seeds
+
+    check_seeds([args.seed])
     if args.prompts_file:
         args.prompts = args.prompts + read_prompts(args.prompts_file)
     output_file(args.out)  # a path that cannot be written is one line now, not after the sampling
@@ -112,6 +115,7 @@ def main(argv=None):
     from tqdm import tqdm
 
     from hart.common.images import MAX_GRID_PIXELS, grid_size, save_grid, to_pil
+    from sampling.engine import check_seeds
     from sampling.pipeline import HARTPipeline
 
     from hart.common.dist import resolve_device
@@ -139,7 +143,7 @@ def main(argv=None):
                         f"{MAX_GRID_PIXELS / 1e6:,.0f}): lower --num (images per row) or --scale, or draw fewer "
                         "rows (classes, prompts) per run")
     items = [r for r in row_keys for _ in range(args.num)]
-    seeds = [args.seed + j for j in range(len(items))]
+    seeds = check_seeds(range(args.seed, args.seed + len(items)))  # the last one too, before any work
     images = []
     starts = range(0, len(items), args.batch_size)
     for s in tqdm(starts, desc="batches", unit="batch"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 from hart.common.errors import UserError
 
@@ -73,7 +74,19 @@ class SamplingOptions:
             raise UserError(f"unknown sampling preset {name!r}; choose one of: {', '.join(SAMPLING_PRESETS)}")
         return cls(**{**SAMPLING_PRESETS[name], **overrides})
 
+    # name: (a whole number, None allowed)
+    NUMBERS: ClassVar[dict] = {"cfg": (False, False), "top_k": (True, False), "top_p": (False, False),
+                                "temperature": (False, False), "diff_steps": (True, True),
+                                "diff_temperature": (False, True), "head_cfg": (False, True)}
+
     def validate(self) -> "SamplingOptions":
+        """Check every value (one line naming the option for a bad one); numbers given as other
+        numeric types (numpy, a whole float for a count) are converted."""
+        for name, (integer, optional) in self.NUMBERS.items():
+            setattr(self, name, _number(name, getattr(self, name), integer, optional))
+        if not isinstance(self.smooth, (bool, int)):
+            raise UserError(f"smooth must be True or False, got {self.smooth!r}")
+        self.smooth = bool(self.smooth)
         if not math.isfinite(self.cfg) or self.cfg < 0:
             raise UserError(f"cfg must be >= 0, got {self.cfg}")
         self.top_k_schedule = tuple(tuple(int(v) for v in pair) for pair in self.top_k_schedule)
@@ -95,6 +108,25 @@ class SamplingOptions:
         if self.last_scale_ratio not in ("last", "previous"):
             raise UserError(f"last_scale_ratio must be 'last' or 'previous', got {self.last_scale_ratio!r}")
         return self
+
+
+def _number(name: str, value, integer: bool, optional: bool):
+    """``value`` as an int (``integer``) or a float; None stays None where ``optional``; one line
+    for anything else."""
+    if value is None and optional:
+        return None
+    kind = "a whole number" if integer else "a number"
+    if isinstance(value, (bool, str, bytes)):
+        raise UserError(f"{name} must be {kind}, got {value!r}")
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be {kind}, got {value!r}") from None
+    if not integer:
+        return f
+    if not f.is_integer():
+        raise UserError(f"{name} must be {kind}, got {value!r}")
+    return int(f)
 
 
 # Published sampler settings. VAR (FoundationVision/VAR README): the FID runs use cfg 1.5,

@@ -24,7 +24,7 @@ from hart.common.errors import UserError
 from hart.common.images import to_pil
 from hart.common.io import resolve_dir
 from hart.model import HARTGenerator
-from sampling.engine import SampleOutput, SamplingEngine, make_generators
+from sampling.engine import SampleOutput, SamplingEngine, check_seeds, make_generators
 from sampling.options import SamplingOptions
 from tokenizer.model import HybridTokenizer
 
@@ -85,11 +85,13 @@ def condition_inputs(config, class_ids, prompts, text_encoder, names=("class ids
 
 
 def _seeds(seed, n: int) -> list[int]:
+    """One seed per image: a list as given, or ``seed + i`` for image i; checked (:func:`check_seeds`)."""
     if isinstance(seed, (list, tuple)):
         if len(seed) != n:
             raise UserError(f"got {len(seed)} seeds for {n} images")
-        return [int(s) for s in seed]
-    return [int(seed) + i for i in range(n)]
+        return check_seeds(seed)
+    first = check_seeds([seed])[0]
+    return check_seeds(range(first, first + n))
 
 
 class HARTPipeline:
@@ -120,6 +122,9 @@ class HARTPipeline:
     def from_pretrained(cls, model_dir=None, device="cpu", **kw) -> "HARTPipeline":
         """Load ``model_dir/tokenizer`` and ``model_dir/generator`` (None or ``"default"``: the
         bundled default model; ``"default-t2i"``: the bundled text-to-image model)."""
+        from hart.common.dist import resolve_device
+
+        device = resolve_device(device, "device")
         folder = model_folder(model_dir)
         for sub in ("tokenizer", "generator"):
             if not (folder / sub).is_dir():
@@ -154,11 +159,11 @@ class HARTPipeline:
     def encode_prompts(self, prompts):
         """Prompts -> the engine's text inputs (tokens (B, T, D), mask (B, T))."""
         return condition_inputs(self.generator.config, None, prompts, lambda: self.text_encoder,
-                                ("class ids (--class)", "prompts"))[0]
+                                ("class_ids", "prompts"))[0]
 
     def _inputs(self, class_ids, prompts):
         return condition_inputs(self.generator.config, class_ids, prompts, lambda: self.text_encoder,
-                                ("class ids (--class)", "prompts (--prompt)"))
+                                ("class_ids", "prompts"))
 
     def sample(self, class_ids=None, seed=0, *, prompts=None, previews: bool = False, decode: bool = True,
                return_logits: bool = False, on_scale=None, **options) -> SampleOutput:
@@ -177,7 +182,7 @@ class HARTPipeline:
 
     def __call__(self, class_ids=None, seed=0, *, prompts=None, **options) -> list:
         """Class ids or prompts -> list of PIL images (one each). See :meth:`sample` for options."""
-        if class_ids is not None and prompts is None and len(list(class_ids)) == 0:
+        if class_ids is not None and prompts is None and len(as_list(class_ids)) == 0:
             return []  # (an empty prompt list is an error: hart.text.check_prompts)
         return to_pil(self.sample(class_ids, seed, prompts=prompts, **options).images)
 

@@ -242,3 +242,15 @@ def test_init_of_another_kind_and_resume_with_other_options(tokdir, t2i_model_di
     (out / "train_state" / "meta.json").write_text(json.dumps(meta))
     assert hart_main(base + ["--steps", "4", "--batch-size", "8", "--seed", "3", "--out", str(out), "--resume"]) == 0
     assert json.loads((out / "train_state" / "meta.json").read_text())["step"] == 4
+
+
+def test_hart_version_and_help_examples(capsys):
+    from importlib.metadata import version
+
+    assert hart_main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"hart {version('hart-open')}"
+    for command in ("generate", "export"):
+        with pytest.raises(SystemExit):
+            hart_main([command, "--help"])
+        out = capsys.readouterr().out
+        assert "\nexamples:\n" in out and "``" not in out

@@ -18,6 +18,7 @@ gradio_client = pytest.importorskip("gradio_client")
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from hart.common.errors import UserError  # noqa: E402
 from scripts.screenshot import available, capture, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,15 +234,52 @@ def test_sampling_preset_sets_sliders_and_the_fixed_settings(pipeline):
     assert not plain["smooth"] and plain["last_scale_ratio"] == "last"
 
 
-def test_launch_binds_localhost_no_share_by_default(model_dir, monkeypatch):
+def test_launch_binds_localhost_no_share_by_default(model_dir, monkeypatch, capsys):
     from demo import app
 
     seen = []
-    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.append(kw))
+
+    def launch(self, **kw):
+        seen.append(kw)
+        self.local_url, self.share_url = f"http://{kw['server_name']}:{kw['server_port']}/", None
+
+    monkeypatch.setattr(gr.Blocks, "launch", launch)
+    monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: None)
     assert app.main(["--model", str(model_dir)]) == 0
+    # gradio's banner (its launch() arguments) is quiet; the line printed names the address
+    assert seen[0]["quiet"] and "serving on http://127.0.0.1:7860/ (Ctrl-C stops it)" in capsys.readouterr().out
     assert app.main(["--model", str(model_dir), "--host", "0.0.0.0", "--port", "8123", "--share"]) == 0
     assert (seen[0]["server_name"], seen[0]["server_port"], seen[0]["share"]) == ("127.0.0.1", 7860, False)
     assert (seen[1]["server_name"], seen[1]["server_port"], seen[1]["share"]) == ("0.0.0.0", 8123, True)
+
+
+def test_an_address_that_cannot_be_served_is_one_line_naming_the_flag():
+    import socket
+
+    from demo.app import check_bindable
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(UserError, match=f"port {port} on 127.0.0.1 is in use: pick another with --port"):
+            check_bindable("127.0.0.1", port)
+    with pytest.raises(UserError, match="--host 999.1.1.1: no such address or host name"):
+        check_bindable("999.1.1.1", 7860)
+    with pytest.raises(UserError, match="--host 192.0.2.1 is not an address of this machine"):
+        check_bindable("192.0.2.1", 7860)  # TEST-NET-1: never a local address
+    check_bindable("127.0.0.1", free_port())  # and a free one is left free
+
+
+def test_control_values_messages_read_as_written(pipeline):
+    from demo.model import DemoModel
+
+    model = DemoModel(pipeline, max_images=4)
+    model.deadline.remove()
+    name = model.names[0]
+    for seed, message in ((2**70, "seed must be <= 2147483647, got"), (True, "seed must be a number, got True")):
+        with pytest.raises(UserError, match=message):
+            model.parse(name, 1.5, 0, 1.0, 1.0, seed, 1)
 
 
 @pytest.mark.parametrize("argv, message", [

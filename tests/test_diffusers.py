@@ -411,7 +411,9 @@ def test_images_per_prompt_and_class_names(pipe):
     (dict(class_labels=[1], num_inference_steps=2.5), "num_inference_steps must be an integer"),
     (dict(class_labels=[1], num_inference_steps=1000), "num_inference_steps must be in"),
     (dict(class_labels=[1], num_images_per_prompt=0), "num_images_per_prompt must be at least 1"),
-    (dict(class_labels=[1], guidance_scale="2"), "wrong type"),
+    (dict(class_labels=[1], guidance_scale="2"), "guidance_scale must be a number, got '2'"),
+    (dict(class_labels=[1], guidance_scale=-1), "guidance_scale must be >= 0"),
+    (dict(class_labels=[1], top_k=1.5), "top_k must be a whole number"),
     (dict(class_labels=[1], negative_prompt="blurry"), "unknown sampling option 'negative_prompt'"),
     (dict(class_labels=[1], callback_on_step_end="print"), "must be a function"),
 ])

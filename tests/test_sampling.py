@@ -2,6 +2,8 @@
 options, CLI errors. Tiny CPU models with random weights."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -179,12 +181,38 @@ def test_pil_output(pipe):
     assert len(imgs) == 3 and imgs[0].size == (R, R) and imgs[0].mode == "RGB"
 
 
-@pytest.mark.parametrize("bad", [
-    dict(cfg=-0.1), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1), dict(temperature=0.0), dict(diff_steps=0),
+@pytest.mark.parametrize("bad, message", [
+    (dict(cfg=-0.1), "cfg must be >= 0"), (dict(top_p=0.0), "top-p"), (dict(top_p=1.5), "top-p"),
+    (dict(top_k=-1), "top-k"), (dict(temperature=0.0), "temperature"), (dict(diff_steps=0), "diffusion steps"),
+    (dict(cfg="x"), "cfg must be a number, got 'x'"), (dict(cfg=None), "cfg must be a number, got None"),
+    (dict(top_k=1.5), "top_k must be a whole number, got 1.5"), (dict(smooth="yes"), "smooth must be True or False"),
+    (dict(seed="abc"), "a seed must be a whole number, got 'abc'"), (dict(seed=None), "got None"),
+    (dict(seed=1.7), "got 1.7"), (dict(seed=2**70), "out of range"), (dict(seed=-1), "out of range"),
+    (dict(seed=2**63 - 1), "seed 9223372036854775808 is out of range"),  # the second image's seed
+    (dict(seed=[1, "b"]), "got 'b'"),
 ])
-def test_bad_options(pipe, bad):
-    with pytest.raises(UserError):
-        pipe.sample([1], seed=0, **bad)
+def test_bad_options(pipe, bad, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        pipe.sample([1, 2], **{"seed": 0, **bad})
+
+
+def test_option_values_of_other_numeric_types_are_taken(pipe):
+    import numpy as np
+
+    ref = pipe.sample([1], seed=3, cfg=2.0, top_k=5).images
+    torch.testing.assert_close(pipe.sample([1], seed=np.int64(3), cfg=np.float32(2), top_k=5.0).images, ref)
+
+
+def test_one_class_id_alone(pipe):
+    assert len(pipe(5, seed=0)) == 1 and pipe(5, seed=0)[0].tobytes() == pipe([5], seed=0)[0].tobytes()
+    assert pipe([], seed=0) == []
+
+
+def test_from_pretrained_on_a_missing_gpu_is_one_line():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(UserError, match=r"device='cuda': no CUDA GPU is visible here; use device='cpu'"):
+        HARTPipeline.from_pretrained("default", device="cuda")
 
 
 def test_bad_class_ids(pipe):
@@ -266,6 +294,8 @@ def test_cli_class_names_and_all_classes(model_dir, tmp_path):
     (["--class", "1", "--cfg", "-1"], "--cfg"),
     (["--class", "1", "--top-p", "0"], "--top-p"),
     (["--class", "1", "--top-p", "1.01"], "--top-p"),
+    (["--class", "1", "--seed", str(2**70)], "out of range"),
+    (["--class", "1", "--num", "2", "--seed", str(2**63 - 1)], "seed 9223372036854775808 is out of range"),
 ])
 def test_cli_bad_input_is_one_line(model_dir, tmp_path, capsys, argv, message):
     from sampling.generate import main

@@ -277,6 +277,12 @@ def test_demo_with_a_text_model(encoder, tokdir):
     model = DemoModel(pipe, max_images=4)
     r = model.generate("a large red circle", 1.5, 0, 1.0, 1.0, 5, 2)
     assert len(r.images) == 2 and r.captions[0] == "a large red circle, seed 5" and r.strip.size[0] > 0
+    assert "note" not in r.timing
+    # a prompt longer than the context: the visitor is told what the model read
+    long = model.generate("please draw for me right now a large red circle", 1.5, 0, 1.0, 1.0, 5, 1)
+    T = encoder.max_length
+    assert f"note: the prompt is longer than the model's {T} tokens; it read only: \"please draw" in long.timing
+    assert "circle" not in long.timing.split("read only")[1]
     # two prompts in one sampler batch: each gets the images it gets alone
     opts = dict(cfg=1.5, top_k=0, top_p=1.0, temperature=1.0)
     both = model.sample_batch([Job("a large red circle", opts, 5, 2), Job("two blue squares", opts, 9, 1)])

@@ -51,18 +51,21 @@ class DistInfo:
             dist.destroy_process_group()
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = "auto", what: str = "--device") -> torch.device:
     """The one device rule of every command: ``auto`` -> cuda when a GPU is visible, else cpu;
-    cuda without a GPU, or a name torch does not know, is one clear line."""
+    cuda without a GPU, or a name torch does not know, is one clear line naming ``what`` (the
+    flag, or a Python argument such as ``device``)."""
     name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    flag = what.startswith("--")
+    given, cpu = (f"{what} {name}", f"{what} cpu") if flag else (f"{what}={name!r}", f"{what}='cpu'")
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
-        raise UserError(f"unknown --device {name!r}; use auto, cpu or cuda") from None
+        raise UserError(f"unknown {given}; use auto, cpu or cuda") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is visible here; use --device cpu")
+        raise UserError(f"{given}: no CUDA GPU is visible here; use {cpu}")
     return dev
 
 
