@@ -71,7 +71,8 @@ def warm_runs(args, res, repeats, pipe, inputs, opt, device, sync, pns, release,
     ``--hart-src`` HART's own ``autoregressive_infer_cfg`` on the same release and context."""
     import torch
 
-    from sampling.engine import SamplingEngine, make_generators
+    from sampling.engine import SamplingEngine
+    from sampling.seeds import make_generators
 
     def ours(engine):
         # generators on the device: the smoothing's Gumbel noise (V per token) drawn there, as HART does
@@ -166,7 +167,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     from hart.convert_hart import convert_hart
-    from sampling.engine import SamplingEngine, make_generators
+    from sampling.engine import SamplingEngine
+    from sampling.seeds import make_generators
     from sampling.options import SamplingOptions
     from sampling.pipeline import HARTPipeline
     from tests.official_layout import hart_llm_config, write_hart_release

@@ -49,7 +49,8 @@ import torch
 from hart.config import GeneratorConfig
 from hart.model import HARTGenerator
 from hart import kernels
-from sampling.engine import DTYPES, SamplingEngine, cfg_ratio, make_generators
+from sampling.engine import DTYPES, SamplingEngine, cfg_ratio
+from sampling.seeds import make_generators
 from sampling.options import SamplingOptions
 from tokenizer import HybridTokenizer, TokenizerCode, TokenizerConfig
 

@@ -22,7 +22,8 @@ import torch
 
 from hart.config import GeneratorConfig
 from hart.model import HARTGenerator
-from sampling.engine import SamplingEngine, make_generators
+from sampling.engine import SamplingEngine
+from sampling.seeds import make_generators
 from sampling.options import SamplingOptions
 from tokenizer import HybridTokenizer, TokenizerConfig
 

@@ -450,7 +450,8 @@ def compare_greedy_sampling(H, model, gen, tok, cfg, smooth, res, p):
     engine in place of its own draws."""
     from hart import kernels
     import sampling.engine as engine_mod
-    from sampling.engine import SamplingEngine, make_generators
+    from sampling.engine import SamplingEngine
+    from sampling.seeds import make_generators
     from sampling.options import SamplingOptions
 
     B = 2

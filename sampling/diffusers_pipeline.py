@@ -49,7 +49,8 @@ from hart.common.images import to_pil
 from hart.common.io import swap_in
 from hart.diffusion import make_head_scheduler
 from hart.model import HARTGenerator
-from sampling.engine import DTYPES, SamplingEngine, make_generators
+from sampling.engine import DTYPES, SamplingEngine
+from sampling.seeds import make_generators
 from sampling.options import SamplingOptions
 from sampling.pipeline import as_list, condition_inputs, model_folder
 from tokenizer.model import HybridTokenizer

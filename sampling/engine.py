@@ -107,31 +107,6 @@ def cfg_ratio(cfg: float, k: int, num_scales: int) -> float:
     return SamplingOptions(cfg=cfg).guidance(k, num_scales)
 
 
-MAX_SEED = 2**63 - 1
-
-
-def check_seeds(seeds) -> list[int]:
-    """The seeds as ints, or one line for one that is not a whole number in [0, MAX_SEED]."""
-    out = []
-    for s in seeds:
-        try:
-            if isinstance(s, (bool, str, bytes)) or not float(s).is_integer():
-                raise TypeError
-            v = int(s)
-        except (TypeError, ValueError, OverflowError):
-            raise UserError(f"a seed must be a whole number, got {s!r}") from None
-        if not 0 <= v <= MAX_SEED:
-            raise UserError(f"seed {v} is out of range: seeds run from 0 to {MAX_SEED} (2**63 - 1), and an image's "
-                            "seed is the first seed plus its index")
-        out.append(v)
-    return out
-
-
-def make_generators(seeds, device="cpu") -> list[torch.Generator]:
-    """One ``torch.Generator`` per image, seeded with that image's seed (:func:`check_seeds`)."""
-    return [torch.Generator(device=device).manual_seed(s) for s in check_seeds(seeds)]
-
-
 def check_compatible(tokenizer: HybridTokenizer, generator: HARTGenerator) -> None:
     t, g = tokenizer.config, generator.config
     pairs = (("patch_nums", tuple(t.patch_nums), tuple(g.patch_nums)),

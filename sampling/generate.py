@@ -68,7 +68,7 @@ def _check_args(args) -> None:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     if args.scale < 1:
         raise UserError(f"--scale must be positive, got {args.scale}")
-    from sampling.engine import check_seeds
+    from sampling.seeds import check_seeds
 
     check_seeds([args.seed])
     if args.prompts_file:
@@ -115,7 +115,7 @@ def main(argv=None):
     from tqdm import tqdm
 
     from hart.common.images import MAX_GRID_PIXELS, grid_size, save_grid, to_pil
-    from sampling.engine import check_seeds
+    from sampling.seeds import check_seeds
     from sampling.pipeline import HARTPipeline
 
     from hart.common.dist import resolve_device

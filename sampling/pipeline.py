@@ -24,7 +24,8 @@ from hart.common.errors import UserError
 from hart.common.images import to_pil
 from hart.common.io import resolve_dir
 from hart.model import HARTGenerator
-from sampling.engine import SampleOutput, SamplingEngine, check_seeds, make_generators
+from sampling.engine import SampleOutput, SamplingEngine
+from sampling.seeds import check_seeds, make_generators
 from sampling.options import SamplingOptions
 from tokenizer.model import HybridTokenizer
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from sampling.engine import SamplingEngine, make_generators
+from sampling.engine import SamplingEngine
+from sampling.seeds import make_generators
 from sampling.options import DEFAULT_PRESET, SamplingOptions
 
 

@@ -22,7 +22,8 @@ from hart.common.errors import UserError
 from hart.convert import main
 from hart.convert_var import read_checkpoint
 from hart.diffusion import cosine_alphas_cumprod, iddpm_step, iddpm_timesteps
-from sampling.engine import SamplingEngine, make_generators
+from sampling.engine import SamplingEngine
+from sampling.seeds import make_generators
 from sampling.options import SamplingOptions
 from sampling.pipeline import HARTPipeline
 from tests.official_layout import hart_llm_config, write_hart_release

@@ -120,7 +120,7 @@ def _engine(tiny_pair, device, **kw):
 
 def test_sampling_on_cuda_matches_the_cpu_and_is_batch_independent(tiny_pair):
     from sampling import SamplingOptions
-    from sampling.engine import make_generators
+    from sampling.seeds import make_generators
 
     greedy = SamplingOptions(cfg=1.5, top_k=1)  # argmax draws: the CPU and GPU agree unless logits tie
     cpu = _engine(tiny_pair, "cpu").sample([1, 4], make_generators([0, 1]), greedy)
@@ -141,7 +141,7 @@ def test_sampling_on_cuda_matches_the_cpu_and_is_batch_independent(tiny_pair):
 @needs_compiled_triton
 def test_triton_kernels_give_the_reference_ids_on_cuda(tiny_pair):
     from sampling import SamplingOptions
-    from sampling.engine import make_generators
+    from sampling.seeds import make_generators
 
     opts = SamplingOptions(cfg=2.0, top_k=10, top_p=0.9)
     a = _engine(tiny_pair, CUDA, kernels="triton").sample([6, 2], make_generators([3, 4]), opts, return_logits=True)
@@ -153,7 +153,7 @@ def test_triton_kernels_give_the_reference_ids_on_cuda(tiny_pair):
 
 def test_bf16_sampling_on_cuda(tiny_pair):
     from sampling import SamplingOptions
-    from sampling.engine import make_generators
+    from sampling.seeds import make_generators
 
     out = _engine(tiny_pair, CUDA, dtype="bf16").sample([0, 1, 2], make_generators([0, 1, 2]), SamplingOptions())
     assert out.images.dtype == torch.float32 and torch.isfinite(out.images).all()
@@ -163,7 +163,7 @@ def test_bf16_sampling_on_cuda(tiny_pair):
 def test_compiled_step_with_cuda_graphs_matches_eager(tiny_pair):
     """--compile on a GPU: inductor with CUDA graphs (reduce-overhead) over the static cache."""
     from sampling import SamplingOptions
-    from sampling.engine import make_generators
+    from sampling.seeds import make_generators
 
     greedy = SamplingOptions(cfg=1.5, top_k=1)
     eager = _engine(tiny_pair, CUDA, kernels="torch").sample([1, 2], make_generators([0, 1]), greedy,
@@ -190,7 +190,7 @@ def test_whole_run_graph_replays_eagers_ids_at_two_batch_sizes(tiny_pair, dtype)
     """cuda_graph=True: the first run of a (batch, options) captures, the next ones replay; the
     ids are eager's for the same seeds (sampled, greedy), whatever ran in between."""
     from sampling import SamplingOptions
-    from sampling.engine import make_generators
+    from sampling.seeds import make_generators
 
     eager = _engine(tiny_pair, CUDA, dtype=dtype)
     graphed = _engine(tiny_pair, CUDA, dtype=dtype, cuda_graph=True)
@@ -206,7 +206,7 @@ def test_whole_run_graph_past_its_limit_and_every_head():
     """More keys than MAX_GRAPHS (the fifth drops all four at once; the graphs captured after it
     replay right), and the heads that read more than the ids: smoothing, a map head with the
     decoder metric (whose inverse is made outside the run), iDDPM with a learned variance."""
-    from sampling.engine import make_generators
+    from sampling.seeds import make_generators
     from sampling.graphs import MAX_GRAPHS
     from tests.test_graphs import CASES, _engine as _cpu_engine
 
@@ -241,7 +241,7 @@ def test_whole_run_graph_through_the_diffusers_pipeline():
 
 def test_whole_run_graph_of_a_text_model():
     from sampling import SamplingEngine, SamplingOptions
-    from sampling.engine import make_generators
+    from sampling.seeds import make_generators
     from tests.test_t2i import _model as _t2i_model, _prompts
     from tokenizer import HybridTokenizer, TokenizerConfig
 
@@ -260,7 +260,7 @@ def test_whole_run_graph_falls_back_to_eager_with_one_line(tiny_pair, capsys, mo
     """Previews asked for, or a capture that fails (a host sync slipped into the run): eager
     sampling, the same ids, one line per reason, and no retry of a failed capture."""
     from sampling import SamplingOptions
-    from sampling.engine import make_generators
+    from sampling.seeds import make_generators
 
     opts = SamplingOptions(cfg=2.0, top_k=10, top_p=0.9)
     eager = _engine(tiny_pair, CUDA)

@@ -12,7 +12,7 @@ from hart.common.errors import UserError
 from hart.config import GeneratorConfig
 from hart.model import HARTGenerator
 from sampling import SamplingEngine, SamplingOptions
-from sampling.engine import make_generators
+from sampling.seeds import make_generators
 from tests.test_sampling import _models
 from tests.test_t2i import _model as _text_model, _prompts
 from tokenizer import HybridTokenizer, TokenizerConfig

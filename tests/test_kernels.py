@@ -126,7 +126,7 @@ def test_engine_with_triton_kernels_matches_reference():
     from hart.config import GeneratorConfig
     from hart.model import HARTGenerator
     from sampling import SamplingEngine, SamplingOptions
-    from sampling.engine import make_generators
+    from sampling.seeds import make_generators
     from tokenizer import HybridTokenizer, TokenizerConfig
 
     torch.manual_seed(0)

@@ -11,7 +11,8 @@ from hart.config import GeneratorConfig
 from hart.common.errors import UserError
 from hart.model import HARTGenerator
 from sampling import HARTPipeline, SamplingEngine, SamplingOptions
-from sampling.engine import cfg_ratio, make_generators
+from sampling.engine import cfg_ratio
+from sampling.seeds import make_generators
 from tokenizer import HybridTokenizer, TokenizerConfig
 
 

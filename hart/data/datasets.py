@@ -15,8 +15,9 @@
                            PATH/captions.jsonl manifest of {"file": ..., "text": ...} lines
 
 A split is train or test (heldout: shapes only). The datasets themselves are
-:mod:`hart.data.sources`; here: the grammar, :func:`make_dataset`, and the batches
-(:func:`infinite_batches`, resumable and shardable). Bottom layer (hart.data): imports nothing
+:mod:`hart.data.sources` (named) and :mod:`hart.data.files` (a user's folders); here: the
+grammar, :func:`make_dataset`, and the batches (:func:`infinite_batches`, resumable and
+shardable). Bottom layer (hart.data): imports nothing
 of the project but :mod:`hart.common` and its own package.
 """
 from __future__ import annotations
@@ -27,8 +28,8 @@ import torch
 from torch.utils.data import default_collate
 
 from hart.common.errors import UserError
-from hart.data.sources import (ALL_SPLITS, CaptionFiles, Emoji, FashionMNIST, ImageFiles, ImageFolder, Shapes, Synthetic,
-                               check_split, splits_of)
+from hart.data.files import CaptionFiles, ImageFiles, ImageFolder
+from hart.data.sources import ALL_SPLITS, Emoji, FashionMNIST, Shapes, Synthetic, check_split, splits_of
 
 # ----------------------------------------------------------------------------- specs
 

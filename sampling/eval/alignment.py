@@ -222,7 +222,7 @@ def main(argv=None):
         args.num = 4 if args.prompts else 200
     if args.num < 1 or args.batch_size < 1:
         raise UserError("--num and --batch-size must be positive")
-    from sampling.engine import check_seeds
+    from sampling.seeds import check_seeds
 
     check_seeds([args.seed, args.seed + args.num - 1])  # image j has seed --seed + j
     for flag, path in (("--out", args.out), ("--grid", args.grid)):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from hart.data.datasets import make_dataset, parse_spec
-from hart.data.sources import IMAGE_SUFFIXES, list_images, read_image
+from hart.data.files import IMAGE_SUFFIXES, list_images, read_image
 from hart.common.errors import UserError
 
 
