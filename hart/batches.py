@@ -4,6 +4,8 @@ data tells the model (its class names, or example captions). Used by :mod:`hart.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from hart.common.dist import DistInfo
@@ -11,6 +13,18 @@ from hart.common.errors import UserError
 from hart.config import GeneratorConfig
 from hart.data.datasets import infinite_batches, make_dataset
 from hart.tokens import TokenCache, split_scales
+
+
+@functools.lru_cache(maxsize=4)
+def _train_data(spec: str, resolution: int, data_dir):
+    return make_dataset(spec, "train", resolution, data_dir)
+
+
+def train_data(args, tokenizer):
+    """The training split of ``--data`` at the tokenizer's resolution, made once per process:
+    a run reads it for its classes, its example prompts, what it trains on and its batches, and
+    a folder is scanned (and its skipped files said) once, not four times."""
+    return _train_data(args.data, tokenizer.config.resolution, args.data_dir)
 
 
 def _to(cond, dev):
@@ -49,7 +63,7 @@ def batch_source(args, tokenizer, dist: DistInfo, per_rank: int, start_step: int
                 y = _to(y, dev)
             yield [i.to(dev) for i in split_scales(ids, pns)], res.to(dev), y
     else:
-        data = make_dataset(args.data, "train", tokenizer.config.resolution, args.data_dir)
+        data = train_data(args, tokenizer)
         prompts = None
         if getattr(data, "captioned", False) and config is not None and config.is_text:
             prompts = _prompt_encoder(args, config, dev)
@@ -61,34 +75,60 @@ def batch_source(args, tokenizer, dist: DistInfo, per_rank: int, start_step: int
 
 
 def dataset_examples(args, tokenizer) -> tuple:
-    """Up to ``EXAMPLES`` distinct captions of captioned data (a text model's example prompts)."""
-    from hart.tokens import EXAMPLES
+    """A text model's example prompts: :func:`hart.tokens.pick_examples` of the first 200
+    captions (a token cache's, as it picked them)."""
+    from hart.tokens import pick_examples
 
     if args.tokens:
-        return tuple(TokenCache(args.tokens).meta.get("examples", ()))[:EXAMPLES]
-    data = make_dataset(args.data, "train", tokenizer.config.resolution, args.data_dir)
-    out = []
-    for i in range(min(len(data), 200)):
-        caption = data[i][1]
-        if caption not in out:
-            out.append(caption)
-        if len(out) == EXAMPLES:
-            break
-    return tuple(out)
+        return tuple(pick_examples(TokenCache(args.tokens).meta.get("examples", ())))
+    data = train_data(args, tokenizer)
+    return tuple(pick_examples(data[i][1] for i in range(min(len(data), 200))))
+
+
+def _spec_label(spec: str, split: str = "train") -> str:
+    """A data spec as one string per dataset: ``NAME:SPLIT``, or ``KIND:/absolute/path``."""
+    from pathlib import Path
+
+    from hart.data.datasets import parse_spec
+
+    d = parse_spec(spec)
+    if d.kind == "dataset":
+        return f"{d.name}:{d.split or split}"
+    path = Path(d.name).expanduser()
+    return f"{d.kind}:{path.resolve() if path.exists() else d.name}"
+
+
+def data_identity(args, tokenizer) -> dict:
+    """What a run trains on, whichever form it is read in: ``{"data": spec label, "num": items}``
+    of ``--data``, or of the data a ``--tokens`` cache was made from (the same batches either way)."""
+    if args.tokens:
+        cache = TokenCache(args.tokens)
+        return {"data": _spec_label(cache.meta.get("data", "?"), cache.meta.get("split") or "train"), "num": len(cache)}
+    data = train_data(args, tokenizer)
+    return {"data": _spec_label(args.data), "num": len(data)}
+
+
+def check_same_data(saved: dict | None, now: dict, out) -> None:
+    """On --resume: one line when the run was trained on other data (a run saved before this was
+    recorded is not checked)."""
+    if not saved or saved == now:
+        return
+    raise UserError(f"the run in {out} was trained on {saved['data']} ({saved['num']:,} items), not {now['data']} "
+                    f"({now['num']:,} items); resume it with the same data (--data, or a token cache of it), or "
+                    f"start a new run from its weights with --init {out}")
 
 
 def dataset_classes(args, tokenizer) -> tuple | None:
-    """The data's class names, or None for captioned data (a text model's)."""
+    """The data's class names (empty for images without classes), or None for captioned data
+    (a text model's); :func:`hart.run_config.resolve_config` says which model needs which."""
     if args.tokens:
         cache = TokenCache(args.tokens)
         if cache.captioned:
             return None
         classes = cache.classes
     else:
-        data = make_dataset(args.data, "train", tokenizer.config.resolution, args.data_dir)
+        data = train_data(args, tokenizer)
         if getattr(data, "captioned", False):
             return None
         classes = data.classes
-    if not classes:
-        raise UserError("the data has no class names; a class-conditional model needs them")
     return tuple(classes)

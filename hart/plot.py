@@ -1,6 +1,6 @@
 """Draw the training curves of one run, or of several side by side, as a PNG.
 
-    hart plot runs/tok
+    hart plot runs/tok                                           # runs/tok/curves.png
     hart plot runs/gen runs/gen-nohead --out curves.png          # an ablation: one line per run
     hart plot runs/gen --metrics loss/ce acc lr --smooth 0.9
 
@@ -113,12 +113,17 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="hart plot", description=intro, epilog="examples:\n" + examples,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (or metrics.jsonl files)")
-    p.add_argument("--out", default="curves.png", help="PNG to write (default curves.png)")
+    p.add_argument("--out", default=None,
+                   help="PNG to write (default: RUN_DIR/curves.png for one run, ./curves.png for several)")
     p.add_argument("--metrics", nargs="+", default=None, metavar="NAME",
                    help="only these metrics (default: every metric of the runs)")
     p.add_argument("--smooth", type=float, default=0.0,
                    help="exponential smoothing weight in [0, 1), as TensorBoard's slider (default 0: none)")
     args = p.parse_args(argv)
+    if args.out is None:  # one run: beside its metrics, so a second run's plot does not replace it
+        one = Path(args.runs[0])
+        args.out = str((one.parent if one.suffix == ".jsonl" else one) / "curves.png") if len(args.runs) == 1 \
+            else "curves.png"
     if not 0 <= args.smooth < 1:
         raise UserError(f"--smooth must be in [0, 1), got {args.smooth}")
     if not args.out.lower().endswith(".png"):

@@ -46,9 +46,14 @@ def init_weights(model: HARTGenerator, folder, verbose: bool = True, skip: tuple
 def resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> GeneratorConfig:
     config = _resolve_config(args, out, tokenizer, classes)
     captioned = classes is None
-    if config.is_text != captioned:
-        raise UserError("a text model needs captioned data (shapes, emoji, captions:PATH)" if config.is_text else
-                        "this data has captions, not classes: choose a text preset (--preset shapes-t2i)")
+    if config.is_text and not captioned:
+        raise UserError(f"{'--preset ' + args.preset if args.preset else 'this model'} is a text-to-image model: it needs "
+                        "captioned data (captions:PATH, shapes, emoji), and this data has no captions")
+    if not config.is_text and captioned:
+        raise UserError("this data has captions, not classes: choose a text preset (--preset shapes-t2i)")
+    if not config.is_text and not classes:
+        raise UserError("the data has no class names, and a class-conditional model needs them: give folder:PATH "
+                        "(one subfolder per class); images:PATH has no classes")
     return config
 
 

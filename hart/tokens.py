@@ -39,6 +39,15 @@ from tokenizer import HybridTokenizer
 TOKENS_NAME = "tokens.safetensors"
 CAPTIONS_NAME = "captions.json"
 EXAMPLES = 6  # distinct captions kept as a text model's example prompts
+EXAMPLE_MAX_CHARS = 80  # an example prompt is a label of a grid and a demo button: a short caption
+
+
+def pick_examples(captions) -> list:
+    """Up to ``EXAMPLES`` distinct captions, in order, of at most ``EXAMPLE_MAX_CHARS``
+    characters (the shortest ones when none is that short)."""
+    distinct = list(dict.fromkeys(captions))
+    short = [c for c in distinct if len(c) <= EXAMPLE_MAX_CHARS]
+    return (short or sorted(distinct, key=len))[:EXAMPLES]
 
 
 def tokenizer_fingerprint(tokenizer_dir) -> str:
@@ -171,7 +180,7 @@ def main(argv=None):
         from hart.text import check_prompts
 
         captions = check_prompts(captions)
-        meta.update(examples=captions[:EXAMPLES], num_captions=len(captions))
+        meta.update(examples=pick_examples(captions), num_captions=len(captions))
     with atomic_dir(args.out) as tmp:
         save_file(tensors, str(tmp / TOKENS_NAME))
         if captions is not None:

@@ -52,7 +52,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from hart.config import GeneratorConfig
-from hart.batches import batch_source, dataset_classes, dataset_examples
+from hart.batches import batch_source, check_same_data, data_identity, dataset_classes, dataset_examples
 from hart.data.datasets import SPEC_HELP, add_workers_argument
 from hart.common.dist import DTYPE_CHOICES, DistInfo, autocast, init_distributed, resolve_dtype
 from hart.common.ema import EMA
@@ -65,8 +65,8 @@ from hart.common.models import write_pipeline_index
 from hart.model import HARTGenerator
 from hart.objective import TrainingObjective, measure_decoder_metric, measure_latent_scales
 from hart.attention import ATTENTION_IMPLS
-from hart.common.loop import (check_positive, check_range, load_run, nonfinite_loss, resume_flags, run_faults, save_run,
-                              set_lr, warmup_cosine)
+from hart.common.loop import (check_positive, check_range, load_run, nonfinite_loss, resume_flags, run_faults, run_meta,
+                              save_run, set_lr, warmup_cosine)
 from hart.run_config import copy_tokenizer, generator_dir, init_weights, resolve_config
 from tokenizer import HybridTokenizer
 
@@ -75,7 +75,9 @@ from tokenizer import HybridTokenizer
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hart train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokenizer", required=True, help="tokenizer folder (from hart train-tokenizer), or a model folder: its tokenizer/")
+    p.add_argument("--tokenizer", required=True,
+                   help="tokenizer folder (from hart train-tokenizer), or a model folder: its tokenizer/ "
+                        "(default, default-t2i: the bundled models')")
     p.add_argument("--preset", default=None, help=f"generator preset: {', '.join(GeneratorConfig.PRESETS)} "
                    "(default fm-s; on --resume, the saved one)")
     src = p.add_mutually_exclusive_group(required=True)
@@ -96,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights")
     p.add_argument("--init", default=None, metavar="DIR",
-                   help="start from the generator weights of this model folder (fine-tuning)")
+                   help="start from the generator weights of this model folder (fine-tuning; default, "
+                        "default-t2i: the bundled models)")
     p.add_argument("--freeze-transformer", action="store_true",
                    help="train only the residual head on top of the --init transformer")
     p.add_argument("--residual-target", choices=("sampled", "true"), default=None,
@@ -213,6 +216,7 @@ class GeneratorTrainer:
             save_run(out, {"model": self.model, "ema": self.ema.shadow},
                      {"opt": self.opt.state_dict(), "torch_rng": torch.get_rng_state(), "gen": self.gen.get_state()},
                      {"step": self.step, "config": self.config.to_dict(), **resume_flags(self.args),
+                      "source": getattr(self, "data_source", None),
                       "world_size": self.dist.world_size, "freeze_transformer": bool(self.args.freeze_transformer)})
             self.ema.shadow.save_pretrained(out / "generator")
             if (out / "tokenizer").is_dir():  # also a diffusers pipeline folder
@@ -281,9 +285,14 @@ def write_samples(sampler, generator: HARTGenerator, tokenizer: HybridTokenizer,
 
 
 @cli_entry
-def main(argv=None, sampler=None):
-    """``sampler``: what draws the sample grids (see :func:`sample_grid`); None: no grids."""
+def main(argv=None, sampler=None, model_folder=None):
+    """``sampler``: what draws the sample grids (see :func:`sample_grid`); None: no grids.
+    ``model_folder``: a model name or path -> its folder (the bundled models by name), for
+    ``--init`` and ``--tokenizer``; None: paths only."""
     args = build_parser().parse_args(argv)
+    if model_folder is not None:
+        args.init = args.init and str(model_folder(args.init))
+        args.tokenizer = str(model_folder(args.tokenizer))
     if args.image_every is None:
         args.image_every = args.save_every
     check_positive(args, "steps", "batch_size", "save_every", "log_every", "image_every")
@@ -314,11 +323,15 @@ def run(args, dist: DistInfo, sampler=None) -> int:
     args.tokenizer = component_dir(args.tokenizer, "tokenizer")  # a model folder's tokenizer/ too
     tokenizer = HybridTokenizer.from_pretrained(args.tokenizer, device=dist.device).requires_grad_(False)
     config = resolve_config(args, out, tokenizer, dataset_classes(args, tokenizer))
+    source = data_identity(args, tokenizer)
+    if args.resume:
+        check_same_data(run_meta(out, True, "generator").get("source"), source, out)
     if config.is_text and not args.resume and not config.display.example_prompts:
         config = config.replace_in("display", example_prompts=dataset_examples(args, tokenizer))
     if dist.is_main:
         copy_tokenizer(args.tokenizer, out)
     trainer = GeneratorTrainer(config, tokenizer, args, dist)
+    trainer.data_source = source
     fresh_head = any(k.startswith(HEAD_PREFIXES) or k == "residual_metric" for k in trainer.fresh)
     if config.has_head and not args.resume and (config.stats.residual_scale is None or fresh_head):
         # the head's target scale is a fact about this tokenizer's latents: measure it

@@ -236,8 +236,17 @@ def test_init_of_another_kind_and_resume_with_other_options(tokdir, t2i_model_di
     # the same data spelled another way is the same run
     assert hart_main(base[:5] + ["--data", "synthetic:train", "--no-tensorboard", "--steps", "3", "--batch-size", "4",
                                  "--seed", "3", "--out", str(out), "--resume"]) == 0
-    # a run saved before the batch size was recorded is not checked for it
+    # a token cache of other data (here: 16 of synthetic's 2,048 images) is another run
     meta = json.loads((out / "train_state" / "meta.json").read_text())
+    assert meta["source"] == {"data": "synthetic:train", "num": 2048}
+    assert hart_main(["extract-tokens", "--tokenizer", str(tokdir), "--data", "synthetic", "--limit", "16",
+                      "--out", str(tmp_path / "cache")]) == 0
+    line = one_line(capsys, ["train", "--tokenizer", str(tokdir), "--preset", "tiny", "--tokens", str(tmp_path / "cache"),
+                             "--no-tensorboard", "--steps", "4", "--batch-size", "4", "--seed", "3", "--out", str(out),
+                             "--resume"])
+    assert "was trained on synthetic:train (2,048 items), not synthetic:train (16 items)" in line
+    assert tree(out / "train_state") != state and json.loads((out / "train_state" / "meta.json").read_text())["step"] == 3
+    # a run saved before the batch size was recorded is not checked for it
     del meta["batch_size"]
     (out / "train_state" / "meta.json").write_text(json.dumps(meta))
     assert hart_main(base + ["--steps", "4", "--batch-size", "8", "--seed", "3", "--out", str(out), "--resume"]) == 0
@@ -254,3 +263,27 @@ def test_hart_version_and_help_examples(capsys):
             hart_main([command, "--help"])
         out = capsys.readouterr().out
         assert "\nexamples:\n" in out and "``" not in out
+
+
+def test_a_preset_on_data_of_the_other_kind_says_what_it_needs(tokdir, tmp_path, capsys):
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (16, 16), (80 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    base = ["train", "--tokenizer", str(tokdir), "--steps", "1", "--no-tensorboard"]
+    line = one_line(capsys, base + ["--preset", "t2i-tiny", "--data", "synthetic", "--out", str(tmp_path / "a")])
+    assert "--preset t2i-tiny is a text-to-image model: it needs captioned data (captions:PATH" in line
+    line = one_line(capsys, base + ["--preset", "tiny", "--data", f"images:{tmp_path}", "--out", str(tmp_path / "b")])
+    assert "no class names" in line and "folder:PATH" in line
+    assert "did you mean captions:PATH?" in one_line(
+        capsys, base + ["--preset", "tiny", "--data", f"caption:{tmp_path}", "--out", str(tmp_path / "c")])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_train_takes_the_bundled_models_by_name(tmp_path, capsys):
+    # --init default-t2i is the bundled text model's folder: here refused for the class data it is given
+    line = one_line(capsys, ["train", "--init", "default-t2i", "--tokenizer", "default", "--data", "synthetic",
+                             "--steps", "1", "--no-tensorboard", "--out", str(tmp_path / "r")])
+    assert "text-to-image model: it needs captioned data" in line
+    assert "no such folder: nope" in one_line(capsys, ["train", "--init", "nope", "--tokenizer", "default", "--data",
+                                                       "synthetic", "--steps", "1", "--out", str(tmp_path / "r")])

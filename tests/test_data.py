@@ -39,6 +39,8 @@ def test_folder_errors(tmp_path):
         make_dataset(f"folder:{tmp_path}")
     with pytest.raises(UserError, match="unknown dataset"):
         make_dataset("imagenet")
+    with pytest.raises(UserError, match=r"unknown dataset 'caption' in 'caption:/x'; did you mean captions:PATH\?"):
+        make_dataset("caption:/x")
 
 
 def test_fashion_mnist_from_data_dir(tmp_path):

@@ -194,3 +194,33 @@ def test_bf16_on_a_cpu_without_bf16_arithmetic_is_said_once(monkeypatch, capsys)
     monkeypatch.setattr(dist, "cpu_has_bf16", lambda: True)
     assert dist.resolve_dtype("bf16", cpu) == torch.bfloat16
     assert capsys.readouterr().err == ""
+
+
+def test_grid_row_labels_are_cut_and_drawn_in_a_font_that_has_their_letters():
+    from PIL import ImageFont
+
+    from hart.common.images import LABEL_MAX_CHARS, grid, grid_size, label_font, short_label
+
+    rows = [torch.zeros(2, 3, 8, 8)] * 2
+    long = "a " * 200  # a 200-word caption
+    assert len(short_label(long)) <= LABEL_MAX_CHARS and short_label(long).endswith("...")
+    w, h = grid_size(2, 2, 8, [long, "x"])
+    assert grid(rows, [long, "x"]).size == (w, h) and w < 400  # was 10,000 px wide
+    assert label_font(["Dress", "T-shirt/top"]) is None  # ASCII: Pillow's own font, the same pixels everywhere
+    font = label_font(["un carr\u00e9 rouge"])
+    try:
+        ImageFont.truetype("DejaVuSans.ttf", 11)
+    except OSError:
+        pytest.skip("no DejaVu Sans on this machine")
+    assert font is not None and font.getname()[0] == "DejaVu Sans"
+
+
+def test_example_prompts_are_short_distinct_captions():
+    from hart.tokens import EXAMPLE_MAX_CHARS, EXAMPLES, pick_examples
+
+    long = "word " * 60
+    caps = ["a red circle", long, "a red circle", "two blue squares"] + [f"shape {i}" for i in range(10)]
+    picked = pick_examples(caps)
+    assert picked[:3] == ["a red circle", "two blue squares", "shape 0"] and len(picked) == EXAMPLES
+    assert all(len(c) <= EXAMPLE_MAX_CHARS for c in picked)
+    assert pick_examples([long + "x", long]) == [long, long + "x"]  # none short: the shortest first

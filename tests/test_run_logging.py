@@ -231,6 +231,9 @@ def test_hart_plot_draws_one_or_several_runs_as_png(tmp_path, capsys):
     assert hart_main(["plot", str(a), "--out", str(one), "--metrics", "acc", "--smooth", "0.5"]) == 0
     with Image.open(one) as im:
         assert im.width < two[0]  # one panel instead of two
+    # without --out: one run's plot goes beside its metrics, so two runs' plots do not collide
+    for run in (a, b):
+        assert hart_main(["plot", str(run)]) == 0 and (run / "curves.png").is_file()
 
 
 @pytest.mark.parametrize("case, message", [

@@ -409,9 +409,12 @@ def test_captions_txt(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("   \n")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     (tmp_path / "broken.txt").write_text("never read")
+    (tmp_path / "sub" / "orphan.txt").write_text("a caption whose image is gone")
     ds = make_dataset(f"captions:{tmp_path}", "train", 16)
-    assert re.search(r"skipped 3 item\(s\): 1 unreadable image\(s\), 2 bad caption\(s\) \(the first unreadable: "
-                     r".*broken\.png", capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert re.search(r"skipped 4 item\(s\): 1 unreadable image \(.*broken\.png: .*\), 1 image without a caption "
+                     r"\(.*no_caption\.png\), 1 caption without an image \(.*sub/orphan\.txt\), 1 empty caption "
+                     r"\(.*empty\.txt\)\n", err), err
     assert is_captioned(ds) and ds.classes == ()
     assert sorted(ds[i][1] for i in range(len(ds))) == ["a red thing", "nested", "two lines"]
     assert ds[0][0].shape == (3, 16, 16)
@@ -436,8 +439,9 @@ def test_captions_jsonl(tmp_path, capsys):
     (tmp_path / "captions.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "one.txt").write_text("ignored: the manifest wins")
     ds = make_dataset(f"captions:{tmp_path}", "test", 8)
-    assert re.search(r"skipped 6 item\(s\): 1 unreadable image\(s\), 1 missing image\(s\), 4 bad caption\(s\)",
-                     capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert re.search(r"skipped 6 item\(s\): 1 unreadable image \(.*bad\.png: .*\), 1 missing image \(line 8: missing\.png\), "
+                     r"1 empty caption \(line 5\), 3 manifest lines that are no entry \(the first: line 4\)\n", err), err
     assert [ds[i][1] for i in range(len(ds))] == ["the first", "the second"]
     (tmp_path / "captions.jsonl").write_text("{bad\n")
     with pytest.raises(UserError, match="no usable captioned images"):

@@ -16,7 +16,8 @@ moves the split: 0.8 decodes the exact latent in 80% of the batches).
 DIR is a tokenizer folder (``config.json`` + ``model.safetensors``, the EMA weights) that
 every later command reads; ``DIR/train_state/`` holds what ``--resume`` needs (raw and EMA
 weights, discriminator, optimizers, step, RNG); ``DIR/recon.png`` shows input | discrete-only
-| hybrid rows for a fixed batch of held-out images.
+| hybrid rows for a fixed batch of held-out images (of training images where the data has no
+test split: a folder).
 
 What the run shows while it runs (rank 0): ``DIR/metrics.jsonl``, one line per ``--log-every``
 steps (losses, PSNR, codebook usage over those steps, learning rate, images/s), always; the same
@@ -33,7 +34,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from hart.data.datasets import add_data_arguments, add_workers_argument, infinite_batches, make_dataset
+from hart.data.datasets import add_data_arguments, add_workers_argument, infinite_batches, make_dataset, parse_spec
+from hart.data.sources import splits_of
 from hart.common.ema import EMA
 from hart.common.errors import UserError, cli_entry
 from hart.common.images import grid, save_grid
@@ -295,10 +297,10 @@ def main(argv=None):
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     train_set = make_dataset(args.data, "train", config.resolution, args.data_dir)
-    try:
-        held_out = make_dataset(args.data, "test", config.resolution, args.data_dir)
-    except UserError:
-        held_out = train_set
+    spec = parse_spec(args.data)
+    held_out, preview_of = train_set, "training"  # a folder, or a split named in --data: no other split
+    if spec.kind == "dataset" and spec.split is None and "test" in splits_of(spec.name):
+        held_out, preview_of = make_dataset(args.data, "test", config.resolution, args.data_dir), "held-out"
     if len(train_set) < args.batch_size:
         raise UserError(f"the dataset has {len(train_set)} images, fewer than --batch-size {args.batch_size}")
     if not args.resume:  # a new run or an --init stage measures it; a resumed run keeps its own
@@ -354,7 +356,8 @@ def main(argv=None):
             if step % args.save_every == 0 or step == args.steps:
                 trainer.save(out, preview)
                 log.flush()
-    print(f"saved tokenizer to {out} (step {trainer.step}); reconstructions in {out / 'recon.png'}")
+    print(f"saved tokenizer to {out} (step {trainer.step}); reconstructions of {preview_of} images in "
+          f"{out / 'recon.png'}")
     return 0
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from hart.common.io import atomic_file
 
@@ -25,15 +25,48 @@ def to_pil(images: torch.Tensor) -> list:
 MAX_GRID_PIXELS = 400_000_000
 
 
-def _label_width(row_labels) -> int:
-    return 7 * max(len(s) for s in row_labels) + 8 if row_labels else 0
+LABEL_MAX_CHARS = 48  # a row label beyond this is cut (a caption of 200 words made a 10,000 px grid)
+
+
+def short_label(text: str, limit: int = LABEL_MAX_CHARS) -> str:
+    """``text`` on one line, cut to ``limit`` characters ending in "..."."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
+
+
+def label_font(labels):
+    """None (Pillow's built-in font: the same pixels on every machine) when every label is
+    ASCII; else DejaVu Sans where it is installed (the system's, or matplotlib's), which draws
+    accented and most non-Latin letters that the built-in font shows as boxes."""
+    if all(s.isascii() for s in labels):
+        return None
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", 11)
+    except OSError:
+        pass
+    try:
+        import matplotlib
+
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), 11)
+    except (ImportError, OSError):
+        return None
+
+
+def _label_width(row_labels, font=None) -> int:
+    if not row_labels:
+        return 0
+    labels = [short_label(s) for s in row_labels]
+    if font is None:
+        return 7 * max(len(s) for s in labels) + 8
+    return int(max(font.getlength(s) for s in labels)) + 8
 
 
 def grid_size(nrows: int, ncol: int, size, row_labels=None, pad: int = 2, scale: int = 1) -> tuple[int, int]:
     """(width, height) in px of :func:`grid` on ``nrows`` rows of ``ncol`` images of ``size`` px
     (square) or ``(height, width)`` px."""
     h, w = (size, size) if isinstance(size, int) else size
-    return _label_width(row_labels) + ncol * (w * scale + pad) + pad, nrows * (h * scale + pad) + pad
+    font = label_font([short_label(s) for s in row_labels]) if row_labels else None
+    return _label_width(row_labels, font) + ncol * (w * scale + pad) + pad, nrows * (h * scale + pad) + pad
 
 
 def grid(rows: list, row_labels=None, pad: int = 2, scale: int = 1) -> Image.Image:
@@ -44,12 +77,14 @@ def grid(rows: list, row_labels=None, pad: int = 2, scale: int = 1) -> Image.Ima
     size = tuple(arrs[0].shape[1:3])
     canvas = Image.new("RGB", grid_size(len(arrs), ncol, size, row_labels, pad, scale), (255, 255, 255))
     H, W = size[0] * scale, size[1] * scale
-    label_w = _label_width(row_labels)
+    labels = [short_label(s) for s in row_labels] if row_labels else None
+    font = label_font(labels) if labels else None
+    label_w = _label_width(labels, font)
     draw = ImageDraw.Draw(canvas)
     for r, a in enumerate(arrs):
         y = pad + r * (H + pad)
-        if row_labels:
-            draw.text((4, y + H // 2 - 6), row_labels[r], fill=(0, 0, 0))
+        if labels:
+            draw.text((4, y + H // 2 - 6), labels[r], fill=(0, 0, 0), font=font)
         for c, img in enumerate(a):
             im = Image.fromarray(img)
             if scale != 1:

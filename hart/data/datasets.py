@@ -69,14 +69,19 @@ def parse_spec(text: str) -> DataSpec:
             return DataSpec(kind, path)
     name, split = text, None
     if ":" in text:
-        name, split = text.rsplit(":", 1)
+        name, split = text.split(":", 1)
+    if name not in DATASETS:
+        import difflib
+
+        known = list(DATASETS) + ([f"{k}:" for k in PATH_KINDS] if split is not None else [])  # a path after ':'
+        close = difflib.get_close_matches(name + (":" if split is not None else ""), known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}{'PATH' if close[0].endswith(':') else ''}? " if close else ""
+        raise UserError(f"unknown dataset {name!r} in {text!r}; {hint}{SPEC_HELP}")
+    if split is not None:
         if split not in ALL_SPLITS:
             raise UserError(f"unknown split {split!r} in {text!r}; choose one of: {', '.join(splits_of(name))}")
-    if name in DATASETS:
-        if split is not None:
-            check_split(name, split)
-        return DataSpec("dataset", name, split)
-    raise UserError(f"unknown dataset {text!r}; {SPEC_HELP}")
+        check_split(name, split)
+    return DataSpec("dataset", name, split)
 
 
 def add_data_arguments(parser, split_default: str | None = None) -> None:

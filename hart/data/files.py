@@ -142,11 +142,22 @@ class ImageFolder(torch.utils.data.Dataset):
         return decodable_item(self, i, "folder")
 
 
+def _visible_files(root, suffixes) -> list[Path]:
+    """Files under ``root`` with one of ``suffixes`` (any case), recursively, sorted; hidden
+    files and folders left out."""
+    root = Path(root)
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
 def list_images(root) -> list[Path]:
     """Image files under ``root``, recursively, sorted; hidden files and folders left out."""
-    root = Path(root)
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    return _visible_files(root, IMAGE_SUFFIXES)
+
+
+def list_captions(root) -> list[Path]:
+    """``.txt`` files under ``root``, recursively, sorted; hidden files and folders left out."""
+    return _visible_files(root, {".txt"})
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -190,75 +201,94 @@ def _clean_caption(text) -> str:
 class CaptionFiles(torch.utils.data.Dataset):
     """``captions:PATH``: every image under PATH with a same-name ``.txt`` caption beside it,
     or the ``PATH/captions.jsonl`` manifest (lines ``{"file": ..., "text": ...}``, files
-    relative to PATH) when there is one. Unreadable or missing images and bad or missing
-    captions are skipped and counted in one warning (which names the first caption that is not
-    UTF-8); a manifest that is not UTF-8 is one error line."""
+    relative to PATH) when there is one. What cannot be used (an unreadable or missing image, an
+    image without a caption or a caption without an image, an empty caption, a caption file
+    that is not UTF-8, a manifest line that is not an entry) is skipped, in one warning line
+    that counts each kind and names its first; a manifest that is not UTF-8 is one error line."""
 
     classes = ()
     captioned = True
     MANIFEST = "captions.jsonl"
+    # kind -> (singular, plural), in the order the warning lists them
+    KINDS = {"unreadable": ("unreadable image", "unreadable images"),
+             "missing": ("missing image", "missing images"),
+             "uncaptioned": ("image without a caption", "images without a caption"),
+             "orphan": ("caption without an image", "captions without an image"),
+             "empty": ("empty caption", "empty captions"),
+             "not_utf8": ("caption not UTF-8 (save captions as UTF-8)", "captions not UTF-8 (save captions as UTF-8)"),
+             "bad_line": ("manifest line that is no entry", "manifest lines that are no entry")}
 
     def __init__(self, root, resolution: int):
         root = Path(root)
         if not root.is_dir():
             raise UserError(f"caption folder {root} does not exist")
         self.resolution = resolution
-        self.counts = {"unreadable image": 0, "missing image": 0, "bad caption": 0, "caption not UTF-8": 0}
-        self.first_not_utf8 = None  # (caption file, byte offset)
+        self.skips = {kind: [] for kind in self.KINDS}  # kind -> where (the first is named)
         manifest = root / self.MANIFEST
         pairs = self._manifest(root, manifest) if manifest.is_file() else self._txt(root)
         self.items, unreadable = [], []
-        for path, text in pairs:
+        for path, text, where in pairs:
             if not path.is_file():
-                self.counts["missing image"] += 1
+                self.skips["missing"].append(where)
             elif readable_images([path], unreadable):
                 self.items.append((path, text))
-        self.counts["unreadable image"] = len(unreadable)
+        self.skips["unreadable"] = [f"{p}: {why}" for p, why in unreadable]
+        self.counts = {kind: len(v) for kind, v in self.skips.items()}
         self.skipped, self.undecodable = sum(self.counts.values()), set()
         if self.skipped:
-            what = ", ".join(f"{v} {k}(s)" for k, v in self.counts.items() if v)
-            if self.first_not_utf8:
-                what += (f" (the first: {self.first_not_utf8[0]}, a bad byte at offset {self.first_not_utf8[1]}; "
-                         "save captions as UTF-8)")
-            elif unreadable:
-                what += f" (the first unreadable: {unreadable[0][0]}: {unreadable[0][1]})"
-            warn(f"{root}: skipped {self.skipped} item(s): {what}")
+            warn(f"{root}: skipped {self.skipped} item(s): {self.skip_summary()}")
         if not self.items:
             how = f"lines of {manifest}" if manifest.is_file() else "images with a same-name .txt caption"
             raise UserError(f"{root} has no usable captioned images (looked for {how})")
 
+    def skip_summary(self) -> str:
+        """``1 missing image (line 8: gone.png), 2 empty captions (the first: a.txt)``."""
+        parts = []
+        for kind, where in self.skips.items():
+            if where:
+                one, many = self.KINDS[kind]
+                parts.append(f"{len(where)} {one if len(where) == 1 else many} "
+                             f"({'' if len(where) == 1 else 'the first: '}{where[0]})")
+        return ", ".join(parts)
+
     def _manifest(self, root: Path, manifest: Path) -> list:
         out = []
-        for line in decode_utf8(manifest.read_bytes(), manifest, "caption manifest").split("\n"):
+        lines = decode_utf8(manifest.read_bytes(), manifest, "caption manifest").split("\n")
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
                 file, text = rec["file"], _clean_caption(rec["text"])
             except (ValueError, KeyError, TypeError):
-                self.counts["bad caption"] += 1
+                self.skips["bad_line"].append(f"line {n}")
                 continue
-            if not isinstance(file, str) or not file or not text:
-                self.counts["bad caption"] += 1
-                continue
-            out.append((root / file, text))
+            if not isinstance(file, str) or not file:
+                self.skips["bad_line"].append(f"line {n}")
+            elif not text:
+                self.skips["empty"].append(f"line {n}")
+            else:
+                out.append((root / file, text, f"line {n}: {file}"))
         return out
 
     def _txt(self, root: Path) -> list:
-        out = []
-        for path in list_images(root):
+        out, images = [], list_images(root)
+        for path in images:
+            txt = path.with_suffix(".txt")
             try:
-                text = _clean_caption(path.with_suffix(".txt").read_text(encoding="utf-8"))
+                text = _clean_caption(txt.read_text(encoding="utf-8"))
             except UnicodeDecodeError as e:
-                self.counts["caption not UTF-8"] += 1
-                self.first_not_utf8 = self.first_not_utf8 or (path.with_suffix(".txt"), e.start)
+                self.skips["not_utf8"].append(f"{txt}, a bad byte at offset {e.start}")
                 continue
             except OSError:
-                text = ""
-            if not text:
-                self.counts["bad caption"] += 1
+                self.skips["uncaptioned"].append(str(path))
                 continue
-            out.append((path, text))
+            if not text:
+                self.skips["empty"].append(str(txt))
+                continue
+            out.append((path, text, str(path)))
+        stems = {p.with_suffix("") for p in images}
+        self.skips["orphan"] = [str(t) for t in list_captions(root) if t.with_suffix("") not in stems]
         return out
 
     def __len__(self):
