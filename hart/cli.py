@@ -31,9 +31,11 @@ COMMANDS = {
 # What a command borrows from a higher layer, handed to its main() as keyword arguments
 # ("module:attribute"). The router is the one place that loads modules of every layer by
 # name: `hart train` (hart layer) gets the sampler of its sample grids from sampling, and the
-# bundled models by name (--init default-t2i).
+# bundled models by name (--init default-t2i; export's and eval-tokenizer's --model too).
 WIRING = {
     "train": {"sampler": "sampling.previews:sample_images", "model_folder": "sampling.pipeline:model_folder"},
+    "export": {"model_folder": "sampling.pipeline:model_folder"},
+    "eval-tokenizer": {"model_folder": "sampling.pipeline:model_folder"},
 }
 
 

@@ -98,6 +98,9 @@ def export(model, out, storage: str = "int8", overwrite: bool = False, tokenizer
         if "tokenizer" not in models:
             raise UserError("--tokenizer replaces the tokenizer of a model folder (tokenizer/ + generator/)")
         new = load_folder(resolve_dir(tokenizer))
+        if type(new) is not type(models["tokenizer"]):
+            raise UserError(f"--tokenizer {tokenizer} holds a {type(new).__name__}, not a tokenizer: give a tokenizer "
+                            "folder (from hart train-tokenizer --freeze-codebook)")
         check_same_tokens(models["tokenizer"], new, tokenizer)
         models["tokenizer"] = new
     if diff_temperature is not None:
@@ -138,8 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @cli_entry
-def main(argv=None):
+def main(argv=None, model_folder=None):
+    """``model_folder``: a model name or path -> its folder (the bundled models by name); None:
+    paths only."""
     args = build_parser().parse_args(argv)
+    if model_folder is not None:
+        args.model = str(model_folder(args.model))
     out = export(args.model, args.out, args.storage, args.overwrite, args.tokenizer, args.diff_temperature,
                  None if args.grayscale is None else args.grayscale == "on")
     print(f"wrote {out}: {folder_bytes(out) / 1e6:.1f} MB ({args.storage} weights)")

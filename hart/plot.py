@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 from hart.common.errors import UserError, cli_entry
@@ -32,8 +33,13 @@ def load_runs(run_dirs) -> dict[str, list[dict]]:
         if not path.is_file():
             raise UserError(f"{d} has no {METRICS_NAME} (written by hart train / hart train-tokenizer)")
         records = read_metrics(path)
+        lines = sum(1 for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())
         if not records:
-            raise UserError(f"{path} holds no logged step yet")
+            raise UserError(f"{path} holds no logged step yet" + (f" ({lines} line(s) that are not metric records)"
+                                                                  if lines else ""))
+        if lines > len(records):
+            print(f"warning: {path}: {lines - len(records)} line(s) that are not metric records skipped "
+                  "(a write cut short by a kill, or an edit)", file=sys.stderr)
         label = (path.parent if path.name == METRICS_NAME else path).name or str(d)
         while label in runs:  # two runs of the same folder name: keep both, apart
             label += "'"
@@ -85,7 +91,8 @@ def plot_runs(runs: dict, metrics: list[str], out, smooth: float = 0.0, cols: in
             pts = [(r["step"], r[name]) for r in records if isinstance(r.get(name), (int, float))]
             if pts:
                 steps, vals = zip(*pts)
-                ax.plot(steps, smoothed(list(vals), smooth), color=f"C{i}", label=label, linewidth=1.4)
+                ax.plot(steps, smoothed(list(vals), smooth), color=f"C{i}", label=label, linewidth=1.4,
+                        marker="o" if len(steps) == 1 else None, markersize=4)  # one step: a dot, not nothing
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=8)

@@ -236,7 +236,7 @@ def test_eval_residual_runs_and_reports(tokdir, gendir, tmp_path, capsys):
                       "--out", str(tmp_path / "r")]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     keys = [kv.split("=")[0] for kv in last.split()]
-    assert keys == ["psnr_discrete", "psnr_hybrid", "psnr_head", "psnr_head_mean", "r2_mean"]
+    assert keys == ["psnr_discrete", "psnr_hybrid", "psnr_head", "psnr_head_mean", "r2_mean", "r2_one"]  # true ids
     res = json.loads((tmp_path / "r" / "residual.json").read_text())
     assert res["num_images"] == 12
     # the hybrid row is the decode of the exact latent, the discrete row that of the ids alone
@@ -271,6 +271,13 @@ def test_eval_residual_fd_reports_true_and_own_ids(tokdir, gendir, tmp_path, cap
         want = (res[f"fd_{pre}discrete"] - res[f"fd_{pre}head"]) / gain if gain > 0 else None
         assert res[key] == (pytest.approx(want) if want is not None else None)
     assert all(res[f"fd_{k}"] >= 0 for k in ("discrete", "hybrid", "head", "own_discrete", "own_head"))
+    assert res["fd_reference"] == {"data": "synthetic:train", "num": 16}
+    # too few images for a covariance of the features' rank: refused, as hart fid refuses it
+    for num, ref_num in (("12", "16"), ("40", "16")):
+        with pytest.raises(SystemExit):
+            eval_main(["--model", str(gendir), "--data", "synthetic", "--num", num, "--ref-num", ref_num, "--fd",
+                       "--min-samples", "20", "--out", str(tmp_path / "r2")])
+        assert "needs at least 20" in capsys.readouterr().err
 
 
 def test_eval_residual_head_settings(tokdir, gendir, tmp_path, capsys):

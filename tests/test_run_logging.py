@@ -268,3 +268,19 @@ def test_read_metrics_skips_cut_and_foreign_lines(tmp_path):
     p.write_text('{"step": 1, "a": 1}\nnot json\n[1, 2]\n{"a": 3}\n{"step": 2, "a": 2}\n{"step": 3, "a"')
     assert [r["step"] for r in read_metrics(p)] == [1, 2]
     assert torch.tensor([r["a"] for r in read_metrics(tmp_path)]).tolist() == [1, 2]
+
+
+def test_hart_plot_draws_a_single_step_and_names_damaged_lines(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    run = _fake_run(tmp_path / "r", [(1, 2.0)])
+    with open(run / METRICS_NAME, "a") as f:
+        f.write("{bad\n")
+    assert hart_main(["plot", str(run), "--metrics", "acc"]) == 0
+    assert "1 line(s) that are not metric records skipped" in capsys.readouterr().err
+    with Image.open(run / "curves.png") as im:
+        a = np.asarray(im.convert("RGB")).astype(int)
+    blue = (abs(a[..., 0] - 31) < 30) & (abs(a[..., 1] - 119) < 30) & (abs(a[..., 2] - 180) < 30)  # matplotlib's C0
+    h, w = blue.shape  # one point sits in the middle of its panel (the legend's sample line lies in a corner)
+    assert blue[int(0.3 * h):int(0.7 * h), int(0.3 * w):int(0.7 * w)].sum() > 5  # a line of one point draws nothing

@@ -64,7 +64,9 @@ def evaluate(model: HybridTokenizer, dataset, num: int | None = None, batch_size
 
 
 @cli_entry
-def main(argv=None):
+def main(argv=None, model_folder=None):
+    """``model_folder``: a model name or path -> its folder (the bundled models by name); None:
+    paths only."""
     p = argparse.ArgumentParser(prog="hart eval-tokenizer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="tokenizer folder (from hart train-tokenizer), or a model folder: its tokenizer/")
@@ -75,6 +77,8 @@ def main(argv=None):
     p.add_argument("--save-recon", default=None, metavar="DIR",
                    help="write the reconstructions as DIR/discrete/*.png and DIR/hybrid/*.png (e.g. for hart fid)")
     args = p.parse_args(argv)
+    if model_folder is not None:
+        args.model = str(model_folder(args.model))
     args.split = data_split(args)
     if args.num is not None and args.num < 1:
         raise UserError("--num must be positive")

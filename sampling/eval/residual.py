@@ -172,7 +172,7 @@ def evaluate(tok, gen, dataset, num: int, batch_size: int = 64, seed: int = 0, f
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hart eval-residual", description=__doc__.split("Examples::")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Examples::" + __doc__.split("Examples::", 1)[1].split("\n\n")[0])
+                                epilog="examples:\n" + __doc__.split("Examples::", 1)[1].split("\n\n")[1])
     p.add_argument("--model", default=None, help="model folder (tokenizer/ + generator/); default: the bundled model")
     p.add_argument("--data", required=True, help="dataset spec (as for hart train), with class labels")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fd", action="store_true", help="also FD-EffNet of the decodes against the other split")
     p.add_argument("--ref-num", type=int, default=10000,
                    help="images of the other split for the FD reference (default 10000; cached as hart fid caches)")
+    p.add_argument("--min-samples", type=int, default=None,
+                   help="--fd: fewest images in --num and --ref-num (default feature dim + 1 = 1281, for a "
+                        "full-rank covariance; lower it for a smoke test only)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="seed of the head's draws and of the own-id draws")
     p.add_argument("--diff-steps", type=int, default=None, help="the head's sampling steps (default: the model's)")
@@ -232,11 +235,15 @@ def main(argv=None):
         from sampling.eval.fid.embed import default_cache_dir, reference_stats
         from sampling.eval.fid.sources import parse_source
 
+        from sampling.eval.fid.stats import require_samples
+
         extractor = load_extractor("effnet-lite0")
+        least = args.min_samples or extractor.dim + 1
+        require_samples(num, least, f"--num {num}", extractor.metric, extractor.dim)
         other = [s for s in SPLITS if s != args.split][0]
         ref, _ = reference_stats(parse_source(f"{args.data}:{other}", allow_stats=False), extractor,
                                  tok.config.resolution, args.ref_num, batch_size=100, data_dir=args.data_dir,
-                                 cache_dir=default_cache_dir())
+                                 cache_dir=default_cache_dir(), min_samples=least)
     res = evaluate(tok, gen, dataset, num, args.batch_size, args.seed, extractor,
                    diff_steps=args.diff_steps, diff_temperature=args.diff_temperature)
     steps, temperature = head_settings(args.diff_steps, args.diff_temperature, gen.config)
@@ -252,9 +259,11 @@ def main(argv=None):
             res[key] = (res[f"fd_{pre}discrete"] - res[f"fd_{pre}head"]) / gain if gain > 0 else None
     out = Path(args.out)
     save_grid(rows, out / "residual.png", row_labels=["input", "discrete", "hybrid", "+ head"], scale=2)
+    reference = {"fd_reference": {"data": f"{args.data}:{[s for s in SPLITS if s != args.split][0]}",
+                                  "num": ref.n}} if ref is not None else {}
     write_json(out / "residual.json", {**res, "model": str(folder), "data": args.data, "split": args.split,
-                                       "diff_steps": steps, "diff_temperature": temperature})
-    keys = ["psnr_discrete", "psnr_hybrid", "psnr_head", "psnr_head_mean", "r2_mean"]
+                                       "diff_steps": steps, "diff_temperature": temperature, **reference})
+    keys = ["psnr_discrete", "psnr_hybrid", "psnr_head", "psnr_head_mean", "r2_mean", "r2_one"]
     if stats is not None:
         keys += ["fd_discrete", "fd_hybrid", "fd_head", "fd_recovered"]
 
@@ -268,7 +277,7 @@ def main(argv=None):
     own = ["psnr_own_discrete", "psnr_own_head", "r2_own_mean"]
     if stats is not None:
         own += ["fd_own_discrete", "fd_own_head", "fd_recovered_own"]
-    print(f"own ids: {' '.join(fmt(k) for k in own)}; one sample r2={res['r2_one']:.3f}; "
+    print(f"own ids: {' '.join(fmt(k) for k in own)}; "
           f"residual_scale={gen.config.stats.residual_scale}; head: {steps} steps, temperature {temperature:g}")
     print(" ".join(fmt(k) for k in keys))
     return 0

@@ -142,7 +142,8 @@ def reference_stats(source: Source, extractor, resolution, num=None, batch_size:
             exists = flag[0]
         if exists:  # every rank loads it, so every rank can check it and fail the same way
             ref = FeatureStats.load(cached)
-            info.update(n=ref.n, cached=True)
+            require_samples(ref.n, min_samples, f"reference {source.label}", extractor.metric, extractor.dim)
+            info.update(n=ref.n, cached=True, skipped=ref.meta.get("skipped", 0))
             return ref, info
     images = image_set(source, resolution, num, extractor.input_size, data_dir)
     require_samples(len(images), min_samples, f"reference {source.label}", extractor.metric, extractor.dim)
