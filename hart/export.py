@@ -37,8 +37,6 @@ import argparse
 import math
 from pathlib import Path
 
-import torch
-
 from hart.common.errors import UserError, cli_entry
 from hart.common.io import STORAGES
 

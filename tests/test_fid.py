@@ -196,8 +196,11 @@ def test_kid():
     m = 20
     want = ((k(a, a).sum() - np.trace(k(a, a))) / (m * (m - 1)) + (k(b, b).sum() - np.trace(k(b, b))) / (m * (m - 1))
             - 2 * k(a, b).mean())
-    got, _ = kernel_distance(a, b, num_subsets=1, max_subset_size=20)
+    got, std = kernel_distance(a, b, num_subsets=1, max_subset_size=20)
     assert got == pytest.approx(want, rel=1e-5)
+    assert std is None  # every subset is the whole of both sets: no spread to report
+    assert kernel_distance(x, y[:50], num_subsets=5, max_subset_size=100)[1] > 0  # subsets of x vary
+    assert frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), np.eye(3)) == 0.0  # never below 0
 
 
 def test_mismatched_reference_statistics():
@@ -289,8 +292,11 @@ def test_parse_source(tmp_path):
     # folder: means one subfolder per class, as for --data: a dataset of resized images
     assert parse_source(f"folder:{tmp_path / 'imgs'}", False).kind == "dataset"
     assert len(image_set(parse_source(f"folder:{tmp_path / 'imgs'}", False), 16, None, 8)) == 2
-    for bad, msg in [("nope", "unknown reference"), (str(tmp_path / "x.npz"), "no such statistics file"),
-                     (str(tmp_path / "missing/"), "neither a folder")]:
+    (tmp_path / "one.png").write_bytes(b"")
+    for bad, msg in [("nope", "--ref 'nope' is not a folder here nor a known dataset"),
+                     (str(tmp_path / "x.npz"), "no such statistics file"),
+                     (str(tmp_path / "missing/"), "no such folder or .npz file"),
+                     (str(tmp_path / "one.png"), "is a file; --ref takes a folder of images, a data spec or a .npz")]:
         with pytest.raises(UserError, match=msg):
             parse_source(bad, True)
     (tmp_path / "empty").mkdir()
@@ -350,7 +356,10 @@ def test_cli_bad_input_one_line(tmp_path, capsys, fake_features):
         (["--images", str(tmp_path / "empty"), "--ref", str(a)], "has no images"),
         (["--images", str(a), "--ref", str(a), "--min-samples", "10"], "needs at least 10"),
         (["--images", str(a), "--ref", "synthetic", "--ref-num", "3"], "needs at least 5"),  # default: dim + 1
-        (["--images", str(a), "--ref", "imagenet"], "unknown reference"),
+        (["--images", str(a), "--ref", "imagenet"], "--ref 'imagenet' is not a folder here nor a known dataset"),
+        (["--images", "nope", "--ref", str(a)], "--images 'nope' is not a folder here nor a known dataset: give a folder "
+                                                "of images or a data spec"),
+        (["--images", str(a / "0000.png"), "--ref", str(a)], "is a file; --images takes a folder of images"),
         (["--images", str(a), "--ref", str(a), "--batch-size", "0"], "--batch-size must be positive"),
     ]
     for argv, msg in cases:
@@ -381,7 +390,10 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path, capsys, fake_featur
     main(["--images", str(a), "--ref", str(a), "--out", str(out)])
     r = json.loads(out.read_text())
     assert r["num"] == 6 and r["skipped"] == 2
-    assert "skipped 2 unreadable" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"skipped 2 unreadable image(s) in {a} (the first: {a / 'broken.png'})" in err
+    main(["--images", str(a), "--ref", str(a), "--num", "50", "--out", str(out)])
+    assert "has 8 images, fewer than --num 50: scoring all 8" in capsys.readouterr().err
     bad = tmp_path / "bad"
     bad.mkdir()
     for i in range(3):

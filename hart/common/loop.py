@@ -8,8 +8,6 @@ import math
 import os
 from pathlib import Path
 
-import torch
-
 from hart.common.errors import FaultError, Interrupted, UserError, is_disk_full, os_error_line
 from hart.common.io import (atomic_dir, load_state, load_weights, read_json, resolve_dir, save_state, save_weights,
                             write_json)

@@ -41,7 +41,8 @@ from dataclasses import asdict
 
 from hart.common.errors import UserError, cli_entry
 from hart.common.fs import output_file
-from sampling.eval.fid.embed import default_cache_dir, reference_stats, stats_from_generator, stats_from_images
+from sampling.eval.fid.embed import (default_cache_dir, reference_stats, stats_from_generator, stats_from_images,
+                                     unreadable_note)
 from sampling.eval.fid.sources import first_image_size, image_set, parse_source
 from sampling.eval.fid.stats import FeatureStats, check_compatible, require_samples, score
 from sampling.options import add_sampling_arguments, as_sampled, sampling_options
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", required=True, help="DATASET[:split] (fashion-mnist, synthetic), a folder, or a .npz")
     p.add_argument("--ref-num", type=int, default=None, help="use the first N reference images (default all)")
     p.add_argument("--features", choices=FEATURES, default="inception",
-                   help="inception (FID, needs inception-2015-12-05.pt) or effnet-lite0 (FD-EffNet, offline)")
+                   help="inception (FID, needs inception-2015-12-05.pt; the default) or effnet-lite0 (FD-EffNet, "
+                        "offline)")
     p.add_argument("--inception-weights", default=None, metavar="PATH",
                    help="clean-fid's inception-2015-12-05.pt (file or folder; default: clean-fid's cache /tmp)")
     p.add_argument("--resolution", type=int, default=None,
@@ -106,7 +108,8 @@ def _check_args(args) -> None:
 
 def _print_result(result: dict) -> None:
     kid = result.get("kid")
-    kid_txt = f"  KID {kid:.5f} ± {result['kid_std']:.5f}" if kid is not None else ""
+    std = result["kid_std"]
+    kid_txt = f"  KID {kid:.5f}" + (f" ± {std:.5f}" if std is not None else "") if kid is not None else ""
     print(f"{result['metric']} {result['score']:.4f}{kid_txt}  ({result['num']} images vs {result['ref']['source']}"
           f" ({result['ref'].get('n')}), {result['features']} features)")
 
@@ -116,8 +119,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     _check_args(args)
     options = asdict(sampling_options(args))  # validated before anything is loaded
-    ref_source = parse_source(args.ref, allow_stats=True)
-    img_source = parse_source(args.images, allow_stats=False) if args.images else None
+    ref_source = parse_source(args.ref, allow_stats=True, flag="--ref")
+    img_source = parse_source(args.images, allow_stats=False, flag="--images") if args.images else None
 
     from hart.common.dist import init_distributed
     from hart.common.io import write_json
@@ -167,6 +170,9 @@ def main(argv=None):
             settings.update(images=img_source.label, num=args.num)
             # counted before the reference is embedded: too few images is one line at once
             images = image_set(img_source, resolution, args.num, extractor.input_size, args.data_dir)
+            if args.num and len(images) < args.num and dist.is_main:
+                print(f"note: {img_source.label} has {len(images)} images, fewer than --num {args.num}: scoring "
+                      f"all {len(images)}", file=sys.stderr)
             require_samples(len(images), min_samples, img_source.label, extractor.metric, extractor.dim)
         settings["resolution"] = resolution
 
@@ -184,7 +190,8 @@ def main(argv=None):
             if stats.n == 0:
                 raise UserError(f"no readable images in {img_source.label} ({skipped} unreadable)")
             if skipped and dist.is_main:
-                print(f"warning: skipped {skipped} unreadable image(s) in {img_source.label}", file=sys.stderr)
+                print(f"warning: skipped {skipped} unreadable image(s) in {img_source.label}{unreadable_note(images)}",
+                      file=sys.stderr)
             require_samples(stats.n, min_samples, img_source.label, extractor.metric, extractor.dim)
         if not dist.is_main:
             return 0

@@ -35,6 +35,11 @@ def _progress(total: int, desc: str, dist):
                 dynamic_ncols=True, file=sys.stderr)
 
 
+def unreadable_note(images: CleanImages) -> str:
+    """`` (the first: PATH)`` when this process met an unreadable image, else ``""``."""
+    return f" (the first: {images.first_unreadable})" if images.first_unreadable else ""
+
+
 def stats_from_images(images: CleanImages, extractor, batch_size: int = 50, dist=None, workers: int = 0,
                       desc: str = "embedding") -> tuple[FeatureStats, int]:
     """Embed a :class:`CleanImages` set (this rank's slice) -> (merged stats, skipped count)."""
@@ -46,9 +51,13 @@ def stats_from_images(images: CleanImages, extractor, batch_size: int = 50, dist
     kid_max = math.ceil(KID_MAX / (dist.world_size if dist is not None else 1))
     stats, skipped = FeatureStats(extractor.dim, kid_max=kid_max), 0
     loader = DataLoader(Subset(images, list(mine)), batch_size=batch_size, num_workers=workers)
+    done = 0
     with _progress(len(mine), desc, dist) as bar, torch.inference_mode():
         for x, ok in loader:
             skipped += int((~ok).sum())
+            if images.first_unreadable is None and not ok.all():
+                images.first_unreadable = images.name(mine[done + int((~ok).nonzero()[0])])
+            done += len(ok)
             if ok.any():
                 stats.add(extractor(x[ok].to(device)))
             bar.update(len(ok))
@@ -149,7 +158,8 @@ def reference_stats(source: Source, extractor, resolution, num=None, batch_size:
     require_samples(len(images), min_samples, f"reference {source.label}", extractor.metric, extractor.dim)
     ref, skipped = stats_from_images(images, extractor, batch_size, dist, workers, desc="reference")
     if skipped and is_main:
-        print(f"warning: skipped {skipped} unreadable image(s) in {source.label}", file=sys.stderr)
+        print(f"warning: skipped {skipped} unreadable image(s) in {source.label}{unreadable_note(images)}",
+              file=sys.stderr)
     if ref.n == 0:
         raise UserError(f"no readable images in {source.label} ({skipped} unreadable)")
     require_samples(ref.n, min_samples, f"reference {source.label}", extractor.metric, extractor.dim)

@@ -28,9 +28,10 @@ class Source:
         return f"{self.spec}:{self.split}" if self.kind == "dataset" else self.path
 
 
-def parse_source(text: str, allow_stats: bool) -> Source:
+def parse_source(text: str, allow_stats: bool, flag: str = "--ref") -> Source:
     """A data spec of :func:`hart.data.datasets.parse_spec` (the same grammar as ``--data``),
-    a bare folder (``images:``, its files as they are), or (if allowed) a ``.npz``."""
+    a bare folder (``images:``, its files as they are), or (if allowed) a ``.npz``; errors name
+    ``flag``."""
     if text.startswith("images:"):
         return folder_source(text[len("images:"):] or ".")
     if text.endswith(".npz"):
@@ -44,13 +45,16 @@ def parse_source(text: str, allow_stats: bool) -> Source:
     if text.startswith(("folder:", "captions:")):  # path datasets: their images, resized like --data
         parse_spec(text)
         return Source("dataset", spec=text, split="train")
+    if Path(text).is_file():
+        takes = "a folder of images, a data spec or a .npz of statistics" if allow_stats else "a folder of images or a data spec"
+        raise UserError(f"{flag} {text} is a file; {flag} takes {takes}")
     if "/" in text or Path(text).suffix:
-        raise UserError(f"{text} is neither a folder nor a .npz file")
+        raise UserError(f"{flag} {text}: no such folder" + (" or .npz file" if allow_stats else ""))
     try:
         d = parse_spec(text)
     except UserError as e:
-        raise UserError(f"unknown reference {text!r}: give a folder, a .npz of statistics, or a data spec "
-                        f"({e})") from None
+        what = "a folder, a .npz of statistics, or a data spec" if allow_stats else "a folder of images or a data spec"
+        raise UserError(f"{flag} {text!r} is not a folder here nor a known dataset: give {what} ({e})") from None
     return Source("dataset", spec=d.name, split=d.split or "train")
 
 
@@ -101,6 +105,12 @@ class CleanImages:
 
     def __init__(self, load, n: int, size: int):
         self.load, self.n, self.size = load, n, size
+        self.first_unreadable = None  # set by the embedding loop: what to name in its warning
+
+    def name(self, i: int) -> str:
+        """Image i as a user finds it: its file, or its index in a dataset."""
+        files = getattr(self.load, "files", None)
+        return str(files[i]) if files is not None else f"image {i}"
 
     def __len__(self):
         return self.n

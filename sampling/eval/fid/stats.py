@@ -157,7 +157,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     ev = np.linalg.eigvalsh((m + m.T) / 2)
     tr_covmean = np.sqrt(np.clip(ev, 0, None)).sum()
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+    # a distance: rounding in the matrix square root can leave -1e-5 for identical sets
+    return max(0.0, float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean))
 
 
 def kernel_distance(f1, f2, num_subsets: int = KID_SUBSETS, max_subset_size: int = KID_SUBSET_SIZE,
@@ -165,7 +166,9 @@ def kernel_distance(f1, f2, num_subsets: int = KID_SUBSETS, max_subset_size: int
     """KID (Binkowski et al. 2018): unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3.
 
     Averaged over ``num_subsets`` random subsets of size m = min(n1, n2, max_subset_size);
-    returns (mean, std over subsets). NaN when either set has fewer than 2 features.
+    returns (mean, std over subsets); the std is None when both sets are no larger than a
+    subset (every subset is then the whole of both: there is no spread to report). NaN when
+    either set has fewer than 2 features.
     """
     f1, f2 = np.asarray(f1, np.float32), np.asarray(f2, np.float32)
     d = f1.shape[1]
@@ -182,7 +185,8 @@ def kernel_distance(f1, f2, num_subsets: int = KID_SUBSETS, max_subset_size: int
         kxy = (np.float64(1) + (x @ y.T) / d) ** 3
         off = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
         vals.append(off - 2 * kxy.sum() / (m * m))
-    return float(np.mean(vals)), float(np.std(vals))
+    whole = m == len(f1) == len(f2)
+    return float(np.mean(vals)), (None if whole else float(np.std(vals)))
 
 
 def check_compatible(stats: FeatureStats, ref: FeatureStats, ref_label: str, extractor_name: str,
