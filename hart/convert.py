@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from hart.common.errors import cli_entry
+from hart.common.errors import cli_entry, examples_epilog
 from hart.convert_hart import convert_hart, convert_hart_tokenizer
 from hart.convert_var import convert_var, parse_patch_nums
 
@@ -44,7 +44,7 @@ from hart.convert_var import convert_var, parse_patch_nums
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hart convert", description="Convert official VAR / HART checkpoints into model folders.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=examples_epilog(__doc__),
     )
     sub = p.add_subparsers(dest="what", required=True, metavar="{var,hart-tokenizer,hart}")
     v = sub.add_parser("var", help="VAR tokenizer (vae_ch160v4096z32.pth) [+ transformer var_dN.pth]")

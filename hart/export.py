@@ -37,7 +37,7 @@ import argparse
 import math
 from pathlib import Path
 
-from hart.common.errors import UserError, cli_entry
+from hart.common.errors import UserError, cli_entry, examples_epilog
 from hart.common.io import STORAGES
 
 
@@ -122,7 +122,7 @@ def folder_bytes(path: Path) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hart export", description="Copy a model folder with smaller weight files (fp16, int8 or int4).",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="examples:" + __doc__.split("Examples::", 1)[1].replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=examples_epilog(__doc__),
     )
     p.add_argument("--model", required=True, help="model folder (tokenizer/ + generator/) or a single model folder")
     p.add_argument("--out", required=True, help="output folder")

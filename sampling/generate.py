@@ -23,7 +23,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from hart.common.errors import UserError, cli_entry
+from hart.common.errors import UserError, cli_entry, examples_epilog
 from hart.common.fs import output_dir, output_file, read_text
 from sampling.options import add_sampling_arguments, sampling_options
 
@@ -31,7 +31,7 @@ from sampling.options import add_sampling_arguments, sampling_options
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hart generate", description="Generate a PNG grid of class- or text-conditional samples.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="examples:" + __doc__.split("Examples::", 1)[1].replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=examples_epilog(__doc__),
     )
     p.add_argument("--model", default=None, help="model folder made by `hart train` (tokenizer/ + generator/); "
                    "default: the bundled Fashion-MNIST model; default-t2i: the bundled text-to-image model")

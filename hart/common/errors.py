@@ -1,4 +1,5 @@
-"""User-facing errors: one clear line, never a traceback.
+"""User-facing errors: one clear line, never a traceback; and what a command's --help shows
+below its options (:func:`examples_epilog`).
 
 Plumbing leaf: imports nothing else of the project.
 """
@@ -89,3 +90,9 @@ def cli_entry(main):
             raise SystemExit(130) from None
 
     return wrapper
+
+
+def examples_epilog(doc: str) -> str:
+    """The part of a module docstring after ``Examples::``, headed ``examples:`` and without
+    reST's double backticks, for an ``argparse`` epilog."""
+    return "examples:" + doc.split("Examples::", 1)[1].replace("``", "")

@@ -27,11 +27,17 @@ Inception features give FID; EfficientNet-lite0 features give FD-EffNet (not com
 ``synthetic[:split]``, ``folder:PATH`` with one subfolder per class, resized like ``--data``),
 or ``images:PATH`` / a bare folder: its image files (searched recursively) as they are;
 ``--ref`` also takes a ``.npz`` of statistics (this command's, or any file with ``mu`` and
-``sigma``). Dataset statistics are cached in ``--cache-dir`` as .npz, keyed
-by dataset, split, resolution, extractor and count (a folder's also by its files' names, sizes
-and times, so a changed folder is embedded again). ``--images`` takes a folder or a
+``sigma``). The statistics of a data spec are cached in ``--cache-dir`` as .npz, keyed by
+dataset, split, resolution, extractor and count (a ``folder:`` / ``captions:`` spec's also by
+its files' names, sizes and times, so a changed folder is embedded again); a bare folder is
+embedded each time (``--save-stats`` keeps its statistics). ``--images`` takes a folder or a
 ``DATASET[:split]``. A model's sample j has class ``j % num_classes`` and seed ``--seed + j``,
 whatever the batch size or the number of ranks.
+
+``--out`` writes JSON: ``metric`` (FID or FD-EffNet), ``score``, ``kid`` and ``kid_std`` (None
+where every KID subset is the whole of both sets), ``features``, ``feature_dim``, ``num`` and
+``skipped`` (the images scored and those unreadable), ``ref`` (``source``, ``n``, ``cached``,
+``skipped``, ``cache``) and ``settings``.
 """
 from __future__ import annotations
 
@@ -39,7 +45,7 @@ import argparse
 import sys
 from dataclasses import asdict
 
-from hart.common.errors import UserError, cli_entry
+from hart.common.errors import UserError, cli_entry, examples_epilog
 from hart.common.fs import output_file
 from sampling.eval.fid.embed import (default_cache_dir, reference_stats, stats_from_generator, stats_from_images,
                                      unreadable_note)
@@ -54,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hart fid", description="Fréchet distance (FID with Inception, FD-EffNet with EfficientNet-lite0) "
         "and KID of a model's samples or of a set of images.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=examples_epilog(__doc__),
     )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--model", help="model folder (tokenizer/ + generator/): generate --num samples")
