@@ -48,8 +48,9 @@ def test_extract_tokens_keeps_an_existing_folder(tokdir, demo_model_dir, tmp_pat
     out.mkdir()
     (out / "notes.txt").write_text("precious")
     args = ["extract-tokens", "--tokenizer", str(tokdir), "--data", "synthetic", "--limit", "4", "--out", str(out)]
-    assert "--overwrite" in one_line(capsys, args)
-    # --overwrite replaces a token cache, never a folder this tool did not write, nor a model folder
+    # said at once: --overwrite replaces a token cache, never a folder this tool did not write, nor a model folder
+    assert "is not a token cache written by this tool (--overwrite replaces only such a folder)" in one_line(
+        capsys, args)
     assert "not a token cache written by this tool" in one_line(capsys, args + ["--overwrite"])
     assert tree(out) == {"notes.txt": b"precious"}
     model = tmp_path / "model"
@@ -62,7 +63,8 @@ def test_extract_tokens_keeps_an_existing_folder(tokdir, demo_model_dir, tmp_pat
     assert "which this command reads" in line and tree(model) == before
     cache = tmp_path / "cache"
     assert hart_main(args[:-1] + [str(cache)]) == 0
-    assert "--overwrite" in one_line(capsys, args[:-1] + [str(cache)])
+    assert "already holds a token cache; choose another --out or pass --overwrite" in one_line(
+        capsys, args[:-1] + [str(cache)])
     assert hart_main(args[:-1] + [str(cache), "--overwrite", "--limit", "2"]) == 0
     assert json.loads((cache / "meta.json").read_text())["num"] == 2
     assert "--batch-size must be >= 1" in one_line(capsys, args[:-1] + [str(tmp_path / "c2"), "--batch-size", "0"])

@@ -172,7 +172,7 @@ def test_export_int8_folder_is_smaller_and_loads(tmp_path, capsys):
     HybridTokenizer.from_pretrained(tmp_path / "tok16")
     with pytest.raises(SystemExit):
         export_main(["--model", str(src), "--out", str(small)])
-    assert "already exists" in capsys.readouterr().err
+    assert "already holds a model folder; choose another --out or pass --overwrite" in capsys.readouterr().err
 
 
 def test_bf16_on_a_cpu_without_bf16_arithmetic_is_said_once(monkeypatch, capsys):

@@ -119,10 +119,11 @@ def prepare_out_dir(out, overwrite: bool, sources=(), flag: str = "--out", kind:
             raise UserError(f"{flag} {out} overlaps {src}, which this command reads: writing it would delete or "
                             f"change its input; choose an {flag} outside it")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        ours = out.is_dir() and written_here(out, kind)
+        what = "token cache" if kind == "tokens" else "model folder"
+        if not ours:  # said at once: --overwrite would be refused too
+            raise UserError(f"{out} already exists and is not a {what} written by this tool (--overwrite replaces "
+                            f"only such a folder): choose another {flag}")
         if not overwrite:
-            raise UserError(f"{out} already exists and is not empty; choose another {flag} or pass --overwrite")
-        if not out.is_dir() or not written_here(out, kind):
-            what = "token cache" if kind == "tokens" else "model folder"
-            raise UserError(f"{out} is not a {what} written by this tool; --overwrite replaces only such a folder: "
-                            f"choose another {flag}")
+            raise UserError(f"{out} already holds a {what}; choose another {flag} or pass --overwrite to replace it")
     return output_dir(out, create=False)  # its parent made and writable before any work starts
