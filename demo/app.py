@@ -214,18 +214,21 @@ def check_bindable(host: str, port: int) -> None:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise UserError(f"--host {host}: no such address or host name ({e.strerror})") from None
-    family, kind, proto, _, addr = infos[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            sock.bind(addr)
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                raise UserError(f"port {port} on {host} is in use: pick another with --port") from None
-            if e.errno == errno.EADDRNOTAVAIL:
-                raise UserError(f"--host {host} is not an address of this machine: use 127.0.0.1 (this machine "
-                                "only) or 0.0.0.0 (every interface)") from None
-            raise UserError(f"cannot serve on {host}:{port}: {e.strerror}") from None
+    first = None
+    for family, kind, proto, _, addr in infos:  # localhost may be ::1 and 127.0.0.1: one that binds will do
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            try:
+                sock.bind(addr)
+                return
+            except OSError as e:
+                first = first or e
+    if first.errno == errno.EADDRINUSE:
+        raise UserError(f"port {port} on {host} is in use: pick another with --port")
+    if first.errno == errno.EADDRNOTAVAIL:
+        raise UserError(f"--host {host} is not an address of this machine: use 127.0.0.1 (this machine "
+                        "only) or 0.0.0.0 (every interface)")
+    raise UserError(f"cannot serve on {host}:{port}: {first.strerror}")
 
 
 if __name__ == "__main__":

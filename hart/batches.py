@@ -4,7 +4,7 @@ data tells the model (its class names, or example captions). Used by :mod:`hart.
 """
 from __future__ import annotations
 
-import functools
+from pathlib import Path
 
 import torch
 
@@ -15,16 +15,15 @@ from hart.data.datasets import infinite_batches, make_dataset
 from hart.tokens import TokenCache, split_scales
 
 
-@functools.lru_cache(maxsize=4)
-def _train_data(spec: str, resolution: int, data_dir):
-    return make_dataset(spec, "train", resolution, data_dir)
-
-
 def train_data(args, tokenizer):
-    """The training split of ``--data`` at the tokenizer's resolution, made once per process:
-    a run reads it for its classes, its example prompts, what it trains on and its batches, and
-    a folder is scanned (and its skipped files said) once, not four times."""
-    return _train_data(args.data, tokenizer.config.resolution, args.data_dir)
+    """The training split of ``--data`` at the tokenizer's resolution, made once per run (kept on
+    ``args``): a run reads it for its classes, its example prompts, what it trains on and its
+    batches, and a folder is scanned (and its skipped files said) once, not four times."""
+    key = (args.data, tokenizer.config.resolution, args.data_dir)
+    made = getattr(args, "_train_data", None)
+    if made is None or made[0] != key:
+        args._train_data = (key, make_dataset(args.data, "train", *key[1:]))
+    return args._train_data[1]
 
 
 def _to(cond, dev):
@@ -82,36 +81,39 @@ def dataset_examples(args, tokenizer) -> tuple:
     if args.tokens:
         return tuple(pick_examples(TokenCache(args.tokens).meta.get("examples", ())))
     data = train_data(args, tokenizer)
-    return tuple(pick_examples(data[i][1] for i in range(min(len(data), 200))))
+    return tuple(pick_examples(_captions(data, 200)))
 
 
-def _spec_label(spec: str, split: str = "train") -> str:
-    """A data spec as one string per dataset: ``NAME:SPLIT``, or ``KIND:/absolute/path``."""
-    from pathlib import Path
+def _captions(data, n: int) -> list:
+    """The first ``n`` captions of a captioned dataset, without decoding its images where it
+    can say them alone (a folder's list, the shapes scenes)."""
+    items = getattr(data, "items", None)
+    if items is not None:  # CaptionFiles: (path, caption); Emoji: (character, caption)
+        return [c for _, c in items[:n]]
+    if hasattr(data, "scene"):
+        return [data.scene(i).phrasing for i in range(min(n, len(data)))]
+    return [data[i][1] for i in range(min(n, len(data)))]
 
+
+def data_identity(args, tokenizer) -> dict | None:
+    """What a run trains on, whichever form it is read in: ``{"data": identity, "num": items}``
+    of ``--data``, or of the data a ``--tokens`` cache was made from (the same batches either
+    way; :meth:`hart.data.datasets.DataSpec.identity`). None for a cache that does not say."""
+    from hart.common.io import read_json
     from hart.data.datasets import parse_spec
 
-    d = parse_spec(spec)
-    if d.kind == "dataset":
-        return f"{d.name}:{d.split or split}"
-    path = Path(d.name).expanduser()
-    return f"{d.kind}:{path.resolve() if path.exists() else d.name}"
-
-
-def data_identity(args, tokenizer) -> dict:
-    """What a run trains on, whichever form it is read in: ``{"data": spec label, "num": items}``
-    of ``--data``, or of the data a ``--tokens`` cache was made from (the same batches either way)."""
     if args.tokens:
-        cache = TokenCache(args.tokens)
-        return {"data": _spec_label(cache.meta.get("data", "?"), cache.meta.get("split") or "train"), "num": len(cache)}
-    data = train_data(args, tokenizer)
-    return {"data": _spec_label(args.data), "num": len(data)}
+        meta = read_json(Path(args.tokens) / "meta.json")
+        if not meta.get("data") or "num" not in meta:
+            return None
+        return {"data": parse_spec(meta["data"]).identity(meta.get("split") or "train"), "num": int(meta["num"])}
+    return {"data": parse_spec(args.data).identity(), "num": len(train_data(args, tokenizer))}
 
 
 def check_same_data(saved: dict | None, now: dict, out) -> None:
     """On --resume: one line when the run was trained on other data (a run saved before this was
     recorded is not checked)."""
-    if not saved or saved == now:
+    if not saved or not now or saved == now:
         return
     raise UserError(f"the run in {out} was trained on {saved['data']} ({saved['num']:,} items), not {now['data']} "
                     f"({now['num']:,} items); resume it with the same data (--data, or a token cache of it), or "

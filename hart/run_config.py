@@ -67,7 +67,9 @@ def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gen
     if meta is not None:
         if args.init:
             raise UserError("--resume continues from the run's own checkpoint; drop --init")
-        check_resume_flags(meta, args, out)  # before the preset is fitted to what may be other data
+        # before the preset is fitted to what may be other data; a run that recorded what it trains
+        # on has that compared instead of the --data text (hart.batches.check_same_data)
+        check_resume_flags(meta, args, out, skip=("data",) if meta.get("source") else ())
         saved = GeneratorConfig.from_dict(meta["config"])
         if bool(meta.get("freeze_transformer", False)) != args.freeze_transformer:
             flag = "with" if meta.get("freeze_transformer") else "without"

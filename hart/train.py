@@ -322,10 +322,10 @@ def run(args, dist: DistInfo, sampler=None) -> int:
     torch.manual_seed(args.seed)
     args.tokenizer = component_dir(args.tokenizer, "tokenizer")  # a model folder's tokenizer/ too
     tokenizer = HybridTokenizer.from_pretrained(args.tokenizer, device=dist.device).requires_grad_(False)
-    config = resolve_config(args, out, tokenizer, dataset_classes(args, tokenizer))
     source = data_identity(args, tokenizer)
-    if args.resume:
+    if args.resume:  # before the saved config meets what may be other data
         check_same_data(run_meta(out, True, "generator").get("source"), source, out)
+    config = resolve_config(args, out, tokenizer, dataset_classes(args, tokenizer))
     if config.is_text and not args.resume and not config.display.example_prompts:
         config = config.replace_in("display", example_prompts=dataset_examples(args, tokenizer))
     if dist.is_main:

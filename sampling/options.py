@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import ClassVar
 
 from hart.common.errors import UserError
@@ -118,9 +119,11 @@ def _number(name: str, value, integer: bool, optional: bool):
     kind = "a whole number" if integer else "a number"
     if isinstance(value, (bool, str, bytes)):
         raise UserError(f"{name} must be {kind}, got {value!r}")
+    if integer and isinstance(value, numbers.Integral):
+        return int(value)
     try:
         f = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UserError(f"{name} must be {kind}, got {value!r}") from None
     if not integer:
         return f

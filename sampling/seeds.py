@@ -6,6 +6,9 @@ so an image depends on its seed alone, not on its batch. Seeds are whole numbers
 """
 from __future__ import annotations
 
+import numbers
+import operator
+
 import torch
 
 from hart.common.errors import UserError
@@ -18,9 +21,13 @@ def check_seeds(seeds) -> list[int]:
     out = []
     for s in seeds:
         try:
-            if isinstance(s, (bool, str, bytes)) or not float(s).is_integer():
+            if isinstance(s, (bool, str, bytes)):
                 raise TypeError
-            v = int(s)
+            v = operator.index(s) if isinstance(s, numbers.Integral) else None  # exact, however large
+            if v is None:
+                if not float(s).is_integer():
+                    raise TypeError
+                v = int(s)
         except (TypeError, ValueError, OverflowError):
             raise UserError(f"a seed must be a whole number, got {s!r}") from None
         if not 0 <= v <= MAX_SEED:

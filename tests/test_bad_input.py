@@ -233,7 +233,7 @@ def test_init_of_another_kind_and_resume_with_other_options(tokdir, t2i_model_di
         assert f"started with {flag}" in line and "--init" in line
     line = one_line(capsys, base[:5] + ["--data", "shapes", "--no-tensorboard", "--steps", "4", "--batch-size", "4",
                                         "--seed", "3", "--out", str(out), "--resume"])
-    assert "started with --data synthetic" in line
+    assert "was trained on synthetic:train (2,048 items), not shapes:train (1,000,000 items)" in line
     assert tree(out / "train_state") == state
     # the same data spelled another way is the same run
     assert hart_main(base[:5] + ["--data", "synthetic:train", "--no-tensorboard", "--steps", "3", "--batch-size", "4",

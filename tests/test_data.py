@@ -156,3 +156,13 @@ def test_undecodable_files_are_skipped_and_named(tmp_path, capsys):
     assert len(err) == 1 and "truncated.jpg cannot be decoded" in err[0]
     ds[3]  # said once
     assert capsys.readouterr().err == ""
+
+
+def test_a_spec_names_the_same_data_however_it_is_written():
+    from hart.data.datasets import parse_spec
+
+    same = {parse_spec(t).identity() for t in ("folder:photos", "folder:/home/me/photos/", "folder:./photos")}
+    assert same == {"folder:photos"}
+    assert parse_spec("shapes").identity() == parse_spec("shapes:train").identity() == "shapes:train"
+    assert parse_spec("images:photos").identity() != parse_spec("folder:photos").identity()
+

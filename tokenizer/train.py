@@ -300,7 +300,10 @@ def main(argv=None):
     spec = parse_spec(args.data)
     held_out, preview_of = train_set, "training"  # a folder, or a split named in --data: no other split
     if spec.kind == "dataset" and spec.split is None and "test" in splits_of(spec.name):
-        held_out, preview_of = make_dataset(args.data, "test", config.resolution, args.data_dir), "held-out"
+        try:
+            held_out, preview_of = make_dataset(args.data, "test", config.resolution, args.data_dir), "held-out"
+        except UserError:  # a --data-dir with the training files only
+            pass
     if len(train_set) < args.batch_size:
         raise UserError(f"the dataset has {len(train_set)} images, fewer than --batch-size {args.batch_size}")
     if not args.resume:  # a new run or an --init stage measures it; a resumed run keeps its own

@@ -91,12 +91,13 @@ def _same_data(a: str, b: str) -> bool:
     return a.removesuffix(":train") == b.removesuffix(":train")
 
 
-def check_resume_flags(meta: dict, args, out) -> None:
+def check_resume_flags(meta: dict, args, out, skip=()) -> None:
     """On --resume, one line when an option of :data:`RESUME_FLAGS` differs from the saved run's.
     An option the run's meta.json does not record (a run saved before it was) is not checked;
-    ``--data`` only when both runs read ``--data`` (not a token cache, whose path may move)."""
+    ``--data`` only when both runs read ``--data`` (not a token cache, whose path may move), and
+    not at all for the names in ``skip``."""
     for name in RESUME_FLAGS:
-        if name not in meta:
+        if name not in meta or name in skip:
             continue
         saved, now = meta[name], getattr(args, name, None)
         if name == "data" and (saved is None or now is None or _same_data(saved, now)):

@@ -58,6 +58,16 @@ class DataSpec:
             return f"{self.name}:{self.split or 'train'}"
         return f"{self.kind}:{self.name}"
 
+    def identity(self, split: str = "train") -> str:
+        """The same string for the same data however it is written: ``NAME:SPLIT``, or the
+        kind and the folder's own name (a relative or absolute path, a moved folder, another
+        working directory: the same)."""
+        if self.kind == "dataset":
+            return f"{self.name}:{self.split or split}"
+        from pathlib import PurePath
+
+        return f"{self.kind}:{PurePath(self.name.rstrip('/') or '/').name}"
+
 
 def parse_spec(text: str) -> DataSpec:
     """The one grammar of data specs (module doc); a bad spec is one clear line."""

@@ -128,7 +128,8 @@ class ImageFolder(torch.utils.data.Dataset):
         if empty and self.items:
             warn(f"{root}: {len(empty)} class folder(s) without a readable image left out (no class made): "
                  f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}")
-        loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        loose = [p for p in root.iterdir()
+                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
         if loose and self.items:
             warn(f"{root}: {len(loose)} image(s) outside the class folders left out (the first: {sorted(loose)[0].name}); "
                  "move them into a class folder, or read the folder as images:PATH (no classes)")
@@ -234,8 +235,9 @@ class CaptionFiles(torch.utils.data.Dataset):
                 self.items.append((path, text))
         self.skips["unreadable"] = [f"{p}: {why}" for p, why in unreadable]
         self.counts = {kind: len(v) for kind, v in self.skips.items()}
-        self.skipped, self.undecodable = sum(self.counts.values()), set()
-        if self.skipped:
+        # a .txt without an image is said, not counted: it may be a README rather than a lost caption
+        self.skipped, self.undecodable = sum(n for k, n in self.counts.items() if k != "orphan"), set()
+        if self.skipped or self.counts["orphan"]:
             warn(f"{root}: skipped {self.skipped} item(s): {self.skip_summary()}")
         if not self.items:
             how = f"lines of {manifest}" if manifest.is_file() else "images with a same-name .txt caption"

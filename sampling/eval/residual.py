@@ -238,6 +238,8 @@ def main(argv=None):
         from sampling.eval.fid.stats import require_samples
 
         extractor = load_extractor("effnet-lite0")
+        if args.min_samples is not None and args.min_samples < 2:
+            raise UserError(f"--min-samples must be >= 2 (a covariance needs two images), got {args.min_samples}")
         least = args.min_samples or extractor.dim + 1
         require_samples(num, least, f"--num {num}", extractor.metric, extractor.dim)
         other = [s for s in SPLITS if s != args.split][0]
