@@ -4,15 +4,13 @@ data tells the model (its class names, or example captions). Used by :mod:`hart.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from hart.common.dist import DistInfo
 from hart.common.errors import UserError
 from hart.config import GeneratorConfig
 from hart.data.datasets import infinite_batches, make_dataset
-from hart.tokens import TokenCache, split_scales
+from hart.tokens import TokenCache, cache_meta, split_scales
 
 
 def train_data(args, tokenizer):
@@ -79,7 +77,7 @@ def dataset_examples(args, tokenizer) -> tuple:
     from hart.tokens import pick_examples
 
     if args.tokens:
-        return tuple(pick_examples(TokenCache(args.tokens).meta.get("examples", ())))
+        return tuple(pick_examples(cache_meta(args.tokens).get("examples", ())))
     data = train_data(args, tokenizer)
     return tuple(pick_examples(_captions(data, 200)))
 
@@ -99,11 +97,10 @@ def data_identity(args, tokenizer) -> dict | None:
     """What a run trains on, whichever form it is read in: ``{"data": identity, "num": items}``
     of ``--data``, or of the data a ``--tokens`` cache was made from (the same batches either
     way; :meth:`hart.data.datasets.DataSpec.identity`). None for a cache that does not say."""
-    from hart.common.io import read_json
     from hart.data.datasets import parse_spec
 
     if args.tokens:
-        meta = read_json(Path(args.tokens) / "meta.json")
+        meta = cache_meta(args.tokens)
         if not meta.get("data") or "num" not in meta:
             return None
         return {"data": parse_spec(meta["data"]).identity(meta.get("split") or "train"), "num": int(meta["num"])}

@@ -64,6 +64,11 @@ def split_scales(ids: torch.Tensor, patch_nums) -> list:
     return list(ids.split([p * p for p in patch_nums], dim=1))
 
 
+def cache_meta(path) -> dict:
+    """A token cache's meta.json alone (its data, split, count, examples), without its tensors."""
+    return read_json(resolve_dir(path) / "meta.json")
+
+
 class TokenCache(torch.utils.data.Dataset):
     """Items: (ids (L,) long, residual (z, n, n) float32, condition): the label (int), or for a
     captioned cache its caption (str; ``encoded`` False), or for a cache that holds the prompt
@@ -72,7 +77,7 @@ class TokenCache(torch.utils.data.Dataset):
 
     def __init__(self, path):
         path = resolve_dir(path)
-        self.meta = read_json(path / "meta.json")
+        self.meta = cache_meta(path)
         try:
             t = load_file(str(path / TOKENS_NAME))
         except FileNotFoundError:

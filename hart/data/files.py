@@ -95,7 +95,20 @@ def skip_note(skipped: list) -> str:
     return f"{len(skipped)} unreadable image file(s) (the first: {path}: {why})"
 
 
-class ImageFolder(torch.utils.data.Dataset):
+class _ImageFileSet(torch.utils.data.Dataset):
+    """What the datasets of a user's files share: ``items`` of (path, target), each read by
+    :func:`decodable_item`; ``what`` names the set in its error."""
+
+    what = "folder"
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return decodable_item(self, i, self.what)
+
+
+class ImageFolder(_ImageFileSet):
     """One subfolder per class (``folder:PATH``), any image Pillow reads, nested folders too.
     Hidden files and folders and ``__MACOSX`` are left out; unreadable files, class folders
     without an image and images outside any class folder are skipped, each kind in one
@@ -136,12 +149,6 @@ class ImageFolder(torch.utils.data.Dataset):
         if not self.items:
             raise UserError(f"data folder {root} has no readable images in its class folders")
 
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return decodable_item(self, i, "folder")
-
 
 def _visible_files(root, suffixes) -> list[Path]:
     """Files under ``root`` with one of ``suffixes`` (any case), recursively, sorted; hidden
@@ -161,12 +168,13 @@ def list_captions(root) -> list[Path]:
     return _visible_files(root, {".txt"})
 
 
-class ImageFiles(torch.utils.data.Dataset):
+class ImageFiles(_ImageFileSet):
     """Every image under a folder (``images:PATH``), resized and centre-cropped; no classes
     (label 0). Unreadable files are skipped, in one warning line naming the first."""
 
     classes = ()
     captioned = False
+    what = "image folder"
 
     def __init__(self, root, resolution: int):
         root = Path(root)
@@ -185,12 +193,6 @@ class ImageFiles(torch.utils.data.Dataset):
         if not self.files:
             raise UserError(f"{root} has no readable images")
 
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, i):
-        return decodable_item(self, i, "image folder")
-
 
 
 # ----------------------------------------------------------------------------- captioned
@@ -199,7 +201,7 @@ def _clean_caption(text) -> str:
     return " ".join(text.split()) if isinstance(text, str) else ""
 
 
-class CaptionFiles(torch.utils.data.Dataset):
+class CaptionFiles(_ImageFileSet):
     """``captions:PATH``: every image under PATH with a same-name ``.txt`` caption beside it,
     or the ``PATH/captions.jsonl`` manifest (lines ``{"file": ..., "text": ...}``, files
     relative to PATH) when there is one. What cannot be used (an unreadable or missing image, an
@@ -209,6 +211,7 @@ class CaptionFiles(torch.utils.data.Dataset):
 
     classes = ()
     captioned = True
+    what = "caption folder"
     MANIFEST = "captions.jsonl"
     # kind -> (singular, plural), in the order the warning lists them
     KINDS = {"unreadable": ("unreadable image", "unreadable images"),
@@ -292,9 +295,3 @@ class CaptionFiles(torch.utils.data.Dataset):
         stems = {p.with_suffix("") for p in images}
         self.skips["orphan"] = [str(t) for t in list_captions(root) if t.with_suffix("") not in stems]
         return out
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return decodable_item(self, i, "caption folder")
