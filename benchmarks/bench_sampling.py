@@ -49,7 +49,7 @@ import torch
 from hart.config import GeneratorConfig
 from hart.model import HARTGenerator
 from hart import kernels
-from sampling.engine import DTYPES, SamplingEngine, cfg_ratio
+from sampling.engine import DTYPES, SamplingEngine
 from sampling.seeds import make_generators
 from sampling.options import SamplingOptions
 from tokenizer import HybridTokenizer, TokenizerCode, TokenizerConfig
@@ -97,7 +97,7 @@ def naive_sample(gen: HARTGenerator, tok: HybridTokenizer, labels, gens, opt: Sa
             T = end - start
             u = torch.stack([torch.rand(T, generator=g) for g in gens]).to(labels.device).reshape(-1)
             ids_k = kernels.cfg_sample(
-                logits[:B].reshape(B * T, V), logits[B:].reshape(B * T, V), u, cfg_ratio(opt.cfg, k, K),
+                logits[:B].reshape(B * T, V), logits[B:].reshape(B * T, V), u, opt.guidance(k, K),
                 opt.temperature, opt.top_k, opt.top_p,
             ).view(B, T)
             f_hat, nxt = tok.next_scale_input(k, f_hat, ids_k)

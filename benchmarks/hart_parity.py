@@ -3,7 +3,6 @@
     git clone https://github.com/mit-han-lab/hart /path/to/hart      # its code is imported, not copied
     python -m pip install --target /tmp/hart-pydeps scipy            # HART imports scipy; not a dependency of ours
     python benchmarks/official_parity.py --hart-src /path/to/hart --pydeps /tmp/hart-pydeps
-    (or: python benchmarks/hart_parity.py --hart-src /path/to/hart --pydeps /tmp/hart-pydeps)
 
 Builds, with HART's own constructors, a small hybrid tokenizer (``HARTAutoEncoderWithDisc``:
 ch 32, z 8, V 64, ``var_hybrid`` quantizer, 128 px -> an 8x8 latent, schedule 1,2,3,4,6,8)
@@ -594,26 +593,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help=f"which HART builds to compare (default {','.join(VARIANTS)})")
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hart-src", required=True, help="a checkout of mit-han-lab/hart")
-    ap.add_argument("--work", default=None, help="folder for the checkpoints (default: a temp folder)")
-    add_arguments(ap)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    res = run(args.hart_src, args.work, args.pydeps, variants=parse_variants(args.hart_variants))
-    for k, v in res.items():
-        print(f"{k}: {v}")
-
-
 def parse_variants(text: str) -> list:
     names = [v for v in text.split(",") if v]
     bad = [v for v in names if v not in VARIANTS]
     if bad or not names:
         raise SystemExit(f"--hart-variants: choose from {', '.join(VARIANTS)}, got {text!r}")
     return names
-
-
-if __name__ == "__main__":
-    sys.path.insert(0, ROOT)
-    main()

@@ -44,10 +44,9 @@ PNS = PATCH_NUMS[256]
 
 def run_var(var_src: str, HERE: str) -> dict:
     """The VAR comparisons; returns {name: value}."""
-    sys.path.insert(0, os.path.abspath(var_src))  # official VAR code (models/, dist.py)
-    import models.var as var_mod  # noqa: E402
-    from models.vqvae import VQVAE  # noqa: E402
-    from models.var import VAR  # noqa: E402
+    from var_official import import_var  # noqa: E402  (checks the checkout, then its models/)
+
+    VQVAE, VAR, var_mod = import_var(var_src)
 
     from hart.convert_var import convert_var  # noqa: E402
     from hart.convert_hart import convert_hart_tokenizer  # noqa: E402

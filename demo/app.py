@@ -39,6 +39,7 @@ import gradio as gr  # noqa: E402
 from demo.model import (  # noqa: E402
     MAX_SEED, STRIP_MAX_ROWS, DemoModel, load_pipeline, prompt_examples,
 )
+from hart.common.args import add_device_argument  # noqa: E402
 from hart.common.dist import resolve_device  # noqa: E402
 from hart.common.errors import UserError, cli_entry  # noqa: E402
 from sampling import HARTPipeline  # noqa: E402
@@ -72,9 +73,9 @@ def build_demo(pipeline: HARTPipeline, *, max_images: int = 16, time_limit: floa
     pn = model.patch_nums
     R = model.resolution
 
-    def generate(class_name, cfg, top_k, top_p, temperature, seed, num_images):
+    def generate(subject, cfg, top_k, top_p, temperature, seed, num_images):
         try:
-            r = model.generate(class_name, cfg, top_k, top_p, temperature, seed, num_images)
+            r = model.generate(subject, cfg, top_k, top_p, temperature, seed, num_images)
         except UserError as e:
             raise gr.Error(str(e), print_exception=False) from None
         return list(zip(r.images, r.captions)), r.strip, r.timing
@@ -160,7 +161,7 @@ def main(argv=None):
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also make a public gradio.live link")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    add_device_argument(p)
     p.add_argument("--time-limit", type=float, default=60.0, metavar="S",
                    help="seconds one request may run before it is stopped (default 60; 0: no limit)")
     p.add_argument("--max-images", type=int, default=16, metavar="N", help="most images per request (default 16)")

@@ -87,7 +87,7 @@ class Job:
     """One parsed request: what :meth:`DemoModel.sample_batch` merges.
 
     ``options`` (the sampling settings) is the grouping key: requests with equal options share
-    a sampler batch. Everything else is per image (class id, seeds) and so would a prompt be.
+    a sampler batch. Everything else is per image (class id or prompt, seed).
     """
 
     label: int | str  # class id, or the prompt of a text model (per image, never grouped on)
@@ -102,15 +102,6 @@ class Job:
     @property
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.n)]
-
-
-def class_names(pipeline: HARTPipeline) -> list[str]:
-    """Names from the generator config, or ``class 0`` .. when the config has none."""
-    cfg = pipeline.generator.config
-    names = list(cfg.display.class_names)
-    if len(names) != cfg.num_classes:
-        names = [f"class {i}" for i in range(cfg.num_classes)]
-    return names
 
 
 def _number(name: str, value, *, integer: bool = False, lo=None, hi=None, lo_open: bool = False) -> float:
@@ -190,7 +181,8 @@ class DemoModel:
         self.defaults = SamplingOptions.preset(sampling)
         self.fixed = {k: v for k, v in asdict(self.defaults).items() if k not in self.SLIDERS}
         self.is_text = pipeline.is_text
-        self.names = [] if self.is_text else class_names(pipeline)
+        cfg = pipeline.generator.config
+        self.names = [] if self.is_text else [cfg.class_label(k) for k in range(cfg.num_classes)]
         self.max_prompt_chars = 500
         self.max_images = int(max_images)
         self.time_limit = time_limit
@@ -209,18 +201,19 @@ class DemoModel:
 
     # ------------------------------------------------------------------ inputs
 
-    def parse(self, class_name, cfg, top_k, top_p, temperature, seed, num_images) -> tuple:
+    def parse(self, subject, cfg, top_k, top_p, temperature, seed, num_images) -> tuple:
         """Raw control values -> (class id or prompt, options dict, seed, n); :class:`UserError`
-        if bad. A text model's first control is the prompt."""
+        if bad. ``subject``, the first control, is what to draw: a class name, or a text model's
+        prompt (the name of the API's first parameter)."""
         if self.is_text:
-            prompt = " ".join(str(class_name or "").split())
+            prompt = " ".join(str(subject or "").split())
             if not prompt:
                 raise UserError("write a prompt first, e.g. one of the examples")
             if len(prompt) > self.max_prompt_chars:
                 raise UserError(f"the prompt is {len(prompt)} characters; keep it to {self.max_prompt_chars} at most")
-        elif class_name not in self.names:
+        elif subject not in self.names:
             shown = ", ".join(self.names[:10]) + (" ..." if len(self.names) > 10 else "")
-            raise UserError(f"unknown class {class_name!r}; choose one of: {shown}")
+            raise UserError(f"unknown class {subject!r}; choose one of: {shown}")
         options = dict(
             **self.fixed,
             cfg=_number("CFG", cfg, lo=0, hi=CFG_MAX),
@@ -230,7 +223,7 @@ class DemoModel:
         )
         seed = int(_number("seed", seed, integer=True, lo=0, hi=MAX_SEED))
         n = int(_number("number of images", num_images, integer=True, lo=1, hi=self.max_images))
-        return (prompt if self.is_text else self.names.index(class_name)), options, seed, n
+        return (prompt if self.is_text else self.names.index(subject)), options, seed, n
 
     # ------------------------------------------------------------------ sampling
 
@@ -300,10 +293,10 @@ class DemoModel:
             row += m
         return parts
 
-    def generate(self, class_name, cfg, top_k, top_p, temperature, seed, num_images) -> Result:
+    def generate(self, subject, cfg, top_k, top_p, temperature, seed, num_images) -> Result:
         """One visitor's request: checked here, sampled in a batch with the requests waiting
         beside it (same settings), returned alone."""
-        label, options, seed, n = self.parse(class_name, cfg, top_k, top_p, temperature, seed, num_images)
+        label, options, seed, n = self.parse(subject, cfg, top_k, top_p, temperature, seed, num_images)
         job = Job(label, options, seed, n)
         t0 = time.perf_counter()
         (images, columns), info = self.batcher.submit(job.key, job, n)

@@ -10,6 +10,7 @@ from hart.common.dist import DistInfo
 from hart.common.errors import UserError
 from hart.config import GeneratorConfig
 from hart.data.datasets import infinite_batches, make_dataset
+from hart.data.sources import is_captioned
 from hart.tokens import TokenCache, cache_meta, split_scales
 
 
@@ -35,7 +36,7 @@ def _prompt_encoder(args, config: GeneratorConfig, dev, max_items: int = 200_000
     return PromptCache(text_encoder_for(config, args.text_encoder_path, dev), max_items)
 
 
-def batch_source(args, tokenizer, dist: DistInfo, per_rank: int, start_step: int, config: GeneratorConfig | None = None,
+def batch_source(args, tokenizer, dist: DistInfo, per_rank: int, start_step: int, config: GeneratorConfig,
                  encode: bool = True):
     """Yield (ids list, residual, condition) on the device, from a token cache or encoded on the
     fly; the condition is the labels (B,) or the encoded prompts [tokens (B, T, D), mask (B, T)].
@@ -48,10 +49,10 @@ def batch_source(args, tokenizer, dist: DistInfo, per_rank: int, start_step: int
     if args.tokens:
         cache = TokenCache(args.tokens)
         cache.check_tokenizer(args.tokenizer)
-        if cache.captioned and config is not None:
+        if cache.captioned:
             cache.check_text_encoder(config.text_encoder, config.context_tokens)
         prompts = None
-        if cache.captions is not None and encode and config is not None and config.is_text:
+        if cache.captions is not None and encode and config.is_text:
             prompts = _prompt_encoder(args, config, dev, max_items=0)
         for ids, res, y in infinite_batches(cache, per_rank, g, start_step, dist.rank, dist.world_size):
             if prompts is not None:
@@ -62,7 +63,7 @@ def batch_source(args, tokenizer, dist: DistInfo, per_rank: int, start_step: int
     else:
         data = train_data(args, tokenizer)
         prompts = None
-        if getattr(data, "captioned", False) and config is not None and config.is_text:
+        if is_captioned(data) and config.is_text:
             prompts = _prompt_encoder(args, config, dev)
         for x, y in infinite_batches(data, per_rank, g, start_step, dist.rank, dist.world_size,
                                      getattr(args, "workers", 0)):
@@ -127,7 +128,7 @@ def dataset_classes(args, tokenizer) -> tuple | None:
         classes = cache.classes
     else:
         data = train_data(args, tokenizer)
-        if getattr(data, "captioned", False):
+        if is_captioned(data):
             return None
         classes = data.classes
     return tuple(classes)

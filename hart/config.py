@@ -254,11 +254,6 @@ class GeneratorConfig(ConfigBase):
     # ------------------------------------------------------------------ derived (not saved)
 
     @property
-    def residual_dim(self) -> int:
-        """Values in one last-scale residual map: z x n x n."""
-        return self.z_channels * self.patch_nums[-1] ** 2
-
-    @property
     def head_dim(self) -> int:
         return self.width // self.heads
 
@@ -310,6 +305,12 @@ class GeneratorConfig(ConfigBase):
     @property
     def null_class(self) -> int:
         return self.num_classes
+
+    def class_label(self, k: int) -> str:
+        """The display name of class ``k`` (``display.class_names``), or ``"class k"`` when the
+        config names none."""
+        names = self.display.class_names or ()
+        return names[k] if k < len(names) else f"class {k}"
 
     def check_class_ids(self, class_ids) -> list[int]:
         """The classes as ids: each an int (or an integer tensor / numpy scalar) or a class name

@@ -34,7 +34,8 @@ from __future__ import annotations
 import argparse
 import re
 
-from hart.common.errors import cli_entry, examples_epilog
+from hart.common.args import examples_epilog
+from hart.common.errors import cli_entry
 from hart.convert_hart import convert_hart, convert_hart_tokenizer
 from hart.convert_var import convert_var, parse_patch_nums
 

@@ -33,8 +33,7 @@ def make_train_scheduler(num_train_timesteps: int = 1000):
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=BETA_SCHEDULE, clip_sample=False)
 
 
-def make_sample_scheduler(num_train_timesteps: int = 1000, timestep_spacing: str = "leading",
-                          prediction: str = "epsilon"):
+def make_sample_scheduler(num_train_timesteps: int = 1000, prediction: str = "epsilon"):
     """diffusers DDIMScheduler with the same betas as training, for a head that predicts
     ``prediction`` (``epsilon`` or ``v_prediction``).
 
@@ -46,8 +45,7 @@ def make_sample_scheduler(num_train_timesteps: int = 1000, timestep_spacing: str
 
     return DDIMScheduler(
         num_train_timesteps=num_train_timesteps, beta_schedule=BETA_SCHEDULE, clip_sample=False,
-        set_alpha_to_one=True, timestep_spacing=timestep_spacing,
-        steps_offset=1 if timestep_spacing == "leading" else 0, prediction_type=prediction,
+        set_alpha_to_one=True, timestep_spacing="leading", steps_offset=1, prediction_type=prediction,
     )
 
 

@@ -37,7 +37,8 @@ import argparse
 import math
 from pathlib import Path
 
-from hart.common.errors import UserError, cli_entry, examples_epilog
+from hart.common.args import examples_epilog
+from hart.common.errors import UserError, cli_entry
 from hart.common.io import STORAGES
 
 

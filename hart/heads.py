@@ -12,28 +12,20 @@ Pure module: no file I/O, device and dtype follow the inputs.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from diffusers.models.embeddings import get_timestep_embedding
 
 from hart.kernels import modulate
 
 
-def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (N,) timesteps (DDPM / DiT convention: [cos | sin]) -> (N, dim)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]  # (N, half)
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
-
-
 class TimestepEmbedder(nn.Module):
-    """Sinusoidal(256) -> Linear -> SiLU -> Linear."""
+    """Sinusoidal(256) -> Linear -> SiLU -> Linear. The sinusoid is DiT's / MAR's [cos | sin] with
+    frequencies 10000^(-i / half): diffusers' ``get_timestep_embedding`` with
+    ``flip_sin_to_cos=True, downscale_freq_shift=0`` (the same numbers as the formula MAR's and HART's
+    heads write out)."""
 
     def __init__(self, width: int, freq_dim: int = 256):
         super().__init__()
@@ -41,7 +33,8 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:  # (N,) -> (N, W)
-        emb = timestep_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype)
+        emb = get_timestep_embedding(t, self.freq_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        emb = emb.to(self.mlp[0].weight.dtype)
         return self.mlp(emb)
 
 

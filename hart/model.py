@@ -77,7 +77,7 @@ class GeneratorOutput:
 # ----------------------------------------------------------------------------- model
 
 class HARTGenerator(Conditioning, HARTModelMixin):
-    """Class-conditional next-scale transformer; optional residual diffusion head (``diffusion``)."""
+    """Next-scale transformer, class- or text-conditioned; optional residual diffusion head (``diffusion``)."""
 
     config_class = GeneratorConfig
 
@@ -85,7 +85,6 @@ class HARTGenerator(Conditioning, HARTModelMixin):
         super().__init__(config, **fields)
         config = self.config
         C, S, P = config.width, config.total_len, config.prefix_len
-        self.num_classes = config.num_classes
         self.word_embed = nn.Linear(config.z_channels, C)
         if config.is_text:
             # HART: RMSNorm + Linear(D, C) on the encoder tokens; they form the prefix

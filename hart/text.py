@@ -248,16 +248,3 @@ class PromptCache:
         pairs = [self._store[p] for p in prompts]
         return torch.stack([t for t, _ in pairs]).float(), torch.stack([m for _, m in pairs])
 
-
-def encode_all(encoder: TextEncoder, prompts, batch_size: int = 256, progress: bool = True):
-    """Every prompt, in batches with a progress bar -> (tokens (N, T, D) float16, mask (N, T) bool)."""
-    from tqdm import tqdm
-
-    prompts = check_prompts(prompts)
-    encoder.warn_long(prompts, "captions")
-    toks, masks = [], []
-    for s in tqdm(range(0, len(prompts), batch_size), desc="encode prompts", disable=not progress):
-        t, m = encoder.encode(prompts[s:s + batch_size], warn=False)
-        toks.append(t.half().cpu())
-        masks.append(m.cpu())
-    return torch.cat(toks), torch.cat(masks)

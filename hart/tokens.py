@@ -12,12 +12,9 @@ dataset, its class names, and a fingerprint of the tokenizer weights, so a cache
 used with a tokenizer that did not make it). A captioned dataset (``shapes``, ``emoji``,
 ``captions:PATH``) also gets ``captions.json``, its U distinct captions as text, which
 ``labels`` index. The encoder is not run here: the trainer encodes each batch's captions in
-the step with the model's own encoder and prompt length, so one cache serves any text model. With
-MiniLM at 16 tokens that made a ``shapes-t2i`` step (``--batch-size 32 --dtype fp32``) 4-6%
-slower (20.7-20.9 s -> 21.7-22.0 s, 2-core AMD EPYC shared with another job, 2026-12-07), and
-the cache of 2,000 scenes (1,751 distinct captions) 4.8 MB instead of 26.3 MB; with nearly
-every caption distinct, 150,000 scenes would otherwise hold up to 150,000 x 16 x 384 float16
-(1.8 GB) on disk and in memory. Caches written before hold the embeddings instead
+the step with the model's own encoder and prompt length, so one cache serves any text model
+(docs/experiments.md has what that costs a step and saves on disk). Caches written before hold
+the embeddings instead
 (``context`` (U, T, D) float16 and ``context_mask`` (U, T)); they load and train as they did,
 for a model of the encoder and T they were made with (``hart train`` refuses another in one line).
 """
@@ -31,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from hart.data.datasets import add_data_arguments, data_split, make_dataset
+from hart.data.sources import is_captioned
 from hart.common.errors import UserError, cli_entry
 from hart.common.fs import prepare_out_dir
 from hart.common.io import WEIGHTS_NAME, atomic_dir, component_dir, read_json, resolve_dir, write_json
@@ -156,8 +154,6 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace an existing token cache at --out")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--limit", type=int, default=None, help="encode only the first N images (default all)")
-    for flag in ("--text-encoder", "--text-encoder-path", "--context-tokens"):  # older command lines: unused
-        p.add_argument(flag, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.split = data_split(args)
     if args.batch_size < 1:
@@ -170,7 +166,7 @@ def main(argv=None):
     tok = HybridTokenizer.from_pretrained(args.tokenizer)
     dataset = make_dataset(args.data, args.split, tok.config.resolution, args.data_dir)
     if args.limit is not None:
-        captioned, classes = getattr(dataset, "captioned", False), getattr(dataset, "classes", ())
+        captioned, classes = is_captioned(dataset), getattr(dataset, "classes", ())
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
         dataset.captioned, dataset.classes = captioned, classes
     tensors = encode_dataset(tok, dataset, args.batch_size)

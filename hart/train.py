@@ -54,12 +54,12 @@ from tqdm import tqdm
 from hart.config import GeneratorConfig
 from hart.batches import batch_source, check_same_data, data_identity, dataset_classes, dataset_examples
 from hart.data.datasets import SPEC_HELP, add_workers_argument
+from hart.common.args import add_device_argument
 from hart.common.dist import DTYPE_CHOICES, DistInfo, autocast, init_distributed, resolve_dtype
 from hart.common.ema import EMA
 from hart.common.errors import UserError, cli_entry
-from hart.common.images import grid
 from hart.common.fs import output_dir
-from hart.common.io import atomic_file, component_dir
+from hart.common.io import component_dir
 from hart.common.metrics import RunLog, Throughput, Window
 from hart.common.models import write_pipeline_index
 from hart.model import HARTGenerator
@@ -68,6 +68,7 @@ from hart.attention import ATTENTION_IMPLS
 from hart.common.loop import (check_positive, check_range, load_run, nonfinite_loss, resume_flags, run_faults, run_meta,
                               save_run, set_lr, warmup_cosine)
 from hart.run_config import copy_tokenizer, generator_dir, init_weights, resolve_config
+from hart.train_samples import write_samples
 from tokenizer import HybridTokenizer
 
 
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tensorboard", action="store_true", help="metrics.jsonl only, no TensorBoard event files")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_argument(p)
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer blocks in place (one graph shared by all; "
                         "the first steps pay for the compile)")
@@ -237,56 +238,10 @@ class GeneratorTrainer:
 
 HEAD_PREFIXES = ("diffusion.", "decoder_norm.")  # what --freeze-transformer trains
 
-SAMPLE_ROWS = 10  # classes in the sample grid (evenly spread when there are more)
-SAMPLE_COLS = 4  # images per class: seeds 0..3, the same at every grid
-
-
-def sample_grid(sampler, generator: HARTGenerator, tokenizer: HybridTokenizer, encoder=None):
-    """A PIL grid: one labelled row per class (at most :data:`SAMPLE_ROWS`), seeds 0..3; for a
-    text model one row per example prompt (``config.display.example_prompts``, encoded by ``encoder``).
-
-    ``sampler(generator, tokenizer, inputs, seeds)`` returns (B, 3, R, R) images in [-1, 1]
-    (:func:`sampling.previews.sample_images`, handed in by the ``hart`` router); ``inputs``
-    are class ids, or the encoded prompts (tokens, mask)."""
-    c = generator.config
-    if c.is_text:
-        prompts = list(c.display.example_prompts)[:SAMPLE_ROWS]
-        inputs = encoder.encode([p for p in prompts for _ in range(SAMPLE_COLS)], warn=False)
-        seeds = [j for _ in prompts for j in range(SAMPLE_COLS)]
-        images = sampler(generator, tokenizer, inputs, seeds).float().cpu()
-        return grid([images[i * SAMPLE_COLS:(i + 1) * SAMPLE_COLS] for i in range(len(prompts))],
-                    prompts, scale=max(1, 64 // tokenizer.config.resolution))
-    n = c.num_classes
-    if n <= SAMPLE_ROWS:
-        rows = list(range(n))
-    else:
-        rows = [round(i * (n - 1) / (SAMPLE_ROWS - 1)) for i in range(SAMPLE_ROWS)]
-    ids = [k for k in rows for _ in range(SAMPLE_COLS)]
-    seeds = [j for _ in rows for j in range(SAMPLE_COLS)]
-    images = sampler(generator, tokenizer, ids, seeds).float().cpu()
-    names = list(c.display.class_names) if len(c.display.class_names or ()) == n else [str(k) for k in range(n)]
-    return grid([images[i * SAMPLE_COLS:(i + 1) * SAMPLE_COLS] for i in range(len(rows))],
-                [names[k] for k in rows], scale=max(1, 64 // tokenizer.config.resolution))
-
-
-@torch.no_grad()
-def write_samples(sampler, generator: HARTGenerator, tokenizer: HybridTokenizer, out: Path, log: RunLog,
-                  step: int, encoder=None) -> None:
-    """The fixed-seed grid of the EMA generator to TensorBoard and ``out/samples.png``."""
-    was_training = generator.training
-    try:
-        image = sample_grid(sampler, generator.eval(), tokenizer, encoder)
-    finally:
-        generator.clear_caches()  # the sampler's KV cache: no memory held between grids
-        generator.train(was_training)
-    log.image("samples", image, step)
-    with atomic_file(out / "samples.png") as tmp:
-        image.save(tmp, format="PNG")
-
 
 @cli_entry
 def main(argv=None, sampler=None, model_folder=None):
-    """``sampler``: what draws the sample grids (see :func:`sample_grid`); None: no grids.
+    """``sampler``: what draws the sample grids (see :func:`hart.train_samples.sample_grid`); None: no grids.
     ``model_folder``: a model name or path -> its folder (the bundled models by name), for
     ``--init`` and ``--tokenizer``; None: paths only."""
     args = build_parser().parse_args(argv)
@@ -336,9 +291,13 @@ def run(args, dist: DistInfo, sampler=None) -> int:
     if config.has_head and not args.resume and (config.stats.residual_scale is None or fresh_head):
         # the head's target scale is a fact about this tokenizer's latents: measure it
         map_head = config.head.mix == "map"  # it also divides its f_hat input by f_hat's RMS
+        # one pass at most: a small folder is not encoded again and again (a cache that does not
+        # record its size is read up to the cap; its epochs cost no encoding)
+        per_rank = -(-source["num"] // dist.world_size) if source else None
+        cap = lambda n: n if per_rank is None else max(1, min(n, per_rank))  # noqa: E731
         scale, fs = measure_latent_scales(batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, 0,
                                                        config, encode=False), tokenizer if map_head else None,
-                                          progress=dist.is_main)
+                                          max_images=cap(2048), progress=dist.is_main)
         scale = dist.all_reduce_mean(torch.tensor(scale, device=dist.device)).item()
         config = config.replace_in("stats", residual_scale=scale)
         if dist.is_main:
@@ -349,7 +308,7 @@ def run(args, dist: DistInfo, sampler=None) -> int:
                 print(f"f_hat scale (its RMS on the training data): {config.stats.fhat_scale:.4f}")
         if config.head.metric == "decoder":  # the decoder's pixel metric on this tokenizer's latents
             A = measure_decoder_metric(batch_source(args, tokenizer, dist, args.batch_size // dist.world_size, 0,
-                                                    config, encode=False), tokenizer).to(dist.device)
+                                                    config, encode=False), tokenizer, max_images=cap(512)).to(dist.device)
             A = dist.all_reduce_mean(A)
             for m in (trainer.model, trainer.ema.shadow):
                 m.residual_metric.copy_(A)

@@ -345,9 +345,8 @@ def sampling_options(**fields) -> SamplingOptions:
         raise UserError(message) from None
 
 
-# SamplingOptions' names in its messages -> the arguments of HARTDiffusersPipeline.__call__
-DIFFUSERS_NAMES = {"cfg": "guidance_scale", "diff_steps": "num_inference_steps",
-                   "diffusion steps": "num_inference_steps"}
+# SamplingOptions' names in its messages -> the arguments of HARTDiffusionPipeline.__call__
+DIFFUSERS_NAMES = {"cfg": "guidance_scale", "diff_steps": "num_inference_steps"}
 
 
 def _check_text_components(config, text_encoder, text_tokenizer) -> None:

@@ -102,11 +102,6 @@ class RunNoise:
         return [*self.uniforms, *(self.gumbels or []), *([] if self.head is None else [self.head])]
 
 
-def cfg_ratio(cfg: float, k: int, num_scales: int) -> float:
-    """VAR's guidance schedule t_k = cfg * k / (K - 1), growing from 0 to cfg."""
-    return SamplingOptions(cfg=cfg).guidance(k, num_scales)
-
-
 def check_compatible(tokenizer: HybridTokenizer, generator: HARTGenerator) -> None:
     t, g = tokenizer.config, generator.config
     pairs = (("patch_nums", tuple(t.patch_nums), tuple(g.patch_nums)),
@@ -122,7 +117,7 @@ class SamplingEngine:
 
     Args:
         generator, tokenizer: eval-mode models on the same device.
-        dtype: ``"fp32"`` or ``"bf16"`` (CPU/GPU autocast; the cache is bf16 too).
+        dtype: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; the KV cache takes the same dtype).
         kernels: backend for the fused kernels, ``"auto"`` / ``"torch"`` / ``"triton"``
             (see :func:`hart.kernels.select_backend`).
         compile: wrap the generator's per-scale step in ``torch.compile`` (full graphs; shapes
@@ -335,7 +330,7 @@ class SamplingEngine:
                     logits_out.append(logits.float().clone())
                 T = logits.shape[1]  # pn_k^2 (a text prefix yields the 1x1 scale's one row)
                 r = opt.ratio(k, K)  # k / (K - 1); HART: the last scale reuses the previous one
-                t = opt.guidance(k, K)  # cfg * r (linear schedule) or cfg (constant)
+                t = opt.guidance(k, K)  # cfg * r
                 lc = logits[:B].reshape(B * T, V)
                 lu = logits[B:].reshape(B * T, V) if use_cfg else None
                 u, gumbel = noise.scale(k)

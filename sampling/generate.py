@@ -23,8 +23,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from hart.common.errors import UserError, cli_entry, examples_epilog
-from hart.common.fs import output_dir, output_file, read_text
+from hart.common.args import add_device_argument, examples_epilog
+from hart.common.errors import UserError, cli_entry
+from hart.common.fs import output_dir, output_file, read_prompt_lines
 from sampling.options import add_sampling_arguments, sampling_options
 
 
@@ -46,10 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=8, help="images per class or prompt: one row each (default 8)")
     add_sampling_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the first image (default 0)")
-    p.add_argument("--out", default="grid.png", help="output PNG grid (default grid.png)")
-    p.add_argument("--save-each", default=None, metavar="DIR", help="also write every image as DIR/cCLASS_NNNN.png")
+    p.add_argument("--out", default="grid.png",
+                   help="the grid, in the format its extension names (default grid.png; .jpg, .webp too)")
+    p.add_argument("--save-each", default=None, metavar="DIR", help="also write every image as DIR/cCLASS_NNNN.png (class models) or DIR/pPROMPT_NNNN.png (the "
+                        "prompt's number, from 0; text models), NNNN the image's index")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward (default 16)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_device_argument(p)
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="compute dtype (default fp32; fp16 is HART's, for GPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the per-scale step")
@@ -74,6 +77,9 @@ def _check_args(args) -> None:
     if args.prompts_file:
         args.prompts = args.prompts + read_prompts(args.prompts_file)
     output_file(args.out)  # a path that cannot be written is one line now, not after the sampling
+    from hart.common.images import image_format
+
+    image_format(args.out)  # an extension no image format has, too
     if args.save_each:
         output_dir(args.save_each, "--save-each")
     if (args.classes or args.all_classes) and args.prompts:
@@ -84,13 +90,8 @@ def _check_args(args) -> None:
 
 
 def read_prompts(path) -> list[str]:
-    """One prompt per line; blank lines and ``#`` comments skipped; one line if none is left."""
-    p = Path(path)
-    prompts = [ln.strip() for ln in read_text(p, "prompts file").splitlines()]
-    prompts = [ln for ln in prompts if ln and not ln.startswith("#")]
-    if not prompts:
-        raise UserError(f"prompts file {p} has no prompts (one per line)")
-    return prompts
+    """The prompts of a prompts file (:func:`hart.common.fs.read_prompt_lines`)."""
+    return [text for _, text in read_prompt_lines(path)]
 
 
 def resolve_classes(args, config) -> list[int]:
@@ -99,10 +100,6 @@ def resolve_classes(args, config) -> list[int]:
     if args.all_classes:
         return list(range(config.num_classes))
     return config.check_class_ids([int(c) if c.lstrip("-").isdigit() else c for c in args.classes])
-
-
-def class_label(config, c: int) -> str:
-    return config.display.class_names[c] if c < len(config.display.class_names) else f"class {c}"
 
 
 @cli_entry
@@ -135,7 +132,7 @@ def main(argv=None):
     else:
         args.classes = resolve_classes(args, config)
         pipe.check_class_ids(args.classes)
-        row_keys, row_labels = args.classes, [class_label(config, c) for c in args.classes]
+        row_keys, row_labels = args.classes, [config.class_label(c) for c in args.classes]
         key = "class_ids"
     w, h = grid_size(len(row_keys), args.num, pipe.tokenizer.config.resolution, row_labels, scale=args.scale)
     if w * h > MAX_GRID_PIXELS:
@@ -158,7 +155,8 @@ def main(argv=None):
         for j, img in enumerate(to_pil(images)):
             tag = f"p{j // args.num}" if args.prompts else f"c{items[j]}"
             img.save(d / f"{tag}_{j:04d}.png")
-    print(f"wrote {out} ({len(items)} images)" + (f" and one PNG per image in {args.save_each}" if args.save_each else ""))
+    print(f"wrote {out} ({len(items)} image{'s' if len(items) != 1 else ''})"
+          + (f" and one PNG per image in {args.save_each}" if args.save_each else ""))
     return 0
 
 

@@ -14,7 +14,6 @@ from typing import ClassVar
 from hart.common.errors import UserError
 
 DEFAULT_PRESET = "var-fid"
-CFG_SCHEDULES = ("linear", "constant")
 
 
 @dataclasses.dataclass
@@ -40,15 +39,10 @@ class SamplingOptions:
     # sampler reuses the ratio left over from scale K - 2 for the last scale's logits, its
     # smoothing and the head; a documented quirk kept for the official weights)
     last_scale_ratio: str = "last"
-    # how guidance grows over the scales: "linear" (VAR and HART: t_k = cfg * r_k, no guidance
-    # at the 1x1 scale) or "constant" (t_k = cfg at every scale, so the coarse scales that lay
-    # out a scene are guided too; the smoothing keeps r_k)
-    cfg_schedule: str = "linear"
 
     def guidance(self, k: int, num_scales: int) -> float:
-        """t_k, the guidance of scale k: logits (1 + t_k) cond - t_k uncond."""
-        if self.cfg_schedule == "constant":
-            return self.cfg
+        """t_k = cfg * r_k, the guidance of scale k (VAR's and HART's linear growth, none at the
+        1x1 scale): logits (1 + t_k) cond - t_k uncond."""
         return self.cfg * self.ratio(k, num_scales)
 
     def ratio(self, k: int, num_scales: int) -> float:
@@ -81,8 +75,8 @@ class SamplingOptions:
                                 "diff_temperature": (False, True), "head_cfg": (False, True)}
 
     def validate(self) -> "SamplingOptions":
-        """Check every value (one line naming the option for a bad one); numbers given as other
-        numeric types (numpy, a whole float for a count) are converted."""
+        """Check every value (one line starting with the field's name for a bad one); numbers given
+        as other numeric types (numpy, a whole float for a count) are converted."""
         for name, (integer, optional) in self.NUMBERS.items():
             setattr(self, name, _number(name, getattr(self, name), integer, optional))
         if not isinstance(self.smooth, (bool, int)):
@@ -93,19 +87,17 @@ class SamplingOptions:
         self.top_k_schedule = tuple(tuple(int(v) for v in pair) for pair in self.top_k_schedule)
         for value in [self.top_k] + [v for _, v in self.top_k_schedule]:
             if value < 0:
-                raise UserError(f"top-k must be >= 0 (0 turns it off), got {value}")
+                raise UserError(f"top_k must be >= 0 (0 turns it off), got {value}")
         if not (0.0 < self.top_p <= 1.0):
-            raise UserError(f"top-p must be in (0, 1], got {self.top_p}")
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise UserError(f"temperature must be > 0, got {self.temperature}")
         if self.diff_steps is not None and self.diff_steps < 1:
-            raise UserError(f"diffusion steps must be >= 1, got {self.diff_steps}")
+            raise UserError(f"diff_steps must be >= 1, got {self.diff_steps}")
         if self.head_cfg is not None and not (math.isfinite(self.head_cfg) and self.head_cfg >= 0):
-            raise UserError(f"head-cfg must be >= 0, got {self.head_cfg}")
+            raise UserError(f"head_cfg must be >= 0, got {self.head_cfg}")
         if self.diff_temperature is not None and not (self.diff_temperature >= 0 and math.isfinite(self.diff_temperature)):
-            raise UserError(f"diff-temperature must be >= 0, got {self.diff_temperature}")
-        if self.cfg_schedule not in CFG_SCHEDULES:
-            raise UserError(f"cfg-schedule must be one of {', '.join(CFG_SCHEDULES)}, got {self.cfg_schedule!r}")
+            raise UserError(f"diff_temperature must be >= 0, got {self.diff_temperature}")
         if self.last_scale_ratio not in ("last", "previous"):
             raise UserError(f"last_scale_ratio must be 'last' or 'previous', got {self.last_scale_ratio!r}")
         return self
@@ -123,7 +115,9 @@ def _number(name: str, value, integer: bool, optional: bool):
         return int(value)
     try:
         f = float(value)
-    except (TypeError, ValueError, OverflowError):
+    except OverflowError:  # an int beyond a float's range
+        raise UserError(f"{name} is out of range: a number of {len(str(abs(value)))} digits") from None
+    except (TypeError, ValueError):
         raise UserError(f"{name} must be {kind}, got {value!r}") from None
     if not integer:
         return f
@@ -157,9 +151,6 @@ def add_sampling_arguments(p) -> None:
     p.add_argument("--top-p", type=float, default=None, help="nucleus mass in (0, 1] (overrides)")
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature (default 1)")
     p.add_argument("--smooth", action="store_true", default=None, help="VAR's Gumbel smoothing of the latent updates")
-    p.add_argument("--cfg-schedule", choices=CFG_SCHEDULES, default=None,
-                   help="guidance over the scales: linear (VAR, HART: 0 at 1x1, cfg at the last) or "
-                        "constant (cfg at every scale)")
     p.add_argument("--head-cfg", type=float, default=None,
                    help="guidance of the residual head (default 0, measured best; the hart preset: --cfg)")
     p.add_argument("--diff-temperature", type=float, default=None,
@@ -190,12 +181,13 @@ def _describe(d: dict) -> str:
 def sampling_options(args, model_preset: str = "") -> SamplingOptions:
     """The preset named by ``args.sampling`` (else the model's ``config.display.sampling``, else
     :data:`DEFAULT_PRESET`) with the flags that were given; validated."""
-    given = {k: getattr(args, k) for k in ("cfg", "top_k", "top_p", "temperature", "smooth", "head_cfg", "cfg_schedule",
+    given = {k: getattr(args, k) for k in ("cfg", "top_k", "top_p", "temperature", "smooth", "head_cfg",
                                    "diff_temperature")}
     name = args.sampling or model_preset or DEFAULT_PRESET
     opts = SamplingOptions.preset(name, **{k: v for k, v in given.items() if v is not None})
     try:
         return opts.validate()
-    except UserError as e:  # its messages start with the field: name the flag instead
-        raise UserError(f"--{e}") from None
+    except UserError as e:  # its messages start with the field's name: name the flag instead
+        field, _, rest = str(e).partition(" ")
+        raise UserError(f"--{field.replace('_', '-')} {rest}") from None
 

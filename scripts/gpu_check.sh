@@ -25,15 +25,9 @@ OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 VAR_SRC=${VAR_SRC:-.ext/VAR}
 HART_SRC=${HART_SRC:-.ext/hart}  # a mit-han-lab/hart checkout (its hart/ folder is enough), for `all`
-if [ ! -d /tmp/site ] && { [ -d .whl ] || [ -n "${SITE_TAR:-}" ]; }; then
-  mkdir -p /tmp/site
-  if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-  else tar xJf "$SITE_TAR" -C /tmp/site || exit 1; fi
-fi
-export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1 GRADIO_ANALYTICS_ENABLED=False
-hart() { python -c 'import sys; from hart.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
-step() { echo; echo "=== $* ($(date +%T))"; }
+. scripts/gpu_lib.sh
+gpu_site /tmp/site "${SITE_TAR:-}" || exit 1
+export GRADIO_ANALYTICS_ENABLED=False
 W=/tmp/gpu-check
 DEV=${DEVICE:-cuda}  # DEVICE=cpu QUICK=1: a dry run of the cli stage on a CPU, with few steps
 q() { if [ -n "${QUICK:-}" ]; then echo $(( ($1 + 49) / 50 * 2 )); else echo "$1"; fi; }

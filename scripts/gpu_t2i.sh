@@ -21,13 +21,10 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 SITE=/tmp/site
-mkdir -p "$SITE"
-if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl || exit 1
-else tar xJf "${SITE_TAR:-.ext/site-train.tar.xz}" -C "$SITE" || exit 1; fi
-export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+. scripts/gpu_lib.sh
+gpu_site "$SITE" "${SITE_TAR:-.ext/site-train.tar.xz}" || exit 1
+export HF_HUB_OFFLINE=1
 python scripts/minilm_pack.py unpack --src "${MINILM:-.ext/minilm-shapes}" --site "$SITE" || exit 1
-hart() { python -c 'import sys; from hart.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
-step() { echo; echo "=== $* ($(date +%T))"; }
 W=/tmp/t2i
 rm -rf "$W" && mkdir -p "$W"
 TOK=${TOK:-sampling/default_t2i_model/tokenizer}

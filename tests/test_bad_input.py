@@ -203,6 +203,25 @@ def test_generate_refuses_a_grid_too_large(demo_model_dir, tmp_path, capsys):
     assert not (tmp_path / "g.png").exists()
 
 
+def test_generate_writes_the_format_its_out_names(demo_model_dir, tmp_path, capsys):
+    """--out grid.jpg is a JPEG (it was PNG bytes under a .jpg name); an extension no image
+    format has is one line before any sampling."""
+    from PIL import Image
+
+    from hart.cli import main
+
+    for name, fmt in (("g.jpg", "JPEG"), ("g.webp", "WEBP"), ("g", "PNG")):
+        assert main(["generate", "--model", str(demo_model_dir), "--class", "0", "--num", "1",
+                     "--out", str(tmp_path / name)]) == 0
+        with Image.open(tmp_path / name) as im:
+            assert im.format == fmt
+    assert "wrote" in capsys.readouterr().out
+    line = one_line(capsys, ["generate", "--model", str(tmp_path / "no-model"), "--class", "0", "--num", "1",
+                             "--out", str(tmp_path / "g.xyz")])
+    assert "cannot write a .xyz image" in line  # said before the model is even looked for
+    assert not (tmp_path / "g.xyz").exists()
+
+
 def test_prompts_that_are_not_text():
     from hart.common.errors import UserError
     from hart.text import check_prompts

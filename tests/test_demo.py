@@ -24,7 +24,7 @@ from scripts.screenshot import available, capture, free_port  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 from tests.conftest import DEMO_CLASS_NAMES as NAMES  # noqa: E402
 R = 16  # tiny tokenizer resolution
-GOOD = dict(class_name="shoe", cfg=1.5, top_k=64, top_p=0.96, temperature=1.0, seed=3, num_images=3)
+GOOD = dict(subject="shoe", cfg=1.5, top_k=64, top_p=0.96, temperature=1.0, seed=3, num_images=3)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_api_same_seed_same_images(client):
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(class_name="sock"), "unknown class 'sock'"),
+    (dict(subject="sock"), "unknown class 'sock'"),
     (dict(cfg=-1), "CFG must be >= 0"),
     (dict(cfg=1000), "CFG must be <= 20"),
     (dict(top_k=-5), "top-k must be >= 0"),

@@ -136,7 +136,7 @@ def test_generator_run_writes_jsonl_events_and_a_sample_grid_per_class(tokdir, t
     shots = ea.Images("samples")
     assert [e.step for e in shots] == [1, 2]
     # one row per class of the synthetic data (6), 4 fixed seeds; 16 px images drawn at 4x
-    from hart.train import SAMPLE_COLS
+    from hart.train_samples import SAMPLE_COLS
 
     with Image.open(out / "samples.png") as png:
         assert png.size == (shots[-1].width, shots[-1].height)
@@ -145,7 +145,7 @@ def test_generator_run_writes_jsonl_events_and_a_sample_grid_per_class(tokdir, t
 
 
 def test_sample_grid_uses_fixed_seeds(tokdir):
-    from hart.train import sample_grid
+    from hart.train_samples import sample_grid
     from sampling.previews import sample_images
     from tests.gen_common import make_trainer
 

@@ -11,7 +11,6 @@ from hart.config import GeneratorConfig
 from hart.common.errors import UserError
 from hart.model import HARTGenerator
 from sampling import HARTPipeline, SamplingEngine, SamplingOptions
-from sampling.engine import cfg_ratio
 from sampling.seeds import make_generators
 from tokenizer import HybridTokenizer, TokenizerConfig
 
@@ -72,16 +71,15 @@ def test_outputs_shapes_and_ranges(pipe):
     assert out.previews is None
 
 
-@pytest.mark.parametrize("schedule", ["linear", "constant"])
-def test_top_k_one_is_greedy(pipe, schedule):
+def test_top_k_one_is_greedy(pipe):
     """top-k 1 takes the argmax of the guided logits at every scale, whatever the seed, with
-    t_k = cfg * k / (K - 1) (linear) or cfg at every scale (constant)."""
-    opts = dict(cfg=2.0, top_k=1, cfg_schedule=schedule, decode=False)
+    t_k = cfg * k / (K - 1)."""
+    opts = dict(cfg=2.0, top_k=1, decode=False)
     a = pipe.sample([2], seed=0, return_logits=True, **opts)
     b = pipe.sample([2], seed=99, **opts)
     K = len(a.ids)
     for k, (ia, ib, lg) in enumerate(zip(a.ids, b.ids, a.logits)):
-        t = 2.0 if schedule == "constant" else cfg_ratio(2.0, k, K)
+        t = cfg_ratio(2.0, k, K)
         guided = (1 + t) * lg[:1] - t * lg[1:]
         assert torch.equal(ia, ib) and torch.equal(ia, guided.argmax(-1))
 
@@ -102,14 +100,13 @@ def test_top_k_schedule_switches_from_a_scale_on(pipe):
     assert SamplingOptions.preset("var-demo", cfg=2.0).cfg == 2.0
 
 
+def cfg_ratio(cfg: float, k: int, num_scales: int) -> float:
+    return SamplingOptions(cfg=cfg).guidance(k, num_scales)
+
+
 def test_cfg_ratio_schedule():
     assert [cfg_ratio(3.0, k, 4) for k in range(4)] == [0.0, 1.0, 2.0, 3.0]
     assert cfg_ratio(2.0, 0, 1) == 2.0
-    const = SamplingOptions(cfg=3.0, cfg_schedule="constant")
-    assert [const.guidance(k, 4) for k in range(4)] == [3.0] * 4
-    assert [const.ratio(k, 4) for k in range(4)] == [0.0, 1 / 3, 2 / 3, 1.0]  # smoothing keeps r_k
-    with pytest.raises(UserError, match="cfg-schedule"):
-        SamplingOptions(cfg_schedule="cosine").validate()
 
 
 def test_same_seed_same_images_other_seed_different(pipe):
@@ -183,8 +180,10 @@ def test_pil_output(pipe):
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(cfg=-0.1), "cfg must be >= 0"), (dict(top_p=0.0), "top-p"), (dict(top_p=1.5), "top-p"),
-    (dict(top_k=-1), "top-k"), (dict(temperature=0.0), "temperature"), (dict(diff_steps=0), "diffusion steps"),
+    (dict(cfg=-0.1), "cfg must be >= 0"), (dict(top_p=0.0), "top_p must be in (0, 1]"), (dict(top_p=1.5), "top_p"),
+    (dict(top_k=-1), "top_k must be >= 0"), (dict(temperature=0.0), "temperature"), (dict(diff_steps=0), "diff_steps must be >= 1"),
+    (dict(head_cfg=-1), "head_cfg must be >= 0"),
+    (dict(cfg=10 ** 400), "cfg is out of range: a number of 401 digits"),
     (dict(cfg="x"), "cfg must be a number, got 'x'"), (dict(cfg=None), "cfg must be a number, got None"),
     (dict(top_k=1.5), "top_k must be a whole number, got 1.5"), (dict(smooth="yes"), "smooth must be True or False"),
     (dict(seed="abc"), "a seed must be a whole number, got 'abc'"), (dict(seed=None), "got None"),
@@ -331,7 +330,7 @@ def test_head_cfg_guides_only_the_residual():
     off = pipe.sample([1, 2], seed=5, cfg=2.0, top_k=20)  # default: no guidance on the head
     assert all(torch.equal(a, b) for a, b in zip(base.ids, off.ids))
     assert torch.equal(base.residual, same.residual) and not torch.allclose(base.residual, off.residual)
-    with pytest.raises(UserError, match="head-cfg"):
+    with pytest.raises(UserError, match="head_cfg must be >= 0"):
         SamplingOptions(head_cfg=-1.0).validate()
 
 
@@ -349,6 +348,10 @@ def test_diff_temperature_flag_cools_only_the_residual():
     for bad in ("-1", "nan", "inf"):
         with pytest.raises(UserError, match="^--diff-temperature must be >= 0"):
             sampling_options(parse(["--class", "1", "--diff-temperature", bad]))
+    for flags, message in ((["--top-p", "2"], "--top-p must be in (0, 1], got 2.0"),
+                           (["--top-k", "-3"], "--top-k must be >= 0"), (["--head-cfg", "-1"], "--head-cfg must be >= 0")):
+        with pytest.raises(UserError, match="^" + re.escape(message)):  # the flag, as it was typed
+            sampling_options(parse(["--class", "1", *flags]))
     tok, gen = _models()
     with torch.no_grad():
         for blk in gen.diffusion.res_blocks:

@@ -194,3 +194,32 @@ def test_compile_trains_the_same_model(tokdir, tmp_path):
     lb = [json.loads(x)["loss/total"] for x in (tmp_path / "comp" / "metrics.jsonl").read_text().splitlines()]
     assert len(la) == len(lb) == 2
     assert all(abs(x - y) < 1e-3 * abs(x) for x, y in zip(la, lb)), (la, lb)
+
+
+def test_latent_scales_are_measured_over_one_pass_of_a_small_folder(tokdir, tmp_path, monkeypatch):
+    """A folder smaller than the measurement's cap is read once, not encoded again and again
+    until 2,048 images have gone by (minutes on a CPU for a folder of 20)."""
+    from PIL import Image
+
+    import hart.train as train_mod
+
+    folder = tmp_path / "imgs"
+    g = torch.Generator().manual_seed(0)
+    for i in range(10):
+        (folder / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        px = (torch.rand(16, 16, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(px).save(folder / f"c{i % 2}" / f"{i}.png")
+    seen = []
+    real = train_mod.measure_latent_scales
+
+    def spy(batches, *a, **kw):
+        def counted():
+            for b in batches:
+                seen.append(b[1].shape[0])
+                yield b
+        return real(counted(), *a, **kw)
+
+    monkeypatch.setattr(train_mod, "measure_latent_scales", spy)
+    assert train_main(["--tokenizer", str(tokdir), "--preset", "tiny", "--data", f"folder:{folder}",
+                       "--out", str(tmp_path / "run"), "--batch-size", "4", "--steps", "1"]) == 0
+    assert 10 <= sum(seen) < 10 + 4  # one pass, in batches of 4

@@ -30,15 +30,15 @@ def old_cache(cache, tmp_path_factory):
 
     from safetensors.torch import save_file
 
-    from hart.text import encode_all, load_text_encoder
+    from hart.text import load_text_encoder
 
     out = tmp_path_factory.mktemp("t2i-old") / "cache"
     shutil.copytree(cache, out)
     captions = json.loads((out / "captions.json").read_text())
     (out / "captions.json").unlink()
     t = load_file(str(out / "tokens.safetensors"))
-    t["context"], mask = encode_all(load_text_encoder("minilm", 8), captions, progress=False)
-    t["context_mask"] = mask.to(torch.uint8)
+    context, mask = load_text_encoder("minilm", 8).encode(captions, warn=False)  # a cache of embeddings
+    t["context"], t["context_mask"] = context.half(), mask.to(torch.uint8)
     save_file(t, str(out / "tokens.safetensors"))
     meta = json.loads((out / "meta.json").read_text())
     meta.update(text_encoder="minilm", context_tokens=8, context_dim=384)  # what that layout recorded
@@ -206,19 +206,23 @@ def test_eval_alignment_cli(tokdir, cache, tmp_path, capsys):
     # --prompts FILE: the user's prompts, every one scored or listed as unreadable
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# mine\na big red circle\n\nthere are 3 blue squares\na pink elephant\n"
-                       "a red circle next to a blue square\n", encoding="utf-8")
+                       "a red circle next to a blue square\na small red circle left of a large blue square\n",
+                       encoding="utf-8")
     capsys.readouterr()
     align_main(["--model", str(tmp_path / "m"), "--prompts", str(prompts), "--num", "2", "--out", str(tmp_path / "p.json")])
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "p.json").read_text())
-    assert out.startswith("unreadable: 2 of 4 prompts in") and "line 5: 'a pink elephant': unknown word 'pink'" in out
-    assert "line 6: 'a red circle next to a blue square': unknown word 'next'" in out
+    assert out.startswith("unreadable: 2 of 5 prompts in") and "line 5: 'a pink elephant': unknown word 'pink'\n" in out
+    assert "line 6: 'a red circle next to a blue square': unknown word 'next'\n" in out  # the prompt said once
     assert report["num_unreadable"] == 2 and [u["line"] for u in report["unreadable"]] == [5, 6]
-    assert report["prompts"]["n"] == report["ceiling"]["n"] == 4
+    assert report["prompts"]["n"] == report["ceiling"]["n"] == 6
     assert [(p["line"], p["reads_as"], p["kind"], p["n"]) for p in report["per_prompt"]] == [
-        (2, "a large red circle", "single", 2), (4, "three blue squares", "count", 2)]
-    assert [report["prompts"]["kinds"][k]["n"] for k in ("single", "count", "pair")] == [2, 2, 0]
-    assert report["prompts"]["kinds"]["pair"]["all"] is None
+        (2, "a large red circle", "single", 2), (4, "three blue squares", "count", 2),
+        (7, "a small red circle left of a large blue square", "pair", 2)]
+    assert [report["prompts"]["kinds"][k]["n"] for k in ("single", "count", "pair")] == [2, 2, 2]
+    # the model reads 8 tokens ([CLS] + 6 words + [SEP]): the long prompt is said to be cut short
+    assert [p["model_reads"] for p in report["per_prompt"]] == [None, None, "a small red circle left of"]
+    assert "truncated: the model reads only 'a small red circle left of'" in out
     assert out.strip().splitlines()[-1] == (
         f"prompts={report['prompts']['all']:.3f} ceiling={report['ceiling']['all']:.3f} "
         f"tokenizer={report['tokenizer']['all']:.3f} tokenizer_hybrid={report['tokenizer_hybrid']['all']:.3f} "

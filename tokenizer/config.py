@@ -81,8 +81,10 @@ class TokenizerConfig(ConfigBase):
             )
         if self.patch_nums[0] != 1 or list(self.patch_nums) != sorted(set(self.patch_nums)):
             raise UserError(f"patch_nums {self.patch_nums} must start at 1 and increase strictly")
-        if self.ch % 32 or self.z_channels < 1:
+        if self.ch % 32:
             raise UserError(f"ch {self.ch} must be a multiple of 32 (GroupNorm with 32 groups)")
+        if self.z_channels < 1:
+            raise UserError(f"z_channels must be at least 1, got {self.z_channels}")
 
     @property
     def downsample(self) -> int:

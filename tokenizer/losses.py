@@ -28,21 +28,17 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 class PatchDiscriminator(nn.Module):
-    """PatchGAN (pix2pix NLayerDiscriminator): ndf 64, n_layers 3 as in HART's tokenizer.
+    """PatchGAN (pix2pix NLayerDiscriminator, BatchNorm): ndf 64, n_layers 3 as in HART's tokenizer."""
 
-    ``norm``: ``"batch"`` (pix2pix's BatchNorm) or ``"none"`` (no normalization layers)."""
-
-    def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "batch"):
+    def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3):
         super().__init__()
-        if norm not in ("batch", "none"):
-            raise ValueError(f"norm must be 'batch' or 'none', not {norm!r}")
         layers = [nn.Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         mult = 1
         for n in range(1, n_layers + 1):
             prev, mult = mult, min(2 ** n, 8)
             stride = 2 if n < n_layers else 1
-            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=norm == "none"),
-                       nn.BatchNorm2d(ndf * mult) if norm == "batch" else nn.Identity(), nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=False),
+                       nn.BatchNorm2d(ndf * mult), nn.LeakyReLU(0.2, True)]
         layers += [nn.Conv2d(ndf * mult, 1, 4, 1, 1)]
         self.main = nn.Sequential(*layers)
         for m in self.modules():

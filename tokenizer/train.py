@@ -39,6 +39,7 @@ from hart.data.sources import splits_of
 from hart.common.ema import EMA
 from hart.common.errors import UserError, cli_entry
 from hart.common.images import grid, save_grid
+from hart.common.args import add_device_argument
 from hart.common.dist import DTYPE_CHOICES, autocast, resolve_device, resolve_dtype
 from hart.common.fs import output_dir
 from hart.common.io import WEIGHTS_NAME, load_weights, resolve_dir
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tensorboard", action="store_true", help="metrics.jsonl only, no TensorBoard event files")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_argument(p)
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="autocast dtype of the encoder, decoder and discriminator; the quantizer stays fp32 "
                         "(auto: bf16 on a GPU, fp32 on the CPU; bf16 pays on CPUs with avx512_bf16 or AMX)")

@@ -1,5 +1,4 @@
-"""User-facing errors: one clear line, never a traceback; and what a command's --help shows
-below its options (:func:`examples_epilog`).
+"""User-facing errors: one clear line, never a traceback.
 
 Plumbing leaf: imports nothing else of the project.
 """
@@ -91,8 +90,3 @@ def cli_entry(main):
 
     return wrapper
 
-
-def examples_epilog(doc: str) -> str:
-    """The part of a module docstring after ``Examples::``, headed ``examples:`` and without
-    reST's double backticks, for an ``argparse`` epilog."""
-    return "examples:" + doc.split("Examples::", 1)[1].replace("``", "")

@@ -43,6 +43,16 @@ def read_text(path, what: str = "file") -> str:
     return decode_utf8(data, p, what)
 
 
+def read_prompt_lines(path) -> list[tuple[int, str]]:
+    """A prompts file: one prompt a line, blank lines and ``#`` comments skipped ->
+    [(line number, prompt)]; one line naming the file if no prompt is left."""
+    lines = [(n, ln.strip()) for n, ln in enumerate(read_text(path, "prompts file").splitlines(), 1)]
+    lines = [(n, ln) for n, ln in lines if ln and not ln.startswith("#")]
+    if not lines:
+        raise UserError(f"prompts file {path} has no prompts (one per line)")
+    return lines
+
+
 def _writable_folder(folder: Path, flag: str, target: Path) -> None:
     """Make ``folder`` (and its parents) when missing and check that a file can be created in it."""
     existing = next(p for p in (folder, *folder.parents) if p.exists())

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from hart.common.errors import UserError
 from hart.common.io import atomic_file
 
 
@@ -93,9 +94,24 @@ def grid(rows: list, row_labels=None, pad: int = 2, scale: int = 1) -> Image.Ima
     return canvas
 
 
+def image_format(path) -> str:
+    """The Pillow format that ``path``'s extension names (PNG without one); one line for an
+    extension Pillow does not write."""
+    suffix = Path(path).suffix.lower()
+    if not suffix:
+        return "PNG"
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        raise UserError(f"cannot write a {suffix} image ({path}); name it .png (or .jpg, .webp, .bmp, .tif)")
+    return fmt
+
+
 def save_grid(rows: list, path, row_labels=None, scale: int = 1) -> Path:
+    """The grid of ``rows`` (see :func:`grid`) written to ``path`` in the format its extension
+    names (:func:`image_format`; PNG by default), atomically."""
     path = Path(path)
+    fmt = image_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
-        grid(rows, row_labels, scale=scale).save(tmp, format="PNG")
+        grid(rows, row_labels, scale=scale).save(tmp, format=fmt)
     return path

@@ -30,7 +30,9 @@ A size a wording leaves out is not checked.
 ``--prompts FILE`` scores your own prompts instead (UTF-8, one per line; blank lines and lines
 starting with # skipped): ``--num`` images each (seeds ``--seed + k``), with the ceiling on
 ground-truth renders laid out for each prompt. A prompt the parser cannot read is listed
-(line, prompt, why) and counted as unreadable, never dropped silently.
+(line, prompt, why) and counted as unreadable, never dropped silently. A prompt longer than the
+model's text context is scored as written and marked with the part the model reads
+(``model_reads`` in ``--out``; None when it reads all of it).
 
 Accuracy per attribute is the fraction of images where it holds (``position`` over the
 prompts with a relation); an image is aligned when all of them hold. Each column is also split
@@ -49,8 +51,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from hart.common.args import add_device_argument
 from hart.common.errors import UserError, cli_entry
-from hart.common.fs import output_file, read_text
+from hart.common.fs import output_file, read_prompt_lines
 from sampling.options import add_sampling_arguments, as_sampled, sampling_options
 
 ATTRIBUTES = ("object", "colour", "size", "count", "position", "all")
@@ -117,16 +120,12 @@ def read_prompt_file(path) -> tuple[list, list]:
     from hart.data.shapes import parse_prompt
 
     readable, unreadable = [], []
-    for n, line in enumerate(read_text(path, "prompts file").splitlines(), 1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
+    for n, text in read_prompt_lines(path):
         try:
             readable.append((n, text, parse_prompt(text)))
-        except UserError as e:
-            unreadable.append((n, text, str(e).split("; ")[0]))
-    if not readable and not unreadable:
-        raise UserError(f"prompts file {path} has no prompts (one per line)")
+        except UserError as e:  # the reason alone: the report names the line and the prompt
+            why = str(e).split("; ")[0].replace(f" in prompt {text!r}", "").replace(f"prompt {text!r} is ", "")
+            unreadable.append((n, text, why))
     return readable, unreadable
 
 
@@ -194,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     add_sampling_arguments(p)
     p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--device", default="cpu")
+    add_device_argument(p)
     p.add_argument("--out", default=None, help="write the full report (per attribute, per set) as JSON")
     p.add_argument("--grid", default=None, help="write a PNG of the first generated images with their prompts")
     return p
@@ -224,7 +223,12 @@ def main(argv=None):
         raise UserError("--num and --batch-size must be positive")
     from sampling.seeds import check_seeds
 
-    check_seeds([args.seed, args.seed + args.num - 1])  # image j has seed --seed + j
+    check_seeds([args.seed])
+    try:
+        check_seeds([args.seed + args.num - 1])  # image j has seed --seed + j
+    except UserError:
+        raise UserError(f"--num {args.num} is too large for --seed {args.seed}: image j has seed --seed + j, "
+                        "which must stay below 2^63") from None
     for flag, path in (("--out", args.out), ("--grid", args.grid)):
         if path:
             output_file(path, flag)
@@ -271,10 +275,13 @@ def main(argv=None):
         from hart.data.shapes import CANONICAL, phrase
 
         per_prompt = []
+        encoder = pipe.text_encoder
         for j, (n, text, spec) in enumerate(readable):
             res = verdicts["prompts"][j * args.num:(j + 1) * args.num]
             per_prompt.append({"line": n, "prompt": text, "reads_as": phrase(spec, CANONICAL[spec.kind]),
-                               "kind": spec.kind, "aligned": sum(r["all"] for r in res) / len(res), "n": len(res)})
+                               "kind": spec.kind, "aligned": sum(r["all"] for r in res) / len(res), "n": len(res),
+                               # longer than the encoder's context: what the model was given of it
+                               "model_reads": encoder.kept(text)})
         results["per_prompt"] = per_prompt
         results["unreadable"] = [{"line": n, "prompt": text, "error": why} for n, text, why in unreadable]
         results["num_unreadable"] = len(unreadable)
@@ -283,6 +290,8 @@ def main(argv=None):
         for r in per_prompt:
             same = r["reads_as"] == r["prompt"].lower().strip(" .")
             print(f"{r['aligned']:>7.3f}  {r['prompt']}" + ("" if same else f"  ({r['reads_as']})"))
+            if r["model_reads"] is not None:
+                print(f"         truncated: the model reads only {r['model_reads']!r}")
     else:
         _table(results, {**SETS, **CEILINGS})
     if args.out:

@@ -83,30 +83,23 @@ class _R2:
 
 
 def _head_draws(gen, head_cond: torch.Tensor, draws: int, g: torch.Generator, steps: int | None = None,
-               temperature: float | None = None, sampler: str | None = None) -> torch.Tensor:
+               temperature: float | None = None) -> torch.Tensor:
     """``draws`` head samples per token. head_cond (B, N, C) -> (draws, B, z, n, n) in latent units.
 
-    steps / temperature / sampler: None takes the model's (``diff_sample_steps``,
-    ``diff_temperature``, ``diff_sampler``), as the model samples."""
+    steps / temperature: None takes the model's (``config.head.sample_steps`` /
+    ``config.head.temperature``), as the model samples; the sampler is the model's
+    (``config.head.sampler``)."""
     c = gen.config
     B, N, _ = head_cond.shape
     n = int(round(N ** 0.5))
     cond = head_cond.reshape(B * N, -1).repeat(draws, 1)
     steps, temperature = head_settings(steps, temperature, c)
-    x = sample_residual(gen.diffusion, cond, steps=steps, generator=g, sampler=sampler or c.head.sampler,
+    x = sample_residual(gen.diffusion, cond, steps=steps, generator=g, sampler=c.head.sampler,
                         num_train_timesteps=c.head.train_steps, temperature=temperature,
                         prediction=c.head.prediction)  # (draws*B*N, z)
     x = gen.from_target(x.float()).view(draws, B, N, -1)
     x = x.permute(0, 1, 3, 2).reshape(draws * B, -1, n, n)
     return x.view(draws, B, -1, n, n)
-
-
-def _true_ids_cond(tok, gen, code, labels: torch.Tensor) -> torch.Tensor:
-    """The head's condition for every last-scale token given the true ids: the transformer
-    teacher-forced on ``code.ids`` with ``labels``, and the true last-scale codes. -> (B, N, C)"""
-    N = tok.config.latent_size ** 2
-    hidden = gen(labels, tok.teacher_inputs(code.ids)).hidden[:, -N:]
-    return gen.diffusion_cond(hidden, tok.code_vectors(code.ids[-1]), code.f_hat)
 
 
 @torch.no_grad()
@@ -189,12 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the head's draws and of the own-id draws")
     p.add_argument("--diff-steps", type=int, default=None, help="the head's sampling steps (default: the model's)")
     p.add_argument("--diff-temperature", type=float, default=None,
-                   help="the head's temperature, >= 0 (default: the model's diff_temperature; below 1 draws colder)")
+                   help="the head's temperature, >= 0 (default: the model's own; below 1 draws colder)")
     return p
 
 
 def _load_models(model_dir):
-    """(tokenizer, generator) of a model folder, with one-line errors for what cannot be probed."""
+    """(tokenizer, generator, folder) of a model folder, with one-line errors for what cannot be probed."""
     from hart.model import HARTGenerator
     from sampling.pipeline import model_folder
     from tokenizer.model import HybridTokenizer
@@ -210,7 +203,7 @@ def _load_models(model_dir):
                         "conditional models (it conditions on the dataset's labels); for a text model use "
                         "hart eval-alignment")
     if gen.diffusion is None:
-        raise UserError(f"the generator in {folder} has no residual head (diff_head is off): there is nothing to "
+        raise UserError(f"the generator in {folder} has no residual head (its config has no head): there is nothing to "
                         "probe; train one with hart train --init ... --freeze-transformer and a preset with a head")
     return HybridTokenizer.from_pretrained(folder / "tokenizer"), gen, folder
 

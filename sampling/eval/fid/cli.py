@@ -45,7 +45,8 @@ import argparse
 import sys
 from dataclasses import asdict
 
-from hart.common.errors import UserError, cli_entry, examples_epilog
+from hart.common.args import add_device_argument, examples_epilog
+from hart.common.errors import UserError, cli_entry
 from hart.common.fs import output_file
 from sampling.eval.fid.embed import (default_cache_dir, reference_stats, stats_from_generator, stats_from_images,
                                      unreadable_note)
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-samples", type=int, default=None,
                    help="fewest images per set (default feature dim + 1, for a full-rank covariance)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers reading/resizing images")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    add_device_argument(p)
     g = p.add_argument_group("sampling (--model)")
     g.add_argument("--seed", type=int, default=0, help="seed of sample 0 (default 0)")
     g.add_argument("--prompts", default=None, metavar="FILE",
