@@ -181,6 +181,10 @@ def convert_hart(ckpt, out, text_encoder=None, overwrite: bool = False) -> tuple
     llm = _weights_in(ckpt / "llm", HART_LLM_WEIGHTS, "transformer")
     state = read_checkpoint(llm, skip=("attn_bias_for_masking",))
     generator, dropped = hart_generator_from_state(state, cfg, llm, str(Path(text_encoder).resolve()) if text_encoder else "")
+    if text_encoder is not None:
+        from hart.text import check_encoder_width
+
+        check_encoder_width(text_encoder, generator.config.context_dim, "--text-encoder")
     del state
     tok_file = _weights_in(ckpt / "tokenizer", HART_TOKENIZER_WEIGHTS, "tokenizer")
     vae, n_train = split_hart_tokenizer(read_checkpoint(tok_file), tok_file)

@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 from hart.common.errors import UserError
-from hart.common.io import CONFIG_NAME, WEIGHTS_NAME, atomic_dir, component_dir, read_weights, resolve_dir
+from hart.common.io import CONFIG_NAME, WEIGHTS_NAME, atomic_dir, component_dir, read_json, read_weights, resolve_dir
 from hart.common.loop import check_preset, check_resume_flags, run_meta
-from hart.config import GeneratorConfig
+from hart.config import GeneratorConfig, HeadConfig
 from hart.model import HARTGenerator
 from hart.tokens import tokenizer_fingerprint
 from tokenizer import HybridTokenizer
@@ -54,7 +54,50 @@ def resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gene
     if not config.is_text and not classes:
         raise UserError("the data has no class names, and a class-conditional model needs them: give folder:PATH "
                         "(one subfolder per class); images:PATH has no classes")
+    check_token_layout(config, tokenizer, args)
+    if args.init and not args.resume and not config.is_text:
+        config = fit_classes(config, HARTGenerator.load_config(generator_dir(args.init)), classes, args)
     return config
+
+
+def check_token_layout(config: GeneratorConfig, tokenizer: HybridTokenizer, args) -> None:
+    """One line, before anything is written, when the generator reads another token layout
+    (scales, codebook, latent channels) than ``--tokenizer`` writes."""
+    tc = tokenizer.config
+    ours = (tuple(config.patch_nums), config.codebook_size, config.z_channels)
+    theirs = (tuple(tc.patch_nums), tc.codebook_size, tc.z_channels)
+    if ours != theirs:
+        what = f"--init {args.init}" if args.init and not args.resume else "the run's generator"
+        raise UserError(f"{what} reads scales {list(ours[0])}, {ours[1]} codes of {ours[2]} channels, and --tokenizer "
+                        f"{args.tokenizer} writes scales {list(theirs[0])}, {theirs[1]} codes of {theirs[2]} channels: "
+                        "give the tokenizer the generator was trained with (its model folder's tokenizer/)")
+
+
+def same_classes(init: GeneratorConfig, config: GeneratorConfig) -> bool:
+    """Whether ``config`` (a run's, fitted to its data) has the classes of the ``--init`` model
+    it starts from: as many, and the same names where that model names them."""
+    own = tuple(init.display.class_names or ())
+    return init.num_classes == config.num_classes and (not own or own == tuple(config.display.class_names or ()))
+
+
+def fit_classes(config: GeneratorConfig, init: GeneratorConfig, classes, args) -> GeneratorConfig:
+    """A class model started from ``--init`` on data with its own ``classes``: the data's
+    classes (number and names). When they are not the model's own, the class embedding starts
+    fresh (:func:`same_classes`; said in one line): a new class never trains an old one's row."""
+    names = tuple(classes)
+    fitted = config.replace(num_classes=len(names), display=config.display.replace(class_names=names))
+    if same_classes(init, fitted):
+        return fitted
+    shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+    if args.freeze_transformer:
+        raise UserError(f"--freeze-transformer keeps --init {args.init}'s class embedding as it is, and the data has "
+                        f"other classes ({len(names)}: {shown}); train on its own classes, or without "
+                        "--freeze-transformer")
+    own = init.display.class_names
+    print(f"--init {args.init}: the data's {len(names)} classes ({shown}) are not its {init.num_classes}"
+          + (f" ({', '.join(own[:5])}{' ...' if len(own) > 5 else ''})" if own else "")
+          + "; the class embedding starts fresh")
+    return fitted
 
 
 def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> GeneratorConfig:
@@ -99,10 +142,13 @@ def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gen
         if not config.has_head:
             raise UserError("--residual-target is the residual head's target; this model has no head")
         config = config.replace_in("training", residual_from_sampled=args.residual_target == "sampled")
+    if not config.has_head and any(getattr(args, n, None) for n in ADDS_A_HEAD):
+        config = config.replace(head=HeadConfig())  # a head added (HART's MLP unless the flags say otherwise)
     for name, (section, field) in HEAD_FLAGS.items():
         if getattr(args, name, None):
             if not config.has_head:
-                raise UserError(f"--{name.replace('_', '-')} is about the residual head; this model has no head")
+                raise UserError(f"--{name.replace('_', '-')} is about the residual head; this model has no head "
+                                "(--diff-width / --diff-depth / --diff-mix add one)")
             config = config.replace_in(section, **{field: getattr(args, name)})
     if not config.has_head:
         return config
@@ -113,6 +159,8 @@ def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gen
 HEAD_FLAGS = {"diff_mix": ("head", "mix"), "diff_prediction": ("head", "prediction"), "diff_metric": ("head", "metric"),
               "diff_width": ("head", "width"), "diff_depth": ("head", "depth"),
               "diff_batch_mul": ("training", "diff_batch_mul")}
+# the flags that add a head to a model without one (--init of a plain VAR model)
+ADDS_A_HEAD = ("diff_mix", "diff_prediction", "diff_metric", "diff_width", "diff_depth")
 
 
 def flag_values(config: GeneratorConfig) -> dict:
@@ -143,7 +191,9 @@ def copy_tokenizer(src, out: Path) -> None:
     """Copy the tokenizer into ``out/tokenizer`` once; a run never switches tokenizers."""
     dst = out / "tokenizer"
     if dst.exists():
-        if tokenizer_fingerprint(dst) != tokenizer_fingerprint(src):
+        same = (tokenizer_fingerprint(dst) == tokenizer_fingerprint(src)  # weights, and the config they run with
+                and read_json(dst / CONFIG_NAME) == read_json(resolve_dir(src) / CONFIG_NAME))
+        if not same:
             raise UserError(f"{dst} holds another tokenizer than {src}; a run keeps the tokenizer it started with")
         return
     with atomic_dir(dst) as tmp:

@@ -214,11 +214,34 @@ def load_text_encoder(name: str, max_length: int, path=None, device="cpu") -> Te
     return TextEncoder(name, path=path, max_length=max_length, device=device)
 
 
+def check_encoder_width(path, width: int, what: str = "--text-encoder-path") -> None:
+    """One line when the encoder folder ``path`` (its ``config.json``'s ``hidden_size``, read
+    without loading the model) gives features of another width than ``width``, the one the
+    generator reads; a folder without that file is left to the loader."""
+    import json
+
+    try:
+        hidden = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("hidden_size")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(hidden, int) and hidden != width:
+        raise UserError(f"{what} {path}: that encoder gives {hidden}-wide features, and this model reads "
+                        f"{width}-wide ones; give the text encoder it was trained with")
+
+
 def text_encoder_for(config, path=None, device="cpu") -> TextEncoder:
     """The encoder of a text model's ``config``, from ``path`` if given (a run-time flag), else
-    from the folder the config records (``text_encoder_path``: a converted HART release's Qwen2)."""
-    return load_text_encoder(config.text_encoder, config.context_tokens,
-                             path or config.text_encoder_path or None, device)
+    from the folder the config records (``text_encoder_path``: a converted HART release's Qwen2);
+    one line when its width is not the one the model reads (``config.context_dim``)."""
+    path = path or config.text_encoder_path or None
+    what = "--text-encoder-path" if path and path != config.text_encoder_path else "the recorded text encoder"
+    if path:
+        check_encoder_width(path, config.context_dim, what)
+    encoder = load_text_encoder(config.text_encoder, config.context_tokens, path, device)
+    if encoder.dim != config.context_dim:
+        raise UserError(f"{what} {path or config.text_encoder}: that encoder gives {encoder.dim}-wide features, "
+                        f"and this model reads {config.context_dim}-wide ones; give the text encoder it was trained with")
+    return encoder
 
 
 class PromptCache:

@@ -16,8 +16,9 @@ caption once, kept in memory, when encoding images on the fly. Condition dropout
 uniform draw (``training.cond_drop``, 10%).
 
 ``--init DIR`` starts from the weights of a model folder's generator (fine-tuning); with
-``--preset`` the preset's shape is used and the parameters DIR lacks (a residual head added to
-a plain VAR model, say) start fresh. ``--freeze-transformer`` trains only the residual head
+``--preset`` the preset's shape is used. The parameters DIR lacks start fresh: a residual head
+added to a plain VAR model by the head flags (``--diff-width``...), and the class embedding
+when the data's classes are not the model's own (the data's classes and names are kept). ``--freeze-transformer`` trains only the residual head
 (the diffusion MLP and its ``decoder_norm``) on top of a trained transformer.
 The head's target scale (``stats.residual_scale``) is measured on the training data when a run
 starts, unless ``--init`` brings a trained head, whose scale is kept. ``--residual-target``
@@ -67,7 +68,7 @@ from hart.objective import TrainingObjective, measure_decoder_metric, measure_la
 from hart.attention import ATTENTION_IMPLS
 from hart.common.loop import (check_positive, check_range, load_run, nonfinite_loss, resume_flags, run_faults, run_meta,
                               save_run, set_lr, warmup_cosine)
-from hart.run_config import copy_tokenizer, generator_dir, init_weights, resolve_config
+from hart.run_config import copy_tokenizer, generator_dir, init_weights, resolve_config, same_classes
 from hart.train_samples import write_samples
 from tokenizer import HybridTokenizer
 
@@ -164,8 +165,11 @@ class GeneratorTrainer:
             ih = HARTGenerator.load_config(generator_dir(args.init)).head
             resized = resized or ih is None or ((ih.mix, ih.prediction, ih.metric)
                                                 != (config.head.mix, config.head.prediction, config.head.metric))
-        self.fresh = (init_weights(self.model, args.init, dist.is_main, ("diffusion.",) if resized else ())
-                      if args.init and not args.resume else [])
+        skip = ("diffusion.",) if resized else ()
+        if args.init and not args.resume and not config.is_text:
+            if not same_classes(HARTGenerator.load_config(generator_dir(args.init)), config):
+                skip += ("class_emb.",)  # other classes: rows of their own (hart.run_config.fit_classes)
+        self.fresh = init_weights(self.model, args.init, dist.is_main, skip) if args.init and not args.resume else []
         if args.freeze_transformer:
             for name, p in self.model.named_parameters():
                 p.requires_grad_(name.startswith(HEAD_PREFIXES))

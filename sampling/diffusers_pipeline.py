@@ -51,7 +51,7 @@ from hart.diffusion import make_head_scheduler
 from hart.model import HARTGenerator
 from sampling.engine import DTYPES, SamplingEngine
 from sampling.seeds import make_generators
-from sampling.options import SamplingOptions
+from sampling.options import SamplingOptions, model_options
 from sampling.pipeline import as_list, condition_inputs, model_folder
 from tokenizer.model import HybridTokenizer
 
@@ -221,9 +221,10 @@ class HARTDiffusionPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, prompt=None, class_labels=None, num_inference_steps: int | None = None,
-                 guidance_scale: float = 1.5, num_images_per_prompt: int = 1, generator=None, output_type: str = "pil",
-                 return_dict: bool = True, callback_on_step_end=None,
-                 callback_on_step_end_tensor_inputs=("ids", "f_hat"), sampling_dtype: str = "fp32", **options):
+                 guidance_scale: float | None = None, num_images_per_prompt: int = 1, generator=None,
+                 output_type: str = "pil", return_dict: bool = True, callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs=("ids", "f_hat"), sampling_dtype: str = "fp32",
+                 sampling: str | None = None, **options):
         """Images for ``prompt`` (text models) or ``class_labels`` (class models).
 
         Args:
@@ -233,7 +234,8 @@ class HARTDiffusionPipeline(DiffusionPipeline):
                 by a model without a head); the transformer always runs one step per scale.
             guidance_scale: classifier-free guidance, VAR's and HART's form: the logits are
                 ``(1 + t) cond - t uncond`` with t rising linearly from 0 at the 1x1 scale to
-                ``guidance_scale`` at the last (0: off). diffusers' ``s`` is this ``t + 1``.
+                ``guidance_scale`` at the last (0: off; None: the preset's, 1.5 for VAR's FID
+                setting, 4.5 for HART's). diffusers' ``s`` is this ``t + 1``.
             num_images_per_prompt: images per prompt or class (consecutive in the output).
             generator: a list of ``torch.Generator``, one per image; one generator (or None)
                 draws one seed per image from it (so ``g`` and ``[g]`` give different images).
@@ -243,8 +245,11 @@ class HARTDiffusionPipeline(DiffusionPipeline):
                 as named by ``callback_on_step_end_tensor_inputs``; what it returns is not fed back.
             sampling_dtype: ``"fp32"``, or ``"bf16"`` / ``"fp16"`` autocast of the transformer
                 step (``hart generate --dtype``); the weights stay fp32.
-            options: the other :class:`SamplingOptions` fields (top_k, top_p, temperature,
-                smooth, diff_temperature, head_cfg, ...).
+            sampling: the preset the options start from (``var-fid``, ``var-demo``, ``hart``;
+                default: the model's own, ``hart`` for a converted HART release, as ``hart
+                generate`` does).
+            options: the other :class:`SamplingOptions` fields, overriding the preset's (top_k,
+                top_p, temperature, smooth, diff_temperature, head_cfg, ...).
         Returns:
             :class:`HARTPipelineOutput`, or ``(images,)`` when ``return_dict`` is False.
         """
@@ -265,7 +270,8 @@ class HARTDiffusionPipeline(DiffusionPipeline):
                 _count(num_inference_steps, "num_inference_steps", 1, head.train_steps - 1)
         else:
             num_inference_steps = None  # a model without a head has no denoising steps to set
-        opts = sampling_options(cfg=guidance_scale, diff_steps=num_inference_steps, **options)
+        given = {k: v for k, v in (("cfg", guidance_scale), ("diff_steps", num_inference_steps)) if v is not None}
+        opts = sampling_options(self.generator.config, sampling, **given, **options)
         if n_per > 1:
             prompt, class_labels = _repeat(prompt, n_per), _repeat(class_labels, n_per)
         if self._offload_device is not None:
@@ -326,17 +332,19 @@ def _repeat(items, n: int):
     return [x for x in as_list(items) for _ in range(n)]
 
 
-def sampling_options(**fields) -> SamplingOptions:
-    """:class:`SamplingOptions` from keyword arguments, checked; one line naming an unknown
-    option or a bad value (by the name the caller gave it)."""
+def sampling_options(config, sampling, **fields) -> SamplingOptions:
+    """:class:`SamplingOptions` of the preset ``sampling`` (None: the model's own) with keyword
+    arguments over it, checked (:func:`sampling.options.model_options`); one line naming an
+    unknown option or a bad value (by the name the caller gave it)."""
     known = set(SamplingOptions.__dataclass_fields__)
     unknown = sorted(set(fields) - known)
     if unknown:
         raise UserError(f"unknown sampling option {unknown[0]!r} (this pipeline takes: prompt, class_labels, "
                         "num_inference_steps, guidance_scale, num_images_per_prompt, generator, output_type, "
-                        f"return_dict, callback_on_step_end, sampling_dtype, {', '.join(sorted(known - {'cfg', 'diff_steps'}))})")
+                        f"return_dict, callback_on_step_end, sampling_dtype, sampling, "
+                        f"{', '.join(sorted(known - {'cfg', 'diff_steps'}))})")
     try:
-        return SamplingOptions(**fields).validate()
+        return model_options(config, sampling, **fields)
     except UserError as e:  # named as this pipeline's caller named them
         message = str(e)
         for ours, theirs in DIFFUSERS_NAMES.items():

@@ -159,6 +159,14 @@ def add_sampling_arguments(p) -> None:
                         "the deterministic draw from the zero start)")
 
 
+def model_options(config, sampling: str | None = None, **fields) -> SamplingOptions:
+    """The options a model samples with from Python: the preset ``sampling`` names, else the
+    one the model records (``config.display.sampling``: ``hart`` for a converted HART release),
+    else :data:`DEFAULT_PRESET`; ``fields`` override single values; validated (as the CLI's
+    ``--sampling`` and flags do)."""
+    return SamplingOptions.preset(sampling or config.display.sampling or DEFAULT_PRESET, **fields).validate()
+
+
 def head_settings(diff_steps, diff_temperature, config) -> tuple:
     """(steps, temperature) of the residual head as they run on a model of generator config
     ``config``: the model's own where the options leave them None."""

@@ -26,7 +26,7 @@ from hart.common.io import resolve_dir
 from hart.model import HARTGenerator
 from sampling.engine import SampleOutput, SamplingEngine
 from sampling.seeds import check_seeds, make_generators
-from sampling.options import SamplingOptions
+from sampling.options import SamplingOptions, model_options
 from tokenizer.model import HybridTokenizer
 
 # the bundled models (package data): "default", the fm-32-h tokenizer + fm-s generator on
@@ -166,17 +166,22 @@ class HARTPipeline:
         return condition_inputs(self.generator.config, class_ids, prompts, lambda: self.text_encoder,
                                 ("class_ids", "prompts"))
 
-    def sample(self, class_ids=None, seed=0, *, prompts=None, previews: bool = False, decode: bool = True,
-               return_logits: bool = False, on_scale=None, **options) -> SampleOutput:
+    def sample(self, class_ids=None, seed=0, *, prompts=None, sampling: str | None = None, previews: bool = False,
+               decode: bool = True, return_logits: bool = False, on_scale=None, **options) -> SampleOutput:
         """Tensors out: ids, residual, images (B, 3, R, R) in [-1, 1], optional previews.
 
-        ``class_ids`` (class models) or ``prompts`` (text models). ``options`` are
-        :class:`SamplingOptions` fields (cfg, top_k, top_p, temperature, smooth, diff_steps,
-        diff_temperature). ``on_scale(k, ids_k, f_hat)`` observes each scale
-        (:meth:`SamplingEngine.sample`).
+        ``class_ids`` (class models) or ``prompts`` (text models). ``sampling`` names a preset
+        (``var-fid``, ``var-demo``, ``hart``; default: the model's own, as ``hart generate``);
+        ``options`` are :class:`SamplingOptions` fields that override it (cfg, top_k, top_p,
+        temperature, smooth, diff_steps, diff_temperature, ...). ``on_scale(k, ids_k, f_hat)``
+        observes each scale (:meth:`SamplingEngine.sample`).
         """
         inputs, n = self._inputs(class_ids, prompts)
-        opts = SamplingOptions(**options).validate()
+        unknown = sorted(set(options) - set(SamplingOptions.__dataclass_fields__))
+        if unknown:
+            raise UserError(f"unknown sampling option {unknown[0]!r}; the options are: "
+                            f"{', '.join(SamplingOptions.__dataclass_fields__)}")
+        opts = model_options(self.generator.config, sampling, **options)
         gens = make_generators(_seeds(seed, n))
         return self.engine.sample(inputs, gens, opts, decode=decode, previews=previews, return_logits=return_logits,
                                   on_scale=on_scale)

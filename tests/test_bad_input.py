@@ -84,6 +84,23 @@ def test_export_never_replaces_the_folder_it_reads(demo_model_dir, tmp_path, cap
     assert "which this command reads" in line and tree(parent) == before
 
 
+def test_overwrite_never_replaces_a_run_or_a_models_part(demo_model_dir, tmp_path, capsys):
+    """--overwrite onto a training run (its train_state/ checkpoints) or onto the generator/ of
+    another model folder (it would nest a model inside it) is refused; nothing changes."""
+    run = tmp_path / "run"
+    shutil.copytree(demo_model_dir, run)
+    (run / "train_state").mkdir()
+    (run / "train_state" / "meta.json").write_text("{}")
+    other = tmp_path / "other"
+    shutil.copytree(demo_model_dir, other)
+    before = tree(tmp_path)
+    line = one_line(capsys, ["export", "--model", str(demo_model_dir), "--out", str(run), "--overwrite"])
+    assert "holds a training run (train_state/" in line
+    line = one_line(capsys, ["export", "--model", str(demo_model_dir), "--out", str(other / "generator"), "--overwrite"])
+    assert f"is the generator/ of the model folder {other}" in line
+    assert tree(tmp_path) == before
+
+
 def test_train_out_that_is_a_file(tokdir, tmp_path, capsys):
     f = tmp_path / "afile"
     f.write_text("x")
@@ -279,11 +296,11 @@ def test_hart_version_and_help_examples(capsys):
 
     assert hart_main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"hart {version('hart-open')}"
-    for command in ("generate", "export"):
+    for command in ("generate", "export", "convert", "fid"):
         with pytest.raises(SystemExit):
             hart_main([command, "--help"])
         out = capsys.readouterr().out
-        assert "\nexamples:\n" in out and "``" not in out
+        assert "\nexamples:\n" in out and "``" not in out and ":mod:" not in out and ":func:" not in out
 
 
 def test_a_preset_on_data_of_the_other_kind_says_what_it_needs(tokdir, tmp_path, capsys):

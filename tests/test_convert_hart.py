@@ -455,6 +455,40 @@ def test_a_converted_release_samples_harts_way_by_default(converted):
     assert opts.last_scale_ratio == "last" and opts.cfg == 2.0
 
 
+def test_python_pipelines_sample_a_release_as_hart_generate_does(converted, tiny_qwen2, tmp_path):
+    """HARTPipeline and the diffusers pipeline start from the preset the release records (hart:
+    cfg 4.5, smoothing, HART's last-scale ratio), as `hart generate` does: the same images;
+    sampling= names another preset, keywords override single values."""
+    import numpy as np
+    from diffusers import DiffusionPipeline
+    from PIL import Image
+
+    from hart.cli import main as hart_main
+    from sampling.options import SamplingOptions
+
+    prompts = ["a red circle", "two blue squares"]
+    assert hart_main(["generate", "--model", str(converted), "--prompt", prompts[0], "--prompt", prompts[1],
+                      "--num", "1", "--seed", "3", "--out", str(tmp_path / "g.png"),
+                      "--save-each", str(tmp_path / "each")]) == 0
+    cli = [np.asarray(Image.open(tmp_path / "each" / f"p{j}_{j:04d}.png")) for j in range(2)]
+    pipe = HARTPipeline.from_pretrained(converted)
+    ours = pipe(prompts=prompts, seed=3)
+    assert all(np.array_equal(np.asarray(a), b) for a, b in zip(ours, cli))
+    diff = DiffusionPipeline.from_pretrained(converted)
+    theirs = diff(prompt=prompts, generator=[torch.Generator().manual_seed(s) for s in (3, 4)]).images
+    assert all(np.array_equal(np.asarray(a), b) for a, b in zip(theirs, cli))
+    # another preset by name, and one value over it
+    var = pipe.sample(prompts=prompts, seed=3, sampling="var-fid", decode=False)
+    explicit = pipe.engine.sample(pipe._inputs(None, prompts)[0], [torch.Generator().manual_seed(s) for s in (3, 4)],
+                                  SamplingOptions.preset("var-fid"), decode=False)
+    assert all(torch.equal(a, b) for a, b in zip(var.ids, explicit.ids))
+    assert pipe.sample(prompts=prompts, seed=3, cfg=0.0, decode=False).ids[0].shape[0] == 2
+    with pytest.raises(UserError, match="unknown sampling option 'topk'"):
+        pipe.sample(prompts=prompts, seed=3, topk=5)
+    with pytest.raises(UserError, match="unknown sampling preset 'vqgan'"):
+        diff(prompt=prompts, sampling="vqgan")
+
+
 def test_a_converted_release_is_a_diffusers_pipeline_that_round_trips(converted, tiny_qwen2, tmp_path):
     """The converted tiny release through diffusers: HART's iDDPM head scheduler, the same images
     as HARTPipeline, its Qwen2 as the text_encoder / text_tokenizer components, and
@@ -488,3 +522,27 @@ def test_a_converted_release_is_a_diffusers_pipeline_that_round_trips(converted,
         sa, sb = getattr(with_encoder, name).state_dict(), getattr(back, name).state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), name
     assert same(back(prompt=prompts, generator=gens(1, 2), guidance_scale=4.5).images, ref)
+
+
+def test_a_text_encoder_of_another_width_is_one_line(release, converted, tmp_path, capsys):
+    """MiniLM (384 wide) for a release that reads 32-wide features: refused at convert (from its
+    config.json, nothing written), and at generate / train when given as --text-encoder-path
+    (was a tensor-size traceback in the first forward)."""
+    from hart.cli import main as hart_main
+    from hart.text import minilm_path
+
+    mini = str(minilm_path())
+    cases = [["convert", "hart", "--ckpt", str(release[0]), "--text-encoder", mini, "--out", str(tmp_path / "z")],
+             ["generate", "--model", str(converted), "--prompt", "a fox", "--text-encoder-path", mini, "--cfg", "0",
+              "--out", str(tmp_path / "g.png")],
+             ["train", "--init", str(converted), "--tokenizer", str(converted / "tokenizer"), "--data", "shapes",
+              "--steps", "1", "--batch-size", "2", "--text-encoder-path", mini, "--out", str(tmp_path / "ft")]]
+    for argv in cases:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            hart_main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "Traceback" not in err, err
+        line = next(ln for ln in err.splitlines() if ln.startswith("error:"))
+        assert "384-wide features" in line and "32-wide" in line, line
+    assert not (tmp_path / "z").exists() and not (tmp_path / "g.png").exists()

@@ -223,3 +223,87 @@ def test_latent_scales_are_measured_over_one_pass_of_a_small_folder(tokdir, tmp_
     assert train_main(["--tokenizer", str(tokdir), "--preset", "tiny", "--data", f"folder:{folder}",
                        "--out", str(tmp_path / "run"), "--batch-size", "4", "--steps", "1"]) == 0
     assert 10 <= sum(seen) < 10 + 4  # one pass, in batches of 4
+
+
+def _class_folder(root, names, per=2):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(1)
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for i in range(per):
+            px = (torch.rand(16, 16, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(px).save(root / name / f"{i}.png")
+    return root
+
+
+def test_init_on_other_classes_gives_them_a_fresh_embedding(tokdir, tmp_path, capsys):
+    """--init of a 6-class model on 2 (and on 8) classes of one's own: the data's classes and names,
+    the class embedding fresh (was: cat trained class 0's row, and 8 classes an IndexError or the
+    null class), everything else loaded; the same classes keep their rows."""
+    from hart.model import HARTGenerator
+    from sampling.pipeline import HARTPipeline
+
+    base = tmp_path / "base"
+    assert train_cli(tokdir, base, "--steps", "1", "--no-tensorboard") == 0  # synthetic: 6 named classes
+    before = HARTGenerator.from_pretrained(base / "generator")
+    for names in (("cat", "dog"), tuple(f"k{i}" for i in range(8))):
+        data = _class_folder(tmp_path / f"data{len(names)}", names)
+        out = tmp_path / f"ft{len(names)}"
+        capsys.readouterr()
+        assert train_main(["--init", str(base), "--tokenizer", str(tokdir), "--data", f"folder:{data}", "--steps", "1",
+                           "--batch-size", "4", "--out", str(out), "--no-tensorboard"]) == 0
+        said = capsys.readouterr().out
+        assert f"the data's {len(names)} classes" in said and "the class embedding starts fresh" in said
+        assert "starting fresh: class_emb" in said
+        after = HARTGenerator.from_pretrained(out / "generator")
+        assert after.config.num_classes == len(names) and after.config.display.class_names == names
+        assert after.class_emb.weight.shape[0] == len(names) + 1
+        HARTPipeline.from_pretrained(out)(class_ids=[names[-1]], seed=0)  # by name
+    assert train_main(["--init", str(base), "--tokenizer", str(tokdir), "--data", "synthetic", "--steps", "1",
+                       "--batch-size", "4", "--lr", "1e-9", "--out", str(tmp_path / "same"), "--no-tensorboard"]) == 0
+    assert "class embedding starts fresh" not in capsys.readouterr().out
+    kept = HARTGenerator.from_pretrained(tmp_path / "same" / "generator")
+    torch.testing.assert_close(kept.class_emb.weight, before.class_emb.weight, atol=1e-4, rtol=0)
+
+
+def test_init_refusals_come_before_anything_is_written(tokdir, tmp_path, capsys):
+    """A tokenizer of another token layout than the --init generator reads, and
+    --freeze-transformer on other classes: one line each, no --out made."""
+    from hart.cli import main as hart_main
+    from tokenizer import HybridTokenizer, TokenizerConfig
+
+    base = tmp_path / "base"
+    assert train_cli(tokdir, base, "--steps", "1", "--no-tensorboard") == 0
+    other = tmp_path / "tok64"
+    HybridTokenizer(TokenizerConfig.from_name("tiny", codebook_size=32)).save_pretrained(other)
+    data = _class_folder(tmp_path / "data", ("cat", "dog"))
+    cases = [(["--tokenizer", str(other), "--data", "synthetic"], "32 codes"),
+             (["--tokenizer", str(tokdir), "--data", f"folder:{data}", "--freeze-transformer"],
+              "--freeze-transformer keeps")]
+    for extra, words in cases:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            hart_main(["train", "--init", str(base), "--steps", "1", "--batch-size", "4",
+                       "--out", str(tmp_path / "no"), *extra])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "Traceback" not in err and words in err, err
+        assert not (tmp_path / "no").exists()
+
+
+def test_head_flags_add_a_head_to_a_model_without_one(tokdir, tmp_path, capsys):
+    """--diff-width on --init of a plain (VAR-like) model adds a head, which starts fresh."""
+    from hart.config import GeneratorConfig
+    from hart.model import HARTGenerator
+
+    plain = tmp_path / "plain"
+    cfg = GeneratorConfig.from_name("tiny", head=None, num_classes=6,
+                                    display=dict(class_names=("circle", "square", "triangle", "cross", "ring", "bars")))
+    HARTGenerator(cfg).save_pretrained(plain / "generator")
+    HybridTokenizer.from_pretrained(tokdir).save_pretrained(plain / "tokenizer")
+    assert train_main(["--init", str(plain), "--tokenizer", str(tokdir), "--data", "synthetic", "--diff-width", "32",
+                       "--freeze-transformer", "--steps", "1", "--batch-size", "4", "--out", str(tmp_path / "h"),
+                       "--no-tensorboard"]) == 0
+    assert "starting fresh: decoder_norm, diffusion" in capsys.readouterr().out
+    got = HARTGenerator.from_pretrained(tmp_path / "h" / "generator")
+    assert got.config.has_head and got.config.head.width == 32 and got.config.stats.residual_scale > 0

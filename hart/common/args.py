@@ -15,5 +15,8 @@ def add_device_argument(p) -> None:
 
 def examples_epilog(doc: str) -> str:
     """The part of a module docstring after ``Examples::``, headed ``examples:`` and without
-    reST's double backticks, for an ``argparse`` epilog."""
-    return "examples:" + doc.split("Examples::", 1)[1].replace("``", "")
+    reST's markup (double backticks, roles such as ``:mod:`x```), for an ``argparse`` epilog."""
+    import re
+
+    text = doc.split("Examples::", 1)[1].replace("``", "")
+    return "examples:" + re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)

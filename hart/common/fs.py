@@ -117,8 +117,10 @@ def prepare_out_dir(out, overwrite: bool, sources=(), flag: str = "--out", kind:
     Refused when it holds anything, unless ``overwrite``; with ``overwrite``, refused still when
     it is not a folder of that kind this package wrote (:func:`written_here`: replacing it would
     delete someone's files), and always when it is, holds or lies inside one of ``sources`` (the
-    folders or files the command reads: the swap would delete them). Also refused when it
-    cannot be written (:func:`output_dir`: the parent is made now)."""
+    folders or files the command reads: the swap would delete them), when it holds a training
+    run (``train_state/``: its checkpoints), or when it is the ``tokenizer/`` or ``generator/``
+    of a model folder. Also refused when it cannot be written (:func:`output_dir`: the parent
+    is made now)."""
     out = Path(out)
     target = out.resolve()
     for src in sources:
@@ -128,6 +130,13 @@ def prepare_out_dir(out, overwrite: bool, sources=(), flag: str = "--out", kind:
         if s == target or target in s.parents or s in target.parents:
             raise UserError(f"{flag} {out} overlaps {src}, which this command reads: writing it would delete or "
                             f"change its input; choose an {flag} outside it")
+    parent = target.parent
+    if kind == "model" and target.name in ("tokenizer", "generator") and written_here(parent, "model"):
+        raise UserError(f"{flag} {out} is the {target.name}/ of the model folder {parent}: writing a model there "
+                        f"would break that folder; choose a folder of its own")
+    if out.is_dir() and (out / "train_state").is_dir():
+        raise UserError(f"{out} holds a training run (train_state/: its checkpoints for --resume); --overwrite "
+                        f"never replaces a run: choose another {flag}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         ours = out.is_dir() and written_here(out, kind)
         what = "token cache" if kind == "tokens" else "model folder"
