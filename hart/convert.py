@@ -35,7 +35,7 @@ import argparse
 import re
 
 from hart.common.args import examples_epilog
-from hart.common.errors import cli_entry
+from hart.common.errors import UserError, cli_entry
 from hart.convert_hart import convert_hart, convert_hart_tokenizer
 from hart.convert_var import convert_var, parse_patch_nums
 
@@ -51,11 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("var", help="VAR tokenizer (vae_ch160v4096z32.pth) [+ transformer var_dN.pth]")
     v.add_argument("--vae", required=True, help="VAR tokenizer checkpoint")
     v.add_argument("--var", default=None, help="VAR transformer checkpoint (omit to write the tokenizer alone)")
-    v.add_argument("--resolution", type=int, default=256,
+    v.add_argument("--resolution", type=int, default=None,
                    help="image size whose published schedule to use when --var does not fix it (default 256)")
     h = sub.add_parser("hart-tokenizer", help="HART hybrid tokenizer checkpoint (vae.* + disc.* keys)")
     h.add_argument("--ckpt", required=True, help="HART tokenizer checkpoint")
-    h.add_argument("--resolution", type=int, default=1024, help="image size of the scale schedule (default 1024)")
+    h.add_argument("--resolution", type=int, default=None, help="image size of the scale schedule (default 1024)")
     for s in (v, h):
         s.add_argument("--patch-nums", default=None, help="explicit scale schedule, e.g. 1,2,3,4,5,6,8,10,13,16")
     t = sub.add_parser("hart", help="HART text-to-image release folder (llm/ + tokenizer/, e.g. hart-0.7b-1024px)")
@@ -89,15 +89,17 @@ def main(argv=None):
             print("no --text-encoder given: pass --text-encoder-path PATH/Qwen2-VL-1.5B-Instruct when sampling")
         return 0
     pns = parse_patch_nums(args.patch_nums) if args.patch_nums else None
+    if pns and args.resolution:
+        raise UserError("give --patch-nums or --resolution, not both (--patch-nums is the whole schedule)")
     if args.what == "var":
         out = convert_var(args.vae, args.out, var=args.var, resolution=args.resolution, patch_nums=pns,
                           overwrite=args.overwrite)
         kind = "model folder (tokenizer/ + generator/)" if args.var else "tokenizer folder"
         print(f"wrote {kind} {out}")
     else:
-        out, dropped = convert_hart_tokenizer(args.ckpt, args.out, resolution=args.resolution, patch_nums=pns,
+        out, dropped = convert_hart_tokenizer(args.ckpt, args.out, resolution=args.resolution or 1024, patch_nums=pns,
                                               overwrite=args.overwrite)
-        print(f"wrote tokenizer folder {out} (left out {dropped} training-only tensors: disc.*, decoder2)")
+        print(f"wrote tokenizer folder {out}" + (f" (left out {dropped} training-only tensors)" if dropped else ""))
     return 0
 
 

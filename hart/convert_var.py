@@ -33,8 +33,14 @@ ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # torch colours some of its message
 def check_checkpoint_file(path) -> Path:
     """``path`` as a Path, or one line when it is a folder or does not exist (before anything is made)."""
     path = Path(path)
+    if path.is_dir():
+        near = [*path.glob("*"), *path.glob("*/*")]  # two levels: a release folder's tokenizer/ file
+        inside = sorted(str(p.relative_to(path)) for p in near
+                        if p.suffix in (*PICKLE_SUFFIXES, ".safetensors") and p.is_file())[:3]
+        raise UserError(f"{path} is a folder, not a checkpoint file"
+                        + (f" (it holds {', '.join(inside)}: give the file)" if inside else ""))
     if not path.is_file():
-        raise UserError(f"{path} is a folder, not a checkpoint file" if path.is_dir() else f"no such checkpoint file: {path}")
+        raise UserError(f"no such checkpoint file: {path}")
     return path
 
 
@@ -42,7 +48,9 @@ def read_checkpoint(path, skip=()) -> dict:
     """A checkpoint file -> flat {name: tensor}, without ever running pickled code.
 
     A training checkpoint that nests the weights under one of ``state_dict`` / ``model`` /
-    ``module`` is unwrapped. Names in ``skip`` come back as shape-only ``meta`` tensors and are
+    ``module``, or VAR's own (``ar-ckpt-*.pth``: ``trainer`` -> ``var_wo_ddp``), is unwrapped,
+    and the ``module.`` (DDP) or ``_orig_mod.`` (torch.compile) prefix that every name of a
+    saved wrapper carries is dropped. Names in ``skip`` come back as shape-only ``meta`` tensors and are
     never read into memory (pickles are memory-mapped; safetensors read only what is kept).
     """
     path = check_checkpoint_file(path)
@@ -77,12 +85,15 @@ def read_checkpoint(path, skip=()) -> dict:
     else:
         raise UserError(f"{path}: unknown checkpoint type {path.suffix!r}; expected .pth, .pt, .bin, .ckpt or .safetensors")
     while isinstance(state, dict) and not any(torch.is_tensor(v) for v in state.values()):
-        inner = [k for k in ("state_dict", "model", "module") if isinstance(state.get(k), dict)]
+        inner = [k for k in ("state_dict", "model", "module", "trainer", "var_wo_ddp") if isinstance(state.get(k), dict)]
         if not inner:
             break
         state = state[inner[0]]
     if not isinstance(state, dict) or not state:
         raise UserError(f"{path} holds no state dict (found {type(state).__name__})")
+    for prefix in ("module.", "_orig_mod."):  # a DDP- or compile-wrapped model saved whole
+        if all(isinstance(k, str) and k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
     bad = sorted(k for k, v in state.items() if not torch.is_tensor(v))
     if bad:
         raise UserError(f"{path}: entries that are not tensors: {', '.join(map(str, bad[:6]))}")
@@ -105,10 +116,26 @@ def _load_failure(e: Exception) -> str:
     return found.group(0) if found else _first_line(e)
 
 
+def looks_like(state: dict) -> str:
+    """What a checkpoint's names say it is, as advice on the command that reads it ("" unknown)."""
+    keys = set(state)
+    if any(k.startswith(("vae.", "disc.")) for k in keys):
+        return "it looks like HART's tokenizer checkpoint: convert it with hart convert hart-tokenizer --ckpt"
+    if any(k.startswith(("context_embed", "context_norm")) for k in keys):
+        return "it looks like HART's transformer: convert the release folder with hart convert hart --ckpt"
+    if "class_emb.weight" in keys and any(k.startswith("blocks.") for k in keys):
+        return "it looks like a VAR transformer: give it as --var (swapped with --vae?)"
+    if "encoder.conv_in.weight" in keys and "quantize.embedding.weight" in keys:
+        return "it looks like VAR's tokenizer: give it as --vae (swapped with --var?)"
+    return ""
+
+
 def need_tensor(state: dict, key: str, what: str, path) -> torch.Tensor:
     if key not in state:
+        hint = looks_like(state)
         head = ", ".join(sorted(state)[:4])
-        raise UserError(f"{path} is not {what}: it has no {key} (its keys start with: {head})")
+        raise UserError(f"{path} is not {what}: it has no {key} "
+                        + (f"({hint})" if hint else f"(its keys start with: {head})"))
     return state[key]
 
 
@@ -265,16 +292,28 @@ def generator_from_state(state: dict, path, patch_nums=None):
 
 # ----------------------------------------------------------------------------- writing
 
-def convert_var(vae, out, var=None, resolution: int = 256, patch_nums=None, overwrite: bool = False) -> Path:
-    """VAR's tokenizer (+ optional transformer) -> a tokenizer folder, or a full model folder."""
+def convert_var(vae, out, var=None, resolution: int | None = None, patch_nums=None, overwrite: bool = False) -> Path:
+    """VAR's tokenizer (+ optional transformer) -> a tokenizer folder, or a full model folder.
+
+    The scale schedule: ``patch_nums``, else the one ``var``'s position table fixes, else the
+    published one of ``resolution`` (256 when None); a ``resolution`` or ``patch_nums`` that
+    ``var``'s table contradicts is one line naming the flag."""
     for f in (vae, var):
         if f is not None:
             check_checkpoint_file(f)
     out = prepare_out_dir(out, overwrite, sources=(vae, var))
     var_state = read_checkpoint(var) if var is not None else None
-    if patch_nums is None and var_state is not None and "pos_1LC" in var_state:
-        patch_nums = generator_config_from_state(var_state, var).patch_nums
-    pns = tuple(patch_nums) if patch_nums else published_schedule(resolution)
+    if var_state is not None and "pos_1LC" in var_state:
+        L = int(var_state["pos_1LC"].shape[1])
+        fixed = generator_config_from_state(var_state, var).patch_nums
+        if patch_nums is not None and sum(p * p for p in patch_nums) != L:
+            raise UserError(f"--patch-nums {','.join(map(str, patch_nums))} has {sum(p * p for p in patch_nums)} "
+                            f"positions; {var}'s position table has {L} (the schedule {','.join(map(str, fixed))})")
+        if resolution is not None and patch_nums is None and published_schedule(resolution) != tuple(fixed):
+            raise UserError(f"--resolution {resolution} asks for the schedule {','.join(map(str, published_schedule(resolution)))}; "
+                            f"{var}'s position table fixes {','.join(map(str, fixed))}: drop --resolution")
+        patch_nums = patch_nums or fixed
+    pns = tuple(patch_nums) if patch_nums else published_schedule(resolution or 256)
     tokenizer = tokenizer_from_state(read_checkpoint(vae), pns, phi_last=True, path=vae)
     if var_state is None:
         write_models(out, {"": tokenizer})

@@ -285,6 +285,11 @@ def run(args, dist: DistInfo, sampler=None) -> int:
     if args.resume:  # before the saved config meets what may be other data
         check_same_data(run_meta(out, True, "generator").get("source"), source, out)
     config = resolve_config(args, out, tokenizer, dataset_classes(args, tokenizer))
+    if config.is_text and (args.text_encoder_path or config.text_encoder_path):  # before anything is written
+        from hart.text import check_encoder_width
+
+        check_encoder_width(args.text_encoder_path or config.text_encoder_path, config.context_dim,
+                            "--text-encoder-path" if args.text_encoder_path else "the recorded text encoder")
     if config.is_text and not args.resume and not config.display.example_prompts:
         config = config.replace_in("display", example_prompts=dataset_examples(args, tokenizer))
     if dist.is_main:

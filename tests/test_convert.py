@@ -177,6 +177,20 @@ def test_reads_safetensors_bin_and_nested_state(tmp_path, vae_sd):
     assert HybridTokenizer.from_pretrained(tmp_path / "out").config.codebook_size == 64
 
 
+def test_reads_vars_training_checkpoint_and_wrapped_names(tmp_path, var_sd):
+    """VAR's own ar-ckpt-*.pth (trainer -> var_wo_ddp, beside the optimizer and the args) and a
+    DDP- or compile-wrapped model saved whole (module. / _orig_mod. on every name) read as the
+    release file does."""
+    opt = {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 1e-4, "params": [0]}]}
+    torch.save({"epoch": 3, "iter": 10, "trainer": {"var_wo_ddp": var_sd, "var_opt": opt},
+                "args": {"depth": 16, "tlr": 1e-4}}, tmp_path / "ar-ckpt-best.pth")
+    torch.save({f"module.{k}": v for k, v in var_sd.items()}, tmp_path / "ddp.pth")
+    torch.save({f"_orig_mod.{k}": v for k, v in var_sd.items()}, tmp_path / "compiled.pth")
+    for name in ("ar-ckpt-best.pth", "ddp.pth", "compiled.pth"):
+        got = read_checkpoint(tmp_path / name)
+        assert got.keys() == var_sd.keys() and all(torch.equal(got[k], var_sd[k]) for k in var_sd), name
+
+
 # ----------------------------------------------------------------------------- refusals
 
 def _expect_error(capsys, argv, *needles):
@@ -281,3 +295,25 @@ def test_hart_tokenizer_strips_prefixes_and_skips_phi_at_the_last_scale(tmp_path
     torch.save({**sd, "ema.decay": torch.zeros(())}, tmp_path / "x.bin")
     _expect_error(capsys, ["hart-tokenizer", "--ckpt", str(tmp_path / "x.bin"), "--resolution", "256",
                            "--out", str(tmp_path / "t3")], "unexpected: ema.decay")
+
+
+def test_wrong_files_and_flags_say_what_to_do(tmp_path, capsys, vae_sd, var_sd):
+    """Swapped --vae / --var, HART's tokenizer given as VAR's, a folder for a file, and a
+    --resolution or --patch-nums that the transformer's position table contradicts: one line
+    naming the fix (was: a bare 'not a VAR tokenizer', a silently ignored --resolution, and a
+    bad --patch-nums blamed on the two files)."""
+    torch.save(vae_sd, tmp_path / "vae.pth")
+    torch.save(var_sd, tmp_path / "var.pth")
+    torch.save({f"vae.{k}": v for k, v in vae_sd.items()}, tmp_path / "hart.bin")
+    (tmp_path / "rel" / "tokenizer").mkdir(parents=True)
+    torch.save({}, tmp_path / "rel" / "tokenizer" / "pytorch_model.bin")
+    v, r, o = str(tmp_path / "vae.pth"), str(tmp_path / "var.pth"), str(tmp_path / "out")
+    _expect_error(capsys, ["var", "--vae", r, "--var", v, "--out", o], "give it as --var (swapped with --vae?)")
+    _expect_error(capsys, ["var", "--vae", str(tmp_path / "hart.bin"), "--out", o], "hart convert hart-tokenizer")
+    _expect_error(capsys, ["hart-tokenizer", "--ckpt", str(tmp_path / "rel"), "--out", o],
+                  "is a folder, not a checkpoint file (it holds tokenizer/pytorch_model.bin: give the file)")
+    _expect_error(capsys, ["var", "--vae", v, "--var", r, "--resolution", "512", "--out", o], "drop --resolution")
+    _expect_error(capsys, ["var", "--vae", v, "--var", r, "--patch-nums", "1,2,3,4,5,6,8,10,13,17", "--out", o],
+                  "--patch-nums 1,2,3,4,5,6,8,10,13,17 has", "position table has")
+    _expect_error(capsys, ["var", "--vae", v, "--patch-nums", "1,2,4", "--resolution", "256", "--out", o], "not both")
+    assert not (tmp_path / "out").exists()

@@ -545,4 +545,4 @@ def test_a_text_encoder_of_another_width_is_one_line(release, converted, tmp_pat
         assert e.value.code == 2 and "Traceback" not in err, err
         line = next(ln for ln in err.splitlines() if ln.startswith("error:"))
         assert "384-wide features" in line and "32-wide" in line, line
-    assert not (tmp_path / "z").exists() and not (tmp_path / "g.png").exists()
+    assert not (tmp_path / "z").exists() and not (tmp_path / "g.png").exists() and not (tmp_path / "ft").exists()

@@ -241,15 +241,21 @@ class CaptionFiles(_ImageFileSet):
         # a .txt without an image is said, not counted: it may be a README rather than a lost caption
         self.skipped, self.undecodable = sum(n for k, n in self.counts.items() if k != "orphan"), set()
         if self.skipped or self.counts["orphan"]:
-            warn(f"{root}: skipped {self.skipped} item(s): {self.skip_summary()}")
+            counted = [k for k in self.KINDS if k != "orphan"]
+            said = [f"skipped {self.skipped} item(s): {self.skip_summary(counted)}"] if self.skipped else []
+            if self.counts["orphan"]:
+                said.append(f"not counted: {self.skip_summary(['orphan'])}")
+            warn(f"{root}: " + "; ".join(said))
         if not self.items:
             how = f"lines of {manifest}" if manifest.is_file() else "images with a same-name .txt caption"
             raise UserError(f"{root} has no usable captioned images (looked for {how})")
 
-    def skip_summary(self) -> str:
-        """``1 missing image (line 8: gone.png), 2 empty captions (the first: a.txt)``."""
+    def skip_summary(self, kinds) -> str:
+        """``1 missing image (line 8: gone.png), 2 empty captions (the first: a.txt)``, for
+        ``kinds`` (keys of :attr:`KINDS`)."""
         parts = []
-        for kind, where in self.skips.items():
+        for kind in kinds:
+            where = self.skips[kind]
             if where:
                 one, many = self.KINDS[kind]
                 parts.append(f"{len(where)} {one if len(where) == 1 else many} "
