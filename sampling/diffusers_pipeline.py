@@ -271,7 +271,7 @@ class HARTDiffusionPipeline(DiffusionPipeline):
         else:
             num_inference_steps = None  # a model without a head has no denoising steps to set
         given = {k: v for k, v in (("cfg", guidance_scale), ("diff_steps", num_inference_steps)) if v is not None}
-        opts = sampling_options(self.generator.config, sampling, **given, **options)
+        opts = _call_options(self.generator.config, sampling, **given, **options)
         if n_per > 1:
             prompt, class_labels = _repeat(prompt, n_per), _repeat(class_labels, n_per)
         if self._offload_device is not None:
@@ -332,7 +332,7 @@ def _repeat(items, n: int):
     return [x for x in as_list(items) for _ in range(n)]
 
 
-def sampling_options(config, sampling, **fields) -> SamplingOptions:
+def _call_options(config, sampling, **fields) -> SamplingOptions:
     """:class:`SamplingOptions` of the preset ``sampling`` (None: the model's own) with keyword
     arguments over it, checked (:func:`sampling.options.model_options`); one line naming an
     unknown option or a bad value (by the name the caller gave it)."""
