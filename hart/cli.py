@@ -20,7 +20,7 @@ COMMANDS = {
     "train": ("hart.train", "train the generator (single process or torchrun)"),
     "eval-residual": ("sampling.eval.residual", "how much of the tokenizer's residual the diffusion head recovers"),
     "eval-alignment": ("sampling.eval.alignment", "prompt alignment of a text-to-image model (shapes checker)"),
-    "generate": ("sampling.generate", "generate a PNG grid of images from a model folder"),
+    "generate": ("sampling.generate", "generate a grid of images (PNG, JPEG...) from a model folder"),
     "fid": ("sampling.eval.fid.cli", "Frechet distance (FID / FD-EffNet) of a model or an image folder"),
     "demo": ("demo.app", "Gradio demo on a model folder"),
     "convert": ("hart.convert", "convert official VAR / HART checkpoints into model folders"),

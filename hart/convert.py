@@ -89,7 +89,7 @@ def main(argv=None):
             print("no --text-encoder given: pass --text-encoder-path PATH/Qwen2-VL-1.5B-Instruct when sampling")
         return 0
     pns = parse_patch_nums(args.patch_nums) if args.patch_nums else None
-    if pns and args.resolution:
+    if pns and args.resolution is not None:
         raise UserError("give --patch-nums or --resolution, not both (--patch-nums is the whole schedule)")
     if args.what == "var":
         out = convert_var(args.vae, args.out, var=args.var, resolution=args.resolution, patch_nums=pns,
@@ -97,7 +97,7 @@ def main(argv=None):
         kind = "model folder (tokenizer/ + generator/)" if args.var else "tokenizer folder"
         print(f"wrote {kind} {out}")
     else:
-        out, dropped = convert_hart_tokenizer(args.ckpt, args.out, resolution=args.resolution or 1024, patch_nums=pns,
+        out, dropped = convert_hart_tokenizer(args.ckpt, args.out, resolution=1024 if args.resolution is None else args.resolution, patch_nums=pns,
                                               overwrite=args.overwrite)
         print(f"wrote tokenizer folder {out}" + (f" (left out {dropped} training-only tensors)" if dropped else ""))
     return 0

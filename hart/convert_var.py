@@ -313,7 +313,7 @@ def convert_var(vae, out, var=None, resolution: int | None = None, patch_nums=No
             raise UserError(f"--resolution {resolution} asks for the schedule {','.join(map(str, published_schedule(resolution)))}; "
                             f"{var}'s position table fixes {','.join(map(str, fixed))}: drop --resolution")
         patch_nums = patch_nums or fixed
-    pns = tuple(patch_nums) if patch_nums else published_schedule(resolution or 256)
+    pns = tuple(patch_nums) if patch_nums else published_schedule(256 if resolution is None else resolution)
     tokenizer = tokenizer_from_state(read_checkpoint(vae), pns, phi_last=True, path=vae)
     if var_state is None:
         write_models(out, {"": tokenizer})

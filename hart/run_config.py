@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from hart.common.errors import UserError
-from hart.common.io import CONFIG_NAME, WEIGHTS_NAME, atomic_dir, component_dir, read_json, read_weights, resolve_dir
+from hart.common.io import CONFIG_NAME, WEIGHTS_NAME, atomic_dir, component_dir, read_weights, resolve_dir
 from hart.common.loop import check_preset, check_resume_flags, run_meta
 from hart.config import GeneratorConfig, HeadConfig
 from hart.model import HARTGenerator
@@ -21,13 +21,19 @@ def generator_dir(folder) -> Path:
     return component_dir(folder, "generator")
 
 
-def init_weights(model: HARTGenerator, folder, verbose: bool = True, skip: tuple[str, ...] = ()) -> list[str]:
+def init_weights(model: HARTGenerator, folder, verbose: bool = True, skip: tuple[str, ...] = (),
+                 adapt: dict | None = None) -> list[str]:
     """Load the tensors of ``folder``'s generator whose names exist in ``model``; the rest start fresh.
 
     A tensor of another shape is refused with one line. Names starting with a ``skip`` prefix
-    are not loaded (a head of another size: ``("diffusion.",)``). Returns the names that start fresh.
+    are not loaded (a head of another size: ``("diffusion.",)``); ``adapt`` maps a name to a
+    function that makes the loaded tensor fit (the class embedding of other classes:
+    :func:`class_embedding`). Returns the names that start fresh.
     """
     src = {k: v for k, v in read_weights(generator_dir(folder) / WEIGHTS_NAME).items() if not k.startswith(skip)}
+    for k, fit in (adapt or {}).items():
+        if k in src:
+            src[k] = fit(src[k])
     own = model.state_dict()
     bad = [f"{k} {tuple(v.shape)} (here {tuple(own[k].shape)})" for k, v in src.items()
            if k in own and v.shape != own[k].shape]
@@ -43,7 +49,7 @@ def init_weights(model: HARTGenerator, folder, verbose: bool = True, skip: tuple
     return fresh
 
 
-def resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> GeneratorConfig:
+def resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes, verbose: bool = True) -> GeneratorConfig:
     config = _resolve_config(args, out, tokenizer, classes)
     captioned = classes is None
     if config.is_text and not captioned:
@@ -55,8 +61,11 @@ def resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gene
         raise UserError("the data has no class names, and a class-conditional model needs them: give folder:PATH "
                         "(one subfolder per class); images:PATH has no classes")
     check_token_layout(config, tokenizer, args)
-    if args.init and not args.resume and not config.is_text:
-        config = fit_classes(config, HARTGenerator.load_config(generator_dir(args.init)), classes, args)
+    if args.init and not args.resume:
+        init = HARTGenerator.load_config(generator_dir(args.init))
+        check_token_layout(init, tokenizer, args)  # with --preset too: the weights come from it
+        if not config.is_text:
+            config = fit_classes(config, init, classes, args, verbose)
     return config
 
 
@@ -73,30 +82,51 @@ def check_token_layout(config: GeneratorConfig, tokenizer: HybridTokenizer, args
                         "give the tokenizer the generator was trained with (its model folder's tokenizer/)")
 
 
-def same_classes(init: GeneratorConfig, config: GeneratorConfig) -> bool:
-    """Whether ``config`` (a run's, fitted to its data) has the classes of the ``--init`` model
-    it starts from: as many, and the same names where that model names them."""
+def class_rows(init: GeneratorConfig, config: GeneratorConfig) -> list:
+    """For each class of ``config`` (a run's, fitted to its data), the row of the ``--init``
+    model's class embedding it continues, or None (a class new to it): by name where that model
+    names its classes, else by index when it has as many."""
     own = tuple(init.display.class_names or ())
-    return init.num_classes == config.num_classes and (not own or own == tuple(config.display.class_names or ()))
+    if own:
+        return [own.index(n) if n in own else None for n in (config.display.class_names or ())]
+    return list(range(config.num_classes)) if init.num_classes == config.num_classes else [None] * config.num_classes
 
 
-def fit_classes(config: GeneratorConfig, init: GeneratorConfig, classes, args) -> GeneratorConfig:
+def same_classes(init: GeneratorConfig, config: GeneratorConfig) -> bool:
+    """Whether ``config``'s classes are the ``--init`` model's own, row for row."""
+    return init.num_classes == config.num_classes and class_rows(init, config) == list(range(init.num_classes))
+
+
+def class_embedding(loaded, rows: list, own):
+    """The class embedding (K + 1, C) of a run's K classes from the ``--init`` model's
+    ``loaded`` (M + 1, C): row i is ``loaded[rows[i]]``, or ``own[i]`` (freshly initialised)
+    for a class new to it; the last (the null class of guidance) is ``loaded``'s last."""
+    import torch
+
+    picked = [loaded[r] if r is not None else own[i].to(loaded.dtype) for i, r in enumerate(rows)]
+    return torch.stack(picked + [loaded[-1]])
+
+
+def fit_classes(config: GeneratorConfig, init: GeneratorConfig, classes, args, verbose: bool = True) -> GeneratorConfig:
     """A class model started from ``--init`` on data with its own ``classes``: the data's
-    classes (number and names). When they are not the model's own, the class embedding starts
-    fresh (:func:`same_classes`; said in one line): a new class never trains an old one's row."""
+    classes (number and names). The class embedding follows them (:func:`class_rows`): a class
+    the model knows by name keeps its row, a new one starts fresh, the null class stays; said
+    in one line when they are not the model's own, row for row."""
     names = tuple(classes)
     fitted = config.replace(num_classes=len(names), display=config.display.replace(class_names=names))
     if same_classes(init, fitted):
         return fitted
-    shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
-    if args.freeze_transformer:
-        raise UserError(f"--freeze-transformer keeps --init {args.init}'s class embedding as it is, and the data has "
-                        f"other classes ({len(names)}: {shown}); train on its own classes, or without "
+    new = [n for n, r in zip(names, class_rows(init, fitted)) if r is None]
+    shown = ", ".join(new[:5]) + (" ..." if len(new) > 5 else "")
+    if args.freeze_transformer and new:
+        raise UserError(f"--freeze-transformer keeps --init {args.init}'s class embedding as it is, and {len(new)} of "
+                        f"the data's classes are new to it ({shown}); train on its own classes, or without "
                         "--freeze-transformer")
-    own = init.display.class_names
-    print(f"--init {args.init}: the data's {len(names)} classes ({shown}) are not its {init.num_classes}"
-          + (f" ({', '.join(own[:5])}{' ...' if len(own) > 5 else ''})" if own else "")
-          + "; the class embedding starts fresh")
+    if verbose:
+        print(f"--init {args.init}: the data's {len(names)} classes "
+              + (f"are new to its {init.num_classes}: their rows of the class embedding start fresh" if len(new) == len(names)
+                 else f"continue its rows by name; {len(new)} new ({shown}) start fresh" if new
+                 else "continue its rows by name"))
     return fitted
 
 
@@ -138,12 +168,12 @@ def _resolve_config(args, out: Path, tokenizer: HybridTokenizer, classes) -> Gen
                 kinds = {True: "a text-to-image model", False: "a class-conditional model"}
                 raise UserError(f"--init {args.init} is {kinds[init.is_text]} and --preset {args.preset} "
                                 f"{kinds[config.is_text]}: --init starts from a model of the same kind")
+    if not config.has_head and any(getattr(args, n, None) for n in ADDS_A_HEAD):
+        config = config.replace(head=HeadConfig())  # a head added (HART's MLP unless the flags say otherwise)
     if args.residual_target:
         if not config.has_head:
             raise UserError("--residual-target is the residual head's target; this model has no head")
         config = config.replace_in("training", residual_from_sampled=args.residual_target == "sampled")
-    if not config.has_head and any(getattr(args, n, None) for n in ADDS_A_HEAD):
-        config = config.replace(head=HeadConfig())  # a head added (HART's MLP unless the flags say otherwise)
     for name, (section, field) in HEAD_FLAGS.items():
         if getattr(args, name, None):
             if not config.has_head:
@@ -192,7 +222,7 @@ def copy_tokenizer(src, out: Path) -> None:
     dst = out / "tokenizer"
     if dst.exists():
         same = (tokenizer_fingerprint(dst) == tokenizer_fingerprint(src)  # weights, and the config they run with
-                and read_json(dst / CONFIG_NAME) == read_json(resolve_dir(src) / CONFIG_NAME))
+                and HybridTokenizer.load_config(dst) == HybridTokenizer.load_config(resolve_dir(src)))
         if not same:
             raise UserError(f"{dst} holds another tokenizer than {src}; a run keeps the tokenizer it started with")
         return

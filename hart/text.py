@@ -229,14 +229,21 @@ def check_encoder_width(path, width: int, what: str = "--text-encoder-path") -> 
                         f"{width}-wide ones; give the text encoder it was trained with")
 
 
-def text_encoder_for(config, path=None, device="cpu") -> TextEncoder:
-    """The encoder of a text model's ``config``, from ``path`` if given (a run-time flag), else
-    from the folder the config records (``text_encoder_path``: a converted HART release's Qwen2);
-    one line when its width is not the one the model reads (``config.context_dim``)."""
+def check_text_encoder(config, path=None) -> tuple:
+    """(the encoder folder a text model's ``config`` reads from: ``path`` if given (a run-time
+    flag), else the one the config records (a converted HART release's Qwen2), else None (the
+    wheel's MiniLM); how messages name it), with its width checked from its config.json."""
     path = path or config.text_encoder_path or None
     what = "--text-encoder-path" if path and path != config.text_encoder_path else "the recorded text encoder"
     if path:
         check_encoder_width(path, config.context_dim, what)
+    return path, what
+
+
+def text_encoder_for(config, path=None, device="cpu") -> TextEncoder:
+    """The encoder of a text model's ``config`` (:func:`check_text_encoder`); one line when its
+    width is not the one the model reads (``config.context_dim``)."""
+    path, what = check_text_encoder(config, path)
     encoder = load_text_encoder(config.text_encoder, config.context_tokens, path, device)
     if encoder.dim != config.context_dim:
         raise UserError(f"{what} {path or config.text_encoder}: that encoder gives {encoder.dim}-wide features, "

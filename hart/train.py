@@ -68,7 +68,8 @@ from hart.objective import TrainingObjective, measure_decoder_metric, measure_la
 from hart.attention import ATTENTION_IMPLS
 from hart.common.loop import (check_positive, check_range, load_run, nonfinite_loss, resume_flags, run_faults, run_meta,
                               save_run, set_lr, warmup_cosine)
-from hart.run_config import copy_tokenizer, generator_dir, init_weights, resolve_config, same_classes
+from hart.run_config import (class_embedding, class_rows, copy_tokenizer, generator_dir, init_weights, resolve_config,
+                              same_classes)
 from hart.train_samples import write_samples
 from tokenizer import HybridTokenizer
 
@@ -165,11 +166,13 @@ class GeneratorTrainer:
             ih = HARTGenerator.load_config(generator_dir(args.init)).head
             resized = resized or ih is None or ((ih.mix, ih.prediction, ih.metric)
                                                 != (config.head.mix, config.head.prediction, config.head.metric))
-        skip = ("diffusion.",) if resized else ()
+        skip, adapt = ("diffusion.",) if resized else (), {}
         if args.init and not args.resume and not config.is_text:
-            if not same_classes(HARTGenerator.load_config(generator_dir(args.init)), config):
-                skip += ("class_emb.",)  # other classes: rows of their own (hart.run_config.fit_classes)
-        self.fresh = init_weights(self.model, args.init, dist.is_main, skip) if args.init and not args.resume else []
+            init = HARTGenerator.load_config(generator_dir(args.init))
+            if not same_classes(init, config):  # other classes: rows by name, new ones fresh (fit_classes)
+                rows, own = class_rows(init, config), self.model.class_emb.weight.detach().clone()
+                adapt["class_emb.weight"] = lambda w: class_embedding(w, rows, own)
+        self.fresh = init_weights(self.model, args.init, dist.is_main, skip, adapt) if args.init and not args.resume else []
         if args.freeze_transformer:
             for name, p in self.model.named_parameters():
                 p.requires_grad_(name.startswith(HEAD_PREFIXES))
@@ -284,12 +287,11 @@ def run(args, dist: DistInfo, sampler=None) -> int:
     source = data_identity(args, tokenizer)
     if args.resume:  # before the saved config meets what may be other data
         check_same_data(run_meta(out, True, "generator").get("source"), source, out)
-    config = resolve_config(args, out, tokenizer, dataset_classes(args, tokenizer))
-    if config.is_text and (args.text_encoder_path or config.text_encoder_path):  # before anything is written
-        from hart.text import check_encoder_width
+    config = resolve_config(args, out, tokenizer, dataset_classes(args, tokenizer), verbose=dist.is_main)
+    if config.is_text:  # its encoder's width, before anything is written
+        from hart.text import check_text_encoder
 
-        check_encoder_width(args.text_encoder_path or config.text_encoder_path, config.context_dim,
-                            "--text-encoder-path" if args.text_encoder_path else "the recorded text encoder")
+        check_text_encoder(config, args.text_encoder_path)
     if config.is_text and not args.resume and not config.display.example_prompts:
         config = config.replace_in("display", example_prompts=dataset_examples(args, tokenizer))
     if dist.is_main:

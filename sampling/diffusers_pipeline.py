@@ -51,7 +51,7 @@ from hart.diffusion import make_head_scheduler
 from hart.model import HARTGenerator
 from sampling.engine import DTYPES, SamplingEngine
 from sampling.seeds import make_generators
-from sampling.options import SamplingOptions, model_options
+from sampling.options import SamplingOptions, model_options, option_names
 from sampling.pipeline import as_list, condition_inputs, model_folder
 from tokenizer.model import HybridTokenizer
 
@@ -270,6 +270,9 @@ class HARTDiffusionPipeline(DiffusionPipeline):
                 _count(num_inference_steps, "num_inference_steps", 1, head.train_steps - 1)
         else:
             num_inference_steps = None  # a model without a head has no denoising steps to set
+        for ours, theirs in DIFFUSERS_NAMES.items():  # one name per setting: diffusers'
+            if ours in options:
+                raise UserError(f"pass {theirs}=, not {ours}= (the option's name in this pipeline)")
         given = {k: v for k, v in (("cfg", guidance_scale), ("diff_steps", num_inference_steps)) if v is not None}
         opts = _call_options(self.generator.config, sampling, **given, **options)
         if n_per > 1:
@@ -336,7 +339,7 @@ def _call_options(config, sampling, **fields) -> SamplingOptions:
     """:class:`SamplingOptions` of the preset ``sampling`` (None: the model's own) with keyword
     arguments over it, checked (:func:`sampling.options.model_options`); one line naming an
     unknown option or a bad value (by the name the caller gave it)."""
-    known = set(SamplingOptions.__dataclass_fields__)
+    known = set(option_names())
     unknown = sorted(set(fields) - known)
     if unknown:
         raise UserError(f"unknown sampling option {unknown[0]!r} (this pipeline takes: prompt, class_labels, "

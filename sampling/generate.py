@@ -1,4 +1,4 @@
-"""``hart generate``: sample a PNG grid (one row per class or prompt) from a model folder.
+"""``hart generate``: sample an image grid (one row per class or prompt) from a model folder.
 
 Examples::
 
@@ -31,7 +31,7 @@ from sampling.options import add_sampling_arguments, sampling_options
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="hart generate", description="Generate a PNG grid of class- or text-conditional samples.",
+        prog="hart generate", description="Generate a grid of class- or text-conditional samples.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=examples_epilog(__doc__),
     )
     p.add_argument("--model", default=None, help="model folder made by `hart train` (tokenizer/ + generator/); "

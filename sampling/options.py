@@ -159,6 +159,11 @@ def add_sampling_arguments(p) -> None:
                         "the deterministic draw from the zero start)")
 
 
+def option_names() -> tuple[str, ...]:
+    """The fields of :class:`SamplingOptions` (what a caller may set by keyword)."""
+    return tuple(f.name for f in dataclasses.fields(SamplingOptions))
+
+
 def model_options(config, sampling: str | None = None, **fields) -> SamplingOptions:
     """The options a model samples with from Python: the preset ``sampling`` names, else the
     one the model records (``config.display.sampling``: ``hart`` for a converted HART release),

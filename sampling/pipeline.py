@@ -26,7 +26,7 @@ from hart.common.io import resolve_dir
 from hart.model import HARTGenerator
 from sampling.engine import SampleOutput, SamplingEngine
 from sampling.seeds import check_seeds, make_generators
-from sampling.options import SamplingOptions, model_options
+from sampling.options import model_options, option_names
 from tokenizer.model import HybridTokenizer
 
 # the bundled models (package data): "default", the fm-32-h tokenizer + fm-s generator on
@@ -177,10 +177,9 @@ class HARTPipeline:
         observes each scale (:meth:`SamplingEngine.sample`).
         """
         inputs, n = self._inputs(class_ids, prompts)
-        unknown = sorted(set(options) - set(SamplingOptions.__dataclass_fields__))
+        unknown = sorted(set(options) - set(option_names()))
         if unknown:
-            raise UserError(f"unknown sampling option {unknown[0]!r}; the options are: "
-                            f"{', '.join(SamplingOptions.__dataclass_fields__)}")
+            raise UserError(f"unknown sampling option {unknown[0]!r}; the options are: {', '.join(option_names())}")
         opts = model_options(self.generator.config, sampling, **options)
         gens = make_generators(_seeds(seed, n))
         return self.engine.sample(inputs, gens, opts, decode=decode, previews=previews, return_logits=return_logits,

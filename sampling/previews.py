@@ -9,16 +9,17 @@ import torch
 
 from sampling.engine import SamplingEngine
 from sampling.seeds import make_generators
-from sampling.options import DEFAULT_PRESET, SamplingOptions
+from sampling.options import SamplingOptions, model_options
 
 
 @torch.no_grad()
 def sample_images(generator, tokenizer, inputs, seeds, options: SamplingOptions | None = None) -> torch.Tensor:
-    """(B, 3, R, R) images in [-1, 1], image i from ``seeds[i]``, with the default sampling
-    preset; ``inputs``: class ids, or a text model's encoded prompts (tokens, mask).
+    """(B, 3, R, R) images in [-1, 1], image i from ``seeds[i]``, with the model's own sampling
+    preset (:func:`sampling.options.model_options`: ``hart`` for a fine-tuned HART release, else
+    the default); ``inputs``: class ids, or a text model's encoded prompts (tokens, mask).
     ``generator`` and ``tokenizer`` are used as they are (the caller puts them in eval mode
     and frees the generator's cache afterwards)."""
     engine = SamplingEngine(generator, tokenizer)
-    opts = options or SamplingOptions.preset(DEFAULT_PRESET)
+    opts = options or model_options(generator.config)
     inputs = inputs if isinstance(inputs, tuple) else list(inputs)
     return engine.sample(inputs, make_generators(seeds), opts).images

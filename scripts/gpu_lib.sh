@@ -9,9 +9,10 @@ gpu_site() {
   if [ ! -e "$site/.installed" ]; then
     mkdir -p "$site"
     if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl || return 1
+      touch "$site/.installed"
     elif [ -n "$tarball" ]; then tar xJf "$tarball" -C "$site" || return 1
+      touch "$site/.installed"
     fi
-    touch "$site/.installed"
   fi
   export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 }

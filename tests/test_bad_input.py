@@ -233,9 +233,10 @@ def test_generate_writes_the_format_its_out_names(demo_model_dir, tmp_path, caps
         with Image.open(tmp_path / name) as im:
             assert im.format == fmt
     assert "wrote" in capsys.readouterr().out
-    line = one_line(capsys, ["generate", "--model", str(tmp_path / "no-model"), "--class", "0", "--num", "1",
-                             "--out", str(tmp_path / "g.xyz")])
-    assert "cannot write a .xyz image" in line  # said before the model is even looked for
+    for ext in (".xyz", ".h5", ".ico", ".xbm"):  # no format, or one that shrinks or refuses an RGB grid
+        line = one_line(capsys, ["generate", "--model", str(tmp_path / "no-model"), "--class", "0", "--num", "1",
+                                 "--out", str(tmp_path / f"g{ext}")])
+        assert f"cannot write a {ext} image" in line  # said before the model is even looked for
     assert not (tmp_path / "g.xyz").exists()
 
 

@@ -316,4 +316,5 @@ def test_wrong_files_and_flags_say_what_to_do(tmp_path, capsys, vae_sd, var_sd):
     _expect_error(capsys, ["var", "--vae", v, "--var", r, "--patch-nums", "1,2,3,4,5,6,8,10,13,17", "--out", o],
                   "--patch-nums 1,2,3,4,5,6,8,10,13,17 has", "position table has")
     _expect_error(capsys, ["var", "--vae", v, "--patch-nums", "1,2,4", "--resolution", "256", "--out", o], "not both")
+    _expect_error(capsys, ["var", "--vae", v, "--resolution", "0", "--out", o], "no published scale schedule for --resolution 0")
     assert not (tmp_path / "out").exists()

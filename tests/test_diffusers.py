@@ -415,6 +415,10 @@ def test_images_per_prompt_and_class_names(pipe):
     (dict(class_labels=[1], guidance_scale=-1), "guidance_scale must be >= 0"),
     (dict(class_labels=[1], top_k=1.5), "top_k must be a whole number"),
     (dict(class_labels=[1], negative_prompt="blurry"), "unknown sampling option 'negative_prompt'"),
+    (dict(class_labels=[1], NUMBERS=1), "unknown sampling option 'NUMBERS'"),
+    (dict(class_labels=[1], guidance_scale=2, cfg=3), "pass guidance_scale=, not cfg="),
+    (dict(class_labels=[1], diff_steps=3), "pass num_inference_steps=, not diff_steps="),
+    (dict(class_labels=[1], sampling="vqgan"), "unknown sampling preset 'vqgan'"),
     (dict(class_labels=[1], callback_on_step_end="print"), "must be a function"),
 ])
 def test_bad_call_arguments_are_one_line(kwargs, words):

@@ -237,34 +237,44 @@ def _class_folder(root, names, per=2):
     return root
 
 
-def test_init_on_other_classes_gives_them_a_fresh_embedding(tokdir, tmp_path, capsys):
-    """--init of a 6-class model on 2 (and on 8) classes of one's own: the data's classes and names,
-    the class embedding fresh (was: cat trained class 0's row, and 8 classes an IndexError or the
-    null class), everything else loaded; the same classes keep their rows."""
+def test_init_on_other_classes_continues_rows_by_name(tokdir, tmp_path, capsys):
+    """--init of a 6-class model on classes of one's own: the data's classes and names; a class
+    the model knows by name keeps its row (in any order), a new one starts fresh, the null row of
+    guidance stays (was: cat trained class 0's row, and 8 classes an IndexError or the null class)."""
     from hart.model import HARTGenerator
     from sampling.pipeline import HARTPipeline
 
     base = tmp_path / "base"
     assert train_cli(tokdir, base, "--steps", "1", "--no-tensorboard") == 0  # synthetic: 6 named classes
     before = HARTGenerator.from_pretrained(base / "generator")
-    for names in (("cat", "dog"), tuple(f"k{i}" for i in range(8))):
+    own = list(before.config.display.class_names)
+    E = before.class_emb.weight
+    for names, said in ((("cat", "dog"), "are new to its 6: their rows of the class embedding start fresh"),
+                        (("ring", "square", "zebra"), "continue its rows by name; 1 new (zebra) start fresh"),
+                        (tuple(f"k{i}" for i in range(8)), "are new to its 6")):
         data = _class_folder(tmp_path / f"data{len(names)}", names)
         out = tmp_path / f"ft{len(names)}"
         capsys.readouterr()
         assert train_main(["--init", str(base), "--tokenizer", str(tokdir), "--data", f"folder:{data}", "--steps", "1",
-                           "--batch-size", "4", "--out", str(out), "--no-tensorboard"]) == 0
-        said = capsys.readouterr().out
-        assert f"the data's {len(names)} classes" in said and "the class embedding starts fresh" in said
-        assert "starting fresh: class_emb" in said
+                           "--batch-size", "4", "--lr", "1e-9", "--out", str(out), "--no-tensorboard"]) == 0
+        out_text = capsys.readouterr().out
+        assert said in out_text and "starting fresh: class_emb" not in out_text, out_text
         after = HARTGenerator.from_pretrained(out / "generator")
         assert after.config.num_classes == len(names) and after.config.display.class_names == names
-        assert after.class_emb.weight.shape[0] == len(names) + 1
+        F = after.class_emb.weight
+        assert F.shape[0] == len(names) + 1
+        torch.testing.assert_close(F[-1], E[-1], atol=1e-4, rtol=0)  # the null class
+        for i, n in enumerate(names):
+            if n in own:
+                torch.testing.assert_close(F[i], E[own.index(n)], atol=1e-4, rtol=0)
+            else:
+                assert all(not torch.allclose(F[i], e, atol=1e-3) for e in E)
         HARTPipeline.from_pretrained(out)(class_ids=[names[-1]], seed=0)  # by name
     assert train_main(["--init", str(base), "--tokenizer", str(tokdir), "--data", "synthetic", "--steps", "1",
                        "--batch-size", "4", "--lr", "1e-9", "--out", str(tmp_path / "same"), "--no-tensorboard"]) == 0
-    assert "class embedding starts fresh" not in capsys.readouterr().out
+    assert "--init" not in capsys.readouterr().out.replace(f"--init {base}: loaded", "")
     kept = HARTGenerator.from_pretrained(tmp_path / "same" / "generator")
-    torch.testing.assert_close(kept.class_emb.weight, before.class_emb.weight, atol=1e-4, rtol=0)
+    torch.testing.assert_close(kept.class_emb.weight, E, atol=1e-4, rtol=0)
 
 
 def test_init_refusals_come_before_anything_is_written(tokdir, tmp_path, capsys):
@@ -279,6 +289,7 @@ def test_init_refusals_come_before_anything_is_written(tokdir, tmp_path, capsys)
     HybridTokenizer(TokenizerConfig.from_name("tiny", codebook_size=32)).save_pretrained(other)
     data = _class_folder(tmp_path / "data", ("cat", "dog"))
     cases = [(["--tokenizer", str(other), "--data", "synthetic"], "32 codes"),
+             (["--tokenizer", str(other), "--data", "synthetic", "--preset", "tiny"], "32 codes"),  # weights from --init
              (["--tokenizer", str(tokdir), "--data", f"folder:{data}", "--freeze-transformer"],
               "--freeze-transformer keeps")]
     for extra, words in cases:
@@ -302,8 +313,9 @@ def test_head_flags_add_a_head_to_a_model_without_one(tokdir, tmp_path, capsys):
     HARTGenerator(cfg).save_pretrained(plain / "generator")
     HybridTokenizer.from_pretrained(tokdir).save_pretrained(plain / "tokenizer")
     assert train_main(["--init", str(plain), "--tokenizer", str(tokdir), "--data", "synthetic", "--diff-width", "32",
-                       "--freeze-transformer", "--steps", "1", "--batch-size", "4", "--out", str(tmp_path / "h"),
+                       "--residual-target", "true", "--freeze-transformer", "--steps", "1", "--batch-size", "4", "--out", str(tmp_path / "h"),
                        "--no-tensorboard"]) == 0
     assert "starting fresh: decoder_norm, diffusion" in capsys.readouterr().out
     got = HARTGenerator.from_pretrained(tmp_path / "h" / "generator")
     assert got.config.has_head and got.config.head.width == 32 and got.config.stats.residual_scale > 0
+    assert not got.config.training.residual_from_sampled

@@ -94,14 +94,18 @@ def grid(rows: list, row_labels=None, pad: int = 2, scale: int = 1) -> Image.Ima
     return canvas
 
 
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")  # what an RGB grid is written as, whole
+
+
 def image_format(path) -> str:
-    """The Pillow format that ``path``'s extension names (PNG without one); one line for an
-    extension Pillow does not write."""
+    """The format that ``path``'s extension names (PNG without one), one of
+    :data:`IMAGE_FORMATS`; one line for any other extension (Pillow's other writers shrink,
+    convert or refuse an RGB grid)."""
     suffix = Path(path).suffix.lower()
     if not suffix:
         return "PNG"
     fmt = Image.registered_extensions().get(suffix)
-    if fmt is None or fmt not in Image.SAVE:
+    if fmt not in IMAGE_FORMATS:
         raise UserError(f"cannot write a {suffix} image ({path}); name it .png (or .jpg, .webp, .bmp, .tif)")
     return fmt
 

@@ -232,6 +232,10 @@ def main(argv=None):
     for flag, path in (("--out", args.out), ("--grid", args.grid)):
         if path:
             output_file(path, flag)
+    if args.grid:
+        from hart.common.images import image_format
+
+        image_format(args.grid)  # an extension no image format has: said now, not after the run
     readable, unreadable = read_prompt_file(args.prompts) if args.prompts else ([], [])
     if unreadable:
         print(f"unreadable: {len(unreadable)} of {len(readable) + len(unreadable)} prompts in {args.prompts}")
