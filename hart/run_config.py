@@ -86,9 +86,9 @@ def class_rows(init: GeneratorConfig, config: GeneratorConfig) -> list:
     """For each class of ``config`` (a run's, fitted to its data), the row of the ``--init``
     model's class embedding it continues, or None (a class new to it): by name where that model
     names its classes, else by index when it has as many."""
-    own = tuple(init.display.class_names or ())
-    if own:
-        return [own.index(n) if n in own else None for n in (config.display.class_names or ())]
+    own = {n.lower(): i for i, n in enumerate(init.display.class_names or ())}
+    if own:  # any case, as class names are read everywhere
+        return [own.get(n.lower()) for n in (config.display.class_names or ())]
     return list(range(config.num_classes)) if init.num_classes == config.num_classes else [None] * config.num_classes
 
 
@@ -103,7 +103,9 @@ def class_embedding(loaded, rows: list, own):
     for a class new to it; the last (the null class of guidance) is ``loaded``'s last."""
     import torch
 
-    picked = [loaded[r] if r is not None else own[i].to(loaded.dtype) for i, r in enumerate(rows)]
+    if loaded.shape[1:] != own.shape[1:]:  # another width: left to init_weights' one-line shape refusal
+        return loaded
+    picked = [loaded[r] if r is not None else own[i].to(loaded) for i, r in enumerate(rows)]
     return torch.stack(picked + [loaded[-1]])
 
 

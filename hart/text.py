@@ -41,6 +41,8 @@ import torch
 from hart.common.errors import UserError
 
 ENCODERS = ("minilm", "qwen2")
+QWEN_NEEDS_FOLDER = ("the qwen2 text encoder needs its folder: pass --text-encoder-path PATH/Qwen2-VL-1.5B-Instruct "
+                     "(HART's Qwen2 text model; it is not downloaded)")
 DIMS = {"minilm": 384, "qwen2": 1536}
 
 # HART's llm_system_prompt (hart/utils/constants.py): the enhanced-prompt instruction that the
@@ -188,8 +190,7 @@ def _load(name: str, path):
     if name == "minilm":
         path = Path(path) if path else minilm_path()
     elif not path:
-        raise UserError("the qwen2 text encoder needs its folder: pass --text-encoder-path "
-                        "PATH/Qwen2-VL-1.5B-Instruct (HART's Qwen2 text model; it is not downloaded)")
+        raise UserError(QWEN_NEEDS_FOLDER)
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"text encoder folder {path} does not exist; pass --text-encoder-path PATH to the {name} folder")
@@ -237,6 +238,8 @@ def check_text_encoder(config, path=None) -> tuple:
     what = "--text-encoder-path" if path and path != config.text_encoder_path else "the recorded text encoder"
     if path:
         check_encoder_width(path, config.context_dim, what)
+    elif config.text_encoder == "qwen2":
+        raise UserError(QWEN_NEEDS_FOLDER)
     return path, what
 
 

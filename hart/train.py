@@ -170,7 +170,7 @@ class GeneratorTrainer:
         if args.init and not args.resume and not config.is_text:
             init = HARTGenerator.load_config(generator_dir(args.init))
             if not same_classes(init, config):  # other classes: rows by name, new ones fresh (fit_classes)
-                rows, own = class_rows(init, config), self.model.class_emb.weight.detach().clone()
+                rows, own = class_rows(init, config), self.model.class_emb.weight.detach().cpu().clone()
                 adapt["class_emb.weight"] = lambda w: class_embedding(w, rows, own)
         self.fresh = init_weights(self.model, args.init, dist.is_main, skip, adapt) if args.init and not args.resume else []
         if args.freeze_transformer:
@@ -294,9 +294,9 @@ def run(args, dist: DistInfo, sampler=None) -> int:
         check_text_encoder(config, args.text_encoder_path)
     if config.is_text and not args.resume and not config.display.example_prompts:
         config = config.replace_in("display", example_prompts=dataset_examples(args, tokenizer))
+    trainer = GeneratorTrainer(config, tokenizer, args, dist)  # --init's weights checked before anything is written
     if dist.is_main:
         copy_tokenizer(args.tokenizer, out)
-    trainer = GeneratorTrainer(config, tokenizer, args, dist)
     trainer.data_source = source
     fresh_head = any(k.startswith(HEAD_PREFIXES) or k == "residual_metric" for k in trainer.fresh)
     if config.has_head and not args.resume and (config.stats.residual_scale is None or fresh_head):

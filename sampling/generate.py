@@ -111,7 +111,7 @@ def main(argv=None):
     import torch
     from tqdm import tqdm
 
-    from hart.common.images import MAX_GRID_PIXELS, grid_size, save_grid, to_pil
+    from hart.common.images import MAX_GRID_PIXELS, MAX_SIDE, grid_size, image_format, save_grid, to_pil
     from sampling.seeds import check_seeds
     from sampling.pipeline import HARTPipeline
 
@@ -139,6 +139,10 @@ def main(argv=None):
         raise UserError(f"the grid would be {w} x {h} px ({w * h / 1e6:,.0f} megapixels, more than "
                         f"{MAX_GRID_PIXELS / 1e6:,.0f}): lower --num (images per row) or --scale, or draw fewer "
                         "rows (classes, prompts) per run")
+    fmt = image_format(args.out)
+    if max(w, h) > MAX_SIDE.get(fmt, w * h):
+        raise UserError(f"the grid would be {w} x {h} px, and a {fmt} image is at most {MAX_SIDE[fmt]} px a side: "
+                        "write it as .png, or lower --num or --scale")
     items = [r for r in row_keys for _ in range(args.num)]
     seeds = check_seeds(range(args.seed, args.seed + len(items)))  # the last one too, before any work
     images = []

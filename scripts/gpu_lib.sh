@@ -8,9 +8,11 @@ gpu_site() {
   local site=$1 tarball=${2:-}
   if [ ! -e "$site/.installed" ]; then
     mkdir -p "$site"
-    if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl || return 1
+    if [ -d .whl ]; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl || { rm -rf "$site"; return 1; }
       touch "$site/.installed"
-    elif [ -n "$tarball" ]; then tar xJf "$tarball" -C "$site" || return 1
+    elif [ -f "$tarball" ]; then
+      tar xJf "$tarball" -C "$site" || { rm -rf "$site"; return 1; }
       touch "$site/.installed"
     fi
   fi

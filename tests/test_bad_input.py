@@ -237,6 +237,9 @@ def test_generate_writes_the_format_its_out_names(demo_model_dir, tmp_path, caps
         line = one_line(capsys, ["generate", "--model", str(tmp_path / "no-model"), "--class", "0", "--num", "1",
                                  "--out", str(tmp_path / f"g{ext}")])
         assert f"cannot write a {ext} image" in line  # said before the model is even looked for
+    line = one_line(capsys, ["generate", "--model", str(demo_model_dir), "--class", "0", "--num", "130", "--scale", "8",
+                             "--out", str(tmp_path / "wide.webp")])
+    assert "a WEBP image is at most 16383 px a side" in line and not (tmp_path / "wide.webp").exists()
     assert not (tmp_path / "g.xyz").exists()
 
 

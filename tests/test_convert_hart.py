@@ -546,3 +546,24 @@ def test_a_text_encoder_of_another_width_is_one_line(release, converted, tmp_pat
         line = next(ln for ln in err.splitlines() if ln.startswith("error:"))
         assert "384-wide features" in line and "32-wide" in line, line
     assert not (tmp_path / "z").exists() and not (tmp_path / "g.png").exists() and not (tmp_path / "ft").exists()
+
+
+def test_a_release_without_its_encoder_folder_is_refused_before_training(converted, tmp_path, capsys):
+    """A converted release that records no Qwen2 folder, trained without --text-encoder-path:
+    one line naming the flag, and no run folder (was: its tokenizer copy written first)."""
+    import shutil
+
+    from hart.cli import main as hart_main
+
+    model = tmp_path / "no-encoder"
+    shutil.copytree(converted, model)
+    cfg_file = model / "generator" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["text_encoder_path"] = ""
+    cfg_file.write_text(json.dumps(cfg))
+    with pytest.raises(SystemExit) as e:
+        hart_main(["train", "--init", str(model), "--tokenizer", str(model / "tokenizer"), "--data", "shapes",
+                   "--steps", "1", "--batch-size", "2", "--out", str(tmp_path / "ft")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and "--text-encoder-path" in err, err
+    assert not (tmp_path / "ft").exists()

@@ -244,8 +244,8 @@ def test_init_on_other_classes_continues_rows_by_name(tokdir, tmp_path, capsys):
     from hart.model import HARTGenerator
     from sampling.pipeline import HARTPipeline
 
-    base = tmp_path / "base"
-    assert train_cli(tokdir, base, "--steps", "1", "--no-tensorboard") == 0  # synthetic: 6 named classes
+    base = tmp_path / "base"  # another seed than the fine-tunes: a fresh row is none of its rows
+    assert train_cli(tokdir, base, "--steps", "1", "--seed", "5", "--no-tensorboard") == 0  # synthetic: 6 named classes
     before = HARTGenerator.from_pretrained(base / "generator")
     own = list(before.config.display.class_names)
     E = before.class_emb.weight
@@ -275,6 +275,17 @@ def test_init_on_other_classes_continues_rows_by_name(tokdir, tmp_path, capsys):
     assert "--init" not in capsys.readouterr().out.replace(f"--init {base}: loaded", "")
     kept = HARTGenerator.from_pretrained(tmp_path / "same" / "generator")
     torch.testing.assert_close(kept.class_emb.weight, E, atol=1e-4, rtol=0)
+
+
+def test_class_embedding_follows_the_loaded_tensor_and_leaves_another_width_alone():
+    """The fresh rows are moved to the loaded tensor's device and dtype (the model's own rows
+    sit on the GPU, the loaded ones on the CPU); another width is init_weights' to refuse."""
+    from hart.run_config import class_embedding
+
+    loaded = torch.randn(7, 8)
+    got = class_embedding(loaded, [4, None], torch.randn(3, 8, dtype=torch.float64))
+    assert got.dtype == loaded.dtype and torch.equal(got[0], loaded[4]) and torch.equal(got[2], loaded[6])
+    assert class_embedding(loaded, [4, None], torch.randn(3, 16)) is loaded  # init_weights refuses it in one line
 
 
 def test_init_refusals_come_before_anything_is_written(tokdir, tmp_path, capsys):

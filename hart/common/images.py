@@ -95,6 +95,7 @@ def grid(rows: list, row_labels=None, pad: int = 2, scale: int = 1) -> Image.Ima
 
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")  # what an RGB grid is written as, whole
+MAX_SIDE = {"WEBP": 16383, "JPEG": 65500}  # the formats' own limits, px a side
 
 
 def image_format(path) -> str:
