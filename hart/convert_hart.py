@@ -98,7 +98,15 @@ def read_hart_config(path: Path) -> dict:
     for k in ("num_heads", "context_token", "patch_nums"):
         if k not in cfg:
             raise UserError(f"{path} has no {k!r}; is it HART's llm/config.json?")
+    if cfg.get("sep_aln_pooling_mode", "max") not in POOLING:
+        raise UserError(f"{path}: unknown sep_aln_pooling_mode {cfg['sep_aln_pooling_mode']!r} (HART's: max, avg)")
+    if cfg.get("sampler", "iddpm") != "iddpm":
+        raise UserError(f"{path}: diffusion sampler {cfg['sampler']!r}; HART's released models use iddpm")
     return cfg
+
+
+# HART's sep_aln_pooling_mode -> ours (config.context_pool)
+POOLING = {"max": "max", "avg": "mean"}
 
 
 def hart_generator_config(state: dict, cfg: dict, path, text_encoder: str = ""):
@@ -119,13 +127,9 @@ def hart_generator_config(state: dict, cfg: dict, path, text_encoder: str = ""):
         raise UserError(f"{path}: context_embed takes {ctx.shape[1]} channels but config.json says {cfg['context_dim']}")
     # the blocks' AdaLN condition follows sep_aln_pooling_mode ("avg": the mean over the mask);
     # HART's head norm (AdaLNBeforeHead) takes an unmasked max over the context in either mode
-    pool = {"max": "max", "avg": "mean"}.get(cfg.get("sep_aln_pooling_mode", "max"))
-    if pool is None:
-        raise UserError(f"{path}: unknown sep_aln_pooling_mode {cfg['sep_aln_pooling_mode']!r}")
+    pool = POOLING[cfg.get("sep_aln_pooling_mode", "max")]  # checked by read_hart_config
     diff_width = need_tensor(state, "diffloss.net.input_proj.weight", what, path).shape[0]
     out = need_tensor(state, "diffloss.net.final_layer.linear.weight", what, path).shape[0]
-    if cfg.get("sampler", "iddpm") != "iddpm":
-        raise UserError(f"{path}: diffusion sampler {cfg['sampler']!r}; HART's released models use iddpm")
     return GeneratorConfig(
         depth=depth, width=C, heads=int(cfg["num_heads"]), mlp_ratio=mlp_ratio, num_classes=1,
         patch_nums=tuple(cfg["patch_nums"]), codebook_size=int(head.shape[0]), z_channels=z,

@@ -117,6 +117,9 @@ def fit_classes(config: GeneratorConfig, init: GeneratorConfig, classes, args, v
     names = tuple(classes)
     fitted = config.replace(num_classes=len(names), display=config.display.replace(class_names=names))
     if same_classes(init, fitted):
+        if verbose and not init.display.class_names:  # a converted ImageNet VAR on 1,000 class folders, say
+            print(f"--init {args.init} names no classes: the data's {len(names)} continue its rows in order "
+                  f"({names[0]} is its class 0)")
         return fitted
     new = [n for n, r in zip(names, class_rows(init, fitted)) if r is None]
     shown = ", ".join(new[:5]) + (" ..." if len(new) > 5 else "")

@@ -315,6 +315,10 @@ def test_bad_release_folders_get_one_line(tmp_path, capsys):
     _expect_error(capsys, ["hart", "--ckpt", str(tmp_path / "half"), "--out", str(tmp_path / "o")], "no tokenizer/")
     folder = _release_with(tmp_path, edit_cfg=lambda c: c.update(attn_type="gpt2"))
     _expect_error(capsys, ["hart", "--ckpt", str(folder), "--out", str(tmp_path / "o")], "attn_type='gpt2'")
+    for edit, words in ((dict(sampler="ddim"), "config.json: diffusion sampler 'ddim'"),
+                        (dict(sep_aln_pooling_mode="min"), "config.json: unknown sep_aln_pooling_mode 'min'")):
+        folder = _release_with(tmp_path, edit_cfg=lambda c: c.update(edit))  # named in config.json's words
+        _expect_error(capsys, ["hart", "--ckpt", str(folder), "--out", str(tmp_path / "o")], words)
     folder = _release_with(tmp_path, edit_cfg=lambda c: c.update(mlp_ratio=8.0))
     _expect_error(capsys, ["hart", "--ckpt", str(folder), "--out", str(tmp_path / "o")], "mlp_ratio 8.0")
     (folder / "llm" / "ema_model.bin").unlink()
