@@ -226,8 +226,12 @@ def check_encoder_width(path, width: int, what: str = "--text-encoder-path") -> 
     except (OSError, ValueError, AttributeError):
         return
     if isinstance(hidden, int) and hidden != width:
-        raise UserError(f"{what} {path}: that encoder gives {hidden}-wide features, and this model reads "
-                        f"{width}-wide ones; give the text encoder it was trained with")
+        raise _wrong_width(what, path, hidden, width)
+
+
+def _wrong_width(what: str, path, hidden: int, width: int) -> UserError:
+    return UserError(f"{what} {path}: that encoder gives {hidden}-wide features, and this model reads "
+                     f"{width}-wide ones; give the text encoder it was trained with")
 
 
 def check_text_encoder(config, path=None) -> tuple:
@@ -248,9 +252,8 @@ def text_encoder_for(config, path=None, device="cpu") -> TextEncoder:
     width is not the one the model reads (``config.context_dim``)."""
     path, what = check_text_encoder(config, path)
     encoder = load_text_encoder(config.text_encoder, config.context_tokens, path, device)
-    if encoder.dim != config.context_dim:
-        raise UserError(f"{what} {path or config.text_encoder}: that encoder gives {encoder.dim}-wide features, "
-                        f"and this model reads {config.context_dim}-wide ones; give the text encoder it was trained with")
+    if encoder.dim != config.context_dim:  # a folder whose config.json did not say
+        raise _wrong_width(what, path or config.text_encoder, encoder.dim, config.context_dim)
     return encoder
 
 

@@ -16,9 +16,10 @@ caption once, kept in memory, when encoding images on the fly. Condition dropout
 uniform draw (``training.cond_drop``, 10%).
 
 ``--init DIR`` starts from the weights of a model folder's generator (fine-tuning); with
-``--preset`` the preset's shape is used. The parameters DIR lacks start fresh: a residual head
-added to a plain VAR model by the head flags (``--diff-width``...), and the class embedding
-when the data's classes are not the model's own (the data's classes and names are kept). ``--freeze-transformer`` trains only the residual head
+``--preset`` the preset's shape is used. The parameters DIR lacks start fresh (a residual head
+added to a plain VAR model by the head flags, ``--diff-width``...). On data with other classes
+the run takes the data's classes and names: a class DIR knows by name keeps its row of the
+class embedding, a new one starts fresh. ``--freeze-transformer`` trains only the residual head
 (the diffusion MLP and its ``decoder_norm``) on top of a trained transformer.
 The head's target scale (``stats.residual_scale``) is measured on the training data when a run
 starts, unless ``--init`` brings a trained head, whose scale is kept. ``--residual-target``
@@ -160,19 +161,19 @@ class GeneratorTrainer:
                             "use --attention sdpa")
         self.model.set_attention(attention)
         resized = getattr(args, "diff_width", None) or getattr(args, "diff_depth", None)
-        if args.init and not args.resume and config.has_head:
+        init = HARTGenerator.load_config(generator_dir(args.init)) if args.init and not args.resume else None
+        if init is not None and config.has_head:
             # a map head has other tensors than a token head; a head of another output or target
             # units has learned another function: these start fresh on the loaded transformer
-            ih = HARTGenerator.load_config(generator_dir(args.init)).head
+            ih = init.head
             resized = resized or ih is None or ((ih.mix, ih.prediction, ih.metric)
                                                 != (config.head.mix, config.head.prediction, config.head.metric))
         skip, adapt = ("diffusion.",) if resized else (), {}
-        if args.init and not args.resume and not config.is_text:
-            init = HARTGenerator.load_config(generator_dir(args.init))
-            if not same_classes(init, config):  # other classes: rows by name, new ones fresh (fit_classes)
-                rows, own = class_rows(init, config), self.model.class_emb.weight.detach().cpu().clone()
-                adapt["class_emb.weight"] = lambda w: class_embedding(w, rows, own)
-        self.fresh = init_weights(self.model, args.init, dist.is_main, skip, adapt) if args.init and not args.resume else []
+        if init is not None and not config.is_text and not same_classes(init, config):
+            # other classes: rows by name, new ones fresh (hart.run_config.fit_classes)
+            rows, own = class_rows(init, config), self.model.class_emb.weight.detach().cpu().clone()
+            adapt["class_emb.weight"] = lambda w: class_embedding(w, rows, own)
+        self.fresh = init_weights(self.model, args.init, dist.is_main, skip, adapt) if init is not None else []
         if args.freeze_transformer:
             for name, p in self.model.named_parameters():
                 p.requires_grad_(name.startswith(HEAD_PREFIXES))

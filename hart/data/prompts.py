@@ -289,20 +289,31 @@ def _spec_of(t: Template, m) -> PromptSpec:
     return PromptSpec((obj("a"), obj("b")), rel)
 
 
+class PromptError(UserError):
+    """A prompt outside the grammar: the whole line, and ``reason`` alone (for a report that
+    names the prompt itself)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def read_prompt(text: str) -> tuple:
     """(:class:`PromptSpec`, :class:`Template`) of a prompt worded by any template (case, commas
     and a final full stop do not matter); a prompt outside them is one :class:`UserError` line."""
     norm = _normalise(text)
     for w in norm.split():
         if w not in VOCABULARY:
-            raise UserError(f"unknown word {w!r} in prompt {text!r}; the shapes grammar knows colours "
-                            f"{', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; sizes {', '.join(_SIZE_OF)}; "
-                            f"relations {', '.join(_RELATION_OF)}; counts {', '.join(_COUNT_OF)}, a pair of")
+            raise PromptError(f"unknown word {w!r} in prompt {text!r}; the shapes grammar knows colours "
+                              f"{', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; sizes {', '.join(_SIZE_OF)}; "
+                              f"relations {', '.join(_RELATION_OF)}; counts {', '.join(_COUNT_OF)}, a pair of",
+                              f"unknown word {w!r}")
     for t, regex in _TEMPLATE_RES:
         m = regex.fullmatch(norm + " ")
         if m:
             return _spec_of(t, m), t
-    raise UserError(f"prompt {text!r} is outside the shapes grammar: expected {GRAMMAR}")
+    raise PromptError(f"prompt {text!r} is outside the shapes grammar: expected {GRAMMAR}",
+                      f"outside the shapes grammar: expected {GRAMMAR}")
 
 
 def parse_prompt(text: str) -> PromptSpec:

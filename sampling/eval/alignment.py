@@ -117,15 +117,15 @@ def reconstruct(tokenizer, images: list, batch_size: int) -> dict:
 def read_prompt_file(path) -> tuple[list, list]:
     """The prompts of a UTF-8 file (one a line; blank lines and # comments skipped), read by the
     shapes parser: (readable [(line, prompt, spec)], unreadable [(line, prompt, why)])."""
+    from hart.data.prompts import PromptError
     from hart.data.shapes import parse_prompt
 
     readable, unreadable = [], []
     for n, text in read_prompt_lines(path):
         try:
             readable.append((n, text, parse_prompt(text)))
-        except UserError as e:  # the reason alone: the report names the line and the prompt
-            why = str(e).split("; ")[0].replace(f" in prompt {text!r}", "").replace(f"prompt {text!r} is ", "")
-            unreadable.append((n, text, why))
+        except PromptError as e:  # the reason alone: the report names the line and the prompt
+            unreadable.append((n, text, e.reason))
     return readable, unreadable
 
 
